@@ -1,0 +1,84 @@
+// onnxruntime-node sessions: created from model bytes or a .onnx path, on the CPU provider
+// by default or on CUDA with a device id. A CUDA session that cannot be created fails with
+// a SessionError; it never falls back to the CPU silently.
+import { Data, Effect } from "effect"
+import * as ort from "onnxruntime-node"
+
+export type Device = { readonly kind: "cpu" } | { readonly kind: "cuda"; readonly deviceId: number }
+
+export const cpu: Device = { kind: "cpu" }
+export const cuda = (deviceId: number): Device => ({ kind: "cuda", deviceId })
+
+export const describeDevice = (d: Device): string => (d.kind === "cpu" ? "cpu" : `cuda:${d.deviceId}`)
+
+export class SessionError extends Data.TaggedError("SessionError")<{
+  readonly model: string
+  readonly device: string
+  readonly message: string
+}> {}
+
+export class RunError extends Data.TaggedError("RunError")<{
+  readonly model: string
+  readonly message: string
+}> {}
+
+export interface SessionOptions {
+  readonly device?: Device
+  /** ORT graph optimization level; "all" by default. */
+  readonly optimization?: "disabled" | "basic" | "extended" | "all"
+  /** Write the model as optimized by ORT to this path (for inspecting node counts). */
+  readonly optimizedModelPath?: string
+  readonly intraOpThreads?: number
+  readonly logSeverity?: 0 | 1 | 2 | 3 | 4
+}
+
+export interface Session {
+  readonly ort: ort.InferenceSession
+  /** The model path, or "<bytes>" for in-memory models (used in error messages). */
+  readonly model: string
+  readonly device: Device
+}
+
+const sessionOptions = (o: SessionOptions): ort.InferenceSession.SessionOptions => {
+  const device = o.device ?? cpu
+  return {
+    executionProviders: device.kind === "cpu" ? ["cpu"] : [{ name: "cuda", deviceId: device.deviceId }],
+    graphOptimizationLevel: o.optimization ?? "all",
+    logSeverityLevel: o.logSeverity ?? 3,
+    ...(o.optimizedModelPath ? { optimizedModelFilePath: o.optimizedModelPath } : {}),
+    ...(o.intraOpThreads ? { intraOpNumThreads: o.intraOpThreads } : {}),
+  }
+}
+
+/**
+ * Creates a session. Load from a path when the model has external data: onnxruntime resolves
+ * each external `location` relative to the directory of the .onnx file and rejects locations
+ * that leave that directory (absolute paths, `..`), so weights must sit under the model's
+ * directory (a symlink there is accepted).
+ */
+export const createSession = (model: Uint8Array | string, options: SessionOptions = {}): Effect.Effect<Session, SessionError> => {
+  const device = options.device ?? cpu
+  const name = typeof model === "string" ? model : "<bytes>"
+  return Effect.tryPromise({
+    try: () => ort.InferenceSession.create(model as string, sessionOptions(options)),
+    catch: (e) =>
+      new SessionError({
+        model: name,
+        device: describeDevice(device),
+        message: `cannot create an onnxruntime session for ${name} on ${describeDevice(device)}: ${e instanceof Error ? e.message : String(e)}`,
+      }),
+  }).pipe(Effect.map((s) => ({ ort: s, model: name, device })))
+}
+
+/** Runs the session; fetches all outputs unless `fetches` names some. */
+export const runSession = (
+  session: Session,
+  feeds: Readonly<Record<string, ort.Tensor>>,
+  fetches?: readonly string[],
+): Effect.Effect<Record<string, ort.Tensor>, RunError> =>
+  Effect.tryPromise({
+    try: () => (fetches ? session.ort.run(feeds, fetches) : session.ort.run(feeds)) as Promise<Record<string, ort.Tensor>>,
+    catch: (e) => new RunError({ model: session.model, message: `running ${session.model}: ${e instanceof Error ? e.message : String(e)}` }),
+  })
+
+export const releaseSession = (session: Session): Effect.Effect<void> => Effect.promise(() => session.ort.release())
