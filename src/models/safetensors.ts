@@ -276,8 +276,8 @@ export const layout = (
       if (s.name === "__metadata__") return Effect.fail(fail(file, s.name, "a tensor cannot be named __metadata__"))
       if (seen.has(s.name)) return Effect.fail(fail(file, s.name, "duplicate tensor name"))
       seen.add(s.name)
-      if (!isSafetensorsDType(s.dtype)) return Effect.fail(fail(file, s.name, `unknown dtype ${JSON.stringify(s.dtype)}`))
       if (!s.shape.every(isDim)) return Effect.fail(fail(file, s.name, `invalid shape [${s.shape.join(", ")}]`))
+      if (!isSafetensorsDType(s.dtype)) return Effect.fail(fail(file, s.name, `unknown dtype ${JSON.stringify(s.dtype)}`))
     }
     const order = [...specs]
       .sort((a, b) => dtypeByteSize[b.dtype] - dtypeByteSize[a.dtype] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
