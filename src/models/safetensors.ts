@@ -273,10 +273,11 @@ export const layout = (
   Effect.suspend(() => {
     const seen = new Set<string>()
     for (const s of specs) {
+      const shape: ReadonlyArray<number> = s.shape
       if (s.name === "__metadata__") return Effect.fail(fail(file, s.name, "a tensor cannot be named __metadata__"))
       if (seen.has(s.name)) return Effect.fail(fail(file, s.name, "duplicate tensor name"))
       seen.add(s.name)
-      if (!s.shape.every(isDim)) return Effect.fail(fail(file, s.name, `invalid shape [${s.shape.join(", ")}]`))
+      if (!s.shape.every(isDim)) return Effect.fail(fail(file, s.name, `invalid shape [${shape.join(", ")}]`))
       if (!isSafetensorsDType(s.dtype)) return Effect.fail(fail(file, s.name, `unknown dtype ${JSON.stringify(s.dtype)}`))
     }
     const order = [...specs]
