@@ -498,6 +498,18 @@ export class Graph implements GraphIR {
   range(start: Value, limit: Value, delta: Value): Value {
     return this.one("Range", [start, limit, delta], {}, start.dtype, [null])
   }
+  /** Number of elements (int64 scalar). */
+  size(x: Value): Value {
+    return this.one("Size", [x], {}, "int64", [])
+  }
+  /** Indices of the non-zero elements: int64 [rank, count]. */
+  nonZero(x: Value): Value {
+    return this.one("NonZero", [x], {}, "int64", [x.rank, null])
+  }
+  /** ScatterND: indices [..., k] address the first k axes of data; updates are written (or added). */
+  scatterND(data: Value, indices: Value, updates: Value, reduction: "none" | "add" = "none"): Value {
+    return this.one("ScatterND", [data, indices, updates], { reduction }, data.dtype, data.shape)
+  }
   /** Lower (upper=false) or upper triangle of the last two axes, shifted by k. */
   trilu(x: Value, upper: boolean, k = 0): Value {
     return this.one("Trilu", [x, this.constant("int64", [], [k])], { upper: upper ? 1 : 0 }, x.dtype, x.shape)
