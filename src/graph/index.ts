@@ -25,3 +25,4 @@ export { type Dim, type Node, type Shape, type TensorSource, Value } from "./ir.
 export { ShapeError } from "./shape.ts"
 export { IR_VERSION, OPSET, serialize } from "./serialize.ts"
 export { ExternalDataError, externalSource } from "./external.ts"
+export { constInts, differentiableOps, GradientError, gradients, unbroadcast } from "./autodiff.ts"

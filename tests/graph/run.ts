@@ -2,10 +2,10 @@
 import { Effect } from "effect"
 import type * as ort from "onnxruntime-node"
 import { type Graph, serialize } from "../../src/graph/index.ts"
-import { createSession, runSession } from "../../src/runtime/session.ts"
+import { createSession, runSession, type SessionOptions } from "../../src/runtime/session.ts"
 
-export const runGraph = (g: Graph, feeds: Record<string, ort.Tensor>): Promise<Record<string, ort.Tensor>> =>
-  Effect.runPromise(Effect.flatMap(createSession(serialize(g)), (s) => runSession(s, feeds)))
+export const runGraph = (g: Graph, feeds: Record<string, ort.Tensor>, options: SessionOptions = {}): Promise<Record<string, ort.Tensor>> =>
+  Effect.runPromise(Effect.flatMap(createSession(serialize(g), options), (s) => runSession(s, feeds)))
 
 /** Deterministic pseudo-random numbers in [-1, 1) (mulberry32) so failures reproduce. */
 export const rng = (seed: number) => {
