@@ -1,0 +1,335 @@
+// The normalized description of a decoder-only transformer checkpoint that the graph builder and
+// the reference implementation consume, whatever Hugging Face architecture it came from.
+//
+// Conventions shared by every architecture:
+// - A linear layer computes y = x W^T + b with W of shape [out, in] (PyTorch nn.Linear). GPT-2's
+//   Conv1D stores W^T ([in, out]); such weights carry `transposed: true` and their `shape` is the
+//   shape stored in the file.
+// - Attention scores are scaled by 1/sqrt(headDim) and causally masked.
+// - RoPE rotates the first `rotaryDim` features of each head with the "rotate_half" pairing
+//   (feature i pairs with i + rotaryDim/2), which is what HF Llama and GPT-NeoX checkpoints use.
+import { Data, Effect, Result, Schema } from "effect"
+import type { SafetensorsDType } from "./safetensors.ts"
+
+/** A checkpoint is malformed or incomplete: missing file, missing tensor, wrong shape, bad config value. */
+export class CheckpointError extends Data.TaggedError("CheckpointError")<{
+  readonly file: string
+  readonly field: string | undefined
+  readonly message: string
+}> {}
+
+/** A checkpoint is well formed but asks for math this project does not implement. */
+export class UnsupportedModelError extends Data.TaggedError("UnsupportedModelError")<{
+  readonly file: string
+  readonly field: string
+  readonly message: string
+}> {}
+
+export const checkpointError = (file: string, field: string | undefined, what: string) =>
+  new CheckpointError({ file, field, message: `${file}: ${field === undefined ? "" : `${field}: `}${what}` })
+
+export const unsupported = (file: string, field: string, what: string) =>
+  new UnsupportedModelError({ file, field, message: `${file}: ${field}: unsupported: ${what}` })
+
+export type Family = "llama" | "gpt2" | "gpt_neox"
+
+/** silu: x*sigmoid(x). gelu_erf: exact GELU. gelu_tanh: tanh approximation ("gelu_new", "gelu_pytorch_tanh"). */
+export type Activation = "silu" | "gelu_erf" | "gelu_tanh"
+
+export type RopeScaling =
+  | { readonly kind: "none" }
+  /** Positions divided by `factor` (HF rope_type "linear"). */
+  | { readonly kind: "linear"; readonly factor: number }
+  /** Llama 3.1 frequency-dependent scaling (HF rope_type "llama3"). */
+  | {
+      readonly kind: "llama3"
+      readonly factor: number
+      readonly lowFreqFactor: number
+      readonly highFreqFactor: number
+      readonly originalMaxPositions: number
+    }
+
+export type Positions =
+  | { readonly kind: "learned" }
+  | { readonly kind: "rope"; readonly theta: number; readonly rotaryDim: number; readonly scaling: RopeScaling }
+
+export interface ModelConfig {
+  readonly family: Family
+  /** The `architectures[0]` string of config.json. */
+  readonly hfArchitecture: string
+  readonly vocabSize: number
+  readonly hiddenSize: number
+  readonly numLayers: number
+  readonly numHeads: number
+  /** Key/value heads (< numHeads for grouped-query attention). */
+  readonly numKvHeads: number
+  readonly headDim: number
+  readonly intermediateSize: number
+  readonly maxPositions: number
+  readonly norm: { readonly kind: "rms" | "layer"; readonly eps: number }
+  readonly activation: Activation
+  /** gated: down(act(gate(x)) * up(x)); plain: down(act(up(x))). */
+  readonly mlp: "gated" | "plain"
+  readonly positions: Positions
+  /** GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x)) instead of sequential residuals. */
+  readonly parallelResidual: boolean
+  readonly tiedEmbeddings: boolean
+  readonly bias: { readonly qkv: boolean; readonly o: boolean; readonly mlp: boolean; readonly norm: boolean }
+  readonly bosTokenId: number | undefined
+  readonly eosTokenIds: ReadonlyArray<number>
+  readonly padTokenId: number | undefined
+  /** `torch_dtype` / `dtype` of config.json, informational. */
+  readonly torchDtype: string | undefined
+}
+
+/** Where one weight tensor lives: enough to read it, or to point ONNX external data at it. */
+export interface WeightRef {
+  /** Tensor name in the checkpoint. */
+  readonly name: string
+  /** Path of the safetensors file (as found in the model directory; may be a symlink). */
+  readonly file: string
+  /** Absolute byte offset of the tensor data in `file`, and its length. */
+  readonly fileOffset: number
+  readonly byteLength: number
+  readonly dtype: SafetensorsDType
+  /** Shape as stored in the file. */
+  readonly shape: ReadonlyArray<number>
+  /** True when the file stores W^T ([in, out], GPT-2 Conv1D) rather than W ([out, in]). */
+  readonly transposed: boolean
+}
+
+export interface Linear<W = WeightRef> {
+  readonly weight: W
+  readonly bias: W | undefined
+}
+
+export interface Norm<W = WeightRef> {
+  readonly weight: W
+  readonly bias: W | undefined
+}
+
+export type Attention<W = WeightRef> =
+  | { readonly layout: "separate"; readonly q: Linear<W>; readonly k: Linear<W>; readonly v: Linear<W>; readonly o: Linear<W> }
+  /** GPT-2 c_attn: output features are [q (all heads) | k | v], each hiddenSize wide. */
+  | { readonly layout: "fused_qkv"; readonly qkv: Linear<W>; readonly o: Linear<W> }
+  /** GPT-NeoX query_key_value: output features are [head][q | k | v][headDim]. */
+  | { readonly layout: "fused_qkv_per_head"; readonly qkv: Linear<W>; readonly o: Linear<W> }
+
+export type Mlp<W = WeightRef> =
+  | { readonly kind: "gated"; readonly gate: Linear<W>; readonly up: Linear<W>; readonly down: Linear<W> }
+  | { readonly kind: "plain"; readonly up: Linear<W>; readonly down: Linear<W> }
+
+export interface Layer<W = WeightRef> {
+  readonly inputNorm: Norm<W>
+  readonly attention: Attention<W>
+  readonly postAttentionNorm: Norm<W>
+  readonly mlp: Mlp<W>
+}
+
+export interface ModelWeights<W = WeightRef> {
+  /** [vocab, hidden] */
+  readonly embedTokens: W
+  /** [maxPositions, hidden], learned position embeddings (GPT-2 only). */
+  readonly embedPositions: W | undefined
+  readonly layers: ReadonlyArray<Layer<W>>
+  readonly finalNorm: Norm<W>
+  /** [vocab, hidden]; the same reference as embedTokens when embeddings are tied. */
+  readonly lmHead: W
+}
+
+/** What an architecture asks of the checkpoint for one tensor. */
+export interface WeightSpec {
+  readonly name: string
+  /** Expected shape as stored in the file. */
+  readonly shape: ReadonlyArray<number>
+  readonly transposed: boolean
+}
+
+/** Looks a tensor up in the checkpoint, checking its shape against what the config implies. */
+export interface TensorLookup {
+  readonly has: (name: string) => boolean
+  readonly get: (spec: WeightSpec) => Effect.Effect<WeightRef, CheckpointError>
+}
+
+/** What each architecture module provides. */
+export interface ArchitectureModule {
+  readonly family: Family
+  /** `architectures[0]` values this module reads. */
+  readonly hfArchitectures: ReadonlyArray<string>
+  readonly parseConfig: (file: string, json: unknown) => Effect.Effect<ModelConfig, CheckpointError | UnsupportedModelError>
+  readonly weights: (config: ModelConfig, tensors: TensorLookup) => Effect.Effect<ModelWeights, CheckpointError>
+  /** The config.json that `parseConfig` reads back to `config` (used to write new checkpoints). */
+  readonly toConfigJson: (config: ModelConfig) => Record<string, unknown>
+}
+
+/** Token-id fields shared by every HF config: eos may be one id or a list. */
+export const eosIds = (eos: number | ReadonlyArray<number> | null | undefined): ReadonlyArray<number> =>
+  eos === null || eos === undefined ? [] : typeof eos === "number" ? [eos] : eos
+
+/** A linear layer's specs, for architectures that store W as [out, in]. */
+export const linearSpec = (name: string, out: number, inp: number, bias: boolean): Linear<WeightSpec> => ({
+  weight: { name: `${name}.weight`, shape: [out, inp], transposed: false },
+  bias: bias ? { name: `${name}.bias`, shape: [out], transposed: false } : undefined,
+})
+
+export const normSpec = (name: string, size: number, bias: boolean): Norm<WeightSpec> => ({
+  weight: { name: `${name}.weight`, shape: [size], transposed: false },
+  bias: bias ? { name: `${name}.bias`, shape: [size], transposed: false } : undefined,
+})
+
+const resolveOptional = (tensors: TensorLookup, spec: WeightSpec | undefined) =>
+  spec === undefined ? Effect.succeed(undefined) : tensors.get(spec)
+
+export const resolveLinear = (tensors: TensorLookup, l: Linear<WeightSpec>): Effect.Effect<Linear, CheckpointError> =>
+  Effect.all({ weight: tensors.get(l.weight), bias: resolveOptional(tensors, l.bias) })
+
+export const resolveNorm = resolveLinear as (tensors: TensorLookup, n: Norm<WeightSpec>) => Effect.Effect<Norm, CheckpointError>
+
+/** Resolves the optional tensors of a model; `lmHead` undefined means tied to the token embedding. */
+export const resolveModel = (
+  tensors: TensorLookup,
+  spec: {
+    embedTokens: WeightSpec
+    embedPositions: WeightSpec | undefined
+    finalNorm: Norm<WeightSpec>
+    lmHead: WeightSpec | undefined
+  },
+  layers: ReadonlyArray<Effect.Effect<Layer, CheckpointError>>,
+): Effect.Effect<ModelWeights, CheckpointError> =>
+  Effect.gen(function* () {
+    const embedTokens = yield* tensors.get(spec.embedTokens)
+    return {
+      embedTokens,
+      embedPositions: yield* resolveOptional(tensors, spec.embedPositions),
+      layers: yield* Effect.all(layers),
+      finalNorm: yield* resolveNorm(tensors, spec.finalNorm),
+      lmHead: spec.lmHead === undefined ? embedTokens : yield* tensors.get(spec.lmHead),
+    }
+  })
+
+// ---------------------------------------------------------------------------------------------
+// Pieces of config.json shared by several architectures.
+
+
+export const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
+export const PositiveNumber = Schema.Finite.check(Schema.isGreaterThan(0))
+const TokenId = Schema.NullOr(Schema.Int)
+
+/** Token ids and dtype, identical in every HF config. */
+export const CommonFields = {
+  architectures: Schema.optional(Schema.Array(Schema.String)),
+  bos_token_id: Schema.optional(TokenId),
+  eos_token_id: Schema.optional(Schema.NullOr(Schema.Union([Schema.Int, Schema.Array(Schema.Int)]))),
+  pad_token_id: Schema.optional(TokenId),
+  torch_dtype: Schema.optional(Schema.NullOr(Schema.String)),
+  dtype: Schema.optional(Schema.NullOr(Schema.String)),
+  tie_word_embeddings: Schema.optional(Schema.Boolean),
+}
+
+/** HF `rope_scaling` (transformers 4) or `rope_parameters` (transformers 5) object. */
+export const RopeFields = Schema.Struct({
+  rope_type: Schema.optional(Schema.String),
+  type: Schema.optional(Schema.String),
+  rope_theta: Schema.optional(PositiveNumber),
+  factor: Schema.optional(PositiveNumber),
+  low_freq_factor: Schema.optional(PositiveNumber),
+  high_freq_factor: Schema.optional(PositiveNumber),
+  original_max_position_embeddings: Schema.optional(PositiveInt),
+  partial_rotary_factor: Schema.optional(PositiveNumber),
+})
+export type RopeFields = typeof RopeFields.Type
+
+/** Decodes config.json with a schema; a failure names the file and the offending field path. */
+export const decodeConfig = <S extends Schema.Decoder<unknown>>(schema: S, file: string, json: unknown) => {
+  const r = Schema.decodeUnknownResult(schema)(json)
+  return Result.isSuccess(r)
+    ? Effect.succeed(r.success as S["Type"])
+    : Effect.fail(checkpointError(file, undefined, `invalid config: ${r.failure.message.replace(/\n\s*/g, " ")}`))
+}
+
+/**
+ * The RoPE scaling a config asks for. `field` names where `rope` came from (rope_scaling or
+ * rope_parameters) for error messages. Scalings other than linear and llama3 change the math in
+ * ways we do not implement, so they are refused.
+ */
+export const parseRopeScaling = (
+  file: string,
+  field: string,
+  rope: RopeFields | null | undefined,
+): Effect.Effect<RopeScaling, UnsupportedModelError | CheckpointError> => {
+  if (rope === null || rope === undefined) return Effect.succeed({ kind: "none" })
+  const kind = rope.rope_type ?? rope.type ?? "default"
+  switch (kind) {
+    case "default":
+      return Effect.succeed({ kind: "none" })
+    case "linear":
+      return rope.factor === undefined
+        ? Effect.fail(checkpointError(file, `${field}.factor`, "missing (required by rope_type linear)"))
+        : Effect.succeed({ kind: "linear", factor: rope.factor })
+    case "llama3": {
+      const { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = rope
+      for (const [k, v] of Object.entries({ factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }))
+        if (v === undefined) return Effect.fail(checkpointError(file, `${field}.${k}`, "missing (required by rope_type llama3)"))
+      if (!(high_freq_factor! > low_freq_factor!))
+        return Effect.fail(checkpointError(file, `${field}.high_freq_factor`, "must be greater than low_freq_factor"))
+      return Effect.succeed({
+        kind: "llama3",
+        factor: factor!,
+        lowFreqFactor: low_freq_factor!,
+        highFreqFactor: high_freq_factor!,
+        originalMaxPositions: original_max_position_embeddings!,
+      })
+    }
+    default:
+      return Effect.fail(unsupported(file, `${field}.rope_type`, `"${kind}" (supported: default, linear, llama3)`))
+  }
+}
+
+/** The config.json form of a RoPE scaling, or null for none. */
+export const ropeScalingJson = (s: RopeScaling): Record<string, unknown> | null =>
+  s.kind === "none"
+    ? null
+    : s.kind === "linear"
+      ? { rope_type: "linear", factor: s.factor }
+      : {
+          rope_type: "llama3",
+          factor: s.factor,
+          low_freq_factor: s.lowFreqFactor,
+          high_freq_factor: s.highFreqFactor,
+          original_max_position_embeddings: s.originalMaxPositions,
+        }
+
+/** Fields of ModelConfig that come straight from CommonFields. */
+export const commonConfig = (
+  c: { bos_token_id?: number | null; eos_token_id?: number | ReadonlyArray<number> | null; pad_token_id?: number | null; torch_dtype?: string | null; dtype?: string | null },
+) => ({
+  bosTokenId: c.bos_token_id ?? undefined,
+  eosTokenIds: eosIds(c.eos_token_id),
+  padTokenId: c.pad_token_id ?? undefined,
+  torchDtype: c.dtype ?? c.torch_dtype ?? undefined,
+})
+
+export const commonConfigJson = (c: ModelConfig) => ({
+  bos_token_id: c.bosTokenId ?? null,
+  eos_token_id: c.eosTokenIds.length === 1 ? c.eosTokenIds[0] : c.eosTokenIds.length === 0 ? null : c.eosTokenIds,
+  pad_token_id: c.padTokenId ?? null,
+  torch_dtype: c.torchDtype ?? "float32",
+  tie_word_embeddings: c.tiedEmbeddings,
+})
+
+export const activationFromHf = (file: string, field: string, name: string): Effect.Effect<Activation, UnsupportedModelError> => {
+  switch (name) {
+    case "silu":
+    case "swish":
+      return Effect.succeed("silu")
+    case "gelu":
+      return Effect.succeed("gelu_erf")
+    case "gelu_new":
+    case "gelu_pytorch_tanh":
+      return Effect.succeed("gelu_tanh")
+    default:
+      return Effect.fail(unsupported(file, field, `activation "${name}" (supported: silu, gelu, gelu_new, gelu_pytorch_tanh)`))
+  }
+}
+
+export const activationToHf: Record<Activation, string> = { silu: "silu", gelu_erf: "gelu", gelu_tanh: "gelu_new" }

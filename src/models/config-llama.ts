@@ -1,0 +1,169 @@
+// LlamaForCausalLM and the checkpoints that share its math: Llama 2/3, TinyLlama, Mistral (without
+// an active sliding window) and Qwen2 (Llama plus biases on q/k/v).
+import { Effect, Schema } from "effect"
+import {
+  type ArchitectureModule,
+  type CheckpointError,
+  checkpointError,
+  decodeConfig,
+  CommonFields,
+  commonConfig,
+  commonConfigJson,
+  activationFromHf,
+  activationToHf,
+  type Layer,
+  linearSpec,
+  type ModelConfig,
+  normSpec,
+  parseRopeScaling,
+  PositiveInt,
+  PositiveNumber,
+  resolveLinear,
+  resolveModel,
+  resolveNorm,
+  RopeFields,
+  ropeScalingJson,
+  unsupported,
+} from "./config-architecture.ts"
+
+const LlamaConfigJson = Schema.Struct({
+  ...CommonFields,
+  model_type: Schema.optional(Schema.String),
+  vocab_size: PositiveInt,
+  hidden_size: PositiveInt,
+  intermediate_size: PositiveInt,
+  num_hidden_layers: PositiveInt,
+  num_attention_heads: PositiveInt,
+  num_key_value_heads: Schema.optional(Schema.NullOr(PositiveInt)),
+  head_dim: Schema.optional(Schema.NullOr(PositiveInt)),
+  max_position_embeddings: PositiveInt,
+  rms_norm_eps: PositiveNumber,
+  hidden_act: Schema.optional(Schema.String),
+  rope_theta: Schema.optional(PositiveNumber),
+  rope_scaling: Schema.optional(Schema.NullOr(RopeFields)),
+  rope_parameters: Schema.optional(Schema.NullOr(RopeFields)),
+  attention_bias: Schema.optional(Schema.Boolean),
+  mlp_bias: Schema.optional(Schema.Boolean),
+  sliding_window: Schema.optional(Schema.NullOr(Schema.Int)),
+  use_sliding_window: Schema.optional(Schema.Boolean),
+})
+
+const architectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"] as const
+
+const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
+  Effect.gen(function* () {
+    const c = yield* decodeConfig(LlamaConfigJson, file, json)
+    const arch = c.architectures?.[0] ?? "LlamaForCausalLM"
+    const isQwen2 = arch === "Qwen2ForCausalLM"
+    // Mistral's config class defaults sliding_window to 4096 when the key is absent; Qwen2 only
+    // uses its window when use_sliding_window is true.
+    const window = arch === "MistralForCausalLM" ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : isQwen2 ? (c.use_sliding_window ? c.sliding_window : null) : c.sliding_window
+    if (window !== null && window !== undefined && window < c.max_position_embeddings)
+      return yield* Effect.fail(
+        unsupported(file, "sliding_window", `${window} is smaller than max_position_embeddings ${c.max_position_embeddings}; sliding-window attention is not implemented`),
+      )
+    if (c.rope_parameters?.partial_rotary_factor !== undefined && c.rope_parameters.partial_rotary_factor !== 1)
+      return yield* Effect.fail(unsupported(file, "rope_parameters.partial_rotary_factor", "partial rotary embeddings in a Llama-family model"))
+    const activation = yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu")
+    if (activation !== "silu") return yield* Effect.fail(unsupported(file, "hidden_act", `"${c.hidden_act}" in a Llama-family model (only silu)`))
+    const numHeads = c.num_attention_heads
+    const numKvHeads = c.num_key_value_heads ?? numHeads
+    if (numHeads % numKvHeads !== 0)
+      return yield* Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
+    if (c.head_dim == null && c.hidden_size % numHeads !== 0)
+      return yield* Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
+    const headDim = c.head_dim ?? c.hidden_size / numHeads
+    if (headDim % 2 !== 0) return yield* Effect.fail(checkpointError(file, "head_dim", `${headDim} must be even for rotary embeddings`))
+    const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
+    const scaling = yield* parseRopeScaling(file, ropeField, c.rope_parameters ?? c.rope_scaling)
+    const attentionBias = c.attention_bias ?? false
+    const config: ModelConfig = {
+      family: "llama",
+      hfArchitecture: arch,
+      vocabSize: c.vocab_size,
+      hiddenSize: c.hidden_size,
+      numLayers: c.num_hidden_layers,
+      numHeads,
+      numKvHeads,
+      headDim,
+      intermediateSize: c.intermediate_size,
+      maxPositions: c.max_position_embeddings,
+      norm: { kind: "rms", eps: c.rms_norm_eps },
+      activation,
+      mlp: "gated",
+      positions: { kind: "rope", theta: c.rope_parameters?.rope_theta ?? c.rope_theta ?? 10000, rotaryDim: headDim, scaling },
+      parallelResidual: false,
+      tiedEmbeddings: c.tie_word_embeddings ?? false,
+      bias: { qkv: isQwen2 || attentionBias, o: !isQwen2 && attentionBias, mlp: c.mlp_bias ?? false, norm: false },
+      ...commonConfig(c),
+    }
+    return config
+  })
+
+const weights: ArchitectureModule["weights"] = (config, tensors) => {
+  const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m, vocabSize, bias } = config
+  const layer = (i: number): Effect.Effect<Layer, CheckpointError> => {
+    const p = `model.layers.${i}`
+    return Effect.all({
+      inputNorm: resolveNorm(tensors, normSpec(`${p}.input_layernorm`, h, false)),
+      attention: Effect.all({
+        layout: Effect.succeed("separate" as const),
+        q: resolveLinear(tensors, linearSpec(`${p}.self_attn.q_proj`, numHeads * headDim, h, bias.qkv)),
+        k: resolveLinear(tensors, linearSpec(`${p}.self_attn.k_proj`, numKvHeads * headDim, h, bias.qkv)),
+        v: resolveLinear(tensors, linearSpec(`${p}.self_attn.v_proj`, numKvHeads * headDim, h, bias.qkv)),
+        o: resolveLinear(tensors, linearSpec(`${p}.self_attn.o_proj`, h, numHeads * headDim, bias.o)),
+      }),
+      postAttentionNorm: resolveNorm(tensors, normSpec(`${p}.post_attention_layernorm`, h, false)),
+      mlp: Effect.all({
+        kind: Effect.succeed("gated" as const),
+        gate: resolveLinear(tensors, linearSpec(`${p}.mlp.gate_proj`, m, h, bias.mlp)),
+        up: resolveLinear(tensors, linearSpec(`${p}.mlp.up_proj`, m, h, bias.mlp)),
+        down: resolveLinear(tensors, linearSpec(`${p}.mlp.down_proj`, h, m, bias.mlp)),
+      }),
+    })
+  }
+  return resolveModel(
+    tensors,
+    {
+      embedTokens: { name: "model.embed_tokens.weight", shape: [vocabSize, h], transposed: false },
+      embedPositions: undefined,
+      finalNorm: normSpec("model.norm", h, false),
+      lmHead: config.tiedEmbeddings ? undefined : { name: "lm_head.weight", shape: [vocabSize, h], transposed: false },
+    },
+    Array.from({ length: config.numLayers }, (_, i) => layer(i)),
+  )
+}
+
+const modelType: Record<string, string> = { LlamaForCausalLM: "llama", MistralForCausalLM: "mistral", Qwen2ForCausalLM: "qwen2" }
+
+const toConfigJson = (c: ModelConfig): Record<string, unknown> => {
+  if (c.positions.kind !== "rope") throw new Error("a Llama-family config has rotary positions")
+  const json: Record<string, unknown> = {
+    architectures: [c.hfArchitecture],
+    model_type: modelType[c.hfArchitecture] ?? "llama",
+    vocab_size: c.vocabSize,
+    hidden_size: c.hiddenSize,
+    intermediate_size: c.intermediateSize,
+    num_hidden_layers: c.numLayers,
+    num_attention_heads: c.numHeads,
+    num_key_value_heads: c.numKvHeads,
+    head_dim: c.headDim,
+    max_position_embeddings: c.maxPositions,
+    rms_norm_eps: c.norm.eps,
+    hidden_act: activationToHf[c.activation],
+    rope_theta: c.positions.theta,
+    rope_scaling: ropeScalingJson(c.positions.scaling),
+    ...commonConfigJson(c),
+  }
+  if (c.hfArchitecture === "Qwen2ForCausalLM") {
+    json.use_sliding_window = false
+    json.sliding_window = null
+  } else {
+    json.attention_bias = c.bias.qkv
+    json.mlp_bias = c.bias.mlp
+  }
+  if (c.hfArchitecture === "MistralForCausalLM") json.sliding_window = null
+  return json
+}
+
+export const llama: ArchitectureModule = { family: "llama", hfArchitectures: architectures, parseConfig, weights, toConfigJson }

@@ -1,0 +1,333 @@
+// Randomly initialized Hugging Face checkpoints of any shape: config.json, generation_config.json
+// and model.safetensors (or shards plus model.safetensors.index.json) with the standard tensor
+// names, so they load in HF transformers as well as here. Tensors are generated chunk by chunk
+// while the file is written, so an 8B-parameter bf16 checkpoint never sits in one JS buffer.
+//
+// Values: each tensor draws from its own stream, seeded by (seed, tensor name), so a tensor's
+// values do not depend on which other tensors exist. Weights and embeddings are uniform with
+// standard deviation `std` (HF uses a normal with initializer_range 0.02; a uniform of the same
+// variance is cheaper to draw at billions of values). Unlike HF's init, biases are drawn the same
+// way and norm scales are 1 + noise, so tests that compare implementations exercise them.
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import {
+  type CheckpointError,
+  checkpointError,
+  type ModelConfig,
+  type ModelWeights,
+  type WeightRef,
+  type WeightSpec,
+} from "./config-architecture.ts"
+import { architectures, modelConfigJson } from "./checkpoint.ts"
+import {
+  dtypeByteSize,
+  elementCount,
+  fromNumbers,
+  type SafetensorsError,
+  type StreamedTensor,
+  writeFileStreamed,
+} from "./safetensors.ts"
+
+export type WeightDType = "F32" | "F16" | "BF16"
+
+export interface InitOptions {
+  readonly seed: number
+  /** Storage dtype of every weight (default F32). */
+  readonly dtype?: WeightDType
+  /** Standard deviation of weights, embeddings, biases and norm-scale noise (default 0.02). */
+  readonly std?: number
+  /** Split into shards of at most this many bytes, HF style (default: one model.safetensors). */
+  readonly maxShardBytes?: number
+}
+
+/** A 32-bit seed from a string (FNV-1a). */
+const hash32 = (s: string, seed: number): number => {
+  let h = (0x811c9dc5 ^ seed) >>> 0
+  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0
+  return h
+}
+
+/** mulberry32: a small, fast, well-mixed 32-bit generator; returns uniforms in [0, 1). */
+export const mulberry32 = (seed: number) => {
+  let a = seed >>> 0
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+type Role = "weight" | "bias" | "norm"
+
+const roleOf = (name: string, normNames: ReadonlySet<string>): Role =>
+  normNames.has(name) ? "norm" : name.endsWith(".bias") ? "bias" : "weight"
+
+const CHUNK_ELEMENTS = 1 << 20
+
+/** The values of one tensor, produced in chunks of at most CHUNK_ELEMENTS elements. */
+function* tensorChunks(spec: WeightSpec, role: Role, dtype: WeightDType, seed: number, std: number): Generator<Uint8Array> {
+  const next = mulberry32(hash32(spec.name, seed))
+  const halfWidth = std * Math.sqrt(3) // uniform(-a, a) has standard deviation a / sqrt(3)
+  const offset = role === "norm" ? 1 : 0
+  let left = elementCount(spec.shape)
+  while (left > 0) {
+    const n = Math.min(left, CHUNK_ELEMENTS)
+    const values = new Float64Array(n)
+    for (let i = 0; i < n; i++) values[i] = offset + (2 * next() - 1) * halfWidth
+    yield fromNumbers(values, dtype, [n]).data
+    left -= n
+  }
+}
+
+/** Every tensor an architecture expects for `config`, with norm tensors marked. */
+export const checkpointTensorSpecs = (config: ModelConfig): { specs: ReadonlyArray<WeightSpec>; normNames: ReadonlySet<string> } => {
+  const module = architectures.find((a) => a.hfArchitectures.includes(config.hfArchitecture))
+  if (module === undefined) throw new Error(`no architecture module for ${config.hfArchitecture}`)
+  const specs = new Map<string, WeightSpec>()
+  // Record what the architecture asks for; `has` answers yes so GPT-2 picks its canonical
+  // "transformer." prefix.
+  const collected = Effect.runSync(
+    module.weights(config, {
+      has: () => true,
+      get: (spec) => {
+        specs.set(spec.name, spec)
+        const ref: WeightRef = { name: spec.name, file: "", fileOffset: 0, byteLength: 0, dtype: "F32", shape: spec.shape, transposed: spec.transposed }
+        return Effect.succeed(ref)
+      },
+    }),
+  )
+  return { specs: [...specs.values()], normNames: normTensorNames(collected) }
+}
+
+const normTensorNames = (w: ModelWeights): ReadonlySet<string> => {
+  const names = new Set<string>([w.finalNorm.weight.name])
+  for (const l of w.layers) {
+    names.add(l.inputNorm.weight.name)
+    names.add(l.postAttentionNorm.weight.name)
+  }
+  return names
+}
+
+/** Groups tensors into shards of at most maxBytes (a tensor bigger than that gets its own shard). */
+const shardsOf = <T extends { byteLength: number }>(items: ReadonlyArray<T>, maxBytes: number): T[][] => {
+  const shards: T[][] = []
+  let current: T[] = []
+  let size = 0
+  for (const item of items) {
+    if (current.length > 0 && size + item.byteLength > maxBytes) {
+      shards.push(current)
+      current = []
+      size = 0
+    }
+    current.push(item)
+    size += item.byteLength
+  }
+  if (current.length > 0) shards.push(current)
+  return shards
+}
+
+const writeJson = (file: string, value: unknown) =>
+  Effect.try({
+    try: () => fs.writeFileSync(file, JSON.stringify(value, null, 2) + "\n"),
+    catch: (e) => checkpointError(file, undefined, `cannot write: ${e instanceof Error ? e.message : String(e)}`),
+  })
+
+/**
+ * Writes tensors as one model.safetensors or as HF shards model-0000i-of-0000n.safetensors with
+ * model.safetensors.index.json. Safetensors metadata is {"format": "pt"}, which transformers expects.
+ */
+export const writeWeightFiles = (
+  dir: string,
+  tensors: ReadonlyArray<StreamedTensor>,
+  maxShardBytes = Infinity,
+): Effect.Effect<ReadonlyArray<string>, SafetensorsError | CheckpointError> =>
+  Effect.gen(function* () {
+    const sized = tensors.map((t) => ({ tensor: t, byteLength: elementCount(t.shape) * dtypeByteSize[t.dtype] }))
+    const shards = shardsOf(sized, maxShardBytes)
+    const metadata = { format: "pt" }
+    if (shards.length <= 1) {
+      const file = path.join(dir, "model.safetensors")
+      yield* writeFileStreamed(file, tensors, metadata)
+      return [file]
+    }
+    const n = shards.length
+    const pad = (i: number) => String(i).padStart(5, "0")
+    const files: string[] = []
+    const weightMap: Record<string, string> = {}
+    for (let i = 0; i < n; i++) {
+      const name = `model-${pad(i + 1)}-of-${pad(n)}.safetensors`
+      yield* writeFileStreamed(path.join(dir, name), shards[i].map((s) => s.tensor), metadata)
+      for (const s of shards[i]) weightMap[s.tensor.name] = name
+      files.push(path.join(dir, name))
+    }
+    const totalSize = sized.reduce((a, s) => a + s.byteLength, 0)
+    yield* writeJson(path.join(dir, "model.safetensors.index.json"), { metadata: { total_size: totalSize }, weight_map: weightMap })
+    return files
+  })
+
+/** Writes config.json and generation_config.json for a config. */
+export const writeConfigFiles = (dir: string, config: ModelConfig, dtype: WeightDType = "F32"): Effect.Effect<void, CheckpointError> =>
+  Effect.gen(function* () {
+    const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype]
+    yield* writeJson(path.join(dir, "config.json"), { ...modelConfigJson(config), torch_dtype: torchDtype })
+    const eos = config.eosTokenIds.length === 1 ? config.eosTokenIds[0] : config.eosTokenIds
+    yield* writeJson(path.join(dir, "generation_config.json"), {
+      bos_token_id: config.bosTokenId ?? null,
+      eos_token_id: config.eosTokenIds.length === 0 ? null : eos,
+      ...(config.padTokenId === undefined ? {} : { pad_token_id: config.padTokenId }),
+    })
+  })
+
+/** Creates `dir` and writes a randomly initialized checkpoint of `config` into it. */
+export const writeRandomCheckpoint = (
+  dir: string,
+  config: ModelConfig,
+  options: InitOptions,
+): Effect.Effect<void, SafetensorsError | CheckpointError> =>
+  Effect.gen(function* () {
+    const dtype = options.dtype ?? "F32"
+    const std = options.std ?? 0.02
+    yield* Effect.try({ try: () => fs.mkdirSync(dir, { recursive: true }), catch: (e) => checkpointError(dir, undefined, `cannot create: ${String(e)}`) })
+    const { specs, normNames } = checkpointTensorSpecs(config)
+    yield* writeConfigFiles(dir, config, dtype)
+    const tensors: StreamedTensor[] = specs.map((spec) => ({
+      name: spec.name,
+      dtype,
+      shape: spec.shape,
+      chunks: () => tensorChunks(spec, roleOf(spec.name, normNames), dtype, options.seed, std),
+    }))
+    yield* writeWeightFiles(dir, tensors, options.maxShardBytes)
+  })
+
+// ---------------------------------------------------------------------------------------------
+// Configurations: a tiny default per architecture for tests, and the shapes of real models for
+// benchmarks. Any field can be overridden.
+
+const tinyBase = {
+  vocabSize: 64,
+  hiddenSize: 16,
+  numLayers: 2,
+  numHeads: 4,
+  intermediateSize: 32,
+  maxPositions: 64,
+  bosTokenId: 1,
+  eosTokenIds: [2],
+  padTokenId: undefined,
+  torchDtype: "float32",
+} as const
+
+/** Sizes from the overrides or the tiny defaults, with headDim and numKvHeads derived when not given. */
+const sizes = (overrides: Partial<ModelConfig>, defaults: { numKvHeads?: number; intermediateSize?: number }) => {
+  const hiddenSize = overrides.hiddenSize ?? tinyBase.hiddenSize
+  const numHeads = overrides.numHeads ?? tinyBase.numHeads
+  const headDim = overrides.headDim ?? hiddenSize / numHeads
+  return {
+    ...tinyBase,
+    hiddenSize,
+    numHeads,
+    headDim,
+    numKvHeads: defaults.numKvHeads ?? numHeads,
+    intermediateSize: defaults.intermediateSize ?? tinyBase.intermediateSize,
+  }
+}
+
+/** A small LlamaForCausalLM (GQA with 2 kv heads); rotaryDim follows headDim unless positions are given. */
+export const tinyLlama = (overrides: Partial<ModelConfig> = {}): ModelConfig => {
+  const base = sizes(overrides, { numKvHeads: Math.max(1, (overrides.numHeads ?? tinyBase.numHeads) / 2) })
+  return {
+    ...base,
+    family: "llama",
+    hfArchitecture: "LlamaForCausalLM",
+    norm: { kind: "rms", eps: 1e-6 },
+    activation: "silu",
+    mlp: "gated",
+    positions: { kind: "rope", theta: 10000, rotaryDim: overrides.headDim ?? base.headDim, scaling: { kind: "none" } },
+    parallelResidual: false,
+    tiedEmbeddings: false,
+    bias: { qkv: false, o: false, mlp: false, norm: false },
+    ...overrides,
+  }
+}
+
+export const tinyGpt2 = (overrides: Partial<ModelConfig> = {}): ModelConfig => ({
+  ...sizes(overrides, { intermediateSize: 4 * (overrides.hiddenSize ?? tinyBase.hiddenSize) }),
+  family: "gpt2",
+  hfArchitecture: "GPT2LMHeadModel",
+  norm: { kind: "layer", eps: 1e-5 },
+  activation: "gelu_tanh",
+  mlp: "plain",
+  positions: { kind: "learned" },
+  parallelResidual: false,
+  tiedEmbeddings: true,
+  bias: { qkv: true, o: true, mlp: true, norm: true },
+  ...overrides,
+})
+
+/** A small GPTNeoXForCausalLM with rotary_pct 0.5 unless positions are given. */
+export const tinyGptNeox = (overrides: Partial<ModelConfig> = {}): ModelConfig => {
+  const base = sizes(overrides, { intermediateSize: 4 * (overrides.hiddenSize ?? tinyBase.hiddenSize) })
+  return {
+    ...base,
+    family: "gpt_neox",
+    hfArchitecture: "GPTNeoXForCausalLM",
+    norm: { kind: "layer", eps: 1e-5 },
+    activation: "gelu_erf",
+    mlp: "plain",
+    positions: { kind: "rope", theta: 10000, rotaryDim: base.headDim / 2, scaling: { kind: "none" } },
+    parallelResidual: true,
+    tiedEmbeddings: false,
+    bias: { qkv: true, o: true, mlp: true, norm: true },
+    ...overrides,
+  }
+}
+
+/** Llama 3.2 1B shapes (tied embeddings, Llama 3 RoPE scaling). */
+export const llama32_1b = (): ModelConfig =>
+  tinyLlama({
+    vocabSize: 128256,
+    hiddenSize: 2048,
+    numLayers: 16,
+    numHeads: 32,
+    numKvHeads: 8,
+    headDim: 64,
+    intermediateSize: 8192,
+    maxPositions: 131072,
+    norm: { kind: "rms", eps: 1e-5 },
+    positions: {
+      kind: "rope",
+      theta: 500000,
+      rotaryDim: 64,
+      scaling: { kind: "llama3", factor: 32, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192 },
+    },
+    tiedEmbeddings: true,
+    bosTokenId: 128000,
+    eosTokenIds: [128001],
+    torchDtype: "bfloat16",
+  })
+
+/** Llama 3.1 8B shapes. */
+export const llama31_8b = (): ModelConfig =>
+  tinyLlama({
+    vocabSize: 128256,
+    hiddenSize: 4096,
+    numLayers: 32,
+    numHeads: 32,
+    numKvHeads: 8,
+    headDim: 128,
+    intermediateSize: 14336,
+    maxPositions: 131072,
+    norm: { kind: "rms", eps: 1e-5 },
+    positions: {
+      kind: "rope",
+      theta: 500000,
+      rotaryDim: 128,
+      scaling: { kind: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 8192 },
+    },
+    tiedEmbeddings: false,
+    bosTokenId: 128000,
+    eosTokenIds: [128001],
+    torchDtype: "bfloat16",
+  })
