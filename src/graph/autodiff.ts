@@ -469,16 +469,17 @@ export const gradients = (g: Graph, loss: Value, wrt: readonly Value[]): Value[]
   for (const n of active) {
     const gy = n.outputs.map((o) => grads.get(o) ?? null)
     if (gy.every((v) => v === null)) continue
-    const needs = n.inputs.map((v) => v !== null && tainted.has(v))
+    const targets = n.customGradient ? n.customGradient.wrt : n.inputs
+    const needs = targets.map((v) => v !== null && tainted.has(v))
     let gx: readonly (Value | null)[]
-    if (n.customGradient) gx = n.customGradient(gy, needs)
+    if (n.customGradient) gx = n.customGradient.rule(gy, needs)
     else {
       const hidden = Object.values(n.attrs).some((a) => a.kind === "graph") && outerReadsOfNode(n).some((v) => tainted.has(v))
       const rule = rules[n.op]
       if (!rule || hidden) throw new GradientError(`no gradient rule for ${n.op} (producing ${n.outputs.map((o) => o.name).join(", ")}); differentiable ops: ${differentiableOps().join(", ")}`)
       gx = rule(g, n, gy, needs)
     }
-    n.inputs.forEach((v, i) => {
+    targets.forEach((v, i) => {
       const d = gx[i]
       if (v && d && needs[i]) accumulate(v, d)
     })

@@ -256,7 +256,7 @@ export class Graph implements GraphIR {
   }
   /** Stops gradients: the value is treated as a constant by autodiff. */
   stopGradient(x: Value): Value {
-    return this.node("Identity", [x], {}, [{ dtype: x.dtype, shape: x.shape }], undefined, { customGradient: (_g, needs) => needs.map(() => null) })[0]
+    return this.node("Identity", [x], {}, [{ dtype: x.dtype, shape: x.shape }], undefined, { customGradient: { wrt: [], rule: () => [] } })[0]
   }
 
   // ---------------------------------------------------------------- linear algebra

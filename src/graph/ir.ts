@@ -28,9 +28,14 @@ export type AttrValue =
   | { readonly kind: "tensor"; readonly dtype: DType; readonly shape: readonly number[]; readonly data: HostArray }
   | { readonly kind: "graph"; readonly v: GraphIR }
 
-/** Gradient of a node computed by a custom rule instead of the op's registered rule
- * (used by composite ops such as the chunked losses, whose backward recomputes chunks). */
-export type CustomGradient = (gradOutputs: readonly (Value | null)[], needs: readonly boolean[]) => readonly (Value | null)[]
+/** Gradient of a node computed by a custom rule instead of the op's registered rule (used
+ * by composite ops such as the chunked losses, whose backward recomputes each chunk).
+ * `wrt` are the values the node depends on, including values its subgraphs read from
+ * enclosing graphs; `rule` gets the gradient of each output and returns one per `wrt`. */
+export interface CustomGradient {
+  readonly wrt: readonly Value[]
+  readonly rule: (gradOutputs: readonly (Value | null)[], needs: readonly boolean[]) => readonly (Value | null)[]
+}
 
 export interface Node {
   readonly op: string
