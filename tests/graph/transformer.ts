@@ -24,7 +24,7 @@ export const paramShapes = (c: TinyConfig): Record<string, number[]> => {
     p[`l${l}.w_down`] = [c.ffn, c.dim]
   }
   p.final_norm = [c.dim]
-  p.lm_head = [c.dim, c.vocab]
+  p.lm_head = [c.vocab, c.dim] // Hugging Face layout: logits = h W^T
   return p
 }
 
@@ -34,7 +34,7 @@ export const initParams = (c: TinyConfig, seed: number): Record<string, number[]
   const out: Record<string, number[]> = {}
   for (const [name, shape] of Object.entries(paramShapes(c))) {
     const n = shape.reduce((a, b) => a * b, 1)
-    out[name] = name.endsWith("norm") ? Array.from({ length: n }, () => 1 + 0.1 * r()) : Array.from({ length: n }, () => (r() * (name === "embed" ? 1 : 1.5)) / Math.sqrt(shape[0]))
+    out[name] = name.endsWith("norm") ? Array.from({ length: n }, () => 1 + 0.1 * r()) : Array.from({ length: n }, () => (r() * (name === "embed" ? 1 : 1.5)) / Math.sqrt(name === "lm_head" ? shape[1] : shape[0]))
   }
   return out
 }
@@ -52,8 +52,8 @@ const rope = (g: Graph, x: Value, cos: Value, sin: Value, hd: number): Value => 
   return g.concat([g.sub(g.mul(x1, cos), g.mul(x2, sin)), g.add(g.mul(x1, sin), g.mul(x2, cos))], -1)
 }
 
-/** Logits [B, T, vocab] for token ids [B, T]. */
-export const tinyTransformer = (g: Graph, c: TinyConfig, p: Record<string, Value>, ids: Value): Value => {
+/** Final (normalized) hidden states [B, T, dim] for token ids [B, T]. */
+export const tinyTransformerHidden = (g: Graph, c: TinyConfig, p: Record<string, Value>, ids: Value): Value => {
   const dtype = p.embed.dtype
   const hd = c.dim / c.heads
   const T = g.shapeOf(ids, 1, 2)
@@ -82,5 +82,9 @@ export const tinyTransformer = (g: Graph, c: TinyConfig, p: Record<string, Value
     const silu = g.mul(gate, g.sigmoid(gate))
     x = g.add(x, g.matMul(g.mul(silu, g.matMul(h2, p[`l${l}.w_up`])), p[`l${l}.w_down`]))
   }
-  return g.matMul(g.rmsNorm(x, p.final_norm, { epsilon: 1e-6 }), p.lm_head)
+  return g.rmsNorm(x, p.final_norm, { epsilon: 1e-6 })
 }
+
+/** Logits [B, T, vocab] for token ids [B, T]. */
+export const tinyTransformer = (g: Graph, c: TinyConfig, p: Record<string, Value>, ids: Value): Value =>
+  g.matMul(tinyTransformerHidden(g, c, p, ids), g.transpose(p.lm_head))
