@@ -59,12 +59,15 @@ const architectureOf = (file: string, json: unknown): Effect.Effect<[string, Arc
 export const parseModelConfig = (file: string, json: unknown): Effect.Effect<ModelConfig, CheckpointError | UnsupportedModelError> =>
   Effect.flatMap(architectureOf(file, json), ([, module]) => module.parseConfig(file, json))
 
-/** The config.json object for a ModelConfig (what `parseModelConfig` reads back to the same config). */
-export const modelConfigJson = (config: ModelConfig): Record<string, unknown> => {
+/** The architecture module that reads `config`'s hfArchitecture. */
+export const architectureModule = (config: ModelConfig): Effect.Effect<ArchitectureModule, UnsupportedModelError> => {
   const module = architectures.find((a) => a.hfArchitectures.includes(config.hfArchitecture))
-  if (module === undefined) throw new Error(`no architecture module for ${config.hfArchitecture}`)
-  return module.toConfigJson(config)
+  return module === undefined ? Effect.fail(unsupported("config.json", "architectures", `"${config.hfArchitecture}"`)) : Effect.succeed(module)
 }
+
+/** The config.json object for a ModelConfig (what `parseModelConfig` reads back to the same config). */
+export const modelConfigJson = (config: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> =>
+  Effect.flatMap(architectureModule(config), (m) => m.toConfigJson(config))
 
 const GenerationConfigJson = Schema.Struct({
   bos_token_id: Schema.optional(Schema.NullOr(Schema.Int)),

@@ -158,8 +158,11 @@ export interface ArchitectureModule {
   readonly hfArchitectures: ReadonlyArray<string>
   readonly parseConfig: (file: string, json: unknown) => Effect.Effect<ModelConfig, CheckpointError | UnsupportedModelError>
   readonly weights: (config: ModelConfig, tensors: TensorLookup) => Effect.Effect<ModelWeights, CheckpointError>
-  /** The config.json that `parseConfig` reads back to `config` (used to write new checkpoints). */
-  readonly toConfigJson: (config: ModelConfig) => Record<string, unknown>
+  /**
+   * The config.json that `parseConfig` reads back to `config` (used to write new checkpoints);
+   * fails for a config this architecture's config.json cannot express.
+   */
+  readonly toConfigJson: (config: ModelConfig) => Effect.Effect<Record<string, unknown>, UnsupportedModelError>
 }
 
 /** Token-id fields shared by every HF config: eos may be one id or a list. */

@@ -6,6 +6,8 @@ import {
   activationToHf,
   type ArchitectureModule,
   type CheckpointError,
+  type UnsupportedModelError,
+  unsupported,
   checkpointError,
   CommonFields,
   commonConfig,
@@ -113,9 +115,10 @@ const weights: ArchitectureModule["weights"] = (config, tensors) => {
   )
 }
 
-const toConfigJson = (c: ModelConfig): Record<string, unknown> => {
-  if (c.positions.kind !== "rope") throw new Error("a GPT-NeoX config has rotary positions")
-  return {
+const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> => {
+  if (c.positions.kind !== "rope" || c.norm.kind !== "layer" || c.mlp !== "plain" || c.numKvHeads !== c.numHeads || c.headDim * c.numHeads !== c.hiddenSize || c.bias.qkv !== c.bias.o || !c.bias.mlp || !c.bias.norm)
+    return Effect.fail(unsupported("config.json", "architectures", "GPTNeoXForCausalLM has rotary positions, LayerNorm, full multi-head attention, a plain MLP and attention biases on all or none of qkv and dense"))
+  return Effect.succeed({
     architectures: ["GPTNeoXForCausalLM"],
     model_type: "gpt_neox",
     vocab_size: c.vocabSize,
@@ -132,7 +135,7 @@ const toConfigJson = (c: ModelConfig): Record<string, unknown> => {
     use_parallel_residual: c.parallelResidual,
     attention_bias: c.bias.qkv,
     ...commonConfigJson(c),
-  }
+  })
 }
 
 export const gptNeox: ArchitectureModule = { family: "gpt_neox", hfArchitectures: ["GPTNeoXForCausalLM"], parseConfig, weights, toConfigJson }

@@ -6,6 +6,7 @@ import {
   activationToHf,
   type ArchitectureModule,
   type CheckpointError,
+  type UnsupportedModelError,
   checkpointError,
   CommonFields,
   commonConfig,
@@ -112,7 +113,10 @@ const weights: ArchitectureModule["weights"] = (config, tensors) => {
   )
 }
 
-const toConfigJson = (c: ModelConfig): Record<string, unknown> => ({
+const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> =>
+  c.positions.kind !== "learned" || c.norm.kind !== "layer" || c.mlp !== "plain" || c.parallelResidual || c.numKvHeads !== c.numHeads || c.headDim * c.numHeads !== c.hiddenSize || !(c.bias.qkv && c.bias.o && c.bias.mlp && c.bias.norm)
+    ? Effect.fail(unsupported("config.json", "architectures", "GPT2LMHeadModel has learned positions, LayerNorm, biases everywhere, full multi-head attention and a plain MLP"))
+    : Effect.succeed({
   architectures: ["GPT2LMHeadModel"],
   model_type: "gpt2",
   vocab_size: c.vocabSize,
@@ -125,6 +129,6 @@ const toConfigJson = (c: ModelConfig): Record<string, unknown> => ({
   layer_norm_epsilon: c.norm.eps,
   scale_attn_weights: true,
   ...commonConfigJson(c),
-})
+  })
 
 export const gpt2: ArchitectureModule = { family: "gpt2", hfArchitectures: ["GPT2LMHeadModel"], parseConfig, weights, toConfigJson }

@@ -4,6 +4,7 @@ import { Effect, Schema } from "effect"
 import {
   type ArchitectureModule,
   type CheckpointError,
+  type UnsupportedModelError,
   checkpointError,
   decodeConfig,
   CommonFields,
@@ -136,8 +137,17 @@ const weights: ArchitectureModule["weights"] = (config, tensors) => {
 
 const modelType: Record<string, string> = { LlamaForCausalLM: "llama", MistralForCausalLM: "mistral", Qwen2ForCausalLM: "qwen2" }
 
-const toConfigJson = (c: ModelConfig): Record<string, unknown> => {
-  if (c.positions.kind !== "rope") throw new Error("a Llama-family config has rotary positions")
+const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> => {
+  const file = "config.json"
+  if (c.positions.kind !== "rope" || c.positions.rotaryDim !== c.headDim)
+    return Effect.fail(unsupported(file, "positions", "a Llama-family model rotates the whole head"))
+  if (c.norm.kind !== "rms" || c.mlp !== "gated" || c.parallelResidual || c.bias.norm || c.activation !== "silu")
+    return Effect.fail(unsupported(file, "norm", "a Llama-family model has RMSNorm without bias, a gated silu MLP and sequential residuals"))
+  const isQwen2 = c.hfArchitecture === "Qwen2ForCausalLM"
+  if (isQwen2 ? !c.bias.qkv || c.bias.o || c.bias.mlp : c.bias.qkv !== c.bias.o)
+    return Effect.fail(
+      unsupported(file, "bias", isQwen2 ? "Qwen2 has biases on q, k, v only" : "Llama's attention_bias puts biases on all of q, k, v, o or none"),
+    )
   const json: Record<string, unknown> = {
     architectures: [c.hfArchitecture],
     model_type: modelType[c.hfArchitecture] ?? "llama",
@@ -163,7 +173,7 @@ const toConfigJson = (c: ModelConfig): Record<string, unknown> => {
     json.mlp_bias = c.bias.mlp
   }
   if (c.hfArchitecture === "MistralForCausalLM") json.sliding_window = null
-  return json
+  return Effect.succeed(json)
 }
 
 export const llama: ArchitectureModule = { family: "llama", hfArchitectures: architectures, parseConfig, weights, toConfigJson }

@@ -16,10 +16,11 @@ import {
   checkpointError,
   type ModelConfig,
   type ModelWeights,
+  type UnsupportedModelError,
   type WeightRef,
   type WeightSpec,
 } from "./config-architecture.ts"
-import { architectures, modelConfigJson } from "./checkpoint.ts"
+import { architectureModule, modelConfigJson } from "./checkpoint.ts"
 import {
   dtypeByteSize,
   elementCount,
@@ -83,24 +84,24 @@ function* tensorChunks(spec: WeightSpec, role: Role, dtype: WeightDType, seed: n
 }
 
 /** Every tensor an architecture expects for `config`, with norm tensors marked. */
-export const checkpointTensorSpecs = (config: ModelConfig): { specs: ReadonlyArray<WeightSpec>; normNames: ReadonlySet<string> } => {
-  const module = architectures.find((a) => a.hfArchitectures.includes(config.hfArchitecture))
-  if (module === undefined) throw new Error(`no architecture module for ${config.hfArchitecture}`)
+export const checkpointTensorSpecs = (
+  config: ModelConfig,
+): Effect.Effect<{ specs: ReadonlyArray<WeightSpec>; normNames: ReadonlySet<string> }, UnsupportedModelError | CheckpointError> =>
+  Effect.gen(function* () {
+  const module = yield* architectureModule(config)
   const specs = new Map<string, WeightSpec>()
   // Record what the architecture asks for; `has` answers yes so GPT-2 picks its canonical
   // "transformer." prefix.
-  const collected = Effect.runSync(
-    module.weights(config, {
+  const collected = yield* module.weights(config, {
       has: () => true,
       get: (spec) => {
         specs.set(spec.name, spec)
         const ref: WeightRef = { name: spec.name, file: "", fileOffset: 0, byteLength: 0, dtype: "F32", shape: spec.shape, transposed: spec.transposed }
         return Effect.succeed(ref)
       },
-    }),
-  )
+    })
   return { specs: [...specs.values()], normNames: normTensorNames(collected) }
-}
+  })
 
 const normTensorNames = (w: ModelWeights): ReadonlySet<string> => {
   const names = new Set<string>([w.finalNorm.weight.name])
@@ -169,10 +170,14 @@ export const writeWeightFiles = (
   })
 
 /** Writes config.json and generation_config.json for a config. */
-export const writeConfigFiles = (dir: string, config: ModelConfig, dtype: WeightDType = "F32"): Effect.Effect<void, CheckpointError> =>
+export const writeConfigFiles = (
+  dir: string,
+  config: ModelConfig,
+  dtype: WeightDType = "F32",
+): Effect.Effect<void, CheckpointError | UnsupportedModelError> =>
   Effect.gen(function* () {
     const torchDtype = { F32: "float32", F16: "float16", BF16: "bfloat16" }[dtype]
-    yield* writeJson(path.join(dir, "config.json"), { ...modelConfigJson(config), torch_dtype: torchDtype })
+    yield* writeJson(path.join(dir, "config.json"), { ...(yield* modelConfigJson(config)), torch_dtype: torchDtype })
     const eos = config.eosTokenIds.length === 1 ? config.eosTokenIds[0] : config.eosTokenIds
     yield* writeJson(path.join(dir, "generation_config.json"), {
       bos_token_id: config.bosTokenId ?? null,
@@ -186,12 +191,12 @@ export const writeRandomCheckpoint = (
   dir: string,
   config: ModelConfig,
   options: InitOptions,
-): Effect.Effect<void, SafetensorsError | CheckpointError> =>
+): Effect.Effect<void, SafetensorsError | CheckpointError | UnsupportedModelError> =>
   Effect.gen(function* () {
     const dtype = options.dtype ?? "F32"
     const std = options.std ?? 0.02
     yield* Effect.try({ try: () => fs.mkdirSync(dir, { recursive: true }), catch: (e) => checkpointError(dir, undefined, `cannot create: ${String(e)}`) })
-    const { specs, normNames } = checkpointTensorSpecs(config)
+    const { specs, normNames } = yield* checkpointTensorSpecs(config)
     yield* writeConfigFiles(dir, config, dtype)
     const tensors: StreamedTensor[] = specs.map((spec) => ({
       name: spec.name,

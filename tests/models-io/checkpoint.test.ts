@@ -60,6 +60,12 @@ describe("random checkpoints load back with the config they were written from", 
       expect(ckpt.generationConfig?.eosTokenIds).toEqual(config.eosTokenIds)
     })
 
+  it("refuses to write a config that its architecture's config.json cannot express", () => {
+    const e = failure(writeRandomCheckpoint(tmp(), tinyLlama({ bias: { qkv: true, o: false, mlp: false, norm: false } }), { seed: 1 })) as UnsupportedModelError
+    expect(e).toMatchObject({ _tag: "UnsupportedModelError", field: "bias" })
+    expect(failure(writeRandomCheckpoint(tmp(), tinyGpt2({ parallelResidual: true }), { seed: 1 }))).toMatchObject({ _tag: "UnsupportedModelError" })
+  })
+
   it("uses HF tensor names and layouts (GPT-2 Conv1D stored [in, out], NeoX fused qkv)", () => {
     const g = run(loadCheckpoint(write(tinyGpt2())))
     const a = g.weights.layers[0].attention

@@ -1,0 +1,277 @@
+// Trust in the reference comes from two kinds of checks:
+// 1. tiny models (1 layer, 1-2 heads, hidden 2-4) with weights set by hand, whose logits are
+//    worked out step by step below in scalar arithmetic;
+// 2. identities that hold whatever the weights: GQA equals multi-head attention with duplicated
+//    key/value heads, tied equals untied with a copied head, causality, and position-free
+//    attention being invariant to the order of earlier tokens.
+// Tolerance 1e-12: everything is float64 and the hand computations follow the same operations.
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { describe, expect, it } from "vitest"
+import { loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
+import { tinyGpt2, tinyGptNeox, tinyLlama, writeConfigFiles, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { fromNumbers, readFile, type Tensor, writeFile } from "../../src/models/safetensors.ts"
+import { activations, erf, referenceForward, referenceLogits, referenceModel, ropeInverseFrequencies } from "./reference.ts"
+
+const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-ref-"))
+const TOL = 1e-12
+
+/** Writes a checkpoint whose every tensor is given: name -> [shape, row-major values]. */
+const handCheckpoint = (config: ModelConfig, tensors: Record<string, [number[], number[]]>): string => {
+  const dir = tmp()
+  Effect.runSync(writeConfigFiles(dir, config))
+  const map = new Map<string, Tensor>(Object.entries(tensors).map(([name, [shape, values]]) => [name, fromNumbers(values, "F64", shape)]))
+  Effect.runSync(writeFile(path.join(dir, "model.safetensors"), map))
+  return dir
+}
+
+const expectClose = (got: ArrayLike<number>, want: number[]) => {
+  expect(got.length).toBe(want.length)
+  for (let i = 0; i < want.length; i++) expect(Math.abs(got[i] - want[i])).toBeLessThan(TOL)
+}
+
+const rms = (v: number[]) => {
+  const s = Math.sqrt(v.reduce((a, x) => a + x * x, 0) / v.length)
+  return v.map((x) => x / s)
+}
+const ln = (v: number[]) => {
+  const m = v.reduce((a, x) => a + x, 0) / v.length
+  const s = Math.sqrt(v.reduce((a, x) => a + (x - m) ** 2, 0) / v.length)
+  return v.map((x) => (x - m) / s)
+}
+const softmax2 = (a: number, b: number) => [Math.exp(a) / (Math.exp(a) + Math.exp(b)), Math.exp(b) / (Math.exp(a) + Math.exp(b))]
+
+describe("activations and RoPE frequencies", () => {
+  it("erf matches tabulated values", () => {
+    const table: Array<[number, number]> = [
+      [0, 0], [0.1, 0.1124629160182849], [0.5, 0.5204998778130465], [1, 0.8427007929497149], [2, 0.9953222650189527],
+      [3, 0.9999779095030014], [3.5, 0.9999992569016276], [4, 0.9999999845827421], [-1.5, -0.9661051464753108],
+    ]
+    for (const [x, want] of table) expect(Math.abs(erf(x) - want)).toBeLessThan(1e-13)
+  })
+  it("gelu and silu at known points", () => {
+    expect(Math.abs(activations.gelu_erf(1) - 0.8413447460685429)).toBeLessThan(1e-13)
+    expect(Math.abs(activations.gelu_tanh(1) - 0.8411919906082768)).toBeLessThan(1e-13)
+    expect(Math.abs(activations.silu(1) - 0.7310585786300049)).toBeLessThan(1e-15)
+  })
+  it("default, linear and Llama 3 scaled inverse frequencies", () => {
+    const rope = (scaling: Parameters<typeof ropeInverseFrequencies>[0]["scaling"]) => ({ kind: "rope" as const, theta: 10000, rotaryDim: 4, scaling })
+    expectClose(ropeInverseFrequencies(rope({ kind: "none" })), [1, 0.01])
+    expectClose(ropeInverseFrequencies(rope({ kind: "linear", factor: 4 })), [0.25, 0.0025])
+    // wavelengths 2π (< high_freq_wavelen 8: kept) and 200π (> low_freq_wavelen 32: divided by factor)
+    expectClose(ropeInverseFrequencies(rope({ kind: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 32 })), [1, 0.01 / 8])
+    // original 1000: 200π lies between 250 and 1000, smooth = (1000/(200π) - 1) / 3
+    const smooth = (1000 / (200 * Math.PI) - 1) / 3
+    expectClose(ropeInverseFrequencies(rope({ kind: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 1000 })), [
+      1,
+      (1 - smooth) * (0.01 / 8) + smooth * 0.01,
+    ])
+  })
+})
+
+describe("hand-computed tiny models", () => {
+  it("llama: RMSNorm, RoPE on 2 positions, causal attention, SwiGLU, untied head", () => {
+    const config = tinyLlama({ vocabSize: 2, hiddenSize: 2, numHeads: 1, numKvHeads: 1, headDim: 2, intermediateSize: 1, numLayers: 1, norm: { kind: "rms", eps: 1e-300 } })
+    const I = [1, 0, 0, 1]
+    const dir = handCheckpoint(config, {
+      "model.embed_tokens.weight": [[2, 2], [1, 0, 0, 2]],
+      "model.layers.0.input_layernorm.weight": [[2], [1, 1]],
+      "model.layers.0.self_attn.q_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.k_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.v_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.o_proj.weight": [[2, 2], I],
+      "model.layers.0.post_attention_layernorm.weight": [[2], [1, 1]],
+      "model.layers.0.mlp.gate_proj.weight": [[1, 2], [1, 0]],
+      "model.layers.0.mlp.up_proj.weight": [[1, 2], [0, 1]],
+      "model.layers.0.mlp.down_proj.weight": [[2, 1], [1, 1]],
+      "model.norm.weight": [[2], [1, 0.5]],
+      "lm_head.weight": [[2, 2], [1, 0, 1, 1]],
+    })
+    const r2 = Math.SQRT2
+    // tokens [0, 1]: x0 = [1, 0], x1 = [0, 2]; rmsnorm gives [√2, 0] and [0, √2].
+    // q = k = v = normed input; position 1 is rotated by angle 1 (inv_freq = 1).
+    const q1 = [-r2 * Math.sin(1), r2 * Math.cos(1)]
+    const [p0, p1] = softmax2((q1[0] * r2) / r2, (q1[0] * q1[0] + q1[1] * q1[1]) / r2) // scores q·k/√headDim
+    const h0 = [1 + r2, 0]
+    const h1 = [p0 * r2, 2 + p1 * r2]
+    const mlpOut = (h: number[]) => {
+      const n = rms(h)
+      const m = activations.silu(n[0]) * n[1]
+      return [m, m]
+    }
+    const x0 = h0.map((v, i) => v + mlpOut(h0)[i])
+    const x1 = h1.map((v, i) => v + mlpOut(h1)[i])
+    const head = (x: number[]) => {
+      const n = rms(x).map((v, i) => v * [1, 0.5][i])
+      return [n[0], n[0] + n[1]]
+    }
+    const logits = referenceLogits(dir, [0, 1])
+    expect(mlpOut(h0)).toEqual([0, 0]) // sanity of the hand computation: n[1] = 0 at position 0
+    expectClose(logits[0], head(x0))
+    expectClose(logits[1], head(x1))
+  })
+
+  it("gpt2: learned positions, LayerNorm with biases, fused c_attn stored [in, out], GELU MLP, tied head", () => {
+    const config = tinyGpt2({ vocabSize: 3, hiddenSize: 3, numHeads: 1, headDim: 3, intermediateSize: 1, numLayers: 1, maxPositions: 2, norm: { kind: "layer", eps: 1e-300 } })
+    // c_attn [in=3, out=9]: q and k columns zero (uniform attention), v columns = identity.
+    const cAttn = [0, 0, 0, 0, 0, 0, 1, 0, 0, /**/ 0, 0, 0, 0, 0, 0, 0, 1, 0, /**/ 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    const dir = handCheckpoint(config, {
+      "transformer.wte.weight": [[3, 3], [1, 0, 0, 0, 1, 0, 0, 0, 3]],
+      "transformer.wpe.weight": [[2, 3], [0, 0, 0, 0.5, 0, 0]],
+      "transformer.h.0.ln_1.weight": [[3], [1, 1, 1]],
+      "transformer.h.0.ln_1.bias": [[3], [0, 0, 0]],
+      "transformer.h.0.attn.c_attn.weight": [[3, 9], cAttn],
+      "transformer.h.0.attn.c_attn.bias": [[9], [0, 0, 0, 0, 0, 0, 0.5, 0, 0]],
+      "transformer.h.0.attn.c_proj.weight": [[3, 3], [1, 0, 0, 0, 1, 0, 0, 0, 1]],
+      "transformer.h.0.attn.c_proj.bias": [[3], [0, 0, 0]],
+      "transformer.h.0.ln_2.weight": [[3], [1, 1, 1]],
+      "transformer.h.0.ln_2.bias": [[3], [0, 0, 0]],
+      "transformer.h.0.mlp.c_fc.weight": [[3, 1], [1, 0, 0]], // [in=3, out=1]
+      "transformer.h.0.mlp.c_fc.bias": [[1], [0]],
+      "transformer.h.0.mlp.c_proj.weight": [[1, 3], [0, 0, 2]], // [in=1, out=3]
+      "transformer.h.0.mlp.c_proj.bias": [[3], [0, 0, 0]],
+      "transformer.ln_f.weight": [[3], [1, 2, 1]],
+      "transformer.ln_f.bias": [[3], [0.1, 0, 0]],
+    })
+    // tokens [0, 2]: x0 = e0 + p0 = [1, 0, 0]; x1 = e2 + p1 = [0.5, 0, 3]
+    const x = [[1, 0, 0], [0.5, 0, 3]]
+    const v = x.map((xi) => ln(xi).map((a, i) => a + [0.5, 0, 0][i]))
+    const attn = [v[0], v[0].map((a, i) => (a + v[1][i]) / 2)] // uniform weights over the causal prefix
+    const h = x.map((xi, t) => xi.map((a, i) => a + attn[t][i]))
+    const out = h.map((hi) => {
+      const g = activations.gelu_tanh(ln(hi)[0])
+      return hi.map((a, i) => a + [0, 0, 2 * g][i])
+    })
+    const head = (xi: number[]) => {
+      const n = ln(xi).map((a, i) => a * [1, 2, 1][i] + [0.1, 0, 0][i])
+      return [n[0], n[1], 3 * n[2]] // tied: rows of wte
+    }
+    const logits = referenceLogits(dir, [0, 2])
+    expectClose(logits[0], head(out[0]))
+    expectClose(logits[1], head(out[1]))
+  })
+
+  it("gpt-neox: per-head fused query_key_value, parallel residual, exact GELU, partial rotary untouched features", () => {
+    // 2 heads of dim 2, hidden 4. q/k rows zero, so attention is uniform and RoPE cannot matter;
+    // what matters is which rows are v for each head: layout [head][q|k|v][headDim].
+    const config = tinyGptNeox({ vocabSize: 2, hiddenSize: 4, numHeads: 2, headDim: 2, intermediateSize: 1, numLayers: 1, norm: { kind: "layer", eps: 1e-300 }, positions: { kind: "rope", theta: 10000, rotaryDim: 2, scaling: { kind: "none" } } })
+    const qkv = new Array(12 * 4).fill(0)
+    const setRow = (r: number, values: number[]) => values.forEach((v, i) => (qkv[r * 4 + i] = v))
+    setRow(4, [1, 0, 0, 0]) // head 0 v, feature 0 <- input 0
+    setRow(5, [0, 1, 0, 0])
+    setRow(10, [0, 0, 2, 0]) // head 1 v, feature 0 <- 2 * input 2
+    setRow(11, [0, 0, 0, 2])
+    const I4 = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
+    const dir = handCheckpoint(config, {
+      "gpt_neox.embed_in.weight": [[2, 4], [1, 2, 3, 4, 0, 0, 1, -1]],
+      "gpt_neox.layers.0.input_layernorm.weight": [[4], [1, 1, 1, 1]],
+      "gpt_neox.layers.0.input_layernorm.bias": [[4], [0, 0, 0, 0]],
+      "gpt_neox.layers.0.post_attention_layernorm.weight": [[4], [1, 1, 1, 1]],
+      "gpt_neox.layers.0.post_attention_layernorm.bias": [[4], [0, 0, 0, 0]],
+      "gpt_neox.layers.0.attention.query_key_value.weight": [[12, 4], qkv],
+      "gpt_neox.layers.0.attention.query_key_value.bias": [[12], new Array(12).fill(0)],
+      "gpt_neox.layers.0.attention.dense.weight": [[4, 4], I4],
+      "gpt_neox.layers.0.attention.dense.bias": [[4], [0, 0, 0, 0]],
+      "gpt_neox.layers.0.mlp.dense_h_to_4h.weight": [[1, 4], [0, 1, 0, 0]],
+      "gpt_neox.layers.0.mlp.dense_h_to_4h.bias": [[1], [0.25]],
+      "gpt_neox.layers.0.mlp.dense_4h_to_h.weight": [[4, 1], [1, 0, 0, 0]],
+      "gpt_neox.layers.0.mlp.dense_4h_to_h.bias": [[4], [0, 0, 0, 0]],
+      "gpt_neox.final_layer_norm.weight": [[4], [1, 1, 1, 1]],
+      "gpt_neox.final_layer_norm.bias": [[4], [0, 0, 0, 0]],
+      "embed_out.weight": [[2, 4], [1, 0, 0, 0, 0, 0, 0, 1]],
+    })
+    const x = [[1, 2, 3, 4], [0, 0, 1, -1]]
+    const n = x.map(ln)
+    const v = n.map((a) => [a[0], a[1], 2 * a[2], 2 * a[3]])
+    const attn = [v[0], v[0].map((a, i) => (a + v[1][i]) / 2)]
+    // parallel residual: both branches read the layer input x, not x + attn
+    const out = x.map((xi, t) => xi.map((a, i) => a + attn[t][i] + (i === 0 ? activations.gelu_erf(n[t][1] + 0.25) : 0)))
+    const logits = referenceLogits(dir, [0, 1])
+    for (let t = 0; t < 2; t++) {
+      const f = ln(out[t])
+      expectClose(logits[t], [f[0], f[3]])
+    }
+  })
+})
+
+describe("identities on random checkpoints", () => {
+  const random = (config: ModelConfig, seed = 5) => {
+    const dir = tmp()
+    Effect.runSync(writeRandomCheckpoint(dir, config, { seed, std: 0.5 }))
+    return dir
+  }
+  const tokens = [3, 17, 5, 60, 5, 0, 41]
+
+  it("GQA equals multi-head attention with each key/value head repeated", () => {
+    const gqaConfig = tinyLlama({ numHeads: 4, numKvHeads: 2, bias: { qkv: true, o: false, mlp: false, norm: false }, hfArchitecture: "Qwen2ForCausalLM" })
+    const gqa = random(gqaConfig)
+    const mha = tmp()
+    Effect.runSync(writeConfigFiles(mha, { ...gqaConfig, numKvHeads: 4 }))
+    const src = Effect.runSync(readFile(path.join(gqa, "model.safetensors")))
+    const tensors = new Map<string, Tensor>()
+    for (const [name, t] of src.tensors) {
+      if (!/\.(k|v)_proj\./.test(name)) {
+        tensors.set(name, { ...t, data: t.data.slice() })
+        continue
+      }
+      // rows of kv head j (headDim rows each) are used by query heads 2j and 2j+1
+      const rowBytes = t.data.byteLength / t.shape[0]
+      const headBytes = rowBytes * 4
+      const out = new Uint8Array(t.data.byteLength * 2)
+      for (let j = 0; j < 2; j++) {
+        const block = t.data.subarray(j * headBytes, (j + 1) * headBytes)
+        out.set(block, 2 * j * headBytes)
+        out.set(block, (2 * j + 1) * headBytes)
+      }
+      tensors.set(name, { dtype: t.dtype, shape: [t.shape[0] * 2, ...t.shape.slice(1)], data: out })
+    }
+    Effect.runSync(writeFile(path.join(mha, "model.safetensors"), tensors))
+    const a = referenceLogits(gqa, tokens)
+    const b = referenceLogits(mha, tokens)
+    for (let t = 0; t < tokens.length; t++) expectClose(a[t], Array.from(b[t]))
+    // and the model is not trivially position-free: logits differ across positions of the same token
+    expect(Math.abs(a[2][0] - a[4][0])).toBeGreaterThan(1e-6)
+  })
+
+  it("causality: changing later tokens leaves earlier logits unchanged (all architectures)", () => {
+    for (const config of [tinyLlama(), tinyGpt2(), tinyGptNeox()]) {
+      const dir = random(config)
+      const a = referenceLogits(dir, tokens)
+      const b = referenceLogits(dir, [...tokens.slice(0, 4), 9, 9, 9])
+      for (let t = 0; t < 4; t++) expectClose(a[t], Array.from(b[t]))
+      expect(Math.abs(a[5][0] - b[5][0])).toBeGreaterThan(1e-9)
+    }
+  })
+
+  it("without rotary features, one layer of attention is blind to the order of earlier tokens; with them it is not", () => {
+    // One layer only: in deeper layers earlier positions carry states that depend on their own prefix.
+    const noRope = random(tinyGptNeox({ numLayers: 1, positions: { kind: "rope", theta: 10000, rotaryDim: 0, scaling: { kind: "none" } } }))
+    const last = (dir: string, ids: number[]) => referenceLogits(dir, ids).at(-1)!
+    expectClose(last(noRope, [1, 2, 3, 4]), Array.from(last(noRope, [3, 1, 2, 4])))
+    const rope = random(tinyGptNeox({ numLayers: 1 }))
+    expect(Math.abs(last(rope, [1, 2, 3, 4])[0] - last(rope, [3, 1, 2, 4])[0])).toBeGreaterThan(1e-9)
+  })
+
+  it("tied embeddings equal an untied head holding a copy of the embedding", () => {
+    const tied = random(tinyLlama({ tiedEmbeddings: true }))
+    const untied = tmp()
+    Effect.runSync(writeConfigFiles(untied, tinyLlama({ tiedEmbeddings: false })))
+    const src = Effect.runSync(readFile(path.join(tied, "model.safetensors")))
+    const tensors = new Map([...src.tensors].map(([k, t]) => [k, { ...t, data: t.data.slice() }]))
+    tensors.set("lm_head.weight", tensors.get("model.embed_tokens.weight")!)
+    Effect.runSync(writeFile(path.join(untied, "model.safetensors"), tensors))
+    const a = referenceLogits(tied, tokens)
+    const b = referenceLogits(untied, tokens)
+    for (let t = 0; t < tokens.length; t++) expectClose(a[t], Array.from(b[t]))
+  })
+
+  it("referenceForward on a loaded model equals referenceLogits, and bad token ids are refused", () => {
+    const dir = random(tinyGpt2())
+    const model = referenceModel(Effect.runSync(loadCheckpoint(dir)))
+    expectClose(referenceForward(model, [1, 2])[1], Array.from(referenceLogits(dir, [1, 2])[1]))
+    expect(() => referenceForward(model, [64])).toThrow(/outside the vocabulary/)
+    expect(() => referenceLogits("/nonexistent", [1])).toThrow(/does not exist/)
+  })
+})

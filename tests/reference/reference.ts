@@ -1,0 +1,275 @@
+// An independent, deliberately plain float64 forward pass of the three supported architectures,
+// written for clarity, not speed: one loop per formula, no batching, no caching. It is the
+// reference the ONNX model graphs are tested against, so it shares only the checkpoint reader
+// (which tensor is where) with them; all the math (fused-qkv splitting, RoPE and its scalings,
+// GQA, norms, activations, residual wiring) is written out here on its own.
+//
+//   referenceLogits(modelDir, tokenIds) -> logits, one Float64Array of length vocabSize per position
+//
+// Use it on small checkpoints: cost is O(layers * seq^2 * hidden + seq * params) in plain JS.
+import { Effect } from "effect"
+import {
+  type Checkpoint,
+  type Linear,
+  loadCheckpoint,
+  type ModelConfig,
+  type Norm,
+  readWeightFloat64,
+  type WeightRef,
+} from "../../src/models/checkpoint.ts"
+
+type Vec = Float64Array
+/** A weight in the Linear convention: rows = output features, cols = input features. */
+interface Matrix {
+  readonly rows: number
+  readonly cols: number
+  readonly values: Float64Array
+}
+
+const load = (ref: WeightRef): Matrix => {
+  const { shape, values } = Effect.runSync(readWeightFloat64(ref))
+  return shape.length === 1 ? { rows: shape[0], cols: 1, values } : { rows: shape[0], cols: shape[1], values }
+}
+
+/** y = W x + b */
+const linear = (l: { w: Matrix; b: Vec | undefined }, x: Vec): Vec => {
+  const y = new Float64Array(l.w.rows)
+  for (let o = 0; o < l.w.rows; o++) {
+    let s = l.b ? l.b[o] : 0
+    for (let i = 0; i < l.w.cols; i++) s += l.w.values[o * l.w.cols + i] * x[i]
+    y[o] = s
+  }
+  return y
+}
+
+const add = (a: Vec, b: Vec): Vec => a.map((v, i) => v + b[i])
+
+// ------------------------------------------------------------------------------ activations
+
+/** erf to ~1e-13: Taylor series below 3, continued fraction for erfc above. */
+export const erf = (x: number): number => {
+  const ax = Math.abs(x)
+  if (ax < 3) {
+    let term = x
+    let sum = x
+    for (let n = 1; n < 200; n++) {
+      term *= (-x * x) / n
+      const t = term / (2 * n + 1)
+      sum += t
+      if (Math.abs(t) < 1e-17 * Math.abs(sum)) break
+    }
+    return (2 / Math.sqrt(Math.PI)) * sum
+  }
+  if (ax > 6) return Math.sign(x)
+  // erfc(x) = exp(-x^2)/sqrt(pi) * 1/(x + (1/2)/(x + 1/(x + (3/2)/(x + 2/(x + ...)))))
+  let f = ax
+  for (let k = 80; k >= 1; k--) f = ax + k / 2 / f
+  const erfc = Math.exp(-ax * ax) / Math.sqrt(Math.PI) / f
+  return Math.sign(x) * (1 - erfc)
+}
+
+export const activations = {
+  silu: (x: number) => x / (1 + Math.exp(-x)),
+  gelu_erf: (x: number) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
+  gelu_tanh: (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+}
+
+// ------------------------------------------------------------------------------ norms
+
+const rmsNorm = (x: Vec, w: Vec, eps: number): Vec => {
+  let ms = 0
+  for (const v of x) ms += v * v
+  const scale = 1 / Math.sqrt(ms / x.length + eps)
+  return x.map((v, i) => v * scale * w[i])
+}
+
+const layerNorm = (x: Vec, w: Vec, b: Vec | undefined, eps: number): Vec => {
+  let mean = 0
+  for (const v of x) mean += v / x.length
+  let variance = 0
+  for (const v of x) variance += (v - mean) ** 2 / x.length
+  const scale = 1 / Math.sqrt(variance + eps)
+  return x.map((v, i) => (v - mean) * scale * w[i] + (b ? b[i] : 0))
+}
+
+// ------------------------------------------------------------------------------ RoPE
+
+/**
+ * Inverse frequencies of the rotary embedding, one per rotated pair, including the "linear" and
+ * Llama 3 scalings (transformers' _compute_default/linear/llama3_rope_parameters).
+ */
+export const ropeInverseFrequencies = (positions: Extract<ModelConfig["positions"], { kind: "rope" }>): number[] => {
+  const d = positions.rotaryDim
+  const base = Array.from({ length: d / 2 }, (_, i) => 1 / positions.theta ** ((2 * i) / d))
+  const s = positions.scaling
+  if (s.kind === "none") return base
+  if (s.kind === "linear") return base.map((f) => f / s.factor)
+  const lowFreqWavelen = s.originalMaxPositions / s.lowFreqFactor
+  const highFreqWavelen = s.originalMaxPositions / s.highFreqFactor
+  return base.map((f) => {
+    const wavelen = (2 * Math.PI) / f
+    if (wavelen < highFreqWavelen) return f // high frequency: unchanged
+    if (wavelen > lowFreqWavelen) return f / s.factor // low frequency: fully scaled
+    const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor)
+    return (1 - smooth) * (f / s.factor) + smooth * f
+  })
+}
+
+/** Rotates feature i with feature i + rotaryDim/2 by angle position * invFreq[i]; the rest pass through. */
+const rotate = (x: Vec, position: number, invFreq: number[]): Vec => {
+  const half = invFreq.length
+  const y = Float64Array.from(x)
+  for (let i = 0; i < half; i++) {
+    const angle = position * invFreq[i]
+    const a = x[i]
+    const b = x[i + half]
+    y[i] = a * Math.cos(angle) - b * Math.sin(angle)
+    y[i + half] = b * Math.cos(angle) + a * Math.sin(angle)
+  }
+  return y
+}
+
+// ------------------------------------------------------------------------------ model
+
+interface LinearParams {
+  readonly w: Matrix
+  readonly b: Vec | undefined
+}
+interface NormParams {
+  readonly w: Vec
+  readonly b: Vec | undefined
+}
+type AttentionParams =
+  | { readonly layout: "separate"; readonly q: LinearParams; readonly k: LinearParams; readonly v: LinearParams; readonly o: LinearParams }
+  | { readonly layout: "fused_qkv" | "fused_qkv_per_head"; readonly qkv: LinearParams; readonly o: LinearParams }
+interface LayerParams {
+  readonly norm1: NormParams
+  readonly norm2: NormParams
+  readonly attention: AttentionParams
+  readonly mlpGate: LinearParams | undefined
+  readonly mlpUp: LinearParams
+  readonly mlpDown: LinearParams
+}
+
+export interface ReferenceModel {
+  readonly config: ModelConfig
+  readonly embedTokens: Matrix
+  readonly embedPositions: Matrix | undefined
+  readonly layers: ReadonlyArray<LayerParams>
+  readonly finalNorm: NormParams
+  readonly lmHead: Matrix
+}
+
+const linearParams = (l: Linear): LinearParams => ({ w: load(l.weight), b: l.bias ? load(l.bias).values : undefined })
+const normParams = (n: Norm): NormParams => ({ w: load(n.weight).values, b: n.bias ? load(n.bias).values : undefined })
+
+/** Reads every weight of a loaded checkpoint into float64 matrices. */
+export const referenceModel = (ckpt: Checkpoint): ReferenceModel => {
+  const w = ckpt.weights
+  return {
+    config: ckpt.config,
+    embedTokens: load(w.embedTokens),
+    embedPositions: w.embedPositions ? load(w.embedPositions) : undefined,
+    layers: w.layers.map((l) => {
+      const a = l.attention
+      const attention: AttentionParams =
+        a.layout === "separate"
+          ? { layout: "separate", q: linearParams(a.q), k: linearParams(a.k), v: linearParams(a.v), o: linearParams(a.o) }
+          : { layout: a.layout, qkv: linearParams(a.qkv), o: linearParams(a.o) }
+      return {
+        norm1: normParams(l.inputNorm),
+        norm2: normParams(l.postAttentionNorm),
+        attention,
+        mlpGate: l.mlp.kind === "gated" ? linearParams(l.mlp.gate) : undefined,
+        mlpUp: linearParams(l.mlp.up),
+        mlpDown: linearParams(l.mlp.down),
+      }
+    }),
+    finalNorm: normParams(w.finalNorm),
+    lmHead: load(w.lmHead),
+  }
+}
+
+const row = (m: Matrix, r: number): Vec => m.values.slice(r * m.cols, (r + 1) * m.cols)
+const slice = (v: Vec, start: number, length: number): Vec => v.slice(start, start + length)
+
+/** Per-position q, k, v vectors, each split into heads: q[t][head], k[t][kvHead], v[t][kvHead]. */
+const projectQkv = (c: ModelConfig, a: AttentionParams, xs: Vec[]) => {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd, hiddenSize: h } = c
+  const heads = (v: Vec, n: number, start = 0, stride = hd) => Array.from({ length: n }, (_, j) => slice(v, start + j * stride, hd))
+  return xs.map((x) => {
+    if (a.layout === "separate") return { q: heads(linear(a.q, x), nh), k: heads(linear(a.k, x), nkv), v: heads(linear(a.v, x), nkv) }
+    const qkv = linear(a.qkv, x)
+    // GPT-2: [q | k | v], each h wide, heads consecutive inside each block.
+    if (a.layout === "fused_qkv") return { q: heads(qkv, nh, 0), k: heads(qkv, nh, h), v: heads(qkv, nh, 2 * h) }
+    // GPT-NeoX: per head, [q | k | v] of hd each.
+    return { q: heads(qkv, nh, 0, 3 * hd), k: heads(qkv, nh, hd, 3 * hd), v: heads(qkv, nh, 2 * hd, 3 * hd) }
+  })
+}
+
+const attention = (c: ModelConfig, a: AttentionParams, xs: Vec[]): Vec[] => {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
+  const qkv = projectQkv(c, a, xs)
+  if (c.positions.kind === "rope") {
+    const invFreq = ropeInverseFrequencies(c.positions)
+    qkv.forEach((p, t) => {
+      p.q = p.q.map((q) => rotate(q, t, invFreq))
+      p.k = p.k.map((k) => rotate(k, t, invFreq))
+    })
+  }
+  const groupSize = nh / nkv // query heads sharing one key/value head
+  return xs.map((_, t) => {
+    const out = new Float64Array(nh * hd)
+    for (let head = 0; head < nh; head++) {
+      const kvHead = Math.floor(head / groupSize)
+      const scores: number[] = []
+      for (let s = 0; s <= t; s++) {
+        let dot = 0
+        for (let i = 0; i < hd; i++) dot += qkv[t].q[head][i] * qkv[s].k[kvHead][i]
+        scores.push(dot / Math.sqrt(hd))
+      }
+      const max = Math.max(...scores)
+      const weights = scores.map((s) => Math.exp(s - max))
+      const total = weights.reduce((x, y) => x + y, 0)
+      for (let s = 0; s <= t; s++) for (let i = 0; i < hd; i++) out[head * hd + i] += (weights[s] / total) * qkv[s].v[kvHead][i]
+    }
+    return linear(a.o, out)
+  })
+}
+
+const mlp = (c: ModelConfig, l: LayerParams, x: Vec): Vec => {
+  const act = activations[c.activation]
+  const up = linear(l.mlpUp, x)
+  const hidden = l.mlpGate ? linear(l.mlpGate, x).map((g, i) => act(g) * up[i]) : up.map(act)
+  return linear(l.mlpDown, hidden)
+}
+
+/** Logits [seq][vocab] of a model on one sequence of token ids (no padding, positions 0..seq-1). */
+export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<number>): Float64Array[] => {
+  const c = model.config
+  const norm = (p: NormParams, x: Vec) => (c.norm.kind === "rms" ? rmsNorm(x, p.w, c.norm.eps) : layerNorm(x, p.w, p.b, c.norm.eps))
+  let xs = tokenIds.map((id, t) => {
+    if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new Error(`token id ${id} outside the vocabulary of ${c.vocabSize}`)
+    const e = row(model.embedTokens, id)
+    return model.embedPositions ? add(e, row(model.embedPositions, t)) : e
+  })
+  for (const layer of model.layers) {
+    const attn = attention(c, layer.attention, xs.map((x) => norm(layer.norm1, x)))
+    if (c.parallelResidual) {
+      xs = xs.map((x, t) => add(add(x, attn[t]), mlp(c, layer, norm(layer.norm2, x))))
+    } else {
+      const hs = xs.map((x, t) => add(x, attn[t]))
+      xs = hs.map((h) => add(h, mlp(c, layer, norm(layer.norm2, h))))
+    }
+  }
+  return xs.map((x) => linear({ w: model.lmHead, b: undefined }, norm(model.finalNorm, x)))
+}
+
+/**
+ * Logits of the checkpoint in `modelDir` on `tokenIds`: one Float64Array of length vocabSize per
+ * position. Throws an Error with the checkpoint's own message when the directory cannot be loaded.
+ */
+export const referenceLogits = (modelDir: string, tokenIds: ReadonlyArray<number>): Float64Array[] => {
+  const ckpt = Effect.runSync(Effect.mapError(loadCheckpoint(modelDir), (e) => new Error(e.message)))
+  return referenceForward(referenceModel(ckpt), tokenIds)
+}
