@@ -8,6 +8,8 @@ import { broadcastShapes, matMulShape, normAxis, reshapeShape, ShapeError, stati
 interface NameCounter {
   next: number
   readonly used: Set<string>
+  /** names made up by the builder (not chosen by the user), which outputAs may replace */
+  readonly generated: Set<string>
 }
 
 export type AttrInput = number | string | readonly number[] | AttrValue | GraphIR
@@ -48,7 +50,7 @@ export class Graph implements GraphIR {
     readonly name: string = "main",
     readonly parent: Graph | undefined = undefined,
   ) {
-    this.names = parent ? parent.names : { next: 0, used: new Set() }
+    this.names = parent ? parent.names : { next: 0, used: new Set(), generated: new Set() }
   }
 
   // ---------------------------------------------------------------- declarations
@@ -68,7 +70,9 @@ export class Graph implements GraphIR {
   }
 
   private fresh(hint: string): string {
-    return this.claim(this.uniqueName(hint))
+    const name = this.claim(this.uniqueName(hint))
+    this.names.generated.add(name)
+    return name
   }
 
   input(name: string, dtype: DType, shape: Shape): Value {
@@ -93,8 +97,17 @@ export class Graph implements GraphIR {
     for (const v of values) this.outputs.push(v)
   }
 
-  /** Output `v` under the given name. */
+  /** Output `v` under the given name: a node output of this graph with a generated name is
+   * renamed in place; anything else (inputs, named values, outer values) goes through Identity. */
   outputAs(name: string, v: Value): Value {
+    if (v.graph === this && v.producer && this.names.generated.has(v.name) && !this.outputs.includes(v)) {
+      this.claim(name)
+      this.names.generated.delete(v.name)
+      this.names.used.delete(v.name)
+      v.name = name
+      this.outputs.push(v)
+      return v
+    }
     const out = this.node("Identity", [v], {}, [{ dtype: v.dtype, shape: v.shape }], name)[0]
     this.outputs.push(out)
     return out

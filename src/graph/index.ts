@@ -21,7 +21,7 @@
  */
 export type { DType } from "./dtype.ts"
 export { Graph, type OutputSpec } from "./builder.ts"
-export { type Dim, type Node, type Shape, type TensorSource, Value } from "./ir.ts"
+export { type Dim, type GraphIR, type Node, type Shape, type TensorSource, Value } from "./ir.ts"
 export { ShapeError } from "./shape.ts"
 export { IR_VERSION, OPSET, serialize } from "./serialize.ts"
 export { ExternalDataError, externalSource } from "./external.ts"

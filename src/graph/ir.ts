@@ -48,7 +48,9 @@ export interface Node {
 
 export class Value {
   constructor(
-    readonly name: string,
+    /** Unique in the model; the builder may rename a node output once, when it becomes a
+     * graph output (see Graph.outputAs), which saves an Identity copy. */
+    public name: string,
     readonly dtype: DType,
     readonly shape: Shape,
     /** The graph the value is defined in (subgraphs may read values of enclosing graphs). */
