@@ -1,0 +1,38 @@
+// Entry of a child process that runs one node (see executor.ts): rebuild the plan from the pipeline
+// file, find the node by recipe, execute it against the shared cache directory, report, exit.
+import { Cause, Effect, Exit } from "effect"
+import { errorMessage } from "./errors.ts"
+import { executeNode } from "./execute.ts"
+import type { ChildJob, ChildMessage } from "./executor.ts"
+import { loadPipeline, plan } from "./plan.ts"
+import { Store } from "./store.ts"
+
+const send = (m: ChildMessage) => new Promise<void>((resolve) => process.send!(m, () => resolve()))
+
+process.once("message", async (job: ChildJob) => {
+  let message: ChildMessage
+  try {
+    const store = new Store(job.cacheDir)
+    const pipeline = await loadPipeline(job.pipelineFile)
+    const p = plan(pipeline, job.pipelineFile, {
+      overrides: job.overrides,
+      hashExternal: (path, kind) => (kind === "file" ? store.hashExternalFile(path) : store.hashExternalDir(path)),
+    })
+    const node = p.nodes.find((n) => n.recipe === job.request.recipe)
+    if (node === undefined) throw new Error(`node ${job.request.recipe.slice(0, 12)} is not in ${job.pipelineFile} any more`)
+    const exit = await Effect.runPromiseExit(executeNode(store, node, job.request, (event) => void process.send!({ type: "progress", event })))
+    store.close()
+    if (Exit.isSuccess(exit)) message = { type: "done", published: exit.value }
+    else {
+      const e = Cause.squash(exit.cause) as { _tag?: string; message?: string; hash?: string }
+      message =
+        e._tag === "CorruptArtifact"
+          ? { type: "failed", tag: "CorruptArtifact", message: e.message ?? "", hash: e.hash! }
+          : { type: "failed", tag: "NodeFailed", message: errorMessage(e) }
+    }
+  } catch (e) {
+    message = { type: "failed", tag: "NodeFailed", message: errorMessage(e) }
+  }
+  await send(message)
+  process.exit(0)
+})

@@ -1,0 +1,171 @@
+// Executing one node where it runs (the scheduler's process or a child): read and verify the
+// inputs, run the stage with its context, publish the output. Shared by every executor.
+import { Cause, Effect, Exit, Logger, Schema } from "effect"
+import { appendFileSync, mkdirSync, rmSync } from "node:fs"
+import { dirname } from "node:path"
+import type { ArtifactType, TensorsOutput } from "./artifact.ts"
+import { CorruptArtifact, NodeFailed, errorMessage } from "./errors.ts"
+import { canonicalJson, sha256 } from "./hash.ts"
+import type { PlanNode } from "./plan.ts"
+import type { Device, StageContext } from "./stage.ts"
+import type { StorageKind, Store } from "./store.ts"
+import * as Safetensors from "../models/safetensors.ts"
+
+/** Everything needed to run one node, serializable so it can cross to a child process. */
+export interface NodeRequest {
+  readonly runId: string
+  readonly executionId: number
+  readonly recipe: string
+  readonly key: string
+  /** Content hash of each input (artifact hash for node inputs, content hash for external ones). */
+  readonly inputHashes: ReadonlyArray<readonly [string, string]>
+  readonly device: Device
+  readonly logPath: string
+  readonly metricsPath: string
+}
+
+export interface Published {
+  readonly hash: string
+  readonly kind: StorageKind
+  readonly size: number
+}
+
+/** Progress events a running node reports to the scheduler's display. */
+export interface ProgressEvent {
+  readonly total?: number
+  readonly unit?: string
+  readonly value: number
+}
+
+const storageKind = (t: ArtifactType): StorageKind => (t._tag === "json" ? "json" : t._tag === "tensors" ? "tensors" : "file")
+
+const loadInput = (store: Store, node: PlanNode, name: string, hash: string) =>
+  Effect.try({
+    try: () => {
+      const input = node.inputs.find(([n]) => n === name)![1]
+      if (input.kind === "external") return { path: input.path, hash, size: 0 }
+      const type = node.stage.spec.inputs[name]
+      if (type._tag === "json") {
+        const { artifact } = store.readVerified(hash)
+        return Schema.decodeUnknownSync(type.schema)(JSON.parse(artifact.json!))
+      }
+      if (type._tag === "tensors") {
+        const { artifact, bytes } = store.readVerified(hash)
+        const contents = Effect.runSync(Safetensors.decode(bytes!, store.objectPath(hash)))
+        return { path: store.objectPath(hash), hash, size: artifact.size, tensors: contents.tensors, metadata: contents.metadata }
+      }
+      const { artifact, path } = store.verifiedPath(hash)
+      return { path, hash, size: artifact.size }
+    },
+    catch: (e) =>
+      e instanceof CorruptArtifact ? e : new NodeFailed({ node: node.name, message: `input "${name}": ${errorMessage(e)}` }),
+  })
+
+const publish = (store: Store, node: PlanNode, key: string, executionId: number, value: unknown): Published => {
+  const type = node.stage.spec.output
+  const kind = storageKind(type)
+  let stored: { hash: string; size: number; json: string | null }
+  if (type._tag === "json") {
+    const json = canonicalJson(Schema.encodeUnknownSync(type.schema)(value))
+    stored = { hash: sha256(json), size: Buffer.byteLength(json), json }
+  } else if (type._tag === "tensors") {
+    const out = value as TensorsOutput
+    stored = { ...store.putBytes(Effect.runSync(Safetensors.encode(out.tensors, out.metadata ?? {}))), json: null }
+  } else if (value instanceof Uint8Array) {
+    stored = { ...store.putBytes(value), json: null }
+  } else {
+    stored = { ...store.putFile((value as { path: string }).path), json: null }
+  }
+  store.commit(key, { hash: stored.hash, kind, type: type.name, size: stored.size, json: stored.json }, executionId)
+  return { hash: stored.hash, kind, size: stored.size }
+}
+
+/**
+ * Runs `node` and publishes its output under `req.key`. Fails with `CorruptArtifact` when an input's
+ * payload no longer matches its hash (the scheduler then recomputes the producer), else `NodeFailed`.
+ */
+export const executeNode = (
+  store: Store,
+  node: PlanNode,
+  req: NodeRequest,
+  onProgress: (e: ProgressEvent) => void,
+): Effect.Effect<Published, NodeFailed | CorruptArtifact> =>
+  Effect.gen(function* () {
+    mkdirSync(dirname(req.logPath), { recursive: true })
+    const log = (message: string) => appendFileSync(req.logPath, `${new Date().toISOString()} ${message}\n`)
+    const inputs: Record<string, unknown> = {}
+    for (const [name, hash] of req.inputHashes) inputs[name] = yield* loadInput(store, node, name, hash)
+
+    const workDir = store.workDir(req.key)
+    mkdirSync(workDir, { recursive: true })
+    const metrics: Array<readonly [number, string, string, string, number | null, number, number]> = []
+    const flushMetrics = () => {
+      if (metrics.length === 0) return
+      store.insertMetrics(metrics)
+      appendFileSync(req.metricsPath, metrics.map(([, , n, name, step, value, at]) => JSON.stringify({ node: n, name, step, value, at })).join("\n") + "\n")
+      metrics.length = 0
+    }
+    let total: number | undefined
+    let unit: string | undefined
+    let value = 0
+    const ctx: StageContext = {
+      node: node.name,
+      key: req.key,
+      device: req.device,
+      seed: node.seed,
+      workDir,
+      log,
+      metric: (name, v, step) => {
+        metrics.push([req.executionId, req.runId, node.name, name, step ?? null, v, Date.now()])
+        if (metrics.length >= 256) flushMetrics()
+      },
+      progress: {
+        total: (t, u) => {
+          total = t
+          unit = u
+          onProgress({ total, unit, value })
+        },
+        advance: (by = 1) => {
+          value += by
+          onProgress({ value })
+        },
+        set: (v) => {
+          value = v
+          onProgress({ value })
+        },
+      },
+    }
+    const fileLogger = Logger.make((o) => log(`[${o.logLevel}] ${Array.isArray(o.message) ? o.message.map(String).join(" ") : String(o.message)}`))
+    const spec = node.stage.spec
+    const retries = spec.transient ? (spec.retries ?? 2) : 0
+    log(`start ${node.name} key=${req.key} device=${JSON.stringify(req.device)} workDir=${workDir}`)
+
+    let exit: Exit.Exit<unknown, unknown> | undefined
+    for (let attempt = 0; ; attempt++) {
+      exit = yield* Effect.exit(
+        Effect.suspend(() => spec.run({ params: node.params, inputs: inputs as never, ctx })).pipe(Effect.provide(Logger.layer([fileLogger]))),
+      )
+      if (Exit.isSuccess(exit) || attempt >= retries) break
+      const err = Cause.findErrorOption(exit.cause)
+      if (err._tag === "None" || !spec.transient!(err.value)) break
+      log(`transient error, retrying (${attempt + 1}/${retries}): ${errorMessage(err.value)}`)
+    }
+    flushMetrics()
+    if (Exit.isFailure(exit)) {
+      if (Cause.hasInterruptsOnly(exit.cause)) return yield* Effect.interrupt
+      const err = Cause.findErrorOption(exit.cause)
+      const message = err._tag === "Some" ? errorMessage(err.value) : `defect: ${errorMessage(Cause.squash(exit.cause))}`
+      log(`failed: ${Cause.pretty(exit.cause)}`)
+      return yield* Effect.fail(new NodeFailed({ node: node.name, message }))
+    }
+    const output = exit.value
+    const published = yield* Effect.uninterruptible(
+      Effect.try({
+        try: () => publish(store, node, req.key, req.executionId, output),
+        catch: (e) => new NodeFailed({ node: node.name, message: `publishing the output failed: ${errorMessage(e)}` }),
+      }),
+    )
+    rmSync(workDir, { recursive: true, force: true })
+    log(`published ${published.kind} ${published.hash} (${published.size} bytes)`)
+    return published
+  })

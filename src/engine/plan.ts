@@ -1,0 +1,284 @@
+// Planning: load a pipeline file, apply `--set` overrides, expand sweeps into node instances,
+// decode params, and give every instance a recipe hash. Instances with equal recipes are one node.
+//
+// Two hashes identify a node:
+//   recipe  = hash(stage, version, keyed params, recipes of input nodes | content hashes of external inputs)
+//             known at plan time; dedupes nodes and lets a child process find its node.
+//   key     = hash(stage, version, keyed params, content hashes of input artifacts)
+//             the cache key, known once inputs exist; an upstream rerun that yields identical bytes
+//             leaves it unchanged (early cutoff).
+import { Cause, Exit, Schema } from "effect"
+import { existsSync, readFileSync } from "node:fs"
+import { resolve } from "node:path"
+import { pathToFileURL } from "node:url"
+import type { ArtifactType } from "./artifact.ts"
+import { ParamsError, PipelineError, errorMessage } from "./errors.ts"
+import { canonicalJson, hashJson, sha256 } from "./hash.ts"
+import type { AnyStage, Pipeline, Source, Template } from "./stage.ts"
+import { Sweep, isPipeline } from "./stage.ts"
+
+export type PlanInput =
+  | { readonly kind: "node"; readonly node: number }
+  | { readonly kind: "external"; readonly path: string; readonly hash: string; readonly type: ArtifactType }
+
+export interface PlanNode {
+  readonly index: number
+  readonly recipe: string
+  /** Display name: the call's name plus the sweep values that distinguish it, e.g. `train[lr=0.001]`. */
+  readonly name: string
+  /** The call's name (`--set` and `--rerun` address it). */
+  readonly label: string
+  readonly stage: AnyStage
+  /** Decoded params, as `run` receives them. */
+  readonly params: Readonly<Record<string, unknown>>
+  /** Encoded params that are part of the key. */
+  readonly keyParams: Readonly<Record<string, unknown>>
+  /** Encoded params declared `unkeyed`. */
+  readonly unkeyedParams: Readonly<Record<string, unknown>>
+  readonly inputs: ReadonlyArray<readonly [string, PlanInput]>
+  readonly deps: ReadonlyArray<number>
+  readonly dependents: Array<number>
+  readonly seed: number
+  readonly sourceHash: string | undefined
+}
+
+export interface Plan {
+  readonly pipeline: string
+  readonly file: string
+  readonly nodes: ReadonlyArray<PlanNode>
+}
+
+export interface PlanOptions {
+  /** `label.param=value` (value parsed as JSON when it parses, else taken as a string). */
+  readonly overrides?: ReadonlyArray<string>
+  readonly hashExternal: (path: string, kind: "file" | "directory") => string
+}
+
+/** Imports a pipeline file and checks that it default-exports a pipeline. */
+export const loadPipeline = async (file: string): Promise<Pipeline> => {
+  const abs = resolve(file)
+  if (!existsSync(abs)) throw new PipelineError({ file, message: `${file}: no such pipeline file` })
+  let mod: { default?: unknown }
+  try {
+    mod = await import(pathToFileURL(abs).href)
+  } catch (e) {
+    throw new PipelineError({ file, message: `${file}: failed to load: ${errorMessage(e)}` })
+  }
+  if (!isPipeline(mod.default))
+    throw new PipelineError({
+      file,
+      message: `${file}: the default export must be a pipeline (export default pipeline("name", { ... })), got ${mod.default === undefined ? "no default export" : typeof mod.default}`,
+    })
+  return mod.default
+}
+
+const parseOverride = (text: string, pipeline: string) => {
+  const eq = text.indexOf("=")
+  const dot = text.indexOf(".")
+  if (eq < 0 || dot < 0 || dot > eq)
+    throw new ParamsError({ pipeline, node: "--set", message: `--set ${text}: expected name.param=value` })
+  const raw = text.slice(eq + 1)
+  let value: unknown = raw
+  try {
+    value = JSON.parse(raw)
+  } catch {
+    // not JSON: a plain string value
+  }
+  return { label: text.slice(0, dot), path: text.slice(dot + 1, eq).split("."), value }
+}
+
+const setPath = (obj: Record<string, unknown>, path: ReadonlyArray<string>, value: unknown): Record<string, unknown> => {
+  const [head, ...rest] = path
+  if (rest.length === 0) return { ...obj, [head]: value }
+  const inner = obj[head]
+  return { ...obj, [head]: setPath(typeof inner === "object" && inner !== null ? (inner as Record<string, unknown>) : {}, rest, value) }
+}
+
+const fieldNames = (stage: AnyStage): ReadonlyArray<string> | undefined => {
+  const ast = (stage.spec.params as unknown as Schema.Top).ast as { propertySignatures?: ReadonlyArray<{ name: PropertyKey }> }
+  return ast.propertySignatures?.map((p) => String(p.name))
+}
+
+const sourceHashes = new Map<string, string>()
+const sourceHash = (file: string | undefined): string | undefined => {
+  if (file === undefined || !existsSync(file)) return undefined
+  let h = sourceHashes.get(file)
+  if (h === undefined) sourceHashes.set(file, (h = sha256(readFileSync(file))))
+  return h
+}
+
+interface Instance {
+  readonly assignment: ReadonlyMap<number, number>
+  readonly node: number
+}
+
+/** Expands a pipeline into its node instances (topologically ordered: inputs come first). */
+export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Plan => {
+  const pname = `${file} (pipeline "${pipeline.name}")`
+
+  // Templates reachable from the targets; creation order is a topological order.
+  const templates = new Map<number, Template>()
+  const visit = (t: Template) => {
+    if (templates.has(t.id)) return
+    templates.set(t.id, t)
+    for (const s of Object.values(t.inputs)) if (s._tag === "Node") visit(s.template)
+  }
+  for (const n of pipeline.targets) visit(n.template)
+  const ordered = [...templates.values()].sort((a, b) => a.id - b.id)
+
+  // Overrides.
+  const params = new Map<number, Record<string, unknown>>(ordered.map((t) => [t.id, { ...t.params }]))
+  for (const text of options.overrides ?? []) {
+    const o = parseOverride(text, pname)
+    const matches = ordered.filter((t) => t.label === o.label)
+    if (matches.length === 0)
+      throw new ParamsError({
+        pipeline: pname,
+        node: o.label,
+        message: `${pname}: --set ${text}: no node named "${o.label}" (nodes: ${[...new Set(ordered.map((t) => t.label))].join(", ")})`,
+      })
+    for (const t of matches) {
+      const fields = fieldNames(t.stage)
+      if (fields !== undefined && !fields.includes(o.path[0]))
+        throw new ParamsError({ pipeline: pname, node: o.label, message: `${pname}: --set ${text}: stage "${t.stage.spec.name}" has no param "${o.path[0]}" (params: ${fields.join(", ")})` })
+      params.set(t.id, setPath(params.get(t.id)!, o.path, o.value))
+    }
+  }
+
+  // Axis descriptions for display names.
+  const axisLabel = new Map<number, { template: number; text: (i: number) => string }>()
+  for (const t of ordered) {
+    const byAxis = new Map<number, Array<[string, Sweep<unknown>]>>()
+    for (const [k, v] of Object.entries(params.get(t.id)!)) if (v instanceof Sweep) byAxis.set(v.axis, [...(byAxis.get(v.axis) ?? []), [k, v]])
+    for (const [axis, cols] of byAxis) {
+      const len = cols[0][1].values.length
+      if (cols.some(([, s]) => s.values.length !== len))
+        throw new ParamsError({ pipeline: pname, node: t.label, message: `${pname}: node "${t.label}": zipped params have different lengths` })
+      axisLabel.set(axis, {
+        template: t.id,
+        text: (i) => cols.map(([k, s]) => `${k}=${typeof s.values[i] === "string" ? s.values[i] : canonicalJson(s.values[i])}`).join(","),
+      })
+    }
+  }
+
+  const nodes: Array<PlanNode> = []
+  const byRecipe = new Map<string, number>()
+  const instancesOf = new Map<number, ReadonlyArray<Instance>>()
+  const usedNames = new Set<string>()
+  const labelCount = new Map<string, number>()
+
+  for (const t of ordered) {
+    const stage = t.stage
+    const spec = stage.spec
+    const raw = params.get(t.id)!
+    const nth = (labelCount.get(t.label) ?? 0) + 1
+    labelCount.set(t.label, nth)
+    const baseLabel = nth === 1 ? t.label : `${t.label}#${nth}`
+
+    // Join upstream instances on the axes they share, then cross with this call's own sweeps.
+    type Partial = { assignment: Map<number, number>; inputs: Array<readonly [string, PlanInput]> }
+    let partials: Array<Partial> = [{ assignment: new Map(), inputs: [] }]
+    let axes = new Set<number>()
+    for (const [name, source] of Object.entries(t.inputs) as Array<[string, Source<ArtifactType>]>) {
+      const expected = spec.inputs[name]
+      if (expected === undefined)
+        throw new ParamsError({ pipeline: pname, node: t.label, message: `${pname}: node "${t.label}": stage "${spec.name}" has no input "${name}"` })
+      if (source._tag === "External") {
+        const kind = source.output._tag === "directory" ? "directory" : "file"
+        const hash = options.hashExternal(source.path, kind)
+        for (const p of partials) p.inputs.push([name, { kind: "external", path: resolve(source.path), hash, type: source.output }])
+        continue
+      }
+      const ups = instancesOf.get(source.template.id)!
+      const upAxes = new Set(ups[0]?.assignment.keys() ?? [])
+      const shared = [...axes].filter((a) => upAxes.has(a))
+      const sig = (m: ReadonlyMap<number, number>) => shared.map((a) => m.get(a)).join(",")
+      const index = new Map<string, Array<Instance>>()
+      for (const u of ups) index.set(sig(u.assignment), [...(index.get(sig(u.assignment)) ?? []), u])
+      const next: Array<Partial> = []
+      for (const p of partials)
+        for (const u of index.get(sig(p.assignment)) ?? [])
+          next.push({ assignment: new Map([...p.assignment, ...u.assignment]), inputs: [...p.inputs, [name, { kind: "node", node: u.node }]] })
+      partials = next
+      axes = new Set([...axes, ...upAxes])
+    }
+    for (const name of Object.keys(spec.inputs))
+      if (!(name in t.inputs))
+        throw new ParamsError({ pipeline: pname, node: t.label, message: `${pname}: node "${t.label}": input "${name}" is not connected` })
+    const ownAxes = new Map<number, number>()
+    for (const v of Object.values(raw)) if (v instanceof Sweep) ownAxes.set(v.axis, v.values.length)
+    for (const [axis, len] of ownAxes) {
+      const next: Array<Partial> = []
+      for (const p of partials)
+        for (let i = 0; i < len; i++) next.push({ assignment: new Map([...p.assignment, [axis, i]]), inputs: p.inputs })
+      partials = next
+    }
+
+    const instances: Array<Instance> = []
+    for (const p of partials) {
+      const encoded = Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, v instanceof Sweep ? v.values[p.assignment.get(v.axis)!] : v]))
+      const shown = [...p.assignment].map(([axis, i]) => {
+          const a = axisLabel.get(axis)!
+          const owner = templates.get(a.template)!
+          return a.template === t.id ? a.text(i) : a.text(i).split(",").map((s) => `${owner.label}.${s}`).join(",")
+        })
+      const name = shown.length > 0 ? `${baseLabel}[${shown.join(",")}]` : baseLabel
+
+      const decoded = Schema.decodeUnknownExit(spec.params as unknown as Schema.Codec<object, unknown>)(encoded, { errors: "all", onExcessProperty: "error" })
+      if (Exit.isFailure(decoded))
+        throw new ParamsError({
+          pipeline: pname,
+          node: name,
+          message: `${pname}: node "${name}" (stage "${spec.name}"): invalid params:\n  ${errorMessage(Cause.squash(decoded.cause)).split("\n").join("\n  ")}`,
+        })
+      const normal = Schema.encodeUnknownSync(spec.params as unknown as Schema.Codec<object, unknown>)(decoded.value) as Record<string, unknown>
+      const unkeyed = new Set<string>(spec.unkeyed ?? [])
+      const keyParams = Object.fromEntries(Object.entries(normal).filter(([k]) => !unkeyed.has(k)))
+      const unkeyedParams = Object.fromEntries(Object.entries(normal).filter(([k]) => unkeyed.has(k)))
+      const recipe = hashJson({
+        stage: spec.name,
+        version: spec.version,
+        params: keyParams,
+        inputs: Object.fromEntries(p.inputs.map(([k, i]) => [k, i.kind === "node" ? `node:${nodes[i.node].recipe}` : `external:${i.hash}`])),
+      })
+      let index = byRecipe.get(recipe)
+      if (index === undefined) {
+        index = nodes.length
+        byRecipe.set(recipe, index)
+        let unique = name
+        for (let k = 2; usedNames.has(unique); k++) unique = `${name}#${k}`
+        usedNames.add(unique)
+        const seedParam = (decoded.value as { seed?: unknown }).seed
+        const deps = [...new Set(p.inputs.flatMap(([, i]) => (i.kind === "node" ? [i.node] : [])))]
+        nodes.push({
+          index,
+          recipe,
+          name: unique,
+          label: t.label,
+          stage,
+          params: decoded.value as Record<string, unknown>,
+          keyParams,
+          unkeyedParams,
+          inputs: p.inputs,
+          deps,
+          dependents: [],
+          seed: typeof seedParam === "number" ? seedParam : parseInt(hashJson({ stage: spec.name, params: keyParams }).slice(0, 8), 16),
+          sourceHash: sourceHash(stage.sourceFile),
+        })
+        for (const d of deps) nodes[d].dependents.push(index)
+      }
+      instances.push({ assignment: p.assignment, node: index })
+    }
+    instancesOf.set(t.id, instances)
+  }
+  return { pipeline: pipeline.name, file, nodes }
+}
+
+/** The cache key of a node once the content hashes of its inputs are known. */
+export const cacheKey = (node: PlanNode, inputHashes: ReadonlyArray<readonly [string, string]>): string =>
+  hashJson({
+    stage: node.stage.spec.name,
+    version: node.stage.spec.version,
+    params: node.keyParams,
+    inputs: Object.fromEntries(inputHashes),
+  })

@@ -1,0 +1,95 @@
+// One `pipe run`: plan the pipeline file, record the run, schedule it, write runs/<id>/.
+import { Effect } from "effect"
+import { randomBytes } from "node:crypto"
+import { mkdirSync, writeFileSync } from "node:fs"
+import { totalmem } from "node:os"
+import { join, resolve } from "node:path"
+import type { ExternalInputError, ParamsError, PipelineError } from "./errors.ts"
+import { childProcessExecutor, inProcessExecutor } from "./executor.ts"
+import { loadPipeline, plan, type Plan } from "./plan.ts"
+import type { Reporter } from "./progress.ts"
+import { runPlan, type RunSummary } from "./scheduler.ts"
+import type { Store } from "./store.ts"
+
+/** Loads and plans a pipeline file against a cache (external inputs are hashed through it). */
+export const planFile = (
+  store: Store,
+  file: string,
+  overrides: ReadonlyArray<string> = [],
+): Effect.Effect<Plan, PipelineError | ParamsError | ExternalInputError> =>
+  Effect.tryPromise({
+    try: async () =>
+      plan(await loadPipeline(file), file, {
+        overrides,
+        hashExternal: (path, kind) => (kind === "file" ? store.hashExternalFile(path) : store.hashExternalDir(path)),
+      }),
+    catch: (e) => e as PipelineError | ParamsError | ExternalInputError,
+  })
+
+export interface RunConfig {
+  readonly store: Store
+  readonly pipelineFile: string
+  readonly overrides?: ReadonlyArray<string>
+  readonly runsDir: string
+  readonly jobs?: number
+  readonly gpus?: ReadonlyArray<number>
+  readonly memoryMB?: number
+  readonly failFast?: boolean
+  readonly rerun?: ReadonlyArray<string>
+  readonly reporter: Reporter
+  readonly signal?: AbortSignal
+  /** The command line, recorded with the run. */
+  readonly args?: ReadonlyArray<string>
+}
+
+export const newRunId = (): string =>
+  `${new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15)}-${randomBytes(2).toString("hex")}`
+
+export const runPipeline = (cfg: RunConfig): Effect.Effect<RunSummary & { readonly runDir: string }, PipelineError | ParamsError | ExternalInputError> =>
+  Effect.gen(function* () {
+    const { store } = cfg
+    const overrides = cfg.overrides ?? []
+    const p = yield* planFile(store, cfg.pipelineFile, overrides)
+    const runId = newRunId()
+    const runDir = resolve(join(cfg.runsDir, runId))
+    mkdirSync(join(runDir, "logs"), { recursive: true })
+    writeFileSync(
+      join(runDir, "plan.json"),
+      JSON.stringify(
+        {
+          pipeline: p.pipeline,
+          file: resolve(cfg.pipelineFile),
+          overrides,
+          nodes: p.nodes.map((n) => ({
+            name: n.name,
+            stage: n.stage.spec.name,
+            version: n.stage.spec.version,
+            recipe: n.recipe,
+            params: n.keyParams,
+            unkeyedParams: n.unkeyedParams,
+            inputs: Object.fromEntries(n.inputs.map(([k, i]) => [k, i.kind === "node" ? p.nodes[i.node].name : i.path])),
+          })),
+        },
+        null,
+        1,
+      ),
+    )
+    store.startRun(runId, resolve(cfg.pipelineFile), cfg.args ?? [])
+    const summary = yield* runPlan({
+      store,
+      plan: p,
+      runId,
+      runDir,
+      jobs: Math.max(1, cfg.jobs ?? 1),
+      gpus: cfg.gpus ?? [],
+      memoryMB: cfg.memoryMB ?? Math.floor((totalmem() / 2 ** 20) * 0.8),
+      failFast: cfg.failFast ?? false,
+      rerun: cfg.rerun ?? [],
+      executors: { main: inProcessExecutor(store), process: childProcessExecutor(resolve(cfg.pipelineFile), overrides, store.dir) },
+      reporter: cfg.reporter,
+      ...(cfg.signal ? { signal: cfg.signal } : {}),
+    })
+    writeFileSync(join(runDir, "summary.json"), JSON.stringify(summary, null, 1))
+    store.finishRun(runId, summary.status, { counts: summary.counts, failures: summary.nodes.filter((n) => n.status === "failed") })
+    return { ...summary, runDir }
+  })

@@ -1,0 +1,391 @@
+// The scheduler: runs a plan's nodes on Effect fibers as their inputs appear and their resources
+// free up, highest "longest remaining path" first; reuses cached results; claims keys so concurrent
+// runs on one cache never compute the same key at once; isolates failures.
+import { Cause, Effect, Exit, Fiber, Option, Queue } from "effect"
+import { hostname } from "node:os"
+import { join } from "node:path"
+import { CorruptArtifact, NodeFailed, errorMessage } from "./errors.ts"
+import type { NodeRequest, Published } from "./execute.ts"
+import type { Executor } from "./executor.ts"
+import { cacheKey, type Plan, type PlanNode } from "./plan.ts"
+import type { Reporter } from "./progress.ts"
+import type { Device } from "./stage.ts"
+import { HEARTBEAT_MS, type Store } from "./store.ts"
+
+export type NodeStatus = "cached" | "succeeded" | "failed" | "skipped" | "interrupted"
+
+export interface NodeOutcome {
+  readonly name: string
+  readonly status: NodeStatus
+  readonly key?: string
+  readonly output?: string
+  readonly error?: string
+  readonly logPath?: string
+}
+
+export interface RunSummary {
+  readonly runId: string
+  readonly status: "succeeded" | "failed" | "interrupted"
+  readonly counts: Readonly<Record<NodeStatus, number>>
+  readonly nodes: ReadonlyArray<NodeOutcome>
+}
+
+export interface SchedulerOptions {
+  readonly store: Store
+  readonly plan: Plan
+  readonly runId: string
+  readonly runDir: string
+  /** CPU job slots. */
+  readonly jobs: number
+  /** GPU ids to schedule on, and how many nodes may share one GPU. */
+  readonly gpus: ReadonlyArray<number>
+  readonly slotsPerGpu?: number
+  /** Memory budget (MiB) for the stages' `memoryMB` hints. */
+  readonly memoryMB: number
+  readonly failFast: boolean
+  /** Call names or stage names whose nodes are recomputed even when cached. */
+  readonly rerun: ReadonlyArray<string>
+  readonly executors: { readonly main: Executor; readonly process: Executor }
+  readonly reporter: Reporter
+  /** Aborting stops the run cleanly: running nodes are interrupted, nothing partial is published. */
+  readonly signal?: AbortSignal
+}
+
+type State =
+  | { readonly tag: "waiting" }
+  | { readonly tag: "blocked"; readonly key: string }
+  | { readonly tag: "ready"; readonly key: string }
+  | { readonly tag: "running"; readonly key: string; readonly fiber: Fiber.Fiber<void>; readonly executionId: number; readonly logPath: string; readonly release: () => void; readonly startedAt: number }
+  | { readonly tag: "done"; readonly status: "cached" | "succeeded"; readonly key: string; readonly output: string }
+  | { readonly tag: "failed"; readonly status: "failed" | "skipped" | "interrupted"; readonly error: string; readonly key?: string; readonly logPath?: string }
+
+type Event =
+  | { readonly type: "exit"; readonly index: number; readonly exit: Exit.Exit<Published, NodeFailed | CorruptArtifact> }
+  | { readonly type: "stop" }
+
+/** A binary max-heap of node indices by priority. */
+class Heap {
+  private readonly items: Array<number> = []
+  constructor(private readonly prio: Float64Array) {}
+  get size() {
+    return this.items.length
+  }
+  push(i: number) {
+    const a = this.items
+    a.push(i)
+    for (let c = a.length - 1; c > 0; ) {
+      const p = (c - 1) >> 1
+      if (this.prio[a[p]] >= this.prio[a[c]]) break
+      ;[a[p], a[c]] = [a[c], a[p]]
+      c = p
+    }
+  }
+  pop(): number | undefined {
+    const a = this.items
+    const top = a[0]
+    const last = a.pop()
+    if (a.length > 0 && last !== undefined) {
+      a[0] = last
+      for (let p = 0; ; ) {
+        const l = 2 * p + 1
+        const r = l + 1
+        let m = p
+        if (l < a.length && this.prio[a[l]] > this.prio[a[m]]) m = l
+        if (r < a.length && this.prio[a[r]] > this.prio[a[m]]) m = r
+        if (m === p) break
+        ;[a[p], a[m]] = [a[m], a[p]]
+        p = m
+      }
+    }
+    return top
+  }
+}
+
+const safeFileName = (node: PlanNode) => `${node.name.replace(/[^A-Za-z0-9._=,+-]+/g, "_").slice(0, 100)}.${node.recipe.slice(0, 8)}.log`
+
+/** How many times one artifact may be found corrupt and recomputed in a run before giving up. */
+const MAX_RECOMPUTES = 2
+
+export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
+  Effect.gen(function* () {
+    const { store, plan, reporter } = o
+    const nodes = plan.nodes
+    const owner = `${hostname()}:${process.pid}:${o.runId}`
+    const events = yield* Queue.unbounded<Event>()
+    const onAbort = () => Queue.offerUnsafe(events, { type: "stop" })
+    o.signal?.addEventListener("abort", onAbort)
+    const heartbeat = yield* Effect.forkChild(
+      Effect.forever(Effect.andThen(Effect.sleep(HEARTBEAT_MS), Effect.sync(() => store.heartbeat(owner)))),
+    )
+
+    // Priority: estimated duration of the longest path from a node to the end of the plan.
+    const durations = store.stageDurations()
+    const prio = new Float64Array(nodes.length)
+    for (let i = nodes.length - 1; i >= 0; i--) {
+      let down = 0
+      for (const d of nodes[i].dependents) down = Math.max(down, prio[d])
+      prio[i] = (durations.get(nodes[i].stage.spec.name) ?? 1000) + down
+    }
+
+    const state: Array<State> = nodes.map(() => ({ tag: "waiting" }))
+    const missing = Int32Array.from(nodes, (n) => n.deps.length)
+    const recomputes = new Map<string, number>()
+    const rerun = new Set(o.rerun)
+    const forced = (n: PlanNode) => rerun.has(n.label) || rerun.has(n.stage.spec.name)
+    const toResolve: Array<number> = nodes.flatMap((n) => (n.deps.length === 0 ? [n.index] : []))
+    const ready = new Heap(prio)
+    const blocked = new Set<number>()
+    const running = new Set<number>()
+    let freeJobs = o.jobs
+    let freeMemory = o.memoryMB
+    const gpuFree = new Map(o.gpus.map((g) => [g, o.slotsPerGpu ?? 1]))
+    let stopping: "failed" | "interrupted" | undefined
+    reporter.start(nodes.length)
+
+    const inputHashes = (n: PlanNode): Array<readonly [string, string]> =>
+      n.inputs.map(([name, input]) => {
+        if (input.kind === "external") return [name, input.hash] as const
+        const s = state[input.node]
+        return [name, s.tag === "done" ? s.output : ""] as const
+      })
+
+    const markDone = (i: number, status: "cached" | "succeeded", key: string, output: string) => {
+      state[i] = { tag: "done", status, key, output }
+      for (const d of nodes[i].dependents) if (state[d].tag === "waiting" && --missing[d] === 0) toResolve.push(d)
+    }
+    const skipDownstream = (i: number, why: string) => {
+      const stack = [...nodes[i].dependents]
+      while (stack.length > 0) {
+        const d = stack.pop()!
+        if (state[d].tag !== "waiting") continue
+        state[d] = { tag: "failed", status: "skipped", error: why }
+        reporter.finished(nodes[d].name, "skipped", why)
+        stack.push(...nodes[d].dependents)
+      }
+    }
+
+    // A node whose inputs all exist: cached, blocked by another run's claim, or ready to run.
+    const resolve = (i: number) => {
+      const n = nodes[i]
+      const key = cacheKey(n, inputHashes(n))
+      if (!forced(n)) {
+        const hit = store.lookup(key)
+        if (hit) {
+          reporter.cached(n.name)
+          return markDone(i, "cached", key, hit.hash)
+        }
+      }
+      const claim = store.claim(key, owner)
+      if (!claim.ok) {
+        if (!blocked.has(i)) reporter.waiting(n.name, claim.owner)
+        blocked.add(i)
+        state[i] = { tag: "blocked", key }
+        return
+      }
+      blocked.delete(i)
+      // Another run may have published between our lookup and our claim.
+      const hit = forced(n) ? undefined : store.lookup(key)
+      if (hit) {
+        store.release(key, owner)
+        reporter.cached(n.name)
+        return markDone(i, "cached", key, hit.hash)
+      }
+      state[i] = { tag: "ready", key }
+      ready.push(i)
+    }
+
+    const isolation = (n: PlanNode) => n.stage.spec.resources?.isolate ?? ((n.stage.spec.resources?.gpu ?? 0) > 0 ? "process" : "main")
+
+    // Takes the resources a node needs, or returns undefined when they are not free now.
+    const acquire = (n: PlanNode): { device: Device; release: () => void } | undefined => {
+      const r = n.stage.spec.resources ?? {}
+      const mem = r.memoryMB ?? 0
+      if (mem > freeMemory && running.size > 0) return undefined
+      if ((r.gpu ?? 0) > 0 && gpuFree.size > 0) {
+        const gpu = [...gpuFree].find(([, free]) => free > 0)?.[0]
+        if (gpu === undefined) return undefined
+        gpuFree.set(gpu, gpuFree.get(gpu)! - 1)
+        freeMemory -= mem
+        return {
+          device: { kind: "cuda", deviceId: 0, gpu },
+          release: () => {
+            gpuFree.set(gpu, gpuFree.get(gpu)! + 1)
+            freeMemory += mem
+          },
+        }
+      }
+      const slots = Math.min(Math.max(1, r.cpu ?? 1), o.jobs)
+      if (slots > freeJobs) return undefined
+      freeJobs -= slots
+      freeMemory -= mem
+      return {
+        device: { kind: "cpu" },
+        release: () => {
+          freeJobs += slots
+          freeMemory += mem
+        },
+      }
+    }
+
+    const start = (i: number, key: string, device: Device, release: () => void) =>
+      Effect.gen(function* () {
+        const n = nodes[i]
+        const logPath = join(o.runDir, "logs", safeFileName(n))
+        const hashes = inputHashes(n)
+        const executionId = store.startExecution({
+          run_id: o.runId,
+          key,
+          recipe: n.recipe,
+          node: n.name,
+          stage: n.stage.spec.name,
+          version: n.stage.spec.version,
+          source_hash: n.sourceHash ?? null,
+          params: JSON.stringify(n.keyParams),
+          unkeyed_params: JSON.stringify(n.unkeyedParams),
+          inputs: JSON.stringify(Object.fromEntries(hashes)),
+          attempt: 1,
+          device: JSON.stringify(device),
+          log_path: logPath,
+        })
+        const req: NodeRequest = {
+          runId: o.runId,
+          executionId,
+          recipe: n.recipe,
+          key,
+          inputHashes: hashes,
+          device,
+          logPath,
+          metricsPath: join(o.runDir, "metrics.jsonl"),
+        }
+        const where = isolation(n)
+        reporter.started(n.name, `${where === "process" ? "child process" : "in-process"}, ${device.kind === "cuda" ? `gpu ${device.gpu}` : "cpu"}`)
+        const executor = where === "process" ? o.executors.process : o.executors.main
+        const fiber = yield* Effect.forkChild(
+          Effect.flatMap(Effect.exit(executor.run(n, req, (e) => reporter.progress(n.name, e))), (exit) =>
+            Queue.offer(events, { type: "exit", index: i, exit }),
+          ).pipe(Effect.asVoid),
+        )
+        running.add(i)
+        state[i] = { tag: "running", key, fiber, executionId, logPath, release, startedAt: Date.now() }
+      })
+
+    const stopAll = (status: "failed" | "interrupted") =>
+      Effect.gen(function* () {
+        stopping = status
+        const fibers = [...running].map((i) => {
+          const s = state[i]
+          return s.tag === "running" ? s.fiber : undefined
+        })
+        yield* Fiber.interruptAll(fibers.filter((f) => f !== undefined))
+        for (const i of [...running]) {
+          const s = state[i]
+          if (s.tag !== "running") continue
+          store.finishExecution(s.executionId, "interrupted", null, "interrupted")
+          store.release(s.key, owner)
+          s.release()
+          state[i] = { tag: "failed", status: "interrupted", error: "interrupted", key: s.key, logPath: s.logPath }
+          reporter.finished(nodes[i].name, "interrupted", "")
+          running.delete(i)
+        }
+        const why = status === "interrupted" ? "run interrupted" : "not started (--fail-fast)"
+        for (let i = 0; i < nodes.length; i++) {
+          const s = state[i]
+          if (s.tag === "waiting" || s.tag === "ready" || s.tag === "blocked") {
+            if (s.tag !== "waiting") store.release(s.key, owner)
+            state[i] = { tag: "failed", status: "skipped", error: why }
+          }
+        }
+      })
+
+    const handleExit = (i: number, exit: Exit.Exit<Published, NodeFailed | CorruptArtifact>) =>
+      Effect.gen(function* () {
+        const s = state[i]
+        if (s.tag !== "running") return
+        running.delete(i)
+        s.release()
+        store.release(s.key, owner)
+        const n = nodes[i]
+        const seconds = ((Date.now() - s.startedAt) / 1000).toFixed(1)
+        if (Exit.isSuccess(exit)) {
+          store.finishExecution(s.executionId, "succeeded", exit.value.hash, null)
+          reporter.finished(n.name, "succeeded", `${seconds}s`)
+          return markDone(i, "succeeded", s.key, exit.value.hash)
+        }
+        const err = Cause.findErrorOption(exit.cause)
+        const error = Option.isSome(err) ? err.value : new NodeFailed({ node: n.name, message: errorMessage(Cause.squash(exit.cause)) })
+        if (error._tag === "CorruptArtifact") {
+          // An input's payload was bad (and has been dropped): recompute its producers, then this node.
+          store.finishExecution(s.executionId, "failed", null, error.message)
+          const count = (recomputes.get(error.hash) ?? 0) + 1
+          recomputes.set(error.hash, count)
+          const producers = n.deps.filter((d) => {
+            const ds = state[d]
+            return ds.tag === "done" && ds.output === error.hash
+          })
+          if (count <= MAX_RECOMPUTES && producers.length > 0) {
+            reporter.message(`${error.message} (needed by ${n.name})`)
+            state[i] = { tag: "waiting" }
+            missing[i] = 0
+            for (const p of producers) {
+              state[p] = { tag: "waiting" }
+              for (const d of nodes[p].dependents) if (state[d].tag === "waiting") missing[d]++
+              toResolve.push(p)
+            }
+            return
+          }
+        }
+        store.finishExecution(s.executionId, "failed", null, error.message)
+        state[i] = { tag: "failed", status: "failed", error: error.message, key: s.key, logPath: s.logPath }
+        reporter.finished(n.name, "failed", `${seconds}s: ${error.message.split("\n")[0]} (log: ${s.logPath})`)
+        skipDownstream(i, `upstream ${n.name} failed`)
+        if (o.failFast) yield* stopAll("failed")
+      })
+
+    const loop = Effect.gen(function* () {
+      for (;;) {
+        if (stopping === undefined) {
+          while (toResolve.length > 0) resolve(toResolve.pop()!)
+          const deferred: Array<number> = []
+          while (ready.size > 0) {
+            const i = ready.pop()!
+            const s = state[i]
+            if (s.tag !== "ready") continue
+            const got = acquire(nodes[i])
+            if (got === undefined) deferred.push(i)
+            else yield* start(i, s.key, got.device, got.release)
+          }
+          for (const i of deferred) ready.push(i)
+        }
+        if (running.size === 0 && (stopping !== undefined || (blocked.size === 0 && toResolve.length === 0))) break
+        const event =
+          blocked.size > 0
+            ? yield* Effect.timeoutOption(Queue.take(events), 500)
+            : Option.some(yield* Queue.take(events))
+        if (Option.isNone(event)) {
+          for (const i of [...blocked]) resolve(i)
+          continue
+        }
+        if (event.value.type === "stop") {
+          if (stopping !== "interrupted") yield* stopAll("interrupted")
+          continue
+        }
+        yield* handleExit(event.value.index, event.value.exit)
+        for (const i of [...blocked]) resolve(i)
+      }
+    })
+    yield* loop
+    yield* Fiber.interrupt(heartbeat)
+    o.signal?.removeEventListener("abort", onAbort)
+    store.releaseAll(owner)
+
+    const outcomes: Array<NodeOutcome> = nodes.map((n, i) => {
+      const s = state[i]
+      if (s.tag === "done") return { name: n.name, status: s.status, key: s.key, output: s.output }
+      if (s.tag === "failed") return { name: n.name, status: s.status, key: s.key, error: s.error, logPath: s.logPath }
+      return { name: n.name, status: "skipped", error: "not reached" }
+    })
+    const counts = { cached: 0, succeeded: 0, failed: 0, skipped: 0, interrupted: 0 }
+    for (const x of outcomes) counts[x.status]++
+    const status = stopping === "interrupted" ? "interrupted" : counts.failed > 0 || counts.skipped > 0 ? "failed" : "succeeded"
+    return { runId: o.runId, status, counts, nodes: outcomes }
+  })

@@ -1,0 +1,223 @@
+// Stages, nodes, sweeps and pipelines: the declarative surface that pipeline files use.
+import type { Effect } from "effect"
+import type { ArtifactType, DirectoryArtifact, FileArtifact, OutputOf, ValueOf } from "./artifact.ts"
+import { Directory, File } from "./artifact.ts"
+import { fileURLToPath } from "node:url"
+
+/** Where a node runs. `cuda.deviceId` is the id to pass to onnxruntime (the child only sees its own GPU). */
+export type Device = { readonly kind: "cpu" } | { readonly kind: "cuda"; readonly deviceId: number; readonly gpu: number }
+
+/** What a running stage gets besides its params and inputs. */
+export interface StageContext {
+  /** Display name of the node, e.g. `train[lr=0.001]`. */
+  readonly node: string
+  /** The cache key this execution computes. */
+  readonly key: string
+  readonly device: Device
+  /** `params.seed` when the stage has one, else a fixed 32-bit seed derived from stage and params. */
+  readonly seed: number
+  /**
+   * Scratch and checkpoint directory keyed by the cache key: it survives a killed run so a long stage
+   * can resume from its last checkpoint, and is removed once the output is published.
+   */
+  readonly workDir: string
+  /** Appends a line to the node's log file (runs/<id>/logs/<node>.log). `Effect.log` goes there too. */
+  readonly log: (message: string) => void
+  /** Records a metric (SQLite `metrics` table and runs/<id>/metrics.jsonl). */
+  readonly metric: (name: string, value: number, step?: number) => void
+  /** Progress of this node: `progress.total(n, "steps")` once, then `progress.advance()` or `progress.set(i)`. */
+  readonly progress: {
+    readonly total: (total: number, unit: string) => void
+    readonly advance: (by?: number) => void
+    readonly set: (value: number) => void
+  }
+}
+
+export interface Resources {
+  /** CPU job slots taken (of `--jobs`); default 1. */
+  readonly cpu?: number
+  /** GPUs wanted; a GPU stage gets one GPU slot when `--gpus` names (or detection finds) any, else it runs on the CPU. */
+  readonly gpu?: number
+  /** Memory hint in MiB, counted against `--memory` so large stages do not start together. */
+  readonly memoryMB?: number
+  /**
+   * `"process"`: run in a child process (one per node, with its GPU) so a stage that blocks the event
+   * loop (any onnxruntime `run`) cannot stall the scheduler, and a crash or OOM fails this node only.
+   * `"main"`: run on the scheduler's thread (pure-TS stages that yield). Default: "process" when `gpu > 0`, else "main".
+   */
+  readonly isolate?: "main" | "process"
+}
+
+export type InputTypes = Readonly<Record<string, ArtifactType>>
+type ParamsOf<P> = P extends { readonly Type: infer T } ? T : never
+type EncodedOf<P> = P extends { readonly Encoded: infer E } ? E : never
+
+export interface StageSpec<P extends ParamsSchema, I extends InputTypes, O extends ArtifactType, E> {
+  readonly name: string
+  /** Bump when the stage's results change for the same params and inputs: it is part of the cache key. */
+  readonly version: number
+  readonly params: P
+  /** Param fields that do not change results (batch size, log level): left out of the cache key. */
+  readonly unkeyed?: ReadonlyArray<keyof ParamsOf<P> & string>
+  readonly inputs: I
+  readonly output: O
+  readonly resources?: Resources
+  /** Errors worth retrying (network, a busy device): the run is retried up to `retries` times (default 2). */
+  readonly transient?: (error: E) => boolean
+  readonly retries?: number
+  readonly run: (args: {
+    readonly params: ParamsOf<P>
+    readonly inputs: { readonly [K in keyof I]: ValueOf<I[K]> }
+    readonly ctx: StageContext
+  }) => Effect.Effect<OutputOf<O>, E>
+}
+
+/** Any Schema codec of an object without decoding services (`Schema.Struct({...})`). */
+export type ParamsSchema = { readonly Type: object; readonly Encoded: object; readonly DecodingServices: never; readonly EncodingServices: never }
+
+export interface AnyStage {
+  readonly spec: StageSpec<any, any, any, any>
+  /** The file that declared the stage, hashed so `pipe status` reports source changes. */
+  readonly sourceFile: string | undefined
+}
+
+// ---- sweeps --------------------------------------------------------------------------------------
+
+let nextAxis = 0
+
+/** A param value that expands into one node instance per value. Values sharing an axis (`zip`) vary together. */
+export class Sweep<out T> {
+  readonly _tag = "Sweep"
+  constructor(
+    readonly axis: number,
+    readonly values: ReadonlyArray<T>,
+  ) {}
+}
+
+/** `lr: sweep([1e-3, 1e-4])`: one instance per value; several sweeps in a pipeline form their cartesian product. */
+export const sweep = <const T>(values: ReadonlyArray<T>): Sweep<T> => {
+  if (values.length === 0) throw new Error("sweep([]) needs at least one value")
+  return new Sweep(nextAxis++, values)
+}
+
+/** `...zip({ lr: [1e-3, 1e-4], steps: [100, 200] })`: the columns vary together (2 instances, not 4). */
+export const zip = <const R extends Readonly<Record<string, ReadonlyArray<unknown>>>>(
+  columns: R,
+): { [K in keyof R]: Sweep<R[K][number]> } => {
+  const lengths = new Set(Object.values(columns).map((c) => c.length))
+  if (lengths.size !== 1 || lengths.has(0)) throw new Error(`zip: columns must be non-empty and of equal length (got ${[...lengths].join(", ")})`)
+  const axis = nextAxis++
+  return Object.fromEntries(Object.entries(columns).map(([k, v]) => [k, new Sweep(axis, v)])) as never
+}
+
+export type Sweepable<E> = { readonly [K in keyof E]: E[K] | Sweep<E[K]> }
+
+// ---- nodes ---------------------------------------------------------------------------------------
+
+/** One call of a stage in a pipeline (before sweep expansion). */
+export interface Template {
+  readonly id: number
+  readonly label: string
+  readonly stage: AnyStage
+  readonly params: Readonly<Record<string, unknown>>
+  readonly inputs: Readonly<Record<string, Source<ArtifactType>>>
+}
+
+/** The output of a stage call, to pass as another stage's input. */
+export interface Node<O extends ArtifactType> {
+  readonly _tag: "Node"
+  readonly output: O
+  readonly template: Template
+}
+
+/** A file or directory from outside the cache, entering by content hash. */
+export interface External<O extends ArtifactType> {
+  readonly _tag: "External"
+  readonly output: O
+  readonly path: string
+}
+
+export type Source<O extends ArtifactType> = Node<O> | External<O>
+
+export const external = {
+  /** A file (dataset, prompt file) hashed by content; remembered by (path, size, mtime, inode). */
+  file: <O extends FileArtifact<string> = typeof File>(path: string, type?: O): External<O> => ({
+    _tag: "External",
+    output: (type ?? File) as O,
+    path,
+  }),
+  /** A directory (HF model folder) hashed over its files' relative paths and contents. */
+  dir: <O extends DirectoryArtifact<string> = typeof Directory>(path: string, type?: O): External<O> => ({
+    _tag: "External",
+    output: (type ?? Directory) as O,
+    path,
+  }),
+}
+
+type Sources<I extends InputTypes> = { readonly [K in keyof I]: Source<I[K]> }
+export interface CallOptions {
+  /** Name of this call (default: the stage name): used by `--set name.param=v`, `--rerun name` and in displays. */
+  readonly name?: string
+}
+
+export interface Stage<P extends ParamsSchema, I extends InputTypes, O extends ArtifactType, E> extends AnyStage {
+  readonly spec: StageSpec<P, I, O, E>
+  (
+    params: Sweepable<EncodedOf<P>>,
+    ...rest: keyof I extends never ? [inputs?: Sources<I>, options?: CallOptions] : [inputs: Sources<I>, options?: CallOptions]
+  ): Node<O>
+}
+
+let nextTemplate = 0
+
+const callerFile = (): string | undefined => {
+  // Line 0 is "Error", 1 is callerFile, 2 is stage(), 3 is the module declaring the stage.
+  const line = new Error().stack?.split("\n")[3] ?? ""
+  const m = /(file:\/\/[^\s)]+?|\/[^\s)]+?):\d+:\d+\)?$/.exec(line.trim())
+  if (!m) return undefined
+  return m[1].startsWith("file://") ? fileURLToPath(m[1]) : m[1]
+}
+
+/**
+ * Declares a stage. Calling the result wires one node: `train({ lr: 1e-3 }, { corpus })`.
+ *
+ * ```ts
+ * export const count = stage({
+ *   name: "count", version: 1,
+ *   params: Schema.Struct({ word: Schema.String }),
+ *   inputs: { text: File },
+ *   output: Artifact.json("Count", Schema.Number),
+ *   run: ({ params, inputs }) => Effect.sync(() => readFileSync(inputs.text.path, "utf8").split(params.word).length - 1),
+ * })
+ * ```
+ */
+export const stage = <P extends ParamsSchema, const I extends InputTypes, O extends ArtifactType, E = never>(
+  spec: StageSpec<P, I, O, E>,
+): Stage<P, I, O, E> => {
+  const sourceFile = callerFile()
+  const self = ((params: Record<string, unknown>, inputs?: Record<string, Source<ArtifactType>>, options?: CallOptions): Node<O> => ({
+    _tag: "Node",
+    output: spec.output,
+    template: { id: nextTemplate++, label: options?.name ?? spec.name, stage: self, params, inputs: inputs ?? {} },
+  })) as unknown as Stage<P, I, O, E>
+  Object.assign(self, { spec, sourceFile })
+  return self
+}
+
+// ---- pipelines -----------------------------------------------------------------------------------
+
+export interface Pipeline {
+  readonly _tag: "Pipeline"
+  readonly name: string
+  /** The nodes the pipeline is for; everything upstream of them is planned too. */
+  readonly targets: ReadonlyArray<Node<ArtifactType>>
+}
+
+/** `export default pipeline("blue", { report, samples })`: a pipeline file's default export. */
+export const pipeline = (
+  name: string,
+  targets: Readonly<Record<string, Node<ArtifactType>>> | ReadonlyArray<Node<ArtifactType>>,
+): Pipeline => ({ _tag: "Pipeline", name, targets: Array.isArray(targets) ? targets : Object.values(targets) })
+
+export const isPipeline = (u: unknown): u is Pipeline =>
+  typeof u === "object" && u !== null && (u as Pipeline)._tag === "Pipeline" && Array.isArray((u as Pipeline).targets)
