@@ -1,23 +1,29 @@
 /**
- * The compute core: a typed ONNX graph builder, shape inference, serialization,
- * reverse-mode autodiff, losses and an in-graph AdamW step.
+ * The compute core: a typed ONNX graph builder, shape inference, serialization (opset
+ * OPSET = 23), reverse-mode autodiff, chunked LM losses and an in-graph AdamW step.
  *
+ * Build, serialize, run:
  * ```ts
- * import { Graph, serialize } from "../graph/index.ts"
- * import { createSession, runSession } from "../runtime/session.ts"
- * import { tensor } from "../runtime/tensor.ts"
- *
  * const g = new Graph()
- * const x = g.input("x", "float32", ["batch", 4])           // symbolic dim "batch"
+ * const x = g.input("x", "float32", ["batch", 4])             // symbolic dim "batch"
  * const w = g.initializer("w", "float32", [4, 2], { kind: "inline", data: new Float32Array(8) })
- * //   or weights left in a safetensors file: externalSource(modelDir, file, offset, length)
- * const y = g.softmax(g.matMul(x, w))                        // shapes inferred: [batch, 2]
+ * // weights left inside a .safetensors file (written as ONNX external data; the .onnx must be
+ * // saved into a directory that contains the file's real path):
+ * //   g.initializer("w", "float32", [4, 2], externalSource(modelDir, file, 8 + headerLen + begin, end - begin))
+ * const y = g.softmax(g.matMul(x, w))                          // shape inferred: [batch, 2]
  * g.outputAs("y", y)
- * const bytes = serialize(g)                                 // ONNX opset OPSET, loads in onnxruntime-node
- * const out = yield* runSession(yield* createSession(bytes), { x: tensor("float32", [1, 4], [1, 2, 3, 4]) })
+ * const session = yield* createSession(serialize(g))           // runtime/session.ts; or a .onnx path
+ * const out = yield* runSession(session, { x: tensor("float32", [1, 4], [1, 2, 3, 4]) })
  * ```
  * Ops without a method: `g.node(opType, inputs, attrs, [{ dtype, shape }])`.
- * Control flow: `g.loop(...)` and `g.if_(...)` build their bodies in subgraphs.
+ * Control flow: `g.loop(trips, cond, initial, (sub, iter, carried) => ({ carried, scans }))`
+ * and `g.if_(cond, thenFn, elseFn)` build bodies in subgraphs that may read outer values.
+ *
+ * Differentiate: `const [dw] = gradients(g, loss, [w])` appends the backward nodes to g.
+ * Losses: `crossEntropy(g, { hidden, weight }, targets, mask, { chunk }).mean` and friends
+ * (losses.ts) work chunk by chunk and never build [tokens x vocab].
+ * Train step: `buildTrainStep({ params, batch, loss, adamw, microBatches })` returns a graph
+ * whose one run is one AdamW step (names in `trainStepNames`); runtime/train.ts drives it.
  */
 export type { DType } from "./dtype.ts"
 export { Graph, type OutputSpec } from "./builder.ts"
