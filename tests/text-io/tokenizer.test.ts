@@ -1,0 +1,82 @@
+import { Effect, Exit } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { describe, expect, it } from "vitest"
+import { loadTokenizer, type TokenizerError } from "../../src/text/tokenizer.ts"
+import { vocab, writeTokenizer } from "./fixture.ts"
+
+const load = (dir: string) => Effect.runSync(loadTokenizer(dir))
+const failure = (dir: string): TokenizerError => {
+  const exit = Effect.runSyncExit(Effect.flip(loadTokenizer(dir)))
+  if (Exit.isFailure(exit)) throw new Error("expected an error value")
+  return exit.value
+}
+const v = vocab()
+
+describe("tokenizer", () => {
+  it("encodes with the BPE merges and the post-processor's bos, decodes back", () => {
+    const tok = load(writeTokenizer({ bos_token: "<s>", eos_token: "</s>", pad_token: "<pad>" }))
+    expect(tok.encode("hello world")).toEqual([0, v["hello"], v["Ġworld"]])
+    expect(tok.encode("hello world", { addSpecialTokens: false })).toEqual([v["hello"], v["Ġworld"]])
+    // unmerged characters fall back to single-character tokens
+    expect(tok.encode("hero", { addSpecialTokens: false })).toEqual([v["he"], v["r"], v["o"]])
+    expect(tok.addsBos).toBe(true)
+    expect(tok.addsEos).toBe(false)
+    expect(tok.decode(tok.encode("hello world"), { skipSpecialTokens: true })).toBe("hello world")
+    expect(tok.decode(tok.encode("hello world"))).toBe("<s>hello world")
+    expect(tok.bos).toEqual({ token: "<s>", id: 0 })
+    expect(tok.eos).toEqual({ token: "</s>", id: 1 })
+    expect(tok.pad).toEqual({ token: "<pad>", id: 4 })
+    expect(tok.unk).toBeUndefined()
+    expect(tok.vocabSize).toBe(Object.keys(v).length)
+    expect(tok.isSpecial(1)).toBe(true)
+    expect(tok.isSpecial(v["hello"])).toBe(false)
+    expect(tok.idToToken(v["Ġworld"])).toBe("Ġworld")
+    expect(tok.tokenToId("<|im_end|>")).toBe(3)
+  })
+
+  it("keeps special tokens in text as single ids", () => {
+    const tok = load(writeTokenizer({ bos_token: "<s>", eos_token: "</s>" }))
+    expect(tok.encode("<|im_start|>hello<|im_end|>", { addSpecialTokens: false })).toEqual([2, v["hello"], 3])
+  })
+
+  it("add_bos_token / add_eos_token in tokenizer_config.json override the post-processor (as transformers' Llama tokenizer)", () => {
+    const both = load(writeTokenizer({ bos_token: "<s>", eos_token: "</s>", add_bos_token: true, add_eos_token: true }, false))
+    expect(both.encode("hello")).toEqual([0, v["hello"], 1])
+    const none = load(writeTokenizer({ bos_token: "<s>", eos_token: "</s>", add_bos_token: false }, true))
+    expect(none.encode("hello")).toEqual([v["hello"]])
+    expect(none.addsBos).toBe(false)
+    const plain = load(writeTokenizer({ bos_token: "<s>", eos_token: "</s>" }, false))
+    expect(plain.encode("hello")).toEqual([v["hello"]])
+  })
+
+  it("reads special tokens given as serialized AddedToken objects", () => {
+    const tok = load(writeTokenizer({ bos_token: { __type: "AddedToken", content: "<s>", lstrip: false, normalized: false, rstrip: false, single_word: false }, eos_token: "</s>" }))
+    expect(tok.bos?.id).toBe(0)
+    expect(tok.specialTokensMap).toEqual({ bos_token: "<s>", eos_token: "</s>" })
+  })
+
+  it("finds the chat template in tokenizer_config.json, in a named list, or in chat_template.jinja", () => {
+    expect(load(writeTokenizer({ chat_template: "{{ 1 }}" })).chatTemplate).toBe("{{ 1 }}")
+    expect(load(writeTokenizer({ chat_template: [{ name: "tool_use", template: "T" }, { name: "default", template: "D" }] })).chatTemplate).toBe("D")
+    const dir = writeTokenizer({ chat_template: "old" })
+    fs.writeFileSync(path.join(dir, "chat_template.jinja"), "new")
+    expect(load(dir).chatTemplate).toBe("new")
+    expect(load(writeTokenizer({})).chatTemplate).toBeUndefined()
+  })
+
+  it("errors name the file and the field", () => {
+    const missing = writeTokenizer({})
+    fs.rmSync(path.join(missing, "tokenizer.json"))
+    expect(failure(missing).message).toBe(`${path.join(missing, "tokenizer.json")}: missing`)
+    const bad = writeTokenizer({})
+    fs.writeFileSync(path.join(bad, "tokenizer_config.json"), "{")
+    expect(failure(bad).message).toMatch(/tokenizer_config\.json: invalid JSON/)
+    const unknown = failure(writeTokenizer({ eos_token: "<|eot_id|>" }))
+    expect(unknown.field).toBe("eos_token")
+    expect(unknown.message).toMatch(/tokenizer_config\.json: eos_token: "<\|eot_id\|>" is not in the vocabulary/)
+    expect(failure(writeTokenizer({ add_bos_token: "yes" })).field).toBe("add_bos_token")
+    expect(failure(writeTokenizer({ add_eos_token: true })).message).toMatch(/add_eos_token: true but eos_token is not set/)
+    expect(failure(writeTokenizer({ chat_template: [{ name: "x", template: "" }] })).field).toBe("chat_template")
+  })
+})
