@@ -7,6 +7,10 @@ import type { ChildJob, ChildMessage } from "./executor.ts"
 import { loadPipeline, plan } from "./plan.ts"
 import { Store } from "./store.ts"
 
+// The scheduler died (SIGKILL, crash): stop rather than run on unsupervised. Nothing half-written is
+// published, and the next run resumes from this node's checkpoint directory.
+process.on("disconnect", () => process.exit(1))
+
 const send = (m: ChildMessage) => new Promise<void>((resolve) => process.send!(m, () => resolve()))
 
 process.once("message", async (job: ChildJob) => {

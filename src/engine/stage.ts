@@ -1,6 +1,6 @@
 // Stages, nodes, sweeps and pipelines: the declarative surface that pipeline files use.
 import type { Effect } from "effect"
-import type { ArtifactType, DirectoryArtifact, FileArtifact, OutputOf, ValueOf } from "./artifact.ts"
+import type { ArtifactType, DirectoryArtifact, FileArtifact, OutputOf, TensorsArtifact, ValueOf } from "./artifact.ts"
 import { Directory, File } from "./artifact.ts"
 import { fileURLToPath } from "node:url"
 
@@ -154,7 +154,9 @@ export const external = {
   }),
 }
 
-type Sources<I extends InputTypes> = { readonly [K in keyof I]: Source<I[K]> }
+/** An input of the generic `File` type takes any file payload (tensors included); other types need an exact match. */
+export type Accepts<I extends ArtifactType> = I extends FileArtifact<"File"> ? FileArtifact<string> | TensorsArtifact<string> : I
+type Sources<I extends InputTypes> = { readonly [K in keyof I]: Source<Accepts<I[K]>> }
 export interface CallOptions {
   /** Name of this call (default: the stage name): used by `--set name.param=v`, `--rerun name` and in displays. */
   readonly name?: string
