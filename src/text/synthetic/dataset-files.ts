@@ -1,0 +1,30 @@
+// The files of `datasets/tiny-chat/`, as a pure function of the corpus options, so a test can check
+// that the shipped files are exactly what the generator produces today.
+import { type Corpus, type CorpusOptions, generateCorpus, toJsonl } from "./corpus.ts"
+
+/** File name -> contents. */
+export type DatasetFiles = Readonly<Record<string, string>>
+
+/** How the shipped files were made (written to generator.json next to them). */
+export const generatorInvocation = "npx tsx src/text/synthetic/write-datasets.ts --out datasets/tiny-chat"
+
+export const datasetFiles = (options: CorpusOptions, corpus: Corpus = generateCorpus(options)): DatasetFiles => ({
+  "heldout-squad.jsonl": toJsonl(corpus.heldOutQuestions),
+  "heldout-chat.jsonl": toJsonl(corpus.heldOutChat),
+  "world.json": JSON.stringify(corpus.world, null, 1) + "\n",
+  "generator.json":
+    JSON.stringify(
+      {
+        generator: "generateCorpus in src/text/synthetic/corpus.ts",
+        command: generatorInvocation,
+        options,
+        counts: {
+          train_examples: corpus.train.length,
+          heldout_questions: corpus.heldOutQuestions.length,
+          heldout_chat: corpus.heldOutChat.length,
+        },
+      },
+      null,
+      2,
+    ) + "\n",
+})
