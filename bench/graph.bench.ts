@@ -8,7 +8,7 @@ import { join } from "node:path"
 import { Effect } from "effect"
 import onnxProto from "onnx-proto"
 import type * as ort from "onnxruntime-node"
-import { Graph, type GraphIR, serialize, type Value } from "../src/graph/index.ts"
+import { Graph, type GraphIR, gradients, serialize, type Value } from "../src/graph/index.ts"
 import { crossEntropy } from "../src/graph/losses.ts"
 import { buildTrainStep } from "../src/graph/optim.ts"
 import { createSession, runSession, type Session } from "../src/runtime/session.ts"
@@ -18,9 +18,9 @@ import { rng } from "../tests/graph/run.ts"
 import { initParams, paramShapes, type TinyConfig, tinyTransformerHidden } from "../tests/graph/transformer.ts"
 
 const cfg: TinyConfig = { vocab: 512, dim: 128, heads: 4, layers: 4, ffn: 512 }
-const B = 8
-const T = 64
-const chunk = 128
+const B = 16
+const T = 128
+const chunk = 256
 const warmup = 3
 const reps = 30
 
@@ -34,6 +34,16 @@ const forwardGraph = (): GraphIR => {
   for (const [k, shape] of Object.entries(shapes)) p[k] = g.input(k, "float32", shape)
   const b = { ids: g.input("ids", "int64", [B, T]), targets: g.input("targets", "int64", [B * T]) }
   g.outputAs("loss", lossOf(g, p, b))
+  return g
+}
+/** loss and gradients, no update: separates the backward pass from the AdamW update */
+const gradGraph = (): GraphIR => {
+  const g = new Graph("gradients")
+  const p: Record<string, Value> = {}
+  for (const [k, shape] of Object.entries(shapes)) p[k] = g.input(k, "float32", shape)
+  const loss = lossOf(g, p, { ids: g.input("ids", "int64", [B, T]), targets: g.input("targets", "int64", [B * T]) })
+  g.outputAs("loss", loss)
+  gradients(g, loss, Object.values(p)).forEach((d, i) => g.outputAs(`grad_${i}`, d))
   return g
 }
 const trainGraph = (): GraphIR =>
@@ -67,6 +77,7 @@ const main = Effect.gen(function* () {
   const trainIR = trainGraph()
   const fwdSession: Session = yield* createSession(serialize(fwdIR), { optimizedModelPath: join(dir, "forward.opt.onnx") })
   const trainSession: Session = yield* createSession(serialize(trainIR), { optimizedModelPath: join(dir, "train.opt.onnx") })
+  const gradSession: Session = yield* createSession(serialize(gradGraph()))
 
   const init = initParams(cfg, 1)
   const params: Record<string, ort.Tensor> = Object.fromEntries(Object.entries(shapes).map(([k, s]) => [k, tensor("float32", s, init[k])]))
@@ -77,6 +88,7 @@ const main = Effect.gen(function* () {
 
   const fwdTimes: number[] = []
   const trainTimes: number[] = []
+  const gradTimes: number[] = []
   // alternate forward and train runs so both see the same machine state
   for (let i = 0; i < warmup + reps; i++) {
     let t0 = performance.now()
@@ -85,9 +97,13 @@ const main = Effect.gen(function* () {
     t0 = performance.now()
     state = (yield* trainStep(trainSession, state, batch, 1e-3)).state
     const tt = performance.now() - t0
+    t0 = performance.now()
+    yield* runSession(gradSession, { ...params, ...batch })
+    const tg = performance.now() - t0
     if (i >= warmup) {
       fwdTimes.push(tf)
       trainTimes.push(tt)
+      gradTimes.push(tg)
     }
   }
   const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
@@ -95,6 +111,7 @@ const main = Effect.gen(function* () {
   // processes on a shared 2-core machine inflate single runs.
   const fwdMs = median(fwdTimes)
   const trainMs = median(trainTimes)
+  const gradMs = median(gradTimes)
   const fwdMin = Math.min(...fwdTimes)
   const trainMin = Math.min(...trainTimes)
   const fwdOps = optimizedOps(join(dir, "forward.opt.onnx"))
@@ -107,7 +124,9 @@ const main = Effect.gen(function* () {
     reps,
     forwardMs: fwdMs,
     trainStepMs: trainMs,
+    forwardBackwardMs: gradMs,
     ratio: trainMs / fwdMs,
+    forwardBackwardRatio: gradMs / fwdMs,
     forwardMinMs: fwdMin,
     trainStepMinMs: trainMin,
     ratioOfMinima: trainMin / fwdMin,
@@ -122,6 +141,7 @@ const main = Effect.gen(function* () {
   console.log(`tiny transformer (${result.model.params} params, batch ${B}x${T}) on CPU`)
   console.log(`  forward (loss)            ${fwdMs.toFixed(2)} ms median, ${fwdMin.toFixed(2)} ms min`)
   console.log(`  train step (fwd+bwd+adam) ${trainMs.toFixed(2)} ms median, ${trainMin.toFixed(2)} ms min`)
+  console.log(`  forward+backward (grads)  ${gradMs.toFixed(2)} ms median (${result.forwardBackwardRatio.toFixed(2)}x forward)`)
   console.log(`  ratio                     ${result.ratio.toFixed(2)}x of medians, ${result.ratioOfMinima.toFixed(2)}x of minima (goal <= 3.5x)`)
   console.log(`  peak RSS                  ${result.peakRssMB.toFixed(0)} MB`)
   console.log(`  nodes forward ${result.nodes.forward.built} built -> ${result.nodes.forward.optimized} after ORT, train ${result.nodes.trainStep.built} -> ${result.nodes.trainStep.optimized}`)

@@ -100,7 +100,7 @@ export const buildTrainStep = (spec: TrainStepSpec): Graph => {
   const { loss, grads } = lossAndGradients(g, spec, params, batch, names)
   if (loss.dtype !== "float32") throw new Error(`train step: the loss must be float32, got ${loss.dtype}`)
   // g^2 is computed once: it feeds both the global norm and the second moment, where the
-  // clipping factor enters as a scalar (coef^2); this keeps the update at ~14 elementwise
+  // clipping factor enters as a scalar (coef^2); this keeps the update at 13 elementwise
   // passes over the parameters.
   const sq = grads.map((gr) => g.mul(gr, gr))
   const sums = sq.map((s) => g.reduceSum(s))
@@ -111,15 +111,17 @@ export const buildTrainStep = (spec: TrainStepSpec): Graph => {
   const b2 = g.scalar(cfg.beta2)
   const mScale = coef ? g.mul(g.scalar(1 - cfg.beta1), coef) : g.scalar(1 - cfg.beta1)
   const vScale = coef ? g.mul(g.scalar(1 - cfg.beta2), g.mul(coef, coef)) : g.scalar(1 - cfg.beta2)
-  const stepSize = g.div(lr, g.sub(one, g.pow(b1, step)))
-  const invSqrtBc2 = g.reciprocal(g.sqrt(g.sub(one, g.pow(b2, step))))
+  // m/(sqrt(v)/s2 + eps) = s2 * m/(sqrt(v) + eps*s2) with s2 = sqrt(1 - b2^t): the bias
+  // correction of v moves into two scalars instead of a pass over the parameters.
+  const sqrtBc2 = g.sqrt(g.sub(one, g.pow(b2, step)))
+  const stepSize = g.mul(g.div(lr, g.sub(one, g.pow(b1, step))), sqrtBc2)
+  const eps = g.mul(g.scalar(cfg.eps), sqrtBc2)
   const decay = g.sub(one, g.mul(lr, g.scalar(cfg.weightDecay)))
-  const eps = g.scalar(cfg.eps)
   names.forEach((n, i) => {
     const m1 = g.add(g.mul(b1, m[i]), g.mul(mScale, grads[i]))
     const v1 = g.add(g.mul(b2, v[i]), g.mul(vScale, sq[i]))
     const p0 = spec.params[n].decay === false || cfg.weightDecay === 0 ? params[n] : g.mul(params[n], decay)
-    const denom = g.add(g.mul(g.sqrt(v1), invSqrtBc2), eps)
+    const denom = g.add(g.sqrt(v1), eps)
     const p1 = g.sub(p0, g.mul(g.div(m1, denom), stepSize))
     g.outputAs(trainStepNames.nextParam(n), p1)
     g.outputAs(trainStepNames.nextM(n), m1)

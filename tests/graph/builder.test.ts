@@ -95,6 +95,16 @@ describe("built graphs run in onnxruntime-node", () => {
     close(toNumbers(out.ln), ln, 1e-4)
   })
 
+  it("casts bfloat16 and float16 weights to float32 on the CPU provider (raw uint16 bits in)", async () => {
+    const g = new Graph()
+    const x = g.input("x", "float32", [2])
+    const bf = g.initializer("bf", "bfloat16", [2], { kind: "inline", data: Uint16Array.from([0x3f80, 0xc040]) }) // 1, -3
+    const hf = g.initializer("hf", "float16", [2], { kind: "inline", data: Uint16Array.from([0x3800, 0x4000]) }) // 0.5, 2
+    g.outputAs("y", g.add(g.mul(x, g.cast(bf, "float32")), g.cast(hf, "float32")))
+    const out = await runGraph(g, { x: tensor("float32", [2], [2, 2]) })
+    expect(toNumbers(out.y)).toEqual([2.5, -4])
+  })
+
   it("runs a Loop subgraph that reads an outer value, with carried and scan outputs", async () => {
     const g = new Graph()
     const x = g.input("x", "float64", [3])
