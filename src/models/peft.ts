@@ -1,0 +1,306 @@
+// LoRA adapters in the PEFT format, so they load in PEFT and vLLM: adapter_config.json plus
+// adapter_model.safetensors with tensors named
+//   base_model.model.<module>.lora_A.weight   [r, in]
+//   base_model.model.<module>.lora_B.weight   [out, r]
+// where <module> is the HF module path of the adapted linear layer (e.g.
+// model.layers.0.self_attn.q_proj) and the layer computes W x + (alpha / r) * B A x
+// (alpha / sqrt(r) with use_rslora). Also: which base weights a target list selects, and merging
+// an adapter into the base weights as a new checkpoint.
+import { Data, Effect, Schema } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import {
+  type Checkpoint,
+  type CheckpointError,
+  decodeConfig,
+  loadCheckpoint,
+  type ModelWeights,
+  type UnsupportedModelError,
+  type WeightRef,
+} from "./checkpoint.ts"
+import {
+  fromNumbers,
+  readHeader,
+  readFile,
+  readTensor,
+  type SafetensorsError,
+  type StreamedTensor,
+  type Tensor,
+  toFloat64,
+  writeFile,
+  writeFileStreamed,
+} from "./safetensors.ts"
+
+export class PeftError extends Data.TaggedError("PeftError")<{
+  readonly file: string
+  readonly field: string | undefined
+  readonly message: string
+}> {}
+
+const peftError = (file: string, field: string | undefined, what: string) =>
+  new PeftError({ file, field, message: `${file}: ${field === undefined ? "" : `${field}: `}${what}` })
+
+const fromOther = (e: CheckpointError | UnsupportedModelError | SafetensorsError) =>
+  new PeftError({ file: e.file, field: e._tag === "SafetensorsError" ? e.tensor : e.field, message: e.message })
+
+export const ADAPTER_CONFIG = "adapter_config.json"
+export const ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+export interface LoraConfig {
+  readonly r: number
+  readonly loraAlpha: number
+  readonly loraDropout: number
+  /** Module names as PEFT matches them: a module is adapted when its path ends with ".<target>". */
+  readonly targetModules: ReadonlyArray<string>
+  readonly baseModelNameOrPath: string | null
+  /** Scale alpha / sqrt(r) instead of alpha / r. */
+  readonly useRslora: boolean
+  /** True when the adapted layers store W^T (GPT-2 Conv1D); PEFT needs it to apply the adapter. */
+  readonly fanInFanOut: boolean
+}
+
+/** The factor in front of B A. */
+export const loraScale = (c: LoraConfig): number => c.loraAlpha / (c.useRslora ? Math.sqrt(c.r) : c.r)
+
+export interface LoraModuleWeights {
+  /** [r, in] */
+  readonly a: Tensor
+  /** [out, r] */
+  readonly b: Tensor
+}
+
+export interface LoraAdapter {
+  readonly config: LoraConfig
+  /** Keyed by module path, e.g. "model.layers.0.self_attn.q_proj". */
+  readonly modules: ReadonlyMap<string, LoraModuleWeights>
+}
+
+const AdapterConfigJson = Schema.Struct({
+  peft_type: Schema.String,
+  task_type: Schema.optional(Schema.NullOr(Schema.String)),
+  r: Schema.Int.check(Schema.isGreaterThan(0)),
+  lora_alpha: Schema.Finite,
+  lora_dropout: Schema.optional(Schema.Finite),
+  target_modules: Schema.Union([Schema.String, Schema.Array(Schema.String)]),
+  base_model_name_or_path: Schema.optional(Schema.NullOr(Schema.String)),
+  use_rslora: Schema.optional(Schema.Boolean),
+  use_dora: Schema.optional(Schema.Boolean),
+  fan_in_fan_out: Schema.optional(Schema.Boolean),
+  bias: Schema.optional(Schema.String),
+  rank_pattern: Schema.optional(Schema.NullOr(Schema.Record(Schema.String, Schema.Unknown))),
+  alpha_pattern: Schema.optional(Schema.NullOr(Schema.Record(Schema.String, Schema.Unknown))),
+  modules_to_save: Schema.optional(Schema.NullOr(Schema.Array(Schema.String))),
+  layers_to_transform: Schema.optional(Schema.Unknown),
+})
+
+/** Parses adapter_config.json; options that change the math and are not implemented are refused. */
+export const parseAdapterConfig = (file: string, json: unknown): Effect.Effect<LoraConfig, PeftError> =>
+  Effect.gen(function* () {
+    const c = yield* Effect.mapError(decodeConfig(AdapterConfigJson, file, json), fromOther)
+    const refuse = (field: string, what: string) => Effect.fail(peftError(file, field, `unsupported: ${what}`))
+    if (c.peft_type !== "LORA") return yield* refuse("peft_type", `"${c.peft_type}" (only LORA)`)
+    if (c.task_type != null && c.task_type !== "CAUSAL_LM") return yield* refuse("task_type", `"${c.task_type}" (only CAUSAL_LM)`)
+    if (c.use_dora === true) return yield* refuse("use_dora", "DoRA adapters")
+    if (c.bias !== undefined && c.bias !== "none") return yield* refuse("bias", `"${c.bias}" (trained biases)`)
+    if (c.rank_pattern && Object.keys(c.rank_pattern).length > 0) return yield* refuse("rank_pattern", "per-module ranks")
+    if (c.alpha_pattern && Object.keys(c.alpha_pattern).length > 0) return yield* refuse("alpha_pattern", "per-module alphas")
+    if (c.modules_to_save && c.modules_to_save.length > 0) return yield* refuse("modules_to_save", "fully trained extra modules")
+    if (typeof c.target_modules === "string") return yield* refuse("target_modules", "a regular expression (give a list of module names)")
+    if (c.layers_to_transform != null) return yield* refuse("layers_to_transform", "adapting a subset of layers")
+    return {
+      r: c.r,
+      loraAlpha: c.lora_alpha,
+      loraDropout: c.lora_dropout ?? 0,
+      targetModules: c.target_modules,
+      baseModelNameOrPath: c.base_model_name_or_path ?? null,
+      useRslora: c.use_rslora ?? false,
+      fanInFanOut: c.fan_in_fan_out ?? false,
+    }
+  })
+
+/** adapter_config.json as PEFT writes it (every field PEFT's LoraConfig reads, with its defaults). */
+export const adapterConfigJson = (c: LoraConfig): Record<string, unknown> => ({
+  alpha_pattern: {},
+  auto_mapping: null,
+  base_model_name_or_path: c.baseModelNameOrPath,
+  bias: "none",
+  fan_in_fan_out: c.fanInFanOut,
+  inference_mode: true,
+  init_lora_weights: true,
+  layers_pattern: null,
+  layers_to_transform: null,
+  lora_alpha: c.loraAlpha,
+  lora_dropout: c.loraDropout,
+  modules_to_save: null,
+  peft_type: "LORA",
+  r: c.r,
+  rank_pattern: {},
+  revision: null,
+  target_modules: [...c.targetModules],
+  task_type: "CAUSAL_LM",
+  use_dora: false,
+  use_rslora: c.useRslora,
+})
+
+const PREFIX = "base_model.model."
+const tensorName = (module: string, which: "A" | "B") => `${PREFIX}${module}.lora_${which}.weight`
+const KEY = /^base_model\.model\.(.+)\.lora_(A|B)\.weight$/
+
+/** Reads adapter_config.json and adapter_model.safetensors from a directory. */
+export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> =>
+  Effect.gen(function* () {
+    const configFile = path.join(dir, ADAPTER_CONFIG)
+    const weightsFile = path.join(dir, ADAPTER_WEIGHTS)
+    for (const f of [configFile, weightsFile]) if (!fs.existsSync(f)) return yield* Effect.fail(peftError(f, undefined, "missing"))
+    const json = yield* Effect.try({
+      try: () => JSON.parse(fs.readFileSync(configFile, "utf8")) as unknown,
+      catch: (e) => peftError(configFile, undefined, `invalid JSON: ${e instanceof Error ? e.message : String(e)}`),
+    })
+    const config = yield* parseAdapterConfig(configFile, json)
+    const contents = yield* Effect.mapError(readFile(weightsFile), fromOther)
+    const parts = new Map<string, { a?: Tensor; b?: Tensor }>()
+    for (const [name, t] of contents.tensors) {
+      const m = KEY.exec(name)
+      if (m === null) return yield* Effect.fail(peftError(weightsFile, name, "not a LoRA tensor name (expected base_model.model.<module>.lora_A.weight or lora_B)"))
+      const [, module, which] = m
+      const entry = parts.get(module) ?? {}
+      if (which === "A") entry.a = t
+      else entry.b = t
+      parts.set(module, entry)
+    }
+    const modules = new Map<string, LoraModuleWeights>()
+    for (const [module, { a, b }] of parts) {
+      if (a === undefined || b === undefined)
+        return yield* Effect.fail(peftError(weightsFile, tensorName(module, a === undefined ? "A" : "B"), "missing (each module needs lora_A and lora_B)"))
+      if (a.shape.length !== 2 || b.shape.length !== 2 || a.shape[0] !== config.r || b.shape[1] !== config.r)
+        return yield* Effect.fail(
+          peftError(weightsFile, tensorName(module, "A"), `shapes A [${a.shape.join(", ")}] and B [${b.shape.join(", ")}] do not match r = ${config.r} (expected [r, in] and [out, r])`),
+        )
+      modules.set(module, { a, b })
+    }
+    return { config, modules }
+  })
+
+/** Writes adapter_config.json and adapter_model.safetensors into `dir` (created if needed). */
+export const writeAdapter = (dir: string, adapter: LoraAdapter): Effect.Effect<void, PeftError> =>
+  Effect.gen(function* () {
+    const configFile = path.join(dir, ADAPTER_CONFIG)
+    const tensors = new Map<string, Tensor>()
+    for (const [module, { a, b }] of adapter.modules) {
+      if (a.shape.length !== 2 || b.shape.length !== 2 || a.shape[0] !== adapter.config.r || b.shape[1] !== adapter.config.r)
+        return yield* Effect.fail(peftError(path.join(dir, ADAPTER_WEIGHTS), tensorName(module, "A"), `shapes A [${a.shape.join(", ")}] and B [${b.shape.join(", ")}] do not match r = ${adapter.config.r}`))
+      tensors.set(tensorName(module, "A"), a)
+      tensors.set(tensorName(module, "B"), b)
+    }
+    yield* Effect.try({
+      try: () => {
+        fs.mkdirSync(dir, { recursive: true })
+        fs.writeFileSync(configFile, JSON.stringify(adapterConfigJson(adapter.config), null, 2) + "\n")
+      },
+      catch: (e) => peftError(configFile, undefined, `cannot write: ${String(e)}`),
+    })
+    yield* Effect.mapError(writeFile(path.join(dir, ADAPTER_WEIGHTS), tensors, { format: "pt" }), fromOther)
+  })
+
+/** A linear layer LoRA can adapt: its module path, base weight and Linear-convention sizes. */
+export interface LoraTarget {
+  readonly module: string
+  readonly weight: WeightRef
+  readonly inFeatures: number
+  readonly outFeatures: number
+}
+
+/** Every linear layer of the model's blocks, in layer order. */
+const linearWeights = (w: ModelWeights): WeightRef[] =>
+  w.layers.flatMap((l) => {
+    const a = l.attention
+    const attn = a.layout === "separate" ? [a.q, a.k, a.v, a.o] : [a.qkv, a.o]
+    const mlp = l.mlp.kind === "gated" ? [l.mlp.gate, l.mlp.up, l.mlp.down] : [l.mlp.up, l.mlp.down]
+    return [...attn, ...mlp].map((lin) => lin.weight)
+  })
+
+/**
+ * The linear layers `targetModules` selects (PEFT's rule: the module path equals a target or ends
+ * with "." + target). Fails when a target matches nothing, which in PEFT is an error too.
+ */
+export const loraTargets = (ckpt: Checkpoint, targetModules: ReadonlyArray<string>): Effect.Effect<LoraTarget[], PeftError> => {
+  const all = linearWeights(ckpt.weights).map((weight) => {
+    const [a, b] = weight.shape
+    return { module: weight.name.replace(/\.weight$/, ""), weight, inFeatures: weight.transposed ? a : b, outFeatures: weight.transposed ? b : a }
+  })
+  const matches = (module: string, t: string) => module === t || module.endsWith(`.${t}`)
+  for (const t of targetModules)
+    if (!all.some((x) => matches(x.module, t)))
+      return Effect.fail(
+        peftError(ckpt.configFile, "target_modules", `"${t}" matches no linear layer of this ${ckpt.config.hfArchitecture} (e.g. ${[...new Set(all.map((x) => x.module.split(".").at(-1)))].join(", ")})`),
+      )
+  return Effect.succeed(all.filter((x) => targetModules.some((t) => matches(x.module, t))))
+}
+
+/**
+ * Writes base + adapter as a new checkpoint in `outDir`: every weight an adapter module touches
+ * becomes W + scale * B A (computed in float64, stored in the base weight's dtype); all other
+ * tensors and files (config.json, tokenizer files, shard index, ...) are copied unchanged.
+ * Tensors are processed one at a time, so the merge of a large model does not hold it in memory.
+ */
+export const mergeLora = (baseDir: string, adapter: LoraAdapter, outDir: string): Effect.Effect<void, PeftError> =>
+  Effect.gen(function* () {
+    const ckpt = yield* Effect.mapError(loadCheckpoint(baseDir), fromOther)
+    const scale = loraScale(adapter.config)
+    const targets = new Map(linearWeights(ckpt.weights).map((w) => [w.name.replace(/\.weight$/, ""), w]))
+    const deltas = new Map<string, { ref: WeightRef; lora: LoraModuleWeights }>()
+    for (const [module, lora] of adapter.modules) {
+      const ref = targets.get(module)
+      if (ref === undefined)
+        return yield* Effect.fail(peftError(ADAPTER_WEIGHTS, tensorName(module, "A"), `module ${module} is not a linear layer of the base model in ${ckpt.dir}`))
+      const [rows, cols] = ref.shape
+      const [out, inp] = ref.transposed ? [cols, rows] : [rows, cols]
+      if (lora.a.shape[1] !== inp || lora.b.shape[0] !== out)
+        return yield* Effect.fail(
+          peftError(ADAPTER_WEIGHTS, tensorName(module, "A"), `A [${lora.a.shape.join(", ")}] and B [${lora.b.shape.join(", ")}] do not fit ${ref.name} (in ${inp}, out ${out})`),
+        )
+      deltas.set(ref.name, { ref, lora })
+    }
+    yield* Effect.try({
+      try: () => {
+        fs.mkdirSync(outDir, { recursive: true })
+        for (const f of fs.readdirSync(ckpt.dir)) {
+          const src = path.join(ckpt.dir, f)
+          if (!f.endsWith(".safetensors") && fs.statSync(src).isFile()) fs.copyFileSync(src, path.join(outDir, f))
+        }
+      },
+      catch: (e) => peftError(outDir, undefined, `cannot copy the base checkpoint's files: ${String(e)}`),
+    })
+    for (const file of ckpt.tensorFiles) {
+      const header = yield* Effect.mapError(readHeader(file), fromOther)
+      const tensors: StreamedTensor[] = [...header.tensors.values()].map((loc) => ({
+        name: loc.name,
+        dtype: loc.dtype,
+        shape: loc.shape,
+        chunks: () => {
+          const base = Effect.runSync(readTensor(header, loc.name))
+          const delta = deltas.get(loc.name)
+          return [delta === undefined ? base.data : mergedBytes(base, delta.ref, delta.lora, scale)]
+        },
+      }))
+      // Same file names as the base, so a copied shard index stays valid.
+      yield* Effect.mapError(writeFileStreamed(path.join(outDir, path.basename(file)), tensors, header.metadata), fromOther)
+    }
+  })
+
+/** W + scale * B A in the stored layout of W, rounded to W's dtype. */
+const mergedBytes = (base: Tensor, ref: WeightRef, lora: LoraModuleWeights, scale: number): Uint8Array => {
+  const w = toFloat64(base)
+  const a = toFloat64(lora.a)
+  const b = toFloat64(lora.b)
+  const r = lora.a.shape[0]
+  const inp = lora.a.shape[1]
+  const out = lora.b.shape[0]
+  for (let o = 0; o < out; o++)
+    for (let i = 0; i < inp; i++) {
+      let s = 0
+      for (let k = 0; k < r; k++) s += b[o * r + k] * a[k * inp + i]
+      w[ref.transposed ? i * out + o : o * inp + i] += scale * s
+    }
+  return fromNumbers(w, base.dtype, base.shape).data
+}
