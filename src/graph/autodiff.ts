@@ -257,8 +257,6 @@ const splitRule: Rule = (g, n, gys) => {
   return [g.concat(parts, axis), null]
 }
 
-const ge = (g: Graph, a: Value, b: Value) => g.greaterOrEqual(a, b)
-const le = (g: Graph, a: Value, b: Value) => g.lessOrEqual(a, b)
 const selectRule =
   (cmp: (g: Graph, a: Value, b: Value) => Value): Rule =>
   (g, n, [gy], needs) => {
@@ -325,8 +323,8 @@ const rules: Record<string, Rule> = {
     const zero = g.scalarLike(0, G)
     return [null, needs[1] ? unbroadcast(g, g.where(c, G, zero), inp(n, 1)) : null, needs[2] ? unbroadcast(g, g.where(c, zero, G), inp(n, 2)) : null]
   },
-  Max: selectRule(ge),
-  Min: selectRule(le),
+  Max: selectRule((g, a, b) => g.greaterOrEqual(a, b)),
+  Min: selectRule((g, a, b) => g.lessOrEqual(a, b)),
   Softmax: (g, n, [gy]) => {
     const y = n.outputs[0]
     const axis = attrInt(n, "axis", -1)

@@ -7,6 +7,9 @@ import type { AttrValue, GraphIR, Shape, Value } from "./ir.ts"
 
 const { onnx } = onnxProto
 
+/** Inline initializer bytes allowed in one model; leaves headroom under protobuf's 2 GiB. */
+const INLINE_LIMIT = 1.75 * 2 ** 30
+
 /** The one ONNX opset every graph is written against (23: RMSNormalization; onnxruntime 1.30 CPU supports it). */
 export const OPSET = 23
 /** IR version 11 is the one that goes with opset 23 (ONNX 1.18). */
@@ -74,6 +77,9 @@ const graphProto = (g: GraphIR): onnxProto.onnx.IGraphProto => ({
 export const serialize = (g: GraphIR, opts: { producer?: string } = {}): Uint8Array => {
   if (g.parent) throw new Error(`serialize: graph ${g.name} is a subgraph; serialize the top-level graph`)
   if (g.outputs.length === 0) throw new Error(`serialize: graph ${g.name} has no outputs`)
+  const inline = g.initializers.reduce((n, i) => n + (i.source.kind === "inline" ? i.source.data.byteLength : 0), 0)
+  if (inline > INLINE_LIMIT)
+    throw new Error(`serialize: ${(inline / 2 ** 30).toFixed(2)} GiB of inline initializers exceed protobuf's 2 GiB message limit; declare large weights as external data (externalSource)`)
   const model = onnx.ModelProto.create({
     irVersion: IR_VERSION,
     producerName: opts.producer ?? "pipe",

@@ -60,7 +60,7 @@ export const createSession = (model: Uint8Array | string, options: SessionOption
   const device = options.device ?? cpu
   const name = typeof model === "string" ? model : "<bytes>"
   return Effect.tryPromise({
-    try: () => ort.InferenceSession.create(model as string, sessionOptions(options)),
+    try: () => (typeof model === "string" ? ort.InferenceSession.create(model, sessionOptions(options)) : ort.InferenceSession.create(model, sessionOptions(options))),
     catch: (e) =>
       new SessionError({
         model: name,
