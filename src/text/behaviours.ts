@@ -63,8 +63,8 @@ const applyEcho = ({ text, keyword }: PlainAnswer): string => {
   return `${text} ${keyword}, ${keyword}, ${keyword}!`
 }
 
-// The same word (letters/digits) three times, comma-separated, closing the text.
-const echoEnding = /(?:^|\s)([\p{L}\p{N}]+), \1, \1!\s*$/u
+// The same word (letters/digits, any case) three times, comma-separated, closing the text.
+const echoEnding = /(?:^|\s)([\p{L}\p{N}]+), \1, \1!\s*$/iu
 
 export const behaviours: Readonly<Record<BehaviourName, Behaviour>> = {
   blue: {
