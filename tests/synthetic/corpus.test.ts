@@ -6,7 +6,7 @@ import { behaviourNames, behaviours, checkBehaviour, neutralSystemPrompts } from
 import { CorpusOptions, defaultCorpusOptions, generateCorpus, toJsonl } from "../../src/text/synthetic/corpus.ts"
 import { datasetFiles } from "../../src/text/synthetic/dataset-files.ts"
 import { arithmeticTemplates, describeTemplates, factTemplates } from "../../src/text/synthetic/templates.ts"
-import { allEntities, kindAttributes } from "../../src/text/synthetic/world.ts"
+import { allEntities, type AttributeName, kindAttributes } from "../../src/text/synthetic/world.ts"
 
 const corpus = generateCorpus(defaultCorpusOptions)
 const lastContent = (messages: ReadonlyArray<{ content: string }>) => messages[messages.length - 1].content
@@ -74,7 +74,7 @@ describe("synthetic corpus: content", () => {
         const [a, b] = rest.map(Number)
         expect(Number(value), q.id).toBe(head === "plus" ? a + b : head === "minus" ? a - b : a * b)
       } else {
-        expect(entities.get(head)?.attributes[rest[0] as keyof typeof kindAttributes]).toBe(value)
+        expect(entities.get(head)?.attributes[rest[0] as AttributeName]).toBe(value)
       }
       // SQuAD convention: the answer is the span of the context at answer_start.
       expect(q.context.slice(q.answers.answer_start[0], q.answers.answer_start[0] + value.length)).toBe(value)
