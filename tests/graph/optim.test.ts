@@ -3,7 +3,7 @@
 import { Effect } from "effect"
 import type * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
-import { type Graph, serialize, type Value } from "../../src/graph/index.ts"
+import { Graph, serialize, type Value } from "../../src/graph/index.ts"
 import { crossEntropy } from "../../src/graph/losses.ts"
 import { buildTrainStep, learningRate, type TrainStepSpec } from "../../src/graph/optim.ts"
 import { createSession } from "../../src/runtime/session.ts"
@@ -129,6 +129,45 @@ describe("training", () => {
     expect(Math.abs(accumulated.loss - whole.loss)).toBeLessThan(1e-6)
     expect(Math.abs(accumulated.gradNorm - whole.gradNorm)).toBeLessThan(1e-5)
     for (const k of ["w1", "b1", "w2"]) near(toNumbers(accumulated.state.params[k]), toNumbers(whole.state.params[k]), 1e-5)
+  })
+
+  it("trains LoRA factors over a frozen initializer, with micro-batches reading it inside the Loop", async () => {
+    // y = x (W + A B) with W frozen; the target is x (W + D) for a rank-1 D, so LoRA can fit it
+    const r = rng(21)
+    const W = Array.from({ length: 16 }, () => r())
+    const u = [0.5, -1, 0.25, 1]
+    const w = [1, 0.5, -0.5, 0.75]
+    const D = u.flatMap((ui) => w.map((wj) => ui * wj))
+    const xs = Array.from({ length: 2 * 8 * 4 }, () => r())
+    const ys: number[] = []
+    for (let n = 0; n < 16; n++) for (let j = 0; j < 4; j++) ys.push([0, 1, 2, 3].reduce((acc, k) => acc + xs[n * 4 + k] * (W[k * 4 + j] + D[k * 4 + j]), 0))
+    const g = new Graph("lora")
+    const frozen = g.initializer("W", "float32", [4, 4], { kind: "inline", data: Float32Array.from(W) })
+    const s = await session({
+      graph: g,
+      params: { A: { shape: [4, 1] }, B: { shape: [1, 4] } },
+      batch: { x: { dtype: "float32", shape: [8, 4] }, y: { dtype: "float32", shape: [8, 4] } },
+      loss: (sub, p, b) => {
+        const pred = sub.add(sub.matMul(b.x, frozen), sub.matMul(sub.matMul(b.x, p.A), p.B))
+        const e = sub.sub(pred, b.y)
+        return sub.reduceMean(sub.mul(e, e))
+      },
+      adamw: { weightDecay: 0 },
+      microBatches: 2,
+    })
+    let state = initTrainState(params({ A: { shape: [4, 1], values: [0.1, 0.1, -0.1, 0.1] }, B: { shape: [1, 4], values: [0, 0, 0, 0] } }))
+    const batch = { x: tensor("float32", [2, 8, 4], xs), y: tensor("float32", [2, 8, 4], ys) }
+    let first = 0
+    let last = 0
+    for (let i = 1; i <= 300; i++) {
+      const res = await Effect.runPromise(trainStep(s, state, batch, learningRate({ peak: 0.05, warmupSteps: 10, totalSteps: 300, decay: "cosine" }, i)))
+      if (i === 1) first = res.loss
+      last = res.loss
+      state = res.state
+    }
+    expect(first).toBeGreaterThan(0.1)
+    expect(last).toBeLessThan(1e-3)
+    expect(Object.keys(state.params)).toEqual(["A", "B"])
   })
 
   it("trains a tiny transformer to copy a period-3 pattern (needs attention) below 0.1 nats", async () => {
