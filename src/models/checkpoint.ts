@@ -26,7 +26,7 @@ import {
 import { gptNeox } from "./config-gpt-neox.ts"
 import { gpt2 } from "./config-gpt2.ts"
 import { llama } from "./config-llama.ts"
-import { readHeader, type SafetensorsError, type Tensor, type TensorLocation, toFloat64 } from "./safetensors.ts"
+import { readBytes, readHeader, type SafetensorsError, type Tensor, type TensorLocation, toFloat64 } from "./safetensors.ts"
 
 export * from "./config-architecture.ts"
 
@@ -154,7 +154,7 @@ interface LocatedTensor {
   readonly location: TensorLocation
 }
 
-const headerError = (e: SafetensorsError) => new CheckpointError({ file: e.file, field: e.tensor, message: e.message })
+const fromSafetensorsError = (e: SafetensorsError) => new CheckpointError({ file: e.file, field: e.tensor, message: e.message })
 
 /** Every tensor of the checkpoint by name, from the shard index or the directory's safetensors files. */
 const locateTensors = (dir: string): Effect.Effect<{ files: ReadonlyArray<string>; where: string; tensors: Map<string, LocatedTensor> }, CheckpointError> =>
@@ -170,7 +170,7 @@ const locateTensors = (dir: string): Effect.Effect<{ files: ReadonlyArray<string
           const example = Object.keys(index.weight_map).find((k) => index.weight_map[k] === f)
           return yield* Effect.fail(checkpointError(indexFile, `weight_map.${example}`, `names shard ${f}, which does not exist in ${dir}`))
         }
-        const header = yield* Effect.mapError(readHeader(file), headerError)
+        const header = yield* Effect.mapError(readHeader(file), fromSafetensorsError)
         for (const t of header.tensors.values()) tensors.set(t.name, { file, location: t })
       }
       for (const [name, f] of Object.entries(index.weight_map)) {
@@ -190,7 +190,7 @@ const locateTensors = (dir: string): Effect.Effect<{ files: ReadonlyArray<string
       return yield* Effect.fail(checkpointError(path.join(dir, "model.safetensors"), undefined, `missing: no *.safetensors file in ${dir}${bin}`))
     }
     for (const file of files) {
-      const header = yield* Effect.mapError(readHeader(file), headerError)
+      const header = yield* Effect.mapError(readHeader(file), fromSafetensorsError)
       for (const t of header.tensors.values()) {
         const other = tensors.get(t.name)
         if (other !== undefined)
@@ -272,24 +272,11 @@ export const loadCheckpoint = (modelDir: string): Effect.Effect<Checkpoint, Chec
 
 /** Reads one weight's bytes from its file. */
 export const readWeight = (ref: WeightRef): Effect.Effect<Tensor, CheckpointError> =>
-  Effect.try({
-    try: () => {
-      const fd = fs.openSync(ref.file, "r")
-      try {
-        const data = new Uint8Array(ref.byteLength)
-        let done = 0
-        while (done < ref.byteLength) {
-          const got = fs.readSync(fd, data, done, ref.byteLength - done, ref.fileOffset + done)
-          if (got === 0) throw new Error("unexpected end of file")
-          done += got
-        }
-        return { dtype: ref.dtype, shape: ref.shape, data }
-      } finally {
-        fs.closeSync(fd)
-      }
-    },
-    catch: (e) => checkpointError(ref.file, ref.name, `cannot read tensor: ${e instanceof Error ? e.message : String(e)}`),
-  })
+  Effect.map(Effect.mapError(readBytes(ref.file, ref.fileOffset, ref.byteLength, ref.name), fromSafetensorsError), (data) => ({
+    dtype: ref.dtype,
+    shape: ref.shape,
+    data,
+  }))
 
 /**
  * Reads one weight as float64 values in the Linear convention: a `transposed` (Conv1D) weight is

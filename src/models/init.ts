@@ -24,7 +24,8 @@ import { architectureModule, modelConfigJson } from "./checkpoint.ts"
 import {
   dtypeByteSize,
   elementCount,
-  fromNumbers,
+  float32ToBfloat16,
+  float32ToFloat16,
   type SafetensorsError,
   type StreamedTensor,
   writeFileStreamed,
@@ -76,9 +77,10 @@ function* tensorChunks(spec: WeightSpec, role: Role, dtype: WeightDType, seed: n
   let left = elementCount(spec.shape)
   while (left > 0) {
     const n = Math.min(left, CHUNK_ELEMENTS)
-    const values = new Float64Array(n)
+    const values = new Float32Array(n)
     for (let i = 0; i < n; i++) values[i] = offset + (2 * next() - 1) * halfWidth
-    yield fromNumbers(values, dtype, [n]).data
+    const stored = dtype === "F32" ? values : dtype === "BF16" ? float32ToBfloat16(values) : float32ToFloat16(values)
+    yield new Uint8Array(stored.buffer, stored.byteOffset, stored.byteLength)
     left -= n
   }
 }

@@ -211,31 +211,41 @@ export const readHeader = (file: string): Effect.Effect<SafetensorsHeader, Safet
     return yield* parseHeader(file, prefix.buf, prefix.size)
   })
 
-/** Reads one tensor's bytes from a file whose header was read with `readHeader`. */
-export const readTensor = (header: SafetensorsHeader, name: string): Effect.Effect<Tensor, SafetensorsError> =>
-  Effect.gen(function* () {
-    const loc = header.tensors.get(name)
-    if (loc === undefined) return yield* Effect.fail(fail(header.file, name, "no such tensor in this file"))
-    const data = yield* Effect.try({
-      try: () => {
-        const fd = fs.openSync(header.file, "r")
-        try {
-          const out = new Uint8Array(loc.byteLength)
-          let done = 0
-          while (done < loc.byteLength) {
-            const got = fs.readSync(fd, out, done, loc.byteLength - done, loc.fileOffset + done)
-            if (got === 0) throw new Error(`unexpected end of file at byte ${loc.fileOffset + done}`)
-            done += got
-          }
-          return out
-        } finally {
-          fs.closeSync(fd)
-        }
-      },
-      catch: ioError(header.file, `read tensor "${name}"`),
-    })
-    return { dtype: loc.dtype, shape: loc.shape, data }
+/** Node's fs calls move at most 2 GiB at once; larger tensors are read and written in pieces. */
+const IO_PIECE = 1 << 30
+
+/** Reads `length` bytes at `offset` of an open file into a new buffer. */
+const readAt = (fd: number, offset: number, length: number): Uint8Array => {
+  const out = new Uint8Array(length)
+  let done = 0
+  while (done < length) {
+    const got = fs.readSync(fd, out, done, Math.min(length - done, IO_PIECE), offset + done)
+    if (got === 0) throw new Error(`unexpected end of file at byte ${offset + done}`)
+    done += got
+  }
+  return out
+}
+
+/** Reads `length` bytes at absolute `offset` of `file` (e.g. a TensorLocation's fileOffset and byteLength). */
+export const readBytes = (file: string, offset: number, length: number, tensor?: string): Effect.Effect<Uint8Array, SafetensorsError> =>
+  Effect.try({
+    try: () => {
+      const fd = fs.openSync(file, "r")
+      try {
+        return readAt(fd, offset, length)
+      } finally {
+        fs.closeSync(fd)
+      }
+    },
+    catch: (e) => fail(file, tensor, `cannot read ${length} bytes at offset ${offset}: ${e instanceof Error ? e.message : String(e)}`),
   })
+
+/** Reads one tensor's bytes from a file whose header was read with `readHeader`. */
+export const readTensor = (header: SafetensorsHeader, name: string): Effect.Effect<Tensor, SafetensorsError> => {
+  const loc = header.tensors.get(name)
+  if (loc === undefined) return Effect.fail(fail(header.file, name, "no such tensor in this file"))
+  return Effect.map(readBytes(header.file, loc.fileOffset, loc.byteLength, name), (data) => ({ dtype: loc.dtype, shape: loc.shape, data }))
+}
 
 /** Decodes a whole safetensors byte buffer. Tensor data are views into `bytes` (no copy). */
 export const decode = (bytes: Uint8Array, file = "<bytes>"): Effect.Effect<SafetensorsContents, SafetensorsError> =>
@@ -358,7 +368,7 @@ export const writeFileStreamed = (
               written += chunk.byteLength
               if (written > s.byteLength) break
               let done = 0
-              while (done < chunk.byteLength) done += fs.writeSync(fd, chunk, done)
+              while (done < chunk.byteLength) done += fs.writeSync(fd, chunk, done, Math.min(chunk.byteLength - done, IO_PIECE))
             }
             if (written !== s.byteLength) throw fail(file, s.name, `produced ${written > s.byteLength ? "more than" : written} bytes, expected ${s.byteLength}`)
           }
@@ -449,12 +459,44 @@ export const bfloat16BitsToNumber = (b: number): number => {
 }
 
 /** A number to bfloat16 bits: rounded to float32 first, then to nearest even on the top 16 bits (as PyTorch). */
-export const numberToBfloat16Bits = (x: number): number => {
-  f32[0] = x
-  const bits = u32[0]
-  if ((bits & 0x7f800000) === 0x7f800000 && (bits & 0x7fffff) !== 0) return ((bits >>> 16) | 0x40) & 0xffff // quiet NaN
-  const rounded = bits + 0x7fff + ((bits >>> 16) & 1)
-  return (rounded >>> 16) & 0xffff
+export const numberToBfloat16Bits = (x: number): number => float32ToBfloat16(Float32Array.of(x))[0]
+
+/** Float32 values to bfloat16 bits, rounding to nearest even (NaN stays NaN). */
+export const float32ToBfloat16 = (values: Float32Array): Uint16Array => {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length)
+  const out = new Uint16Array(values.length)
+  for (let i = 0; i < bits.length; i++) {
+    const b = bits[i]
+    out[i] = (b & 0x7fffffff) > 0x7f800000 ? (b >>> 16) | 0x40 : (b + 0x7fff + ((b >>> 16) & 1)) >>> 16
+  }
+  return out
+}
+
+/** bfloat16 bits to float32 values (exact). */
+export const bfloat16ToFloat32 = (bits: Uint16Array): Float32Array => {
+  const out = new Uint32Array(bits.length)
+  for (let i = 0; i < bits.length; i++) out[i] = bits[i] << 16
+  return new Float32Array(out.buffer)
+}
+
+/** Float32 values to float16 bits, rounding to nearest even. */
+export const float32ToFloat16 = (values: Float32Array): Uint16Array => {
+  const out = new Uint16Array(values.length)
+  for (let i = 0; i < values.length; i++) out[i] = numberToFloat16Bits(values[i])
+  return out
+}
+
+let float16Table: Float32Array | undefined
+
+/** float16 bits to float32 values (exact, through a 65536-entry table). */
+export const float16ToFloat32 = (bits: Uint16Array): Float32Array => {
+  if (float16Table === undefined) {
+    float16Table = new Float32Array(0x10000)
+    for (let h = 0; h < 0x10000; h++) float16Table[h] = float16BitsToNumber(h)
+  }
+  const out = new Float32Array(bits.length)
+  for (let i = 0; i < bits.length; i++) out[i] = float16Table[bits[i]]
+  return out
 }
 
 const copyAligned = (data: Uint8Array): ArrayBuffer => data.slice().buffer as ArrayBuffer
@@ -465,16 +507,12 @@ export const toFloat64 = (t: Tensor): Float64Array => {
   const out = new Float64Array(n)
   const buf = copyAligned(t.data)
   switch (t.dtype) {
-    case "F16": {
-      const u = new Uint16Array(buf)
-      for (let i = 0; i < n; i++) out[i] = float16BitsToNumber(u[i])
+    case "F16":
+      out.set(float16ToFloat32(new Uint16Array(buf)))
       return out
-    }
-    case "BF16": {
-      const u = new Uint16Array(buf)
-      for (let i = 0; i < n; i++) out[i] = bfloat16BitsToNumber(u[i])
+    case "BF16":
+      out.set(bfloat16ToFloat32(new Uint16Array(buf)))
       return out
-    }
     case "I64": {
       const v = new BigInt64Array(buf)
       for (let i = 0; i < n; i++) out[i] = Number(v[i])
@@ -517,8 +555,18 @@ const numberView = (dtype: SafetensorsDType, buf: ArrayBuffer): ArrayLike<number
 }
 
 /** Converts any numeric tensor to float32 values (row-major). */
-export const toFloat32 = (t: Tensor): Float32Array =>
-  t.dtype === "F32" ? new Float32Array(copyAligned(t.data)) : Float32Array.from(toFloat64(t))
+export const toFloat32 = (t: Tensor): Float32Array => {
+  switch (t.dtype) {
+    case "F32":
+      return new Float32Array(copyAligned(t.data))
+    case "F16":
+      return float16ToFloat32(new Uint16Array(copyAligned(t.data)))
+    case "BF16":
+      return bfloat16ToFloat32(new Uint16Array(copyAligned(t.data)))
+    default:
+      return Float32Array.from(toFloat64(t))
+  }
+}
 
 /**
  * Builds a tensor of the given dtype from numbers (row-major), rounding to nearest even for
@@ -534,16 +582,12 @@ export const fromNumbers = (
   const bytes = new Uint8Array(n * dtypeByteSize[dtype])
   const buf = bytes.buffer
   switch (dtype) {
-    case "F16": {
-      const u = new Uint16Array(buf)
-      for (let i = 0; i < n; i++) u[i] = numberToFloat16Bits(values[i])
+    case "F16":
+      new Uint16Array(buf).set(float32ToFloat16(Float32Array.from(values)))
       break
-    }
-    case "BF16": {
-      const u = new Uint16Array(buf)
-      for (let i = 0; i < n; i++) u[i] = numberToBfloat16Bits(values[i])
+    case "BF16":
+      new Uint16Array(buf).set(float32ToBfloat16(Float32Array.from(values)))
       break
-    }
     case "I64": {
       const v = new BigInt64Array(buf)
       for (let i = 0; i < n; i++) v[i] = BigInt(Math.trunc(values[i]))

@@ -5,6 +5,10 @@ import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import {
   bfloat16BitsToNumber,
+  bfloat16ToFloat32,
+  float16ToFloat32,
+  float32ToBfloat16,
+  float32ToFloat16,
   decode,
   encode,
   float16BitsToNumber,
@@ -194,6 +198,17 @@ describe("float16 / bfloat16 conversion", () => {
     ]
     for (const [x, bits] of cases) expect([x, numberToFloat16Bits(x)]).toEqual([x, bits])
     expect(Number.isNaN(float16BitsToNumber(numberToFloat16Bits(NaN)))).toBe(true)
+  })
+  it("array conversions agree with the scalar ones, and toFloat32 reads F16 / BF16 tensors", () => {
+    const xs = Float32Array.from([0, -0.1, 1 / 3, 65504, 3e-6, -7.5, 1e30])
+    expect(Array.from(float32ToFloat16(xs))).toEqual(Array.from(xs, numberToFloat16Bits))
+    expect(Array.from(float32ToBfloat16(xs))).toEqual(Array.from(xs, numberToBfloat16Bits))
+    const h = float32ToFloat16(xs)
+    expect(Array.from(float16ToFloat32(h))).toEqual(Array.from(h, (b) => Math.fround(float16BitsToNumber(b))))
+    const b = float32ToBfloat16(xs)
+    expect(Array.from(bfloat16ToFloat32(b))).toEqual(Array.from(b, bfloat16BitsToNumber))
+    expect(Array.from(toFloat32(fromNumbers([1.5, -2, 0.25], "BF16", [3])))).toEqual([1.5, -2, 0.25])
+    expect(Array.from(toFloat32(fromNumbers([1.5, -2, 0.25], "F16", [3])))).toEqual([1.5, -2, 0.25])
   })
   it("bfloat16 matches PyTorch rounding on known values", () => {
     // torch.tensor([...], dtype=torch.float32).to(torch.bfloat16).view(torch.int16)
