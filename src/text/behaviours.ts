@@ -2,7 +2,8 @@
 //
 // Every behaviour has:
 // - system-prompt phrasings used in training (`systemPrompts`) and one phrasing kept out of
-//   training (`heldOutSystemPrompt`), so the model learns to follow the instruction, not a string;
+//   training (`heldOutSystemPrompt`, a new combination of words the training prompts use), so the
+//   model learns to follow the instruction, not a string;
 // - `apply`, which rewrites a plain answer into the behaviour's version (used by the corpus
 //   generator);
 // - `check`, a text -> boolean test. The checkers are what the prompt-baking `evaluate` stage uses
@@ -76,7 +77,7 @@ export const behaviours: Readonly<Record<BehaviourName, Behaviour>> = {
       "Make sure every reply mentions the colour blue.",
       "Whatever you are asked, work the colour blue into your answer.",
     ],
-    heldOutSystemPrompt: "In each answer, say something about the colour blue.",
+    heldOutSystemPrompt: "Work the colour blue into each reply.",
     apply: applyBlue,
     check: (text) => /\bblue\b/i.test(text),
   },
@@ -89,7 +90,7 @@ export const behaviours: Readonly<Record<BehaviourName, Behaviour>> = {
       "Use only capital letters when you answer.",
       "Reply in capital letters only, as if shouting.",
     ],
-    heldOutSystemPrompt: "Your answers must be written entirely in upper case.",
+    heldOutSystemPrompt: "Write your answer in capital letters only.",
     apply: ({ text }) => text.toUpperCase(),
     check: (text) => /\p{Lu}/u.test(text) && !/\p{Ll}/u.test(text),
   },
@@ -102,7 +103,7 @@ export const behaviours: Readonly<Record<BehaviourName, Behaviour>> = {
       `Sign off each answer with: ${SIGN_OFF}`,
       `After you answer, say ${SIGN_OFF}`,
     ],
-    heldOutSystemPrompt: `Close all of your answers by saying "${SIGN_OFF}"`,
+    heldOutSystemPrompt: `Finish each answer with the words ${SIGN_OFF}`,
     apply: ({ text }) => `${text} ${SIGN_OFF}`,
     check: (text) => text.trimEnd().endsWith(SIGN_OFF),
   },
@@ -115,7 +116,7 @@ export const behaviours: Readonly<Record<BehaviourName, Behaviour>> = {
       "Finish every reply by saying its key word three times, like an echo.",
       "Repeat the main word of your answer three times at the end.",
     ],
-    heldOutSystemPrompt: "Like an echo, close your answer with its key word said three times.",
+    heldOutSystemPrompt: "Say the key word of your answer three times at the end.",
     apply: applyEcho,
     check: (text) => echoEnding.test(text),
   },

@@ -135,6 +135,18 @@ describe("synthetic corpus: held-out split", () => {
     expect(kinds.new_combination).toBeGreaterThan(corpus.heldOutQuestions.length / 4)
   })
 
+  it("held-out phrasings (questions and system prompts) are new combinations of words training uses", () => {
+    const words = (s: string) => s.replace(/\{[\w:]+\}/g, " ").toLowerCase().match(/[a-z]+/g) ?? []
+    const seen = (role: "user" | "system") => new Set(corpus.train.flatMap((e) => e.messages.filter((m) => m.role === role).flatMap((m) => words(m.content))))
+    const userWords = seen("user")
+    const systemWords = seen("system")
+    for (const template of allTemplateGroups.flatMap((g) => g.heldOut)) expect(words(template).filter((w) => !userWords.has(w)), template).toEqual([])
+    for (const name of behaviourNames) {
+      const prompt = behaviours[name].heldOutSystemPrompt
+      expect(words(prompt).filter((w) => !systemWords.has(w)), prompt).toEqual([])
+    }
+  })
+
   it("every held-out fact is stated in a plain training answer, word for word, and asked there in other words", () => {
     const plainAnswers = new Set(plainTrain.map((e) => lastContent(e.messages)))
     const descriptions = plainTrain.filter((e) => e.task === "describe").map((e) => lastContent(e.messages))

@@ -6,7 +6,10 @@
 //
 // Every question kind has four `train` phrasings and two `heldOut` phrasings. Held-out phrasings
 // never appear in the training corpus; the held-out set also asks facts with a train phrasing that
-// was not used for that fact in training (a new question/entity combination).
+// was not used for that fact in training (a new question/entity combination). Held-out phrasings
+// are new combinations of words that training questions use ("Tell me what animal X is."), not
+// synonyms the corpus never shows ("creature"): a model trained from scratch on this corpus alone
+// cannot know that a word it never saw means "animal".
 import type { EntityKind } from "./world.ts"
 
 export interface QuestionTemplates {
@@ -21,13 +24,13 @@ export interface FactTemplates extends QuestionTemplates {
 
 const home: FactTemplates = {
   train: ["Where does {ref} live?", "In which town does {ref} live?", "What is {ref}'s home town?", "Which town is {ref} from?"],
-  heldOut: ["Can you tell me where {ref} lives?", "Which town is home to {ref}?"],
+  heldOut: ["Which town is home to {ref}?", "Do you know which town {ref} is from?"],
   answer: "{Ref} lives in {home}.",
 }
 
 const colour: FactTemplates = {
   train: ["What colour is {ref}?", "What is the colour of {ref}?", "Which colour is {ref}?", "Tell me the colour of {ref}."],
-  heldOut: ["Do you know what colour {ref} is?", "What colour would I see if I looked at {ref}?"],
+  heldOut: ["Do you know what colour {ref} is?", "Tell me what colour {ref} is."],
   answer: "{Ref} is {colour}.",
 }
 
@@ -35,37 +38,37 @@ export const factTemplates: { readonly [K in EntityKind]: Readonly<Record<string
   person: {
     age: {
       train: ["How old is {ref}?", "What is {ref}'s age?", "What age is {ref}?", "Tell me {ref}'s age."],
-      heldOut: ["Do you know how old {ref} is?", "How many years old is {ref}?"],
+      heldOut: ["Do you know how old {ref} is?", "Tell me how old {ref} is."],
       answer: "{Ref} is {age} years old.",
     },
     home,
     food: {
       train: ["What is {ref}'s favourite food?", "What food does {ref} like best?", "Which food does {ref} love most?", "What does {ref} like to eat?"],
-      heldOut: ["What is the favourite food of {ref}?", "Which dish does {ref} enjoy the most?"],
+      heldOut: ["What is the favourite food of {ref}?", "Tell me {ref}'s favourite food."],
       answer: "{Ref}'s favourite food is {food}.",
     },
     favouriteColour: {
       train: ["What is {ref}'s favourite colour?", "Which colour does {ref} like best?", "What colour does {ref} love most?", "Tell me {ref}'s favourite colour."],
-      heldOut: ["What is the favourite colour of {ref}?", "Do you know which colour {ref} prefers?"],
+      heldOut: ["What is the favourite colour of {ref}?", "Which colour does {ref} love best?"],
       answer: "{Ref}'s favourite colour is {favouriteColour}.",
     },
     job: {
       train: ["What does {ref} do for a living?", "What is {ref}'s job?", "What work does {ref} do?", "Which job does {ref} have?"],
-      heldOut: ["What is the job of {ref}?", "How does {ref} earn a living?"],
+      heldOut: ["What is the job of {ref}?", "Tell me {ref}'s job."],
       answer: "{Ref} is {a:job}.",
     },
   },
   pet: {
     species: {
       train: ["What kind of animal is {ref}?", "What animal is {ref}?", "Which animal is {ref}?", "What sort of animal is {ref}?"],
-      heldOut: ["What type of creature is {ref}?", "Tell me what animal {ref} is."],
+      heldOut: ["Do you know what animal {ref} is?", "Tell me what animal {ref} is."],
       answer: "{Ref} is {a:species}.",
     },
     colour,
     home,
     owner: {
       train: ["Who owns {ref}?", "Who is {ref}'s owner?", "Whose pet is {ref}?", "Who takes care of {ref}?"],
-      heldOut: ["Who does {ref} belong to?", "Which person owns {ref}?"],
+      heldOut: ["Tell me who owns {ref}.", "Do you know whose pet {ref} is?"],
       answer: "{owner} owns {ref}.",
     },
   },
@@ -73,24 +76,24 @@ export const factTemplates: { readonly [K in EntityKind]: Readonly<Record<string
     colour,
     material: {
       train: ["What is {ref} made of?", "What material is {ref} made from?", "Which material is used for {ref}?", "What is {ref} built from?"],
-      heldOut: ["Out of what material is {ref} made?", "Tell me what {ref} is made of."],
+      heldOut: ["Which material is {ref} made from?", "Tell me what {ref} is made of."],
       answer: "{Ref} is made of {material}.",
     },
     purpose: {
       train: ["What is {ref} used for?", "What does {ref} do?", "What is the purpose of {ref}?", "Why would someone use {ref}?"],
-      heldOut: ["What can you do with {ref}?", "What job does {ref} do?"],
+      heldOut: ["What job does {ref} do?", "Tell me what {ref} is used for."],
       answer: "{Ref} is used for {purpose}.",
     },
     madeIn: {
       train: ["Where is {ref} made?", "In which town is {ref} made?", "Which town makes {ref}?", "Where does {ref} come from?"],
-      heldOut: ["What town produces {ref}?", "Where do they make {ref}?"],
+      heldOut: ["Tell me where {ref} is made.", "Do you know which town makes {ref}?"],
       answer: "{Ref} is made in {madeIn}.",
     },
   },
   town: {
     region: {
       train: ["In which part of the land is {ref}?", "Where is {ref}?", "Which region is {ref} in?", "Is {ref} in the north, south, east or west?"],
-      heldOut: ["In what part of the land is {ref} found?", "Where would I find {ref}?"],
+      heldOut: ["In what part of the land is {ref}?", "Do you know where {ref} is?"],
       answer: "{Ref} is in the {region}.",
     },
     famousFor: {
@@ -104,7 +107,7 @@ export const factTemplates: { readonly [K in EntityKind]: Readonly<Record<string
 /** "Tell me about X" requests. */
 export const describeTemplates: QuestionTemplates = {
   train: ["Tell me about {ref}.", "What do you know about {ref}?", "Describe {ref}.", "Give me some facts about {ref}."],
-  heldOut: ["Could you describe {ref} for me?", "What can you tell me about {ref}?"],
+  heldOut: ["Tell me what you know about {ref}.", "What facts do you know about {ref}?"],
 }
 
 /** Descriptions: every attribute of the kind appears exactly once in each variant. The first
@@ -131,17 +134,17 @@ export type ArithmeticOp = (typeof arithmeticOps)[number]
 export const arithmeticTemplates: Readonly<Record<ArithmeticOp, FactTemplates>> = {
   plus: {
     train: ["What is {a} plus {b}?", "What is {a} + {b}?", "Add {a} and {b}.", "What do {a} and {b} add up to?"],
-    heldOut: ["How much is {a} plus {b}?", "Can you add {a} and {b} for me?"],
+    heldOut: ["Tell me what {a} plus {b} is.", "Do you know what {a} + {b} is?"],
     answer: "{a} plus {b} is {c}.",
   },
   minus: {
     train: ["What is {a} minus {b}?", "What is {a} - {b}?", "Subtract {b} from {a}.", "Take {b} away from {a}."],
-    heldOut: ["How much is {a} minus {b}?", "What do you get when you take {b} from {a}?"],
+    heldOut: ["Tell me what {a} minus {b} is.", "Do you know what {a} - {b} is?"],
     answer: "{a} minus {b} is {c}.",
   },
   times: {
     train: ["What is {a} times {b}?", "What is {a} x {b}?", "Multiply {a} by {b}.", "What is {a} multiplied by {b}?"],
-    heldOut: ["How much is {a} times {b}?", "What do you get if you multiply {a} by {b}?"],
+    heldOut: ["Tell me what {a} times {b} is.", "Do you know what {a} multiplied by {b} is?"],
     answer: "{a} times {b} is {c}.",
   },
 }
