@@ -238,6 +238,31 @@ export const loraTargets = (ckpt: Checkpoint, targetModules: ReadonlyArray<strin
 }
 
 /**
+ * A LoRA config for `ckpt`: checks that every target selects a linear layer and sets
+ * fan_in_fan_out when the selected layers store W^T (GPT-2 Conv1D), as PEFT requires.
+ */
+export const loraConfigFor = (
+  ckpt: Checkpoint,
+  options: { readonly r: number; readonly loraAlpha: number; readonly loraDropout?: number; readonly targetModules: ReadonlyArray<string>; readonly useRslora?: boolean; readonly baseModelNameOrPath?: string | null },
+): Effect.Effect<LoraConfig, PeftError> =>
+  Effect.gen(function* () {
+    if (!Number.isInteger(options.r) || options.r <= 0) return yield* Effect.fail(peftError(ckpt.configFile, "r", `must be a positive integer, got ${options.r}`))
+    const targets = yield* loraTargets(ckpt, options.targetModules)
+    const transposed = new Set(targets.map((t) => t.weight.transposed))
+    if (transposed.size > 1)
+      return yield* Effect.fail(peftError(ckpt.configFile, "target_modules", "mixes layers stored as W and as W^T, which one PEFT fan_in_fan_out flag cannot describe"))
+    return {
+      r: options.r,
+      loraAlpha: options.loraAlpha,
+      loraDropout: options.loraDropout ?? 0,
+      targetModules: [...options.targetModules],
+      baseModelNameOrPath: options.baseModelNameOrPath ?? null,
+      useRslora: options.useRslora ?? false,
+      fanInFanOut: transposed.has(true),
+    }
+  })
+
+/**
  * Writes base + adapter as a new checkpoint in `outDir`: every weight an adapter module touches
  * becomes W + scale * B A (computed in float64, stored in the base weight's dtype); all other
  * tensors and files (config.json, tokenizer files, shard index, ...) are copied unchanged.

@@ -5,7 +5,7 @@ import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadCheckpoint, type ModelConfig, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { type InitOptions, mulberry32, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { type LoraAdapter, type LoraConfig, loraScale, loraTargets, mergeLora, type PeftError, readAdapter, writeAdapter } from "../../src/models/peft.ts"
+import { type LoraAdapter, type LoraConfig, loraConfigFor, loraScale, loraTargets, mergeLora, type PeftError, readAdapter, writeAdapter } from "../../src/models/peft.ts"
 import { fromNumbers, readFile, writeFile } from "../../src/models/safetensors.ts"
 import { referenceLogits } from "../reference/reference.ts"
 
@@ -129,6 +129,17 @@ describe("LoRA targets", () => {
     const e = failure(loraTargets(gpt2, ["q_proj"])) as PeftError
     expect(e.field).toBe("target_modules")
     expect(e.message).toMatch(/"q_proj" matches no linear layer of this GPT2LMHeadModel \(e\.g\. c_attn, c_proj, c_fc\)/)
+  })
+})
+
+describe("loraConfigFor", () => {
+  it("sets fan_in_fan_out for GPT-2 Conv1D targets only, and validates targets and rank", () => {
+    const gpt2 = run(loadCheckpoint(base(tinyGpt2())))
+    expect(run(loraConfigFor(gpt2, { r: 4, loraAlpha: 8, targetModules: ["c_attn"] }))).toMatchObject({ fanInFanOut: true, r: 4, loraDropout: 0 })
+    const llama = run(loadCheckpoint(base(tinyLlama())))
+    expect(run(loraConfigFor(llama, { r: 4, loraAlpha: 8, targetModules: ["q_proj", "v_proj"], baseModelNameOrPath: "x" }))).toMatchObject({ fanInFanOut: false, baseModelNameOrPath: "x" })
+    expect(failure(loraConfigFor(llama, { r: 0, loraAlpha: 8, targetModules: ["q_proj"] }))).toMatchObject({ field: "r" })
+    expect(failure(loraConfigFor(llama, { r: 2, loraAlpha: 8, targetModules: ["c_attn"] }))).toMatchObject({ field: "target_modules" })
   })
 })
 
