@@ -3,7 +3,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadTokenizer, type TokenizerError } from "../../src/text/tokenizer.ts"
-import { vocab, writeTokenizer } from "./fixture.ts"
+import { llama2TokenizerJson, vocab, writeTokenizer } from "./fixture.ts"
 
 const load = (dir: string) => Effect.runSync(loadTokenizer(dir))
 const failure = (dir: string): TokenizerError => {
@@ -78,5 +78,22 @@ describe("tokenizer", () => {
     expect(failure(writeTokenizer({ add_bos_token: "yes" })).field).toBe("add_bos_token")
     expect(failure(writeTokenizer({ add_eos_token: true })).message).toMatch(/add_eos_token: true but eos_token is not set/)
     expect(failure(writeTokenizer({ chat_template: [{ name: "x", template: "" }] })).field).toBe("chat_template")
+  })
+})
+
+describe("a Llama 2 style sentencepiece BPE tokenizer.json", () => {
+  const dir = () => {
+    const d = writeTokenizer({ bos_token: "<s>", eos_token: "</s>", unk_token: "<unk>", add_bos_token: true, add_eos_token: false, legacy: false })
+    fs.writeFileSync(path.join(d, "tokenizer.json"), JSON.stringify(llama2TokenizerJson()))
+    return d
+  }
+  it("marks spaces with ▁, falls back to byte tokens, strips the leading space when decoding", () => {
+    const tok = load(dir())
+    const v = llama2TokenizerJson().model.vocab
+    expect(tok.encode("hello world")).toEqual([1, v["▁hello"], v["▁world"]])
+    // "\n" and "é" (two UTF-8 bytes) are not in the vocabulary: byte fallback
+    expect(tok.encode("hello\né", { addSpecialTokens: false })).toEqual([v["▁hello"], v["<0x0A>"], v["<0xC3>"], v["<0xA9>"]])
+    expect(tok.decode(tok.encode("hello\né world"), { skipSpecialTokens: true })).toBe("hello\né world")
+    expect(tok.unk).toEqual({ token: "<unk>", id: 0 })
   })
 })
