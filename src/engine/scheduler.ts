@@ -135,6 +135,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     const toResolve: Array<number> = nodes.flatMap((n) => (n.deps.length === 0 ? [n.index] : []))
     const ready = new Heap(prio)
     const blocked = new Set<number>()
+    const announced = new Set<number>()
     const running = new Set<number>()
     let freeJobs = o.jobs
     let freeMemory = o.memoryMB
@@ -164,34 +165,38 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
       }
     }
 
-    // A node whose inputs all exist: cached, blocked by another run's claim, or ready to run.
+    // A node whose inputs all exist: cached, or ready to run once its resources are free.
     const resolve = (i: number) => {
       const n = nodes[i]
       const key = cacheKey(n, inputHashes(n))
-      if (!forced(n)) {
-        const hit = store.lookup(key)
-        if (hit) {
-          reporter.cached(n.name)
-          return markDone(i, "cached", key, hit.hash)
-        }
-      }
-      const claim = store.claim(key, owner)
-      if (!claim.ok) {
-        if (!blocked.has(i)) reporter.waiting(n.name, claim.owner)
-        blocked.add(i)
-        state[i] = { tag: "blocked", key }
-        return
-      }
-      blocked.delete(i)
-      // Another run may have published between our lookup and our claim.
       const hit = forced(n) ? undefined : store.lookup(key)
       if (hit) {
-        store.release(key, owner)
         reporter.cached(n.name)
         return markDone(i, "cached", key, hit.hash)
       }
       state[i] = { tag: "ready", key }
       ready.push(i)
+    }
+
+    // Claims a ready node's key just before it starts, so another run can take the nodes this one has
+    // not reached yet. Another run's live claim blocks the node until that claim is released or stale.
+    const claim = (i: number, key: string): "claimed" | "cached" | "blocked" => {
+      const n = nodes[i]
+      const c = store.claim(key, owner)
+      if (!c.ok) {
+        if (!announced.has(i)) reporter.waiting(n.name, c.owner)
+        announced.add(i)
+        blocked.add(i)
+        state[i] = { tag: "blocked", key }
+        return "blocked"
+      }
+      // Another run may have published between our lookup and our claim.
+      const hit = forced(n) ? undefined : store.lookup(key)
+      if (hit === undefined) return "claimed"
+      store.release(key, owner)
+      reporter.cached(n.name)
+      markDone(i, "cached", key, hit.hash)
+      return "cached"
     }
 
     const isolation = (n: PlanNode) => n.stage.spec.resources?.isolate ?? ((n.stage.spec.resources?.gpu ?? 0) > 0 ? "process" : "main")
@@ -341,36 +346,40 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
         if (o.failFast) yield* stopAll("failed")
       })
 
+    const dispatch = Effect.gen(function* () {
+      const deferred: Array<number> = []
+      while (ready.size > 0) {
+        const i = ready.pop()!
+        const s = state[i]
+        if (s.tag !== "ready") continue
+        const got = acquire(nodes[i])
+        if (got === undefined) {
+          deferred.push(i)
+          continue
+        }
+        if (claim(i, s.key) === "claimed") yield* start(i, s.key, got.device, got.release)
+        else got.release()
+      }
+      for (const i of deferred) ready.push(i)
+    })
+
     const loop = Effect.gen(function* () {
       for (;;) {
-        if (stopping === undefined) {
+        while (stopping === undefined && toResolve.length > 0) {
           while (toResolve.length > 0) resolve(toResolve.pop()!)
-          const deferred: Array<number> = []
-          while (ready.size > 0) {
-            const i = ready.pop()!
-            const s = state[i]
-            if (s.tag !== "ready") continue
-            const got = acquire(nodes[i])
-            if (got === undefined) deferred.push(i)
-            else yield* start(i, s.key, got.device, got.release)
-          }
-          for (const i of deferred) ready.push(i)
+          yield* dispatch // a node found cached after claiming may make dependents resolvable
         }
-        if (running.size === 0 && (stopping !== undefined || (blocked.size === 0 && toResolve.length === 0))) break
-        const event =
-          blocked.size > 0
-            ? yield* Effect.timeoutOption(Queue.take(events), 500)
-            : Option.some(yield* Queue.take(events))
-        if (Option.isNone(event)) {
-          for (const i of [...blocked]) resolve(i)
-          continue
+        if (running.size === 0 && (stopping !== undefined || blocked.size === 0)) break
+        // Blocked nodes are retried every half second: the other run publishes or its claim goes stale.
+        const event = blocked.size > 0 ? yield* Effect.timeoutOption(Queue.take(events), 500) : Option.some(yield* Queue.take(events))
+        if (Option.isSome(event)) {
+          if (event.value.type === "stop") {
+            if (stopping !== "interrupted") yield* stopAll("interrupted")
+          } else yield* handleExit(event.value.index, event.value.exit)
         }
-        if (event.value.type === "stop") {
-          if (stopping !== "interrupted") yield* stopAll("interrupted")
-          continue
-        }
-        yield* handleExit(event.value.index, event.value.exit)
-        for (const i of [...blocked]) resolve(i)
+        for (const i of blocked) toResolve.push(i)
+        blocked.clear()
+        if (stopping === undefined && toResolve.length === 0) yield* dispatch // resources freed by the exit
       }
     })
     yield* loop

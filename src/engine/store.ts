@@ -217,7 +217,8 @@ export class Store {
     }
     let bytes: Uint8Array
     try {
-      bytes = readFileSync(this.objectPath(hash))
+      // A plain Uint8Array with its own buffer (a Buffer may be a view into a shared pool).
+      bytes = new Uint8Array(readFileSync(this.objectPath(hash)))
     } catch {
       throw corrupt("payload file is missing")
     }

@@ -11,15 +11,17 @@ export const fixture = (name: string) => (name.startsWith("/") ? name : resolve(
 
 /**
  * Writes a pipeline file into the sandbox (a fresh module, so paths baked into it are this test's).
- * `body` may import from "@stages" and "@engine".
+ * `body` may import from "@stages", "@engine" and "effect" (all resolved to this checkout).
  */
 export const writePipeline = (sb: Sandbox, name: string, body: string): string => {
   const file = join(sb.dir, name)
+  writeFileSync(join(sb.dir, "package.json"), '{ "type": "module" }\n') // as in the repository: .ts files are ESM
   writeFileSync(
     file,
     body
       .replaceAll("@stages", resolve(import.meta.dirname, "fixtures/stages.ts"))
-      .replaceAll("@engine", resolve(import.meta.dirname, "../../src/engine/index.ts")),
+      .replaceAll("@engine", resolve(import.meta.dirname, "../../src/engine/index.ts"))
+      .replaceAll('"effect"', JSON.stringify(resolve(repo, "node_modules/effect/dist/index.js"))),
   )
   return file
 }
