@@ -2,6 +2,7 @@
 // side in one process, the forward pass (loss only) and one train step (forward + backward
 // + AdamW update, all in one session.run), their ratio (goal <= 3.5x), peak RSS, and the node
 // counts onnxruntime reports after its optimizations (Transpose/Cast/Expand chains show here).
+import { spawnSync } from "node:child_process"
 import { mkdtempSync, readFileSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
@@ -71,6 +72,48 @@ const optimizedOps = (file: string): Record<string, number> => {
   return ops
 }
 
+/** Peak RSS of this process in MB: VmHWM belongs to the current address space, whereas
+ * getrusage's maxrss on Linux carries the parent's peak across fork+exec. */
+const peakRssMB = (): number => {
+  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"))
+  return m ? Number(m[1]) / 1024 : process.resourceUsage().maxRSS / 1024
+}
+
+// ---- peak memory of a chunked cross-entropy forward+backward over a large vocabulary,
+// run in child processes (peak RSS is per process): chunked vs one chunk holding all logits.
+const ceN = 2048
+const ceV = 32000
+const ceH = 16
+const ceMemoryProbe = (chunkSize: number) =>
+  Effect.gen(function* () {
+    const g = new Graph("ce")
+    const h = g.input("h", "float32", [ceN, ceH])
+    const w = g.input("w", "float32", [ceV, ceH])
+    const t = g.input("t", "int64", [ceN])
+    const loss = crossEntropy(g, { hidden: h, weight: w }, t, undefined, { chunk: chunkSize }).mean
+    g.outputAs("loss", loss)
+    const [dh, dw] = gradients(g, loss, [h, w])
+    g.outputAs("dh", dh)
+    g.outputAs("dw", dw)
+    const s = yield* createSession(serialize(g))
+    const r = rng(3)
+    const before = peakRssMB()
+    const t0 = performance.now()
+    yield* runSession(s, {
+      h: tensor("float32", [ceN, ceH], Float32Array.from({ length: ceN * ceH }, () => r())),
+      w: tensor("float32", [ceV, ceH], Float32Array.from({ length: ceV * ceH }, () => r() * 0.1)),
+      t: tensor("int64", [ceN], Array.from({ length: ceN }, (_, i) => (i * 7919) % ceV)),
+    })
+    const ms = performance.now() - t0
+    console.log(JSON.stringify({ chunk: chunkSize, ms, peakRssMB: peakRssMB(), rssBeforeRunMB: before }))
+  })
+
+const runProbe = (chunkSize: number): { chunk: number; ms: number; peakRssMB: number; rssBeforeRunMB: number } => {
+  const out = spawnSync(process.execPath, ["--import", "tsx", import.meta.filename, "--ce-memory", String(chunkSize)], { encoding: "utf8" })
+  if (out.status !== 0) throw new Error(`chunked CE probe failed: ${out.stderr}`)
+  return JSON.parse(out.stdout.trim().split("\n").pop() as string)
+}
+
 const main = Effect.gen(function* () {
   const dir = mkdtempSync(join(tmpdir(), "pipe-bench-graph-"))
   const fwdIR = forwardGraph()
@@ -131,12 +174,20 @@ const main = Effect.gen(function* () {
     trainStepMinMs: trainMin,
     ratioOfMinima: trainMin / fwdMin,
     goalRatio: 3.5,
-    peakRssMB: process.resourceUsage().maxRSS / 1024,
+    peakRssMB: peakRssMB(),
     nodes: {
       forward: { built: countNodes(fwdIR), optimized: total(fwdOps), ops: pick(fwdOps) },
       trainStep: { built: countNodes(trainIR), optimized: total(trainOps), ops: pick(trainOps) },
     },
     trainOpsOptimized: trainOps,
+    chunkedCrossEntropy: {
+      tokens: ceN,
+      vocab: ceV,
+      hidden: ceH,
+      fullLogitsMB: (ceN * ceV * 4) / 2 ** 20,
+      chunked: runProbe(128),
+      unchunked: runProbe(ceN),
+    },
   }
   console.log(`tiny transformer (${result.model.params} params, batch ${B}x${T}) on CPU`)
   console.log(`  forward (loss)            ${fwdMs.toFixed(2)} ms median, ${fwdMin.toFixed(2)} ms min`)
@@ -146,10 +197,15 @@ const main = Effect.gen(function* () {
   console.log(`  peak RSS                  ${result.peakRssMB.toFixed(0)} MB`)
   console.log(`  nodes forward ${result.nodes.forward.built} built -> ${result.nodes.forward.optimized} after ORT, train ${result.nodes.trainStep.built} -> ${result.nodes.trainStep.optimized}`)
   console.log(`  train-step ops after ORT: ${JSON.stringify(result.nodes.trainStep.ops)}`)
+  const ce = result.chunkedCrossEntropy
+  console.log(
+    `  cross-entropy fwd+bwd ${ceN} tokens x ${ceV} vocab: chunk 128 peak RSS ${ce.chunked.peakRssMB.toFixed(0)} MB (${ce.chunked.ms.toFixed(0)} ms), one chunk ${ce.unchunked.peakRssMB.toFixed(0)} MB (${ce.unchunked.ms.toFixed(0)} ms); full logits = ${ce.fullLogitsMB.toFixed(0)} MB`,
+  )
   writeFileSync(join(import.meta.dirname, "results", "graph.json"), JSON.stringify(result, null, 2))
 })
 
-Effect.runPromise(main).catch((e) => {
+const probeAt = process.argv.indexOf("--ce-memory")
+Effect.runPromise(probeAt >= 0 ? ceMemoryProbe(Number(process.argv[probeAt + 1])) : main).catch((e) => {
   console.error(e instanceof Error ? e.message : String(e))
   process.exit(1)
 })
