@@ -183,10 +183,15 @@ export const normSpec = (name: string, size: number, bias: boolean): Norm<Weight
 const resolveOptional = (tensors: TensorLookup, spec: WeightSpec | undefined) =>
   spec === undefined ? Effect.succeed(undefined) : tensors.get(spec)
 
-export const resolveLinear = (tensors: TensorLookup, l: Linear<WeightSpec>): Effect.Effect<Linear, CheckpointError> =>
-  Effect.all({ weight: tensors.get(l.weight), bias: resolveOptional(tensors, l.bias) })
+/** Resolves a weight and its optional bias (a linear layer or a norm). */
+const resolveWeightBias = (
+  tensors: TensorLookup,
+  p: { readonly weight: WeightSpec; readonly bias: WeightSpec | undefined },
+): Effect.Effect<{ weight: WeightRef; bias: WeightRef | undefined }, CheckpointError> =>
+  Effect.all({ weight: tensors.get(p.weight), bias: resolveOptional(tensors, p.bias) })
 
-export const resolveNorm = resolveLinear as (tensors: TensorLookup, n: Norm<WeightSpec>) => Effect.Effect<Norm, CheckpointError>
+export const resolveLinear: (tensors: TensorLookup, l: Linear<WeightSpec>) => Effect.Effect<Linear, CheckpointError> = resolveWeightBias
+export const resolveNorm: (tensors: TensorLookup, n: Norm<WeightSpec>) => Effect.Effect<Norm, CheckpointError> = resolveWeightBias
 
 /** Resolves the optional tensors of a model; `lmHead` undefined means tied to the token embedding. */
 export const resolveModel = (

@@ -13,7 +13,7 @@ import { describe, expect, it } from "vitest"
 import { loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
 import { tinyGpt2, tinyGptNeox, tinyLlama, writeConfigFiles, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { fromNumbers, readFile, type Tensor, writeFile } from "../../src/models/safetensors.ts"
-import { activations, erf, referenceForward, referenceLogits, referenceModel, ropeInverseFrequencies } from "./reference.ts"
+import { activations, erf, referenceForward, referenceLogits, referenceModel, ropeInverseFrequencies, rotate } from "./reference.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-ref-"))
 const TOL = 1e-12
@@ -71,6 +71,16 @@ describe("activations and RoPE frequencies", () => {
   })
 })
 
+describe("rotary embedding pairing (HF rotate_half, not GPT-J interleaving)", () => {
+  it("pairs feature i with i + rotaryDim/2 and leaves features past rotaryDim alone", () => {
+    const [c1, s1, c2, s2] = [Math.cos(3), Math.sin(3), Math.cos(0.03), Math.sin(0.03)]
+    // headDim 4 fully rotated, position 3, inverse frequencies [1, 0.01]
+    expectClose(rotate(Float64Array.from([1, 2, 3, 4]), 3, [1, 0.01]), [1 * c1 - 3 * s1, 2 * c2 - 4 * s2, 3 * c1 + 1 * s1, 4 * c2 + 2 * s2])
+    // partial rotary (NeoX): rotaryDim 2 of headDim 4
+    expectClose(rotate(Float64Array.from([1, 2, 3, 4]), 3, [1]), [1 * c1 - 2 * s1, 2 * c1 + 1 * s1, 3, 4])
+  })
+})
+
 describe("hand-computed tiny models", () => {
   it("llama: RMSNorm, RoPE on 2 positions, causal attention, SwiGLU, untied head", () => {
     const config = tinyLlama({ vocabSize: 2, hiddenSize: 2, numHeads: 1, numKvHeads: 1, headDim: 2, intermediateSize: 1, numLayers: 1, norm: { kind: "rms", eps: 1e-300 } })
@@ -113,40 +123,43 @@ describe("hand-computed tiny models", () => {
     expectClose(logits[1], head(x1))
   })
 
-  it("gpt2: learned positions, LayerNorm with biases, fused c_attn stored [in, out], GELU MLP, tied head", () => {
-    const config = tinyGpt2({ vocabSize: 3, hiddenSize: 3, numHeads: 1, headDim: 3, intermediateSize: 1, numLayers: 1, maxPositions: 2, norm: { kind: "layer", eps: 1e-300 } })
-    // c_attn [in=3, out=9]: q and k columns zero (uniform attention), v columns = identity.
-    const cAttn = [0, 0, 0, 0, 0, 0, 1, 0, 0, /**/ 0, 0, 0, 0, 0, 0, 0, 1, 0, /**/ 0, 0, 0, 0, 0, 0, 0, 0, 1]
+  it("gpt2: learned positions, LayerNorm with biases, fused c_attn [q | k | v] stored [in, out], GELU MLP, tied head", () => {
+    // 2 heads of dim 2: with the blocks layout v is columns 8-11 of c_attn; a per-head reading
+    // ([q|k|v] inside each head) would take v from the zero q/k columns and give other logits.
+    const config = tinyGpt2({ vocabSize: 3, hiddenSize: 4, numHeads: 2, headDim: 2, intermediateSize: 1, numLayers: 1, maxPositions: 2, norm: { kind: "layer", eps: 1e-300 } })
+    const cAttn = new Array(4 * 12).fill(0) // [in=4, out=12]
+    for (let i = 0; i < 4; i++) cAttn[i * 12 + 8 + i] = 1
+    const I4 = [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]
     const dir = handCheckpoint(config, {
-      "transformer.wte.weight": [[3, 3], [1, 0, 0, 0, 1, 0, 0, 0, 3]],
-      "transformer.wpe.weight": [[2, 3], [0, 0, 0, 0.5, 0, 0]],
-      "transformer.h.0.ln_1.weight": [[3], [1, 1, 1]],
-      "transformer.h.0.ln_1.bias": [[3], [0, 0, 0]],
-      "transformer.h.0.attn.c_attn.weight": [[3, 9], cAttn],
-      "transformer.h.0.attn.c_attn.bias": [[9], [0, 0, 0, 0, 0, 0, 0.5, 0, 0]],
-      "transformer.h.0.attn.c_proj.weight": [[3, 3], [1, 0, 0, 0, 1, 0, 0, 0, 1]],
-      "transformer.h.0.attn.c_proj.bias": [[3], [0, 0, 0]],
-      "transformer.h.0.ln_2.weight": [[3], [1, 1, 1]],
-      "transformer.h.0.ln_2.bias": [[3], [0, 0, 0]],
-      "transformer.h.0.mlp.c_fc.weight": [[3, 1], [1, 0, 0]], // [in=3, out=1]
+      "transformer.wte.weight": [[3, 4], [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 3]],
+      "transformer.wpe.weight": [[2, 4], [0, 0, 0, 0, 0.5, 0, 0, 0]],
+      "transformer.h.0.ln_1.weight": [[4], [1, 1, 1, 1]],
+      "transformer.h.0.ln_1.bias": [[4], [0, 0, 0, 0]],
+      "transformer.h.0.attn.c_attn.weight": [[4, 12], cAttn],
+      "transformer.h.0.attn.c_attn.bias": [[12], [0, 0, 0, 0, 0, 0, 0, 0, 0.5, 0, 0, 0]],
+      "transformer.h.0.attn.c_proj.weight": [[4, 4], I4],
+      "transformer.h.0.attn.c_proj.bias": [[4], [0, 0, 0, 0]],
+      "transformer.h.0.ln_2.weight": [[4], [1, 1, 1, 1]],
+      "transformer.h.0.ln_2.bias": [[4], [0, 0, 0, 0]],
+      "transformer.h.0.mlp.c_fc.weight": [[4, 1], [1, 0, 0, 0]], // [in=4, out=1]
       "transformer.h.0.mlp.c_fc.bias": [[1], [0]],
-      "transformer.h.0.mlp.c_proj.weight": [[1, 3], [0, 0, 2]], // [in=1, out=3]
-      "transformer.h.0.mlp.c_proj.bias": [[3], [0, 0, 0]],
-      "transformer.ln_f.weight": [[3], [1, 2, 1]],
-      "transformer.ln_f.bias": [[3], [0.1, 0, 0]],
+      "transformer.h.0.mlp.c_proj.weight": [[1, 4], [0, 0, 0, 2]], // [in=1, out=4]
+      "transformer.h.0.mlp.c_proj.bias": [[4], [0, 0, 0, 0]],
+      "transformer.ln_f.weight": [[4], [1, 2, 1, 1]],
+      "transformer.ln_f.bias": [[4], [0.1, 0, 0, 0]],
     })
-    // tokens [0, 2]: x0 = e0 + p0 = [1, 0, 0]; x1 = e2 + p1 = [0.5, 0, 3]
-    const x = [[1, 0, 0], [0.5, 0, 3]]
-    const v = x.map((xi) => ln(xi).map((a, i) => a + [0.5, 0, 0][i]))
-    const attn = [v[0], v[0].map((a, i) => (a + v[1][i]) / 2)] // uniform weights over the causal prefix
+    // tokens [0, 2]: x0 = e0 + p0 = [1, 0, 0, 0]; x1 = e2 + p1 = [0.5, 0, 0, 3]
+    const x = [[1, 0, 0, 0], [0.5, 0, 0, 3]]
+    const v = x.map((xi) => ln(xi).map((a, i) => a + [0.5, 0, 0, 0][i]))
+    const attn = [v[0], v[0].map((a, i) => (a + v[1][i]) / 2)] // q = k = 0: uniform weights over the causal prefix
     const h = x.map((xi, t) => xi.map((a, i) => a + attn[t][i]))
     const out = h.map((hi) => {
       const g = activations.gelu_tanh(ln(hi)[0])
-      return hi.map((a, i) => a + [0, 0, 2 * g][i])
+      return hi.map((a, i) => a + [0, 0, 0, 2 * g][i])
     })
     const head = (xi: number[]) => {
-      const n = ln(xi).map((a, i) => a * [1, 2, 1][i] + [0.1, 0, 0][i])
-      return [n[0], n[1], 3 * n[2]] // tied: rows of wte
+      const n = ln(xi).map((a, i) => a * [1, 2, 1, 1][i] + [0.1, 0, 0, 0][i])
+      return [n[0], n[1], 3 * n[3]] // tied: rows of wte
     }
     const logits = referenceLogits(dir, [0, 2])
     expectClose(logits[0], head(out[0]))

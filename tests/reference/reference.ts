@@ -116,7 +116,7 @@ export const ropeInverseFrequencies = (positions: Extract<ModelConfig["positions
 }
 
 /** Rotates feature i with feature i + rotaryDim/2 by angle position * invFreq[i]; the rest pass through. */
-const rotate = (x: Vec, position: number, invFreq: number[]): Vec => {
+export const rotate = (x: Vec, position: number, invFreq: number[]): Vec => {
   const half = invFreq.length
   const y = Float64Array.from(x)
   for (let i = 0; i < half; i++) {
