@@ -9,6 +9,7 @@
 // - `check`, a text -> boolean test. The checkers are what the prompt-baking `evaluate` stage uses
 //   for the behaviour rate, and they are false on every plain answer the corpus generator writes
 //   (tests/synthetic checks this on the whole generated set).
+import { Data, Effect, Schema } from "effect"
 
 /** A plain answer and the one word it is about (the looked-up value, the sum, the entity). */
 export interface PlainAnswer {
@@ -126,3 +127,26 @@ export const isBehaviourName = (s: string): s is BehaviourName => (behaviourName
 
 /** The behaviour's checker; the `evaluate` stage calls this with a behaviour named in its params. */
 export const checkBehaviour = (name: BehaviourName, text: string): boolean => behaviours[name].check(text)
+
+/** A checker as stage params name it: one of the behaviours above, or a regular expression that a
+ *  text must match (e.g. `{ regex: "\\bblue\\b", flags: "i" }` for a real model's outputs). */
+export const CheckerSpec = Schema.Union([
+  Schema.Struct({ behaviour: Schema.Literals(behaviourNames) }),
+  Schema.Struct({ regex: Schema.String, flags: Schema.optional(Schema.String) }),
+])
+export type CheckerSpec = typeof CheckerSpec.Type
+
+export class CheckerSpecError extends Data.TaggedError("CheckerSpecError")<{ readonly message: string }> {}
+
+/** The text -> boolean test a spec names; fails with a clear message on an invalid regex. */
+export const makeChecker = (spec: CheckerSpec): Effect.Effect<(text: string) => boolean, CheckerSpecError> => {
+  if ("behaviour" in spec) return Effect.succeed(behaviours[spec.behaviour].check)
+  return Effect.try({
+    try: () => {
+      // Without "g" or "y": test() must not carry lastIndex from one text to the next.
+      const re = new RegExp(spec.regex, (spec.flags ?? "").replace(/[gy]/g, ""))
+      return (text: string) => re.test(text)
+    },
+    catch: (e) => new CheckerSpecError({ message: `checker regex /${spec.regex}/${spec.flags ?? ""} is invalid: ${e instanceof Error ? e.message : String(e)}` }),
+  })
+}

@@ -1,5 +1,15 @@
+import { Effect, Schema } from "effect"
 import { describe, expect, it } from "vitest"
-import { type BehaviourName, behaviourNames, behaviours, checkBehaviour, isBehaviourName, SIGN_OFF } from "../../src/text/behaviours.ts"
+import {
+  type BehaviourName,
+  behaviourNames,
+  behaviours,
+  checkBehaviour,
+  CheckerSpec,
+  isBehaviourName,
+  makeChecker,
+  SIGN_OFF,
+} from "../../src/text/behaviours.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 
 // Hand-written answers: each behaviour's checker must accept its positives and reject its negatives.
@@ -73,5 +83,27 @@ describe("behaviour checkers", () => {
     for (const n of behaviourNames) expect(behaviours[n].systemPrompts.length).toBeGreaterThanOrEqual(3)
     expect(isBehaviourName("caps")).toBe(true)
     expect(isBehaviourName("none")).toBe(false)
+  })
+})
+
+describe("checker specs (stage params)", () => {
+  const decode = Schema.decodeUnknownSync(CheckerSpec)
+
+  it("a behaviour name gives that behaviour's checker", async () => {
+    const check = await Effect.runPromise(makeChecker(decode({ behaviour: "caps" })))
+    expect(check("HELLO.")).toBe(true)
+    expect(check("Hello.")).toBe(false)
+    expect(() => decode({ behaviour: "shout" })).toThrow()
+  })
+
+  it("a regex gives a stateless matcher, even with the g flag", async () => {
+    const check = await Effect.runPromise(makeChecker(decode({ regex: "\\bblue\\b", flags: "gi" })))
+    expect([check("Blue sky"), check("Blue sky"), check("bluebird"), check("the BLUE sea")]).toEqual([true, true, false, true])
+  })
+
+  it("an invalid regex is an error naming it", async () => {
+    const exit = await Effect.runPromiseExit(makeChecker(decode({ regex: "(unclosed" })))
+    expect(exit._tag).toBe("Failure")
+    expect(JSON.stringify(exit)).toContain("checker regex /(unclosed/ is invalid")
   })
 })
