@@ -128,7 +128,9 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
     intermediate_size: c.intermediateSize,
     hidden_act: activationToHf[c.activation],
     rotary_pct: c.positions.rotaryDim / c.headDim,
+    // transformers reads rotary_emb_base before 4.47 and rope_theta after; both say the same.
     rotary_emb_base: c.positions.theta,
+    rope_theta: c.positions.theta,
     rope_scaling: ropeScalingJson(c.positions.scaling),
     max_position_embeddings: c.maxPositions,
     layer_norm_eps: c.norm.eps,
