@@ -128,7 +128,7 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
     intermediate_size: c.intermediateSize,
     hidden_act: activationToHf[c.activation],
     rotary_pct: c.positions.rotaryDim / c.headDim,
-    // transformers reads rotary_emb_base before 4.47 and rope_theta after; both say the same.
+    // Older transformers versions read rotary_emb_base, newer ones rope_theta; both say the same.
     rotary_emb_base: c.positions.theta,
     rope_theta: c.positions.theta,
     rope_scaling: ropeScalingJson(c.positions.scaling),
