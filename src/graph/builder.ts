@@ -293,6 +293,23 @@ export class Graph implements GraphIR {
     return this.one("Gemm", c ? [a, b, c] : [a, b], attrs, a.dtype, out)
   }
 
+  /**
+   * A Hugging Face Linear layer: x [..., in] times weight [out, in] transposed, plus bias
+   * [out]. 2-D inputs use one Gemm(transB); higher ranks use MatMul(x, Transpose(weight)),
+   * which onnxruntime fuses into one FusedMatMul (or folds, for a constant weight).
+   * (Flattening to 2-D and reshaping back with a run-time shape would trip onnxruntime
+   * 1.30's ReshapeFusion when another Reshape follows, e.g. when splitting heads.)
+   */
+  linear(x: Value, weight: Value, bias: Value | null = null): Value {
+    if (weight.rank !== 2) throw new ShapeError("linear", "weight must be [out, in]", [x.shape, weight.shape])
+    const inDim = weight.shape[1]
+    const xIn = x.shape[x.rank - 1]
+    if (typeof inDim === "number" && typeof xIn === "number" && xIn !== inDim) throw new ShapeError("linear", `input features ${xIn} differ from weight's ${inDim}`, [x.shape, weight.shape])
+    if (x.rank === 2) return this.gemm(x, weight, bias, { transB: true })
+    const y = this.matMul(x, this.transpose(weight, [1, 0]))
+    return bias ? this.add(y, bias) : y
+  }
+
   // ---------------------------------------------------------------- normalization / softmax
 
   softmax(x: Value, axis = -1): Value {

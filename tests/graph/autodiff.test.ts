@@ -15,6 +15,10 @@ const cases: Record<string, GradCase> = {
   "Gemm with broadcast C": { inputs: { a: { shape: [3, 4] }, b: { shape: [4, 2] }, c: { shape: [1, 2] } }, build: (g, x) => g.gemm(x.a, x.b, x.c, { alpha: 0.7, beta: 1.3 }) },
   "Gemm transA transB": { inputs: { a: { shape: [4, 3] }, b: { shape: [2, 4] }, c: { shape: [2] } }, build: (g, x) => g.gemm(x.a, x.b, x.c, { transA: true, transB: true, alpha: 1.5 }) },
   "Gemm transB": { inputs: { a: { shape: [3, 4] }, b: { shape: [2, 4] } }, build: (g, x) => g.gemm(x.a, x.b, null, { transB: true }) },
+  "linear (HF [out, in] weight, 3-D input, bias)": {
+    inputs: { x: { shape: [2, 3, 4], declared: ["B", "T", 4] }, w: { shape: [5, 4] }, b: { shape: [5] } },
+    build: (g, x) => g.reshape(g.linear(x.x, x.w, x.b), [2, 3, 5]),
+  },
   "Add broadcast": { inputs: { a: { shape: [2, 1, 3] }, b: { shape: [4, 1] } }, build: (g, x) => g.add(x.a, x.b) },
   "Sub broadcast": { inputs: { a: { shape: [3] }, b: { shape: [2, 1, 3] } }, build: (g, x) => g.sub(x.a, x.b) },
   "Mul broadcast": { inputs: { a: { shape: [2, 1, 3] }, b: { shape: [1, 4, 1] } }, build: (g, x) => g.mul(x.a, x.b) },

@@ -32,6 +32,7 @@ describe("shape inference", () => {
     expect(g.slice(h, [1], [100], [2]).shape).toEqual(["B", "T", 5])
     expect(g.gather(g.input("emb", "float32", [10, 4]), g.input("ids", "int64", ["B", "T"])).shape).toEqual(["B", "T", 4])
     expect(g.unsqueeze(g.input("m", "float32", ["T"]), [0, 2]).shape).toEqual([1, "T", 1])
+    expect(g.linear(x, g.input("lw", "float32", [5, 8])).shape).toEqual(["B", "T", 5])
   })
 
   it("names the op and the shapes when they do not fit", () => {
@@ -103,6 +104,19 @@ describe("built graphs run in onnxruntime-node", () => {
     g.outputAs("y", g.add(g.mul(x, g.cast(bf, "float32")), g.cast(hf, "float32")))
     const out = await runGraph(g, { x: tensor("float32", [2], [2, 2]) })
     expect(toNumbers(out.y)).toEqual([2.5, -4])
+  })
+
+  it("computes a Hugging Face linear layer ([out, in] weight) followed by a head split", async () => {
+    const g = new Graph()
+    const x = g.input("x", "float32", ["B", "T", 3])
+    const w = g.initializer("w", "float32", [4, 3], { kind: "inline", data: Float32Array.from([1, 0, 0, 0, 1, 0, 0, 0, 1, 1, 1, 1]) })
+    const b = g.constant("float32", [4], [0, 0, 0, 0.5])
+    const heads = g.reshape(g.linear(x, w, b), [0, 0, 2, 2])
+    expect(heads.shape).toEqual(["B", "T", 2, 2])
+    g.outputAs("y", heads)
+    const out = await runGraph(g, { x: tensor("float32", [1, 2, 3], [1, 2, 3, -1, 0, 2]) })
+    expect(out.y.dims).toEqual([1, 2, 2, 2])
+    close(toNumbers(out.y), [1, 2, 3, 6.5, -1, 0, 2, 1.5])
   })
 
   it("runs a Loop subgraph that reads an outer value, with carried and scan outputs", async () => {
