@@ -6,10 +6,10 @@
 // Chat format (no newlines, to keep sequences short for a tiny model; the end of every turn is the
 // eos token, so generation stops after one assistant turn):
 //   <|bos|><|system|>SYSTEM<|eos|><|user|>QUESTION<|eos|><|assistant|>ANSWER<|eos|>
-import { Template } from "@huggingface/jinja"
 import { Data, Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { renderChatTemplate } from "./chat-template.ts"
 
 export const specialTokens = {
   pad: "<|pad|>",
@@ -43,21 +43,18 @@ export const chatTemplate =
   "{% endfor %}" +
   "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
 
-const compiledChatTemplate = new Template(chatTemplate)
-
 export interface ChatTurn {
   readonly role: string
   readonly content: string
 }
 
-/** Renders messages with the chat template (the same Jinja source written to tokenizer_config.json). */
+/** Renders messages with `chatTemplate` as apply_chat_template does (src/text/chat-template.ts).
+ *  Synchronous for the generated corpus, where a rendering error (an unknown role, a late system
+ *  message) is a bug in the caller: it throws with the template's message. */
 export const renderChat = (messages: ReadonlyArray<ChatTurn>, addGenerationPrompt: boolean): string =>
-  compiledChatTemplate.render({
-    messages,
-    add_generation_prompt: addGenerationPrompt,
-    bos_token: specialTokens.bos,
-    eos_token: specialTokens.eos,
-  })
+  Effect.runSync(
+    renderChatTemplate(chatTemplate, messages, { bos_token: specialTokens.bos, eos_token: specialTokens.eos }, { addGenerationPrompt }, "tokenizer-builder chatTemplate"),
+  )
 
 // GPT-2's byte-to-unicode table: printable bytes map to themselves, the others (space, controls,
 // ...) to code points from 256 up, so every byte is one visible character and no token contains a

@@ -4,7 +4,9 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
+import { chatPromptIds } from "../../src/text/chat-template.ts"
 import { defaultCorpusOptions, generateCorpus } from "../../src/text/synthetic/corpus.ts"
+import { loadTokenizer } from "../../src/text/tokenizer.ts"
 import {
   buildTokenizer,
   chatTemplate,
@@ -168,6 +170,24 @@ describe("writeTokenizerFiles", () => {
       const loaded = new Tokenizer(json, config)
       const text = renderChat(corpus.train[0].messages, false)
       expect(loaded.encode(text).ids).toEqual(tokenizer.encode(text).ids)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it("the written directory loads with the project's tokenizer loader and chat template code", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pipe-tok-"))
+    try {
+      await Effect.runPromise(writeTokenizerFiles(dir, files))
+      const loaded = await Effect.runPromise(loadTokenizer(dir))
+      expect(loaded.vocabSize).toBe(files.vocabSize)
+      expect([loaded.bos?.id, loaded.eos?.id, loaded.pad?.id]).toEqual([files.specialTokenIds.bos, files.specialTokenIds.eos, files.specialTokenIds.pad])
+      expect([loaded.addsBos, loaded.addsEos]).toEqual([false, false])
+      for (const r of corpus.heldOutChat.slice(0, 20)) {
+        const ids = await Effect.runPromise(chatPromptIds(loaded, r.messages, { addGenerationPrompt: true }))
+        expect(ids).toEqual(tokenizer.encode(renderChat(r.messages, true)).ids)
+        expect(loaded.decode(ids)).toBe(renderChat(r.messages, true))
+      }
     } finally {
       fs.rmSync(dir, { recursive: true, force: true })
     }
