@@ -97,7 +97,6 @@ export const executeNode = (
     for (const [name, hash] of req.inputHashes) inputs[name] = yield* loadInput(store, node, name, hash)
 
     const workDir = store.workDir(req.key)
-    mkdirSync(workDir, { recursive: true })
     const metrics: Array<readonly [number, string, string, string, number | null, number, number]> = []
     const flushMetrics = () => {
       if (metrics.length === 0) return
@@ -113,7 +112,11 @@ export const executeNode = (
       key: req.key,
       device: req.device,
       seed: node.seed,
-      workDir,
+      // Created on first use: most stages never need one.
+      get workDir() {
+        mkdirSync(workDir, { recursive: true })
+        return workDir
+      },
       log,
       metric: (name, v, step) => {
         metrics.push([req.executionId, req.runId, node.name, name, step ?? null, v, Date.now()])
@@ -138,7 +141,7 @@ export const executeNode = (
     const fileLogger = Logger.make((o) => log(`[${o.logLevel}] ${Array.isArray(o.message) ? o.message.map(String).join(" ") : String(o.message)}`))
     const spec = node.stage.spec
     const retries = spec.transient ? (spec.retries ?? 2) : 0
-    log(`start ${node.name} key=${req.key} device=${JSON.stringify(req.device)} workDir=${workDir}`)
+    log(`start ${node.name} key=${req.key} device=${JSON.stringify(req.device)}`)
 
     let exit: Exit.Exit<unknown, unknown> | undefined
     for (let attempt = 0; ; attempt++) {

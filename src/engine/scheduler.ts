@@ -348,7 +348,9 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
 
     const dispatch = Effect.gen(function* () {
       const deferred: Array<number> = []
-      while (ready.size > 0) {
+      // Stop when no slot of any kind is free, so thousands of ready nodes are not rescanned per event.
+      const anySlotFree = () => freeJobs > 0 || [...gpuFree.values()].some((free) => free > 0)
+      while (ready.size > 0 && anySlotFree()) {
         const i = ready.pop()!
         const s = state[i]
         if (s.tag !== "ready") continue

@@ -62,8 +62,11 @@ export interface StageSpec<P extends ParamsSchema, I extends InputTypes, O exten
   readonly inputs: I
   readonly output: O
   readonly resources?: Resources
-  /** Errors worth retrying (network, a busy device): the run is retried up to `retries` times (default 2). */
-  readonly transient?: (error: E) => boolean
+  /**
+   * Errors worth retrying (network, a busy device): the run is retried up to `retries` times (default 2).
+   * Takes `unknown` so it does not pin the error type inferred from `run`: test with `instanceof` or `_tag`.
+   */
+  readonly transient?: (error: unknown) => boolean
   readonly retries?: number
   readonly run: (args: {
     readonly params: ParamsOf<P>

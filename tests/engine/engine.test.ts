@@ -95,6 +95,28 @@ describe("failures", () => {
   })
 })
 
+describe("scheduling", () => {
+  it("runs the longest remaining path first, spreads GPU nodes over the given GPUs, retries transient errors", async () => {
+    const s = await runApi(sb, "scheduling.ts", { jobs: 1, gpus: [0, 1] })
+    expect(s.status).toBe("succeeded")
+    const t = sb.traced()
+    // The chain's head (3 nodes to go) starts before the lone node declared ahead of it.
+    expect(t.indexOf("generate 1 2")).toBeLessThan(t.indexOf("generate 500 1"))
+    const gpuUse = t.filter((l) => l.startsWith("onGpu")).sort()
+    expect(gpuUse).toHaveLength(4)
+    expect(new Set(gpuUse)).toEqual(new Set(["onGpu 0", "onGpu 1"]))
+    // Two transient failures, then success: three attempts in one execution.
+    expect(t.filter((l) => l === "flaky")).toHaveLength(3)
+  })
+
+  it("without GPUs a GPU stage runs on the CPU; a non-transient error is not retried", async () => {
+    const s = await runApi(sb, "scheduling.ts", { overrides: ["flaky.permanent=true"] })
+    expect(sb.traced().filter((l) => l.startsWith("onGpu"))).toEqual(["onGpu cpu", "onGpu cpu", "onGpu cpu", "onGpu cpu"])
+    expect(sb.traced().filter((l) => l === "flaky")).toHaveLength(1)
+    expect(s.nodes.find((n) => n.name === "flaky")!.error).toBe("permanent failure")
+  })
+})
+
 describe("integrity", () => {
   const objectOf = (hash: string) => join(sb.cacheDir, "objects", hash.slice(0, 2), hash)
 

@@ -55,7 +55,7 @@ export const sandbox = (): Sandbox => {
 export const runApi = async (
   sb: Sandbox,
   file: string,
-  options: { overrides?: ReadonlyArray<string>; rerun?: ReadonlyArray<string>; failFast?: boolean; jobs?: number } = {},
+  options: { overrides?: ReadonlyArray<string>; rerun?: ReadonlyArray<string>; failFast?: boolean; jobs?: number; gpus?: ReadonlyArray<number> } = {},
 ) => {
   const saved = { ...process.env }
   Object.assign(process.env, sb.env)
