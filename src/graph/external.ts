@@ -21,8 +21,15 @@ export class ExternalDataError extends Error {
  * For a safetensors tensor: offset = 8 + headerLength + data_offsets[0], length = end - begin.
  */
 export const externalSource = (modelDir: string, file: string, offset: number, length: number): TensorSource => {
-  const dir = realpathSync(modelDir)
-  const real = realpathSync(file)
+  const resolve = (p: string, what: string) => {
+    try {
+      return realpathSync(p)
+    } catch (e) {
+      throw new ExternalDataError(`external data: cannot resolve the ${what} ${p}: ${e instanceof Error ? e.message : String(e)}`)
+    }
+  }
+  const dir = resolve(modelDir, "model directory")
+  const real = resolve(file, "weights file")
   const location = relative(dir, real)
   if (location.startsWith(`..${sep}`) || location === ".." || isAbsolute(location))
     throw new ExternalDataError(

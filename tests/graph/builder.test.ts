@@ -194,6 +194,7 @@ describe("external data", () => {
     const file = join(dir, "w.safetensors")
     const start = writeSafetensors(file, { w: Float32Array.from([1, 2, 3]) })
     expect(() => externalSource(join(dir, "model"), file, start, 12)).toThrow(/outside .*model: onnxruntime only reads external data under/)
+    expect(() => externalSource(dir, join(dir, "missing.safetensors"), 0, 4)).toThrow(/cannot resolve the weights file .*missing.safetensors/)
     // and onnxruntime itself rejects a location that escapes the model directory
     const g = new Graph()
     const x = g.input("x", "float32", [3])
