@@ -110,7 +110,7 @@ const cmdRun = async (args: Args): Promise<number> => {
       runsDir: runsDir(args),
       jobs: int(args, "--jobs", 1),
       gpus,
-      memoryMB: int(args, "--memory", Number.MAX_SAFE_INTEGER),
+      ...(one(args, "--memory") !== undefined ? { memoryMB: int(args, "--memory", 1) } : {}),
       failFast: args.flags.has("--fail-fast"),
       rerun,
       reporter,

@@ -5,7 +5,7 @@
 //   directory  external directories only (model checkpoints), entering by content hash
 // The `name` is part of the type, so wiring a "Metrics" output into a "Corpus" input does not compile.
 import type { Schema } from "effect"
-import type { Tensor } from "../models/safetensors.ts"
+import type { SafetensorsHeader, Tensor } from "../models/safetensors.ts"
 
 /** A stored file payload as a consumer sees it (read-only; do not modify the file). */
 export interface FileRef {
@@ -17,17 +17,25 @@ export interface FileRef {
 /** A stage producing a file payload returns the path of a file it wrote (best inside `ctx.workDir`) or its bytes. */
 export type FileOutput = { readonly path: string } | Uint8Array
 
-/** Tensors as a consumer sees them: decoded from the verified safetensors payload. */
+/**
+ * Tensors as a consumer sees them: the verified safetensors payload, its parsed header (names, dtypes,
+ * shapes, offsets) and a reader, so multi-GB weights are never loaded whole unless asked for. The file
+ * can also be handed to onnxruntime as external data by its path.
+ */
 export interface TensorsValue extends FileRef {
-  readonly tensors: ReadonlyMap<string, Tensor>
+  readonly header: SafetensorsHeader
   readonly metadata: Readonly<Record<string, string>>
+  /** Reads one tensor from the file (fails with a message naming the file and tensor if absent). */
+  readonly read: (name: string) => Tensor
 }
 
-/** What a stage producing tensors returns. */
-export interface TensorsOutput {
-  readonly tensors: ReadonlyMap<string, Tensor> | Readonly<Record<string, Tensor>>
-  readonly metadata?: Readonly<Record<string, string>>
-}
+/**
+ * What a stage producing tensors returns: the tensors (small and medium payloads), or the path of a
+ * safetensors file it wrote itself, e.g. with `writeFileStreamed` into `ctx.workDir` (large weights).
+ */
+export type TensorsOutput =
+  | { readonly tensors: ReadonlyMap<string, Tensor> | Readonly<Record<string, Tensor>>; readonly metadata?: Readonly<Record<string, string>> }
+  | { readonly path: string }
 
 export interface JsonArtifact<N extends string, T> {
   readonly _tag: "json"

@@ -3,7 +3,7 @@
 import { Cause, Effect, Exit, Logger, Schema } from "effect"
 import { appendFileSync, mkdirSync, rmSync } from "node:fs"
 import { dirname } from "node:path"
-import type { ArtifactType, TensorsOutput } from "./artifact.ts"
+import type { ArtifactType, TensorsOutput, TensorsValue } from "./artifact.ts"
 import { CorruptArtifact, NodeFailed, errorMessage } from "./errors.ts"
 import { canonicalJson, sha256 } from "./hash.ts"
 import type { PlanNode } from "./plan.ts"
@@ -45,16 +45,13 @@ const loadInput = (store: Store, node: PlanNode, name: string, hash: string) =>
       const input = node.inputs.find(([n]) => n === name)![1]
       if (input.kind === "external") return { path: input.path, hash, size: 0 }
       const type = node.stage.spec.inputs[name]
-      if (type._tag === "json") {
-        const { artifact } = store.readVerified(hash)
-        return Schema.decodeUnknownSync(type.schema)(JSON.parse(artifact.json!))
-      }
-      if (type._tag === "tensors") {
-        const { artifact, bytes } = store.readVerified(hash)
-        const contents = Effect.runSync(Safetensors.decode(bytes!, store.objectPath(hash)))
-        return { path: store.objectPath(hash), hash, size: artifact.size, tensors: contents.tensors, metadata: contents.metadata }
-      }
+      if (type._tag === "json") return Schema.decodeUnknownSync(type.schema)(JSON.parse(store.readJson(hash)))
       const { artifact, path } = store.verifiedPath(hash)
+      if (type._tag === "tensors") {
+        const header = Effect.runSync(Safetensors.readHeader(path))
+        const read = (tensor: string) => Effect.runSync(Safetensors.readTensor(header, tensor))
+        return { path, hash, size: artifact.size, header, metadata: header.metadata, read } satisfies TensorsValue
+      }
       return { path, hash, size: artifact.size }
     },
     catch: (e) =>
@@ -70,7 +67,10 @@ const publish = (store: Store, node: PlanNode, key: string, executionId: number,
     stored = { hash: sha256(json), size: Buffer.byteLength(json), json }
   } else if (type._tag === "tensors") {
     const out = value as TensorsOutput
-    stored = { ...store.putBytes(Effect.runSync(Safetensors.encode(out.tensors, out.metadata ?? {}))), json: null }
+    if ("path" in out) {
+      Effect.runSync(Safetensors.readHeader(out.path)) // a file the stage wrote must at least be valid safetensors
+      stored = { ...store.putFile(out.path), json: null }
+    } else stored = { ...store.putBytes(Effect.runSync(Safetensors.encode(out.tensors, out.metadata ?? {}))), json: null }
   } else if (value instanceof Uint8Array) {
     stored = { ...store.putBytes(value), json: null }
   } else {

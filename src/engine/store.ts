@@ -6,7 +6,7 @@
 // Everything here is synchronous: better-sqlite3 calls take microseconds, and a sync API keeps
 // transactions obvious. Callers wrap it in Effect where it matters.
 import Database from "better-sqlite3"
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeSync, copyFileSync, lstatSync } from "node:fs"
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, renameSync, rmSync, statSync, unlinkSync, writeSync, copyFileSync, lstatSync } from "node:fs"
 import { hostname } from "node:os"
 import { join, relative, resolve } from "node:path"
 import { CorruptArtifact, ExternalInputError } from "./errors.ts"
@@ -203,27 +203,14 @@ export class Store {
     rmSync(this.objectPath(hash), { force: true })
   }
 
-  /** Reads an artifact's payload bytes (or JSON text), verifying them against the hash. */
-  readVerified(hash: string): { readonly artifact: StoredArtifact; readonly bytes: Uint8Array | undefined } {
+  /** Reads a JSON artifact's text, verified against its hash. */
+  readJson(hash: string): string {
     const artifact = this.stmts.artifact.get(hash)
-    const corrupt = (why: string) => {
+    if (artifact?.json == null || sha256(artifact.json) !== hash) {
       this.invalidate(hash)
-      return new CorruptArtifact({ hash, message: `artifact ${hash.slice(0, 12)}: ${why}; it will be recomputed` })
+      throw new CorruptArtifact({ hash, message: `artifact ${hash.slice(0, 12)}: stored JSON is missing or does not match its hash; it will be recomputed` })
     }
-    if (artifact === undefined) throw corrupt("not in the cache")
-    if (artifact.kind === "json") {
-      if (artifact.json === null || sha256(artifact.json) !== hash) throw corrupt("stored JSON does not match its hash")
-      return { artifact, bytes: undefined }
-    }
-    let bytes: Uint8Array
-    try {
-      // A plain Uint8Array with its own buffer (a Buffer may be a view into a shared pool).
-      bytes = new Uint8Array(readFileSync(this.objectPath(hash)))
-    } catch {
-      throw corrupt("payload file is missing")
-    }
-    if (sha256(bytes) !== hash) throw corrupt(`payload file ${this.objectPath(hash)} does not match its hash`)
-    return { artifact, bytes }
+    return artifact.json
   }
 
   /** Verifies a file payload by streaming it (large weights are not read into memory) and returns its path. */

@@ -145,6 +145,19 @@ describe("integrity", () => {
     expect(sb.traced().slice(before)).toEqual(["render total"])
   })
 
+  it("a JSON value tampered with in SQLite is detected and recomputed", async () => {
+    const first = await runApi(sb, "chain.ts")
+    const sum = first.nodes.find((n) => n.name === "sum")!
+    const store = new Store(sb.cacheDir)
+    store.db.prepare("UPDATE artifacts SET json = ? WHERE hash = ?").run('{"count":10,"total":99}', sum.output)
+    store.close()
+    const before = sb.traced().length
+    // The cache-hit check rehashes inline JSON: sum recomputes to the true value; downstream stays cached.
+    const s = await runApi(sb, "chain.ts")
+    expect(sb.traced().slice(before)).toEqual(["sum 1"])
+    expect(s.nodes.find((n) => n.name === "sum")!.output).toBe(sum.output)
+  })
+
   it("leaves no temp files and removes work dirs after publishing", async () => {
     await runApi(sb, "chain.ts")
     expect(readdirSync(join(sb.cacheDir, "tmp"))).toEqual([])
