@@ -10,6 +10,8 @@ import { Store } from "./store.ts"
 // The scheduler died (SIGKILL, crash): stop rather than run on unsupervised. Nothing half-written is
 // published, and the next run resumes from this node's checkpoint directory.
 process.on("disconnect", () => process.exit(1))
+// Ctrl-C in a terminal reaches the whole process group: the scheduler decides, and stops us with SIGTERM.
+process.on("SIGINT", () => {})
 
 const send = (m: ChildMessage) => new Promise<void>((resolve) => process.send!(m, () => resolve()))
 

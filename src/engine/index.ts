@@ -1,11 +1,26 @@
 // The engine's public API, for the stage library (`stages/`) and pipeline files (`pipelines/`).
 //
-//   const corpus = external.file("data/questions.jsonl")
-//   const tokens = tokenize({ maxLength: 512 }, { text: corpus })
-//   const model = train({ lr: sweep([1e-3, 1e-4]), batchSize: 8 }, { tokens })
-//   export default pipeline("example", { model })
+// A stage (one file per stage kind in stages/):
 //
-// See tests/engine/fixtures/example.ts for a complete, runnable pipeline.
+//   export const Samples = Artifact.file("Samples")              // or Artifact.json(name, schema), Artifact.tensors(name)
+//   export const sample = stage({
+//     name: "sample", version: 1,                                  // bump version when results change
+//     params: Schema.Struct({ temperature: Schema.Number, n: Schema.Int, batchSize: Schema.Int }),
+//     unkeyed: ["batchSize"],                                      // params that do not change results
+//     inputs: { model: Directory, prompts: File },                 // artifact types; wiring is type-checked
+//     output: Samples,
+//     resources: { gpu: 1, memoryMB: 8000 },                       // gpu > 0 runs in a child process per node
+//     run: ({ params, inputs, ctx }) => Effect.gen(function* () { ... return { path } }),
+//   })
+//
+// A pipeline file (pipelines/*.ts) default-exports a pipeline built by calling stages:
+//
+//   const model = external.dir("models/tiny-llama")
+//   const samples = sample({ temperature: sweep([0.7, 1.0]), n: 8, batchSize: 16 }, { model, prompts: external.file("data/q.txt") })
+//   export default pipeline("blue", { samples })
+//
+// See tests/engine/fixtures/example.ts (sweeps, zip) and tests/engine/fixtures/stages.ts (JSON, file and
+// tensor outputs, a checkpointing stage in a child process, retries) for complete, runnable examples.
 export { Artifact, Directory, File } from "./artifact.ts"
 export type {
   ArtifactType,

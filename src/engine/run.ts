@@ -4,7 +4,7 @@ import { randomBytes } from "node:crypto"
 import { mkdirSync, writeFileSync } from "node:fs"
 import { totalmem } from "node:os"
 import { join, resolve } from "node:path"
-import type { ExternalInputError, ParamsError, PipelineError } from "./errors.ts"
+import { ParamsError, type ExternalInputError, type PipelineError } from "./errors.ts"
 import { childProcessExecutor, inProcessExecutor } from "./executor.ts"
 import { loadPipeline, plan, type Plan } from "./plan.ts"
 import type { Reporter } from "./progress.ts"
@@ -50,6 +50,12 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunSummary & { readon
     const { store } = cfg
     const overrides = cfg.overrides ?? []
     const p = yield* planFile(store, cfg.pipelineFile, overrides)
+    const names = new Set(p.nodes.flatMap((n) => [n.label, n.stage.spec.name]))
+    const unknown = (cfg.rerun ?? []).filter((r) => !names.has(r))
+    if (unknown.length > 0)
+      return yield* Effect.fail(
+        new ParamsError({ pipeline: cfg.pipelineFile, node: unknown[0], message: `${cfg.pipelineFile}: --rerun ${unknown[0]}: no node or stage of that name (names: ${[...names].join(", ")})` }),
+      )
     const runId = newRunId()
     const runDir = resolve(join(cfg.runsDir, runId))
     mkdirSync(join(runDir, "logs"), { recursive: true })

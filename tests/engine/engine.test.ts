@@ -220,6 +220,10 @@ describe("bad input", () => {
     expect(await planError("chain.ts", ["sum.nope=1"])).toContain('has no param "nope"')
   })
 
+  it("rejects --rerun of an unknown name", async () => {
+    await expect(runApi(sb, "chain.ts", { rerun: ["nope"] })).rejects.toThrow(/--rerun nope: no node or stage of that name/)
+  })
+
   it("explains unloadable pipeline files", async () => {
     expect(await planError("missing.ts")).toContain("no such pipeline file")
     expect(await planError("no-default.ts")).toContain("default export must be a pipeline")
