@@ -54,8 +54,13 @@ export interface RunRow {
   readonly summary: string | null
 }
 
-/** A claim whose heartbeat is older than this (or whose process on this host is gone) may be taken over. */
+/**
+ * When a claim may be taken over. On this host: when its process is gone (or silent for 10 minutes, in
+ * case its pid was reused), so a stage that blocks its event loop for a while is not computed twice.
+ * From another host sharing the cache directory: when its heartbeat is older than 15 s.
+ */
 export const CLAIM_STALE_MS = 15_000
+const CLAIM_STALE_LOCAL_MS = 600_000
 export const HEARTBEAT_MS = 2_000
 
 const SCHEMA = `
@@ -102,6 +107,9 @@ const fsyncPath = (path: string, flags = "r") => {
     closeSync(fd)
   }
 }
+
+const claimLive = (c: { pid: number; host: string; heartbeat_at: number }, now: number): boolean =>
+  c.host === hostname() ? pidAlive(c.pid) && now - c.heartbeat_at <= CLAIM_STALE_LOCAL_MS : now - c.heartbeat_at <= CLAIM_STALE_MS
 
 let tmpCounter = 0
 
@@ -293,8 +301,7 @@ export class Store {
       .transaction((): { ok: true } | { ok: false; owner: string } => {
         const now = Date.now()
         const row = this.stmts.claim.get(key)
-        const stale =
-          row !== undefined && (now - row.heartbeat_at > CLAIM_STALE_MS || (row.host === hostname() && !pidAlive(row.pid)))
+        const stale = row !== undefined && !claimLive(row, now)
         if (row !== undefined && row.owner !== owner && !stale) return { ok: false, owner: row.owner }
         this.stmts.putClaim.run(key, owner, process.pid, hostname(), now)
         return { ok: true }
@@ -316,7 +323,7 @@ export class Store {
 
   liveClaims(): number {
     const rows = this.db.prepare<[], { pid: number; host: string; heartbeat_at: number }>("SELECT pid, host, heartbeat_at FROM claims").all()
-    return rows.filter((r) => Date.now() - r.heartbeat_at <= CLAIM_STALE_MS && (r.host !== hostname() || pidAlive(r.pid))).length
+    return rows.filter((r) => claimLive(r, Date.now())).length
   }
 
   // ---- records -----------------------------------------------------------------------------------
