@@ -153,6 +153,11 @@ export class Store {
       external: this.db.prepare<[string], { size: number; mtime_ns: string; ino: string; hash: string }>(
         "SELECT size, mtime_ns, ino, hash FROM external_files WHERE path = ?",
       ),
+      startExecution: this.db.prepare(
+        `INSERT INTO executions (run_id, key, recipe, node, stage, version, source_hash, params, unkeyed_params, inputs, status, attempt, started_at, device, log_path)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)`,
+      ),
+      finishExecution: this.db.prepare("UPDATE executions SET status = ?, output = ?, error = ?, ended_at = ? WHERE id = ?"),
       putExternal: this.db.prepare("INSERT OR REPLACE INTO external_files (path, size, mtime_ns, ino, hash) VALUES (?, ?, ?, ?, ?)"),
     }
     this.cleanTemp()
@@ -347,17 +352,12 @@ export class Store {
   }
 
   startExecution(e: Omit<ExecutionRow, "id" | "output" | "ended_at" | "error" | "status" | "started_at">): number {
-    const r = this.db
-      .prepare(
-        `INSERT INTO executions (run_id, key, recipe, node, stage, version, source_hash, params, unkeyed_params, inputs, status, attempt, started_at, device, log_path)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)`,
-      )
-      .run(e.run_id, e.key, e.recipe, e.node, e.stage, e.version, e.source_hash, e.params, e.unkeyed_params, e.inputs, e.attempt, Date.now(), e.device, e.log_path)
+    const r = this.stmts.startExecution.run(e.run_id, e.key, e.recipe, e.node, e.stage, e.version, e.source_hash, e.params, e.unkeyed_params, e.inputs, e.attempt, Date.now(), e.device, e.log_path)
     return Number(r.lastInsertRowid)
   }
 
   finishExecution(id: number, status: string, output: string | null, error: string | null): void {
-    this.db.prepare("UPDATE executions SET status = ?, output = ?, error = ?, ended_at = ? WHERE id = ?").run(status, output, error, Date.now(), id)
+    this.stmts.finishExecution.run(status, output, error, Date.now(), id)
   }
 
   executionsOfRun(runId: string): ReadonlyArray<ExecutionRow> {

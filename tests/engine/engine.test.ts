@@ -88,6 +88,15 @@ describe("failures", () => {
     expect(by["lines[render.title=good,render.fail=false]"].status).toBe("succeeded")
   })
 
+  it("a child process killed mid-stage (as by the OOM killer) fails that node only", async () => {
+    const s = await runApi(sb, "crashing.ts")
+    const by = Object.fromEntries(s.nodes.map((n) => [n.name, n]))
+    expect(by["crash"].status).toBe("failed")
+    expect(by["crash"].error).toMatch(/child process exited with signal SIGKILL before publishing/)
+    expect(by["sum"].status).toBe("skipped")
+    expect(by["sum#2"].status).toBe("succeeded")
+  })
+
   it("--fail-fast stops scheduling after the first failure", async () => {
     const s = await runApi(sb, "failing.ts", { failFast: true })
     expect(s.counts.failed).toBe(1)
