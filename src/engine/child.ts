@@ -2,7 +2,7 @@
 // file, find the node by recipe, execute it against the shared cache directory, report, exit.
 import { Cause, Effect, Exit } from "effect"
 import { errorMessage } from "./errors.ts"
-import { executeNode } from "./execute.ts"
+import { executeNode, type ProgressEvent } from "./execute.ts"
 import type { ChildJob, ChildMessage } from "./executor.ts"
 import { loadPipeline, plan } from "./plan.ts"
 import { Store } from "./store.ts"
@@ -26,7 +26,15 @@ process.once("message", async (job: ChildJob) => {
     })
     const node = p.nodes.find((n) => n.recipe === job.request.recipe)
     if (node === undefined) throw new Error(`node ${job.request.recipe.slice(0, 12)} is not in ${job.pipelineFile} any more`)
-    const exit = await Effect.runPromiseExit(executeNode(store, node, job.request, (event) => void process.send!({ type: "progress", event })))
+    // Progress crosses IPC at most every 50 ms (a training loop may report thousands of steps a second).
+    let lastSent = 0
+    const onProgress = (event: ProgressEvent) => {
+      const now = Date.now()
+      if (event.total === undefined && now - lastSent < 50) return
+      lastSent = now
+      process.send!({ type: "progress", event } satisfies ChildMessage)
+    }
+    const exit = await Effect.runPromiseExit(executeNode(store, node, job.request, onProgress))
     store.close()
     if (Exit.isSuccess(exit)) message = { type: "done", published: exit.value }
     else {

@@ -1,5 +1,5 @@
 // The cache directory on its own: claims between runs, temp cleanup after a killed run, gc.
-import { existsSync, mkdirSync, utimesSync, writeFileSync } from "node:fs"
+import { existsSync, mkdirSync, renameSync, utimesSync, writeFileSync } from "node:fs"
 import { hostname } from "node:os"
 import { join } from "node:path"
 import { beforeEach, describe, expect, it } from "vitest"
@@ -29,6 +29,27 @@ describe("claims", () => {
     expect(store.claim("k3", "run-b")).toEqual({ ok: false, owner: "remote-run" }) // heartbeat fresh
     put.run("k4", "remote-run", 1, "other-host", Date.now() - 60_000)
     expect(store.claim("k4", "run-b")).toEqual({ ok: true }) // heartbeat stale
+    store.close()
+  })
+})
+
+describe("external inputs", () => {
+  it("a directory hashes over relative paths and contents: stable on touch, changed by an edit or a rename", () => {
+    const store = new Store(sb.cacheDir)
+    const model = join(sb.dir, "model")
+    mkdirSync(join(model, "sub"), { recursive: true })
+    writeFileSync(join(model, "config.json"), "{}")
+    writeFileSync(join(model, "sub", "weights.bin"), "abc")
+    const h1 = store.hashExternalDir(model)
+    const future = new Date(Date.now() + 60_000)
+    utimesSync(join(model, "config.json"), future, future)
+    expect(store.hashExternalDir(model)).toBe(h1)
+    writeFileSync(join(model, "sub", "weights.bin"), "abd")
+    const h2 = store.hashExternalDir(model)
+    expect(h2).not.toBe(h1)
+    renameSync(join(model, "sub", "weights.bin"), join(model, "sub", "w.bin"))
+    expect(store.hashExternalDir(model)).not.toBe(h2)
+    expect(() => store.hashExternalDir(join(sb.dir, "nope"))).toThrow(/is not a directory/)
     store.close()
   })
 })
