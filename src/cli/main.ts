@@ -18,6 +18,7 @@ commands:
       --rerun <name>           recompute nodes of this call or stage even when cached (repeatable)
       --jobs N                 CPU job slots (default 1)
       --gpus 0,1|none          GPUs to use (default: detected with nvidia-smi)
+      --gpu-slots N            GPU stages that may share one GPU at a time (default 1)
       --memory MB              memory budget for the stages' memory hints (default 80% of RAM)
       --fail-fast              stop at the first failure
       --plain                  plain log lines instead of progress bars
@@ -43,7 +44,7 @@ interface Args {
 }
 
 const FLAGS = new Set(["--dry-run", "--fail-fast", "--plain", "--help"])
-const OPTIONS = new Set(["--set", "--rerun", "--jobs", "--gpus", "--memory", "--cache-dir", "--runs-dir", "--limit"])
+const OPTIONS = new Set(["--set", "--rerun", "--jobs", "--gpus", "--gpu-slots", "--memory", "--cache-dir", "--runs-dir", "--limit"])
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
   const [command = "--help", ...rest] = argv
@@ -110,6 +111,7 @@ const cmdRun = async (args: Args): Promise<number> => {
       runsDir: runsDir(args),
       jobs: int(args, "--jobs", 1),
       gpus,
+      slotsPerGpu: int(args, "--gpu-slots", 1),
       ...(one(args, "--memory") !== undefined ? { memoryMB: int(args, "--memory", 1) } : {}),
       failFast: args.flags.has("--fail-fast"),
       rerun,

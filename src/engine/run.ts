@@ -33,6 +33,7 @@ export interface RunConfig {
   readonly runsDir: string
   readonly jobs?: number
   readonly gpus?: ReadonlyArray<number>
+  readonly slotsPerGpu?: number
   readonly memoryMB?: number
   readonly failFast?: boolean
   readonly rerun?: ReadonlyArray<string>
@@ -88,6 +89,7 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunSummary & { readon
       runDir,
       jobs: Math.max(1, cfg.jobs ?? 1),
       gpus: cfg.gpus ?? [],
+      slotsPerGpu: cfg.slotsPerGpu ?? 1,
       memoryMB: cfg.memoryMB ?? Math.floor((totalmem() / 2 ** 20) * 0.8),
       failFast: cfg.failFast ?? false,
       rerun: cfg.rerun ?? [],

@@ -248,7 +248,6 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
           params: JSON.stringify(n.keyParams),
           unkeyed_params: JSON.stringify(n.unkeyedParams),
           inputs: JSON.stringify(Object.fromEntries(hashes)),
-          attempt: 1,
           device: JSON.stringify(device),
           log_path: logPath,
         })

@@ -36,8 +36,11 @@ export interface StageContext {
 export interface Resources {
   /** CPU job slots taken (of `--jobs`); default 1. */
   readonly cpu?: number
-  /** GPUs wanted; a GPU stage gets one GPU slot when `--gpus` names (or detection finds) any, else it runs on the CPU. */
-  readonly gpu?: number
+  /**
+   * 1: the stage uses a GPU. It gets a GPU slot (one device) when `--gpus` names (or detection finds)
+   * any, else it runs on the CPU; either way in a child process unless `isolate` says otherwise.
+   */
+  readonly gpu?: 0 | 1
   /** Memory hint in MiB, counted against `--memory` so large stages do not start together. */
   readonly memoryMB?: number
   /**

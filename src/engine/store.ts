@@ -36,7 +36,6 @@ export interface ExecutionRow {
   readonly inputs: string
   readonly output: string | null
   readonly status: string
-  readonly attempt: number
   readonly started_at: number
   readonly ended_at: number | null
   readonly device: string
@@ -72,7 +71,7 @@ CREATE INDEX IF NOT EXISTS cache_by_hash ON cache(hash);
 CREATE TABLE IF NOT EXISTS executions (
   id INTEGER PRIMARY KEY, run_id TEXT NOT NULL, key TEXT NOT NULL, recipe TEXT NOT NULL, node TEXT NOT NULL,
   stage TEXT NOT NULL, version INTEGER NOT NULL, source_hash TEXT, params TEXT NOT NULL, unkeyed_params TEXT NOT NULL,
-  inputs TEXT NOT NULL, output TEXT, status TEXT NOT NULL, attempt INTEGER NOT NULL DEFAULT 1,
+  inputs TEXT NOT NULL, output TEXT, status TEXT NOT NULL,
   started_at INTEGER NOT NULL, ended_at INTEGER, device TEXT NOT NULL, error TEXT, log_path TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS executions_by_node ON executions(node, id);
 CREATE INDEX IF NOT EXISTS executions_by_key ON executions(key, id);
@@ -154,8 +153,8 @@ export class Store {
         "SELECT size, mtime_ns, ino, hash FROM external_files WHERE path = ?",
       ),
       startExecution: this.db.prepare(
-        `INSERT INTO executions (run_id, key, recipe, node, stage, version, source_hash, params, unkeyed_params, inputs, status, attempt, started_at, device, log_path)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?, ?)`,
+        `INSERT INTO executions (run_id, key, recipe, node, stage, version, source_hash, params, unkeyed_params, inputs, status, started_at, device, log_path)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?, ?)`,
       ),
       finishExecution: this.db.prepare("UPDATE executions SET status = ?, output = ?, error = ?, ended_at = ? WHERE id = ?"),
       putExternal: this.db.prepare("INSERT OR REPLACE INTO external_files (path, size, mtime_ns, ino, hash) VALUES (?, ?, ?, ?, ?)"),
@@ -352,7 +351,7 @@ export class Store {
   }
 
   startExecution(e: Omit<ExecutionRow, "id" | "output" | "ended_at" | "error" | "status" | "started_at">): number {
-    const r = this.stmts.startExecution.run(e.run_id, e.key, e.recipe, e.node, e.stage, e.version, e.source_hash, e.params, e.unkeyed_params, e.inputs, e.attempt, Date.now(), e.device, e.log_path)
+    const r = this.stmts.startExecution.run(e.run_id, e.key, e.recipe, e.node, e.stage, e.version, e.source_hash, e.params, e.unkeyed_params, e.inputs, Date.now(), e.device, e.log_path)
     return Number(r.lastInsertRowid)
   }
 
