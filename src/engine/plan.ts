@@ -15,7 +15,7 @@ import type { ArtifactType } from "./artifact.ts"
 import { ParamsError, PipelineError, errorMessage } from "./errors.ts"
 import { canonicalJson, hashJson, sha256 } from "./hash.ts"
 import type { AnyStage, Pipeline, Source, Template } from "./stage.ts"
-import { Sweep, isPipeline } from "./stage.ts"
+import { isPipeline, isSweep, type Sweep } from "./stage.ts"
 
 export type PlanInput =
   | { readonly kind: "node"; readonly node: number }
@@ -108,7 +108,7 @@ const sourceHash = (file: string | undefined): string | undefined => {
 }
 
 interface Instance {
-  readonly assignment: ReadonlyMap<number, number>
+  readonly assignment: ReadonlyMap<symbol, number>
   readonly node: number
 }
 
@@ -116,18 +116,19 @@ interface Instance {
 export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Plan => {
   const pname = `${file} (pipeline "${pipeline.name}")`
 
-  // Templates reachable from the targets; creation order is a topological order.
-  const templates = new Map<number, Template>()
+  // Templates reachable from the targets, inputs before the calls that use them.
+  const ordered: Array<Template> = []
+  const seen = new Set<Template>()
   const visit = (t: Template) => {
-    if (templates.has(t.id)) return
-    templates.set(t.id, t)
+    if (seen.has(t)) return
+    seen.add(t)
     for (const s of Object.values(t.inputs)) if (s._tag === "Node") visit(s.template)
+    ordered.push(t)
   }
   for (const n of pipeline.targets) visit(n.template)
-  const ordered = [...templates.values()].sort((a, b) => a.id - b.id)
 
   // Overrides.
-  const params = new Map<number, Record<string, unknown>>(ordered.map((t) => [t.id, { ...t.params }]))
+  const params = new Map<Template, Record<string, unknown>>(ordered.map((t) => [t, { ...t.params }]))
   for (const text of options.overrides ?? []) {
     const o = parseOverride(text, pname)
     const matches = ordered.filter((t) => t.label === o.label)
@@ -141,21 +142,21 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
       const fields = fieldNames(t.stage)
       if (fields !== undefined && !fields.includes(o.path[0]))
         throw new ParamsError({ pipeline: pname, node: o.label, message: `${pname}: --set ${text}: stage "${t.stage.spec.name}" has no param "${o.path[0]}" (params: ${fields.join(", ")})` })
-      params.set(t.id, setPath(params.get(t.id)!, o.path, o.value))
+      params.set(t, setPath(params.get(t)!, o.path, o.value))
     }
   }
 
   // Axis descriptions for display names.
-  const axisLabel = new Map<number, { template: number; text: (i: number) => string }>()
+  const axisLabel = new Map<symbol, { template: Template; text: (i: number) => string }>()
   for (const t of ordered) {
-    const byAxis = new Map<number, Array<[string, Sweep<unknown>]>>()
-    for (const [k, v] of Object.entries(params.get(t.id)!)) if (v instanceof Sweep) byAxis.set(v.axis, [...(byAxis.get(v.axis) ?? []), [k, v]])
+    const byAxis = new Map<symbol, Array<[string, Sweep<unknown>]>>()
+    for (const [k, v] of Object.entries(params.get(t)!)) if (isSweep(v)) byAxis.set(v.axis, [...(byAxis.get(v.axis) ?? []), [k, v]])
     for (const [axis, cols] of byAxis) {
       const len = cols[0][1].values.length
       if (cols.some(([, s]) => s.values.length !== len))
         throw new ParamsError({ pipeline: pname, node: t.label, message: `${pname}: node "${t.label}": zipped params have different lengths` })
       axisLabel.set(axis, {
-        template: t.id,
+        template: t,
         text: (i) => cols.map(([k, s]) => `${k}=${typeof s.values[i] === "string" ? s.values[i] : canonicalJson(s.values[i])}`).join(","),
       })
     }
@@ -163,22 +164,22 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
 
   const nodes: Array<PlanNode> = []
   const byRecipe = new Map<string, number>()
-  const instancesOf = new Map<number, ReadonlyArray<Instance>>()
+  const instancesOf = new Map<Template, ReadonlyArray<Instance>>()
   const usedNames = new Set<string>()
   const labelCount = new Map<string, number>()
 
   for (const t of ordered) {
     const stage = t.stage
     const spec = stage.spec
-    const raw = params.get(t.id)!
+    const raw = params.get(t)!
     const nth = (labelCount.get(t.label) ?? 0) + 1
     labelCount.set(t.label, nth)
     const baseLabel = nth === 1 ? t.label : `${t.label}#${nth}`
 
     // Join upstream instances on the axes they share, then cross with this call's own sweeps.
-    type Partial = { assignment: Map<number, number>; inputs: Array<readonly [string, PlanInput]> }
+    type Partial = { assignment: Map<symbol, number>; inputs: Array<readonly [string, PlanInput]> }
     let partials: Array<Partial> = [{ assignment: new Map(), inputs: [] }]
-    let axes = new Set<number>()
+    let axes = new Set<symbol>()
     for (const [name, source] of Object.entries(t.inputs) as Array<[string, Source<ArtifactType>]>) {
       const expected = spec.inputs[name]
       if (expected === undefined)
@@ -189,12 +190,16 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
         for (const p of partials) p.inputs.push([name, { kind: "external", path: resolve(source.path), hash, type: source.output }])
         continue
       }
-      const ups = instancesOf.get(source.template.id)!
+      const ups = instancesOf.get(source.template)!
       const upAxes = new Set(ups[0]?.assignment.keys() ?? [])
       const shared = [...axes].filter((a) => upAxes.has(a))
-      const sig = (m: ReadonlyMap<number, number>) => shared.map((a) => m.get(a)).join(",")
+      const sig = (m: ReadonlyMap<symbol, number>) => shared.map((a) => m.get(a)).join(",")
       const index = new Map<string, Array<Instance>>()
-      for (const u of ups) index.set(sig(u.assignment), [...(index.get(sig(u.assignment)) ?? []), u])
+      for (const u of ups) {
+        const bucket = index.get(sig(u.assignment))
+        if (bucket) bucket.push(u)
+        else index.set(sig(u.assignment), [u])
+      }
       const next: Array<Partial> = []
       for (const p of partials)
         for (const u of index.get(sig(p.assignment)) ?? [])
@@ -205,8 +210,8 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
     for (const name of Object.keys(spec.inputs))
       if (!(name in t.inputs))
         throw new ParamsError({ pipeline: pname, node: t.label, message: `${pname}: node "${t.label}": input "${name}" is not connected` })
-    const ownAxes = new Map<number, number>()
-    for (const v of Object.values(raw)) if (v instanceof Sweep) ownAxes.set(v.axis, v.values.length)
+    const ownAxes = new Map<symbol, number>()
+    for (const v of Object.values(raw)) if (isSweep(v)) ownAxes.set(v.axis, v.values.length)
     for (const [axis, len] of ownAxes) {
       const next: Array<Partial> = []
       for (const p of partials)
@@ -216,11 +221,10 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
 
     const instances: Array<Instance> = []
     for (const p of partials) {
-      const encoded = Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, v instanceof Sweep ? v.values[p.assignment.get(v.axis)!] : v]))
+      const encoded = Object.fromEntries(Object.entries(raw).map(([k, v]) => [k, isSweep(v) ? v.values[p.assignment.get(v.axis)!] : v]))
       const shown = [...p.assignment].map(([axis, i]) => {
           const a = axisLabel.get(axis)!
-          const owner = templates.get(a.template)!
-          return a.template === t.id ? a.text(i) : a.text(i).split(",").map((s) => `${owner.label}.${s}`).join(",")
+          return a.template === t ? a.text(i) : a.text(i).split(",").map((s) => `${a.template.label}.${s}`).join(",")
         })
       const name = shown.length > 0 ? `${baseLabel}[${shown.join(",")}]` : baseLabel
 
@@ -269,7 +273,7 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
       }
       instances.push({ assignment: p.assignment, node: index })
     }
-    instancesOf.set(t.id, instances)
+    instancesOf.set(t, instances)
   }
   return { pipeline: pipeline.name, file, nodes }
 }

@@ -89,21 +89,23 @@ export interface AnyStage {
 
 // ---- sweeps --------------------------------------------------------------------------------------
 
-let nextAxis = 0
-
 /** A param value that expands into one node instance per value. Values sharing an axis (`zip`) vary together. */
 export class Sweep<out T> {
   readonly _tag = "Sweep"
   constructor(
-    readonly axis: number,
+    /** Identity of the sweep axis; `zip` columns share one. */
+    readonly axis: symbol,
     readonly values: ReadonlyArray<T>,
   ) {}
 }
 
+/** By tag, not `instanceof`: a pipeline may reach the engine through another copy of this module. */
+export const isSweep = (u: unknown): u is Sweep<unknown> => typeof u === "object" && u !== null && (u as Sweep<unknown>)._tag === "Sweep"
+
 /** `lr: sweep([1e-3, 1e-4])`: one instance per value; several sweeps in a pipeline form their cartesian product. */
 export const sweep = <const T>(values: ReadonlyArray<T>): Sweep<T> => {
   if (values.length === 0) throw new Error("sweep([]) needs at least one value")
-  return new Sweep(nextAxis++, values)
+  return new Sweep(Symbol("sweep"), values)
 }
 
 /** `...zip({ lr: [1e-3, 1e-4], steps: [100, 200] })`: the columns vary together (2 instances, not 4). */
@@ -112,7 +114,7 @@ export const zip = <const R extends Readonly<Record<string, ReadonlyArray<unknow
 ): { [K in keyof R]: Sweep<R[K][number]> } => {
   const lengths = new Set(Object.values(columns).map((c) => c.length))
   if (lengths.size !== 1 || lengths.has(0)) throw new Error(`zip: columns must be non-empty and of equal length (got ${[...lengths].join(", ")})`)
-  const axis = nextAxis++
+  const axis = Symbol("zip")
   return Object.fromEntries(Object.entries(columns).map(([k, v]) => [k, new Sweep(axis, v)])) as never
 }
 
@@ -122,7 +124,6 @@ export type Sweepable<E> = { readonly [K in keyof E]: E[K] | Sweep<E[K]> }
 
 /** One call of a stage in a pipeline (before sweep expansion). */
 export interface Template {
-  readonly id: number
   readonly label: string
   readonly stage: AnyStage
   readonly params: Readonly<Record<string, unknown>>
@@ -176,8 +177,6 @@ export interface Stage<P extends ParamsSchema, I extends InputTypes, O extends A
   ): Node<O>
 }
 
-let nextTemplate = 0
-
 const callerFile = (): string | undefined => {
   // Line 0 is "Error", 1 is callerFile, 2 is stage(), 3 is the module declaring the stage.
   const line = new Error().stack?.split("\n")[3] ?? ""
@@ -206,7 +205,7 @@ export const stage = <P extends ParamsSchema, const I extends InputTypes, O exte
   const self = ((params: Record<string, unknown>, inputs?: Record<string, Source<ArtifactType>>, options?: CallOptions): Node<O> => ({
     _tag: "Node",
     output: spec.output,
-    template: { id: nextTemplate++, label: options?.name ?? spec.name, stage: self, params, inputs: inputs ?? {} },
+    template: { label: options?.name ?? spec.name, stage: self, params, inputs: inputs ?? {} },
   })) as unknown as Stage<P, I, O, E>
   Object.assign(self, { spec, sourceFile })
   return self
