@@ -499,7 +499,9 @@ export const float16ToFloat32 = (bits: Uint16Array): Float32Array => {
   return out
 }
 
-const copyAligned = (data: Uint8Array): ArrayBuffer => data.slice().buffer as ArrayBuffer
+// Uint8Array.prototype.slice always copies; a Node Buffer's own slice() is a view into a
+// shared pool, whose .buffer is neither aligned nor this tensor's bytes alone.
+const copyAligned = (data: Uint8Array): ArrayBuffer => Uint8Array.prototype.slice.call(data).buffer as ArrayBuffer
 
 /** Converts any numeric tensor to float64 values (row-major). 64-bit integers beyond 2^53 lose precision. */
 export const toFloat64 = (t: Tensor): Float64Array => {

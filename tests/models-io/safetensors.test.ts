@@ -159,6 +159,15 @@ describe("safetensors encode / write", () => {
     expect(fs.readdirSync(dir)).toEqual(["m.safetensors"])
   })
 
+  it("converts tensors decoded from a Node Buffer (a view into a shared pool), not the pool's bytes", () => {
+    const bytes = Effect.runSync(encode({ a: fromNumbers([1, 2, 3], "F32", [3]), h: fromNumbers([0.5, -2], "F16", [2]) }))
+    // Buffer.from copies into Node's shared allocation pool, so its .buffer holds other bytes too.
+    const pooled = Buffer.from(bytes)
+    const c = Effect.runSync(decode(pooled, "pooled.safetensors"))
+    expect(Array.from(toFloat32(c.tensors.get("a")!))).toEqual([1, 2, 3])
+    expect(Array.from(toFloat32(c.tensors.get("h")!))).toEqual([0.5, -2])
+  })
+
   it("streams tensors chunk by chunk and refuses a producer that yields the wrong byte count", () => {
     const dir = tmp()
     const file = path.join(dir, "s.safetensors")
