@@ -1,0 +1,19 @@
+// Trains the embedded default model `models/tiny-chat/` from scratch on the synthetic chat corpus:
+// corpus -> tokenizer -> random Llama -> full-parameter training.
+//   npx tsx src/cli/main.ts run pipelines/tiny-chat.ts
+import { pipeline } from "../src/engine/index.ts"
+import { defaultCorpusOptions } from "../src/text/synthetic/corpus.ts"
+import { chatCorpus } from "../stages/tiny-chat/corpus.ts"
+import { initLlama } from "../stages/tiny-chat/init.ts"
+import { chatTokenizer } from "../stages/tiny-chat/tokenizer.ts"
+import { trainLm } from "../stages/tiny-chat/train-lm.ts"
+
+const corpus = chatCorpus(defaultCorpusOptions)
+const tokenizer = chatTokenizer({ vocabSize: 1024, modelMaxLength: 128 }, { corpus })
+const init = initLlama({ hiddenSize: 128, numLayers: 4, numHeads: 4, intermediateSize: 384, maxPositions: 128, tiedEmbeddings: true, std: 0.02, seed: 0 }, { tokenizer })
+const model = trainLm(
+  { epochs: 60, batchSize: 32, lr: 3e-3, warmupSteps: 50, minLrRatio: 0.05, weightDecay: 0.01, maxGradNorm: 1, maxLength: 128, seed: 0, checkpointEvery: 20, threads: 0 },
+  { corpus, tokenizer, init },
+)
+
+export default pipeline("tiny-chat", { model })
