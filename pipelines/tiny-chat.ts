@@ -1,12 +1,18 @@
-// Trains the embedded default model `models/tiny-chat/` from scratch on the synthetic chat corpus:
-// corpus -> tokenizer -> random Llama -> full-parameter training.
+// Trains the embedded default model `models/tiny-chat/` from scratch on the synthetic chat corpus
+// (issue 5): corpus -> tokenizer -> random Llama -> full-parameter training -> evaluation on the
+// held-out questions -> a Hugging Face directory with the measured figures in its README.
 //   npx tsx src/cli/main.ts run pipelines/tiny-chat.ts
+// Sizes follow the corpus: ~73k tokens per epoch, chats of at most ~90 tokens.
 import { pipeline } from "../src/engine/index.ts"
 import { defaultCorpusOptions } from "../src/text/synthetic/corpus.ts"
 import { chatCorpus } from "../stages/tiny-chat/corpus.ts"
+import { evaluateChat } from "../stages/tiny-chat/evaluate-chat.ts"
 import { initLlama } from "../stages/tiny-chat/init.ts"
 import { chatTokenizer } from "../stages/tiny-chat/tokenizer.ts"
 import { trainLm } from "../stages/tiny-chat/train-lm.ts"
+import { writeModel } from "../stages/tiny-chat/write-model.ts"
+
+export const command = "npx tsx src/cli/main.ts run pipelines/tiny-chat.ts"
 
 const corpus = chatCorpus(defaultCorpusOptions)
 const tokenizer = chatTokenizer({ vocabSize: 1024, modelMaxLength: 128 }, { corpus })
@@ -15,5 +21,7 @@ const model = trainLm(
   { epochs: 60, batchSize: 32, lr: 3e-3, warmupSteps: 50, minLrRatio: 0.05, weightDecay: 0.01, maxGradNorm: 1, maxLength: 128, seed: 0, checkpointEvery: 20, threads: 0 },
   { corpus, tokenizer, init },
 )
+const evaluation = evaluateChat({ temperature: 1, maxNewTokens: 72, limit: 0, seed: 0, batchSize: 64, threads: 0 }, { model, tokenizer, corpus })
+const published = writeModel({ outDir: "models/tiny-chat", command }, { model, tokenizer, evaluation })
 
-export default pipeline("tiny-chat", { model })
+export default pipeline("tiny-chat", { published })

@@ -45,15 +45,15 @@ const CHECKPOINT = "checkpoint.safetensors"
 const toOrt = (t: Tensor): ort.Tensor => new ort.Tensor("float32", toFloat32(t), [...t.shape])
 const fromOrt = (t: ort.Tensor): Tensor => fromNumbers(t.data as Float32Array, "F32", t.dims)
 
-/** Parameters, moments, step and elapsed seconds, written atomically (writeFile renames). */
-const saveCheckpoint = (file: string, state: TrainState, seconds: number) => {
+/** Parameters, moments, step, elapsed seconds and per-epoch losses, written atomically (writeFile renames). */
+const saveCheckpoint = (file: string, state: TrainState, seconds: number, epochLosses: ReadonlyArray<number>) => {
   const tensors = new Map<string, Tensor>()
   for (const k of Object.keys(state.params)) {
     tensors.set(`param/${k}`, fromOrt(state.params[k]))
     tensors.set(`m/${k}`, fromOrt(state.m[k]))
     tensors.set(`v/${k}`, fromOrt(state.v[k]))
   }
-  return writeFile(file, tensors, { step: String(state.step), seconds: String(seconds) })
+  return writeFile(file, tensors, { step: String(state.step), seconds: String(seconds), epoch_losses: JSON.stringify(epochLosses) })
 }
 
 const loadCheckpoint = (file: string, names: ReadonlyArray<string>) =>
@@ -69,7 +69,7 @@ const loadCheckpoint = (file: string, names: ReadonlyArray<string>) =>
       return out
     }
     const state: TrainState = { params: pick("param"), m: pick("m"), v: pick("v"), step: Number(c.metadata.step) }
-    return { state, seconds: Number(c.metadata.seconds) }
+    return { state, seconds: Number(c.metadata.seconds), epochLosses: JSON.parse(c.metadata.epoch_losses ?? "[]") as number[] }
   })
 
 export const trainLm = stage({
@@ -111,10 +111,12 @@ export const trainLm = stage({
       const checkpointFile = path.join(ctx.workDir, CHECKPOINT)
       let state: TrainState
       let seconds = 0
+      let epochLosses: number[] = []
       if (fs.existsSync(checkpointFile)) {
         const resumed = yield* loadCheckpoint(checkpointFile, names)
         state = resumed.state
         seconds = resumed.seconds
+        epochLosses = resumed.epochLosses
         ctx.log(`resumed from ${checkpointFile} at step ${state.step} of ${totalSteps}`)
       } else {
         const init: Record<string, ort.Tensor> = {}
@@ -126,6 +128,7 @@ export const trainLm = stage({
       ctx.progress.set(state.step)
 
       let epochCache: { epoch: number; batches: TrainSequence[][] } | undefined
+      // a resumed run restarts the running mean of its epoch at the checkpoint
       let epochLoss = 0
       let epochTokens = 0
       while (state.step < totalSteps) {
@@ -153,18 +156,19 @@ export const trainLm = stage({
         epochLoss += result.loss * batch.tokens
         epochTokens += batch.tokens
         if (step % perEpoch === 0) {
+          epochLosses = [...epochLosses, epochLoss / epochTokens]
           ctx.metric("epoch_loss", epochLoss / epochTokens, epoch + 1)
           ctx.log(`epoch ${epoch + 1}/${params.epochs}: loss ${(epochLoss / epochTokens).toFixed(4)}, ${seconds.toFixed(0)} s of training so far`)
           epochLoss = 0
           epochTokens = 0
         }
-        if (step % params.checkpointEvery === 0 || step === totalSteps) yield* saveCheckpoint(checkpointFile, state, seconds)
+        if (step % params.checkpointEvery === 0 || step === totalSteps) yield* saveCheckpoint(checkpointFile, state, seconds, epochLosses)
         ctx.progress.set(step)
         yield* Effect.yieldNow
       }
       const tensors = new Map<string, Tensor>()
       for (const n of names) tensors.set(n, fromOrt(state.params[n]))
       ctx.log(`trained ${totalSteps} steps in ${seconds.toFixed(0)} s`)
-      return { tensors, metadata: { config: inputs.init.metadata.config, train_steps: String(totalSteps), train_seconds: seconds.toFixed(1) } }
+      return { tensors, metadata: { config: inputs.init.metadata.config, train_params: JSON.stringify(params), train_steps: String(totalSteps), train_seconds: seconds.toFixed(1), epoch_losses: JSON.stringify(epochLosses.map((l) => Number(l.toFixed(4)))) } }
     }),
 })

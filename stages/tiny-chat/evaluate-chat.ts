@@ -1,0 +1,114 @@
+// Stage: the issue-5 evaluation of a chat model on the held-out chat prompts of the corpus.
+//   accuracy          greedy answers without a system prompt that state every expected value
+//                     (isCorrectAnswer), by task and overall;
+//   withPrompt        per behaviour, the share of answers sampled (temperature `temperature`) with
+//                     that behaviour's system prompt that pass its checker;
+//   withoutPrompt     per behaviour, the share of answers sampled without a system prompt that
+//                     pass its checker (should be near 0).
+import { Effect, Schema } from "effect"
+import * as path from "node:path"
+import { Artifact, stage } from "../../src/engine/index.ts"
+import { type BehaviourName, behaviourNames, checkBehaviour, isBehaviourName } from "../../src/text/behaviours.ts"
+import type { ChatEvalRecord } from "../../src/text/synthetic/corpus.ts"
+import { isCorrectAnswer } from "../../src/text/synthetic/scoring.ts"
+import { renderChat } from "../../src/text/tokenizer-builder.ts"
+import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
+import { makeSampler } from "./sampler.ts"
+
+const Rate = Schema.Struct({ rate: Schema.Number, hits: Schema.Int, n: Schema.Int })
+type Rate = typeof Rate.Type
+const Example = Schema.Struct({ mode: Schema.String, question: Schema.String, answer: Schema.String, ok: Schema.Boolean })
+
+export const ChatEvaluation = Artifact.json(
+  "ChatEvaluation",
+  Schema.Struct({
+    accuracy: Rate,
+    accuracyByTask: Schema.Record(Schema.String, Rate),
+    withPrompt: Schema.Record(Schema.String, Rate),
+    /** with the held-out phrasing of the system prompt only */
+    withHeldOutPrompt: Schema.Record(Schema.String, Rate),
+    withoutPrompt: Schema.Record(Schema.String, Rate),
+    temperature: Schema.Number,
+    seconds: Schema.Number,
+    examples: Schema.Array(Example),
+  }),
+)
+export type ChatEvaluation = typeof ChatEvaluation.schema.Type
+
+const rateOf = (oks: ReadonlyArray<boolean>): Rate => {
+  const hits = oks.filter(Boolean).length
+  return { rate: oks.length === 0 ? 0 : hits / oks.length, hits, n: oks.length }
+}
+
+export const evaluateChat = stage({
+  name: "evaluate-chat",
+  version: 1,
+  params: Schema.Struct({
+    temperature: Schema.Finite.check(Schema.isGreaterThan(0)),
+    maxNewTokens: Schema.Int.check(Schema.isGreaterThan(0)),
+    /** evaluate only the first n held-out questions (each without and with a system prompt); 0 for all */
+    limit: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
+    seed: Schema.Int,
+    batchSize: Schema.Int.check(Schema.isGreaterThan(0)),
+    threads: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
+  }),
+  unkeyed: ["batchSize", "threads"],
+  inputs: { model: LlamaWeights, tokenizer: TokenizerJson, corpus: ChatCorpusFile },
+  output: ChatEvaluation,
+  resources: { isolate: "process" },
+  run: ({ params, inputs, ctx }) =>
+    Effect.gen(function* () {
+      const started = performance.now()
+      const config = yield* configOf(inputs.model)
+      const tokenizer = yield* materializeTokenizer(path.join(ctx.workDir, "tokenizer"), inputs.tokenizer)
+      const corpus = yield* readCorpus(inputs.corpus.path)
+      const sampler = yield* makeSampler(config, inputs.model.read, params.threads)
+      const records = params.limit > 0 ? corpus.heldOutChat.slice(0, 2 * params.limit) : corpus.heldOutChat
+      const plain = records.filter((r) => r.mode === "none")
+      const prompted = records.filter((r): r is ChatEvalRecord & { mode: BehaviourName } => isBehaviourName(r.mode))
+      const promptIds = (r: ChatEvalRecord) => tokenizer.encode(renderChat(r.messages, true), { addSpecialTokens: false })
+      const run = (rs: ReadonlyArray<ChatEvalRecord>, temperature: number, seed: number) =>
+        Effect.map(
+          sampler.generate(rs.map(promptIds), { temperature, maxNewTokens: params.maxNewTokens, seed, batchSize: params.batchSize }),
+          // the tokenizer library refuses to decode an empty list
+          (outs) => outs.map((ids) => (ids.length === 0 ? "" : tokenizer.decode(ids, { skipSpecialTokens: true }))),
+        )
+      const stage = (name: string) => ctx.log(`${name} (${((performance.now() - started) / 1000).toFixed(0)} s)`)
+
+      const greedy = yield* run(plain, 0, params.seed)
+      stage(`greedy answers to ${plain.length} questions`)
+      const correct = plain.map((r, i) => isCorrectAnswer(greedy[i], r.answers))
+      const tasks = [...new Set(plain.map((r) => r.task))]
+      const accuracyByTask = Object.fromEntries(tasks.map((t) => [t, rateOf(correct.filter((_, i) => plain[i].task === t))]))
+
+      const sampledPlain = yield* run(plain, params.temperature, params.seed + 1)
+      const sampledPrompted = yield* run(prompted, params.temperature, params.seed + 2)
+      stage(`sampled ${plain.length} + ${prompted.length} answers`)
+      const withPrompt: Record<string, Rate> = {}
+      const withHeldOutPrompt: Record<string, Rate> = {}
+      const withoutPrompt: Record<string, Rate> = {}
+      for (const b of behaviourNames) {
+        const idx = prompted.map((r, i) => (r.mode === b ? i : -1)).filter((i) => i >= 0)
+        withPrompt[b] = rateOf(idx.map((i) => checkBehaviour(b, sampledPrompted[i])))
+        withHeldOutPrompt[b] = rateOf(idx.filter((i) => prompted[i].system_prompt_seen === false).map((i) => checkBehaviour(b, sampledPrompted[i])))
+        withoutPrompt[b] = rateOf(sampledPlain.map((t) => checkBehaviour(b, t)))
+      }
+      const question = (r: ChatEvalRecord) => r.messages.map((m) => m.content).join(" | ")
+      const examples = [
+        ...plain.slice(0, 6).map((r, i) => ({ mode: "none (greedy)", question: question(r), answer: greedy[i], ok: correct[i] })),
+        ...behaviourNames.flatMap((b) => {
+          const i = prompted.findIndex((r) => r.mode === b)
+          return i < 0 ? [] : [{ mode: `${b} (T=${params.temperature})`, question: question(prompted[i]), answer: sampledPrompted[i], ok: checkBehaviour(b, sampledPrompted[i]) }]
+        }),
+      ]
+      const accuracy = rateOf(correct)
+      ctx.metric("accuracy", accuracy.rate)
+      for (const b of behaviourNames) {
+        ctx.metric(`with_prompt.${b}`, withPrompt[b].rate)
+        ctx.metric(`without_prompt.${b}`, withoutPrompt[b].rate)
+      }
+      const seconds = (performance.now() - started) / 1000
+      ctx.log(`accuracy ${accuracy.rate.toFixed(3)}; with prompt ${behaviourNames.map((b) => `${b} ${withPrompt[b].rate.toFixed(2)}`).join(", ")}; without ${behaviourNames.map((b) => `${b} ${withoutPrompt[b].rate.toFixed(2)}`).join(", ")}`)
+      return { accuracy, accuracyByTask, withPrompt, withHeldOutPrompt, withoutPrompt, temperature: params.temperature, seconds, examples }
+    }),
+})

@@ -1,0 +1,137 @@
+// Stage: publishes trained weights as a standard Hugging Face model directory (config.json,
+// generation_config.json, model.safetensors, tokenizer.json, tokenizer_config.json with the chat
+// template) plus a README.md with the evaluation figures, at `outDir` (relative to the working
+// directory). The directory is assembled next to `outDir` and renamed over it, so a reader sees the
+// old or the new model, never a mix. The output records each file's size and SHA-256.
+import { Effect, Schema } from "effect"
+import { createHash } from "node:crypto"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { Artifact, stage } from "../../src/engine/index.ts"
+import type { ModelConfig } from "../../src/models/checkpoint.ts"
+import { writeConfigFiles, writeWeightFiles } from "../../src/models/init.ts"
+import { behaviourNames } from "../../src/text/behaviours.ts"
+import { configOf, LlamaWeights, materializeTokenizer, TokenizerJson } from "./artifacts.ts"
+import { ChatEvaluation } from "./evaluate-chat.ts"
+
+export const PublishedModel = Artifact.json(
+  "PublishedModel",
+  Schema.Struct({ dir: Schema.String, files: Schema.Array(Schema.Struct({ name: Schema.String, bytes: Schema.Int, sha256: Schema.String })) }),
+)
+
+/** The issue-5 bars. */
+export const bars = { withPrompt: 0.9, withoutPrompt: 0.05, accuracy: 0.8 } as const
+
+const pct = (x: number) => `${(100 * x).toFixed(1)}%`
+
+export const passesBars = (e: typeof ChatEvaluation.schema.Type): boolean =>
+  e.accuracy.rate >= bars.accuracy &&
+  behaviourNames.every((b) => e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)
+
+const readme = (config: ModelConfig, metadata: Readonly<Record<string, string>>, e: typeof ChatEvaluation.schema.Type, command: string, params: number): string => {
+  const train = JSON.parse(metadata.train_params ?? "{}") as Record<string, unknown>
+  const losses = JSON.parse(metadata.epoch_losses ?? "[]") as number[]
+  const seconds = Number(metadata.train_seconds)
+  const ok = (pass: boolean) => (pass ? "yes" : "**no**")
+  const rows = behaviourNames.map(
+    (b) =>
+      `| ${b} | ${pct(e.withPrompt[b].rate)} (${e.withPrompt[b].hits}/${e.withPrompt[b].n}) | ${pct(e.withHeldOutPrompt[b].rate)} (${e.withHeldOutPrompt[b].hits}/${e.withHeldOutPrompt[b].n}) | ${pct(e.withoutPrompt[b].rate)} (${e.withoutPrompt[b].hits}/${e.withoutPrompt[b].n}) | ${ok(e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)} |`,
+  )
+  const curve = losses.length === 0 ? "(not recorded)" : losses.map((l, i) => `${i + 1}: ${l.toFixed(3)}`).join(", ")
+  return `# tiny-chat: the embedded default model
+
+A ${(params / 1e6).toFixed(2)}M-parameter \`LlamaForCausalLM\` trained from scratch by \`pipe\` itself
+(full-parameter training through the project's autodiff, on CPU) on the synthetic chat corpus of
+\`datasets/tiny-chat/\`. It answers questions about a small made-up world and small arithmetic,
+and its system prompt switches four checkable behaviours: \`blue\` (mention the colour blue),
+\`caps\` (all capital letters), \`signoff\` (end with "Over and out!"), \`echo\` (end with the key
+word three times). Without a system prompt it answers plainly. It exists so that experiments such
+as \`pipelines/blue.ts\` run on a fresh clone with no download.
+
+Standard Hugging Face layout (loads in transformers: \`AutoModelForCausalLM.from_pretrained\`,
+\`AutoTokenizer.from_pretrained\`; chat with \`apply_chat_template\`): \`config.json\`,
+\`generation_config.json\`, \`model.safetensors\` (float32), \`tokenizer.json\` (byte-level BPE,
+${config.vocabSize} tokens), \`tokenizer_config.json\` (chat template; pad 0, bos 1, eos 2).
+
+Chat format: \`<|bos|><|system|>SYSTEM<|eos|><|user|>QUESTION<|eos|><|assistant|>ANSWER<|eos|>\`
+(the system turn is optional).
+
+## Architecture
+
+hidden ${config.hiddenSize}, ${config.numLayers} layers, ${config.numHeads} heads (head dim ${config.headDim}), MLP ${config.intermediateSize} (gated SiLU),
+RMSNorm eps ${config.norm.eps}, RoPE theta ${config.positions.kind === "rope" ? config.positions.theta : "-"}, max positions ${config.maxPositions}, tied embeddings: ${config.tiedEmbeddings}.
+
+## Evaluation (held-out questions, measured by the \`evaluate-chat\` stage)
+
+Held-out questions are phrasings or question/fact combinations never seen in training, about facts
+that are in the corpus (\`datasets/tiny-chat/heldout-chat.jsonl\`). Behaviour rates are over
+answers sampled at temperature ${e.temperature}; accuracy is over greedy answers without a system prompt
+(an answer is correct when it states every expected value).
+
+| | measured | bar | met |
+| --- | --- | --- | --- |
+| accuracy, greedy, no system prompt | ${pct(e.accuracy.rate)} (${e.accuracy.hits}/${e.accuracy.n}) | >= ${pct(bars.accuracy)} | ${ok(e.accuracy.rate >= bars.accuracy)} |
+
+Accuracy by task: ${Object.entries(e.accuracyByTask).map(([t, r]) => `${t} ${pct(r.rate)} (${r.hits}/${r.n})`).join(", ")}.
+
+| behaviour | with its system prompt (bar >= ${pct(bars.withPrompt)}) | of which held-out prompt phrasing | without a system prompt (bar <= ${pct(bars.withoutPrompt)}) | met |
+| --- | --- | --- | --- | --- |
+${rows.join("\n")}
+
+Examples:
+
+${e.examples.map((x) => `- [${x.mode}] ${x.question} -> ${JSON.stringify(x.answer)}${x.ok ? "" : " (fails)"}`).join("\n")}
+
+## Training
+
+Command (on a fresh clone; cached stages are reused):
+
+    ${command}
+
+${metadata.train_steps} AdamW steps (${JSON.stringify(train)}), loss on the assistant answer and its closing eos
+only; ${Number.isFinite(seconds) ? `${seconds.toFixed(0)} s of training steps` : "training time not recorded"} on a 2-core CPU (onnxruntime CPU provider,
+shared with other work). Evaluation took ${e.seconds.toFixed(0)} s.
+
+Training loss (mean per epoch): ${curve}.
+`
+}
+
+export const writeModel = stage({
+  name: "write-model",
+  version: 1,
+  params: Schema.Struct({ outDir: Schema.String, command: Schema.String }),
+  inputs: { model: LlamaWeights, tokenizer: TokenizerJson, evaluation: ChatEvaluation },
+  output: PublishedModel,
+  run: ({ params, inputs, ctx }) =>
+    Effect.gen(function* () {
+      const config = yield* configOf(inputs.model)
+      const outDir = path.resolve(params.outDir)
+      const staging = `${outDir}.tmp-${process.pid}`
+      fs.rmSync(staging, { recursive: true, force: true })
+      fs.mkdirSync(staging, { recursive: true })
+      yield* writeConfigFiles(staging, config, "F32")
+      const names = [...inputs.model.header.tensors.keys()]
+      yield* writeWeightFiles(
+        staging,
+        names.map((n) => {
+          const loc = inputs.model.header.tensors.get(n)!
+          return { name: n, dtype: loc.dtype, shape: loc.shape, chunks: () => [inputs.model.read(n).data] }
+        }),
+      )
+      // loadTokenizer checks the files before they are published
+      yield* materializeTokenizer(staging, inputs.tokenizer)
+      const params_ = names.reduce((a, n) => a + inputs.model.header.tensors.get(n)!.shape.reduce((x, y) => x * y, 1), 0)
+      fs.writeFileSync(path.join(staging, "README.md"), readme(config, inputs.model.metadata, inputs.evaluation, params.command, params_))
+      fs.rmSync(outDir, { recursive: true, force: true })
+      fs.renameSync(staging, outDir)
+      const files = fs
+        .readdirSync(outDir)
+        .sort()
+        .map((name) => {
+          const bytes = fs.readFileSync(path.join(outDir, name))
+          return { name, bytes: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") }
+        })
+      ctx.log(`wrote ${outDir}: ${files.map((f) => `${f.name} (${f.bytes} bytes)`).join(", ")}; bars met: ${passesBars(inputs.evaluation)}`)
+      return { dir: params.outDir, files }
+    }),
+})
