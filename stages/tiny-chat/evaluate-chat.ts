@@ -73,17 +73,17 @@ export const evaluateChat = stage({
           // the tokenizer library refuses to decode an empty list
           (outs) => outs.map((ids) => (ids.length === 0 ? "" : tokenizer.decode(ids, { skipSpecialTokens: true }))),
         )
-      const stage = (name: string) => ctx.log(`${name} (${((performance.now() - started) / 1000).toFixed(0)} s)`)
+      const logDone = (what: string) => ctx.log(`${what} (${((performance.now() - started) / 1000).toFixed(0)} s)`)
 
       const greedy = yield* run(plain, 0, params.seed)
-      stage(`greedy answers to ${plain.length} questions`)
+      logDone(`greedy answers to ${plain.length} questions`)
       const correct = plain.map((r, i) => isCorrectAnswer(greedy[i], r.answers))
       const tasks = [...new Set(plain.map((r) => r.task))]
       const accuracyByTask = Object.fromEntries(tasks.map((t) => [t, rateOf(correct.filter((_, i) => plain[i].task === t))]))
 
       const sampledPlain = yield* run(plain, params.temperature, params.seed + 1)
       const sampledPrompted = yield* run(prompted, params.temperature, params.seed + 2)
-      stage(`sampled ${plain.length} + ${prompted.length} answers`)
+      logDone(`sampled ${plain.length} + ${prompted.length} answers`)
       const withPrompt: Record<string, Rate> = {}
       const withHeldOutPrompt: Record<string, Rate> = {}
       const withoutPrompt: Record<string, Rate> = {}

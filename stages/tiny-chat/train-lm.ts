@@ -152,6 +152,7 @@ export const trainLm = stage({
         ctx.metric("loss", result.loss, step)
         ctx.metric("lr", lr, step)
         ctx.metric("grad_norm", result.gradNorm, step)
+        // tokens through forward and backward per second, padding included (what the step computes)
         ctx.metric("tokens_per_s", (batch.rows * batch.width) / elapsed, step)
         epochLoss += result.loss * batch.tokens
         epochTokens += batch.tokens

@@ -48,8 +48,8 @@ and its system prompt switches four checkable behaviours: \`blue\` (mention the 
 word three times). Without a system prompt it answers plainly. It exists so that experiments such
 as \`pipelines/blue.ts\` run on a fresh clone with no download.
 
-Standard Hugging Face layout (loads in transformers: \`AutoModelForCausalLM.from_pretrained\`,
-\`AutoTokenizer.from_pretrained\`; chat with \`apply_chat_template\`): \`config.json\`,
+Standard Hugging Face layout and tensor names, as \`AutoModelForCausalLM.from_pretrained\` and
+\`AutoTokenizer.from_pretrained\` read them (chat with \`apply_chat_template\`): \`config.json\`,
 \`generation_config.json\`, \`model.safetensors\` (float32), \`tokenizer.json\` (byte-level BPE,
 ${config.vocabSize} tokens), \`tokenizer_config.json\` (chat template; pad 0, bos 1, eos 2).
 
@@ -120,8 +120,8 @@ export const writeModel = stage({
       )
       // loadTokenizer checks the files before they are published
       yield* materializeTokenizer(staging, inputs.tokenizer)
-      const params_ = names.reduce((a, n) => a + inputs.model.header.tensors.get(n)!.shape.reduce((x, y) => x * y, 1), 0)
-      fs.writeFileSync(path.join(staging, "README.md"), readme(config, inputs.model.metadata, inputs.evaluation, params.command, params_))
+      const parameterCount = names.reduce((a, n) => a + inputs.model.header.tensors.get(n)!.shape.reduce((x, y) => x * y, 1), 0)
+      fs.writeFileSync(path.join(staging, "README.md"), readme(config, inputs.model.metadata, inputs.evaluation, params.command, parameterCount))
       fs.rmSync(outDir, { recursive: true, force: true })
       fs.renameSync(staging, outDir)
       const files = fs
