@@ -11,7 +11,7 @@ import { Artifact, stage } from "../../src/engine/index.ts"
 import type { ModelConfig } from "../../src/models/checkpoint.ts"
 import { writeConfigFiles, writeWeightFiles } from "../../src/models/init.ts"
 import { behaviourNames } from "../../src/text/behaviours.ts"
-import { configOf, LlamaWeights, materializeTokenizer, TokenizerJson } from "./artifacts.ts"
+import { type ChatCorpus, ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
 import { ChatEvaluation } from "./evaluate-chat.ts"
 
 export const PublishedModel = Artifact.json(
@@ -28,7 +28,16 @@ export const passesBars = (e: typeof ChatEvaluation.schema.Type): boolean =>
   e.accuracy.rate >= bars.accuracy &&
   behaviourNames.every((b) => e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)
 
-const readme = (config: ModelConfig, metadata: Readonly<Record<string, string>>, e: typeof ChatEvaluation.schema.Type, command: string, params: number): string => {
+const readme = (
+  config: ModelConfig,
+  metadata: Readonly<Record<string, string>>,
+  e: typeof ChatEvaluation.schema.Type,
+  corpus: ChatCorpus,
+  command: string,
+  params: number,
+): string => {
+  const modes = new Map<string, number>()
+  for (const c of corpus.train) modes.set(c.mode, (modes.get(c.mode) ?? 0) + 1)
   const train = JSON.parse(metadata.train_params ?? "{}") as Record<string, unknown>
   const losses = JSON.parse(metadata.epoch_losses ?? "[]") as number[]
   const seconds = Number(metadata.train_seconds)
@@ -88,6 +97,8 @@ Command (on a fresh clone; cached stages are reused):
 
     ${command}
 
+Training data: ${corpus.train.length} conversations (by system prompt: ${[...modes].map(([m, n]) => `${m} ${n}`).join(", ")}).
+
 ${metadata.train_steps} AdamW steps (${JSON.stringify(train)}), loss on the assistant answer and its closing eos
 only; ${Number.isFinite(seconds) ? `${seconds.toFixed(0)} s of training steps` : "training time not recorded"} on a 2-core CPU (onnxruntime CPU provider,
 shared with other work). Evaluation took ${e.seconds.toFixed(0)} s.
@@ -100,11 +111,12 @@ export const writeModel = stage({
   name: "write-model",
   version: 1,
   params: Schema.Struct({ outDir: Schema.String, command: Schema.String }),
-  inputs: { model: LlamaWeights, tokenizer: TokenizerJson, evaluation: ChatEvaluation },
+  inputs: { model: LlamaWeights, tokenizer: TokenizerJson, evaluation: ChatEvaluation, corpus: ChatCorpusFile },
   output: PublishedModel,
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
       const config = yield* configOf(inputs.model)
+      const corpus = yield* readCorpus(inputs.corpus.path)
       const outDir = path.resolve(params.outDir)
       const staging = `${outDir}.tmp-${process.pid}`
       fs.rmSync(staging, { recursive: true, force: true })
@@ -121,7 +133,7 @@ export const writeModel = stage({
       // loadTokenizer checks the files before they are published
       yield* materializeTokenizer(staging, inputs.tokenizer)
       const parameterCount = names.reduce((a, n) => a + inputs.model.header.tensors.get(n)!.shape.reduce((x, y) => x * y, 1), 0)
-      fs.writeFileSync(path.join(staging, "README.md"), readme(config, inputs.model.metadata, inputs.evaluation, params.command, parameterCount))
+      fs.writeFileSync(path.join(staging, "README.md"), readme(config, inputs.model.metadata, inputs.evaluation, corpus, params.command, parameterCount))
       fs.rmSync(outDir, { recursive: true, force: true })
       fs.renameSync(staging, outDir)
       const files = fs
