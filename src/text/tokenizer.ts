@@ -166,7 +166,9 @@ export const loadTokenizer = (
       chatTemplate,
       specialTokensMap,
       encode,
-      decode: (ids, options = {}) => tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false }),
+      // @huggingface/tokenizers rejects an empty id list; nothing decodes to the empty string.
+      decode: (ids, options = {}) =>
+        ids.length === 0 ? "" : tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false }),
       tokenToId: (token) => tokenizer.token_to_id(token),
       idToToken: (id) => tokenizer.id_to_token(id),
       isSpecial: (id) => specialIds.has(id),

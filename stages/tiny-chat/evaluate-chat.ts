@@ -71,7 +71,7 @@ export const evaluateChat = stage({
         Effect.map(
           sampler.generate(rs.map(promptIds), { temperature, maxNewTokens: params.maxNewTokens, seed, batchSize: params.batchSize }),
           // the tokenizer library refuses to decode an empty list
-          (outs) => outs.map((ids) => (ids.length === 0 ? "" : tokenizer.decode(ids, { skipSpecialTokens: true }))),
+          (outs) => outs.map((ids) => tokenizer.decode(ids, { skipSpecialTokens: true })),
         )
       const logDone = (what: string) => ctx.log(`${what} (${((performance.now() - started) / 1000).toFixed(0)} s)`)
 

@@ -24,6 +24,7 @@ describe("tokenizer", () => {
     expect(tok.addsEos).toBe(false)
     expect(tok.decode(tok.encode("hello world"), { skipSpecialTokens: true })).toBe("hello world")
     expect(tok.decode(tok.encode("hello world"))).toBe("<s>hello world")
+    expect(tok.decode([])).toBe("")
     expect(tok.bos).toEqual({ token: "<s>", id: 0 })
     expect(tok.eos).toEqual({ token: "</s>", id: 1 })
     expect(tok.pad).toEqual({ token: "<pad>", id: 4 })
