@@ -1,0 +1,323 @@
+// The decoder forward pass of every supported architecture (Llama family, GPT-2, GPT-NeoX) as
+// ONNX graph functions, built from a loaded checkpoint's normalized config and weight layout.
+//
+// API
+//   decoder(g, config, weights, source, inputs, options?) -> { hidden, lmHead, present }
+//     Builds the forward into graph `g` (or a Loop/If subgraph of it) from graph values:
+//       inputs.ids    int64 [B, T]            token ids            (or inputs.embeds float32 [B, T, H])
+//       inputs.mask   int64 [B, P + T]        1 = real token, 0 = padding; LEFT padding supported
+//       inputs.past   per layer {key, value}  float32 [B, kvHeads, P, headDim] (omit: P = 0)
+//     Position ids are derived in-graph from the mask (cumsum(mask) - 1, clamped at 0), so a
+//     left-padded row gets the same positions, and hence the same outputs, as the unpadded row.
+//     Returns final normalized hidden states [B, T, H], the LM head weight [V, H] (for the
+//     chunked losses in src/graph/losses.ts: logits = hidden lmHead^T) and the present K/V per
+//     layer ([B, kvHeads, P + T, headDim], RoPE already applied to keys).
+//     `source` turns each WeightRef into a float32 graph value of the stored shape:
+//       externalWeights(g, placement)  frozen weights as ONNX external data (see graph-weights.ts)
+//       inputWeights(g) / paramWeights(params)  weights as graph inputs named by their checkpoint
+//                                      tensor names (full-parameter training via buildTrainStep)
+//     options.linearHook(site, x, y) may rewrite the output y of any block linear layer (LoRA).
+//
+//   buildForwardGraph(ckpt, placement, options) -> Graph with named inputs/outputs (forwardNames):
+//     "input_ids" | "inputs_embeds", "attention_mask", "past_key_values.{l}.key|value" (cache),
+//     outputs "logits" [B,T,V] or "hidden" [B,T,H], "present.{l}.key|value" (cache).
+//
+// Numerics: float32 throughout; fp16/bf16 weights are cast to float32 in-graph (onnxruntime's
+// CPU provider has no bf16 arithmetic). Masked attention uses an additive -1e9 bias, not -inf,
+// so fully masked (padding) query rows stay finite.
+import type { Graph, Value } from "../graph/index.ts"
+import type { Checkpoint, Linear, ModelConfig, ModelWeights, Norm, WeightRef } from "./checkpoint.ts"
+import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
+
+/** Turns a checkpoint weight into a float32 graph value with the shape stored in the file. */
+export type WeightSource = (ref: WeightRef) => Value
+
+/** Which linear layer of the network a hook sees: the HF module path is what PEFT matches. */
+export interface LinearSite {
+  readonly layer: number
+  /** HF module path, e.g. "model.layers.0.self_attn.q_proj" (the weight name without ".weight") */
+  readonly module: string
+  readonly inFeatures: number
+  readonly outFeatures: number
+  readonly weight: WeightRef
+}
+
+/** Gets the linear layer's input x [..., in] and output y [..., out]; returns the new output. */
+export type LinearHook = (g: Graph, site: LinearSite, x: Value, y: Value) => Value
+
+export interface DecoderInputs {
+  readonly ids?: Value
+  readonly embeds?: Value
+  readonly mask: Value
+  readonly past?: ReadonlyArray<{ readonly key: Value; readonly value: Value }>
+}
+
+export interface DecoderOptions {
+  readonly linearHook?: LinearHook
+}
+
+export interface DecoderOutputs {
+  readonly hidden: Value
+  readonly lmHead: Value
+  readonly present: ReadonlyArray<{ readonly key: Value; readonly value: Value }>
+}
+
+/** Weights as float32 graph inputs named by their checkpoint tensor names (one per distinct name). */
+export const inputWeights = (g: Graph): WeightSource => {
+  const made = new Map<string, Value>()
+  return (ref) => {
+    let v = made.get(ref.name)
+    if (!v) {
+      v = g.input(ref.name, "float32", [...ref.shape])
+      made.set(ref.name, v)
+    }
+    return v
+  }
+}
+
+/** Weights from a name -> value record (e.g. the params buildTrainStep hands to its loss). */
+export const paramWeights = (params: Readonly<Record<string, Value>>, fallback?: WeightSource): WeightSource => (ref) => {
+  const v = params[ref.name]
+  if (v) return v
+  if (fallback) return fallback(ref)
+  throw new Error(`forward: no value for weight "${ref.name}" (neither a parameter nor a frozen weight)`)
+}
+
+/** Every distinct weight of a model, in a stable order (tied weights once). */
+export const allWeightRefs = (w: ModelWeights): WeightRef[] => {
+  const out = new Map<string, WeightRef>()
+  const add = (r: WeightRef | undefined) => {
+    if (r && !out.has(r.name)) out.set(r.name, r)
+  }
+  const lin = (l: Linear | Norm) => {
+    add(l.weight)
+    add(l.bias)
+  }
+  add(w.embedTokens)
+  add(w.embedPositions)
+  for (const l of w.layers) {
+    lin(l.inputNorm)
+    const a = l.attention
+    for (const x of a.layout === "separate" ? [a.q, a.k, a.v, a.o] : [a.qkv, a.o]) lin(x)
+    lin(l.postAttentionNorm)
+    for (const x of l.mlp.kind === "gated" ? [l.mlp.gate, l.mlp.up, l.mlp.down] : [l.mlp.up, l.mlp.down]) lin(x)
+  }
+  lin(w.finalNorm)
+  add(w.lmHead)
+  return [...out.values()]
+}
+
+/** Rotary inverse frequencies, one per rotated pair (transformers' default/linear/llama3 rules). */
+export const ropeInverseFrequencies = (positions: Extract<ModelConfig["positions"], { kind: "rope" }>): number[] => {
+  const d = positions.rotaryDim
+  const base = Array.from({ length: d / 2 }, (_, i) => 1 / positions.theta ** ((2 * i) / d))
+  const s = positions.scaling
+  if (s.kind === "none") return base
+  if (s.kind === "linear") return base.map((f) => f / s.factor)
+  const lowWavelen = s.originalMaxPositions / s.lowFreqFactor
+  const highWavelen = s.originalMaxPositions / s.highFreqFactor
+  return base.map((f) => {
+    const wavelen = (2 * Math.PI) / f
+    if (wavelen < highWavelen) return f
+    if (wavelen > lowWavelen) return f / s.factor
+    const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor)
+    return (1 - smooth) * (f / s.factor) + smooth * f
+  })
+}
+
+const activation = (g: Graph, c: ModelConfig, x: Value): Value => {
+  switch (c.activation) {
+    case "silu":
+      return g.mul(x, g.sigmoid(x))
+    case "gelu_erf":
+      return g.mul(g.mul(x, g.scalar(0.5)), g.add(g.scalar(1), g.erf(g.mul(x, g.scalar(Math.SQRT1_2)))))
+    case "gelu_tanh": {
+      const inner = g.mul(g.scalar(Math.sqrt(2 / Math.PI)), g.add(x, g.mul(g.scalar(0.044715), g.mul(x, g.mul(x, x)))))
+      return g.mul(g.mul(x, g.scalar(0.5)), g.add(g.scalar(1), g.tanh(inner)))
+    }
+  }
+}
+
+/** Builds the decoder into `g`; see the file header. */
+export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: WeightSource, inputs: DecoderInputs, options: DecoderOptions = {}): DecoderOutputs => {
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
+  const group = nh / nkv
+  if (!Number.isInteger(group)) throw new Error(`forward: ${nh} heads is not a multiple of ${nkv} key/value heads`)
+  if (inputs.past && inputs.past.length !== c.numLayers) throw new Error(`forward: ${inputs.past.length} past K/V pairs for ${c.numLayers} layers`)
+
+  const norm = (n: Norm, x: Value) =>
+    c.norm.kind === "rms" ? g.rmsNorm(x, source(n.weight), { epsilon: c.norm.eps }) : g.layerNorm(x, source(n.weight), n.bias ? source(n.bias) : null, { epsilon: c.norm.eps })
+  const linear = (layer: number, l: Linear, x: Value) => {
+    const W = source(l.weight)
+    const b = l.bias ? source(l.bias) : null
+    // GPT-2 Conv1D stores W^T [in, out]
+    const y = l.weight.transposed ? (b ? g.add(g.matMul(x, W), b) : g.matMul(x, W)) : g.linear(x, W, b)
+    if (!options.linearHook) return y
+    const [a, bb] = l.weight.shape
+    const site: LinearSite = {
+      layer,
+      module: l.weight.name.replace(/\.weight$/, ""),
+      inFeatures: l.weight.transposed ? a : bb,
+      outFeatures: l.weight.transposed ? bb : a,
+      weight: l.weight,
+    }
+    return options.linearHook(g, site, x, y)
+  }
+
+  // --- embeddings, positions and the attention bias
+  const mask = inputs.mask
+  let x: Value
+  if (inputs.ids) x = g.gather(source(w.embedTokens), inputs.ids, 0)
+  else if (inputs.embeds) x = inputs.embeds.dtype === "float32" ? inputs.embeds : g.cast(inputs.embeds, "float32")
+  else throw new Error("forward: give either ids or embeds")
+  const T = g.shapeOf(x, 1, 2) // [1]
+  const S = g.shapeOf(mask, 1, 2) // [1], = P + T
+  const P = g.sub(S, T)
+  const one = g.constant("int64", [], [1])
+  const zero = g.constant("int64", [], [0])
+  const scalarOf = (v: Value) => g.reshape(v, [])
+  // positions: cumsum(mask) - 1 clamped at 0, last T columns
+  const allPos = g.max(g.sub(g.cumSum(mask, 1), g.constant("int64", [], [1])), zero)
+  const positions = g.slice(allPos, P, S, [1]) // [B, T]
+  if (w.embedPositions) x = g.add(x, g.gather(source(w.embedPositions), positions, 0))
+  // key j is visible to query i when it is real and j <= P + i
+  const qAbs = g.range(scalarOf(P), scalarOf(S), one) // [T]
+  const kAbs = g.range(zero, scalarOf(S), one) // [S]
+  const causal = g.lessOrEqual(g.unsqueeze(kAbs, [0]), g.unsqueeze(qAbs, [1])) // [T, S]
+  const real = g.unsqueeze(g.greater(mask, zero), [1]) // [B, 1, S]
+  const visible = g.and(causal, real) // [B, T, S]
+  const bias = g.unsqueeze(g.where(visible, g.scalar(0), g.scalar(-1e9)), [1, 2]) // [B, 1, 1, T, S]
+
+  // RoPE tables [B, 1, T, rotaryDim/2]
+  let rope: ((v: Value) => Value) | undefined
+  if (c.positions.kind === "rope") {
+    const rd = c.positions.rotaryDim
+    const half = rd / 2
+    const invFreq = g.constant("float32", [half], ropeInverseFrequencies(c.positions))
+    const angles = g.mul(g.unsqueeze(g.cast(positions, "float32"), [2]), invFreq)
+    const cos = g.unsqueeze(g.cos(angles), [1])
+    const sin = g.unsqueeze(g.sin(angles), [1])
+    rope = (v: Value) => {
+      const [rot, rest] = rd < hd ? g.split(v, [rd, hd - rd], -1) : [v, undefined]
+      const [x1, x2] = g.split(rot, [half, half], -1)
+      const rotated = g.concat([g.sub(g.mul(x1, cos), g.mul(x2, sin)), g.add(g.mul(x2, cos), g.mul(x1, sin))], -1)
+      return rest ? g.concat([rotated, rest], -1) : rotated
+    }
+  }
+
+  const scale = g.scalar(1 / Math.sqrt(hd))
+  /** [B, T, n*hd] -> [B, n, T, hd] */
+  const heads = (v: Value, n: number) => g.transpose(g.reshape(v, [0, 0, n, hd]), [0, 2, 1, 3])
+  const present: { key: Value; value: Value }[] = []
+
+  const attention = (layer: number, h: Value): Value => {
+    const a = w.layers[layer].attention
+    let q: Value, k: Value, v: Value
+    if (a.layout === "separate") {
+      q = heads(linear(layer, a.q, h), nh)
+      k = heads(linear(layer, a.k, h), nkv)
+      v = heads(linear(layer, a.v, h), nkv)
+    } else if (a.layout === "fused_qkv") {
+      // GPT-2: [q | k | v], each numHeads*headDim wide
+      const [q0, k0, v0] = g.split(linear(layer, a.qkv, h), [nh * hd, nkv * hd, nkv * hd], -1)
+      q = heads(q0, nh)
+      k = heads(k0, nkv)
+      v = heads(v0, nkv)
+    } else {
+      // GPT-NeoX: per head [q | k | v] of headDim each
+      const perHead = g.reshape(linear(layer, a.qkv, h), [0, 0, nh, 3 * hd])
+      const [q0, k0, v0] = g.split(perHead, [hd, hd, hd], -1)
+      q = g.transpose(q0, [0, 2, 1, 3])
+      k = g.transpose(k0, [0, 2, 1, 3])
+      v = g.transpose(v0, [0, 2, 1, 3])
+    }
+    if (rope) {
+      q = rope(q)
+      k = rope(k)
+    }
+    const past = inputs.past?.[layer]
+    if (past) {
+      k = g.concat([past.key, k], 2)
+      v = g.concat([past.value, v], 2)
+    }
+    present.push({ key: k, value: v })
+    // grouped-query attention by broadcasting: q [B, kv, group, T, hd] against k, v [B, kv, 1, S, hd]
+    const q5 = g.reshape(q, [0, nkv, group, -1, hd])
+    const scores = g.add(g.mul(g.matMul(q5, g.unsqueeze(g.transpose(k, [0, 1, 3, 2]), [2])), scale), bias)
+    const att = g.matMul(g.softmax(scores, -1), g.unsqueeze(v, [2])) // [B, kv, group, T, hd]
+    const merged = g.reshape(g.transpose(g.reshape(att, [0, nh, -1, hd]), [0, 2, 1, 3]), [0, 0, nh * hd])
+    return linear(layer, a.o, merged)
+  }
+
+  const mlp = (layer: number, h: Value): Value => {
+    const m = w.layers[layer].mlp
+    const up = linear(layer, m.up, h)
+    const inner = m.kind === "gated" ? g.mul(activation(g, c, linear(layer, m.gate, h)), up) : activation(g, c, up)
+    return linear(layer, m.down, inner)
+  }
+
+  for (let l = 0; l < c.numLayers; l++) {
+    const layer = w.layers[l]
+    const attn = attention(l, norm(layer.inputNorm, x))
+    if (c.parallelResidual) x = g.add(g.add(x, attn), mlp(l, norm(layer.postAttentionNorm, x)))
+    else {
+      x = g.add(x, attn)
+      x = g.add(x, mlp(l, norm(layer.postAttentionNorm, x)))
+    }
+  }
+  return { hidden: norm(w.finalNorm, x), lmHead: source(w.lmHead), present }
+}
+
+/** Input and output names of buildForwardGraph's graph. */
+export const forwardNames = {
+  ids: "input_ids",
+  embeds: "inputs_embeds",
+  mask: "attention_mask",
+  pastKey: (l: number) => `past_key_values.${l}.key`,
+  pastValue: (l: number) => `past_key_values.${l}.value`,
+  presentKey: (l: number) => `present.${l}.key`,
+  presentValue: (l: number) => `present.${l}.value`,
+  logits: "logits",
+  hidden: "hidden",
+} as const
+
+export interface ForwardGraphOptions {
+  /** "ids" (default): input_ids [B,T]; "embeds": inputs_embeds [B,T,H] */
+  readonly input?: "ids" | "embeds"
+  /** "logits" (default) [B,T,V] or "hidden" [B,T,H] (then the LM head is the caller's business) */
+  readonly output?: "logits" | "hidden"
+  /** past/present K/V inputs and outputs */
+  readonly cache?: boolean
+  /** weights as graph inputs named by tensor name instead of external data */
+  readonly weightsAsInputs?: boolean
+  readonly linearHook?: LinearHook
+}
+
+/**
+ * A complete forward graph with the names of forwardNames. `placement` says where the .onnx will
+ * be written relative to the weight files (see graph-weights.ts); it is unused when
+ * weightsAsInputs is set.
+ */
+export const buildForwardGraph = (g: Graph, ckpt: Checkpoint, placement: WeightPlacement | undefined, options: ForwardGraphOptions = {}): DecoderOutputs => {
+  const c = ckpt.config
+  const source = options.weightsAsInputs ? inputWeights(g) : placement ? externalWeights(g, placement) : undefined
+  if (!source) throw new Error("buildForwardGraph: external weights need a placement")
+  const ids = options.input === "embeds" ? undefined : g.input(forwardNames.ids, "int64", ["batch", "seq"])
+  const embeds = options.input === "embeds" ? g.input(forwardNames.embeds, "float32", ["batch", "seq", c.hiddenSize]) : undefined
+  const mask = g.input(forwardNames.mask, "int64", ["batch", "total"])
+  const past = options.cache
+    ? Array.from({ length: c.numLayers }, (_, l) => ({
+        key: g.input(forwardNames.pastKey(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
+        value: g.input(forwardNames.pastValue(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
+      }))
+    : undefined
+  const out = decoder(g, c, ckpt.weights, source, { ids, embeds, mask, past }, { linearHook: options.linearHook })
+  if (options.output === "hidden") g.outputAs(forwardNames.hidden, out.hidden)
+  else g.outputAs(forwardNames.logits, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0])))
+  if (options.cache)
+    out.present.forEach((p, l) => {
+      g.outputAs(forwardNames.presentKey(l), p.key)
+      g.outputAs(forwardNames.presentValue(l), p.value)
+    })
+  return out
+}

@@ -1,0 +1,64 @@
+// Shared set-up for the forward/scoring/adapter tests: random tiny checkpoints, graph sessions
+// over them, and comparisons with the float64 reference.
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import { tmpdir } from "node:os"
+import * as path from "node:path"
+import type * as ort from "onnxruntime-node"
+import { expect } from "vitest"
+import { Graph } from "../../src/graph/index.ts"
+import { type Checkpoint, loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
+import { buildForwardGraph, type ForwardGraphOptions } from "../../src/models/forward.ts"
+import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
+import { type InitOptions, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { createSession, runSession, type Session } from "../../src/runtime/session.ts"
+import { tensor } from "../../src/runtime/tensor.ts"
+
+export const tempDir = (prefix: string) => fs.mkdtempSync(path.join(tmpdir(), prefix))
+
+/** A random checkpoint; std 0.2 so attention and MLPs do more than pass the residual through. */
+export const randomCheckpoint = (config: ModelConfig, options: Partial<InitOptions> = {}): Promise<Checkpoint> =>
+  Effect.runPromise(
+    Effect.gen(function* () {
+      const dir = tempDir("pipe-forward-ckpt-")
+      yield* writeRandomCheckpoint(dir, config, { seed: 11, std: 0.2, ...options })
+      return yield* loadCheckpoint(dir)
+    }),
+  )
+
+/** A session over buildForwardGraph, with the .onnx in a separate directory (weights hard-linked). */
+export const forwardSession = (ckpt: Checkpoint, options: ForwardGraphOptions = {}): Promise<Session> =>
+  Effect.runPromise(
+    Effect.gen(function* () {
+      const placement = yield* placeWeights(ckpt, tempDir("pipe-forward-graph-"))
+      const g = new Graph("forward")
+      buildForwardGraph(g, ckpt, placement, options)
+      const file = yield* writeGraph(g, placement, "forward")
+      return yield* createSession(file)
+    }),
+  )
+
+export const run = (s: Session, feeds: Record<string, ort.Tensor>) => Effect.runPromise(runSession(s, feeds))
+
+export const ids = (rows: number[][]) => tensor("int64", [rows.length, rows[0].length], rows.flat())
+
+/** Rows of `logits` [B, T, V] for batch row b, positions from..to-1. */
+export const rowsOf = (t: ort.Tensor, b: number, from = 0, to?: number): Float32Array[] => {
+  const [, T, V] = t.dims as number[]
+  const data = t.data as Float32Array
+  const out: Float32Array[] = []
+  for (let i = from; i < (to ?? T); i++) out.push(data.slice((b * T + i) * V, (b * T + i + 1) * V))
+  return out
+}
+
+/** Max absolute difference, checked against `tol`. */
+export const expectClose = (got: ArrayLike<number>[], want: ArrayLike<number>[], tol: number) => {
+  expect(got.length).toBe(want.length)
+  let worst = 0
+  got.forEach((g, i) => {
+    expect(g.length).toBe(want[i].length)
+    for (let j = 0; j < g.length; j++) worst = Math.max(worst, Math.abs(g[j] - want[i][j]))
+  })
+  expect(worst).toBeLessThan(tol)
+  return worst
+}
