@@ -40,8 +40,12 @@ export const samplingInputs = (g: Graph, batch: string | number = "B"): Sampling
   uniform: g.input("uniform", "float32", [batch]),
 })
 
-/** Samples one token per row of `logits` (float32 [B, vocab]); `vocab` must be the static width. */
-export const sampleTokens = (g: Graph, logits: Value, s: SamplingInputs, vocab: number): Sampled => {
+/**
+ * Samples one token per row of `logits` (float32 [B, vocab]); `vocab` must be the static width.
+ * `modelLogits` (default `logits`) is what `logProb` is computed from: pass the raw model logits
+ * when `logits` carries constraints (e.g. EOS banned before the minimum length).
+ */
+export const sampleTokens = (g: Graph, logits: Value, s: SamplingInputs, vocab: number, modelLogits: Value = logits): Sampled => {
   const col = (v: Value) => g.unsqueeze(v, [1]) // [B] -> [B, 1]
   const [sorted, order] = g.topK(logits, vocab, 1) // descending, ties by lower index first
   const rank = g.constant("int64", [1, vocab], Array.from({ length: vocab }, (_, i) => i))
@@ -72,7 +76,7 @@ export const sampleTokens = (g: Graph, logits: Value, s: SamplingInputs, vocab: 
   const pos = g.cast(g.min(below, g.sub(kept, g.scalar(1))), "int64")
   const token = g.squeeze(g.gatherElements(order, pos, 1), [1])
 
-  const logProb = g.squeeze(g.gatherElements(g.logSoftmax(logits, 1), col(token), 1), [1])
+  const logProb = g.squeeze(g.gatherElements(g.logSoftmax(modelLogits, 1), col(token), 1), [1])
   return { token, logProb }
 }
 

@@ -1,0 +1,287 @@
+// Batched generation with a KV cache, sampling in-graph (sampling.ts).
+//
+//   makeGenerator(ckpt, { graphDir, device?, intraOpThreads?, tokenizer? }) -> Generator
+//   generator.generate(requests, { batchSize?, cache? }) -> Generation[] (in request order)
+//
+// One "step" graph serves prefill and decode: it takes input_ids [B, T], attention_mask
+// [B, P + T] (left padding), past K/V per layer [B, kvHeads, P, headDim] (P = 0 at prefill: empty
+// tensors), the per-row sampling knobs and a per-row list of banned token ids, and returns the
+// sampled token [B], its log-prob [B] and the present K/V. Only the last position's logits are
+// computed (left padding puts every row's newest token last).
+//
+// KV cache: each step's present K/V ort.Tensors are fed back as the next step's past inputs as
+// they are; they are never converted to JS arrays. On the CPU provider that is host memory
+// anyway. onnxruntime-node 1.30 has no IO binding and no preferredOutputLocation (those are
+// onnxruntime-web only), so on CUDA each step copies the cache device -> host -> device; keeping
+// it on the device needs the decode loop inside the graph (ONNX Loop), which is not built yet.
+//
+// Reproducibility: request r's token at step t uses the uniform requestUniform(seed_r, t), so a
+// request's output does not depend on which requests share its batch (up to float32 rounding
+// of padded vs unpadded rows, which the tests bound).
+//
+// Stops: a request ends at one of its stop token ids (default: the model's eos ids; the token is
+// kept in `tokens` and excluded from `text`), when its decoded text contains one of its stop
+// strings (text cut before the stop string; tokens up to the one that completed it), or at
+// maxNewTokens. Before minNewTokens the stop token ids are banned (logit -1e9).
+// Finished rows stay in the batch until the whole batch is done (no compaction).
+import { Data, Effect } from "effect"
+import * as ort from "onnxruntime-node"
+import { Graph } from "../graph/index.ts"
+import { createSession, type Device, runSession, type Session } from "../runtime/session.ts"
+import type { TextTokenizer } from "../text/tokenizer.ts"
+import type { Checkpoint } from "./checkpoint.ts"
+import { decoder, forwardNames, type WeightSource } from "./forward.ts"
+import { externalWeights, placeWeights, writeGraph } from "./graph-weights.ts"
+import { requestUniform, sampleTokens, samplingInputs } from "./sampling.ts"
+
+export class GenerationError extends Data.TaggedError("GenerationError")<{
+  readonly message: string
+}> {}
+
+export interface GenerationRequest {
+  readonly prompt: ReadonlyArray<number>
+  readonly maxNewTokens: number
+  /** Stop token ids are banned until this many tokens were generated (default 0). */
+  readonly minNewTokens?: number
+  /** 0 = greedy; default 1 */
+  readonly temperature?: number
+  /** 0 = no limit (default) */
+  readonly topK?: number
+  /** 1 = off (default) */
+  readonly topP?: number
+  readonly seed?: number
+  /** Default: the model's eos token ids. */
+  readonly stopTokenIds?: ReadonlyArray<number>
+  /** Needs the generator's tokenizer. */
+  readonly stopStrings?: ReadonlyArray<string>
+}
+
+export type FinishReason = "stop_token" | "stop_string" | "length"
+
+export interface Generation {
+  /** New tokens, including the stop token when finishReason is "stop_token". */
+  readonly tokens: number[]
+  /** log p(token) under the model's unmodified distribution (temperature 1, no filters), per token. */
+  readonly logProbs: number[]
+  /** Decoded new tokens without the stop token / stop string; undefined without a tokenizer. */
+  readonly text: string | undefined
+  readonly finishReason: FinishReason
+}
+
+export interface GenerateOptions {
+  /** Requests per batch (default 16). */
+  readonly batchSize?: number
+  /** false: recompute the whole sequence every step instead of using the KV cache (for tests). */
+  readonly cache?: boolean
+}
+
+export interface Generator {
+  readonly generate: (requests: ReadonlyArray<GenerationRequest>, options?: GenerateOptions) => Effect.Effect<Generation[], GenerationError>
+  readonly session: Session
+}
+
+export interface GeneratorOptions {
+  /** Where the step graph's .onnx is written (the weights are hard-linked under it). */
+  readonly graphDir: string
+  readonly device?: Device
+  readonly intraOpThreads?: number
+  readonly tokenizer?: Pick<TextTokenizer, "decode">
+}
+
+const names = {
+  banned: "banned_ids",
+  bannedBias: "banned_bias",
+  token: "token",
+  logProb: "log_prob",
+} as const
+
+/** The prefill/decode step graph described in the header. */
+export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource): Graph => {
+  const c = ckpt.config
+  const g = new Graph("generation_step")
+  const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
+  const mask = g.input(forwardNames.mask, "int64", ["batch", "total"])
+  const past = Array.from({ length: c.numLayers }, (_, l) => ({
+    key: g.input(forwardNames.pastKey(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
+    value: g.input(forwardNames.pastValue(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
+  }))
+  const knobs = samplingInputs(g, "batch")
+  const banned = g.input(names.banned, "int64", ["batch", "banned"])
+  const bannedBias = g.input(names.bannedBias, "float32", ["batch", "banned"])
+  const out = decoder(g, c, ckpt.weights, source(g), { ids, mask, past })
+  const last = g.gather(out.hidden, g.constant("int64", [], [-1]), 1) // [B, H]
+  const logits = g.matMul(last, g.transpose(out.lmHead, [1, 0])) // [B, V]
+  const constrained = g.add(logits, g.scatterElements(g.zerosLike(logits), banned, bannedBias, 1))
+  const s = sampleTokens(g, constrained, knobs, c.vocabSize, logits)
+  g.outputAs(names.token, s.token)
+  g.outputAs(names.logProb, s.logProb)
+  out.present.forEach((p, l) => {
+    g.outputAs(forwardNames.presentKey(l), p.key)
+    g.outputAs(forwardNames.presentValue(l), p.value)
+  })
+  return g
+}
+
+const fail = (message: string) => new GenerationError({ message })
+
+/** Checks one request against the model; returns the problem or undefined. */
+const problem = (r: GenerationRequest, i: number, ckpt: Checkpoint, hasTokenizer: boolean): string | undefined => {
+  const c = ckpt.config
+  const where = `generation request ${i}`
+  if (r.prompt.length === 0) return `${where}: the prompt is empty (give at least one token, e.g. bos)`
+  const bad = r.prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= c.vocabSize)
+  if (bad !== undefined) return `${where}: prompt token ${bad} is outside the vocabulary [0, ${c.vocabSize})`
+  if (!Number.isInteger(r.maxNewTokens) || r.maxNewTokens < 1) return `${where}: maxNewTokens must be a positive integer, got ${r.maxNewTokens}`
+  if ((r.minNewTokens ?? 0) > r.maxNewTokens) return `${where}: minNewTokens ${r.minNewTokens} exceeds maxNewTokens ${r.maxNewTokens}`
+  if (r.prompt.length + r.maxNewTokens > c.maxPositions)
+    return `${where}: prompt (${r.prompt.length}) + maxNewTokens (${r.maxNewTokens}) exceeds the model's max_position_embeddings ${c.maxPositions}`
+  if ((r.temperature ?? 1) < 0) return `${where}: temperature must be >= 0, got ${r.temperature}`
+  const p = r.topP ?? 1
+  if (!(p >= 0 && p <= 1)) return `${where}: topP must be in [0, 1], got ${r.topP}`
+  if ((r.stopStrings?.length ?? 0) > 0 && !hasTokenizer) return `${where}: stop strings need a tokenizer (GeneratorOptions.tokenizer)`
+  if (r.stopStrings?.some((s) => s.length === 0)) return `${where}: a stop string is empty`
+  return undefined
+}
+
+interface Row {
+  readonly request: GenerationRequest
+  readonly stopIds: ReadonlyArray<number>
+  readonly tokens: number[]
+  readonly logProbs: number[]
+  text: string | undefined
+  finish: FinishReason | undefined
+}
+
+export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effect.Effect<Generator, GenerationError> =>
+  Effect.gen(function* () {
+    const c = ckpt.config
+    const placement = yield* Effect.mapError(placeWeights(ckpt, options.graphDir), (e) => fail(e.message))
+    const file = yield* Effect.mapError(
+      writeGraph(buildStepGraph(ckpt, (g) => externalWeights(g, placement)), placement, "generation-step"),
+      (e) => fail(e.message),
+    )
+    const session = yield* Effect.mapError(
+      createSession(file, { ...(options.device ? { device: options.device } : {}), ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}) }),
+      (e) => fail(e.message),
+    )
+    const tokenizer = options.tokenizer
+    const pad = BigInt(c.padTokenId ?? c.eosTokenIds[0] ?? 0)
+    const emptyPast = (b: number) => new ort.Tensor("float32", new Float32Array(0), [b, c.numKvHeads, 0, c.headDim])
+
+    /** Applies the stop rules to a row after it got `token`. */
+    const advance = (row: Row, token: number, logProb: number) => {
+      row.tokens.push(token)
+      row.logProbs.push(logProb)
+      const stops = row.request.stopStrings ?? []
+      if (tokenizer) {
+        const body = row.stopIds.includes(token) ? row.tokens.slice(0, -1) : row.tokens
+        row.text = tokenizer.decode(body, { skipSpecialTokens: true })
+      }
+      if (row.stopIds.includes(token)) row.finish = "stop_token"
+      else if (stops.length > 0 && row.text !== undefined) {
+        const at = Math.min(...stops.map((s) => row.text!.indexOf(s)).filter((i) => i >= 0))
+        if (Number.isFinite(at)) {
+          row.text = row.text.slice(0, at)
+          row.finish = "stop_string"
+        }
+      }
+      if (!row.finish && row.tokens.length >= row.request.maxNewTokens) row.finish = "length"
+    }
+
+    const generateBatch = (requests: ReadonlyArray<GenerationRequest>, cache: boolean) =>
+      Effect.gen(function* () {
+        const B = requests.length
+        const rows: Row[] = requests.map((request) => ({
+          request,
+          stopIds: request.stopTokenIds ?? c.eosTokenIds,
+          tokens: [],
+          logProbs: [],
+          text: undefined,
+          finish: undefined,
+        }))
+        const width = Math.max(...requests.map((r) => r.prompt.length))
+        const maxSteps = Math.max(...requests.map((r) => r.maxNewTokens))
+        // full left-padded sequences (prompt + generated); the cache path feeds only the newest column
+        const seqs: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(pad), ...r.prompt.map(BigInt)])
+        const maskRows: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(0n), ...r.prompt.map(() => 1n)])
+        const knobs = {
+          temperature: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.temperature ?? 1), [B]),
+          top_k: new ort.Tensor("int64", BigInt64Array.from(requests, (r) => BigInt(r.topK ?? 0)), [B]),
+          top_p: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.topP ?? 1), [B]),
+        }
+        const M = Math.max(1, ...rows.map((r) => r.stopIds.length))
+        let past: Record<string, ort.Tensor> = {}
+        const resetPast = () => {
+          past = {}
+          for (let l = 0; l < c.numLayers; l++) {
+            past[forwardNames.pastKey(l)] = emptyPast(B)
+            past[forwardNames.pastValue(l)] = emptyPast(B)
+          }
+        }
+        resetPast()
+
+        for (let step = 0; step < maxSteps && rows.some((r) => !r.finish); step++) {
+          const total = seqs[0].length
+          const T = cache && step > 0 ? 1 : total
+          if (!cache) resetPast()
+          const ids = new BigInt64Array(B * T)
+          const mask = new BigInt64Array(B * total)
+          seqs.forEach((s, b) => {
+            for (let t = 0; t < T; t++) ids[b * T + t] = s[total - T + t]
+            for (let t = 0; t < total; t++) mask[b * total + t] = maskRows[b][t]
+          })
+          const banned = new BigInt64Array(B * M)
+          const bannedBias = new Float32Array(B * M)
+          rows.forEach((r, b) => {
+            const ban = r.tokens.length < (r.request.minNewTokens ?? 0) && r.stopIds.length > 0
+            // pad a row's list by repeating its first id: duplicates carry the same bias
+            for (let m = 0; m < M; m++) {
+              banned[b * M + m] = BigInt(r.stopIds[m] ?? r.stopIds[0] ?? 0)
+              bannedBias[b * M + m] = ban ? -1e9 : 0
+            }
+          })
+          const uniform = new ort.Tensor("float32", Float32Array.from(requests, (r) => requestUniform(r.seed ?? 0, step)), [B])
+          const out = yield* Effect.mapError(
+            runSession(session, {
+              [forwardNames.ids]: new ort.Tensor("int64", ids, [B, T]),
+              [forwardNames.mask]: new ort.Tensor("int64", mask, [B, total]),
+              ...past,
+              ...knobs,
+              uniform,
+              [names.banned]: new ort.Tensor("int64", banned, [B, M]),
+              [names.bannedBias]: new ort.Tensor("float32", bannedBias, [B, M]),
+            }),
+            (e) => fail(e.message),
+          )
+          if (cache)
+            for (let l = 0; l < c.numLayers; l++) {
+              past[forwardNames.pastKey(l)] = out[forwardNames.presentKey(l)]
+              past[forwardNames.pastValue(l)] = out[forwardNames.presentValue(l)]
+            }
+          const tokens = out[names.token].data as BigInt64Array
+          const logProbs = out[names.logProb].data as Float32Array
+          rows.forEach((r, b) => {
+            const t = r.finish ? pad : tokens[b]
+            if (!r.finish) advance(r, Number(t), logProbs[b])
+            seqs[b].push(t)
+            maskRows[b].push(1n)
+          })
+        }
+        return rows.map((r): Generation => ({ tokens: r.tokens, logProbs: r.logProbs, text: r.text, finishReason: r.finish ?? "length" }))
+      })
+
+    const generate = (requests: ReadonlyArray<GenerationRequest>, opts: GenerateOptions = {}) =>
+      Effect.gen(function* () {
+        for (const [i, r] of requests.entries()) {
+          const p = problem(r, i, ckpt, tokenizer !== undefined)
+          if (p) return yield* Effect.fail(fail(p))
+        }
+        const size = opts.batchSize ?? 16
+        if (!Number.isInteger(size) || size < 1) return yield* Effect.fail(fail(`batchSize must be a positive integer, got ${size}`))
+        const results: Generation[] = []
+        for (let i = 0; i < requests.length; i += size) results.push(...(yield* generateBatch(requests.slice(i, i + size), opts.cache ?? true)))
+        return results
+      })
+
+    return { generate, session }
+  })
