@@ -1,0 +1,142 @@
+// Trainable adapters injected into the decoder graph of forward.ts: LoRA on chosen linear layers
+// and soft prompts (plain, or produced from a condition vector by a small MLP).
+//
+// LoRA (PEFT semantics, so a trained adapter exports with peft.ts writeAdapter and loads in PEFT):
+//   y = W x + b + scale * B (A dropout(x)),  A [r, in], B [out, r],
+//   scale = alpha / r (alpha / sqrt(r) with rsLoRA: peft.ts loraScale).
+//   loraParamSpecs(targets, r)            -> { [loraName(module, "A"|"B")]: { shape } } for buildTrainStep
+//   loraInputs(g, targets, r)             -> graph inputs for A and B of each target
+//   loraHook(modules, scale, { dropout }) -> a LinearHook for decoder(); `modules` maps module path -> {a, b}
+//   loraFromParams(targets, params)       -> that map from the params buildTrainStep hands its loss
+//   initLora(targets, r, seed)            -> host values: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's
+//                                            kaiming_uniform(a=sqrt(5))), B = 0, so training starts at the base model
+//   loraAdapter(config, targets, values)  -> a peft.ts LoraAdapter (for writeAdapter / mergeLora)
+//
+// Soft prompts: k embeddings [k, H] (or [B, k, H] from a condition) prepended to the token
+// embeddings, with the attention mask extended by k ones on the left of the real tokens:
+//   prependSoftPrompt(g, prompt, embeds, mask) -> { embeds [B, k+T, H], mask [B, k+T] }
+//   conditionalSoftPrompt(g, condition [B, C], mlp, k, H) -> [B, k, H]
+//     mlp: two layers, tanh between: W1 [hidden, C], b1 [hidden], W2 [k*H, hidden], b2 [k*H]
+// On a left-padded row the padding ends up between prompt and tokens; it is masked out and
+// positions come from the mask, so every row sees prompt positions 0..k-1 then its tokens.
+import type { Graph, Value } from "../graph/index.ts"
+import type { ParamSpec } from "../graph/optim.ts"
+import type { LinearHook } from "./forward.ts"
+import type { LoraAdapter, LoraConfig, LoraTarget } from "./peft.ts"
+import { fromNumbers } from "./safetensors.ts"
+import { mulberry32 } from "./init.ts"
+
+/** Graph input / train-step parameter name of a LoRA matrix. */
+export const loraName = (module: string, which: "A" | "B") => `lora.${module}.${which}`
+
+export interface LoraValues {
+  readonly a: Value
+  readonly b: Value
+}
+
+export const loraShapes = (t: LoraTarget, r: number) => ({ A: [r, t.inFeatures], B: [t.outFeatures, r] })
+
+export const loraParamSpecs = (targets: ReadonlyArray<LoraTarget>, r: number): Record<string, ParamSpec> => {
+  const out: Record<string, ParamSpec> = {}
+  for (const t of targets) {
+    const s = loraShapes(t, r)
+    out[loraName(t.module, "A")] = { shape: s.A, decay: true }
+    out[loraName(t.module, "B")] = { shape: s.B, decay: true }
+  }
+  return out
+}
+
+export const loraInputs = (g: Graph, targets: ReadonlyArray<LoraTarget>, r: number): Map<string, LoraValues> =>
+  new Map(
+    targets.map((t) => {
+      const s = loraShapes(t, r)
+      return [t.module, { a: g.input(loraName(t.module, "A"), "float32", s.A), b: g.input(loraName(t.module, "B"), "float32", s.B) }]
+    }),
+  )
+
+export const loraFromParams = (targets: ReadonlyArray<LoraTarget>, params: Readonly<Record<string, Value>>): Map<string, LoraValues> =>
+  new Map(targets.map((t) => [t.module, { a: params[loraName(t.module, "A")], b: params[loraName(t.module, "B")] }]))
+
+export interface LoraHookOptions {
+  /** dropout on the adapter's input (training graphs only); a fresh mask each run */
+  readonly dropout?: number
+  readonly seed?: number
+}
+
+/**
+ * Inverted dropout: x * mask with mask = (u >= p) / (1 - p), made by ONNX Dropout (training mode)
+ * on a tensor of ones shaped like x, so the mask reads only x's shape and autodiff treats it as a
+ * constant. (onnxruntime 1.30's CPU provider has no RandomUniformLike kernel at opset 22+.)
+ */
+const dropout = (g: Graph, x: Value, p: number, seed: number): Value => {
+  const ones = g.constantOfShape(g.shapeOf(x), 1, "float32", x.shape)
+  const [mask] = g.node("Dropout", [ones, g.scalar(p), g.constant("bool", [], [1])], { seed }, [{ dtype: "float32", shape: x.shape }])
+  return g.mul(x, mask)
+}
+
+export const loraHook = (modules: ReadonlyMap<string, LoraValues>, scale: number, options: LoraHookOptions = {}): LinearHook => {
+  let n = 0
+  return (g, site, x, y) => {
+    const m = modules.get(site.module)
+    if (!m) return y
+    const p = options.dropout ?? 0
+    const xin = p > 0 ? dropout(g, x, p, (options.seed ?? 0) + n++) : x
+    return g.add(y, g.mul(g.linear(g.linear(xin, m.a), m.b), g.scalar(scale)))
+  }
+}
+
+/** Fresh LoRA matrices as host arrays, keyed by loraName (PEFT's default initialization). */
+export const initLora = (targets: ReadonlyArray<LoraTarget>, r: number, seed: number): Record<string, { shape: number[]; data: Float32Array }> => {
+  const rand = mulberry32(seed)
+  const out: Record<string, { shape: number[]; data: Float32Array }> = {}
+  for (const t of targets) {
+    const s = loraShapes(t, r)
+    const bound = 1 / Math.sqrt(t.inFeatures)
+    out[loraName(t.module, "A")] = { shape: s.A, data: Float32Array.from({ length: r * t.inFeatures }, () => (2 * rand() - 1) * bound) }
+    out[loraName(t.module, "B")] = { shape: s.B, data: new Float32Array(t.outFeatures * r) }
+  }
+  return out
+}
+
+/** A PEFT adapter from trained values keyed by loraName (stored as F32). */
+export const loraAdapter = (config: LoraConfig, targets: ReadonlyArray<LoraTarget>, values: Readonly<Record<string, ArrayLike<number>>>): LoraAdapter => {
+  const get = (t: LoraTarget, which: "A" | "B") => {
+    const v = values[loraName(t.module, which)]
+    if (!v) throw new Error(`loraAdapter: no values for ${loraName(t.module, which)}`)
+    return fromNumbers(v, "F32", loraShapes(t, config.r)[which])
+  }
+  return { config, modules: new Map(targets.map((t) => [t.module, { a: get(t, "A"), b: get(t, "B") }])) }
+}
+
+// ------------------------------------------------------------------------------ soft prompts
+
+/** Prepends a prompt ([k, H] shared, or [B, k, H] per row) to embeds [B, T, H]; extends mask [B, S]. */
+export const prependSoftPrompt = (g: Graph, prompt: Value, embeds: Value, mask: Value): { embeds: Value; mask: Value } => {
+  const k = prompt.shape[prompt.rank - 2]
+  if (typeof k !== "number") throw new Error("prependSoftPrompt: the prompt length must be static")
+  // [k, H] -> [B, k, H] by broadcasting against zeros [B, 1, 1]
+  const zeros = g.constantOfShape(g.concat([g.shapeOf(embeds, 0, 1), g.ints([1, 1])], 0), 0, "float32", [embeds.shape[0], 1, 1])
+  const batched = prompt.rank === 3 ? prompt : g.add(g.unsqueeze(prompt, [0]), zeros)
+  const ones = g.constantOfShape(g.concat([g.shapeOf(mask, 0, 1), g.ints([k])], 0), 1, "int64", [mask.shape[0], k])
+  return { embeds: g.concat([batched, embeds], 1), mask: g.concat([ones, mask], 1) }
+}
+
+export interface ConditionMlp {
+  /** [hidden, C] */
+  readonly w1: Value
+  readonly b1: Value
+  /** [k * H, hidden] */
+  readonly w2: Value
+  readonly b2: Value
+}
+
+export const conditionMlpShapes = (conditionSize: number, hidden: number, k: number, hiddenSize: number) => ({
+  w1: [hidden, conditionSize],
+  b1: [hidden],
+  w2: [k * hiddenSize, hidden],
+  b2: [k * hiddenSize],
+})
+
+/** Soft prompts [B, k, H] from conditions [B, C]: W2 tanh(W1 c + b1) + b2, reshaped. */
+export const conditionalSoftPrompt = (g: Graph, condition: Value, mlp: ConditionMlp, k: number, hiddenSize: number): Value =>
+  g.reshape(g.linear(g.tanh(g.linear(condition, mlp.w1, mlp.b1)), mlp.w2, mlp.b2), [-1, k, hiddenSize])

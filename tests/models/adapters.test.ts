@@ -1,0 +1,275 @@
+// LoRA and soft-prompt hooks of src/models/adapters.ts on random tiny checkpoints:
+// - LoRA with B = 0 is the base model; LoRA with random A, B equals the forward of the checkpoint
+//   that peft.ts mergeLora writes (reference computed in float64 on the merged weights);
+// - a soft prompt equal to the embeddings of some tokens equals the reference on those tokens
+//   prepended (also in a left-padded batch); a conditional soft prompt likewise;
+// - LoRA and full-parameter training through buildTrainStep lower the cross-entropy.
+// Tolerance 1e-4 absolute on O(1) logits, as in forward.test.ts.
+import { Effect } from "effect"
+import * as ort from "onnxruntime-node"
+import { describe, expect, it } from "vitest"
+import { Graph } from "../../src/graph/index.ts"
+import { crossEntropy } from "../../src/graph/losses.ts"
+import { buildTrainStep } from "../../src/graph/optim.ts"
+import {
+  conditionalSoftPrompt,
+  conditionMlpShapes,
+  initLora,
+  loraAdapter,
+  loraFromParams,
+  loraHook,
+  loraInputs,
+  loraName,
+  loraParamSpecs,
+  prependSoftPrompt,
+} from "../../src/models/adapters.ts"
+import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.ts"
+import { allWeightRefs, buildForwardGraph, decoder, forwardNames, paramWeights } from "../../src/models/forward.ts"
+import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
+import { tinyGpt2, tinyGptNeox, tinyLlama } from "../../src/models/init.ts"
+import { loraConfigFor, loraScale, loraTargets, mergeLora } from "../../src/models/peft.ts"
+import { createSession } from "../../src/runtime/session.ts"
+import { tensor } from "../../src/runtime/tensor.ts"
+import { initTrainState, trainStep } from "../../src/runtime/train.ts"
+import { referenceLogits } from "../reference/reference.ts"
+import { expectClose, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
+
+const TOL = 1e-4
+const seq = [1, 7, 3, 60, 12, 5]
+const ones = (n: number) => tensor("int64", [1, n], Array(n).fill(1))
+
+const loraSession = async (ckpt: Checkpoint, targetModules: string[], r: number, alpha: number) => {
+  const targets = await Effect.runPromise(loraTargets(ckpt, targetModules))
+  const config = await Effect.runPromise(loraConfigFor(ckpt, { r, loraAlpha: alpha, targetModules, useRslora: true }))
+  const modules = { value: undefined as ReturnType<typeof loraInputs> | undefined }
+  const session = await Effect.runPromise(
+    Effect.gen(function* () {
+      const placement = yield* placeWeights(ckpt, tempDir("pipe-lora-graph-"))
+      const g = new Graph("lora")
+      modules.value = loraInputs(g, targets, r)
+      buildForwardGraph(g, ckpt, placement, { linearHook: loraHook(modules.value, loraScale(config)) })
+      return yield* createSession(yield* writeGraph(g, placement, "lora"))
+    }),
+  )
+  return { targets, config, session }
+}
+
+const randomValues = (n: number, seed: number) => {
+  let s = seed
+  return Float32Array.from({ length: n }, () => {
+    s = (s * 1103515245 + 12345) % 2 ** 31
+    return (s / 2 ** 31 - 0.5) * 0.6
+  })
+}
+
+describe("LoRA", () => {
+  for (const [name, config, targetModules] of [
+    ["llama", tinyLlama(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
+    ["gpt2 (Conv1D, W^T stored)", tinyGpt2(), ["c_attn", "c_proj", "c_fc"]],
+    ["gpt_neox", tinyGptNeox(), ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]],
+  ] as const)
+    it(`${name}: B = 0 is the base model; random A, B equal the mergeLora checkpoint`, async () => {
+      const ckpt = await randomCheckpoint(config)
+      const r = 2
+      const { targets, config: lc, session } = await loraSession(ckpt, [...targetModules], r, 4)
+      const init = initLora(targets, r, 5)
+      const feeds = (values: Record<string, { shape: number[]; data: Float32Array }>) => {
+        const f: Record<string, ort.Tensor> = { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: ones(seq.length) }
+        for (const [k, v] of Object.entries(values)) f[k] = tensor("float32", v.shape, v.data)
+        return f
+      }
+      const base = referenceLogits(ckpt.dir, seq)
+      expectClose(rowsOf((await run(session, feeds(init))).logits, 0), base, TOL)
+
+      const trained: Record<string, { shape: number[]; data: Float32Array }> = {}
+      Object.entries(init).forEach(([k, v], i) => (trained[k] = { shape: v.shape, data: randomValues(v.data.length, 17 + i) }))
+      const adapted = rowsOf((await run(session, feeds(trained))).logits, 0)
+      const merged = tempDir("pipe-lora-merged-")
+      const values = Object.fromEntries(Object.entries(trained).map(([k, v]) => [k, v.data]))
+      await Effect.runPromise(mergeLora(ckpt.dir, loraAdapter(lc, targets, values), merged))
+      const want = referenceLogits(merged, seq)
+      expectClose(adapted, want, TOL)
+      // the adapter must actually change the output for this comparison to mean something
+      expect(Math.max(...want.flatMap((w, i) => Array.from(w, (x, j) => Math.abs(x - base[i][j]))))).toBeGreaterThan(1e-2)
+    })
+})
+
+/** Rows of the token-embedding matrix as a [k, H] prompt. */
+const embeddingRows = async (ckpt: Checkpoint, tokens: number[]) => {
+  const { values } = await Effect.runPromise(readWeightFloat64(ckpt.weights.embedTokens))
+  const H = ckpt.config.hiddenSize
+  return Float32Array.from(tokens.flatMap((t) => Array.from(values.subarray(t * H, (t + 1) * H))))
+}
+
+describe("soft prompts", () => {
+  it("a prompt equal to token embeddings equals the reference with those tokens prepended, also left-padded", async () => {
+    const ckpt = await randomCheckpoint(tinyLlama())
+    const H = ckpt.config.hiddenSize
+    const promptTokens = [40, 41, 42]
+    const session = await Effect.runPromise(
+      Effect.gen(function* () {
+        const placement = yield* placeWeights(ckpt, tempDir("pipe-soft-graph-"))
+        const g = new Graph("soft")
+        const source = externalWeights(g, placement)
+        const prompt = g.input("soft_prompt", "float32", [promptTokens.length, H])
+        const tokenIds = g.input(forwardNames.ids, "int64", ["batch", "seq"])
+        const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
+        const x = prependSoftPrompt(g, prompt, g.gather(source(ckpt.weights.embedTokens), tokenIds, 0), mask)
+        const out = decoder(g, ckpt.config, ckpt.weights, source, { embeds: x.embeds, mask: x.mask })
+        g.outputAs("logits", g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0])))
+        return yield* createSession(yield* writeGraph(g, placement, "soft"))
+      }),
+    )
+    const short = seq.slice(0, 4)
+    const out = await run(session, {
+      soft_prompt: tensor("float32", [promptTokens.length, H], await embeddingRows(ckpt, promptTokens)),
+      [forwardNames.ids]: ids([seq, [0, 0, ...short]]),
+      [forwardNames.mask]: tensor("int64", [2, 6], [1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1]),
+    })
+    expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, [...promptTokens, ...seq]), TOL)
+    expectClose([...rowsOf(out.logits, 1, 0, 3), ...rowsOf(out.logits, 1, 5)], referenceLogits(ckpt.dir, [...promptTokens, ...short]), TOL)
+  })
+
+  it("a conditional prompt is the MLP of the condition (W2 = 0, b2 = embeddings gives those tokens)", async () => {
+    const ckpt = await randomCheckpoint(tinyGpt2())
+    const H = ckpt.config.hiddenSize
+    const k = 2
+    const shapes = conditionMlpShapes(3, 5, k, H)
+    const session = await Effect.runPromise(
+      Effect.gen(function* () {
+        const placement = yield* placeWeights(ckpt, tempDir("pipe-cond-graph-"))
+        const g = new Graph("cond")
+        const source = externalWeights(g, placement)
+        const cond = g.input("condition", "float32", ["batch", 3])
+        const mlp = { w1: g.input("w1", "float32", shapes.w1), b1: g.input("b1", "float32", shapes.b1), w2: g.input("w2", "float32", shapes.w2), b2: g.input("b2", "float32", shapes.b2) }
+        const tokenIds = g.input(forwardNames.ids, "int64", ["batch", "seq"])
+        const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
+        const x = prependSoftPrompt(g, conditionalSoftPrompt(g, cond, mlp, k, H), g.gather(source(ckpt.weights.embedTokens), tokenIds, 0), mask)
+        const out = decoder(g, ckpt.config, ckpt.weights, source, { embeds: x.embeds, mask: x.mask })
+        g.outputAs("logits", g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0])))
+        return yield* createSession(yield* writeGraph(g, placement, "cond"))
+      }),
+    )
+    const feeds = (w2: Float32Array) => ({
+      condition: tensor("float32", [1, 3], [0.3, -1, 2]),
+      w1: tensor("float32", shapes.w1, randomValues(15, 1)),
+      b1: tensor("float32", shapes.b1, randomValues(5, 2)),
+      w2: tensor("float32", shapes.w2, w2),
+      [forwardNames.ids]: ids([seq]),
+      [forwardNames.mask]: ones(seq.length),
+    })
+    const b2 = (n: number) => tensor("float32", shapes.b2, n === 0 ? new Float32Array(k * H) : randomValues(k * H, 9))
+    const promptTokens = [50, 51]
+    const out = await run(session, { ...feeds(new Float32Array(k * H * 5)), b2: tensor("float32", shapes.b2, await embeddingRows(ckpt, promptTokens)) })
+    expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, [...promptTokens, ...seq]), TOL)
+    // with W2 != 0 the condition reaches the logits
+    const a = rowsOf((await run(session, { ...feeds(randomValues(k * H * 5, 3)), b2: b2(0) })).logits, 0)
+    const b = rowsOf((await run(session, { ...feeds(randomValues(k * H * 5, 3)), b2: b2(0), condition: tensor("float32", [1, 3], [1, 1, 1]) })).logits, 0)
+    expect(Math.max(...a.flatMap((row, i) => Array.from(row, (x, j) => Math.abs(x - b[i][j]))))).toBeGreaterThan(1e-3)
+  })
+})
+
+/** Cross-entropy of next-token prediction on a fixed batch, as a train-step loss. */
+const nextTokenLoss = (H: number) => (g: Graph, hidden: Value, lmHead: Value, targets: Value, mask: Value) =>
+  crossEntropy(g, { hidden: g.reshape(hidden, [-1, H]), weight: lmHead }, g.reshape(targets, [-1]), g.reshape(mask, [-1])).mean
+type Value = ReturnType<Graph["input"]>
+
+const trainBatch = () => {
+  const rows = [
+    [1, 5, 9, 13, 17, 21, 25],
+    [2, 6, 10, 14, 18, 22, 26],
+  ]
+  return {
+    input_ids: ids(rows.map((r) => r.slice(0, -1))),
+    attention_mask: tensor("int64", [2, 6], Array(12).fill(1)),
+    targets: ids(rows.map((r) => r.slice(1))),
+    loss_mask: tensor("float32", [2, 6], Array(12).fill(1)),
+  }
+}
+const batchSpec = {
+  input_ids: { dtype: "int64", shape: ["batch", "seq"] },
+  attention_mask: { dtype: "int64", shape: ["batch", "seq"] },
+  targets: { dtype: "int64", shape: ["batch", "seq"] },
+  loss_mask: { dtype: "float32", shape: ["batch", "seq"] },
+} as const
+
+describe("training through buildTrainStep", () => {
+  it("LoRA (with dropout) lowers the cross-entropy; the base weights stay external and frozen", async () => {
+    const ckpt = await randomCheckpoint(tinyLlama())
+    const targets = await Effect.runPromise(loraTargets(ckpt, ["q_proj", "v_proj", "down_proj"]))
+    const r = 4
+    const loss = nextTokenLoss(ckpt.config.hiddenSize)
+    const session = await Effect.runPromise(
+      Effect.gen(function* () {
+        const placement = yield* placeWeights(ckpt, tempDir("pipe-lora-train-"))
+        const g = new Graph("lora_train")
+        const source = externalWeights(g, placement)
+        buildTrainStep({
+          graph: g,
+          params: loraParamSpecs(targets, r),
+          batch: batchSpec,
+          adamw: { weightDecay: 0 },
+          loss: (sub, params, b) => {
+            const hook = loraHook(loraFromParams(targets, params), 2, { dropout: 0.1, seed: 1 })
+            const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: hook })
+            return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
+          },
+        })
+        return yield* createSession(yield* writeGraph(g, placement, "lora_train"))
+      }),
+    )
+    const init = initLora(targets, r, 3)
+    let state = initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
+    const losses: number[] = []
+    for (let i = 0; i < 30; i++) {
+      const res = await Effect.runPromise(trainStep(session, state, trainBatch(), 0.02))
+      state = res.state
+      losses.push(res.loss)
+    }
+    expect(losses[0]).toBeGreaterThan(Math.log(64) * 0.8) // near-uniform random model
+    expect(losses.at(-1)!).toBeLessThan(losses[0] * 0.7)
+    expect(Object.keys(state.params)).toContain(loraName(targets[0].module, "A"))
+  })
+
+  it("full-parameter training: every weight a trainable input, named by its checkpoint tensor name", async () => {
+    const ckpt = await randomCheckpoint(tinyLlama({ tiedEmbeddings: true }))
+    const refs = allWeightRefs(ckpt.weights)
+    const loss = nextTokenLoss(ckpt.config.hiddenSize)
+    const g = buildTrainStep({
+      params: Object.fromEntries(refs.map((w) => [w.name, { shape: [...w.shape], decay: w.shape.length > 1 }])),
+      batch: batchSpec,
+      loss: (sub, params, b) => {
+        const out = decoder(sub, ckpt.config, ckpt.weights, paramWeights(params), { ids: b.input_ids, mask: b.attention_mask })
+        return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
+      },
+    })
+    const session = await Effect.runPromise(Effect.flatMap(placeWeights(ckpt, tempDir("pipe-full-train-")), (p) => Effect.flatMap(writeGraph(g, p, "full"), (f) => createSession(f))))
+    const params: Record<string, ort.Tensor> = {}
+    for (const w of refs) {
+      const { shape, values } = await Effect.runPromise(readWeightFloat64(w))
+      params[w.name] = tensor("float32", [...shape], Float32Array.from(values))
+    }
+    let state = initTrainState(params)
+    const first = await Effect.runPromise(trainStep(session, state, trainBatch(), 0.01))
+    // the loss of step 1 is the forward on the checkpoint's own weights: check it against the reference
+    const b = trainBatch()
+    const rows = [Array.from(b.input_ids.data as BigInt64Array, Number).slice(0, 6), Array.from(b.input_ids.data as BigInt64Array, Number).slice(6)]
+    const tg = Array.from(b.targets.data as BigInt64Array, Number)
+    let nll = 0
+    rows.forEach((row, i) =>
+      referenceLogits(ckpt.dir, row).forEach((z, t) => {
+        const m = Math.max(...z)
+        nll += Math.log(z.reduce((s, x) => s + Math.exp(x - m), 0)) + m - z[tg[i * 6 + t]]
+      }),
+    )
+    expect(Math.abs(first.loss - nll / 12)).toBeLessThan(1e-4)
+    state = first.state
+    let last = first.loss
+    for (let i = 0; i < 20; i++) {
+      const res = await Effect.runPromise(trainStep(session, state, trainBatch(), 0.01))
+      state = res.state
+      last = res.loss
+    }
+    expect(last).toBeLessThan(first.loss * 0.7)
+  })
+})
