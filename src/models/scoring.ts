@@ -1,0 +1,154 @@
+// Teacher-forced scoring: per-position log-probability of a given next token, entropy, top-k
+// log-probabilities and the probability mass outside the top k (the teacher-logits artifact),
+// computed chunk by chunk over positions in an ONNX Loop so [tokens x vocab] logits are never
+// held whole (one [chunk x vocab] block at a time).
+//
+// API
+//   positionStats(g, hidden [N, H], lmHead [V, H], targets [N] int64, { topK, chunk })
+//     -> { targetLogProb [N], entropy [N], topLogProbs [N, k], topIds [N, k] int64, tailMass [N] }
+//     Graph function; any target id in [0, V) (use 0 where a position is not scored).
+//   buildScoringGraph(g, ckpt, placement, { topK, chunk }) : inputs input_ids, attention_mask
+//     [B, T] (left padding), targets [B, T]; outputs scoringNames.* shaped [B, T] / [B, T, k].
+//   scoreContinuations(session, requests, { padId }) -> Effect<ContinuationScore[]>
+//     log p(continuation | context) token by token, batched with left padding; a request's
+//     context must be non-empty (start it with BOS where the model expects one).
+//   perplexity(logProbs) = exp(-mean log p)
+//
+// Numerics: float32 log-softmax per row (max-subtracted by onnxruntime). tailMass =
+// max(0, 1 - Σ exp(top-k log-probs)) has absolute error ~1e-7 from float32 cancellation when
+// the top k hold almost all the mass.
+import { Effect } from "effect"
+import type * as ort from "onnxruntime-node"
+import type { Graph, Value } from "../graph/index.ts"
+import { type RunError, runSession, type Session } from "../runtime/session.ts"
+import { tensor } from "../runtime/tensor.ts"
+import type { Checkpoint } from "./checkpoint.ts"
+import { decoder, forwardNames } from "./forward.ts"
+import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
+
+export interface PositionStatsOptions {
+  readonly topK: number
+  /** positions per chunk (default 128): memory holds about chunk x vocab floats */
+  readonly chunk?: number
+}
+
+export interface PositionStats {
+  readonly targetLogProb: Value
+  readonly entropy: Value
+  readonly topLogProbs: Value
+  readonly topIds: Value
+  readonly tailMass: Value
+}
+
+export const positionStats = (g: Graph, hidden: Value, lmHead: Value, targets: Value, opts: PositionStatsOptions): PositionStats => {
+  const chunk = opts.chunk ?? 128
+  const k = opts.topK
+  const n = g.shapeOf(hidden, 0, 1)
+  const c = g.ints([chunk])
+  const numChunks = g.div(g.add(n, g.sub(c, g.ints([1]))), c)
+  const padAmount = g.sub(g.mul(numChunks, c), n)
+  // edge padding: the padded rows are copies of the last one, computed and then dropped
+  const hPad = g.pad(hidden, g.concat([g.ints([0, 0]), padAmount, g.ints([0])], 0), "edge")
+  const tPad = g.pad(targets, g.concat([g.ints([0]), padAmount], 0), "edge")
+  const outs = g.loop(g.reshape(numChunks, []), null, [], (sub, iter) => {
+    const start = sub.mul(sub.reshape(iter, [1]), sub.ints([chunk]))
+    const end = sub.add(start, sub.ints([chunk]))
+    const h = sub.slice(hPad, start, end, [0])
+    const t = sub.slice(tPad, start, end, [0])
+    const logp = sub.logSoftmax(sub.gemm(h, lmHead, null, { transB: true }), -1) // [C, V]
+    const target = sub.squeeze(sub.gatherElements(logp, sub.unsqueeze(t, [1]), 1), [1])
+    const entropy = sub.neg(sub.reduceSum(sub.mul(sub.exp(logp), logp), [1]))
+    const [topLogProbs, topIds] = sub.topK(logp, k, -1)
+    const tail = sub.max(sub.sub(sub.scalar(1), sub.reduceSum(sub.exp(topLogProbs), [1])), sub.scalar(0))
+    return { carried: [], scans: [target, entropy, topLogProbs, topIds, tail] }
+  })
+  // [chunks, chunk, ...] -> first N rows
+  const unchunk = (v: Value, tail: number[]) => g.slice(g.reshape(v, [-1, ...tail]), g.ints([0]), n, [0])
+  return {
+    targetLogProb: unchunk(outs[0], []),
+    entropy: unchunk(outs[1], []),
+    topLogProbs: unchunk(outs[2], [k]),
+    topIds: unchunk(outs[3], [k]),
+    tailMass: unchunk(outs[4], []),
+  }
+}
+
+export const scoringNames = {
+  targets: "targets",
+  targetLogProb: "target_logprob",
+  entropy: "entropy",
+  topLogProbs: "top_logprobs",
+  topIds: "top_ids",
+  tailMass: "tail_mass",
+} as const
+
+/** A scoring graph over external weights; see the file header for its inputs and outputs. */
+export const buildScoringGraph = (g: Graph, ckpt: Checkpoint, placement: WeightPlacement, opts: PositionStatsOptions): void => {
+  const c = ckpt.config
+  const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
+  const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
+  const targets = g.input(scoringNames.targets, "int64", ["batch", "seq"])
+  const out = decoder(g, c, ckpt.weights, externalWeights(g, placement), { ids, mask })
+  const s = positionStats(g, g.reshape(out.hidden, [-1, c.hiddenSize]), out.lmHead, g.reshape(targets, [-1]), opts)
+  const bt = g.shapeOf(targets)
+  const btk = g.concat([bt, g.ints([opts.topK])], 0)
+  g.outputAs(scoringNames.targetLogProb, g.reshapeLike(s.targetLogProb, targets))
+  g.outputAs(scoringNames.entropy, g.reshapeLike(s.entropy, targets))
+  g.outputAs(scoringNames.tailMass, g.reshapeLike(s.tailMass, targets))
+  g.outputAs(scoringNames.topLogProbs, g.reshape(s.topLogProbs, btk))
+  g.outputAs(scoringNames.topIds, g.reshape(s.topIds, btk))
+}
+
+export interface ContinuationRequest {
+  readonly context: ReadonlyArray<number>
+  readonly continuation: ReadonlyArray<number>
+}
+
+export interface ContinuationScore {
+  /** log p(continuation[i] | context, continuation[:i]) */
+  readonly logProbs: number[]
+  /** entropy of the model's distribution at each continuation position */
+  readonly entropies: number[]
+  readonly sum: number
+}
+
+/** Scores requests in one batch (left-padded to the longest); see the file header. */
+export const scoreContinuations = (
+  session: Session,
+  requests: ReadonlyArray<ContinuationRequest>,
+  options: { readonly padId?: number } = {},
+): Effect.Effect<ContinuationScore[], RunError> =>
+  Effect.suspend(() => {
+    if (requests.length === 0) return Effect.succeed([])
+    for (const [i, r] of requests.entries()) if (r.context.length === 0) return Effect.die(new Error(`scoreContinuations: request ${i} has an empty context`))
+    const seqs = requests.map((r) => [...r.context, ...r.continuation])
+    const T = Math.max(...seqs.map((s) => s.length)) - 1
+    const pad = options.padId ?? 0
+    const ids: number[] = []
+    const mask: number[] = []
+    const targets: number[] = []
+    for (const s of seqs) {
+      const padding = T - (s.length - 1)
+      ids.push(...Array(padding).fill(pad), ...s.slice(0, -1))
+      mask.push(...Array(padding).fill(0), ...Array(s.length - 1).fill(1))
+      targets.push(...Array(padding).fill(0), ...s.slice(1))
+    }
+    const B = requests.length
+    const feeds: Record<string, ort.Tensor> = {
+      [forwardNames.ids]: tensor("int64", [B, T], ids),
+      [forwardNames.mask]: tensor("int64", [B, T], mask),
+      [scoringNames.targets]: tensor("int64", [B, T], targets),
+    }
+    return Effect.map(runSession(session, feeds, [scoringNames.targetLogProb, scoringNames.entropy]), (out) => {
+      const lp = out[scoringNames.targetLogProb].data as Float32Array
+      const ent = out[scoringNames.entropy].data as Float32Array
+      return requests.map((r, b) => {
+        const from = b * T + T - r.continuation.length
+        const logProbs = Array.from(lp.subarray(from, (b + 1) * T))
+        return { logProbs, entropies: Array.from(ent.subarray(from, (b + 1) * T)), sum: logProbs.reduce((x, y) => x + y, 0) }
+      })
+    })
+  })
+
+/** exp(-mean log p); NaN for no tokens. */
+export const perplexity = (logProbs: ReadonlyArray<number>): number => Math.exp(-logProbs.reduce((a, b) => a + b, 0) / logProbs.length)

@@ -1,0 +1,86 @@
+// Chunked scoring (src/models/scoring.ts) against float64 statistics of the reference logits:
+// target log-probs, entropy, top-k log-probs and ids, tail mass; chunk 3 with a position count
+// that is not a multiple of it (the padded last chunk), and left-padded continuation batches.
+// Tolerance 1e-4 absolute (float32 log-softmax of O(1) logits, as in forward.test.ts).
+import { Effect } from "effect"
+import { describe, expect, it } from "vitest"
+import { Graph } from "../../src/graph/index.ts"
+import { tinyGptNeox, tinyLlama } from "../../src/models/init.ts"
+import { forwardNames } from "../../src/models/forward.ts"
+import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
+import { buildScoringGraph, perplexity, scoreContinuations, scoringNames } from "../../src/models/scoring.ts"
+import { createSession } from "../../src/runtime/session.ts"
+import { tensor } from "../../src/runtime/tensor.ts"
+import { referenceLogits } from "../reference/reference.ts"
+import { ids, randomCheckpoint, run, tempDir } from "./forward-helpers.ts"
+
+const TOL = 1e-4
+const K = 5
+
+const logSoftmax = (z: Float64Array) => {
+  const m = Math.max(...z)
+  const lse = m + Math.log(z.reduce((s, x) => s + Math.exp(x - m), 0))
+  return Array.from(z, (x) => x - lse)
+}
+
+const scoringSession = async (config = tinyLlama()) => {
+  const ckpt = await randomCheckpoint(config)
+  const session = await Effect.runPromise(
+    Effect.gen(function* () {
+      const placement = yield* placeWeights(ckpt, tempDir("pipe-scoring-graph-"))
+      const g = new Graph("scoring")
+      buildScoringGraph(g, ckpt, placement, { topK: K, chunk: 3 })
+      return yield* createSession(yield* writeGraph(g, placement, "scoring"))
+    }),
+  )
+  return { ckpt, session }
+}
+
+describe("scoring", () => {
+  it("per-position stats equal float64 statistics of the reference logits", async () => {
+    const { ckpt, session } = await scoringSession()
+    const seq = [1, 7, 3, 60, 12, 5, 9, 33] // 7 scored positions: chunks of 3, 3, 1 (+2 padded)
+    const T = seq.length - 1
+    const out = await run(session, {
+      [forwardNames.ids]: ids([seq.slice(0, -1)]),
+      [forwardNames.mask]: tensor("int64", [1, T], Array(T).fill(1)),
+      [scoringNames.targets]: ids([seq.slice(1)]),
+    })
+    expect(out[scoringNames.topLogProbs].dims).toEqual([1, T, K])
+    const ref = referenceLogits(ckpt.dir, seq.slice(0, -1)).map(logSoftmax)
+    const lp = out[scoringNames.targetLogProb].data as Float32Array
+    const ent = out[scoringNames.entropy].data as Float32Array
+    const top = out[scoringNames.topLogProbs].data as Float32Array
+    const topIds = out[scoringNames.topIds].data as BigInt64Array
+    const tail = out[scoringNames.tailMass].data as Float32Array
+    ref.forEach((l, t) => {
+      expect(Math.abs(lp[t] - l[seq[t + 1]])).toBeLessThan(TOL)
+      expect(Math.abs(ent[t] - -l.reduce((s, x) => s + Math.exp(x) * x, 0))).toBeLessThan(TOL)
+      const order = l.map((x, i) => [x, i] as const).sort((a, b) => b[0] - a[0])
+      for (let j = 0; j < K; j++) {
+        expect(Math.abs(top[t * K + j] - order[j][0])).toBeLessThan(TOL)
+        expect(Number(topIds[t * K + j])).toBe(order[j][1])
+      }
+      const rest = order.slice(K).reduce((s, [x]) => s + Math.exp(x), 0)
+      expect(Math.abs(tail[t] - rest)).toBeLessThan(TOL)
+    })
+  })
+
+  it("continuations scored in a left-padded batch equal the reference, and perplexity follows", async () => {
+    const { ckpt, session } = await scoringSession(tinyGptNeox())
+    const requests = [
+      { context: [1, 4, 9], continuation: [16, 25, 36] },
+      { context: [1], continuation: [2] },
+      { context: [1, 3, 5, 7, 9], continuation: [11, 13] },
+    ]
+    const scores = await Effect.runPromise(scoreContinuations(session, requests))
+    requests.forEach((r, i) => {
+      const seq = [...r.context, ...r.continuation]
+      const ref = referenceLogits(ckpt.dir, seq.slice(0, -1)).map(logSoftmax)
+      const want = r.continuation.map((tok, j) => ref[r.context.length - 1 + j][tok])
+      expect(scores[i].logProbs.length).toBe(want.length)
+      scores[i].logProbs.forEach((x, j) => expect(Math.abs(x - want[j])).toBeLessThan(TOL))
+      expect(Math.abs(perplexity(scores[i].logProbs) - Math.exp(-want.reduce((a, b) => a + b, 0) / want.length))).toBeLessThan(1e-3)
+    })
+  })
+})
