@@ -64,14 +64,18 @@ export interface LoraHookOptions {
 }
 
 /**
- * Inverted dropout: x * mask with mask = (u >= p) / (1 - p), made by ONNX Dropout (training mode)
- * on a tensor of ones shaped like x, so the mask reads only x's shape and autodiff treats it as a
- * constant. (onnxruntime 1.30's CPU provider has no RandomUniformLike kernel at opset 22+.)
+ * Inverted dropout: x * keep / (1 - p) with keep the boolean mask output of ONNX Dropout in
+ * training mode. Only the mask output is used: it is boolean, so autodiff sees a constant, and
+ * a consumed mask keeps onnxruntime's EliminateDropout pass from deleting the node (it removes
+ * Dropouts whose mask is unused). onnxruntime 1.30's CPU provider has no RandomUniformLike kernel
+ * at opset 22+, so Dropout is the in-graph random source.
  */
 const dropout = (g: Graph, x: Value, p: number, seed: number): Value => {
-  const ones = g.constantOfShape(g.shapeOf(x), 1, "float32", x.shape)
-  const [mask] = g.node("Dropout", [ones, g.scalar(p), g.constant("bool", [], [1])], { seed }, [{ dtype: "float32", shape: x.shape }])
-  return g.mul(x, mask)
+  const [, keep] = g.node("Dropout", [x, g.scalar(p), g.constant("bool", [], [1])], { seed }, [
+    { dtype: "float32", shape: x.shape },
+    { dtype: "bool", shape: x.shape },
+  ])
+  return g.mul(x, g.mul(g.cast(keep, "float32"), g.scalar(1 / (1 - p))))
 }
 
 export const loraHook = (modules: ReadonlyMap<string, LoraValues>, scale: number, options: LoraHookOptions = {}): LinearHook => {

@@ -8,7 +8,7 @@
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
-import { Graph } from "../../src/graph/index.ts"
+import { Graph, serialize } from "../../src/graph/index.ts"
 import { crossEntropy } from "../../src/graph/losses.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import {
@@ -92,6 +92,26 @@ describe("LoRA", () => {
       // the adapter must actually change the output for this comparison to mean something
       expect(Math.max(...want.flatMap((w, i) => Array.from(w, (x, j) => Math.abs(x - base[i][j]))))).toBeGreaterThan(1e-2)
     })
+})
+
+describe("LoRA dropout", () => {
+  it("drops about rate of the adapter's inputs, scales the rest by 1/(1-rate), and draws a new mask each run", async () => {
+    // one linear layer with a LoRA of identity-like A, B: out = scale * B A dropout(x) isolates the mask
+    const g = new Graph("dropout")
+    const x = g.input("x", "float32", [2000, 4])
+    const site = { layer: 0, module: "m", inFeatures: 4, outFeatures: 4, weight: undefined as never }
+    const eye = (n: number) => g.constant("float32", [n, n], Array.from({ length: n * n }, (_, i) => (i % (n + 1) === 0 ? 1 : 0)))
+    const hook = loraHook(new Map([["m", { a: eye(4), b: eye(4) }]]), 1, { dropout: 0.25, seed: 7 })
+    g.outputAs("y", hook(g, site, x, g.zerosLike(x)))
+    const session = await Effect.runPromise(createSession(serialize(g)))
+    const feeds = { x: tensor("float32", [2000, 4], Array(8000).fill(1)) }
+    const a = Array.from((await run(session, feeds)).y.data as Float32Array)
+    const b = Array.from((await run(session, feeds)).y.data as Float32Array)
+    const zeros = a.filter((v) => v === 0).length
+    expect(a.every((v) => v === 0 || Math.abs(v - 1 / 0.75) < 1e-6)).toBe(true)
+    expect(Math.abs(zeros / 8000 - 0.25)).toBeLessThan(0.03) // binomial sd ~0.005
+    expect(a).not.toEqual(b)
+  })
 })
 
 /** Rows of the token-embedding matrix as a [k, H] prompt. */
