@@ -7,13 +7,17 @@
 // differs from float64 by ~1e-6 relative per op, so 1e-4 absolute is a few hundred ulps of
 // headroom while a wrong rotation, mask or head split moves logits by >1e-2. Half-precision
 // checkpoints compare to the reference reading the same rounded weights, so the same bound holds.
+import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
+import { Graph } from "../../src/graph/index.ts"
 import type { ModelConfig } from "../../src/models/checkpoint.ts"
-import { forwardNames } from "../../src/models/forward.ts"
+import { decoder, forwardNames } from "../../src/models/forward.ts"
+import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
+import { createSession } from "../../src/runtime/session.ts"
 import { type WeightDType, tinyGpt2, tinyGptNeox, tinyLlama } from "../../src/models/init.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { referenceLogits } from "../reference/reference.ts"
-import { expectClose, forwardSession, ids, randomCheckpoint, rowsOf, run } from "./forward-helpers.ts"
+import { expectClose, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const seq = [1, 7, 3, 60, 12, 5, 9, 33]
@@ -90,4 +94,37 @@ describe("batching and KV cache", () => {
         }
       }
     })
+})
+
+describe("inside a Loop body", () => {
+  it("the decoder built in a subgraph reads the root's external weights (greedy decode of 3 tokens in-graph)", async () => {
+    const ckpt = await randomCheckpoint(tinyLlama())
+    const c = ckpt.config
+    const session = await Effect.runPromise(
+      Effect.gen(function* () {
+        const placement = yield* placeWeights(ckpt, tempDir("pipe-loop-graph-"))
+        const g = new Graph("loop")
+        const source = externalWeights(g, placement)
+        const prompt = g.input("input_ids", "int64", [1, "seq"])
+        // carried: the whole sequence so far (recomputed each step: this checks wiring, not speed)
+        const [final] = g.loop(g.constant("int64", [], [3]), null, [prompt], (sub, _iter, [seqSoFar]) => {
+          const mask = sub.add(sub.mul(seqSoFar, sub.constant("int64", [], [0])), sub.constant("int64", [], [1]))
+          const out = decoder(sub, c, ckpt.weights, source, { ids: seqSoFar, mask })
+          const last = sub.slice(out.hidden, [-1], [2 ** 31], [1]) // [1, 1, H]
+          const next = sub.argMax(sub.matMul(last, sub.transpose(out.lmHead, [1, 0])), -1, false) // [1, 1]
+          return { carried: [sub.concat([seqSoFar, next], 1)] }
+        })
+        g.outputAs("sequence", final)
+        return yield* createSession(yield* writeGraph(g, placement, "loop"))
+      }),
+    )
+    const prompt = [1, 7, 3]
+    const out = await run(session, { input_ids: ids([prompt]) })
+    const want = [...prompt]
+    for (let i = 0; i < 3; i++) {
+      const z = referenceLogits(ckpt.dir, want).at(-1)!
+      want.push(z.indexOf(Math.max(...z)))
+    }
+    expect(Array.from(out.sequence.data as BigInt64Array, Number)).toEqual(want)
+  })
 })
