@@ -7,6 +7,7 @@
 //       inputs.ids    int64 [B, T]            token ids            (or inputs.embeds float32 [B, T, H])
 //       inputs.mask   int64 [B, P + T]        1 = real token, 0 = padding; LEFT padding supported
 //       inputs.past   per layer {key, value}  float32 [B, kvHeads, P, headDim] (omit: P = 0)
+//       inputs.positions  int64 [B, T]        optional override of the position ids
 //     Position ids are derived in-graph from the mask (cumsum(mask) - 1, clamped at 0), so a
 //     left-padded row gets the same positions, and hence the same outputs, as the unpadded row.
 //     Returns final normalized hidden states [B, T, H], the LM head weight [V, H] (for the
@@ -15,7 +16,9 @@
 //     `source` turns each WeightRef into a float32 graph value of the stored shape:
 //       externalWeights(g, placement)  frozen weights as ONNX external data (see graph-weights.ts)
 //       inputWeights(g) / paramWeights(params)  weights as graph inputs named by their checkpoint
-//                                      tensor names (full-parameter training via buildTrainStep)
+//                                      tensor names, in the stored layout (GPT-2 Conv1D: [in, out]),
+//                                      for full-parameter training via buildTrainStep
+//                                      (allWeightRefs lists them, tied weights once)
 //     options.linearHook(site, x, y) may rewrite the output y of any block linear layer (LoRA).
 //
 //   buildForwardGraph(ckpt, placement, options) -> Graph with named inputs/outputs (forwardNames):
@@ -49,6 +52,8 @@ export interface DecoderInputs {
   readonly ids?: Value
   readonly embeds?: Value
   readonly mask: Value
+  /** int64 [B, T]; default: derived from the mask (see the file header) */
+  readonly positions?: Value
   readonly past?: ReadonlyArray<{ readonly key: Value; readonly value: Value }>
 }
 
@@ -177,8 +182,7 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   const zero = g.constant("int64", [], [0])
   const scalarOf = (v: Value) => g.reshape(v, [])
   // positions: cumsum(mask) - 1 clamped at 0, last T columns
-  const allPos = g.max(g.sub(g.cumSum(mask, 1), g.constant("int64", [], [1])), zero)
-  const positions = g.slice(allPos, P, S, [1]) // [B, T]
+  const positions = inputs.positions ?? g.slice(g.max(g.sub(g.cumSum(mask, 1), one), zero), P, S, [1]) // [B, T]
   if (w.embedPositions) x = g.add(x, g.gather(source(w.embedPositions), positions, 0))
   // key j is visible to query i when it is real and j <= P + i
   const qAbs = g.range(scalarOf(P), scalarOf(S), one) // [T]

@@ -10,8 +10,9 @@
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { Graph } from "../../src/graph/index.ts"
-import type { ModelConfig } from "../../src/models/checkpoint.ts"
-import { decoder, forwardNames } from "../../src/models/forward.ts"
+import { type ModelConfig, readWeight } from "../../src/models/checkpoint.ts"
+import { toFloat64 } from "../../src/models/safetensors.ts"
+import { allWeightRefs, decoder, forwardNames } from "../../src/models/forward.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { type WeightDType, tinyGpt2, tinyGptNeox, tinyLlama } from "../../src/models/init.ts"
@@ -126,5 +127,20 @@ describe("inside a Loop body", () => {
       want.push(z.indexOf(Math.max(...z)))
     }
     expect(Array.from(out.sequence.data as BigInt64Array, Number)).toEqual(want)
+  })
+})
+
+describe("weights as graph inputs", () => {
+  it("weightsAsInputs: one input per distinct tensor name (tied once), fed the checkpoint's values, equals the reference", async () => {
+    const ckpt = await randomCheckpoint(tinyGpt2())
+    const s = await forwardSession(ckpt, { weightsAsInputs: true })
+    const refs = allWeightRefs(ckpt.weights)
+    expect([...s.ort.inputNames].sort()).toEqual([forwardNames.ids, forwardNames.mask, ...refs.map((r) => r.name)].sort())
+    const feeds: Record<string, ReturnType<typeof tensor>> = { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) }
+    for (const r of refs) {
+      // stored layout (GPT-2 Conv1D weights stay [in, out]), so trained values write back as they are
+      feeds[r.name] = tensor("float32", [...r.shape], Float32Array.from(toFloat64(await Effect.runPromise(readWeight(r)))))
+    }
+    expectClose(rowsOf((await run(s, feeds)).logits, 0), referenceLogits(ckpt.dir, seq), TOL)
   })
 })
