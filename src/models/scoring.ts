@@ -17,7 +17,7 @@
 // Numerics: float32 log-softmax per row (max-subtracted by onnxruntime). tailMass =
 // max(0, 1 - Σ exp(top-k log-probs)) has absolute error ~1e-7 from float32 cancellation when
 // the top k hold almost all the mass.
-import { Effect } from "effect"
+import { Data, Effect } from "effect"
 import type * as ort from "onnxruntime-node"
 import type { Graph, Value } from "../graph/index.ts"
 import { type RunError, runSession, type Session } from "../runtime/session.ts"
@@ -25,6 +25,9 @@ import { tensor } from "../runtime/tensor.ts"
 import type { Checkpoint } from "./checkpoint.ts"
 import { decoder, forwardNames } from "./forward.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
+
+/** A scoring request that cannot be scored (the message says which and why). */
+export class ScoringError extends Data.TaggedError("ScoringError")<{ readonly message: string }> {}
 
 export interface PositionStatsOptions {
   readonly topK: number
@@ -43,6 +46,9 @@ export interface PositionStats {
 export const positionStats = (g: Graph, hidden: Value, lmHead: Value, targets: Value, opts: PositionStatsOptions): PositionStats => {
   const chunk = opts.chunk ?? 128
   const k = opts.topK
+  const V = lmHead.shape[0]
+  if (!Number.isInteger(k) || k < 1 || (typeof V === "number" && k > V)) throw new Error(`scoring: topK must be an integer in [1, ${V}], got ${k}`)
+  if (!Number.isInteger(chunk) || chunk < 1) throw new Error(`scoring: chunk must be a positive integer, got ${chunk}`)
   const n = g.shapeOf(hidden, 0, 1)
   const c = g.ints([chunk])
   const numChunks = g.div(g.add(n, g.sub(c, g.ints([1]))), c)
@@ -117,10 +123,11 @@ export const scoreContinuations = (
   session: Session,
   requests: ReadonlyArray<ContinuationRequest>,
   options: { readonly padId?: number } = {},
-): Effect.Effect<ContinuationScore[], RunError> =>
-  Effect.suspend(() => {
+): Effect.Effect<ContinuationScore[], RunError | ScoringError> =>
+  Effect.suspend((): Effect.Effect<ContinuationScore[], RunError | ScoringError> => {
     if (requests.length === 0) return Effect.succeed([])
-    for (const [i, r] of requests.entries()) if (r.context.length === 0) return Effect.die(new Error(`scoreContinuations: request ${i} has an empty context`))
+    for (const [i, r] of requests.entries())
+      if (r.context.length === 0) return Effect.fail(new ScoringError({ message: `scoring request ${i} has an empty context (start it with the BOS token)` }))
     const seqs = requests.map((r) => [...r.context, ...r.continuation])
     const T = Math.max(...seqs.map((s) => s.length)) - 1
     const pad = options.padId ?? 0

@@ -84,3 +84,11 @@ describe("scoring", () => {
     })
   })
 })
+
+describe("scoring errors", () => {
+  it("an empty context is a ScoringError naming the request", async () => {
+    const { session } = await scoringSession()
+    const exit = await Effect.runPromiseExit(scoreContinuations(session, [{ context: [1], continuation: [2] }, { context: [], continuation: [3] }]))
+    expect(String(exit)).toMatch(/request 1 has an empty context/)
+  })
+})
