@@ -19,9 +19,13 @@
 //                                      tensor names, in the stored layout (GPT-2 Conv1D: [in, out]),
 //                                      for full-parameter training via buildTrainStep
 //                                      (allWeightRefs lists them, tied weights once)
-//     options.linearHook(site, x, y) may rewrite the output y of any block linear layer (LoRA).
+//       paramWeights(params, externalWeights(g, placement)) mixes trainable and frozen weights.
+//     options.linearHook(g, site, x, y) may rewrite the output y of any block linear layer
+//     (LoRA: adapters.ts loraHook); site.module is the HF module path PEFT matches.
+//     Calling decoder twice on one source gives a teacher (no hook) and a student in one graph.
 //
-//   buildForwardGraph(ckpt, placement, options) -> Graph with named inputs/outputs (forwardNames):
+//   buildForwardGraph(g, ckpt, placement, options) -> DecoderOutputs; declares in g the named
+//     inputs/outputs of forwardNames, then write g with graph-weights.ts writeGraph:
 //     "input_ids" | "inputs_embeds", "attention_mask", "past_key_values.{l}.key|value" (cache),
 //     outputs "logits" [B,T,V] or "hidden" [B,T,H], "present.{l}.key|value" (cache).
 //
