@@ -77,7 +77,9 @@ export interface GenerateOptions {
 
 export interface Generator {
   readonly generate: (requests: ReadonlyArray<GenerationRequest>, options?: GenerateOptions) => Effect.Effect<Generation[], GenerationError>
+  /** The prefill/decode step session, and the decode-loop session when stepsPerRun > 1. */
   readonly session: Session
+  readonly loopSession: Session | undefined
 }
 
 export interface GeneratorOptions {
@@ -86,6 +88,13 @@ export interface GeneratorOptions {
   readonly device?: Device
   readonly intraOpThreads?: number
   readonly tokenizer?: Pick<TextTokenizer, "decode">
+  /**
+   * Decode steps per session run after the prefill. 1 (default): the step graph once per token.
+   * n > 1: the decode-loop graph (ONNX Loop) runs up to n steps per run, so the KV cache leaves
+   * the device once per n tokens; stop strings are checked after each run (tokens past a stop are
+   * dropped, so the results are the same as with 1).
+   */
+  readonly stepsPerRun?: number
 }
 
 const names = {
@@ -93,6 +102,14 @@ const names = {
   bannedBias: "banned_bias",
   token: "token",
   logProb: "log_prob",
+} as const
+
+const loopNames = {
+  token: "last_token",
+  nextToken: "next_token",
+  tokens: "tokens",
+  logProbs: "log_probs",
+  mask: "next_attention_mask",
 } as const
 
 /** The prefill/decode step graph described in the header. */
@@ -119,6 +136,56 @@ export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSou
     g.outputAs(forwardNames.presentKey(l), p.key)
     g.outputAs(forwardNames.presentValue(l), p.value)
   })
+  return g
+}
+
+/**
+ * The decode-loop graph: `steps` decode steps in one run (ONNX Loop), so the KV cache crosses
+ * the host boundary once per run instead of once per token. Inputs: token [B] (sampled, not yet
+ * in the cache), attention_mask [B, P + 1] (its column included), past K/V [B, kv, P, hd], the
+ * sampling knobs, uniform [steps, B] and banned_bias [steps, B, M] (one row of each per step),
+ * banned_ids [B, M]. Outputs: tokens and log_probs [steps, B], the last token (not yet in the
+ * cache), the grown mask and present K/V.
+ */
+export const buildDecodeLoopGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource): Graph => {
+  const c = ckpt.config
+  const g = new Graph("generation_decode_loop")
+  const token = g.input(loopNames.token, "int64", ["batch"])
+  const mask = g.input(forwardNames.mask, "int64", ["batch", "total"])
+  const past = Array.from({ length: c.numLayers }, (_, l) => [
+    g.input(forwardNames.pastKey(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
+    g.input(forwardNames.pastValue(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
+  ]).flat()
+  const temperature = g.input("temperature", "float32", ["batch"])
+  const topK = g.input("top_k", "int64", ["batch"])
+  const topP = g.input("top_p", "float32", ["batch"])
+  const uniforms = g.input("uniform", "float32", ["steps", "batch"])
+  const banned = g.input(names.banned, "int64", ["batch", "banned"])
+  const bannedBias = g.input(names.bannedBias, "float32", ["steps", "batch", "banned"])
+  const weights = source(g)
+  const trips = g.shapeOf(uniforms, 0, 1)
+  const outs = g.loop(g.reshape(trips, []), null, [token, mask, ...past], (sub, iter, [tok, m, ...kv]) => {
+    const out = decoder(sub, c, ckpt.weights, weights, {
+      ids: sub.unsqueeze(tok, [1]),
+      mask: m,
+      past: Array.from({ length: c.numLayers }, (_, l) => ({ key: kv[2 * l], value: kv[2 * l + 1] })),
+    })
+    const last = sub.gather(out.hidden, sub.constant("int64", [], [-1]), 1)
+    const logits = sub.matMul(last, sub.transpose(out.lmHead, [1, 0]))
+    const bias = sub.scatterElements(sub.zerosLike(logits), banned, sub.gather(bannedBias, iter, 0), 1)
+    const s = sampleTokens(sub, sub.add(logits, bias), { temperature, topK, topP, uniform: sub.gather(uniforms, iter, 0) }, c.vocabSize, logits)
+    const grown = sub.concat([m, sub.unsqueeze(sub.constantOfShape(sub.shapeOf(tok), 1, "int64"), [1])], 1)
+    return { carried: [s.token, grown, ...out.present.flatMap((p) => [p.key, p.value])], scans: [s.token, s.logProb] }
+  })
+  const L = 2 + 2 * c.numLayers
+  g.outputAs(loopNames.tokens, outs[L])
+  g.outputAs(loopNames.logProbs, outs[L + 1])
+  g.outputAs(loopNames.nextToken, outs[0])
+  g.outputAs(loopNames.mask, outs[1])
+  for (let l = 0; l < c.numLayers; l++) {
+    g.outputAs(forwardNames.presentKey(l), outs[2 + 2 * l])
+    g.outputAs(forwardNames.presentValue(l), outs[3 + 2 * l])
+  }
   return g
 }
 
@@ -156,14 +223,17 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
   Effect.gen(function* () {
     const c = ckpt.config
     const placement = yield* Effect.mapError(placeWeights(ckpt, options.graphDir), (e) => fail(e.message))
-    const file = yield* Effect.mapError(
-      writeGraph(buildStepGraph(ckpt, (g) => externalWeights(g, placement)), placement, "generation-step"),
-      (e) => fail(e.message),
-    )
-    const session = yield* Effect.mapError(
-      createSession(file, { ...(options.device ? { device: options.device } : {}), ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}) }),
-      (e) => fail(e.message),
-    )
+    const stepsPerRun = options.stepsPerRun ?? 1
+    if (!Number.isInteger(stepsPerRun) || stepsPerRun < 1) return yield* Effect.fail(fail(`stepsPerRun must be a positive integer, got ${stepsPerRun}`))
+    const open = (g: Graph, name: string) =>
+      Effect.mapError(
+        Effect.flatMap(writeGraph(g, placement, name), (file) =>
+          createSession(file, { ...(options.device ? { device: options.device } : {}), ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}) }),
+        ),
+        (e) => fail(e.message),
+      )
+    const session = yield* open(buildStepGraph(ckpt, (g) => externalWeights(g, placement)), "generation-step")
+    const loopSession = stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(ckpt, (g) => externalWeights(g, placement)), "generation-decode-loop") : undefined
     const tokenizer = options.tokenizer
     const pad = BigInt(c.padTokenId ?? c.eosTokenIds[0] ?? 0)
     const emptyPast = (b: number) => new ort.Tensor("float32", new Float32Array(0), [b, c.numKvHeads, 0, c.headDim])
@@ -220,52 +290,87 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
         }
         resetPast()
 
-        for (let step = 0; step < maxSteps && rows.some((r) => !r.finish); step++) {
-          const total = seqs[0].length
-          const T = cache && step > 0 ? 1 : total
-          if (!cache) resetPast()
-          const ids = new BigInt64Array(B * T)
-          const mask = new BigInt64Array(B * total)
-          seqs.forEach((s, b) => {
-            for (let t = 0; t < T; t++) ids[b * T + t] = s[total - T + t]
-            for (let t = 0; t < total; t++) mask[b * total + t] = maskRows[b][t]
-          })
-          const banned = new BigInt64Array(B * M)
-          const bannedBias = new Float32Array(B * M)
+        const bannedIds = new BigInt64Array(B * M)
+        // pad a row's list by repeating its first id: duplicates carry the same bias
+        rows.forEach((r, b) => {
+          for (let m = 0; m < M; m++) bannedIds[b * M + m] = BigInt(r.stopIds[m] ?? r.stopIds[0] ?? 0)
+        })
+        const banned = new ort.Tensor("int64", bannedIds, [B, M])
+        /** Bias on the stop ids for `steps` steps from now on: -1e9 while a row is below its minimum. */
+        const bannedBias = (steps: number) => {
+          const bias = new Float32Array(steps * B * M)
+          for (let i = 0; i < steps; i++)
+            rows.forEach((r, b) => {
+              if (r.tokens.length + i < (r.request.minNewTokens ?? 0)) bias.fill(-1e9, (i * B + b) * M, (i * B + b + 1) * M)
+            })
+          return bias
+        }
+        const uniforms = (from: number, steps: number) => {
+          const u = new Float32Array(steps * B)
+          for (let i = 0; i < steps; i++) requests.forEach((r, b) => (u[i * B + b] = requestUniform(r.seed ?? 0, from + i)))
+          return u
+        }
+        const maskTensor = () => {
+          const total = maskRows[0].length
+          return new ort.Tensor("int64", BigInt64Array.from(maskRows.flat()), [B, total])
+        }
+        const takePresent = (out: Record<string, ort.Tensor>) => {
+          for (let l = 0; l < c.numLayers; l++) {
+            past[forwardNames.pastKey(l)] = out[forwardNames.presentKey(l)]
+            past[forwardNames.pastValue(l)] = out[forwardNames.presentValue(l)]
+          }
+        }
+        /** Hands step outputs to the rows (finished rows are fed padding from now on). */
+        const record = (tokens: BigInt64Array, logProbs: Float32Array, offset: number) =>
           rows.forEach((r, b) => {
-            const ban = r.tokens.length < (r.request.minNewTokens ?? 0) && r.stopIds.length > 0
-            // pad a row's list by repeating its first id: duplicates carry the same bias
-            for (let m = 0; m < M; m++) {
-              banned[b * M + m] = BigInt(r.stopIds[m] ?? r.stopIds[0] ?? 0)
-              bannedBias[b * M + m] = ban ? -1e9 : 0
-            }
-          })
-          const uniform = new ort.Tensor("float32", Float32Array.from(requests, (r) => requestUniform(r.seed ?? 0, step)), [B])
-          const out = yield* Effect.mapError(
-            runSession(session, {
-              [forwardNames.ids]: new ort.Tensor("int64", ids, [B, T]),
-              [forwardNames.mask]: new ort.Tensor("int64", mask, [B, total]),
-              ...past,
-              ...knobs,
-              uniform,
-              [names.banned]: new ort.Tensor("int64", banned, [B, M]),
-              [names.bannedBias]: new ort.Tensor("float32", bannedBias, [B, M]),
-            }),
-            (e) => fail(e.message),
-          )
-          if (cache)
-            for (let l = 0; l < c.numLayers; l++) {
-              past[forwardNames.pastKey(l)] = out[forwardNames.presentKey(l)]
-              past[forwardNames.pastValue(l)] = out[forwardNames.presentValue(l)]
-            }
-          const tokens = out[names.token].data as BigInt64Array
-          const logProbs = out[names.logProb].data as Float32Array
-          rows.forEach((r, b) => {
-            const t = r.finish ? pad : tokens[b]
-            if (!r.finish) advance(r, Number(t), logProbs[b])
+            const t = r.finish ? pad : tokens[offset + b]
+            if (!r.finish) advance(r, Number(t), logProbs[offset + b])
             seqs[b].push(t)
             maskRows[b].push(1n)
           })
+
+        let step = 0
+        while (step < maxSteps && rows.some((r) => !r.finish)) {
+          if (loopSession && cache && step > 0) {
+            const n = Math.min(stepsPerRun, maxSteps - step)
+            const out = yield* Effect.mapError(
+              runSession(loopSession, {
+                [loopNames.token]: new ort.Tensor("int64", BigInt64Array.from(seqs, (s) => s[s.length - 1]), [B]),
+                [forwardNames.mask]: maskTensor(),
+                ...past,
+                ...knobs,
+                uniform: new ort.Tensor("float32", uniforms(step, n), [n, B]),
+                [names.banned]: banned,
+                [names.bannedBias]: new ort.Tensor("float32", bannedBias(n), [n, B, M]),
+              }),
+              (e) => fail(e.message),
+            )
+            takePresent(out)
+            const tokens = out[loopNames.tokens].data as BigInt64Array
+            const logProbs = out[loopNames.logProbs].data as Float32Array
+            for (let i = 0; i < n; i++) record(tokens, logProbs, i * B)
+            step += n
+            continue
+          }
+          const total = seqs[0].length
+          const T = cache && step > 0 ? 1 : total
+          if (!cache) resetPast()
+          const ids = BigInt64Array.from(seqs.flatMap((s) => s.slice(total - T)))
+          const out = yield* Effect.mapError(
+            runSession(session, {
+              [forwardNames.ids]: new ort.Tensor("int64", ids, [B, T]),
+              [forwardNames.mask]: maskTensor(),
+              ...past,
+              ...knobs,
+              uniform: new ort.Tensor("float32", uniforms(step, 1), [B]),
+              [names.banned]: banned,
+              [names.bannedBias]: new ort.Tensor("float32", bannedBias(1), [B, M]),
+            }),
+            (e) => fail(e.message),
+          )
+          if (cache) takePresent(out)
+          record(out[names.token].data as BigInt64Array, out[names.logProb].data as Float32Array, 0)
+          step++
         }
         return rows.map((r): Generation => ({ tokens: r.tokens, logProbs: r.logProbs, text: r.text, finishReason: r.finish ?? "length" }))
       })
@@ -283,5 +388,5 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
         return results
       })
 
-    return { generate, session }
+    return { generate, session, loopSession }
   })

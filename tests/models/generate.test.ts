@@ -83,6 +83,22 @@ describe("generate", () => {
     expectClose(cached, recomputed, 1e-4)
   })
 
+  it("the decode loop in-graph (ONNX Loop, 4 steps per run) gives the per-step results", async () => {
+    const looped = await Effect.runPromise(makeGenerator(ckpt, { graphDir: path.join(dir, "graph-loop"), tokenizer: { decode }, stepsPerRun: 4 }))
+    const requests: GenerationRequest[] = [
+      ...prompts.map((p, i) => sampled(p, 50 + i)),
+      { prompt: prompts[2], maxNewTokens: 11, temperature: 0, stopTokenIds: [] },
+      { prompt: prompts[1], maxNewTokens: 9, minNewTokens: 6, temperature: 1.5, seed: 3 },
+      { prompt: prompts[0], maxNewTokens: 10, temperature: 0.8, seed: 4, stopTokenIds: [], stopStrings: ["><"] },
+    ]
+    const perStep = await run(requests)
+    const inLoop = await Effect.runPromise(looped.generate(requests))
+    expect(tokensOf(inLoop)).toEqual(tokensOf(perStep))
+    expect(inLoop.map((g) => g.finishReason)).toEqual(perStep.map((g) => g.finishReason))
+    expect(inLoop.map((g) => g.text)).toEqual(perStep.map((g) => g.text))
+    expectClose(inLoop, perStep, 1e-4)
+  })
+
   it("stops at a stop token (kept in tokens, not in text) and bans it before minNewTokens", async () => {
     const [free] = await run([{ prompt: prompts[1], maxNewTokens: 12, temperature: 0, stopTokenIds: [] }])
     const stopAt = 3
