@@ -3,13 +3,14 @@
 //   that peft.ts mergeLora writes (reference computed in float64 on the merged weights);
 // - a soft prompt equal to the embeddings of some tokens equals the reference on those tokens
 //   prepended (also in a left-padded batch); a conditional soft prompt likewise;
-// - LoRA and full-parameter training through buildTrainStep lower the cross-entropy.
+// - LoRA and full-parameter training through buildTrainStep lower the cross-entropy; a LoRA
+//   student trained against the prompted base model (teacher, same graph and weights) lowers the KL.
 // Tolerance 1e-4 absolute on O(1) logits, as in forward.test.ts.
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
 import { Graph, serialize } from "../../src/graph/index.ts"
-import { crossEntropy } from "../../src/graph/losses.ts"
+import { crossEntropy, fullForwardKL } from "../../src/graph/losses.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import {
   conditionalSoftPrompt,
@@ -291,5 +292,57 @@ describe("training through buildTrainStep", () => {
       last = res.loss
     }
     expect(last).toBeLessThan(first.loss * 0.7)
+  })
+})
+
+describe("teacher and student in one graph (prompt baking)", () => {
+  it("LoRA on the unprompted model learns to match the prompted base model: forward KL falls", async () => {
+    const ckpt = await randomCheckpoint(tinyLlama())
+    const H = ckpt.config.hiddenSize
+    const targets = await Effect.runPromise(loraTargets(ckpt, ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    const r = 4
+    const prefix = [40, 41, 42, 43]
+    // the teacher's length is its own symbolic dim (onnxruntime equates equal dim names)
+    const teacherSpec = { dtype: "int64", shape: ["batch", "teacher_seq"] } as const
+    const session = await Effect.runPromise(
+      Effect.gen(function* () {
+        const placement = yield* placeWeights(ckpt, tempDir("pipe-bake-"))
+        const g = new Graph("bake")
+        const source = externalWeights(g, placement)
+        buildTrainStep({
+          graph: g,
+          params: loraParamSpecs(targets, r),
+          batch: { student_ids: batchSpec.input_ids, student_mask: batchSpec.attention_mask, teacher_ids: teacherSpec, teacher_mask: teacherSpec },
+          adamw: { weightDecay: 0 },
+          loss: (sub, params, b) => {
+            const student = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.student_ids, mask: b.student_mask }, { linearHook: loraHook(loraFromParams(targets, params), 2) })
+            const teacher = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.teacher_ids, mask: b.teacher_mask })
+            // the teacher saw the prefix: its last T positions align with the student's
+            const teacherHidden = sub.slice(teacher.hidden, [prefix.length], [2 ** 31], [1])
+            return fullForwardKL(sub, { hidden: sub.reshape(student.hidden, [-1, H]), weight: student.lmHead }, { hidden: sub.reshape(teacherHidden, [-1, H]), weight: teacher.lmHead }).mean
+          },
+        })
+        return yield* createSession(yield* writeGraph(g, placement, "bake"))
+      }),
+    )
+    const rows = [
+      [1, 5, 9, 13, 17, 21],
+      [2, 6, 10, 14, 18, 22],
+    ]
+    const batch = {
+      student_ids: ids(rows),
+      student_mask: tensor("int64", [2, 6], Array(12).fill(1)),
+      teacher_ids: ids(rows.map((x) => [...prefix, ...x])),
+      teacher_mask: tensor("int64", [2, 10], Array(20).fill(1)),
+    }
+    let state = initTrainState(Object.fromEntries(Object.entries(initLora(targets, r, 3)).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
+    const losses: number[] = []
+    for (let i = 0; i < 40; i++) {
+      const res = await Effect.runPromise(trainStep(session, state, batch, 0.01))
+      state = res.state
+      losses.push(res.loss)
+    }
+    expect(losses[0]).toBeGreaterThan(0.01) // the prefix changes the distribution
+    expect(losses.at(-1)!).toBeLessThan(losses[0] * 0.5)
   })
 })
