@@ -9,11 +9,15 @@
 // sampled token [B], its log-prob [B] and the present K/V. Only the last position's logits are
 // computed (left padding puts every row's newest token last).
 //
-// KV cache: each step's present K/V ort.Tensors are fed back as the next step's past inputs as
-// they are; they are never converted to JS arrays. On the CPU provider that is host memory
-// anyway. onnxruntime-node 1.30 has no IO binding and no preferredOutputLocation (those are
-// onnxruntime-web only), so on CUDA each step copies the cache device -> host -> device; keeping
-// it on the device needs the decode loop inside the graph (ONNX Loop), which is not built yet.
+// KV cache: each run's present K/V ort.Tensors are fed back as the next run's past inputs as
+// they are; they are never converted to JS arrays. onnxruntime-node 1.30 has no IO binding and
+// no preferredOutputLocation (both are onnxruntime-web only), so every session.run returns its
+// outputs in host memory. Hence two decode modes (GeneratorOptions.stepsPerRun):
+//   1     the step graph once per token: on CUDA the cache would cross device <-> host per token;
+//   n > 1 the decode-loop graph (buildDecodeLoopGraph): an ONNX Loop runs n decode steps with
+//         the cache as loop-carried state, so it crosses once per n tokens (on the CPU it also
+//         saves the per-run overhead). Stop strings are checked on the host after each run.
+// Both give identical tokens (tested); the prefill always uses the step graph.
 //
 // Reproducibility: request r's token at step t uses the uniform requestUniform(seed_r, t), so a
 // request's output does not depend on which requests share its batch (up to float32 rounding
@@ -127,7 +131,7 @@ export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSou
   const bannedBias = g.input(names.bannedBias, "float32", ["batch", "banned"])
   const out = decoder(g, c, ckpt.weights, source(g), { ids, mask, past })
   const last = g.gather(out.hidden, g.constant("int64", [], [-1]), 1) // [B, H]
-  const logits = g.matMul(last, g.transpose(out.lmHead, [1, 0])) // [B, V]
+  const logits = g.gemm(last, out.lmHead, null, { transB: true }) // [B, V]
   const constrained = g.add(logits, g.scatterElements(g.zerosLike(logits), banned, bannedBias, 1))
   const s = sampleTokens(g, constrained, knobs, c.vocabSize, logits)
   g.outputAs(names.token, s.token)
@@ -171,7 +175,7 @@ export const buildDecodeLoopGraph = (ckpt: Checkpoint, source: (g: Graph) => Wei
       past: Array.from({ length: c.numLayers }, (_, l) => ({ key: kv[2 * l], value: kv[2 * l + 1] })),
     })
     const last = sub.gather(out.hidden, sub.constant("int64", [], [-1]), 1)
-    const logits = sub.matMul(last, sub.transpose(out.lmHead, [1, 0]))
+    const logits = sub.gemm(last, out.lmHead, null, { transB: true }) // no per-step transpose of an outer weight
     const bias = sub.scatterElements(sub.zerosLike(logits), banned, sub.gather(bannedBias, iter, 0), 1)
     const s = sampleTokens(sub, sub.add(logits, bias), { temperature, topK, topP, uniform: sub.gather(uniforms, iter, 0) }, c.vocabSize, logits)
     const grown = sub.concat([m, sub.unsqueeze(sub.constantOfShape(sub.shapeOf(tok), 1, "int64"), [1])], 1)
