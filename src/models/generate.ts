@@ -1,6 +1,6 @@
 // Batched generation with a KV cache, sampling in-graph (sampling.ts).
 //
-//   makeGenerator(ckpt, { graphDir, device?, intraOpThreads?, tokenizer? }) -> Generator
+//   makeGenerator(ckpt, { graphDir, device?, intraOpThreads?, tokenizer?, stepsPerRun? }) -> Generator
 //   generator.generate(requests, { batchSize?, cache? }) -> Generation[] (in request order)
 //
 // One "step" graph serves prefill and decode: it takes input_ids [B, T], attention_mask
