@@ -206,7 +206,9 @@ const problem = (r: GenerationRequest, i: number, ckpt: Checkpoint, hasTokenizer
   if ((r.minNewTokens ?? 0) > r.maxNewTokens) return `${where}: minNewTokens ${r.minNewTokens} exceeds maxNewTokens ${r.maxNewTokens}`
   if (r.prompt.length + r.maxNewTokens > c.maxPositions)
     return `${where}: prompt (${r.prompt.length}) + maxNewTokens (${r.maxNewTokens}) exceeds the model's max_position_embeddings ${c.maxPositions}`
-  if ((r.temperature ?? 1) < 0) return `${where}: temperature must be >= 0, got ${r.temperature}`
+  if (!((r.temperature ?? 1) >= 0)) return `${where}: temperature must be >= 0, got ${r.temperature}`
+  if (r.topK !== undefined && !(Number.isInteger(r.topK) && r.topK >= 0)) return `${where}: topK must be a non-negative integer (0 = off), got ${r.topK}`
+  if (r.seed !== undefined && !(Number.isInteger(r.seed) && r.seed >= 0 && r.seed < 2 ** 32)) return `${where}: seed must be an integer in [0, 2^32), got ${r.seed}`
   const p = r.topP ?? 1
   if (!(p >= 0 && p <= 1)) return `${where}: topP must be in [0, 1], got ${r.topP}`
   if ((r.stopStrings?.length ?? 0) > 0 && !hasTokenizer) return `${where}: stop strings need a tokenizer (GeneratorOptions.tokenizer)`
