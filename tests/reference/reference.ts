@@ -97,6 +97,8 @@ const layerNorm = (x: Vec, w: Vec, b: Vec | undefined, eps: number): Vec => {
 /**
  * Inverse frequencies of the rotary embedding, one per rotated pair, including the "linear" and
  * Llama 3 scalings (transformers' _compute_default/linear/llama3_rope_parameters).
+ * Kept separate from src/models/forward.ts on purpose: the reference must not share code with
+ * what it checks (this one is itself checked against tabulated values in reference.test.ts).
  */
 export const ropeInverseFrequencies = (positions: Extract<ModelConfig["positions"], { kind: "rope" }>): number[] => {
   const d = positions.rotaryDim
