@@ -26,7 +26,7 @@ import {
 import { gptNeox } from "./config-gpt-neox.ts"
 import { gpt2 } from "./config-gpt2.ts"
 import { llama } from "./config-llama.ts"
-import { readBytes, readHeader, type SafetensorsError, type Tensor, type TensorLocation, toFloat64 } from "./safetensors.ts"
+import { readBytes, readHeader, type SafetensorsError, type SafetensorsHeader, type Tensor, type TensorLocation, toFloat64 } from "./safetensors.ts"
 
 export * from "./config-architecture.ts"
 
@@ -228,6 +228,21 @@ const lookupIn = (where: string, tensors: ReadonlyMap<string, LocatedTensor>, co
     return Effect.succeed(ref)
   },
 })
+
+/**
+ * The weight layout of `config` in one safetensors file given its parsed header (e.g. a tensors
+ * artifact of the engine): what `decoder` needs when no checkpoint directory exists yet.
+ */
+export const weightsInFile = (
+  config: ModelConfig,
+  file: string,
+  header: SafetensorsHeader,
+): Effect.Effect<ModelWeights, CheckpointError | UnsupportedModelError> =>
+  Effect.gen(function* () {
+    const module = yield* architectureModule(config)
+    const tensors = new Map<string, LocatedTensor>([...header.tensors].map(([name, location]) => [name, { file, location }]))
+    return yield* module.weights(config, lookupIn(file, tensors, file))
+  })
 
 const optionalFile = (dir: string, name: string) => (exists(path.join(dir, name)) ? path.join(dir, name) : undefined)
 

@@ -13,6 +13,7 @@ import type { ChatEvalRecord } from "../../src/text/synthetic/corpus.ts"
 import { isCorrectAnswer } from "../../src/text/synthetic/scoring.ts"
 import { renderChat } from "../../src/text/tokenizer-builder.ts"
 import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
+import { weightsInFile } from "../../src/models/checkpoint.ts"
 import { makeSampler } from "./sampler.ts"
 
 const Rate = Schema.Struct({ rate: Schema.Number, hits: Schema.Int, n: Schema.Int })
@@ -62,7 +63,8 @@ export const evaluateChat = stage({
       const config = yield* configOf(inputs.model)
       const tokenizer = yield* materializeTokenizer(path.join(ctx.workDir, "tokenizer"), inputs.tokenizer)
       const corpus = yield* readCorpus(inputs.corpus.path)
-      const sampler = yield* makeSampler(config, inputs.model.read, params.threads)
+      const weights = yield* Effect.mapError(weightsInFile(config, inputs.model.path, inputs.model.header), (e) => new Error(e.message))
+      const sampler = yield* makeSampler(config, weights, inputs.model.read, params.threads)
       const records = params.limit > 0 ? corpus.heldOutChat.slice(0, 2 * params.limit) : corpus.heldOutChat
       const plain = records.filter((r) => r.mode === "none")
       const prompted = records.filter((r): r is ChatEvalRecord & { mode: BehaviourName } => isBehaviourName(r.mode))

@@ -1,15 +1,16 @@
 // Batched sampling from Llama weights for the tiny-chat evaluation: each decode step runs the whole
 // (right-padded) batch through the forward graph and reads the logits at each row's last token.
 // No KV cache: for a 1M-parameter model and <128-token sequences, recomputing is cheap and keeps
-// this a plain use of llamaHidden. Sampling happens on the host with a seeded generator.
+// this a plain use of the decoder. Sampling happens on the host with a seeded generator.
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { Graph, serialize } from "../../src/graph/index.ts"
-import type { ModelConfig } from "../../src/models/checkpoint.ts"
+import type { ModelConfig, ModelWeights } from "../../src/models/checkpoint.ts"
+import { allWeightRefs, paramWeights } from "../../src/models/forward.ts"
 import { mulberry32 } from "../../src/models/init.ts"
 import { type Tensor, toFloat32 } from "../../src/models/safetensors.ts"
 import { createSession, runSession, type Session } from "../../src/runtime/session.ts"
-import { llamaHidden, llamaParamShapes, lmHeadOf } from "./llama-graph.ts"
+import { rightPaddedDecoder } from "./llama-graph.ts"
 
 export interface Sampler {
   /**
@@ -20,17 +21,18 @@ export interface Sampler {
 }
 
 /** Weights become graph initializers: the session holds them, each step feeds only token ids. */
-export const makeSampler = (config: ModelConfig, read: (name: string) => Tensor, threads = 0): Effect.Effect<Sampler, Error> =>
+export const makeSampler = (config: ModelConfig, weights: ModelWeights, read: (name: string) => Tensor, threads = 0): Effect.Effect<Sampler, Error> =>
   Effect.gen(function* () {
     const g = new Graph("llama_last_logits")
     const p: Record<string, ReturnType<Graph["input"]>> = {}
-    for (const [name, shape] of Object.entries(llamaParamShapes(config)))
-      p[name] = g.initializer(name, "float32", shape, { kind: "inline", data: toFloat32(read(name)) })
+    for (const ref of allWeightRefs(weights))
+      p[ref.name] = g.initializer(ref.name, "float32", [...ref.shape], { kind: "inline", data: toFloat32(read(ref.name)) })
     const ids = g.input("ids", "int64", ["B", "T"])
     // flat index b * T + (length_b - 1) of each row's last token
     const last = g.input("last", "int64", ["B"])
-    const hidden = g.reshape(llamaHidden(g, config, p, ids), [-1, config.hiddenSize])
-    g.outputAs("logits", g.gemm(g.gather(hidden, last, 0), lmHeadOf(config, p), null, { transB: true }))
+    const out = rightPaddedDecoder(g, config, weights, paramWeights(p), ids)
+    const hidden = g.reshape(out.hidden, [-1, config.hiddenSize])
+    g.outputAs("logits", g.gemm(g.gather(hidden, last, 0), out.lmHead, null, { transB: true }))
     const session: Session = yield* Effect.mapError(createSession(serialize(g), threads > 0 ? { intraOpThreads: threads } : {}), (e) => new Error(e.message))
     const eos = new Set(config.eosTokenIds)
     const pad = config.padTokenId ?? 0

@@ -15,8 +15,10 @@ import { fromNumbers, readFile, type Tensor, toFloat32, writeFile } from "../../
 import { createSession } from "../../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"
 import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
+import { rightPaddedDecoder } from "./llama-graph.ts"
 import { batchesPerEpoch, encodeChat, epochBatches, makeBatch, type TrainSequence } from "./chat-batches.ts"
-import { isNormParam, llamaHidden, llamaParamShapes, lmHeadOf } from "./llama-graph.ts"
+import { weightsInFile } from "../../src/models/checkpoint.ts"
+import { allWeightRefs, paramWeights } from "../../src/models/forward.ts"
 
 const Positive = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegative = Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))
@@ -95,14 +97,17 @@ export const trainLm = stage({
       const totalSteps = perEpoch * params.epochs
       const schedule: Schedule = { peak: params.lr, warmupSteps: params.warmupSteps, totalSteps, decay: "cosine", minRatio: params.minLrRatio }
 
-      const shapes = llamaParamShapes(config)
-      const names = Object.keys(shapes)
+      const weights = yield* Effect.mapError(weightsInFile(config, inputs.init.path, inputs.init.header), (e) => new Error(e.message))
+      const refs = allWeightRefs(weights)
+      const names = refs.map((r) => r.name)
       const graph = buildTrainStep({
-        params: Object.fromEntries(names.map((n) => [n, { shape: shapes[n], decay: !isNormParam(n) }])),
+        // norm scales are not weight-decayed
+        params: Object.fromEntries(refs.map((r) => [r.name, { shape: [...r.shape], decay: r.shape.length > 1 }])),
         batch: { ids: { dtype: "int64", shape: ["B", "T"] }, targets: { dtype: "int64", shape: ["B", "T"] }, mask: { dtype: "float32", shape: ["B", "T"] } },
         loss: (g, p, b) => {
-          const hidden = g.reshape(llamaHidden(g, config, p, b.ids), [-1, config.hiddenSize])
-          return crossEntropy(g, { hidden, weight: lmHeadOf(config, p) }, g.reshape(b.targets, [-1]), g.reshape(b.mask, [-1]), { chunk: 512 }).mean
+          const out = rightPaddedDecoder(g, config, weights, paramWeights(p), b.ids)
+          const hidden = g.reshape(out.hidden, [-1, config.hiddenSize])
+          return crossEntropy(g, { hidden, weight: out.lmHead }, g.reshape(b.targets, [-1]), g.reshape(b.mask, [-1]), { chunk: 512 }).mean
         },
         adamw: { weightDecay: params.weightDecay, maxGradNorm: params.maxGradNorm, beta2: 0.98 },
       })
@@ -123,7 +128,7 @@ export const trainLm = stage({
         for (const n of names) init[n] = toOrt(inputs.init.read(n))
         state = initTrainState(init)
       }
-      ctx.log(`${seqs.length} chats, ${perEpoch} steps per epoch, ${totalSteps} steps; ${names.length} tensors, ${names.reduce((a, n) => a + shapes[n].reduce((x, y) => x * y, 1), 0)} parameters`)
+      ctx.log(`${seqs.length} chats, ${perEpoch} steps per epoch, ${totalSteps} steps; ${names.length} tensors, ${refs.reduce((a, r) => a + r.shape.reduce((x, y) => x * y, 1), 0)} parameters`)
       ctx.progress.total(totalSteps, "steps")
       ctx.progress.set(state.step)
 

@@ -10,9 +10,10 @@ import {
   parseModelConfig,
   readWeightFloat64,
   type UnsupportedModelError,
+  weightsInFile,
 } from "../../src/models/checkpoint.ts"
 import { type InitOptions, llama31_8b, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { readFile, writeFile } from "../../src/models/safetensors.ts"
+import { readFile, readHeader, writeFile } from "../../src/models/safetensors.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-ckpt-"))
 const run = <A, E>(e: Effect.Effect<A, E>): A => Effect.runSync(e)
@@ -309,5 +310,22 @@ describe("errors name the file and the field or tensor", () => {
     const file = path.join(dir, "model.safetensors")
     fs.truncateSync(file, fs.statSync(file).size - 10)
     expect(failure(loadCheckpoint(dir)).message).toMatch(/model\.safetensors: .*(truncated|out of range)/)
+  })
+})
+
+describe("weightsInFile: the layout of a config in one safetensors file", () => {
+  it("equals the layout loadCheckpoint finds, and names the file and tensor when one is missing", () => {
+    const dir = write(tinyLlama())
+    const ckpt = run(loadCheckpoint(dir))
+    const file = path.join(dir, "model.safetensors")
+    expect(run(weightsInFile(ckpt.config, file, run(readHeader(file))))).toEqual(ckpt.weights)
+
+    const missing = "model.layers.1.mlp.up_proj.weight"
+    const kept = [...run(readFile(file)).tensors].filter(([name]) => name !== missing)
+    const partial = path.join(tmp(), "partial.safetensors")
+    run(writeFile(partial, Object.fromEntries(kept)))
+    const e = failure(weightsInFile(ckpt.config, partial, run(readHeader(partial)))) as CheckpointError
+    expect(e.message).toContain(partial)
+    expect(e.message).toContain(missing)
   })
 })

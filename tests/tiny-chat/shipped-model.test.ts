@@ -27,7 +27,7 @@ const load = Effect.gen(function* () {
   const ckpt = yield* loadCheckpoint(modelDir)
   const tokenizer = yield* loadTokenizer(modelDir)
   const weights = yield* readFile(path.join(modelDir, "model.safetensors"))
-  const sampler = yield* makeSampler(ckpt.config, (name) => weights.tensors.get(name)!)
+  const sampler = yield* makeSampler(ckpt.config, ckpt.weights, (name) => weights.tensors.get(name)!)
   return { ckpt, tokenizer, weights, sampler }
 })
 
