@@ -8,6 +8,7 @@ import { componentsOf, diffComponents, explainPlan } from "../engine/explain.ts"
 import { barReporter, lineReporter } from "../engine/progress.ts"
 import { planFile, runPipeline } from "../engine/run.ts"
 import { Store, type ExecutionRow } from "../engine/store.ts"
+import { doctor } from "../runtime/doctor.ts"
 
 const USAGE = `usage: pipe <command> [options]
 
@@ -28,6 +29,7 @@ commands:
   logs <node>           the log of a node's latest execution
   why <node>            what changed in a node's key since its previous execution
   gc                    delete payloads no cache entry refers to
+  doctor                execution providers, GPUs, library versions, and what is missing for CUDA
 
 common options:
   --cache-dir DIR       cache directory (default $PIPE_CACHE_DIR or ./cache)
@@ -249,6 +251,11 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         return cmdWhy(args)
       case "gc":
         return cmdGc(args)
+      case "doctor": {
+        const report = await Effect.runPromise(doctor())
+        for (const line of report.lines) out(line)
+        return 0
+      }
       default:
         throw new UsageError(`unknown command "${args.command}"`)
     }
