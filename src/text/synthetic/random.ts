@@ -1,6 +1,7 @@
 // Seeded pseudo-random numbers for the synthetic corpus. The generator must produce the same bytes
 // for the same seed on every machine and Node version, so it cannot use Math.random; mulberry32 is
 // a small 32-bit generator with a full 2^32 period, good enough for shuffling templates.
+import { mulberry32 } from "../../models/init.ts"
 
 /** A deterministic stream of random choices. */
 export interface Rng {
@@ -16,14 +17,7 @@ export interface Rng {
 }
 
 export const makeRng = (seed: number): Rng => {
-  let state = seed >>> 0
-  const next = (): number => {
-    state = (state + 0x6d2b79f5) >>> 0
-    let t = state
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
+  const next = mulberry32(seed)
   const int = (lo: number, hi: number): number => lo + Math.floor(next() * (hi - lo + 1))
   const pick = <T>(xs: ReadonlyArray<T>): T => {
     if (xs.length === 0) throw new Error("pick from an empty list")
