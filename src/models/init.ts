@@ -43,8 +43,8 @@ export interface InitOptions {
   readonly maxShardBytes?: number
 }
 
-/** A 32-bit seed from a string (FNV-1a). */
-const hash32 = (s: string, seed: number): number => {
+/** A 32-bit seed from a string and a seed (FNV-1a over the string). */
+export const hash32 = (s: string, seed: number): number => {
   let h = (0x811c9dc5 ^ seed) >>> 0
   for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0
   return h

@@ -1,7 +1,7 @@
 // Seeded pseudo-random numbers for the synthetic corpus. The generator must produce the same bytes
 // for the same seed on every machine and Node version, so it cannot use Math.random; mulberry32 is
 // a small 32-bit generator with a full 2^32 period, good enough for shuffling templates.
-import { mulberry32 } from "../../models/init.ts"
+import { hash32, mulberry32 } from "../../models/init.ts"
 
 /** A deterministic stream of random choices. */
 export interface Rng {
@@ -37,8 +37,4 @@ export const makeRng = (seed: number): Rng => {
 
 /** An independent stream derived from `seed` and a label, so adding draws in one part of the
  *  generator does not shift the random choices of another. (FNV-1a over the label.) */
-export const deriveRng = (seed: number, label: string): Rng => {
-  let h = 0x811c9dc5 ^ (seed >>> 0)
-  for (let i = 0; i < label.length; i++) h = Math.imul(h ^ label.charCodeAt(i), 0x01000193)
-  return makeRng(h >>> 0)
-}
+export const deriveRng = (seed: number, label: string): Rng => makeRng(hash32(label, seed))
