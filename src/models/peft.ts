@@ -146,6 +146,51 @@ const PREFIX = "base_model.model."
 const tensorName = (module: string, which: "A" | "B") => `${PREFIX}${module}.lora_${which}.weight`
 const KEY = /^base_model\.model\.(.+)\.lora_(A|B)\.weight$/
 
+/**
+ * An adapter from PEFT-named tensors and its config (read from a directory, or from a tensors
+ * artifact whose metadata holds the config); `file` names where the tensors came from, for errors.
+ */
+export const adapterFromTensors = (file: string, config: LoraConfig, tensors: ReadonlyMap<string, Tensor>): Effect.Effect<LoraAdapter, PeftError> =>
+  Effect.gen(function* () {
+    const parts = new Map<string, { a?: Tensor; b?: Tensor }>()
+    for (const [name, t] of tensors) {
+      const m = KEY.exec(name)
+      if (m === null) return yield* Effect.fail(peftError(file, name, "not a LoRA tensor name (expected base_model.model.<module>.lora_A.weight or lora_B)"))
+      const [, module, which] = m
+      const entry = parts.get(module) ?? {}
+      if (which === "A") entry.a = t
+      else entry.b = t
+      parts.set(module, entry)
+    }
+    const modules = new Map<string, LoraModuleWeights>()
+    for (const [module, { a, b }] of parts) {
+      if (a === undefined || b === undefined)
+        return yield* Effect.fail(peftError(file, tensorName(module, a === undefined ? "A" : "B"), "missing (each module needs lora_A and lora_B)"))
+      const shapeError = checkShapes(file, module, a, b, config.r)
+      if (shapeError) return yield* Effect.fail(shapeError)
+      modules.set(module, { a, b })
+    }
+    return { config, modules }
+  })
+
+const checkShapes = (file: string, module: string, a: Tensor, b: Tensor, r: number): PeftError | undefined =>
+  a.shape.length !== 2 || b.shape.length !== 2 || a.shape[0] !== r || b.shape[1] !== r
+    ? peftError(file, tensorName(module, "A"), `shapes A [${a.shape.join(", ")}] and B [${b.shape.join(", ")}] do not match r = ${r} (expected [r, in] and [out, r])`)
+    : undefined
+
+/** The adapter's tensors under PEFT names (what adapter_model.safetensors holds). */
+export const adapterTensors = (adapter: LoraAdapter, file = ADAPTER_WEIGHTS): Effect.Effect<Map<string, Tensor>, PeftError> =>
+  Effect.gen(function* () {
+    const tensors = new Map<string, Tensor>()
+    for (const [module, { a, b }] of adapter.modules) {
+      const shapeError = checkShapes(file, module, a, b, adapter.config.r)
+      if (shapeError) return yield* Effect.fail(shapeError)
+      tensors.set(tensorName(module, "A"), a)
+      tensors.set(tensorName(module, "B"), b)
+    }
+    return tensors
+  })
+
 /** Reads adapter_config.json and adapter_model.safetensors from a directory. */
 export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> =>
   Effect.gen(function* () {
@@ -158,40 +203,14 @@ export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> 
     })
     const config = yield* parseAdapterConfig(configFile, json)
     const contents = yield* Effect.mapError(readFile(weightsFile), fromOther)
-    const parts = new Map<string, { a?: Tensor; b?: Tensor }>()
-    for (const [name, t] of contents.tensors) {
-      const m = KEY.exec(name)
-      if (m === null) return yield* Effect.fail(peftError(weightsFile, name, "not a LoRA tensor name (expected base_model.model.<module>.lora_A.weight or lora_B)"))
-      const [, module, which] = m
-      const entry = parts.get(module) ?? {}
-      if (which === "A") entry.a = t
-      else entry.b = t
-      parts.set(module, entry)
-    }
-    const modules = new Map<string, LoraModuleWeights>()
-    for (const [module, { a, b }] of parts) {
-      if (a === undefined || b === undefined)
-        return yield* Effect.fail(peftError(weightsFile, tensorName(module, a === undefined ? "A" : "B"), "missing (each module needs lora_A and lora_B)"))
-      if (a.shape.length !== 2 || b.shape.length !== 2 || a.shape[0] !== config.r || b.shape[1] !== config.r)
-        return yield* Effect.fail(
-          peftError(weightsFile, tensorName(module, "A"), `shapes A [${a.shape.join(", ")}] and B [${b.shape.join(", ")}] do not match r = ${config.r} (expected [r, in] and [out, r])`),
-        )
-      modules.set(module, { a, b })
-    }
-    return { config, modules }
+    return yield* adapterFromTensors(weightsFile, config, contents.tensors)
   })
 
 /** Writes adapter_config.json and adapter_model.safetensors into `dir` (created if needed). */
 export const writeAdapter = (dir: string, adapter: LoraAdapter): Effect.Effect<void, PeftError> =>
   Effect.gen(function* () {
     const configFile = path.join(dir, ADAPTER_CONFIG)
-    const tensors = new Map<string, Tensor>()
-    for (const [module, { a, b }] of adapter.modules) {
-      if (a.shape.length !== 2 || b.shape.length !== 2 || a.shape[0] !== adapter.config.r || b.shape[1] !== adapter.config.r)
-        return yield* Effect.fail(peftError(path.join(dir, ADAPTER_WEIGHTS), tensorName(module, "A"), `shapes A [${a.shape.join(", ")}] and B [${b.shape.join(", ")}] do not match r = ${adapter.config.r}`))
-      tensors.set(tensorName(module, "A"), a)
-      tensors.set(tensorName(module, "B"), b)
-    }
+    const tensors = yield* adapterTensors(adapter, path.join(dir, ADAPTER_WEIGHTS))
     yield* Effect.try({
       try: () => {
         fs.mkdirSync(dir, { recursive: true })

@@ -1,0 +1,253 @@
+// The artifacts the prompt-baking stages pass between each other, and their codecs.
+//
+//   Questions       JSON: the question set (id, text, reference answers) a stage samples on.
+//   Trajectories    tensors: per question the chat prompt with the system prompt (teacher) and
+//                   without it (student), per trajectory its question and response tokens; the
+//                   texts and sampling settings in the metadata.
+//   TeacherLogits   tensors: the prompted model's distribution at every response token of a
+//                   Trajectories artifact, as top-k log-probs + tail mass; or, in "recompute"
+//                   mode, no tensors (the training graph runs the prompted model itself).
+//   BakedAdapter    tensors: a LoRA adapter under PEFT tensor names, adapter_config.json in the
+//                   metadata, so `pipe show` / an export writes a directory PEFT loads.
+//   BakeEvaluation  JSON: one model variant's KL, behaviour rate, accuracy and samples.
+//   BakeComparison  JSON: the three variants side by side, with the Markdown report.
+//
+// Ragged lists (prompts, responses) are stored flat with offsets: `<name>_ids` I32 [total] and
+// `<name>_offsets` I64 [count + 1]. Response tokens include the stop token when a trajectory
+// ended on one, so the student learns where the prompted model stops.
+import { Effect, Schema } from "effect"
+import { Artifact, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
+import { adapterConfigJson, adapterFromTensors, adapterTensors, type LoraAdapter, parseAdapterConfig } from "../../src/models/peft.ts"
+import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/models/safetensors.ts"
+
+// ------------------------------------------------------------------------------ questions
+
+export const Question = Schema.Struct({
+  id: Schema.String,
+  text: Schema.String,
+  /** reference answers (SQuAD `answers.text`); empty when the set has none */
+  answers: Schema.Array(Schema.String),
+})
+export type Question = typeof Question.Type
+
+export const Questions = Artifact.json(
+  "Questions",
+  Schema.Struct({
+    /** the file the questions came from, as given */
+    source: Schema.String,
+    items: Schema.Array(Question),
+  }),
+)
+export type Questions = typeof Questions.schema.Type
+
+// ------------------------------------------------------------------------------ ragged tensors
+
+const packRagged = (name: string, lists: ReadonlyArray<ReadonlyArray<number>>): Array<[string, Tensor]> => {
+  const offsets = [0]
+  for (const l of lists) offsets.push(offsets[offsets.length - 1] + l.length)
+  return [
+    [`${name}_ids`, fromNumbers(lists.flat(), "I32", [offsets[offsets.length - 1]])],
+    [`${name}_offsets`, fromNumbers(offsets, "I64", [offsets.length])],
+  ]
+}
+
+const unpackRagged = (value: TensorsValue, name: string): number[][] => {
+  const ids = Array.from(toFloat64(value.read(`${name}_ids`)))
+  const offsets = Array.from(toFloat64(value.read(`${name}_offsets`)))
+  return offsets.slice(0, -1).map((start, i) => ids.slice(start, offsets[i + 1]))
+}
+
+const metadataJson = <T>(value: TensorsValue, key: string): T => {
+  const text = value.metadata[key]
+  if (text === undefined) throw new Error(`${value.path}: metadata has no "${key}"`)
+  return JSON.parse(text) as T
+}
+
+// ------------------------------------------------------------------------------ trajectories
+
+export const Trajectories = Artifact.tensors("Trajectories")
+
+export interface Trajectory {
+  /** index into `questions` */
+  readonly question: number
+  readonly tokens: ReadonlyArray<number>
+  /** decoded response, without the stop token */
+  readonly text: string
+  readonly finishReason: string
+}
+
+export interface TrajectorySet {
+  readonly systemPrompt: string
+  readonly questions: ReadonlyArray<Question>
+  /** per question: chat prompt ids with the system prompt (what the prompted model saw) */
+  readonly teacherPrompts: ReadonlyArray<ReadonlyArray<number>>
+  /** per question: chat prompt ids without it (what the baked model sees) */
+  readonly studentPrompts: ReadonlyArray<ReadonlyArray<number>>
+  readonly trajectories: ReadonlyArray<Trajectory>
+  /** the sampling settings, recorded for `pipe show` */
+  readonly sampling: Readonly<Record<string, unknown>>
+}
+
+export const trajectoriesOutput = (t: TrajectorySet): TensorsOutput => ({
+  tensors: new Map<string, Tensor>([
+    ...packRagged("teacher_prompt", t.teacherPrompts),
+    ...packRagged("student_prompt", t.studentPrompts),
+    ...packRagged("response", t.trajectories.map((x) => x.tokens)),
+    ["question_index", fromNumbers(t.trajectories.map((x) => x.question), "I32", [t.trajectories.length])],
+  ]),
+  metadata: {
+    system_prompt: t.systemPrompt,
+    questions: JSON.stringify(t.questions),
+    texts: JSON.stringify(t.trajectories.map((x) => x.text)),
+    finish_reasons: JSON.stringify(t.trajectories.map((x) => x.finishReason)),
+    sampling: JSON.stringify(t.sampling),
+  },
+})
+
+export const readTrajectories = (value: TensorsValue): Effect.Effect<TrajectorySet, Error> =>
+  Effect.try({
+    try: () => {
+      const responses = unpackRagged(value, "response")
+      const questionIndex = Array.from(toFloat64(value.read("question_index")))
+      const texts = metadataJson<string[]>(value, "texts")
+      const reasons = metadataJson<string[]>(value, "finish_reasons")
+      return {
+        systemPrompt: value.metadata.system_prompt ?? "",
+        questions: metadataJson<Question[]>(value, "questions"),
+        teacherPrompts: unpackRagged(value, "teacher_prompt"),
+        studentPrompts: unpackRagged(value, "student_prompt"),
+        trajectories: responses.map((tokens, i) => ({ question: questionIndex[i], tokens, text: texts[i], finishReason: reasons[i] })),
+        sampling: metadataJson<Record<string, unknown>>(value, "sampling"),
+      }
+    },
+    catch: (e) => new Error(`${value.path}: not a Trajectories artifact: ${e instanceof Error ? e.message : String(e)}`),
+  })
+
+/** Response tokens over all trajectories (the rows of a TeacherLogits artifact). */
+export const responseTokenCount = (t: TrajectorySet): number => t.trajectories.reduce((n, x) => n + x.tokens.length, 0)
+
+// ------------------------------------------------------------------------------ teacher logits
+
+export const TeacherLogits = Artifact.tensors("TeacherLogits")
+
+/**
+ * Row r is the prompted model's next-token distribution before response token r (trajectories in
+ * order, tokens in order). `stored`: top-k log-probs (descending), their ids and the tail mass
+ * 1 - Σ top-k probabilities. `recompute`: nothing stored; a consumer runs the prompted model.
+ */
+export type TeacherLogitsSet =
+  | { readonly mode: "recompute"; readonly rows: number }
+  | {
+      readonly mode: "stored"
+      readonly rows: number
+      readonly topK: number
+      /** storage dtype of the log-probs ("F16" or "F32"); read back as float32 */
+      readonly dtype: "F16" | "F32"
+      /** [rows, topK] row-major */
+      readonly topLogProbs: Float32Array
+      readonly topIds: Int32Array
+      /** [rows] */
+      readonly tailMass: Float32Array
+    }
+
+export const teacherLogitsOutput = (t: TeacherLogitsSet): TensorsOutput =>
+  t.mode === "recompute"
+    ? { tensors: new Map(), metadata: { mode: "recompute", rows: String(t.rows) } }
+    : {
+        tensors: new Map<string, Tensor>([
+          ["top_logprobs", fromNumbers(t.topLogProbs, t.dtype, [t.rows, t.topK])],
+          ["top_ids", fromNumbers(t.topIds, "I32", [t.rows, t.topK])],
+          // the tail is often tiny: float16's 6e-8 resolution would round it to 0, so always F32
+          ["tail_mass", fromNumbers(t.tailMass, "F32", [t.rows])],
+        ]),
+        metadata: { mode: "stored", rows: String(t.rows), top_k: String(t.topK), dtype: t.dtype },
+      }
+
+export const readTeacherLogits = (value: TensorsValue): Effect.Effect<TeacherLogitsSet, Error> =>
+  Effect.try({
+    try: (): TeacherLogitsSet => {
+      const rows = Number(value.metadata.rows)
+      if (value.metadata.mode === "recompute") return { mode: "recompute", rows }
+      if (value.metadata.mode !== "stored") throw new Error(`metadata mode is ${JSON.stringify(value.metadata.mode)}, expected "stored" or "recompute"`)
+      const logProbs = value.read("top_logprobs")
+      return {
+        mode: "stored",
+        rows,
+        topK: Number(value.metadata.top_k),
+        dtype: logProbs.dtype === "F16" ? "F16" : "F32",
+        topLogProbs: toFloat32(logProbs),
+        topIds: Int32Array.from(toFloat64(value.read("top_ids"))),
+        tailMass: toFloat32(value.read("tail_mass")),
+      }
+    },
+    catch: (e) => new Error(`${value.path}: not a TeacherLogits artifact: ${e instanceof Error ? e.message : String(e)}`),
+  })
+
+// ------------------------------------------------------------------------------ adapters
+
+export const BakedAdapter = Artifact.tensors("BakedAdapter")
+
+/** The adapter's PEFT tensors, with adapter_config.json and `extra` (e.g. training figures) as metadata. */
+export const adapterOutput = (adapter: LoraAdapter, extra: Readonly<Record<string, string>> = {}): Effect.Effect<TensorsOutput, Error> =>
+  Effect.map(Effect.mapError(adapterTensors(adapter), (e) => new Error(e.message)), (tensors) => ({
+    tensors,
+    metadata: { ...extra, adapter_config: JSON.stringify(adapterConfigJson(adapter.config)) },
+  }))
+
+export const readAdapterArtifact = (value: TensorsValue): Effect.Effect<LoraAdapter, Error> =>
+  Effect.mapError(
+    Effect.gen(function* () {
+      const json = yield* Effect.try({ try: () => metadataJson<unknown>(value, "adapter_config"), catch: (e) => new Error(String(e)) })
+      const config = yield* parseAdapterConfig(`${value.path} (metadata adapter_config)`, json)
+      const tensors = new Map([...value.header.tensors.keys()].map((name) => [name, value.read(name)]))
+      return yield* adapterFromTensors(value.path, config, tensors)
+    }),
+    (e) => new Error(e.message),
+  )
+
+// ------------------------------------------------------------------------------ evaluation
+
+export const Rate = Schema.Struct({ rate: Schema.Number, hits: Schema.Int, n: Schema.Int })
+export type Rate = typeof Rate.Type
+
+export const rateOf = (oks: ReadonlyArray<boolean>): Rate => {
+  const hits = oks.filter(Boolean).length
+  return { rate: oks.length === 0 ? 0 : hits / oks.length, hits, n: oks.length }
+}
+
+export const Variant = Schema.Literals(["base", "prompted", "baked"])
+export type Variant = typeof Variant.Type
+
+export const Sample = Schema.Struct({ questionId: Schema.String, question: Schema.String, text: Schema.String, ok: Schema.Boolean })
+
+export const BakeEvaluation = Artifact.json(
+  "BakeEvaluation",
+  Schema.Struct({
+    variant: Variant,
+    /** mean per-token KL(prompted || variant) over the validation trajectories' response tokens, in nats */
+    kl: Schema.Struct({ mean: Schema.Number, tokens: Schema.Int }),
+    /** share of fresh samples on held-out questions that pass the checker */
+    behaviour: Rate,
+    /** greedy answers on the factual set containing a reference answer */
+    accuracy: Rate,
+    behaviourSamples: Schema.Array(Sample),
+    answerSamples: Schema.Array(Sample),
+    seconds: Schema.Number,
+  }),
+)
+export type BakeEvaluation = typeof BakeEvaluation.schema.Type
+
+export const BakeComparison = Artifact.json(
+  "BakeComparison",
+  Schema.Struct({
+    systemPrompt: Schema.String,
+    rows: Schema.Array(Schema.Struct({ variant: Variant, kl: Schema.Number, behaviour: Rate, accuracy: Rate })),
+    /** KL(prompted || base) / KL(prompted || baked) */
+    klReduction: Schema.Number,
+    /** behaviour rate of prompted minus baked, in percentage points */
+    behaviourGap: Schema.Number,
+    samples: Schema.Array(Schema.Struct({ question: Schema.String, prompted: Schema.String, baked: Schema.String, base: Schema.String })),
+    markdown: Schema.String,
+  }),
+)
+export type BakeComparison = typeof BakeComparison.schema.Type

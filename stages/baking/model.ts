@@ -1,0 +1,48 @@
+// Opening the model a baking stage works on: an HF checkpoint directory (the shipped
+// models/tiny-chat, or a real local checkpoint named with `--set model.path=...`), its tokenizer,
+// and the chat prompts of a question with and without the system prompt.
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import { type Checkpoint, loadCheckpoint } from "../../src/models/checkpoint.ts"
+import type { Device as EngineDevice } from "../../src/engine/index.ts"
+import type { Device } from "../../src/runtime/session.ts"
+import { chatPromptIds } from "../../src/text/chat-template.ts"
+import { loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts"
+
+export interface OpenModel {
+  readonly checkpoint: Checkpoint
+  readonly tokenizer: TextTokenizer
+}
+
+export const openModel = (dir: string): Effect.Effect<OpenModel, Error> =>
+  Effect.mapError(
+    Effect.gen(function* () {
+      const checkpoint = yield* loadCheckpoint(dir)
+      const tokenizer = yield* loadTokenizer(
+        checkpoint.tokenizerFile !== undefined && checkpoint.tokenizerConfigFile !== undefined
+          ? { tokenizerFile: checkpoint.tokenizerFile, configFile: checkpoint.tokenizerConfigFile }
+          : checkpoint.dir,
+      )
+      return { checkpoint, tokenizer }
+    }),
+    (e) => new Error(e.message),
+  )
+
+/** Chat prompt ids of a question, with the system prompt when one is given (non-empty). */
+export const questionPromptIds = (tokenizer: TextTokenizer, question: string, systemPrompt?: string): Effect.Effect<number[], Error> =>
+  Effect.mapError(
+    chatPromptIds(tokenizer, [...(systemPrompt ? [{ role: "system", content: systemPrompt }] : []), { role: "user", content: question }], { addGenerationPrompt: true }),
+    (e) => new Error(e.message),
+  )
+
+/** A system prompt given as text, or as `@path` to read it from a file (like the seeds' --x0_file). */
+export const resolveSystemPrompt = (text: string): Effect.Effect<string, Error> =>
+  text.startsWith("@")
+    ? Effect.try({
+        try: () => fs.readFileSync(text.slice(1), "utf8").trim(),
+        catch: (e) => new Error(`system prompt file ${text.slice(1)}: cannot read: ${e instanceof Error ? e.message : String(e)}`),
+      })
+    : Effect.succeed(text)
+
+/** The onnxruntime device of the engine's placement. */
+export const runtimeDevice = (d: EngineDevice): Device => (d.kind === "cuda" ? { kind: "cuda", deviceId: d.deviceId } : { kind: "cpu" })
