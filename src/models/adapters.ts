@@ -11,6 +11,8 @@
 //   initLora(targets, r, seed)            -> host values: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's
 //                                            kaiming_uniform(a=sqrt(5))), B = 0, so training starts at the base model
 //   loraAdapter(config, targets, values)  -> a peft.ts LoraAdapter (for writeAdapter / mergeLora)
+//   adapterHook(g, adapter)               -> a LinearHook applying a trained adapter whose matrices
+//                                            are inline initializers (inference graphs: generation, scoring)
 //
 // Soft prompts: k embeddings [k, H] (or [B, k, H] from a condition) prepended to the token
 // embeddings, with the attention mask extended by k ones on the left of the real tokens:
@@ -22,8 +24,8 @@
 import type { Graph, Value } from "../graph/index.ts"
 import type { ParamSpec } from "../graph/optim.ts"
 import type { LinearHook } from "./forward.ts"
-import type { LoraAdapter, LoraConfig, LoraTarget } from "./peft.ts"
-import { fromNumbers } from "./safetensors.ts"
+import { type LoraAdapter, type LoraConfig, type LoraTarget, loraScale } from "./peft.ts"
+import { fromNumbers, toFloat32 } from "./safetensors.ts"
 import { mulberry32 } from "./init.ts"
 
 /** Graph input / train-step parameter name of a LoRA matrix. */
@@ -110,6 +112,16 @@ export const loraAdapter = (config: LoraConfig, targets: ReadonlyArray<LoraTarge
     return fromNumbers(v, "F32", loraShapes(t, config.r)[which])
   }
   return { config, modules: new Map(targets.map((t) => [t.module, { a: get(t, "A"), b: get(t, "B") }])) }
+}
+
+/** The adapter applied in an inference graph: its A and B become float32 initializers of `g`. */
+export const adapterHook = (g: Graph, adapter: LoraAdapter): LinearHook => {
+  const modules = new Map<string, LoraValues>()
+  for (const [module, { a, b }] of adapter.modules) {
+    const init = (which: "A" | "B", t: typeof a) => g.initializer(loraName(module, which), "float32", [...t.shape], { kind: "inline", data: toFloat32(t) })
+    modules.set(module, { a: init("A", a), b: init("B", b) })
+  }
+  return loraHook(modules, loraScale(adapter.config))
 }
 
 // ------------------------------------------------------------------------------ soft prompts
