@@ -224,6 +224,8 @@ export const BakeEvaluation = Artifact.json(
   "BakeEvaluation",
   Schema.Struct({
     variant: Variant,
+    /** x0 of the experiment (the prompted variant ran with it) */
+    systemPrompt: Schema.String,
     /** mean per-token KL(prompted || variant) over the validation trajectories' response tokens, in nats */
     kl: Schema.Struct({ mean: Schema.Number, tokens: Schema.Int }),
     /** share of fresh samples on held-out questions that pass the checker */

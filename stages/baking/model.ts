@@ -35,14 +35,17 @@ export const questionPromptIds = (tokenizer: TextTokenizer, question: string, sy
     (e) => new Error(e.message),
   )
 
-/** A system prompt given as text, or as `@path` to read it from a file (like the seeds' --x0_file). */
-export const resolveSystemPrompt = (text: string): Effect.Effect<string, Error> =>
-  text.startsWith("@")
-    ? Effect.try({
-        try: () => fs.readFileSync(text.slice(1), "utf8").trim(),
-        catch: (e) => new Error(`system prompt file ${text.slice(1)}: cannot read: ${e instanceof Error ? e.message : String(e)}`),
-      })
-    : Effect.succeed(text)
+/**
+ * A system prompt kept in a file (the seeds' --x0_file), read when the pipeline file loads: the
+ * text itself becomes the param, so editing the file changes the cache key like editing the text.
+ */
+export const promptFile = (file: string): string => {
+  try {
+    return fs.readFileSync(file, "utf8").trim()
+  } catch (e) {
+    throw new Error(`system prompt file ${file}: cannot read: ${e instanceof Error ? e.message : String(e)}`)
+  }
+}
 
 /** The onnxruntime device of the engine's placement. */
 export const runtimeDevice = (d: EngineDevice): Device => (d.kind === "cuda" ? { kind: "cuda", deviceId: d.deviceId } : { kind: "cpu" })
