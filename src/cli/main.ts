@@ -2,6 +2,7 @@
 // Exit codes: 0 ok, 1 some node failed, 2 bad usage / pipeline / params, 130 interrupted.
 import { Effect, Exit, Cause } from "effect"
 import { existsSync, readFileSync } from "node:fs"
+import { basename } from "node:path"
 import { detectGpus, parseGpus } from "../engine/devices.ts"
 import { errorMessage } from "../engine/errors.ts"
 import { componentsOf, diffComponents, explainPlan } from "../engine/explain.ts"
@@ -15,6 +16,7 @@ const USAGE = `usage: pipe <command> [options]
 commands:
   run <pipeline.ts>     plan and run a pipeline, reusing cached results
       --set name.param=value   override a param of every node of that call (repeatable; value is JSON or a string)
+      --set name.path=PATH     replace the path of the external input declared with { name } (model, dataset)
       --dry-run                list every node as cached / to run / pending, and why; run nothing
       --rerun <name>           recompute nodes of this call or stage even when cached (repeatable)
       --jobs N                 CPU job slots (default 1)
@@ -134,7 +136,16 @@ const cmdRun = async (args: Args): Promise<number> => {
     out("failures:")
     for (const f of failures) out(`  ${f.name}: ${f.error?.split("\n")[0]}\n    log: ${f.logPath}`)
   }
+  for (const f of s.published) if ("error" in f) out(`publish failed: ${f.error}`)
   out(`records: ${s.runDir}`)
+  // The files the pipeline asks to print, each instance under a heading when its call is swept.
+  for (const f of s.published) {
+    if (!("path" in f) || !f.print) continue
+    out()
+    if (basename(f.path) !== f.file) out(`== ${f.node} (${f.path}) ==`) // one instance of a swept call
+    const text = readFileSync(f.path, "utf8")
+    process.stdout.write(text.endsWith("\n") ? text : `${text}\n`)
+  }
   store.close()
   return s.status === "succeeded" ? 0 : s.status === "interrupted" ? 130 : 1
 }
@@ -143,6 +154,7 @@ const explain = async (store: Store, file: string, overrides: ReadonlyArray<stri
   const p = await Effect.runPromise(planFile(store, file, overrides))
   const rows = explainPlan(store, p, rerun)
   const width = Math.min(60, Math.max(...rows.map((r) => r.name.length), 4))
+  for (const e of p.externals) out(`external ${e.name === undefined ? "" : `${e.name.padEnd(width)}  `}${e.path}`)
   for (const r of rows) {
     const label = r.state === "run" ? (mode === "dry-run" ? "to run" : "stale") : r.state
     const note = r.state === "cached" && !r.sourceChanged ? "" : `  ${r.reason}`

@@ -15,9 +15,16 @@
 //
 // A pipeline file (pipelines/*.ts) default-exports a pipeline built by calling stages:
 //
-//   const model = external.dir("models/tiny-llama")
+//   const model = external.dir("models/tiny-llama", { name: "model" })       // --set model.path=DIR replaces it
 //   const samples = sample({ temperature: sweep([0.7, 1.0]), n: 8, batchSize: 16 }, { model, prompts: external.file("data/q.txt") })
-//   export default pipeline("blue", { samples })
+//   const report = summarize({}, { samples })                                  // a JSON output with a `markdown` field
+//   export default pipeline("blue", { samples }, {
+//     publish: { "report.json": report, "report.md": { from: report, as: (r) => r.markdown } },  // into runs/<id>/
+//     print: ["report.md"],                                                    // `pipe run` prints it after its summary
+//   })
+//
+// Published files are written after every run, a fully cached one too; a swept node writes one file
+// per instance (`report[temperature=0.7].md`). `--set name.param=value` overrides a stage call's param.
 //
 // See tests/engine/fixtures/example.ts (sweeps, zip) and tests/engine/fixtures/stages.ts (JSON, file and
 // tensor outputs, a checkpointing stage in a child process, retries) for complete, runnable examples.
@@ -36,10 +43,25 @@ export type {
   ValueOf,
 } from "./artifact.ts"
 export { external, pipeline, stage, sweep, zip, Sweep } from "./stage.ts"
-export type { CallOptions, Device, External, Node, Pipeline, Resources, Source, Stage, StageContext, StageSpec } from "./stage.ts"
+export type {
+  CallOptions,
+  Device,
+  External,
+  ExternalOptions,
+  Node,
+  Pipeline,
+  PipelineOptions,
+  PublishEntry,
+  Resources,
+  Source,
+  Stage,
+  StageContext,
+  StageSpec,
+} from "./stage.ts"
 export { CorruptArtifact, ExternalInputError, NodeFailed, ParamsError, PipelineError } from "./errors.ts"
 export { Store } from "./store.ts"
-export { planFile, runPipeline, type RunConfig } from "./run.ts"
+export { planFile, runPipeline, type RunConfig, type RunResult } from "./run.ts"
+export type { PublishedFile } from "./publish.ts"
 export type { NodeOutcome, RunSummary } from "./scheduler.ts"
 export { explainPlan, type Explanation } from "./explain.ts"
 export { lineReporter, barReporter, silentReporter, type Reporter } from "./progress.ts"

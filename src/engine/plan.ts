@@ -1,5 +1,6 @@
-// Planning: load a pipeline file, apply `--set` overrides, expand sweeps into node instances,
-// decode params, and give every instance a recipe hash. Instances with equal recipes are one node.
+// Planning: load a pipeline file, apply `--set` overrides (params of stage calls, paths of named
+// external inputs), expand sweeps into node instances, decode params, and give every instance a
+// recipe hash. Instances with equal recipes are one node.
 //
 // Two hashes identify a node:
 //   recipe  = hash(stage, version, keyed params, recipes of input nodes | content hashes of external inputs)
@@ -14,12 +15,28 @@ import { pathToFileURL } from "node:url"
 import type { ArtifactType } from "./artifact.ts"
 import { ParamsError, PipelineError, errorMessage } from "./errors.ts"
 import { canonicalJson, hashJson, sha256 } from "./hash.ts"
-import type { AnyStage, Pipeline, Source, Template } from "./stage.ts"
+import type { AnyStage, External, Pipeline, Source, Template } from "./stage.ts"
 import { isPipeline, isSweep, type Sweep } from "./stage.ts"
 
 export type PlanInput =
   | { readonly kind: "node"; readonly node: number }
   | { readonly kind: "external"; readonly path: string; readonly hash: string; readonly type: ArtifactType }
+
+/** An external input as planned: its absolute path after `--set <name>.path=...`, and content hash. */
+export interface PlanExternal {
+  readonly name: string | undefined
+  readonly path: string
+  readonly hash: string
+}
+
+/** A file the run writes into its folder (see `PipelineOptions.publish`). */
+export interface PlanPublish {
+  readonly file: string
+  /** The published call's instances (several when it is swept). */
+  readonly nodes: ReadonlyArray<number>
+  readonly as: ((value: unknown) => unknown) | undefined
+  readonly print: boolean
+}
 
 export interface PlanNode {
   readonly index: number
@@ -46,10 +63,12 @@ export interface Plan {
   readonly pipeline: string
   readonly file: string
   readonly nodes: ReadonlyArray<PlanNode>
+  readonly externals: ReadonlyArray<PlanExternal>
+  readonly publish: ReadonlyArray<PlanPublish>
 }
 
 export interface PlanOptions {
-  /** `label.param=value` (value parsed as JSON when it parses, else taken as a string). */
+  /** `label.param=value` (value parsed as JSON when it parses, else taken as a string), or `name.path=PATH` for a named external. */
   readonly overrides?: ReadonlyArray<string>
   readonly hashExternal: (path: string, kind: "file" | "directory") => string
 }
@@ -84,7 +103,7 @@ const parseOverride = (text: string, pipeline: string) => {
   } catch {
     // not JSON: a plain string value
   }
-  return { label: text.slice(0, dot), path: text.slice(dot + 1, eq).split("."), value }
+  return { label: text.slice(0, dot), path: text.slice(dot + 1, eq).split("."), value, raw }
 }
 
 const setPath = (obj: Record<string, unknown>, path: ReadonlyArray<string>, value: unknown): Record<string, unknown> => {
@@ -116,27 +135,49 @@ interface Instance {
 export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Plan => {
   const pname = `${file} (pipeline "${pipeline.name}")`
 
-  // Templates reachable from the targets, inputs before the calls that use them.
+  // Templates reachable from the targets and published nodes, inputs before the calls that use them.
   const ordered: Array<Template> = []
+  const externals: Array<External<ArtifactType>> = []
   const seen = new Set<Template>()
   const visit = (t: Template) => {
     if (seen.has(t)) return
     seen.add(t)
     for (const s of Object.values(t.inputs)) if (s._tag === "Node") visit(s.template)
+    else externals.push(s)
     ordered.push(t)
   }
-  for (const n of pipeline.targets) visit(n.template)
+  for (const n of [...pipeline.targets, ...pipeline.publish.map((p) => p.node)]) visit(n.template)
+
+  // Named externals, by name: the path as declared, until `--set <name>.path=...` replaces it.
+  const labels = new Set(ordered.map((t) => t.label))
+  const externalPaths = new Map<string, string>()
+  for (const e of externals) {
+    if (e.name === undefined) continue
+    if (labels.has(e.name))
+      throw new ParamsError({ pipeline: pname, node: e.name, message: `${pname}: "${e.name}" names both a stage call and the external input ${e.path}; rename one (--set ${e.name}.path=... could mean either)` })
+    const declared = externalPaths.get(e.name)
+    if (declared !== undefined && resolve(declared) !== resolve(e.path))
+      throw new ParamsError({ pipeline: pname, node: e.name, message: `${pname}: two external inputs are named "${e.name}" with different paths (${declared}, ${e.path}); give them different names` })
+    externalPaths.set(e.name, e.path)
+  }
 
   // Overrides.
   const params = new Map<Template, Record<string, unknown>>(ordered.map((t) => [t, { ...t.params }]))
   for (const text of options.overrides ?? []) {
     const o = parseOverride(text, pname)
+    if (externalPaths.has(o.label)) {
+      const path = typeof o.value === "string" ? o.value : o.raw // `model.path=2024` is a directory, not a number
+      if (o.path.join(".") !== "path" || path === "")
+        throw new ParamsError({ pipeline: pname, node: o.label, message: `${pname}: --set ${text}: "${o.label}" is an external input; its one settable field is "path" (--set ${o.label}.path=PATH)` })
+      externalPaths.set(o.label, path)
+      continue
+    }
     const matches = ordered.filter((t) => t.label === o.label)
     if (matches.length === 0)
       throw new ParamsError({
         pipeline: pname,
         node: o.label,
-        message: `${pname}: --set ${text}: no node named "${o.label}" (nodes: ${[...new Set(ordered.map((t) => t.label))].join(", ")})`,
+        message: `${pname}: --set ${text}: no node named "${o.label}" (nodes: ${[...labels].join(", ")}; external inputs: ${[...externalPaths.keys()].join(", ") || "none named"})`,
       })
     for (const t of matches) {
       const fields = fieldNames(t.stage)
@@ -163,6 +204,7 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
   }
 
   const nodes: Array<PlanNode> = []
+  const planned = new Map<string, PlanExternal>() // by absolute path
   const byRecipe = new Map<string, number>()
   const instancesOf = new Map<Template, ReadonlyArray<Instance>>()
   const usedNames = new Set<string>()
@@ -185,9 +227,11 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
       if (expected === undefined)
         throw new ParamsError({ pipeline: pname, node: t.label, message: `${pname}: node "${t.label}": stage "${spec.name}" has no input "${name}"` })
       if (source._tag === "External") {
-        const kind = source.output._tag === "directory" ? "directory" : "file"
-        const hash = options.hashExternal(source.path, kind)
-        for (const p of partials) p.inputs.push([name, { kind: "external", path: resolve(source.path), hash, type: source.output }])
+        const path = resolve(source.name === undefined ? source.path : externalPaths.get(source.name)!)
+        const known = planned.get(path)
+        const hash = known?.hash ?? options.hashExternal(path, source.output._tag === "directory" ? "directory" : "file")
+        planned.set(path, { name: known?.name ?? source.name, path, hash })
+        for (const p of partials) p.inputs.push([name, { kind: "external", path, hash, type: source.output }])
         continue
       }
       const ups = instancesOf.get(source.template)!
@@ -275,7 +319,13 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
     }
     instancesOf.set(t, instances)
   }
-  return { pipeline: pipeline.name, file, nodes }
+  const publish = pipeline.publish.map((p): PlanPublish => ({
+    file: p.file,
+    nodes: [...new Set(instancesOf.get(p.node.template)!.map((i) => i.node))],
+    as: p.as,
+    print: pipeline.print.includes(p.file),
+  }))
+  return { pipeline: pipeline.name, file, nodes, externals: [...planned.values()], publish }
 }
 
 /** The cache key of a node once the content hashes of its inputs are known. */

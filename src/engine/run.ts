@@ -1,4 +1,5 @@
-// One `pipe run`: plan the pipeline file, record the run, schedule it, write runs/<id>/.
+// One `pipe run`: plan the pipeline file, record the run, schedule it, write runs/<id>/ (plan,
+// summary, and the files the pipeline publishes).
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import { mkdirSync, writeFileSync } from "node:fs"
@@ -8,6 +9,7 @@ import { ParamsError, type ExternalInputError, type PipelineError } from "./erro
 import { childProcessExecutor, inProcessExecutor } from "./executor.ts"
 import { loadPipeline, plan, type Plan } from "./plan.ts"
 import type { Reporter } from "./progress.ts"
+import { publishResults, type PublishedFile } from "./publish.ts"
 import { runPlan, type RunSummary } from "./scheduler.ts"
 import type { Store } from "./store.ts"
 
@@ -46,7 +48,13 @@ export interface RunConfig {
 export const newRunId = (): string =>
   `${new Date().toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15)}-${randomBytes(2).toString("hex")}`
 
-export const runPipeline = (cfg: RunConfig): Effect.Effect<RunSummary & { readonly runDir: string }, PipelineError | ParamsError | ExternalInputError> =>
+export interface RunResult extends RunSummary {
+  readonly runDir: string
+  /** Files written into `runDir` by the pipeline's `publish`; a publish error fails the run. */
+  readonly published: ReadonlyArray<PublishedFile>
+}
+
+export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineError | ParamsError | ExternalInputError> =>
   Effect.gen(function* () {
     const { store } = cfg
     const overrides = cfg.overrides ?? []
@@ -67,6 +75,7 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunSummary & { readon
           pipeline: p.pipeline,
           file: resolve(cfg.pipelineFile),
           overrides,
+          externals: p.externals,
           nodes: p.nodes.map((n) => ({
             name: n.name,
             stage: n.stage.spec.name,
@@ -97,7 +106,10 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunSummary & { readon
       reporter: cfg.reporter,
       ...(cfg.signal ? { signal: cfg.signal } : {}),
     })
-    writeFileSync(join(runDir, "summary.json"), JSON.stringify(summary, null, 1))
-    store.finishRun(runId, summary.status, { counts: summary.counts, failures: summary.nodes.filter((n) => n.status === "failed") })
-    return { ...summary, runDir }
+    const published = publishResults(store, p, summary.nodes, runDir)
+    const publishErrors = published.filter((f) => "error" in f)
+    const status = summary.status === "succeeded" && publishErrors.length > 0 ? "failed" : summary.status
+    writeFileSync(join(runDir, "summary.json"), JSON.stringify({ ...summary, status, published }, null, 1))
+    store.finishRun(runId, status, { counts: summary.counts, failures: [...summary.nodes.filter((n) => n.status === "failed"), ...publishErrors] })
+    return { ...summary, status, runDir, published }
   })

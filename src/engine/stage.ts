@@ -1,6 +1,6 @@
 // Stages, nodes, sweeps and pipelines: the declarative surface that pipeline files use.
 import type { Effect } from "effect"
-import type { ArtifactType, DirectoryArtifact, FileArtifact, OutputOf, TensorsArtifact, ValueOf } from "./artifact.ts"
+import type { ArtifactType, DirectoryArtifact, FileArtifact, JsonArtifact, OutputOf, TensorsArtifact, ValueOf } from "./artifact.ts"
 import { Directory, File } from "./artifact.ts"
 import { fileURLToPath } from "node:url"
 
@@ -142,23 +142,37 @@ export interface External<O extends ArtifactType> {
   readonly _tag: "External"
   readonly output: O
   readonly path: string
+  /** Set by `{ name }`: `--set <name>.path=...` replaces `path` at plan time. */
+  readonly name?: string
 }
 
 export type Source<O extends ArtifactType> = Node<O> | External<O>
 
+export interface ExternalOptions<O extends ArtifactType> {
+  /**
+   * Makes the path settable from the command line: with `{ name: "model" }`, `--set model.path=DIR`
+   * plans the pipeline with DIR instead (relative to the current directory). Not a stage call's name.
+   */
+  readonly name?: string
+  /** A specific artifact type instead of the generic File / Directory, so only inputs of that type accept it. */
+  readonly type?: O
+}
+
+const makeExternal = <O extends ArtifactType>(path: string, generic: ArtifactType, options: O | ExternalOptions<O> | undefined): External<O> => {
+  const { name, type }: ExternalOptions<O> = options === undefined ? {} : "_tag" in options ? { type: options } : options
+  // `--set` splits "name.field=value" at the first dot and the first "=".
+  if (name !== undefined && !/^[^.=\s]+$/.test(name))
+    throw new Error(`external ${path}: name ${JSON.stringify(name)} must be non-empty, without ".", "=" or spaces (it is used as --set ${name}.path=...)`)
+  return { _tag: "External", output: (type ?? generic) as O, path, ...(name === undefined ? {} : { name }) }
+}
+
+/** `external.file(path)`, `external.dir(path, { name: "model" })`, `external.file(path, Questions)` or `{ name, type }`. */
 export const external = {
   /** A file (dataset, prompt file) hashed by content; remembered by (path, size, mtime, inode). */
-  file: <O extends FileArtifact<string> = typeof File>(path: string, type?: O): External<O> => ({
-    _tag: "External",
-    output: (type ?? File) as O,
-    path,
-  }),
+  file: <O extends FileArtifact<string> = typeof File>(path: string, options?: O | ExternalOptions<O>): External<O> => makeExternal(path, File, options),
   /** A directory (HF model folder) hashed over its files' relative paths and contents. */
-  dir: <O extends DirectoryArtifact<string> = typeof Directory>(path: string, type?: O): External<O> => ({
-    _tag: "External",
-    output: (type ?? Directory) as O,
-    path,
-  }),
+  dir: <O extends DirectoryArtifact<string> = typeof Directory>(path: string, options?: O | ExternalOptions<O>): External<O> =>
+    makeExternal(path, Directory, options),
 }
 
 /** An input of the generic `File` type takes any file payload (tensors included); other types need an exact match. */
@@ -213,18 +227,71 @@ export const stage = <P extends ParamsSchema, const I extends InputTypes, O exte
 
 // ---- pipelines -----------------------------------------------------------------------------------
 
+/**
+ * A file a pipeline writes into its run folder after every run (a cached one too): the node's
+ * artifact as is (JSON pretty-printed, file and tensor payloads copied), or, for a JSON node, what
+ * `as` makes of its value: a string is written as text, a Uint8Array as bytes, anything else as JSON.
+ */
+export type PublishEntry<T> = Node<ArtifactType> | { readonly from: Node<JsonArtifact<string, T>>; readonly as: (value: T) => unknown }
+
+export interface PipelineOptions<P> {
+  /** File name in runs/<id>/ -> what to write there; a swept node writes one file per instance (`compare[rank=8].md`). */
+  readonly publish?: { readonly [F in keyof P]: PublishEntry<P[F]> }
+  /** Published files whose text `pipe run` prints after its summary. */
+  readonly print?: ReadonlyArray<NoInfer<keyof P & string>>
+}
+
+export interface PublishSpec {
+  readonly file: string
+  readonly node: Node<ArtifactType>
+  readonly as?: (value: any) => unknown
+}
+
 export interface Pipeline {
   readonly _tag: "Pipeline"
   readonly name: string
   /** The nodes the pipeline is for; everything upstream of them is planned too. */
   readonly targets: ReadonlyArray<Node<ArtifactType>>
+  /** Files written into the run folder after each run; their nodes are planned as targets too. */
+  readonly publish: ReadonlyArray<PublishSpec>
+  /** File names of `publish` that `pipe run` prints. */
+  readonly print: ReadonlyArray<string>
 }
 
-/** `export default pipeline("blue", { report, samples })`: a pipeline file's default export. */
-export const pipeline = (
+/** Files the engine itself writes into a run folder. */
+const RESERVED = new Set(["plan.json", "summary.json", "metrics.jsonl", "logs"])
+
+/**
+ * `export default pipeline("blue", { report, samples })`: a pipeline file's default export. Options
+ * publish results into the run folder:
+ *
+ * ```ts
+ * pipeline("blue", { comparison }, {
+ *   publish: { "compare.json": comparison, "compare.md": { from: comparison, as: (c) => c.markdown } },
+ *   print: ["compare.md"],
+ * })
+ * ```
+ */
+export const pipeline = <P = {}>(
   name: string,
   targets: Readonly<Record<string, Node<ArtifactType>>> | ReadonlyArray<Node<ArtifactType>>,
-): Pipeline => ({ _tag: "Pipeline", name, targets: Array.isArray(targets) ? targets : Object.values(targets) })
+  options: PipelineOptions<P> = {},
+): Pipeline => {
+  const entries = Object.entries((options.publish ?? {}) as Readonly<Record<string, PublishEntry<unknown>>>)
+  const publish = entries.map(([file, entry]): PublishSpec => {
+    if (!/^[^/\\\0]+$/.test(file) || file === "." || file === ".." || RESERVED.has(file))
+      throw new Error(`pipeline "${name}": publish "${file}": expected a file name in the run folder (no directories; not ${[...RESERVED].join(", ")})`)
+    if (!("from" in entry)) return { file, node: entry }
+    if (entry.from.output._tag !== "json")
+      throw new Error(`pipeline "${name}": publish "${file}": "as" renders JSON values; ${entry.from.template.label} outputs ${entry.from.output._tag} (publish the node itself to copy it)`)
+    return { file, node: entry.from, as: entry.as }
+  })
+  const print = options.print ?? []
+  for (const file of print)
+    if (!publish.some((p) => p.file === file))
+      throw new Error(`pipeline "${name}": print "${file}": not a published file (published: ${publish.map((p) => p.file).join(", ") || "none"})`)
+  return { _tag: "Pipeline", name, targets: Array.isArray(targets) ? targets : Object.values(targets), publish, print }
+}
 
 export const isPipeline = (u: unknown): u is Pipeline =>
   typeof u === "object" && u !== null && (u as Pipeline)._tag === "Pipeline" && Array.isArray((u as Pipeline).targets)

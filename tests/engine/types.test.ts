@@ -2,8 +2,8 @@
 // `@ts-expect-error` fails the type check if the line below it ever compiles.
 import { Schema } from "effect"
 import { describe, expect, it } from "vitest"
-import { external, pipeline, sweep, zip, type Node } from "../../src/engine/index.ts"
-import { Vectors, generate, inspect, lines, modulo, render, sum, train } from "./fixtures/stages.ts"
+import { external, pipeline, sweep, zip, type External, type Node } from "../../src/engine/index.ts"
+import { Text, Vectors, generate, inspect, lines, modulo, render, sum, train } from "./fixtures/stages.ts"
 
 const wire = () => {
   const numbers = generate({ start: 1, n: 3 })
@@ -28,6 +28,25 @@ const wire = () => {
   lines({}, { text: train({ steps: 1, lr: 0.1 }, { numbers }) })
   const weights: Node<typeof Vectors> = train({ ...zip({ steps: [1, 2], lr: [0.1, 0.2] }) }, { numbers })
   return pipeline("types", [inspect({}, { weights })])
+}
+
+// Never called (some of these throw when run): only type-checked.
+export const namedAndPublished = () => {
+  lines({}, { text: external.file("notes.txt", { name: "notes" }) })
+  // @ts-expect-error a named directory is still not a file
+  lines({}, { text: external.dir("models/tiny", { name: "model" }) })
+  const typed: External<typeof Text> = external.file("notes.txt", { name: "notes", type: Text })
+  const positional: External<typeof Text> = external.file("notes.txt", Text)
+  const total = sum({ scale: 1 }, { numbers: generate({ start: 1, n: 3 }) })
+  const weights = train({ steps: 1, lr: 0.1 }, { numbers: generate({ start: 1, n: 3 }) })
+  pipeline("p", [total], { publish: { "t.json": total, "t.txt": { from: total, as: (t) => `${t.total} of ${t.count}` }, "w.st": weights }, print: ["t.txt"] })
+  // @ts-expect-error `as` gets the node's value type: Total has no "mean"
+  pipeline("p", [total], { publish: { "t.txt": { from: total, as: (t) => t.mean } } })
+  // @ts-expect-error print names a published file
+  pipeline("p", [total], { publish: { "t.json": total }, print: ["t.md"] })
+  // @ts-expect-error `as` renders JSON values only
+  pipeline("p", [total], { publish: { "w.txt": { from: weights, as: (w) => w } } })
+  return [typed, positional]
 }
 
 describe("stage typing", () => {
