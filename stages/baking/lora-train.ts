@@ -35,7 +35,7 @@ import { externalWeights, placeWeights, writeGraph } from "../../src/models/grap
 import { hash32 } from "../../src/models/init.ts"
 import { loraConfigFor, loraScale, loraTargets } from "../../src/models/peft.ts"
 import { fromNumbers, readFile, type Tensor, toFloat32, writeFile } from "../../src/models/safetensors.ts"
-import { createSession } from "../../src/runtime/session.ts"
+import { createSession, releaseSession } from "../../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter, readTeacherLogits, readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, Trajectories, type TrajectorySet } from "./artifacts.ts"
@@ -156,7 +156,7 @@ const microFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, rows: number[
     feeds[extra.topLogProbs] = new ort.Tensor("float32", lps, [shape.tokens, k])
     feeds[extra.tailMass] = new ort.Tensor("float32", tail, [shape.tokens])
   }
-  return { feeds, tokens: b.tokens, positions: shape.rows * (shape.studentWidth + (teacher.mode === "recompute" ? shape.teacherWidth : 0)) }
+  return feeds
 }
 
 /** Micro-batch feeds stacked on a leading [gradAccum] axis (what buildTrainStep's Loop slices). */
@@ -187,7 +187,7 @@ export const stepFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, micro: 
         }
   // buildTrainStep averages the micro-batch losses: M / tokens makes the average Σ KL / tokens
   const parts = micro.map((rows) => microFeeds(set, teacher, rows, padId, starts, shape, M / tokens))
-  return { feeds: M === 1 ? parts[0].feeds : stack(parts.map((p) => p.feeds)), tokens, positions: parts.reduce((n, p) => n + p.positions, 0) }
+  return { feeds: M === 1 ? parts[0] : stack(parts), tokens }
 }
 
 // ------------------------------------------------------------------------------ checkpoints
@@ -372,6 +372,7 @@ export const loraTrain = stage({
         yield* Effect.yieldNow
       }
       yield* evaluator.release
+      yield* releaseSession(session)
 
       const best = bestOf(p.history)
       const last = p.history[p.history.length - 1]
