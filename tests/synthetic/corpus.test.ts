@@ -107,6 +107,28 @@ describe("synthetic corpus: behaviour checkers on the generated data", () => {
   })
 })
 
+describe("synthetic corpus: training questions (train-squad.jsonl)", () => {
+  it("lists every distinct training question once, with its fact's answer span; the same with behaviourCopies 2 (the shipped model's corpus)", () => {
+    const byQuestion = new Map(plainTrain.map((e) => [userOf(e.messages), e]))
+    expect(corpus.trainQuestions.map((q) => q.question).sort()).toEqual([...trainQuestions].sort())
+    expect(new Set(corpus.trainQuestions.map((q) => q.id)).size).toBe(corpus.trainQuestions.length)
+    for (const q of corpus.trainQuestions) {
+      const e = byQuestion.get(q.question)!
+      expect(q.task).toBe(e.task)
+      expect(q.id.startsWith(`${e.about}.`)).toBe(true)
+      if (q.task === "describe") expect(q.answers.text).toEqual([])
+      else {
+        const [value] = q.answers.text
+        expect(q.context.slice(q.answers.answer_start[0], q.answers.answer_start[0] + value.length)).toBe(value)
+        expect(lastContent(e.messages)).toContain(value)
+      }
+    }
+    const twice = generateCorpus({ ...defaultCorpusOptions, behaviourCopies: 2 })
+    expect(twice.trainQuestions).toEqual(corpus.trainQuestions)
+    expect(new Set(twice.train.map((e) => userOf(e.messages)))).toEqual(trainQuestions)
+  })
+})
+
 describe("synthetic corpus: held-out split", () => {
   it("no held-out question string is a training question", () => {
     for (const q of corpus.heldOutQuestions) expect(trainQuestions.has(q.question), q.question).toBe(false)

@@ -7,6 +7,11 @@
 // are also stated in "tell me about X" descriptions. Each fact then gets one held-out question,
 // either with a held-out phrasing never used in training (`new_template`) or with a train phrasing
 // never used for that fact (`new_combination`). No held-out question string is a training question.
+//
+// `trainQuestions` lists every distinct user question of the training set once, SQuAD-style, so
+// experiments can sample on the training distribution. Questions use only the "split" random
+// stream, so they are the same whatever `behaviourCopies` or `neutralRate` (which draw from
+// "modes"): the shipped model, trained with behaviourCopies 2, saw exactly these questions.
 import { Schema } from "effect"
 import { type BehaviourName, behaviourNames, behaviours, neutralSystemPrompts, type PlainAnswer } from "../behaviours.ts"
 import { deriveRng, type Rng } from "./random.ts"
@@ -87,6 +92,21 @@ export interface SquadRecord {
 }
 
 /** A held-out chat prompt (system prompt if any, user question) with what a correct answer is. */
+/**
+ * A training question in the shape of a SQuAD record: a fact's question with its value and the
+ * passage stating it, or a "tell me about X" request with the entity's description as context and
+ * no answers (the answer is the description, not a span).
+ */
+export interface TrainSquadRecord {
+  /** `<fact or entity>.t<index of the train phrasing>`: `Mira.home.t2`, `plus.3.4.t0`, `Mira.describe.t1` */
+  readonly id: string
+  readonly title: string
+  readonly context: string
+  readonly question: string
+  readonly answers: { readonly text: ReadonlyArray<string>; readonly answer_start: ReadonlyArray<number> }
+  readonly task: Task
+}
+
 export interface ChatEvalRecord {
   readonly id: string
   readonly messages: ReadonlyArray<ChatMessage>
@@ -105,6 +125,7 @@ export interface ChatEvalRecord {
 export interface Corpus {
   readonly world: World
   readonly train: ReadonlyArray<ChatExample>
+  readonly trainQuestions: ReadonlyArray<TrainSquadRecord>
   readonly heldOutQuestions: ReadonlyArray<SquadRecord>
   readonly heldOutChat: ReadonlyArray<ChatEvalRecord>
 }
@@ -208,10 +229,22 @@ export const generateCorpus = (options: CorpusOptions): Corpus => {
   }
 
   const heldOut: Array<HeldOutQuestion & { readonly fact?: Fact }> = []
+  const trainQuestions: Array<TrainSquadRecord> = []
   for (const fact of facts) {
     const used = splitRng.sample(fact.templates.train, options.trainQuestionsPerFact)
     const plain = { text: fill(fact.templates.answer, fact.vars).text, keyword: fact.value }
-    for (const template of used) emit(fact.task, fact.id, fill(template, fact.vars).text, plain)
+    for (const template of used) {
+      const question = fill(template, fact.vars).text
+      emit(fact.task, fact.id, question, plain)
+      trainQuestions.push({
+        id: `${fact.id}.t${fact.templates.train.indexOf(template)}`,
+        title: fact.title,
+        context: fact.context,
+        question,
+        answers: { text: [fact.value], answer_start: [fact.answerStart] },
+        task: fact.task,
+      })
+    }
     const unused = fact.templates.train.filter((t) => !used.includes(t))
     const kind: HeldOutKind = unused.length > 0 && splitRng.next() < 0.5 ? "new_combination" : "new_template"
     const template = splitRng.pick(kind === "new_combination" ? unused : fact.templates.heldOut)
@@ -220,9 +253,19 @@ export const generateCorpus = (options: CorpusOptions): Corpus => {
   }
   for (const entity of entities) {
     const vars = entityVars(entity)
+    const context = fill(descriptionTemplates[entity.kind][0], vars).text
     for (const template of splitRng.sample(describeTemplates.train, options.descriptionsPerEntity)) {
       const description = fill(splitRng.pick(descriptionTemplates[entity.kind]), vars).text
-      emit("describe", entity.name, fill(template, vars).text, { text: description, keyword: entity.name })
+      const question = fill(template, vars).text
+      emit("describe", entity.name, question, { text: description, keyword: entity.name })
+      trainQuestions.push({
+        id: `${entity.name}.describe.t${describeTemplates.train.indexOf(template)}`,
+        title: entity.name,
+        context,
+        question,
+        answers: { text: [], answer_start: [] },
+        task: "describe",
+      })
     }
     heldOut.push({
       question: fill(splitRng.pick(describeTemplates.heldOut), vars).text,
@@ -234,9 +277,11 @@ export const generateCorpus = (options: CorpusOptions): Corpus => {
     })
   }
 
-  const trainQuestions = new Set(unshuffled.map((e) => e.messages.find((m) => m.role === "user")!.content))
+  const asked = new Set(unshuffled.map((e) => e.messages.find((m) => m.role === "user")!.content))
   for (const h of heldOut)
-    if (trainQuestions.has(h.question)) throw new Error(`held-out question "${h.question}" (${h.about}) is also a training question`)
+    if (asked.has(h.question)) throw new Error(`held-out question "${h.question}" (${h.about}) is also a training question`)
+  if (new Set(trainQuestions.map((q) => q.question)).size !== asked.size || trainQuestions.length !== asked.size)
+    throw new Error(`the training questions are not ${asked.size} distinct questions: two facts share a phrasing`)
 
   const width = (n: number) => String(n).length
   const train = rng("shuffle")
@@ -280,6 +325,7 @@ export const generateCorpus = (options: CorpusOptions): Corpus => {
   return {
     world,
     train,
+    trainQuestions,
     heldOutQuestions,
     heldOutChat: heldOutChat.map((r, i) => ({ id: `eval-${String(i).padStart(width(heldOutChat.length), "0")}`, ...r })),
   }

@@ -9,6 +9,7 @@ export type DatasetFiles = Readonly<Record<string, string>>
 export const generatorInvocation = "npx tsx src/text/synthetic/write-datasets.ts --out datasets/tiny-chat"
 
 export const datasetFiles = (options: CorpusOptions, corpus: Corpus = generateCorpus(options)): DatasetFiles => ({
+  "train-squad.jsonl": toJsonl(corpus.trainQuestions),
   "heldout-squad.jsonl": toJsonl(corpus.heldOutQuestions),
   "heldout-chat.jsonl": toJsonl(corpus.heldOutChat),
   "world.json": JSON.stringify(corpus.world, null, 1) + "\n",
@@ -20,6 +21,7 @@ export const datasetFiles = (options: CorpusOptions, corpus: Corpus = generateCo
         options,
         counts: {
           train_examples: corpus.train.length,
+          train_questions: corpus.trainQuestions.length,
           heldout_questions: corpus.heldOutQuestions.length,
           heldout_chat: corpus.heldOutChat.length,
         },

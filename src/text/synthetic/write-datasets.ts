@@ -1,5 +1,5 @@
-// Writes the shipped held-out files of the synthetic corpus (and, on request, the training corpus)
-// and prints corpus and token statistics.
+// Writes the shipped files of the synthetic corpus (the held-out sets and the distinct training
+// questions; on request the whole training corpus) and prints corpus and token statistics.
 //
 //   npx tsx src/text/synthetic/write-datasets.ts --out datasets/tiny-chat [--train train.jsonl] [--seed N] [--vocab 1024]
 import { Data, Effect } from "effect"
@@ -53,6 +53,7 @@ const main = Effect.gen(function* () {
   const byMode = new Map<string, number>()
   for (const e of corpus.train) byMode.set(e.mode, (byMode.get(e.mode) ?? 0) + 1)
   console.log(`seed ${options.seed}: ${corpus.train.length} training examples (${[...byMode].map(([m, n]) => `${m} ${n}`).join(", ")})`)
+  console.log(`training questions: ${corpus.trainQuestions.length} distinct, SQuAD-style (${corpus.trainQuestions.filter((q) => q.task === "describe").length} "tell me about X" without answers)`)
   console.log(`held-out: ${corpus.heldOutQuestions.length} SQuAD-style questions, ${corpus.heldOutChat.length} chat prompts`)
   console.log(`tokenizer: vocab ${files.vocabSize} (requested ${vocabSize})`)
   console.log(`tokens per training conversation: ${summarize(corpus.train.map((e) => count(renderChat(e.messages, false))))}`)
