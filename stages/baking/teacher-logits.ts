@@ -148,7 +148,7 @@ export const teacherLogits = stage({
       ctx.metric("teacher_bytes_per_token", perToken)
       ctx.metric("teacher_tokens_per_s", rows / seconds)
       ctx.log(
-        `${rows} rows in ${seconds.toFixed(1)} s (${(rows / seconds).toFixed(0)} tokens/s); stored ${perToken} bytes per response token (full float32 logits: ${full}, ${(full / perToken).toFixed(1)}x more)`,
+        `${rows} rows in ${seconds.toFixed(2)} s (${(rows / seconds).toFixed(0)} tokens/s); stored ${perToken} bytes per response token (full float32 logits: ${full}, ${(full / perToken).toFixed(1)}x more)`,
       )
       return output
     }),
