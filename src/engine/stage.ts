@@ -166,13 +166,22 @@ const makeExternal = <O extends ArtifactType>(path: string, generic: ArtifactTyp
   return { _tag: "External", output: (type ?? generic) as O, path, ...(name === undefined ? {} : { name }) }
 }
 
+/** The overloads of `external.file` / `external.dir`: without a `type` the generic File / Directory. */
+interface ExternalMaker<Generic extends ArtifactType, Base extends ArtifactType> {
+  <O extends Base>(path: string, options: O | (ExternalOptions<O> & { readonly type: O })): External<O>
+  (path: string, options?: { readonly name?: string }): External<Generic>
+}
+
 /** `external.file(path)`, `external.dir(path, { name: "model" })`, `external.file(path, Questions)` or `{ name, type }`. */
-export const external = {
+export const external: {
   /** A file (dataset, prompt file) hashed by content; remembered by (path, size, mtime, inode). */
-  file: <O extends FileArtifact<string> = typeof File>(path: string, options?: O | ExternalOptions<O>): External<O> => makeExternal(path, File, options),
+  readonly file: ExternalMaker<typeof File, FileArtifact<string>>
   /** A directory (HF model folder) hashed over its files' relative paths and contents. */
-  dir: <O extends DirectoryArtifact<string> = typeof Directory>(path: string, options?: O | ExternalOptions<O>): External<O> =>
-    makeExternal(path, Directory, options),
+  readonly dir: ExternalMaker<typeof Directory, DirectoryArtifact<string>>
+} = {
+  // the overloads above are the typed surface; one untyped implementation serves both
+  file: ((path: string, options?: ArtifactType | ExternalOptions<ArtifactType>) => makeExternal(path, File, options)) as never,
+  dir: ((path: string, options?: ArtifactType | ExternalOptions<ArtifactType>) => makeExternal(path, Directory, options)) as never,
 }
 
 /** An input of the generic `File` type takes any file payload (tensors included); other types need an exact match. */
