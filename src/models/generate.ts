@@ -1,6 +1,7 @@
 // Batched generation with a KV cache, sampling in-graph (sampling.ts).
 //
-//   makeGenerator(ckpt, { graphDir, device?, intraOpThreads?, tokenizer?, stepsPerRun? }) -> Generator
+//   makeGenerator(ckpt, { graphDir, device?, intraOpThreads?, tokenizer?, stepsPerRun?, adapter? }) -> Generator
+//     adapter: a PEFT LoRA applied in-graph on top of the weights (adapters.ts adapterHook)
 //   generator.generate(requests, { batchSize?, cache? }) -> Generation[] (in request order)
 //
 // One "step" graph serves prefill and decode: it takes input_ids [B, T], attention_mask
@@ -34,6 +35,8 @@ import { Graph } from "../graph/index.ts"
 import { createSession, type Device, runSession, type Session } from "../runtime/session.ts"
 import type { TextTokenizer } from "../text/tokenizer.ts"
 import type { Checkpoint } from "./checkpoint.ts"
+import { checkAdapterModules, type LoraAdapter } from "./peft.ts"
+import { adapterHook } from "./adapters.ts"
 import { decoder, forwardNames, type WeightSource } from "./forward.ts"
 import { externalWeights, placeWeights, writeGraph } from "./graph-weights.ts"
 import { requestUniform, sampleTokens, samplingInputs } from "./sampling.ts"
@@ -99,6 +102,8 @@ export interface GeneratorOptions {
    * dropped, so the results are the same as with 1).
    */
   readonly stepsPerRun?: number
+  /** A trained LoRA adapter applied on top of the checkpoint's weights (not merged into them). */
+  readonly adapter?: LoraAdapter
 }
 
 const names = {
@@ -117,7 +122,7 @@ const loopNames = {
 } as const
 
 /** The prefill/decode step graph described in the header. */
-export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource): Graph => {
+export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): Graph => {
   const c = ckpt.config
   const g = new Graph("generation_step")
   const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
@@ -129,7 +134,7 @@ export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSou
   const knobs = samplingInputs(g, "batch")
   const banned = g.input(names.banned, "int64", ["batch", "banned"])
   const bannedBias = g.input(names.bannedBias, "float32", ["batch", "banned"])
-  const out = decoder(g, c, ckpt.weights, source(g), { ids, mask, past })
+  const out = decoder(g, c, ckpt.weights, source(g), { ids, mask, past }, adapter ? { linearHook: adapterHook(g, adapter) } : {})
   const last = g.gather(out.hidden, g.constant("int64", [], [-1]), 1) // [B, H]
   const logits = g.gemm(last, out.lmHead, null, { transB: true }) // [B, V]
   const constrained = g.add(logits, g.scatterElements(g.zerosLike(logits), banned, bannedBias, 1))
@@ -151,7 +156,7 @@ export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSou
  * banned_ids [B, M]. Outputs: tokens and log_probs [steps, B], the last token (not yet in the
  * cache), the grown mask and present K/V.
  */
-export const buildDecodeLoopGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource): Graph => {
+export const buildDecodeLoopGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): Graph => {
   const c = ckpt.config
   const g = new Graph("generation_decode_loop")
   const token = g.input(loopNames.token, "int64", ["batch"])
@@ -167,13 +172,15 @@ export const buildDecodeLoopGraph = (ckpt: Checkpoint, source: (g: Graph) => Wei
   const banned = g.input(names.banned, "int64", ["batch", "banned"])
   const bannedBias = g.input(names.bannedBias, "float32", ["steps", "batch", "banned"])
   const weights = source(g)
+  // the adapter's matrices are initializers of the outer graph, read by the loop body like the weights
+  const linearHook = adapter ? adapterHook(g, adapter) : undefined
   const trips = g.shapeOf(uniforms, 0, 1)
   const outs = g.loop(g.reshape(trips, []), null, [token, mask, ...past], (sub, iter, [tok, m, ...kv]) => {
     const out = decoder(sub, c, ckpt.weights, weights, {
       ids: sub.unsqueeze(tok, [1]),
       mask: m,
       past: Array.from({ length: c.numLayers }, (_, l) => ({ key: kv[2 * l], value: kv[2 * l + 1] })),
-    })
+    }, linearHook ? { linearHook } : {})
     const last = sub.gather(out.hidden, sub.constant("int64", [], [-1]), 1)
     const logits = sub.gemm(last, out.lmHead, null, { transB: true }) // no per-step transpose of an outer weight
     const bias = sub.scatterElements(sub.zerosLike(logits), banned, sub.gather(bannedBias, iter, 0), 1)
@@ -238,8 +245,10 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
         ),
         (e) => fail(e.message),
       )
-    const session = yield* open(buildStepGraph(ckpt, (g) => externalWeights(g, placement)), "generation-step")
-    const loopSession = stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(ckpt, (g) => externalWeights(g, placement)), "generation-decode-loop") : undefined
+    if (options.adapter) yield* Effect.mapError(checkAdapterModules(ckpt, options.adapter), (e) => fail(e.message))
+    const session = yield* open(buildStepGraph(ckpt, (g) => externalWeights(g, placement), options.adapter), "generation-step")
+    const loopSession =
+      stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(ckpt, (g) => externalWeights(g, placement), options.adapter), "generation-decode-loop") : undefined
     const tokenizer = options.tokenizer
     const pad = BigInt(c.padTokenId ?? c.eosTokenIds[0] ?? 0)
     const emptyPast = (b: number) => new ort.Tensor("float32", new Float32Array(0), [b, c.numKvHeads, 0, c.headDim])

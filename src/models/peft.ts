@@ -242,11 +242,15 @@ const linearWeights = (w: ModelWeights): WeightRef[] =>
  * The linear layers `targetModules` selects (PEFT's rule: the module path equals a target or ends
  * with "." + target). Fails when a target matches nothing, which in PEFT is an error too.
  */
-export const loraTargets = (ckpt: Checkpoint, targetModules: ReadonlyArray<string>): Effect.Effect<LoraTarget[], PeftError> => {
-  const all = linearWeights(ckpt.weights).map((weight) => {
+/** Every linear layer of the model as a possible target. */
+const linearTargets = (ckpt: Checkpoint): LoraTarget[] =>
+  linearWeights(ckpt.weights).map((weight) => {
     const [a, b] = weight.shape
     return { module: weight.name.replace(/\.weight$/, ""), weight, inFeatures: weight.transposed ? a : b, outFeatures: weight.transposed ? b : a }
   })
+
+export const loraTargets = (ckpt: Checkpoint, targetModules: ReadonlyArray<string>): Effect.Effect<LoraTarget[], PeftError> => {
+  const all = linearTargets(ckpt)
   const matches = (module: string, t: string) => module === t || module.endsWith(`.${t}`)
   for (const t of targetModules)
     if (!all.some((x) => matches(x.module, t)))
@@ -255,6 +259,20 @@ export const loraTargets = (ckpt: Checkpoint, targetModules: ReadonlyArray<strin
       )
   return Effect.succeed(all.filter((x) => targetModules.some((t) => matches(x.module, t))))
 }
+
+/** Every module of `adapter` is a linear layer of `ckpt` with matching sizes (A [r, in], B [out, r]). */
+export const checkAdapterModules = (ckpt: Checkpoint, adapter: LoraAdapter): Effect.Effect<void, PeftError> =>
+  Effect.gen(function* () {
+    const targets = new Map(linearTargets(ckpt).map((t) => [t.module, t]))
+    for (const [module, { a, b }] of adapter.modules) {
+      const t = targets.get(module)
+      if (t === undefined) return yield* Effect.fail(peftError(ADAPTER_WEIGHTS, tensorName(module, "A"), `${module} is not a linear layer of the model in ${ckpt.dir}`))
+      if (a.shape[1] !== t.inFeatures || b.shape[0] !== t.outFeatures)
+        return yield* Effect.fail(
+          peftError(ADAPTER_WEIGHTS, tensorName(module, "A"), `A [${a.shape.join(", ")}] and B [${b.shape.join(", ")}] do not fit ${module} (in ${t.inFeatures}, out ${t.outFeatures})`),
+        )
+    }
+  })
 
 /**
  * A LoRA config for `ckpt`: checks that every target selects a linear layer and sets
