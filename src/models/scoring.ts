@@ -7,8 +7,11 @@
 //   positionStats(g, hidden [N, H], lmHead [V, H], targets [N] int64, { topK, chunk })
 //     -> { targetLogProb [N], entropy [N], topLogProbs [N, k], topIds [N, k] int64, tailMass [N] }
 //     Graph function; any target id in [0, V) (use 0 where a position is not scored).
-//   buildScoringGraph(g, ckpt, placement, { topK, chunk }) : inputs input_ids, attention_mask
-//     [B, T] (left padding), targets [B, T]; outputs scoringNames.* shaped [B, T] / [B, T, k].
+//   buildScoringGraph(g, ckpt, placement, { topK, chunk, adapter? }) : inputs input_ids,
+//     attention_mask [B, T] (left padding), targets [B, T]; outputs scoringNames.* shaped [B, T] /
+//     [B, T, k]. With `adapter` (a trained peft.ts LoraAdapter) it scores base + LoRA: the
+//     adapter's matrices become initializers of g (adapters.ts adapterHook); a module that is not a
+//     linear layer of the model throws (peft.ts checkAdapterModules).
 //   scoreContinuations(session, requests, { padId }) -> Effect<ContinuationScore[]>
 //     log p(continuation | context) token by token, batched with left padding; a request's
 //     context must be non-empty (start it with BOS where the model expects one).
@@ -23,8 +26,10 @@ import type { Graph, Value } from "../graph/index.ts"
 import { type RunError, runSession, type Session } from "../runtime/session.ts"
 import { tensor } from "../runtime/tensor.ts"
 import type { Checkpoint } from "./checkpoint.ts"
+import { adapterHook } from "./adapters.ts"
 import { decoder, forwardNames } from "./forward.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
+import { checkAdapterModules, type LoraAdapter } from "./peft.ts"
 
 /** A scoring request that cannot be scored (the message says which and why). */
 export class ScoringError extends Data.TaggedError("ScoringError")<{ readonly message: string }> {}
@@ -88,13 +93,23 @@ export const scoringNames = {
   tailMass: "tail_mass",
 } as const
 
+export interface ScoringGraphOptions extends PositionStatsOptions {
+  /** A trained LoRA adapter applied on top of the checkpoint's weights. */
+  readonly adapter?: LoraAdapter
+}
+
 /** A scoring graph over external weights; see the file header for its inputs and outputs. */
-export const buildScoringGraph = (g: Graph, ckpt: Checkpoint, placement: WeightPlacement, opts: PositionStatsOptions): void => {
+export const buildScoringGraph = (g: Graph, ckpt: Checkpoint, placement: WeightPlacement, opts: ScoringGraphOptions): void => {
   const c = ckpt.config
+  const adapter = opts.adapter
+  if (adapter) {
+    const checked = Effect.runSync(Effect.result(checkAdapterModules(ckpt, adapter)))
+    if (checked._tag === "Failure") throw new Error(checked.failure.message)
+  }
   const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
   const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
   const targets = g.input(scoringNames.targets, "int64", ["batch", "seq"])
-  const out = decoder(g, c, ckpt.weights, externalWeights(g, placement), { ids, mask })
+  const out = decoder(g, c, ckpt.weights, externalWeights(g, placement), { ids, mask }, adapter ? { linearHook: adapterHook(g, adapter) } : {})
   const s = positionStats(g, g.reshape(out.hidden, [-1, c.hiddenSize]), out.lmHead, g.reshape(targets, [-1]), opts)
   const bt = g.shapeOf(targets)
   const btk = g.concat([bt, g.ints([opts.topK])], 0)
