@@ -1,13 +1,16 @@
 // Batched KV-cache generation on a random tiny Llama (GQA, 3 layers) against the float64
 // reference forward, against itself unbatched / uncached / in other batches, and the stop rules.
+// (Generation with a non-zero LoRA adapter against the merged checkpoint: adapter-generation.test.ts.)
 import { Effect, Exit } from "effect"
 import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { initLora, loraAdapter } from "../../src/models/adapters.ts"
 import { type Checkpoint, loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { type Generation, type GenerationRequest, type Generator, makeGenerator } from "../../src/models/generate.ts"
 import { tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { loraConfigFor, loraTargets } from "../../src/models/peft.ts"
 import { referenceLogits } from "../reference/reference.ts"
 
 // a decoder for stop strings: token i reads "<i>", so stop strings can straddle tokens
@@ -97,6 +100,20 @@ describe("generate", () => {
     expect(inLoop.map((g) => g.finishReason)).toEqual(perStep.map((g) => g.finishReason))
     expect(inLoop.map((g) => g.text)).toEqual(perStep.map((g) => g.text))
     expectClose(inLoop, perStep, 1e-4)
+  })
+
+  it("a LoRA adapter with B = 0 (PEFT's initialization) generates what the base model does", async () => {
+    const modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    const targets = await Effect.runPromise(loraTargets(ckpt, modules))
+    const config = await Effect.runPromise(loraConfigFor(ckpt, { r: 2, loraAlpha: 4, targetModules: modules }))
+    const adapter = loraAdapter(config, targets, Object.fromEntries(Object.entries(initLora(targets, 2, 1)).map(([k, v]) => [k, v.data])))
+    const adapted = await Effect.runPromise(makeGenerator(ckpt, { graphDir: path.join(dir, "graph-lora"), stepsPerRun: 4, adapter }))
+    const requests = [...prompts.map((p, i) => sampled(p, 60 + i)), { prompt: prompts[1], maxNewTokens: 10, temperature: 0, stopTokenIds: [] }]
+    const got = await Effect.runPromise(adapted.generate(requests))
+    const want = await run(requests)
+    expect(tokensOf(got)).toEqual(tokensOf(want))
+    // the adapter adds exact zeros; what remains is the step vs decode-loop graph (1e-4 above)
+    expectClose(got, want, 1e-4)
   })
 
   it("stops at a stop token (kept in tokens, not in text) and bans it before minNewTokens", async () => {
