@@ -196,6 +196,8 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
       const len = cols[0][1].values.length
       if (cols.some(([, s]) => s.values.length !== len))
         throw new ParamsError({ pipeline: pname, node: t.label, message: `${pname}: node "${t.label}": zipped params have different lengths` })
+      // a zip axis spanning several calls is named after the first (upstream-most) of them
+      if (axisLabel.has(axis)) continue
       axisLabel.set(axis, {
         template: t,
         text: (i) => cols.map(([k, s]) => `${k}=${typeof s.values[i] === "string" ? s.values[i] : canonicalJson(s.values[i])}`).join(","),
@@ -259,7 +261,9 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
     for (const [axis, len] of ownAxes) {
       const next: Array<Partial> = []
       for (const p of partials)
-        for (let i = 0; i < len; i++) next.push({ assignment: new Map([...p.assignment, [axis, i]]), inputs: p.inputs })
+        // an axis that came in with an input (a zip column used upstream) is already fixed
+        if (p.assignment.has(axis)) next.push(p)
+        else for (let i = 0; i < len; i++) next.push({ assignment: new Map([...p.assignment, [axis, i]]), inputs: p.inputs })
       partials = next
     }
 

@@ -74,6 +74,23 @@ describe("sweeps", () => {
     const sums = s.nodes.filter((n) => n.name.startsWith("sum["))
     expect(new Set(sums.map((n) => n.key)).size).toBe(4)
   })
+
+  it("a zip column used by a downstream call follows the upstream value instead of crossing with it", async () => {
+    const file = writePipeline(
+      sb,
+      "zipped.ts",
+      `import { pipeline, zip } from "@engine"
+       import { generate, render, sum } from "@stages"
+       const pair = zip({ start: [1, 100], title: ["low", "high"] })
+       const total = sum({ scale: 1 }, { numbers: generate({ start: pair.start, n: 2 }) })
+       export default pipeline("zipped", [render({ title: pair.title }, { total })])`,
+    )
+    const s = await runApi(sb, file)
+    expect(s.status).toBe("succeeded")
+    // two renders (low with start 1, high with start 100), not four
+    expect(sb.traced().filter((l) => l.startsWith("render")).sort()).toEqual(["render high", "render low"])
+    expect(s.nodes.map((n) => n.name).filter((n) => n.startsWith("render")).sort()).toEqual(["render[generate.start=100]", "render[generate.start=1]"])
+  })
 })
 
 describe("failures", () => {

@@ -1,0 +1,21 @@
+// Prompt baking swept over LoRA rank x learning rate x two system prompts (blue and capitals):
+// 8 trainings. The trajectories and teacher logits depend on the system prompt only, so they are
+// sampled once per prompt and shared by the 4 training points of that prompt, as are the base and
+// prompted evaluations. Training and evaluation are GPU stages: with
+//   npx pipe run pipelines/bake-sweep.ts --gpus 0,1,2,3
+// the lora-train nodes spread over the four devices (without GPUs they run on the CPU, --jobs at a
+// time). Each point publishes compare[<point>].md / .json into the run folder. As in blue.ts,
+// --set model.path=DIR points it at a real local HF checkpoint.
+import { pipeline, sweep, zip } from "../src/engine/index.ts"
+import { behaviours } from "../src/text/behaviours.ts"
+import { bakeExperiment, publishComparison } from "../stages/baking/experiment.ts"
+
+// the system prompt and the checker that recognises its behaviour vary together
+const prompts = zip({
+  systemPrompt: [behaviours.blue.systemPrompts[0], behaviours.caps.systemPrompts[0]],
+  checker: [{ behaviour: "blue" }, { behaviour: "caps" }] as const,
+})
+
+const { comparison } = bakeExperiment({ ...prompts, lora: { rank: sweep([4, 16]), lr: sweep([3e-3, 1e-2]) } })
+
+export default pipeline("bake-sweep", { comparison }, publishComparison(comparison))

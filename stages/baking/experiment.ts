@@ -1,0 +1,100 @@
+// The prompt-baking experiment as one wiring, shared by pipelines/blue.ts and
+// pipelines/bake-sweep.ts, with the defaults tuned for the shipped models/tiny-chat on a 2-core CPU:
+//
+//   questions (train / validation split of the training questions; held-out questions)
+//     -> sample-trajectories under x0 (train and validation sets)
+//     -> teacher-logits (the prompted model's top-k + tail along the train trajectories)
+//     -> lora-train (KL(prompted || base + LoRA) over response tokens; validation KL per epoch)
+//     -> evaluate base / prompted / baked -> compare
+//
+// Every node has a fixed name, so `--set lora-train.rank=4`, `--set sample_train.n=8`, ... address
+// the same node in both pipelines. Any param may be a sweep; the trajectories and teacher logits
+// depend on x0 and the sampling settings only, so a sweep over training settings shares them.
+import { external, type Node } from "../../src/engine/index.ts"
+import type { CheckerSpec } from "../../src/text/behaviours.ts"
+import type { BakeComparison } from "./artifacts.ts"
+import { compare } from "./compare.ts"
+import { evaluate, evaluateBaked } from "./evaluate.ts"
+import { loraTrain } from "./lora-train.ts"
+import { questions } from "./questions.ts"
+import { sampleTrajectories } from "./sample-trajectories.ts"
+import { teacherLogits } from "./teacher-logits.ts"
+
+type ParamsOf<S extends (params: any, ...rest: any[]) => unknown> = Parameters<S>[0]
+
+export const defaults = {
+  split: { field: "question", answersField: "answers", idField: "id", validationFraction: 0.2, seed: 0 },
+  trainQuestions: 200,
+  validationQuestions: 40,
+  heldoutQuestions: 100,
+  // temperature 1, no truncation: the trajectories follow the prompted model's own distribution
+  sampling: { temperature: 1, topP: 1, topK: 0, minNewTokens: 0, maxNewTokens: 64, seed: 0, batchSize: 32, threads: 0 },
+  trainSamples: 4,
+  validationSamples: 2,
+  teacher: { mode: "stored", topK: 32, dtype: "float16", batchSize: 32, threads: 0 },
+  lora: {
+    rank: 8,
+    alpha: 16,
+    dropout: 0,
+    targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    useRslora: false,
+    epochs: 3,
+    batchSize: 16,
+    gradAccum: 1,
+    lr: 1e-2,
+    warmupSteps: 5,
+    schedule: "cosine",
+    minLrRatio: 0.1,
+    weightDecay: 0,
+    maxGradNorm: 1,
+    seed: 0,
+    earlyStopPatience: 0,
+    validationBatchSize: 32,
+    checkpointEvery: 20,
+    threads: 0,
+  },
+  evaluation: { samplesPerQuestion: 2, temperature: 1, topP: 1, topK: 0, maxNewTokens: 64, answerMaxNewTokens: 32, seed: 0, keepSamples: 16, batchSize: 32, threads: 0 },
+} as const satisfies {
+  readonly teacher: ParamsOf<typeof teacherLogits>
+  readonly lora: ParamsOf<typeof loraTrain>
+  readonly [other: string]: unknown
+}
+
+export interface BakeOptions {
+  /** x0 (promptFile() reads one from a file), or a sweep over several */
+  readonly systemPrompt: ParamsOf<typeof sampleTrajectories>["systemPrompt"]
+  /** recognises x0's behaviour in a sample; sweep it together with systemPrompt (zip) */
+  readonly checker: ParamsOf<typeof evaluate>["checker"]
+  /** overrides of defaults.lora (values or sweeps) */
+  readonly lora?: Partial<ParamsOf<typeof loraTrain>>
+}
+
+/** The experiment's nodes, ending in the comparison. The model and question files are named
+ *  externals: `--set model.path=DIR`, `--set train_file.path=...`, `--set heldout_file.path=...`. */
+export const bakeExperiment = (o: BakeOptions): { readonly comparison: Node<typeof BakeComparison> } => {
+  const model = external.dir("models/tiny-chat", { name: "model" })
+  const trainFile = external.file("datasets/tiny-chat/train-squad.jsonl", { name: "train_file" })
+  const heldoutFile = external.file("datasets/tiny-chat/heldout-squad.jsonl", { name: "heldout_file" })
+  const d = defaults
+
+  const trainSet = questions({ ...d.split, split: "train", n: d.trainQuestions }, { file: trainFile }, { name: "train_questions" })
+  const validationSet = questions({ ...d.split, split: "validation", n: d.validationQuestions }, { file: trainFile }, { name: "validation_questions" })
+  const heldout = questions({ ...d.split, split: "all", n: d.heldoutQuestions }, { file: heldoutFile }, { name: "heldout_questions" })
+
+  const sampling = { ...d.sampling, systemPrompt: o.systemPrompt }
+  const train = sampleTrajectories({ ...sampling, n: d.trainSamples }, { model, questions: trainSet }, { name: "sample_train" })
+  const validation = sampleTrajectories({ ...sampling, n: d.validationSamples, seed: 1 }, { model, questions: validationSet }, { name: "sample_validation" })
+  const teacher = teacherLogits(d.teacher, { model, trajectories: train })
+  const adapter = loraTrain({ ...d.lora, ...o.lora }, { model, trajectories: train, teacher, validation })
+
+  const evaluation = { ...d.evaluation, checker: o.checker }
+  const evalInputs = { model, validation, heldout, facts: heldout }
+  const base = evaluate({ ...evaluation, variant: "base" }, evalInputs, { name: "evaluate_base" })
+  const prompted = evaluate({ ...evaluation, variant: "prompted" }, evalInputs, { name: "evaluate_prompted" })
+  const baked = evaluateBaked(evaluation, { ...evalInputs, adapter }, { name: "evaluate_baked" })
+  return { comparison: compare({ samples: 8 }, { base, prompted, baked }) }
+}
+
+/** Pipeline options that write compare.json and compare.md into the run folder and print the table. */
+export const publishComparison = (comparison: Node<typeof BakeComparison>) =>
+  ({ publish: { "compare.json": comparison, "compare.md": { from: comparison, as: (c: BakeComparison) => c.markdown } }, print: ["compare.md"] }) as const
