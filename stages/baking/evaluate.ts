@@ -35,6 +35,7 @@ import {
 } from "./artifacts.ts"
 import { meanPromptedKl } from "./distill.ts"
 import { type OpenModel, openModel, questionPromptIds, runtimeDevice } from "./model.ts"
+import { samplingFields } from "./sample-trajectories.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -43,19 +44,11 @@ const EvaluateFields = {
   checker: CheckerSpec,
   /** fresh samples per held-out question for the behaviour rate */
   samplesPerQuestion: PositiveInt,
-  temperature: Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0)),
-  topP: Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1 })),
-  topK: NonNegativeInt,
-  maxNewTokens: PositiveInt,
+  ...samplingFields,
   /** length of the greedy factual answers */
   answerMaxNewTokens: PositiveInt,
-  seed: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
   /** samples kept in the artifact for the side-by-side listing */
   keepSamples: NonNegativeInt,
-  /** does not change results */
-  batchSize: PositiveInt,
-  /** does not change results; 0 = onnxruntime's default */
-  threads: NonNegativeInt,
 }
 const unkeyed = ["batchSize", "threads"] as const
 

@@ -20,25 +20,30 @@ import { openModel, questionPromptIds, runtimeDevice } from "./model.ts"
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 
-export const SampleParams = Schema.Struct({
-  /** x0: the system prompt the trajectories are sampled under (use promptFile() for a file) */
-  systemPrompt: Schema.String.check(Schema.isMinLength(1)),
-  /** trajectories per question */
-  n: PositiveInt,
+/** The sampling knobs, shared with the evaluate stages' fresh samples. */
+export const samplingFields = {
   /** 0 = greedy */
   temperature: Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0)),
   /** nucleus sampling; 1 = off */
   topP: Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1 })),
   /** 0 = off */
   topK: NonNegativeInt,
-  /** eos is banned until this many tokens were generated */
-  minNewTokens: NonNegativeInt,
   maxNewTokens: PositiveInt,
   seed: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
   /** requests per generation batch (does not change results) */
   batchSize: PositiveInt,
   /** onnxruntime intra-op threads, 0 for its default (does not change results) */
   threads: NonNegativeInt,
+}
+
+export const SampleParams = Schema.Struct({
+  /** x0: the system prompt the trajectories are sampled under (use promptFile() for a file) */
+  systemPrompt: Schema.String.check(Schema.isMinLength(1)),
+  /** trajectories per question */
+  n: PositiveInt,
+  /** eos is banned until this many tokens were generated */
+  minNewTokens: NonNegativeInt,
+  ...samplingFields,
 })
 
 export const sampleTrajectories = stage({
