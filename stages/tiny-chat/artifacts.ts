@@ -1,11 +1,11 @@
 // Artifact types the tiny-chat stages pass between each other, and how a stage turns them back
-// into usable values (a tokenizer, a model config).
+// into usable values (a tokenizer, a model config, a Hugging Face checkpoint directory).
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Artifact } from "../../src/engine/index.ts"
 import type { TensorsValue } from "../../src/engine/index.ts"
-import { type ModelConfig, parseModelConfig } from "../../src/models/checkpoint.ts"
+import { type Checkpoint, loadCheckpoint, type ModelConfig, parseModelConfig } from "../../src/models/checkpoint.ts"
 import type { ChatEvalRecord, ChatExample } from "../../src/text/synthetic/corpus.ts"
 import { loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts"
 
@@ -55,4 +55,31 @@ export const configOf = (weights: TensorsValue): Effect.Effect<ModelConfig, Erro
     if (text === undefined) return yield* Effect.fail(new Error(`${weights.path}: metadata has no "config" (expected config.json text)`))
     const json = yield* Effect.try({ try: () => JSON.parse(text) as unknown, catch: (e) => new Error(`${weights.path}: metadata config: ${String(e)}`) })
     return yield* Effect.mapError(parseModelConfig(`${weights.path} (metadata config)`, json), (e) => new Error(e.message))
+  })
+
+/**
+ * A Hugging Face checkpoint directory `dir` for a weights artifact and its tokenizer, loaded:
+ * config.json is the metadata's config text, model.safetensors a hard link to the artifact's file
+ * (a copy when linking fails, e.g. across filesystems), plus the tokenizer files.
+ */
+export const materializeModel = (dir: string, weights: TensorsValue, files: TokenizerJson): Effect.Effect<{ checkpoint: Checkpoint; tokenizer: TextTokenizer }, Error> =>
+  Effect.gen(function* () {
+    yield* configOf(weights)
+    yield* Effect.try({
+      try: () => {
+        fs.mkdirSync(dir, { recursive: true })
+        fs.writeFileSync(path.join(dir, "config.json"), weights.metadata.config!)
+        const target = path.join(dir, "model.safetensors")
+        fs.rmSync(target, { force: true })
+        try {
+          fs.linkSync(weights.path, target)
+        } catch {
+          fs.copyFileSync(weights.path, target)
+        }
+      },
+      catch: (e) => new Error(`cannot write a checkpoint directory for ${weights.path} into ${dir}: ${String(e)}`),
+    })
+    const tokenizer = yield* materializeTokenizer(dir, files)
+    const checkpoint = yield* Effect.mapError(loadCheckpoint(dir), (e) => new Error(e.message))
+    return { checkpoint, tokenizer }
   })

@@ -5,6 +5,10 @@
 //                     that behaviour's system prompt that pass its checker;
 //   withoutPrompt     per behaviour, the share of answers sampled without a system prompt that
 //                     pass its checker (should be near 0).
+// Answers come from src/models/generate.ts (KV cache, sampling in-graph, stop at the model's eos)
+// on the weights materialised as a checkpoint directory in the work dir. Each sampled answer has
+// its own seed, hash32(record id, seed + k) for the k-th sampling pass, so it does not depend on
+// the batch size or the limit. An answer is cut where prompt + answer reach max_position_embeddings.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
 import { Artifact, stage } from "../../src/engine/index.ts"
@@ -12,9 +16,9 @@ import { type BehaviourName, behaviourNames, checkBehaviour, isBehaviourName } f
 import type { ChatEvalRecord } from "../../src/text/synthetic/corpus.ts"
 import { isCorrectAnswer } from "../../src/text/synthetic/scoring.ts"
 import { renderChat } from "../../src/text/tokenizer-builder.ts"
-import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
-import { weightsInFile } from "../../src/models/checkpoint.ts"
-import { makeSampler } from "./sampler.ts"
+import { makeGenerator } from "../../src/models/generate.ts"
+import { hash32 } from "../../src/models/init.ts"
+import { ChatCorpusFile, LlamaWeights, materializeModel, readCorpus, TokenizerJson } from "./artifacts.ts"
 
 const Rate = Schema.Struct({ rate: Schema.Number, hits: Schema.Int, n: Schema.Int })
 type Rate = typeof Rate.Type
@@ -43,7 +47,7 @@ const rateOf = (oks: ReadonlyArray<boolean>): Rate => {
 
 export const evaluateChat = stage({
   name: "evaluate-chat",
-  version: 1,
+  version: 2,
   params: Schema.Struct({
     temperature: Schema.Finite.check(Schema.isGreaterThan(0)),
     maxNewTokens: Schema.Int.check(Schema.isGreaterThan(0)),
@@ -60,20 +64,31 @@ export const evaluateChat = stage({
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
       const started = performance.now()
-      const config = yield* configOf(inputs.model)
-      const tokenizer = yield* materializeTokenizer(path.join(ctx.workDir, "tokenizer"), inputs.tokenizer)
+      // the graph directory holds the checkpoint, so onnxruntime reads its weights where they are
+      const { checkpoint, tokenizer } = yield* materializeModel(path.join(ctx.workDir, "model"), inputs.model, inputs.tokenizer)
       const corpus = yield* readCorpus(inputs.corpus.path)
-      const weights = yield* Effect.mapError(weightsInFile(config, inputs.model.path, inputs.model.header), (e) => new Error(e.message))
-      const sampler = yield* makeSampler(config, weights, inputs.model.read, params.threads)
+      const generator = yield* Effect.mapError(
+        makeGenerator(checkpoint, { graphDir: ctx.workDir, tokenizer, stepsPerRun: 8, ...(params.threads > 0 ? { intraOpThreads: params.threads } : {}) }),
+        (e) => new Error(e.message),
+      )
+      const maxPositions = checkpoint.config.maxPositions
       const records = params.limit > 0 ? corpus.heldOutChat.slice(0, 2 * params.limit) : corpus.heldOutChat
       const plain = records.filter((r) => r.mode === "none")
       const prompted = records.filter((r): r is ChatEvalRecord & { mode: BehaviourName } => isBehaviourName(r.mode))
       const promptIds = (r: ChatEvalRecord) => tokenizer.encode(renderChat(r.messages, true), { addSpecialTokens: false })
       const run = (rs: ReadonlyArray<ChatEvalRecord>, temperature: number, seed: number) =>
-        Effect.map(
-          sampler.generate(rs.map(promptIds), { temperature, maxNewTokens: params.maxNewTokens, seed, batchSize: params.batchSize }),
-          // the tokenizer library refuses to decode an empty list
-          (outs) => outs.map((ids) => tokenizer.decode(ids, { skipSpecialTokens: true })),
+        Effect.mapError(
+          Effect.map(
+            generator.generate(
+              rs.map((r) => {
+                const prompt = promptIds(r)
+                return { prompt, maxNewTokens: Math.max(1, Math.min(params.maxNewTokens, maxPositions - prompt.length)), temperature, seed: hash32(r.id, seed) }
+              }),
+              { batchSize: params.batchSize },
+            ),
+            (outs) => outs.map((o) => o.text ?? ""),
+          ),
+          (e) => new Error(e.message),
         )
       const logDone = (what: string) => ctx.log(`${what} (${((performance.now() - started) / 1000).toFixed(0)} s)`)
 

@@ -4,16 +4,17 @@
 // fixed facts about the committed weights, with margins well below the measured figures in its README.
 import { Effect } from "effect"
 import * as fs from "node:fs"
+import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadCheckpoint } from "../../src/models/checkpoint.ts"
+import { makeGenerator } from "../../src/models/generate.ts"
 import { readFile } from "../../src/models/safetensors.ts"
 import { chatPromptIds } from "../../src/text/chat-template.ts"
 import { checkBehaviour } from "../../src/text/behaviours.ts"
 import type { ChatEvalRecord } from "../../src/text/synthetic/corpus.ts"
 import { isCorrectAnswer } from "../../src/text/synthetic/scoring.ts"
 import { loadTokenizer } from "../../src/text/tokenizer.ts"
-import { makeSampler } from "../../stages/tiny-chat/sampler.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const modelDir = path.join(repo, "models/tiny-chat")
@@ -27,8 +28,8 @@ const load = Effect.gen(function* () {
   const ckpt = yield* loadCheckpoint(modelDir)
   const tokenizer = yield* loadTokenizer(modelDir)
   const weights = yield* readFile(path.join(modelDir, "model.safetensors"))
-  const sampler = yield* makeSampler(ckpt.config, ckpt.weights, (name) => weights.tensors.get(name)!)
-  return { ckpt, tokenizer, weights, sampler }
+  const generator = yield* makeGenerator(ckpt, { graphDir: fs.mkdtempSync(path.join(tmpdir(), "tiny-chat-shipped-")), tokenizer })
+  return { ckpt, tokenizer, weights, generator }
 })
 
 describe("models/tiny-chat", () => {
@@ -52,20 +53,19 @@ describe("models/tiny-chat", () => {
   })
 
   it("answers held-out questions and follows a system prompt", async () => {
-    const { tokenizer, sampler } = await Effect.runPromise(load)
+    const { tokenizer, generator } = await Effect.runPromise(load)
     const plain = heldOut.filter((r) => r.mode === "none" && r.task !== "describe").filter((_, i) => i % 9 === 0)
     const prompt = (messages: ChatEvalRecord["messages"]) => Effect.runSync(chatPromptIds(tokenizer, messages, { addGenerationPrompt: true }))
-    const outs = await Effect.runPromise(sampler.generate(plain.map((r) => prompt(r.messages)), { temperature: 0, maxNewTokens: 40, seed: 0, batchSize: 64 }))
-    const texts = outs.map((ids) => tokenizer.decode(ids, { skipSpecialTokens: true }))
-    // every answer stopped at eos well before the limit
-    for (const ids of outs) expect(ids.length).toBeLessThan(40)
-    const correct = plain.filter((r, i) => isCorrectAnswer(texts[i], r.answers)).length
+    const outs = await Effect.runPromise(generator.generate(plain.map((r) => ({ prompt: prompt(r.messages), maxNewTokens: 40, temperature: 0 })), { batchSize: 64 }))
+    // every answer stopped at eos (the model's default stop id) before the limit
+    for (const o of outs) expect(o.finishReason).toBe("stop_token")
+    const correct = plain.filter((r, i) => isCorrectAnswer(outs[i].text!, r.answers)).length
     expect(correct / plain.length).toBeGreaterThanOrEqual(0.7)
 
     const question = plain[0].messages
     const [caps] = await Effect.runPromise(
-      sampler.generate([prompt([{ role: "system", content: "Answer in all capital letters." }, ...question])], { temperature: 0, maxNewTokens: 40, seed: 0, batchSize: 1 }),
+      generator.generate([{ prompt: prompt([{ role: "system", content: "Answer in all capital letters." }, ...question]), maxNewTokens: 40, temperature: 0 }]),
     )
-    expect(checkBehaviour("caps", tokenizer.decode(caps, { skipSpecialTokens: true }))).toBe(true)
+    expect(checkBehaviour("caps", caps.text!)).toBe(true)
   })
 })
