@@ -1,6 +1,6 @@
-// The tiny-chat stages train and sample on right-padded batches. Those need no attention mask
-// under causal attention: padding comes after every real token, so no real position attends to
-// it, and losses and samplers ignore the padded positions themselves.
+// train-lm trains on right-padded batches. Those need no attention mask under causal attention:
+// padding comes after every real token, so no real position attends to it, and the loss masks
+// the padded positions itself.
 import type { Graph, Value } from "../../src/graph/index.ts"
 import type { ModelConfig, ModelWeights } from "../../src/models/checkpoint.ts"
 import { decoder, type DecoderOutputs, type WeightSource } from "../../src/models/forward.ts"
