@@ -1,0 +1,84 @@
+// pipelines/blue.ts end to end at reduced size on the shipped tiny model: the baked model (no
+// system prompt) moves to the prompted one (KL down, behaviour up); a second run is fully cached;
+// changing the LoRA rank reruns training and what follows it only; a `pipe run` killed with
+// SIGKILL during training resumes from lora-train's checkpoint on the next run.
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
+import { readHeader } from "../../src/models/safetensors.ts"
+import type { BakeComparison } from "../../stages/baking/artifacts.ts"
+import { sandbox, startCli, until } from "../engine/helpers.ts"
+
+const repo = path.resolve(import.meta.dirname, "../..")
+const pipelineFile = path.join(repo, "pipelines/blue.ts")
+
+const fast = [
+  "train_questions.n=40",
+  "validation_questions.n=10",
+  "heldout_questions.n=16",
+  "sample_train.n=2",
+  "lora-train.epochs=2",
+  "lora-train.batchSize=8",
+]
+
+const sb = sandbox()
+afterAll(() => fs.rmSync(sb.dir, { recursive: true, force: true }))
+
+const run = async (overrides: ReadonlyArray<string>) => {
+  const store = new Store(sb.cacheDir)
+  try {
+    return await Effect.runPromise(runPipeline({ store, pipelineFile, overrides, runsDir: sb.runsDir, reporter: silentReporter }))
+  } finally {
+    store.close()
+  }
+}
+const ran = (s: Awaited<ReturnType<typeof run>>) => s.nodes.filter((n) => n.status === "succeeded").map((n) => n.name).sort()
+
+describe("pipelines/blue.ts at reduced size", () => {
+  it("bakes the prompt in, then reruns nothing, then only training and downstream for a new rank", async () => {
+    const first = await run(fast)
+    expect(first.nodes.filter((n) => n.status !== "succeeded")).toEqual([])
+    const comparison = JSON.parse(fs.readFileSync(path.join(first.runDir, "compare.json"), "utf8")) as BakeComparison
+    const rate = (v: string) => comparison.rows.find((r) => r.variant === v)!.behaviour.rate
+    // 80 trajectories, 20 steps: the full-size defaults reach ~16x and a gap of a few points
+    expect(comparison.klReduction).toBeGreaterThan(3)
+    expect(rate("prompted")).toBeGreaterThan(0.9)
+    expect(rate("base")).toBeLessThan(0.1)
+    expect(rate("baked")).toBeGreaterThan(rate("base") + 0.5)
+    expect(fs.readFileSync(path.join(first.runDir, "compare.md"), "utf8")).toContain("| baked |")
+
+    const second = await run(fast)
+    expect(second.counts).toMatchObject({ succeeded: 0, cached: first.nodes.length })
+
+    const third = await run([...fast, "lora-train.rank=4"])
+    expect(ran(third)).toEqual(["compare", "evaluate_baked", "lora-train"])
+  }, 240_000)
+
+  it("resumes lora-train from its checkpoint after the run is killed", async () => {
+    // a longer training (rank 2 is a new key), so the kill lands between checkpoints
+    const args = ["run", pipelineFile, "--plain", ...[...fast, "lora-train.rank=2", "lora-train.epochs=30", "lora-train.checkpointEvery=5"].flatMap((o) => ["--set", o])]
+    const killed = startCli(sb, args)
+    const work = path.join(sb.cacheDir, "work")
+    // the step recorded in lora-train's checkpoint (its metadata), 0 when there is none yet
+    const checkpointStep = () => {
+      for (const key of fs.existsSync(work) ? fs.readdirSync(work) : []) {
+        const file = path.join(work, key, "checkpoint.safetensors")
+        const header = fs.existsSync(file) ? Effect.runSync(Effect.option(readHeader(file))) : undefined
+        if (header?._tag === "Some") return Number(header.value.metadata.step)
+      }
+      return 0
+    }
+    await until("a lora-train checkpoint after some steps", () => checkpointStep() > 0, 120_000)
+    killed.child.kill("SIGKILL")
+    expect((await killed.done).signal).toBe("SIGKILL")
+
+    const resumed = await run([...fast, "lora-train.rank=2", "lora-train.epochs=30", "lora-train.checkpointEvery=5"])
+    expect(resumed.status).toBe("succeeded")
+    expect(ran(resumed)).toEqual(["compare", "evaluate_baked", "lora-train"])
+    const logs = path.join(resumed.runDir, "logs")
+    const log = fs.readFileSync(path.join(logs, fs.readdirSync(logs).find((f) => f.startsWith("lora-train."))!), "utf8")
+    expect(log).toMatch(/resumed from .*checkpoint\.safetensors at step [1-9]\d* of 300/)
+  }, 240_000)
+})
