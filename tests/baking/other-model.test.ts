@@ -1,0 +1,60 @@
+// pipelines/blue.ts pointed at another local Hugging Face checkpoint with --set model.path: a
+// random GPT-NeoX (another architecture, its own config.json) carrying the tiny-chat tokenizer
+// and chat template. The pipeline file is unchanged; only the LoRA target modules must name
+// GPT-NeoX's layers, and the error says so when they do not.
+import { Effect } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
+import { afterAll, describe, expect, it } from "vitest"
+import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
+import { tinyGptNeox, writeRandomCheckpoint } from "../../src/models/init.ts"
+import type { BakeComparison } from "../../stages/baking/artifacts.ts"
+import { sandbox } from "../engine/helpers.ts"
+
+const repo = path.resolve(import.meta.dirname, "../..")
+const sb = sandbox()
+afterAll(() => fs.rmSync(sb.dir, { recursive: true, force: true }))
+
+const run = async (overrides: ReadonlyArray<string>) => {
+  const store = new Store(sb.cacheDir)
+  try {
+    return await Effect.runPromise(runPipeline({ store, pipelineFile: path.join(repo, "pipelines/blue.ts"), overrides, runsDir: sb.runsDir, reporter: silentReporter }))
+  } finally {
+    store.close()
+  }
+}
+
+describe("pipelines/blue.ts on another checkpoint", () => {
+  it("runs end to end on a random GPT-NeoX given with --set model.path", async () => {
+    const modelDir = path.join(sb.dir, "neox")
+    // the tiny-chat tokenizer's ids: pad 0, bos 1, eos 2, 1024 tokens
+    const config = tinyGptNeox({ vocabSize: 1024, maxPositions: 128, bosTokenId: 1, eosTokenIds: [2], padTokenId: 0 })
+    await Effect.runPromise(writeRandomCheckpoint(modelDir, config, { seed: 3 }))
+    for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(repo, "models/tiny-chat", f), path.join(modelDir, f))
+    const small = [
+      `model.path=${modelDir}`,
+      "train_questions.n=6",
+      "validation_questions.n=3",
+      "heldout_questions.n=3",
+      "sample_train.n=1",
+      "sample_train.maxNewTokens=12",
+      "sample_validation.maxNewTokens=12",
+      "lora-train.epochs=1",
+      "evaluate_base.maxNewTokens=8",
+      "evaluate_prompted.maxNewTokens=8",
+      "evaluate_baked.maxNewTokens=8",
+    ]
+
+    const wrongTargets = await run(small)
+    const failed = wrongTargets.nodes.find((n) => n.status === "failed")
+    expect(failed?.name).toBe("lora-train")
+    expect(failed?.error).toMatch(/"q_proj" matches no linear layer of this GPTNeoXForCausalLM \(e\.g\. query_key_value, dense/)
+
+    const s = await run([...small, `lora-train.targetModules=["query_key_value","dense"]`])
+    expect(s.nodes.filter((n) => n.status !== "succeeded" && n.status !== "cached")).toEqual([])
+    const comparison = JSON.parse(fs.readFileSync(path.join(s.runDir, "compare.json"), "utf8")) as BakeComparison
+    expect(comparison.rows.map((r) => r.variant)).toEqual(["base", "prompted", "baked"])
+    // a random model still has a positive KL between its prompted and un-prompted distributions
+    expect(comparison.rows[0].kl).toBeGreaterThan(0)
+  }, 180_000)
+})
