@@ -13,7 +13,7 @@ import { existsSync, readFileSync } from "node:fs"
 import { resolve } from "node:path"
 import { pathToFileURL } from "node:url"
 import type { ArtifactType } from "./artifact.ts"
-import { ParamsError, PipelineError, errorMessage } from "./errors.ts"
+import { ExternalInputError, ParamsError, PipelineError, errorMessage } from "./errors.ts"
 import { canonicalJson, hashJson, sha256 } from "./hash.ts"
 import type { AnyStage, External, Pipeline, Source, Template } from "./stage.ts"
 import { isPipeline, isSweep, type Sweep } from "./stage.ts"
@@ -205,6 +205,16 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
     }
   }
 
+  // a named external's error says which --set repoints it
+  const hashNamed = (path: string, kind: "file" | "directory", name: string | undefined): string => {
+    try {
+      return options.hashExternal(path, kind)
+    } catch (e) {
+      if (name === undefined || !(e instanceof ExternalInputError)) throw e
+      throw new ExternalInputError({ path: e.path, message: `${e.message} (external input "${name}"; set it with --set ${name}.path=...)` })
+    }
+  }
+
   const nodes: Array<PlanNode> = []
   const planned = new Map<string, PlanExternal>() // by absolute path
   const byRecipe = new Map<string, number>()
@@ -231,7 +241,7 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
       if (source._tag === "External") {
         const path = resolve(source.name === undefined ? source.path : externalPaths.get(source.name)!)
         const known = planned.get(path)
-        const hash = known?.hash ?? options.hashExternal(path, source.output._tag === "directory" ? "directory" : "file")
+        const hash = known?.hash ?? hashNamed(path, source.output._tag === "directory" ? "directory" : "file", source.name)
         planned.set(path, { name: known?.name ?? source.name, path, hash })
         for (const p of partials) p.inputs.push([name, { kind: "external", path, hash, type: source.output }])
         continue

@@ -87,6 +87,7 @@ describe("named external inputs", () => {
     const file = notesPipeline()
     expect(await planError(file, ["notes.size=3"])).toContain('--set notes.size=3: "notes" is an external input; its one settable field is "path"')
     expect(await planError(file, ["nope.path=x"])).toContain('no node named "nope" (nodes: lines, echo; external inputs: notes)')
+    expect(await planError(file, ["notes.path=/no/such/notes.txt"])).toContain('external input /no/such/notes.txt does not exist (external input "notes"; set it with --set notes.path=...)')
     const clash = writePipeline(
       sb,
       "clash.ts",
