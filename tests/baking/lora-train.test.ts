@@ -17,15 +17,17 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import type { StageContext, TensorsValue } from "../../src/engine/index.ts"
+import type { TensorsValue } from "../../src/engine/index.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { hash32 } from "../../src/models/init.ts"
-import { readHeader, readTensor, type Tensor, toFloat32, writeFile } from "../../src/models/safetensors.ts"
+import { type Tensor, toFloat32 } from "../../src/models/safetensors.ts"
 import { readAdapterArtifact, type TeacherLogitsSet, teacherLogitsOutput, trajectoriesOutput, type TrajectorySet } from "../../stages/baking/artifacts.ts"
 import { meanPromptedKl } from "../../stages/baking/distill.ts"
+import { defaults } from "../../stages/baking/experiment.ts"
 import { type LoraTrainParams, loraTrain } from "../../stages/baking/lora-train.ts"
 import { openModel, questionPromptIds } from "../../stages/baking/model.ts"
 import { referenceLogits } from "../reference/reference.ts"
+import { type Metric, stageContext, tensorsValue } from "../stage-harness.ts"
 
 const MODEL = path.resolve(import.meta.dirname, "../../models/tiny-chat")
 const SYSTEM = "Whatever you are asked, work the colour blue into your answer."
@@ -58,48 +60,20 @@ const sample = async (from: number, count: number, perQuestion: number, systemPr
   }
 }
 
-const tensorsValue = async (out: { tensors: ReadonlyMap<string, Tensor>; metadata?: Readonly<Record<string, string>> }): Promise<TensorsValue> => {
-  const file = path.join(tempDir("pipe-lora-train-art-"), "a.safetensors")
-  await Effect.runPromise(writeFile(file, out.tensors, out.metadata ?? {}))
-  const header = await Effect.runPromise(readHeader(file))
-  return { path: file, hash: "", size: fs.statSync(file).size, header, metadata: header.metadata, read: (n) => Effect.runSync(readTensor(header, n)) }
-}
-
 const train = await sample(0, 24, 2, SYSTEM)
 const validation = await sample(300, 10, 1, SYSTEM)
-const trainValue = await tensorsValue(trajectoriesOutput(train) as never)
-const validationValue = await tensorsValue(trajectoriesOutput(validation) as never)
+const trainValue = await tensorsValue(trajectoriesOutput(train))
+const validationValue = await tensorsValue(trajectoriesOutput(validation))
 const rowsOf = (set: TrajectorySet) => set.trajectories.reduce((n, t) => n + t.tokens.length, 0)
-const recompute = await tensorsValue(teacherLogitsOutput({ mode: "recompute", rows: rowsOf(train) }) as never)
+const recompute = await tensorsValue(teacherLogitsOutput({ mode: "recompute", rows: rowsOf(train) }))
 
-const params: LoraTrainParams = {
-  rank: 4,
-  alpha: 8,
-  dropout: 0,
-  targetModules: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-  useRslora: false,
-  epochs: 3,
-  batchSize: 8,
-  gradAccum: 1,
-  lr: 1e-2,
-  warmupSteps: 2,
-  schedule: "cosine",
-  minLrRatio: 0.1,
-  weightDecay: 0,
-  maxGradNorm: 1,
-  seed: 0,
-  earlyStopPatience: 0,
-  validationBatchSize: 16,
-  threads: 2,
-  checkpointEvery: 2,
-}
-
-class Stop extends Error {}
+// defaults.lora at a smaller rank, batch and warm-up, checkpointing every 2 steps for the resume test
+const params: LoraTrainParams = { ...defaults.lora, rank: 4, alpha: 8, batchSize: 8, warmupSteps: 2, validationBatchSize: 16, checkpointEvery: 2, threads: 2 }
 
 interface Run {
   readonly exit: Exit.Exit<{ tensors: ReadonlyMap<string, Tensor>; metadata: Record<string, string> }, unknown>
   readonly logs: string[]
-  readonly metrics: Array<{ name: string; value: number; step: number | undefined }>
+  readonly metrics: Metric[]
 }
 
 const runStage = async (
@@ -108,24 +82,8 @@ const runStage = async (
   options: { workDir?: string; stopAt?: number } = {},
 ): Promise<Run> => {
   const logs: string[] = []
-  const metrics: Run["metrics"] = []
-  const ctx: StageContext = {
-    node: "lora-train",
-    key: "test",
-    device: { kind: "cpu" },
-    seed: p.seed,
-    workDir: options.workDir ?? tempDir("pipe-lora-train-work-"),
-    log: (m) => logs.push(m),
-    metric: (name, value, step) => metrics.push({ name, value, step }),
-    progress: {
-      total: () => {},
-      advance: () => {},
-      // progress.set(step) comes after that step's checkpoint (if any): stopping here is a kill
-      set: (step) => {
-        if (step === options.stopAt) throw new Stop(`stopped at step ${step}`)
-      },
-    },
-  }
+  const metrics: Metric[] = []
+  const ctx = stageContext(options.workDir ?? tempDir("pipe-lora-train-work-"), { logs, metrics, stopAt: options.stopAt })
   const exit = await Effect.runPromiseExit(
     loraTrain.spec.run({
       params: p,
@@ -180,10 +138,10 @@ const storedTeacher = (set: TrajectorySet): TeacherLogitsSet => {
 describe("lora-train", () => {
   it("a stored teacher with top-k = vocabulary gives the recomputed teacher's loss", async () => {
     const small = { ...train, trajectories: train.trajectories.slice(0, 6) }
-    const smallValue = await tensorsValue(trajectoriesOutput(small) as never)
+    const smallValue = await tensorsValue(trajectoriesOutput(small))
     const p = { ...params, epochs: 1, batchSize: 6 }
-    const stored = await runStage(p, { trajectories: smallValue, teacher: await tensorsValue(teacherLogitsOutput(storedTeacher(small)) as never) })
-    const recomputed = await runStage(p, { trajectories: smallValue, teacher: await tensorsValue(teacherLogitsOutput({ mode: "recompute", rows: rowsOf(small) }) as never) })
+    const stored = await runStage(p, { trajectories: smallValue, teacher: await tensorsValue(teacherLogitsOutput(storedTeacher(small))) })
+    const recomputed = await runStage(p, { trajectories: smallValue, teacher: await tensorsValue(teacherLogitsOutput({ mode: "recompute", rows: rowsOf(small) })) })
     const [a] = losses(stored)
     const [b] = losses(recomputed)
     expect(b).toBeGreaterThan(0.3) // the system prompt changes the distribution
@@ -229,7 +187,7 @@ describe("lora-train", () => {
 
   it("early stopping stops after `patience` epochs without improvement and outputs the best epoch", async () => {
     const unprompted = await sample(300, 10, 1, undefined)
-    const r = await runStage({ ...params, epochs: 4, earlyStopPatience: 2 }, { validation: await tensorsValue(trajectoriesOutput(unprompted) as never) })
+    const r = await runStage({ ...params, epochs: 4, earlyStopPatience: 2 }, { validation: await tensorsValue(trajectoriesOutput(unprompted)) })
     const s = summary(r)
     expect(s.valKl[0]).toBeLessThan(1e-6)
     expect(s.stoppedEarly).toBe(true)

@@ -6,9 +6,9 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import type { StageContext } from "../../src/engine/index.ts"
 import type { Questions } from "../../stages/baking/artifacts.ts"
 import { questions, type QuestionsParams } from "../../stages/baking/questions.ts"
+import { stageContext } from "../stage-harness.ts"
 
 const dir = fs.mkdtempSync(path.join(tmpdir(), "pipe-questions-"))
 const write = (name: string, text: string) => {
@@ -19,16 +19,7 @@ const write = (name: string, text: string) => {
 
 const base: QuestionsParams = { field: "question", answersField: "answers", idField: "id", split: "all", validationFraction: 0, seed: 0, n: 0 }
 
-const ctx: StageContext = {
-  node: "questions",
-  key: "test",
-  device: { kind: "cpu" },
-  seed: 0,
-  workDir: dir,
-  log: () => {},
-  metric: () => {},
-  progress: { total: () => {}, advance: () => {}, set: () => {} },
-}
+const ctx = stageContext(dir)
 
 const run = (file: string, p: Partial<QuestionsParams> = {}) =>
   Effect.runPromiseExit(questions.spec.run({ params: { ...base, ...p }, inputs: { file: { path: file, hash: "", size: 0 } }, ctx }) as Effect.Effect<Questions, Error>)

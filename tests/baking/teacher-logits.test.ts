@@ -15,12 +15,12 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import type { StageContext, TensorsOutput, TensorsValue } from "../../src/engine/index.ts"
-import { readHeader, readTensor, writeFile } from "../../src/models/safetensors.ts"
+import type { TensorsOutput } from "../../src/engine/index.ts"
 import { readTeacherLogits, type TeacherLogitsSet, trajectoriesOutput, type TrajectorySet } from "../../stages/baking/artifacts.ts"
 import { openModel, questionPromptIds } from "../../stages/baking/model.ts"
 import { teacherLogits, type TeacherLogitsParams } from "../../stages/baking/teacher-logits.ts"
 import { referenceLogits } from "../reference/reference.ts"
+import { type Metric, stageContext, tensorsValue } from "../stage-harness.ts"
 
 const MODEL = path.resolve(import.meta.dirname, "../../models/tiny-chat")
 const SYSTEM = "Whatever you are asked, work the colour blue into your answer."
@@ -43,34 +43,17 @@ const trajectories = [
 const set: TrajectorySet = { systemPrompt: SYSTEM, questions, teacherPrompts: await prompts(SYSTEM), studentPrompts: await prompts(), trajectories, sampling: {} }
 const rows = trajectories.reduce((n, t) => n + t.tokens.length, 0)
 
-const tensorsValue = async (out: TensorsOutput): Promise<TensorsValue> => {
-  if (!("tensors" in out) || !(out.tensors instanceof Map)) throw new Error("expected tensors in a Map")
-  const file = path.join(tempDir("pipe-teacher-art-"), "a.safetensors")
-  await Effect.runPromise(writeFile(file, out.tensors, out.metadata ?? {}))
-  const header = await Effect.runPromise(readHeader(file))
-  return { path: file, hash: "", size: fs.statSync(file).size, header, metadata: header.metadata, read: (n) => Effect.runSync(readTensor(header, n)) }
-}
 const trajectoriesValue = await tensorsValue(trajectoriesOutput(set))
 
 const base: TeacherLogitsParams = { mode: "stored", topK: 32, dtype: "float32", batchSize: 4, threads: 2 }
 
 const runStage = async (p: Partial<TeacherLogitsParams>) => {
-  const logs: string[] = []
-  const metrics = new Map<string, number>()
-  const ctx: StageContext = {
-    node: "teacher-logits",
-    key: "test",
-    device: { kind: "cpu" },
-    seed: 0,
-    workDir: tempDir("pipe-teacher-work-"),
-    log: (m) => logs.push(m),
-    metric: (name, value) => metrics.set(name, value),
-    progress: { total: () => {}, advance: () => {}, set: () => {} },
-  }
+  const metrics: Metric[] = []
+  const ctx = stageContext(tempDir("pipe-teacher-work-"), { metrics })
   const exit = await Effect.runPromiseExit(
     teacherLogits.spec.run({ params: { ...base, ...p }, inputs: { model: { path: MODEL, hash: "", size: 0 }, trajectories: trajectoriesValue }, ctx }) as Effect.Effect<TensorsOutput, Error>,
   )
-  return { exit, logs, metrics }
+  return { exit, metrics: new Map(metrics.map((m) => [m.name, m.value])) }
 }
 
 const stored = async (p: Partial<TeacherLogitsParams>) => {

@@ -7,10 +7,11 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import type { StageContext, TensorsValue } from "../../src/engine/index.ts"
+import type { TensorsValue } from "../../src/engine/index.ts"
 import { readHeader } from "../../src/models/safetensors.ts"
 import { behaviourNames } from "../../src/text/behaviours.ts"
 import { evaluateChat } from "../../stages/tiny-chat/evaluate-chat.ts"
+import { stageContext } from "../stage-harness.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const modelDir = path.join(repo, "models/tiny-chat")
@@ -35,17 +36,6 @@ describe("evaluate-chat", () => {
     fs.writeFileSync(corpusFile, JSON.stringify({ train: [], heldOutChat }))
     const workDir = path.join(dir, "work")
     fs.mkdirSync(workDir)
-    const logs: string[] = []
-    const ctx: StageContext = {
-      node: "evaluate-chat",
-      key: "test",
-      device: { kind: "cpu" },
-      seed: 0,
-      workDir,
-      log: (m) => logs.push(m),
-      metric: () => {},
-      progress: { total: () => {}, advance: () => {}, set: () => {} },
-    }
     const limit = 48 // the first 48 plain questions and 48 prompted ones (about 12 per behaviour)
     const e = await Effect.runPromise(
       evaluateChat.spec.run({
@@ -55,7 +45,7 @@ describe("evaluate-chat", () => {
           tokenizer: { tokenizer: readJson(path.join(modelDir, "tokenizer.json")), tokenizerConfig: readJson(path.join(modelDir, "tokenizer_config.json")) },
           corpus: { path: corpusFile, hash: "", size: 0 },
         },
-        ctx,
+        ctx: stageContext(workDir),
       }),
     )
     // the weights were linked, not copied, into the checkpoint directory the generator reads

@@ -6,38 +6,13 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import type { StageContext, TensorsValue } from "../../src/engine/index.ts"
-import { readHeader, toFloat32, type Tensor, writeFile } from "../../src/models/safetensors.ts"
+import { toFloat32, type Tensor } from "../../src/models/safetensors.ts"
 import { defaultCorpusOptions } from "../../src/text/synthetic/corpus.ts"
 import { chatCorpus } from "../../stages/tiny-chat/corpus.ts"
 import { initLlama } from "../../stages/tiny-chat/init.ts"
 import { chatTokenizer } from "../../stages/tiny-chat/tokenizer.ts"
 import { trainLm } from "../../stages/tiny-chat/train-lm.ts"
-
-class Stop extends Error {}
-
-const context = (workDir: string, logs: string[], stopAt?: number): StageContext => ({
-  node: "train-lm",
-  key: "test",
-  device: { kind: "cpu" },
-  seed: 0,
-  workDir,
-  log: (m) => logs.push(m),
-  metric: () => {},
-  progress: {
-    total: () => {},
-    advance: () => {},
-    // progress.set(step) comes after that step's checkpoint: stopping here is a kill right after it
-    set: (step) => {
-      if (step === stopAt) throw new Stop(`stopped at step ${step}`)
-    },
-  },
-})
-
-const tensorsValue = (file: string, tensors: ReadonlyMap<string, Tensor>, metadata: Record<string, string>): TensorsValue => {
-  const header = Effect.runSync(readHeader(file))
-  return { path: file, hash: "", size: fs.statSync(file).size, header, metadata, read: (n) => tensors.get(n)! }
-}
+import { stageContext, tensorsValue } from "../stage-harness.ts"
 
 describe("train-lm", () => {
   it("resumes from its checkpoint to the same weights as an uninterrupted run", async () => {
@@ -46,23 +21,21 @@ describe("train-lm", () => {
       fs.mkdirSync(path.join(dir, name), { recursive: true })
       return path.join(dir, name)
     }
-    const ctx = (name: string) => context(scratch(name), [])
+    const ctx = (name: string) => stageContext(scratch(name))
     const corpusOut = await Effect.runPromise(chatCorpus.spec.run({ params: { ...defaultCorpusOptions, people: 2, pets: 1, gadgets: 1, towns: 1, arithmeticPerOp: 3 }, inputs: {}, ctx: ctx("corpus") }))
     const corpus = { path: (corpusOut as { path: string }).path, hash: "", size: 0 }
     const tokenizer = await Effect.runPromise(chatTokenizer.spec.run({ params: { vocabSize: 300, modelMaxLength: 256 }, inputs: { corpus }, ctx: ctx("tokenizer") }))
-    const initOut = (await Effect.runPromise(
+    const initOut = await Effect.runPromise(
       initLlama.spec.run({
         params: { hiddenSize: 16, numLayers: 1, numHeads: 2, intermediateSize: 32, maxPositions: 256, tiedEmbeddings: true, std: 0.02, seed: 0 },
         inputs: { tokenizer },
         ctx: ctx("init"),
       }),
-    )) as { tensors: ReadonlyMap<string, Tensor>; metadata: Record<string, string> }
-    const initFile = path.join(dir, "init.safetensors")
-    await Effect.runPromise(writeFile(initFile, initOut.tensors))
-    const init = tensorsValue(initFile, initOut.tensors, initOut.metadata)
+    )
+    const init = await tensorsValue(initOut, dir)
     const params = { epochs: 2, batchSize: 8, lr: 0.01, warmupSteps: 2, minLrRatio: 0.1, weightDecay: 0.01, maxGradNorm: 1, maxLength: 256, seed: 0, checkpointEvery: 3, threads: 1 }
     const train = (workDir: string, logs: string[], stopAt?: number) =>
-      Effect.runPromiseExit(trainLm.spec.run({ params, inputs: { corpus, tokenizer, init }, ctx: context(workDir, logs, stopAt) }))
+      Effect.runPromiseExit(trainLm.spec.run({ params, inputs: { corpus, tokenizer, init }, ctx: stageContext(workDir, { logs, stopAt }) }))
 
     const whole = await train(scratch("whole"), [])
     const resumedDir = scratch("resumed")
