@@ -24,7 +24,7 @@ const model = trainLm(
   { epochs: 45, batchSize: 32, lr: 3e-3, warmupSteps: 50, minLrRatio: 0.05, weightDecay: 0.01, maxGradNorm: 1, maxLength: 128, seed: 0, checkpointEvery: 20, threads: 0 },
   { corpus, tokenizer, init },
 )
-const evaluation = evaluateChat({ temperature: 1, maxNewTokens: 72, limit: 0, seed: 0, batchSize: 64, threads: 0 }, { model, tokenizer, corpus })
+const evaluation = evaluateChat({ temperature: 1, maxNewTokens: 72, limit: 0, seed: 0, samplesPerPrompt: 4, batchSize: 64, threads: 0 }, { model, tokenizer, corpus })
 const published = writeModel({ outDir: "models/tiny-chat", command }, { model, tokenizer, evaluation, corpus })
 
 export default pipeline("tiny-chat", { published })

@@ -47,13 +47,15 @@ const rateOf = (oks: ReadonlyArray<boolean>): Rate => {
 
 export const evaluateChat = stage({
   name: "evaluate-chat",
-  version: 2,
+  version: 3,
   params: Schema.Struct({
     temperature: Schema.Finite.check(Schema.isGreaterThan(0)),
     maxNewTokens: Schema.Int.check(Schema.isGreaterThan(0)),
     /** evaluate only the first n held-out questions (each without and with a system prompt); 0 for all */
     limit: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
     seed: Schema.Int,
+    /** sampled answers per held-out prompt for the behaviour rates (more: a tighter estimate) */
+    samplesPerPrompt: Schema.Int.check(Schema.isGreaterThan(0)),
     batchSize: Schema.Int.check(Schema.isGreaterThan(0)),
     threads: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
   }),
@@ -98,17 +100,21 @@ export const evaluateChat = stage({
       const tasks = [...new Set(plain.map((r) => r.task))]
       const accuracyByTask = Object.fromEntries(tasks.map((t) => [t, rateOf(correct.filter((_, i) => plain[i].task === t))]))
 
-      const sampledPlain = yield* run(plain, params.temperature, params.seed + 1)
-      const sampledPrompted = yield* run(prompted, params.temperature, params.seed + 2)
-      logDone(`sampled ${plain.length} + ${prompted.length} answers`)
+      // pass j samples every prompt once more with its own seeds; pass 0 gives the examples below
+      const passes = Array.from({ length: params.samplesPerPrompt }, (_, j) => j)
+      const sampledPlainPasses = yield* Effect.forEach(passes, (j) => run(plain, params.temperature, params.seed + 1 + 2 * j))
+      const sampledPromptedPasses = yield* Effect.forEach(passes, (j) => run(prompted, params.temperature, params.seed + 2 + 2 * j))
+      const [sampledPrompted] = sampledPromptedPasses
+      logDone(`sampled ${params.samplesPerPrompt} x (${plain.length} + ${prompted.length}) answers`)
       const withPrompt: Record<string, Rate> = {}
       const withHeldOutPrompt: Record<string, Rate> = {}
       const withoutPrompt: Record<string, Rate> = {}
       for (const b of behaviourNames) {
         const idx = prompted.map((r, i) => (r.mode === b ? i : -1)).filter((i) => i >= 0)
-        withPrompt[b] = rateOf(idx.map((i) => checkBehaviour(b, sampledPrompted[i])))
-        withHeldOutPrompt[b] = rateOf(idx.filter((i) => prompted[i].system_prompt_seen === false).map((i) => checkBehaviour(b, sampledPrompted[i])))
-        withoutPrompt[b] = rateOf(sampledPlain.map((t) => checkBehaviour(b, t)))
+        const checks = (rows: ReadonlyArray<number>) => sampledPromptedPasses.flatMap((pass) => rows.map((i) => checkBehaviour(b, pass[i])))
+        withPrompt[b] = rateOf(checks(idx))
+        withHeldOutPrompt[b] = rateOf(checks(idx.filter((i) => prompted[i].system_prompt_seen === false)))
+        withoutPrompt[b] = rateOf(sampledPlainPasses.flat().map((t) => checkBehaviour(b, t)))
       }
       const question = (r: ChatEvalRecord) => r.messages.map((m) => m.content).join(" | ")
       const examples = [
