@@ -83,6 +83,22 @@ const inputLengths = (set: TrajectorySet, i: number) => {
   return { student: set.studentPrompts[t.question].length + t.tokens.length - 1, teacher: set.teacherPrompts[t.question].length + t.tokens.length - 1 }
 }
 
+/**
+ * Fails when a teacher sequence (prompt with x0 + response, less the last token) is longer than
+ * the model's positions: the trajectories were sampled with another model or other settings.
+ */
+export const checkTrajectoriesFit = (ckpt: Checkpoint, set: TrajectorySet, what: string): Effect.Effect<void, Error> => {
+  const max = ckpt.config.maxPositions
+  const i = set.trajectories.findIndex((_, k) => inputLengths(set, k).teacher > max)
+  if (i < 0) return Effect.void
+  const t = set.trajectories[i]
+  return Effect.fail(
+    new Error(
+      `${what}: trajectory ${i} (question ${set.questions[t.question]?.id}) needs ${inputLengths(set, i).teacher} positions (prompt with the system prompt + response), more than max_position_embeddings ${max} of ${ckpt.dir}; were the trajectories sampled with another model?`,
+    ),
+  )
+}
+
 /** The shape a batch of these trajectories needs. */
 export const pairShape = (set: TrajectorySet, trajectories: ReadonlyArray<number>): PairShape => ({
   rows: trajectories.length,
@@ -268,6 +284,7 @@ const adapterFeeds = (adapter: LoraAdapter, targets: ReadonlyArray<LoraTarget>):
  */
 export const meanPromptedKl = (model: OpenModel, set: TrajectorySet, adapter: LoraAdapter | undefined, opts: KlOptions): Effect.Effect<MeanKl, Error> =>
   Effect.gen(function* () {
+    yield* checkTrajectoriesFit(model.checkpoint, set, "KL evaluation")
     const targets = adapter ? yield* Effect.mapError(loraTargets(model.checkpoint, adapter.config.targetModules), (e) => new Error(e.message)) : undefined
     const feeds = adapter && targets ? yield* adapterFeeds(adapter, targets) : undefined
     const evaluator = yield* klEvaluator(model, { ...opts, ...(adapter && targets ? { lora: { config: adapter.config, targets } } : {}) })

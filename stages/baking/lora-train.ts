@@ -39,7 +39,7 @@ import { createSession, releaseSession } from "../../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter, readTeacherLogits, readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, Trajectories, type TrajectorySet } from "./artifacts.ts"
-import { headAtPositions, klEvaluator, padIdOf, pairBatch, pairFeeds, pairInputs, type PairShape, pairShape, teacherRowStarts } from "./distill.ts"
+import { checkTrajectoriesFit, headAtPositions, klEvaluator, padIdOf, pairBatch, pairFeeds, pairInputs, type PairShape, pairShape, teacherRowStarts } from "./distill.ts"
 import { openModel, runtimeDevice } from "./model.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
@@ -264,6 +264,8 @@ export const loraTrain = stage({
       const ckpt = model.checkpoint
       const train = yield* readTrajectories(inputs.trajectories)
       const validation = yield* readTrajectories(inputs.validation)
+      yield* checkTrajectoriesFit(model.checkpoint, train, "lora-train (training trajectories)")
+      yield* checkTrajectoriesFit(model.checkpoint, validation, "lora-train (validation trajectories)")
       const teacher = yield* readTeacherLogits(inputs.teacher)
       const rows = responseTokenCount(train)
       if (teacher.rows !== rows)

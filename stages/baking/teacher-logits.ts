@@ -25,7 +25,7 @@ import type { Tensor } from "../../src/models/safetensors.ts"
 import { positionStats } from "../../src/models/scoring.ts"
 import { createSession, type Device, releaseSession, runSession } from "../../src/runtime/session.ts"
 import { readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, teacherLogitsOutput, Trajectories, type TrajectorySet } from "./artifacts.ts"
-import { headAtPositions, lengthSortedBatches, padIdOf, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "./distill.ts"
+import { checkTrajectoriesFit, headAtPositions, lengthSortedBatches, padIdOf, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "./distill.ts"
 import { type OpenModel, openModel, runtimeDevice } from "./model.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
@@ -128,6 +128,7 @@ export const teacherLogits = stage({
         return teacherLogitsOutput({ mode: "recompute", rows })
       }
       const model = yield* openModel(inputs.model.path)
+      yield* checkTrajectoriesFit(model.checkpoint, set, "teacher-logits")
       const withTokens = set.trajectories.filter((t) => t.tokens.length > 0).length
       ctx.log(`${set.trajectories.length} trajectories, ${rows} response tokens: top ${params.topK} log-probs as ${params.dtype} on ${ctx.device.kind}`)
       ctx.progress.total(withTokens, "trajectories")

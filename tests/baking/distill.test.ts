@@ -145,4 +145,11 @@ describe("meanPromptedKl", () => {
     expect(kl.tokens).toBeGreaterThan(10)
     expect(Math.abs(kl.mean)).toBeLessThan(1e-6)
   })
+
+  it("refuses trajectories longer than the model's positions, naming the trajectory and the limit", async () => {
+    const set = await makeSet(SYSTEM)
+    const long = { ...set, trajectories: [set.trajectories[0], { ...set.trajectories[1], tokens: Array.from({ length: 130 }, () => 5) }] }
+    const error = await Effect.runPromise(Effect.flip(meanPromptedKl(model, long, undefined, opts())))
+    expect(error.message).toMatch(/^KL evaluation: trajectory 1 \(question \S+\) needs \d+ positions .* more than max_position_embeddings 128 of /)
+  })
 })
