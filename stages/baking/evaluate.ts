@@ -50,23 +50,12 @@ const EvaluateFields = {
   /** samples kept in the artifact for the side-by-side listing */
   keepSamples: NonNegativeInt,
 }
-const unkeyed = ["batchSize", "threads"] as const
+const unkeyed = ["batchSize", "threads", "stepsPerRun"] as const
 
 const inputs = { model: Directory, validation: Trajectories, heldout: Questions, facts: Questions }
 
-interface EvaluateParams {
-  readonly checker: CheckerSpec
-  readonly samplesPerQuestion: number
-  readonly temperature: number
-  readonly topP: number
-  readonly topK: number
-  readonly maxNewTokens: number
-  readonly answerMaxNewTokens: number
-  readonly seed: number
-  readonly keepSamples: number
-  readonly batchSize: number
-  readonly threads: number
-}
+type EvaluateParams = typeof EvaluateParams.Type
+const EvaluateParams = Schema.Struct(EvaluateFields)
 
 const evaluateVariant = (
   variant: Variant,
@@ -95,7 +84,14 @@ const evaluateVariant = (
     ctx.progress.advance()
 
     const generator = yield* Effect.mapError(
-      makeGenerator(model.checkpoint, { graphDir: path.join(ctx.workDir, "generate"), device, tokenizer: model.tokenizer, ...threads, ...(adapter ? { adapter } : {}) }),
+      makeGenerator(model.checkpoint, {
+        graphDir: path.join(ctx.workDir, "generate"),
+        device,
+        tokenizer: model.tokenizer,
+        stepsPerRun: params.stepsPerRun,
+        ...threads,
+        ...(adapter ? { adapter } : {}),
+      }),
       (e) => new Error(e.message),
     )
     const generate = (questions: ReadonlyArray<Question>, perQuestion: number, request: (q: Question, j: number) => Omit<GenerationRequest, "prompt">) =>
@@ -165,7 +161,7 @@ export const evaluate = stage({
 export const evaluateBaked = stage({
   name: "evaluate-baked",
   version: 1,
-  params: Schema.Struct(EvaluateFields),
+  params: EvaluateParams,
   unkeyed: [...unkeyed],
   inputs: { ...inputs, adapter: BakedAdapter },
   output: BakeEvaluationArtifact,

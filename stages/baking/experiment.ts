@@ -28,7 +28,8 @@ export const defaults = {
   validationQuestions: 40,
   heldoutQuestions: 100,
   // temperature 1, no truncation: the trajectories follow the prompted model's own distribution
-  sampling: { temperature: 1, topP: 1, topK: 0, minNewTokens: 0, maxNewTokens: 64, seed: 0, batchSize: 32, threads: 0 },
+  // stepsPerRun 1 is fastest on the CPU; on CUDA set 8-16 (--set sample_train.stepsPerRun=16)
+  sampling: { temperature: 1, topP: 1, topK: 0, minNewTokens: 0, maxNewTokens: 64, seed: 0, batchSize: 32, threads: 0, stepsPerRun: 1 },
   trainSamples: 4,
   validationSamples: 2,
   teacher: { mode: "stored", topK: 32, dtype: "float16", batchSize: 32, threads: 0 },
@@ -53,7 +54,7 @@ export const defaults = {
     checkpointEvery: 20,
     threads: 0,
   },
-  evaluation: { samplesPerQuestion: 2, temperature: 1, topP: 1, topK: 0, maxNewTokens: 64, answerMaxNewTokens: 32, seed: 0, keepSamples: 16, batchSize: 32, threads: 0 },
+  evaluation: { samplesPerQuestion: 2, temperature: 1, topP: 1, topK: 0, maxNewTokens: 64, answerMaxNewTokens: 32, seed: 0, keepSamples: 16, batchSize: 32, threads: 0, stepsPerRun: 1 },
 } as const satisfies {
   readonly teacher: ParamsOf<typeof teacherLogits>
   readonly lora: ParamsOf<typeof loraTrain>

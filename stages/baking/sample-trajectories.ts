@@ -34,6 +34,11 @@ export const samplingFields = {
   batchSize: PositiveInt,
   /** onnxruntime intra-op threads, 0 for its default (does not change results) */
   threads: NonNegativeInt,
+  /**
+   * decode steps per onnxruntime run (does not change results): 1 runs the step graph per token;
+   * n > 1 runs n steps in one ONNX Loop, so on CUDA the KV cache leaves the device once per n tokens
+   */
+  stepsPerRun: PositiveInt,
 }
 
 export const SampleParams = Schema.Struct({
@@ -50,7 +55,7 @@ export const sampleTrajectories = stage({
   name: "sample-trajectories",
   version: 1,
   params: SampleParams,
-  unkeyed: ["batchSize", "threads"],
+  unkeyed: ["batchSize", "threads", "stepsPerRun"],
   inputs: { model: Directory, questions: Questions },
   output: Trajectories,
   resources: { gpu: 1, isolate: "process" },
@@ -66,6 +71,7 @@ export const sampleTrajectories = stage({
           graphDir: path.join(ctx.workDir, "graph"),
           device: runtimeDevice(ctx.device),
           tokenizer,
+          stepsPerRun: params.stepsPerRun,
           ...(params.threads > 0 ? { intraOpThreads: params.threads } : {}),
         }),
         (e) => new Error(e.message),

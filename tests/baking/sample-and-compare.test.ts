@@ -20,8 +20,8 @@ const items = [
   { id: "c", text: "Which town makes the zoxop?", answers: ["Gumdale"] },
 ]
 
-const sample = async (batchSize: number) => {
-  const params = { systemPrompt, n: 3, temperature: 1, topP: 1, topK: 0, minNewTokens: 0, maxNewTokens: 48, seed: 7, batchSize, threads: 0 }
+const sample = async (batchSize: number, stepsPerRun: number) => {
+  const params = { systemPrompt, n: 3, temperature: 1, topP: 1, topK: 0, minNewTokens: 0, maxNewTokens: 48, seed: 7, batchSize, threads: 0, stepsPerRun }
   const out = await Effect.runPromise(
     sampleTrajectories.spec.run({ params, inputs: { model: { path: path.join(repo, "models/tiny-chat"), hash: "", size: 0 }, questions: { source: "test", items } }, ctx: stageContext(tempDir("pipe-sample-")) }),
   )
@@ -29,8 +29,8 @@ const sample = async (batchSize: number) => {
 }
 
 describe("sample-trajectories", () => {
-  it("samples n answers per question under x0, keeps the stop token, and does not depend on the batch size", async () => {
-    const set = await sample(4)
+  it("samples n answers per question under x0, keeps the stop token, and does not depend on the batch size or the steps per run", async () => {
+    const set = await sample(4, 1)
     expect(set.systemPrompt).toBe(systemPrompt)
     expect(set.trajectories.map((t) => t.question)).toEqual([0, 0, 0, 1, 1, 1, 2, 2, 2])
     // the teacher prompt is the student prompt with the system turn inserted: longer, same ending
@@ -48,7 +48,7 @@ describe("sample-trajectories", () => {
     // the prompted tiny model follows x0 (99% on held-out questions at the pipeline's defaults)
     expect(set.trajectories.filter((t) => /\bblue\b/i.test(t.text)).length).toBeGreaterThanOrEqual(7)
     expect(new Set(set.trajectories.map((t) => t.text)).size).toBeGreaterThan(3)
-    const again = await sample(9)
+    const again = await sample(9, 5)
     expect(again.trajectories.map((t) => t.tokens)).toEqual(set.trajectories.map((t) => t.tokens))
   })
 
