@@ -16,6 +16,7 @@ const USAGE = `usage: pipe <command> [options]
 commands:
   run <pipeline.ts>     plan and run a pipeline, reusing cached results
       --set name.param=value   override a param of every node of that call (repeatable; value is JSON or a string)
+      --set name.param='sweep([v1, v2])'  sweep that param from the command line (one instance per value)
       --set name.path=PATH     replace the path of the external input declared with { name } (model, dataset)
       --dry-run                list every node as cached / to run / pending, and why; run nothing
       --rerun <name>           recompute nodes of this call or stage even when cached (repeatable)

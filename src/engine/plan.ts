@@ -16,7 +16,7 @@ import type { ArtifactType } from "./artifact.ts"
 import { ExternalInputError, ParamsError, PipelineError, errorMessage } from "./errors.ts"
 import { canonicalJson, hashJson, sha256 } from "./hash.ts"
 import type { AnyStage, External, Pipeline, Source, Template } from "./stage.ts"
-import { isPipeline, isSweep, type Sweep } from "./stage.ts"
+import { isPipeline, isSweep, sweep, type Sweep } from "./stage.ts"
 
 export type PlanInput =
   | { readonly kind: "node"; readonly node: number }
@@ -97,13 +97,27 @@ const parseOverride = (text: string, pipeline: string) => {
   if (eq < 0 || dot < 0 || dot > eq)
     throw new ParamsError({ pipeline, node: "--set", message: `--set ${text}: expected name.param=value` })
   const raw = text.slice(eq + 1)
+  const path = text.slice(dot + 1, eq).split(".")
+  // `name.param=sweep([1, 2])`: one node instance per value, as sweep() in a pipeline file
+  const swept = /^sweep\((.*)\)$/s.exec(raw.trim())
+  if (swept) {
+    let values: unknown
+    try {
+      values = JSON.parse(swept[1])
+    } catch {
+      values = undefined
+    }
+    if (!Array.isArray(values) || values.length === 0 || path.length !== 1)
+      throw new ParamsError({ pipeline, node: "--set", message: `--set ${text}: expected name.param=sweep([v1, v2, ...]) with a JSON array of values, for a top-level param` })
+    return { label: text.slice(0, dot), path, value: sweep(values), raw }
+  }
   let value: unknown = raw
   try {
     value = JSON.parse(raw)
   } catch {
     // not JSON: a plain string value
   }
-  return { label: text.slice(0, dot), path: text.slice(dot + 1, eq).split("."), value, raw }
+  return { label: text.slice(0, dot), path, value, raw }
 }
 
 const setPath = (obj: Record<string, unknown>, path: ReadonlyArray<string>, value: unknown): Record<string, unknown> => {

@@ -75,6 +75,15 @@ describe("sweeps", () => {
     expect(new Set(sums.map((n) => n.key)).size).toBe(4)
   })
 
+  it("--set name.param=sweep([...]) sweeps a param from the command line", async () => {
+    const s = await runApi(sb, "example.ts", { overrides: ["sum.scale=sweep([1, 2, 3])"] })
+    expect(s.status).toBe("succeeded")
+    expect(count("sum")).toBe(6) // 2 starts x 3 scales
+    expect(s.nodes.map((n) => n.name)).toContain("sum[generate.start=100,scale=3]")
+    expect(await planError("example.ts", ["sum.scale=sweep([])"])).toContain("--set sum.scale=sweep([]): expected name.param=sweep([v1, v2, ...]) with a JSON array of values, for a top-level param")
+    expect(await planError("example.ts", ["sum.scale=sweep(1, 2)"])).toContain("expected name.param=sweep([v1, v2, ...])")
+  })
+
   it("a zip column used by a downstream call follows the upstream value instead of crossing with it", async () => {
     const file = writePipeline(
       sb,
