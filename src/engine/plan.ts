@@ -9,12 +9,13 @@
 //             the cache key, known once inputs exist; an upstream rerun that yields identical bytes
 //             leaves it unchanged (early cutoff).
 import { Cause, Exit, Schema } from "effect"
-import { existsSync, readFileSync } from "node:fs"
+import { existsSync } from "node:fs"
 import { resolve } from "node:path"
 import { pathToFileURL } from "node:url"
 import type { ArtifactType } from "./artifact.ts"
 import { ExternalInputError, ParamsError, PipelineError, errorMessage } from "./errors.ts"
-import { canonicalJson, hashJson, sha256 } from "./hash.ts"
+import { canonicalJson, hashJson } from "./hash.ts"
+import { sourceHash } from "./source.ts"
 import type { AnyStage, External, Pipeline, Source, Template } from "./stage.ts"
 import { isPipeline, isSweep, sweep, type Sweep } from "./stage.ts"
 
@@ -130,14 +131,6 @@ const setPath = (obj: Record<string, unknown>, path: ReadonlyArray<string>, valu
 const fieldNames = (stage: AnyStage): ReadonlyArray<string> | undefined => {
   const ast = (stage.spec.params as unknown as Schema.Top).ast as { propertySignatures?: ReadonlyArray<{ name: PropertyKey }> }
   return ast.propertySignatures?.map((p) => String(p.name))
-}
-
-const sourceHashes = new Map<string, string>()
-const sourceHash = (file: string | undefined): string | undefined => {
-  if (file === undefined || !existsSync(file)) return undefined
-  let h = sourceHashes.get(file)
-  if (h === undefined) sourceHashes.set(file, (h = sha256(readFileSync(file))))
-  return h
 }
 
 interface Instance {

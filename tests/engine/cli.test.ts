@@ -141,6 +141,25 @@ describe("commands", () => {
     expect(status.stdout).toMatch(/^cached +hello +cached, but the stage's source changed since \(use --rerun\)$/m)
   })
 
+  it("status also sees an edit to a local module the stage's file imports", async () => {
+    const helper = (word: string) => writeFileSync(join(sb.dir, "words.ts"), `export const word = ${JSON.stringify(word)}\n`)
+    helper("hello")
+    const file = writePipeline(
+      sb,
+      "greet.ts",
+      `import { Effect, Schema } from "effect"
+      import { Artifact, pipeline, stage } from "@engine"
+      import { word } from "./words.ts"
+      const greet = stage({ name: "greet", version: 1, params: Schema.Struct({}), inputs: {}, output: Artifact.json("Greeting", Schema.String),
+        run: () => Effect.succeed(word) })
+      export default pipeline("greet", [greet({})])`,
+    )
+    expect((await cli(sb, ["run", file, "--plain"])).code).toBe(0)
+    expect((await cli(sb, ["status", file])).stdout).toMatch(/^cached +greet *$/m)
+    helper("bonjour")
+    expect((await cli(sb, ["status", file])).stdout).toMatch(/^cached +greet +cached, but the stage's source changed since \(use --rerun\)$/m)
+  })
+
   it("failures: summary with log paths and exit code 1; bad params: message and exit code 2", async () => {
     const failed = await cli(sb, ["run", fixture("failing.ts"), "--plain"])
     expect(failed.code).toBe(1)
