@@ -22,6 +22,8 @@
  * Differentiate: `const [dw] = gradients(g, loss, [w])` appends the backward nodes to g.
  * Losses: `crossEntropy(g, { hidden, weight }, targets, mask, { chunk }).mean` and friends
  * (losses.ts) work chunk by chunk and never build [tokens x vocab].
+ * Randomness: `dropout(g, x, p, seed)` and `hashBits` (random.ts) draw from a fed int64 seed, so
+ * a run's masks are a function of its feeds, not of the session.
  * Train step: `buildTrainStep({ params, batch, loss, adamw, microBatches })` returns a graph
  * whose one run is one AdamW step (names in `trainStepNames`); runtime/train.ts drives it.
  */
@@ -34,4 +36,5 @@ export { ExternalDataError, externalSource } from "./external.ts"
 export { constInts, differentiableOps, GradientError, gradients, unbroadcast } from "./autodiff.ts"
 export { type ChunkedSumSpec, chunkedSum } from "./chunked.ts"
 export { crossEntropy, type FullTeacher, fullForwardKL, type LmHead, type LossOptions, type MeanLoss, sequenceLogLikelihood, type TopKTeacher, topKForwardKL, weightedSequenceNLL } from "./losses.ts"
+export { dropout, hashBits, PRIME } from "./random.ts"
 export { type AdamWConfig, type BatchSpec, buildTrainStep, learningRate, type ParamSpec, type Schedule, type TrainStepSpec, trainStepNames } from "./optim.ts"
