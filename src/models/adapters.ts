@@ -6,7 +6,8 @@
 //   scale = alpha / r (alpha / sqrt(r) with rsLoRA: peft.ts loraScale).
 //   loraParamSpecs(targets, r)            -> { [loraName(module, "A"|"B")]: { shape } } for buildTrainStep
 //   loraInputs(g, targets, r)             -> graph inputs for A and B of each target
-//   loraHook(modules, scale, { dropout }) -> a LinearHook for decoder(); `modules` maps module path -> {a, b}
+//   loraHook(modules, scale, { dropout, seed }) -> a LinearHook for decoder(); `modules` maps module path -> {a, b};
+//                                            dropout masks come from a fed seed (src/graph/random.ts)
 //   loraFromParams(targets, params)       -> that map from the params buildTrainStep hands its loss
 //   initLora(targets, r, seed)            -> host values: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's
 //                                            kaiming_uniform(a=sqrt(5))), B = 0, so training starts at the base model
@@ -21,7 +22,7 @@
 //     mlp: two layers, tanh between: W1 [hidden, C], b1 [hidden], W2 [k*H, hidden], b2 [k*H]
 // On a left-padded row the padding ends up between prompt and tokens; it is masked out and
 // positions come from the mask, so every row sees prompt positions 0..k-1 then its tokens.
-import type { Graph, Value } from "../graph/index.ts"
+import { dropout, type Graph, type Value } from "../graph/index.ts"
 import type { ParamSpec } from "../graph/optim.ts"
 import type { LinearHook } from "./forward.ts"
 import { type LoraAdapter, type LoraConfig, type LoraTarget, loraScale } from "./peft.ts"
@@ -60,33 +61,21 @@ export const loraFromParams = (targets: ReadonlyArray<LoraTarget>, params: Reado
   new Map(targets.map((t) => [t.module, { a: params[loraName(t.module, "A")], b: params[loraName(t.module, "B")] }]))
 
 export interface LoraHookOptions {
-  /** dropout on the adapter's input (training graphs only); a fresh mask each run */
+  /** dropout on the adapter's input (training graphs only) */
   readonly dropout?: number
-  readonly seed?: number
-}
-
-/**
- * Inverted dropout: x * keep / (1 - p) with keep the boolean mask output of ONNX Dropout in
- * training mode. Only the mask output is used: it is boolean, so autodiff sees a constant, and
- * a consumed mask keeps onnxruntime's EliminateDropout pass from deleting the node (it removes
- * Dropouts whose mask is unused). onnxruntime 1.30's CPU provider has no RandomUniformLike kernel
- * at opset 22+, so Dropout is the in-graph random source.
- */
-const dropout = (g: Graph, x: Value, p: number, seed: number): Value => {
-  const [, keep] = g.node("Dropout", [x, g.scalar(p), g.constant("bool", [], [1])], { seed }, [
-    { dtype: "float32", shape: x.shape },
-    { dtype: "bool", shape: x.shape },
-  ])
-  return g.mul(x, g.mul(g.cast(keep, "float32"), g.scalar(1 / (1 - p))))
+  /** with dropout: an int64 scalar input, fed anew each run (e.g. per step); layer n draws its
+   * mask with seed + n, so the masks are a function of what is fed (src/graph/random.ts) */
+  readonly seed?: Value
 }
 
 export const loraHook = (modules: ReadonlyMap<string, LoraValues>, scale: number, options: LoraHookOptions = {}): LinearHook => {
+  const p = options.dropout ?? 0
+  if (p > 0 && !options.seed) throw new Error("loraHook: dropout needs a seed input")
   let n = 0
   return (g, site, x, y) => {
     const m = modules.get(site.module)
     if (!m) return y
-    const p = options.dropout ?? 0
-    const xin = p > 0 ? dropout(g, x, p, (options.seed ?? 0) + n++) : x
+    const xin = p > 0 ? dropout(g, x, p, g.add(options.seed!, g.scalar(n++, "int64"))) : x
     return g.add(y, g.mul(g.linear(g.linear(xin, m.a), m.b), g.scalar(scale)))
   }
 }

@@ -19,9 +19,8 @@
 // epoch's adapter (possibly epoch 0: the base model); with 0 it is the last epoch's.
 // Checkpoints (LoRA matrices, AdamW moments, step, history, best adapter) go to ctx.workDir after
 // every epoch and every checkpointEvery steps; a killed run resumes there and, the batch order
-// being a function of (seed, epoch), ends with the same adapter as an uninterrupted run. (With
-// dropout > 0 the masks come from onnxruntime's per-session generator, which a resumed session
-// restarts: the resumed run is then a different, equally valid draw.)
+// being a function of (seed, epoch) and the dropout masks of (seed, step, micro-batch) (fed as a
+// seed to src/graph/random.ts's dropout), ends with the same adapter as an uninterrupted run.
 // Metrics per step: loss, lr, grad_norm, tokens_per_s (response tokens trained per second of
 // step time); per epoch: val_kl, train_loss.
 import { Effect, Schema } from "effect"
@@ -118,11 +117,18 @@ const extra = {
   topIds: "top_ids",
   topLogProbs: "top_logprobs",
   tailMass: "tail_mass",
+  /** int64 scalar per micro-batch, only with dropout > 0 */
+  dropoutSeed: "dropout_seed",
 } as const
 
-const stepInputs = (teacher: TeacherLogitsSet): Record<string, BatchSpec> => {
+/** The dropout seed of one micro-batch: a function of (seed, step, micro-batch) only, spread over
+ * [0, 2^31) so that the per-layer seeds (this + layer) of different micro-batches do not meet. */
+const dropoutSeed = (seed: number, step: number, micro: number): number => hash32(`lora-train dropout step ${step} micro ${micro}`, seed) % 2 ** 31
+
+const stepInputs = (teacher: TeacherLogitsSet, dropout: boolean): Record<string, BatchSpec> => {
   const spec = (k: keyof typeof pairInputs): [string, BatchSpec] => [pairInputs[k].name, { dtype: pairInputs[k].dtype, shape: [...pairInputs[k].shape] }]
-  const student = [spec("studentIds"), spec("studentMask"), spec("studentPositions"), spec("tokenMask"), [extra.lossScale, { dtype: "float32", shape: [] }] as [string, BatchSpec]]
+  const student: [string, BatchSpec][] = [spec("studentIds"), spec("studentMask"), spec("studentPositions"), spec("tokenMask"), [extra.lossScale, { dtype: "float32", shape: [] }]]
+  if (dropout) student.push([extra.dropoutSeed, { dtype: "int64", shape: [] }])
   if (teacher.mode === "recompute") return Object.fromEntries([...student, spec("teacherIds"), spec("teacherMask"), spec("teacherPositions")])
   return Object.fromEntries([
     ...student,
@@ -133,12 +139,13 @@ const stepInputs = (teacher: TeacherLogitsSet): Record<string, BatchSpec> => {
 }
 
 /** One micro-batch's feeds, padded to `shape`; `scale` multiplies its summed KL. */
-const microFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, rows: number[], padId: number, starts: number[], shape: PairShape, scale: number) => {
+const microFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, rows: number[], padId: number, starts: number[], shape: PairShape, scale: number, seed: number | undefined) => {
   const b = pairBatch(set, rows, padId, starts, shape)
   const feeds: Record<string, ort.Tensor> = {
     ...pairFeeds(b, teacher.mode === "recompute" ? undefined : ["studentIds", "studentMask", "studentPositions", "tokenMask"]),
     [extra.lossScale]: new ort.Tensor("float32", Float32Array.of(scale), []),
   }
+  if (seed !== undefined) feeds[extra.dropoutSeed] = new ort.Tensor("int64", BigInt64Array.of(BigInt(seed)), [])
   if (teacher.mode === "stored") {
     const k = teacher.topK
     const ids = new BigInt64Array(shape.tokens * k)
@@ -171,8 +178,9 @@ const stack = (parts: ReadonlyArray<Record<string, ort.Tensor>>): Record<string,
     }),
   )
 
-/** The feeds of one optimizer step: micro-batches padded to one shape, KL scaled to the step's token mean. */
-export const stepFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, micro: number[][], padId: number, starts: number[]) => {
+/** The feeds of one optimizer step: micro-batches padded to one shape, KL scaled to the step's
+ * token mean; with `seedOf`, micro-batch m's dropout seed is seedOf(m). */
+const stepFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, micro: number[][], padId: number, starts: number[], seedOf?: (m: number) => number) => {
   const shapes = micro.map((rows) => pairShape(set, rows))
   const tokens = shapes.reduce((n, s) => n + s.tokens, 0)
   const M = micro.length
@@ -186,7 +194,7 @@ export const stepFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, micro: 
           tokens: Math.max(1, ...shapes.map((s) => s.tokens)),
         }
   // buildTrainStep averages the micro-batch losses: M / tokens makes the average Σ KL / tokens
-  const parts = micro.map((rows) => microFeeds(set, teacher, rows, padId, starts, shape, M / tokens))
+  const parts = micro.map((rows, m) => microFeeds(set, teacher, rows, padId, starts, shape, M / tokens, seedOf?.(m)))
   return { feeds: M === 1 ? parts[0] : stack(parts), tokens }
 }
 
@@ -252,7 +260,7 @@ const shouldStop = (history: ReadonlyArray<EpochRecord>, patience: number): bool
 
 export const loraTrain = stage({
   name: "lora-train",
-  version: 1,
+  version: 2, // 2: dropout masks from a fed per-step seed (resumable)
   params: LoraTrainParams,
   unkeyed: ["validationBatchSize", "threads", "checkpointEvery"],
   inputs: { model: Directory, trajectories: Trajectories, teacher: TeacherLogits, validation: Trajectories },
@@ -288,11 +296,11 @@ export const loraTrain = stage({
       buildTrainStep({
         graph: g,
         params: loraParamSpecs(targets, params.rank),
-        batch: stepInputs(teacher),
+        batch: stepInputs(teacher, params.dropout > 0),
         microBatches: params.gradAccum,
         adamw: { weightDecay: params.weightDecay, maxGradNorm: params.maxGradNorm },
         loss: (sub, p, b) => {
-          const hook = loraHook(loraFromParams(targets, p), loraScale(config), params.dropout > 0 ? { dropout: params.dropout, seed: params.seed } : {})
+          const hook = loraHook(loraFromParams(targets, p), loraScale(config), params.dropout > 0 ? { dropout: params.dropout, seed: b[extra.dropoutSeed] } : {})
           const student = headAtPositions(sub, ckpt, source, b[pairInputs.studentIds.name], b[pairInputs.studentMask.name], b[pairInputs.studentPositions.name], hook)
           const mask = b[pairInputs.tokenMask.name]
           const kl =
@@ -342,7 +350,7 @@ export const loraTrain = stage({
         const step = p.state.step + 1
         const epoch = Math.floor((step - 1) / perEpoch)
         if (epochCache?.epoch !== epoch) epochCache = { epoch, steps: epochSteps(train, params.batchSize, params.gradAccum, params.seed, epoch) }
-        const batch = stepFeeds(train, teacher, epochCache.steps[(step - 1) % perEpoch], padId, starts)
+        const batch = stepFeeds(train, teacher, epochCache.steps[(step - 1) % perEpoch], padId, starts, params.dropout > 0 ? (m) => dropoutSeed(params.seed, step, m) : undefined)
         const lr = learningRate(schedule, step)
         const started = performance.now()
         const result = yield* Effect.mapError(trainStep(session, p.state, batch.feeds, lr), (e) => new Error(e.message))

@@ -96,22 +96,36 @@ describe("LoRA", () => {
 })
 
 describe("LoRA dropout", () => {
-  it("drops about rate of the adapter's inputs, scales the rest by 1/(1-rate), and draws a new mask each run", async () => {
-    // one linear layer with a LoRA of identity-like A, B: out = scale * B A dropout(x) isolates the mask
+  it("drops about rate of the adapter's inputs, scales the rest by 1/(1-rate); masks follow the fed seed and differ by layer", async () => {
+    // linear layers with a LoRA of identity A, B: out = scale * B A dropout(x) isolates the mask
     const g = new Graph("dropout")
     const x = g.input("x", "float32", [2000, 4])
-    const site = { layer: 0, module: "m", inFeatures: 4, outFeatures: 4, weight: undefined as never }
+    const seed = g.input("seed", "int64", [])
+    const site = (module: string) => ({ layer: 0, module, inFeatures: 4, outFeatures: 4, weight: undefined as never })
     const eye = (n: number) => g.constant("float32", [n, n], Array.from({ length: n * n }, (_, i) => (i % (n + 1) === 0 ? 1 : 0)))
-    const hook = loraHook(new Map([["m", { a: eye(4), b: eye(4) }]]), 1, { dropout: 0.25, seed: 7 })
-    g.outputAs("y", hook(g, site, x, g.zerosLike(x)))
+    const hook = loraHook(
+      new Map([
+        ["m", { a: eye(4), b: eye(4) }],
+        ["m2", { a: eye(4), b: eye(4) }],
+      ]),
+      1,
+      { dropout: 0.25, seed },
+    )
+    g.outputAs("y", hook(g, site("m"), x, g.zerosLike(x)))
+    g.outputAs("y2", hook(g, site("m2"), x, g.zerosLike(x)))
     const session = await Effect.runPromise(createSession(serialize(g)))
-    const feeds = { x: tensor("float32", [2000, 4], Array(8000).fill(1)) }
-    const a = Array.from((await run(session, feeds)).y.data as Float32Array)
-    const b = Array.from((await run(session, feeds)).y.data as Float32Array)
+    const masks = async (s: number) => {
+      const out = await run(session, { x: tensor("float32", [2000, 4], Array(8000).fill(1)), seed: tensor("int64", [], [s]) })
+      return [Array.from(out.y.data as Float32Array), Array.from(out.y2.data as Float32Array)]
+    }
+    const [a, a2] = await masks(7)
     const zeros = a.filter((v) => v === 0).length
     expect(a.every((v) => v === 0 || Math.abs(v - 1 / 0.75) < 1e-6)).toBe(true)
     expect(Math.abs(zeros / 8000 - 0.25)).toBeLessThan(0.03) // binomial sd ~0.005
-    expect(a).not.toEqual(b)
+    expect(a2).not.toEqual(a)
+    expect((await masks(7))[0]).toEqual(a)
+    expect((await masks(8))[0]).not.toEqual(a)
+    expect(() => loraHook(new Map(), 1, { dropout: 0.1 })).toThrow(/dropout needs a seed input/)
   })
 })
 
@@ -213,6 +227,7 @@ const batchSpec = {
   targets: { dtype: "int64", shape: ["batch", "seq"] },
   loss_mask: { dtype: "float32", shape: ["batch", "seq"] },
 } as const
+const dropoutBatchSpec = { ...batchSpec, dropout_seed: { dtype: "int64", shape: [] } } as const
 
 describe("training through buildTrainStep", () => {
   it("LoRA (with dropout) lowers the cross-entropy; the base weights stay external and frozen", async () => {
@@ -228,10 +243,10 @@ describe("training through buildTrainStep", () => {
         buildTrainStep({
           graph: g,
           params: loraParamSpecs(targets, r),
-          batch: batchSpec,
+          batch: dropoutBatchSpec,
           adamw: { weightDecay: 0 },
           loss: (sub, params, b) => {
-            const hook = loraHook(loraFromParams(targets, params), 2, { dropout: 0.1, seed: 1 })
+            const hook = loraHook(loraFromParams(targets, params), 2, { dropout: 0.1, seed: b.dropout_seed })
             const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: hook })
             return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
           },
@@ -243,7 +258,7 @@ describe("training through buildTrainStep", () => {
     let state = initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
     const losses: number[] = []
     for (let i = 0; i < 30; i++) {
-      const res = await Effect.runPromise(trainStep(session, state, trainBatch(), 0.02))
+      const res = await Effect.runPromise(trainStep(session, state, { ...trainBatch(), dropout_seed: tensor("int64", [], [i]) }, 0.02))
       state = res.state
       losses.push(res.loss)
     }
