@@ -65,7 +65,9 @@ export const createSession = (model: Uint8Array | string, options: SessionOption
       new SessionError({
         model: name,
         device: describeDevice(device),
-        message: `cannot create an onnxruntime session for ${name} on ${describeDevice(device)}: ${e instanceof Error ? e.message : String(e)}`,
+        message:
+          `cannot create an onnxruntime session for ${name} on ${describeDevice(device)}: ${e instanceof Error ? e.message : String(e)}` +
+          (device.kind === "cuda" ? " (`npx pipe doctor` tells what is missing for CUDA; without --gpus stages run on the CPU)" : ""),
       }),
   }).pipe(Effect.map((s) => ({ ort: s, model: name, device })))
 }

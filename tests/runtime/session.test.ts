@@ -32,7 +32,7 @@ describe("sessions", () => {
     const result = await Effect.runPromise(Effect.result(createSession(model(), { device: cuda(0) })))
     if (result._tag === "Failure") {
       // no usable CUDA provider here: a clear error naming the device
-      expect(result.failure.message).toMatch(/on cuda:0/)
+      expect(result.failure.message).toMatch(/on cuda:0: .*pipe doctor. tells what is missing for CUDA/)
     } else {
       expect(result.success.device).toEqual({ kind: "cuda", deviceId: 0 })
     }
