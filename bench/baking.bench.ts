@@ -8,7 +8,8 @@
 // and the whole pipeline's wall time (goal, issue 6: under 10 minutes on a 2-core CPU) with the
 // compare figures it produced (KL reduction, behaviour gap). Side by side in the same run, the
 // same pipeline with `teacher-logits.mode=recompute` (the prompted model runs inside the training
-// graph instead of being read from the stored top-k): its training tokens/s and KL reduction.
+// graph instead of being read from the stored top-k): its training tokens/s and KL reduction; and
+// with `lora-train.dropout=0.05` (masks hashed in the graph, src/graph/random.ts): the same two.
 import { Effect } from "effect"
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import { cpus, tmpdir } from "node:os"
@@ -32,6 +33,7 @@ try {
   const cold = await run()
   const cached = await run()
   const recompute = await run(["teacher-logits.mode=recompute"])
+  const dropout = await run(["lora-train.dropout=0.05"])
   store.close()
 
   const metricsOf = (runDir: string) =>
@@ -50,21 +52,29 @@ try {
   const storedBytes = one("teacher-logits", "teacher_bytes_per_token")
   const comparisonOf = (runDir: string) => JSON.parse(readFileSync(join(runDir, "compare.json"), "utf8")) as BakeComparison
   const comparison = comparisonOf(cold.summary.runDir)
-  const recomputeTraining = median(values("lora-train", "tokens_per_s", metricsOf(recompute.summary.runDir)))
+  const trainingOf = (runDir: string) => median(values("lora-train", "tokens_per_s", metricsOf(runDir)))
+  const training = trainingOf(cold.summary.runDir)
+  const recomputeTraining = trainingOf(recompute.summary.runDir)
+  const dropoutTraining = trainingOf(dropout.summary.runDir)
   const result = {
     machine: { cpus: cpus().length, model: cpus()[0]?.model },
     pipeline: "pipelines/blue.ts (defaults, models/tiny-chat, CPU)",
     wall_seconds: { cold: cold.seconds, fully_cached: cached.seconds },
     sampling_tokens_per_s: { train: one("sample_train", "sampling_tokens_per_s"), validation: one("sample_validation", "sampling_tokens_per_s") },
     teacher_tokens_per_s: one("teacher-logits", "teacher_tokens_per_s"),
-    training_tokens_per_s_median: median(values("lora-train", "tokens_per_s")),
+    training_tokens_per_s_median: training,
     teacher_bytes_per_token: { stored: storedBytes, full_fp32_logits: 4 * vocab, saving: (4 * vocab) / storedBytes },
     compare: { kl_reduction: comparison.klReduction, behaviour_gap_points: comparison.behaviourGap, rows: comparison.rows },
     recompute_teacher: {
       training_tokens_per_s_median: recomputeTraining,
-      stored_over_recompute_speed: median(values("lora-train", "tokens_per_s")) / recomputeTraining,
+      stored_over_recompute_speed: training / recomputeTraining,
       kl_reduction: comparisonOf(recompute.summary.runDir).klReduction,
       wall_seconds_of_rerun: recompute.seconds,
+    },
+    dropout_0_05: {
+      training_tokens_per_s_median: dropoutTraining,
+      no_dropout_over_dropout_speed: training / dropoutTraining,
+      kl_reduction: comparisonOf(dropout.summary.runDir).klReduction,
     },
   }
   console.log(`blue pipeline: ${cold.seconds.toFixed(1)} s cold, ${cached.seconds.toFixed(2)} s fully cached`)
@@ -72,6 +82,7 @@ try {
   console.log(`teacher logits: ${storedBytes.toFixed(0)} bytes/token stored vs ${4 * vocab} for full fp32 logits (${result.teacher_bytes_per_token.saving.toFixed(1)}x smaller)`)
   console.log(`KL reduced ${comparison.klReduction.toFixed(1)}x; baked behaviour ${comparison.behaviourGap.toFixed(1)} points below prompted`)
   console.log(`recomputed teacher: training ${recomputeTraining.toFixed(0)} tok/s (stored/recompute ${result.recompute_teacher.stored_over_recompute_speed.toFixed(2)}x), KL reduced ${result.recompute_teacher.kl_reduction.toFixed(1)}x`)
+  console.log(`dropout 0.05: training ${dropoutTraining.toFixed(0)} tok/s (no dropout / dropout ${result.dropout_0_05.no_dropout_over_dropout_speed.toFixed(2)}x), KL reduced ${result.dropout_0_05.kl_reduction.toFixed(1)}x`)
   mkdirSync(join(import.meta.dirname, "results"), { recursive: true })
   writeFileSync(join(import.meta.dirname, "results", "baking.json"), `${JSON.stringify(result, null, 2)}\n`)
 } finally {
