@@ -70,12 +70,13 @@ export interface LoraHookOptions {
 
 export const loraHook = (modules: ReadonlyMap<string, LoraValues>, scale: number, options: LoraHookOptions = {}): LinearHook => {
   const p = options.dropout ?? 0
-  if (p > 0 && !options.seed) throw new Error("loraHook: dropout needs a seed input")
+  const seed = options.seed
+  if (p > 0 && !seed) throw new Error("loraHook: dropout needs a seed input")
   let n = 0
   return (g, site, x, y) => {
     const m = modules.get(site.module)
     if (!m) return y
-    const xin = p > 0 ? dropout(g, x, p, g.add(options.seed!, g.scalar(n++, "int64"))) : x
+    const xin = p > 0 && seed ? dropout(g, x, p, g.add(seed, g.scalar(n++, "int64"))) : x
     return g.add(y, g.mul(g.linear(g.linear(xin, m.a), m.b), g.scalar(scale)))
   }
 }

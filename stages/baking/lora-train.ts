@@ -285,6 +285,7 @@ export const loraTrain = stage({
         loraConfigFor(ckpt, { r: params.rank, loraAlpha: params.alpha, loraDropout: params.dropout, targetModules: params.targetModules, useRslora: params.useRslora }),
         (e) => new Error(e.message),
       )
+      const withDropout = params.dropout > 0
       const device = runtimeDevice(ctx.device)
       const threads = params.threads > 0 ? { intraOpThreads: params.threads } : {}
 
@@ -296,11 +297,11 @@ export const loraTrain = stage({
       buildTrainStep({
         graph: g,
         params: loraParamSpecs(targets, params.rank),
-        batch: stepInputs(teacher, params.dropout > 0),
+        batch: stepInputs(teacher, withDropout),
         microBatches: params.gradAccum,
         adamw: { weightDecay: params.weightDecay, maxGradNorm: params.maxGradNorm },
         loss: (sub, p, b) => {
-          const hook = loraHook(loraFromParams(targets, p), loraScale(config), params.dropout > 0 ? { dropout: params.dropout, seed: b[extra.dropoutSeed] } : {})
+          const hook = loraHook(loraFromParams(targets, p), loraScale(config), withDropout ? { dropout: params.dropout, seed: b[extra.dropoutSeed] } : {})
           const student = headAtPositions(sub, ckpt, source, b[pairInputs.studentIds.name], b[pairInputs.studentMask.name], b[pairInputs.studentPositions.name], hook)
           const mask = b[pairInputs.tokenMask.name]
           const kl =
@@ -350,7 +351,7 @@ export const loraTrain = stage({
         const step = p.state.step + 1
         const epoch = Math.floor((step - 1) / perEpoch)
         if (epochCache?.epoch !== epoch) epochCache = { epoch, steps: epochSteps(train, params.batchSize, params.gradAccum, params.seed, epoch) }
-        const batch = stepFeeds(train, teacher, epochCache.steps[(step - 1) % perEpoch], padId, starts, params.dropout > 0 ? (m) => dropoutSeed(params.seed, step, m) : undefined)
+        const batch = stepFeeds(train, teacher, epochCache.steps[(step - 1) % perEpoch], padId, starts, withDropout ? (m) => dropoutSeed(params.seed, step, m) : undefined)
         const lr = learningRate(schedule, step)
         const started = performance.now()
         const result = yield* Effect.mapError(trainStep(session, p.state, batch.feeds, lr), (e) => new Error(e.message))

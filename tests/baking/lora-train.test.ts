@@ -11,7 +11,7 @@
 //   gives the last validation KL again through distill.ts meanPromptedKl;
 // - a run with dropout killed after step 5 resumes from the step-4 checkpoint to the same adapter
 //   and history (the masks are a function of seed, step and micro-batch), which differ from those
-//   of a run without dropout;
+//   of a run without dropout; the same with gradient accumulation (a seed per micro-batch);
 // - with early stopping, a validation set the training can only make worse (teacher prompt ==
 //   student prompt, so the base model is exact) stops after `patience` epochs and outputs epoch 0.
 import { Effect, Exit } from "effect"
@@ -186,6 +186,19 @@ describe("lora-train", () => {
     const [a, b] = [summary(whole), summary(resumed)]
     expect(b.steps).toBe(12)
     b.valKl.forEach((v, i) => expect(Math.abs(v - a.valKl[i])).toBeLessThan(1e-6))
+  }, 60_000)
+
+  it("with gradient accumulation (a dropout seed per micro-batch), dropout changes the adapter and a killed run still resumes to the same one", async () => {
+    // 48 trajectories in steps of 8 x 2: 3 steps per epoch, 6 in all; checkpoints at steps 2 and 4
+    const p = { ...params, epochs: 2, gradAccum: 2, dropout: 0.1 }
+    const whole = await runStage(p)
+    const workDir = tempDir("pipe-lora-train-resume-accum-")
+    expect(Exit.isFailure((await runStage(p, {}, { workDir, stopAt: 5 })).exit)).toBe(true)
+    const resumed = await runStage(p, {}, { workDir })
+    expect(resumed.logs.some((l) => l.startsWith("resumed from") && l.includes("at step 4 of 6"))).toBe(true)
+    expect(maxDiff(output(whole).tensors, output(resumed).tensors)).toBeLessThan(1e-6)
+    // the masks matter: without dropout the same steps give another adapter
+    expect(maxDiff(output(whole).tensors, output(await runStage({ ...p, dropout: 0 })).tensors)).toBeGreaterThan(1e-3)
   }, 60_000)
 
   it("early stopping stops after `patience` epochs without improvement and outputs the best epoch", async () => {
