@@ -76,7 +76,7 @@ export interface StoredPoint {
 }
 
 /** Numbers by value, anything else by its canonical JSON, so `rank: 4` comes before `rank: 16`. */
-const compareValues = (a: unknown, b: unknown): number => {
+export const compareValues = (a: unknown, b: unknown): number => {
   if (typeof a === "number" && typeof b === "number") return a - b
   const [x, y] = [canonicalJson(a), canonicalJson(b)]
   return x < y ? -1 : x > y ? 1 : 0
