@@ -51,6 +51,35 @@ describe("gather", () => {
     expect(collected(removed).map((p) => p.coords.x)).toEqual([1, 3])
   })
 
+  it("early cutoff: instances rerun with identical outputs leave the gather cached", async () => {
+    await runApi(sb, "gather.ts")
+    const again = await runApi(sb, "gather.ts", { rerun: ["point"] })
+    expect(ran(again)).toEqual(["point[x=1]", "point[x=2]", "point[x=3]"])
+    expect(again.nodes.find((n) => n.name === "collect")!.status).toBe("cached")
+  })
+
+  it("a gathering stage in a child process receives the points too", async () => {
+    const file = writePipeline(
+      sb,
+      "apart.ts",
+      `import { Effect, Schema } from "effect"
+       import { Artifact, gather, gathered, pipeline, stage, sweep } from "@engine"
+       import { Score, point } from ${JSON.stringify(fixture("gather.ts"))}
+       const weighted = stage({
+         name: "weighted", version: 1, params: Schema.Struct({}), inputs: { points: gathered(Score) },
+         output: Artifact.json("Weighted", Schema.Number), resources: { isolate: "process" },
+         run: ({ inputs }) => Effect.succeed(inputs.points.reduce((a, p) => a + Number(p.coords.x) * p.value.score, 0)),
+       })
+       export default pipeline("apart", [weighted({}, { points: gather(point({ x: sweep([3, 1, 2]), y: "ab" })) })])`,
+    )
+    const s = await runApi(sb, file)
+    expect(s.status).toBe("succeeded")
+    const store = new Store(sb.cacheDir)
+    // 1 * 12 + 2 * 22 + 3 * 32
+    expect(JSON.parse(store.readJson(s.nodes.find((n) => n.name === "weighted")!.output!))).toBe(152)
+    store.close()
+  })
+
   it("a partial gather over one of two swept params gives one gathering node per value of the other", async () => {
     const file = writePipeline(
       sb,
