@@ -62,9 +62,6 @@ export const gather = <O extends ArtifactType>(node: Node<O>, options: GatherOpt
   return { _tag: "Gather", output: gathered(node.output), node, over: options.over }
 }
 
-/** By tag, as `isSweep`: a pipeline may reach the engine through another copy of this module. */
-export const isGather = (u: unknown): u is Gather<ArtifactType> => typeof u === "object" && u !== null && (u as Gather<ArtifactType>)._tag === "Gather"
-
 /** A point as planned (the instance's node index) and as executed (its artifact hash). */
 export interface PlannedPoint {
   readonly coords: Coordinates
@@ -83,7 +80,7 @@ export const compareValues = (a: unknown, b: unknown): number => {
 }
 
 /** The canonical order of points: by coordinate names sorted, then by each coordinate's value. */
-export const compareCoords = (a: Coordinates, b: Coordinates): number => {
+const compareCoords = (a: Coordinates, b: Coordinates): number => {
   for (const name of [...new Set([...Object.keys(a), ...Object.keys(b)])].sort()) {
     const c = compareValues(a[name], b[name])
     if (c !== 0) return c

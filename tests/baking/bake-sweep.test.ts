@@ -50,7 +50,7 @@ describe("pipelines/bake-sweep.ts on a reduced sweep", () => {
       for (const c of compares) {
         const value = JSON.parse(store.readJson(c.output!)) as BakeComparison
         const baked = value.rows.find((r) => r.variant === "baked")!
-        const row = table.rows.find((r) => r.systemPrompt === value.systemPrompt && c.name.includes(`lora-train.rank=${r.rank},`))!
+        const row = table.rows.find((r) => r.systemPrompt === value.systemPrompt && c.name.endsWith(`lora-train.rank=${r.rank}]`))!
         expect(row).toEqual({
           rank: row.rank,
           systemPrompt: value.systemPrompt,
@@ -77,5 +77,5 @@ describe("pipelines/bake-sweep.ts on a reduced sweep", () => {
     } finally {
       store.close()
     }
-  }, 300_000)
+  }, 600_000)
 })
