@@ -7,7 +7,7 @@ import { beforeEach, describe, expect, it } from "vitest"
 import { tableCommand } from "../../src/cli/table.ts"
 import { Store } from "../../src/engine/index.ts"
 import { csv, markdown, numericLeaves, pick, selectColumns, sortRows, type Table } from "../../src/engine/table.ts"
-import { fixture, runApi, sandbox, writePipeline, type Sandbox } from "./helpers.ts"
+import { cli, fixture, runApi, sandbox, writePipeline, type Sandbox } from "./helpers.ts"
 
 const comparison = { klReduction: 16.25, rows: [{ variant: "base", kl: 1.338 }, { variant: "baked", kl: 0.0823, behaviour: { rate: 0.97 } }] }
 
@@ -124,4 +124,13 @@ describe("sweep-table stage and pipe table", () => {
     await expect(pipeTable([file, "point"], { "--columns": ["x,nope"] })).rejects.toThrow('column "nope": not a coordinate, metric or value of point (coordinates: x; metrics: loss; numbers: score, x)')
     await expect(pipeTable([file, "nothing"])).rejects.toThrow(`no call named "nothing" in ${file} (calls: point, collect)`)
   })
+
+  it("the pipe command takes the options (a descending sort key after --sort is its value, not an option)", async () => {
+    const file = fixture("gather.ts")
+    await runApi(sb, file)
+    const ok = await cli(sb, ["table", file, "point", "--sort", "-score", "--columns", "x,score", "--format", "csv"])
+    expect([ok.code, ok.stdout]).toEqual([0, ["x,score", "3,32", "2,22", "1,12", ""].join("\r\n")])
+    const bad = await cli(sb, ["table", file, "--format", "xml"])
+    expect([bad.code, bad.stderr]).toEqual([2, "pipe: --format expects md, csv or json, got xml\n"])
+  }, 60_000)
 })
