@@ -14,6 +14,7 @@ import { cpus, tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { planFile, runPipeline, silentReporter, Store } from "../src/engine/index.ts"
 import { hashJson } from "../src/engine/hash.ts"
+import { inputHash } from "../src/engine/plan.ts"
 
 const repo = resolve(import.meta.dirname, "..")
 const now = () => performance.now()
@@ -69,7 +70,7 @@ const measure = async (sources: number, fanout: number) => {
     t = now()
     const outputs = new Map<number, string>()
     for (const n of plan.nodes) {
-      const key = hashJson({ stage: n.stage.spec.name, version: n.stage.spec.version, params: n.keyParams, inputs: Object.fromEntries(n.inputs.map(([k, inp]) => [k, inp.kind === "node" ? outputs.get(inp.node) : inp.hash])) })
+      const key = hashJson({ stage: n.stage.spec.name, version: n.stage.spec.version, params: n.keyParams, inputs: Object.fromEntries(n.inputs.map(([k, inp]) => [k, inputHash(inp, (d) => outputs.get(d)!)])) })
       const row = select.get(key) as { hash: string } | undefined
       if (!row) throw new Error("reference: missing cache row")
       outputs.set(n.index, row.hash)

@@ -4,11 +4,13 @@
 // prompted evaluations. Training and evaluation are GPU stages: with
 //   npx pipe run pipelines/bake-sweep.ts --gpus 0,1,2,3
 // the lora-train nodes spread over the four devices (without GPUs they run on the CPU, --jobs at a
-// time). Each point publishes compare[<point>].md / .json into the run folder. As in blue.ts,
-// --set model.path=DIR points it at a real local HF checkpoint.
+// time). The eight comparisons are gathered into one table (sweep.md, printed at the end of the run;
+// sweep.csv, sweep.json); `npx pipe table <run> compare` shows every number of each comparison. As
+// in blue.ts, --set model.path=DIR points it at a real local HF checkpoint.
 import { pipeline, sweep, zip } from "../src/engine/index.ts"
 import { behaviours } from "../src/text/behaviours.ts"
-import { bakeExperiment, publishComparison } from "../stages/baking/experiment.ts"
+import { bakeExperiment, bakeSweepTable } from "../stages/baking/experiment.ts"
+import { publishTable } from "../stages/table.ts"
 
 // the system prompt and the checker that recognises its behaviour vary together
 const prompts = zip({
@@ -17,5 +19,6 @@ const prompts = zip({
 })
 
 const { comparison } = bakeExperiment({ ...prompts, lora: { rank: sweep([4, 16]), lr: sweep([3e-3, 1e-2]) } })
+const table = bakeSweepTable(comparison)
 
-export default pipeline("bake-sweep", { comparison }, publishComparison(comparison))
+export default pipeline("bake-sweep", { table }, { publish: publishTable(table, "sweep"), print: ["sweep.md"] })

@@ -9,6 +9,7 @@ import { componentsOf, diffComponents, explainPlan } from "../engine/explain.ts"
 import { barReporter, lineReporter } from "../engine/progress.ts"
 import { planFile, runPipeline } from "../engine/run.ts"
 import { Store, type ExecutionRow } from "../engine/store.ts"
+import { tableCommand } from "./table.ts"
 import { doctor } from "../runtime/doctor.ts"
 
 const USAGE = `usage: pipe <command> [options]
@@ -31,6 +32,7 @@ commands:
   show <run|node>       a run's nodes, or a node's latest execution (node: display name or key prefix)
   logs <node>           the log of a node's latest execution
   why <node>            what changed in a node's key since its previous execution
+  table <run|pipeline.ts> [node]  a sweep as a table: coordinates x values and metrics [--columns a,b] [--sort -a,b] [--format md|csv|json] [--set ...]
   gc                    delete payloads no cache entry refers to
   doctor                execution providers, GPUs, library versions, and what is missing for CUDA
 
@@ -49,7 +51,7 @@ interface Args {
 }
 
 const FLAGS = new Set(["--dry-run", "--fail-fast", "--plain", "--help"])
-const OPTIONS = new Set(["--set", "--rerun", "--jobs", "--gpus", "--gpu-slots", "--memory", "--cache-dir", "--runs-dir", "--limit"])
+const OPTIONS = new Set(["--set", "--rerun", "--jobs", "--gpus", "--gpu-slots", "--memory", "--cache-dir", "--runs-dir", "--limit", "--columns", "--sort", "--format"])
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
   const [command = "--help", ...rest] = argv
@@ -264,6 +266,8 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         return cmdWhy(args)
       case "gc":
         return cmdGc(args)
+      case "table":
+        return await tableCommand(args, openStore(args), runsDir(args), (text) => process.stdout.write(text))
       case "doctor": {
         const report = await Effect.runPromise(doctor())
         for (const line of report.lines) out(line)

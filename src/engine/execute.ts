@@ -5,6 +5,7 @@ import { appendFileSync, mkdirSync, rmSync } from "node:fs"
 import { dirname } from "node:path"
 import type { ArtifactType, TensorsOutput, TensorsValue } from "./artifact.ts"
 import { CorruptArtifact, NodeFailed, errorMessage } from "./errors.ts"
+import type { Point, StoredPoint } from "./gather.ts"
 import { canonicalJson, sha256 } from "./hash.ts"
 import type { PlanNode } from "./plan.ts"
 import type { Device, StageContext } from "./stage.ts"
@@ -17,8 +18,10 @@ export interface NodeRequest {
   readonly executionId: number
   readonly recipe: string
   readonly key: string
-  /** Content hash of each input (artifact hash for node inputs, content hash for external ones). */
+  /** Content hash of each input (artifact hash for node inputs, content hash for external ones, points hash for gathered ones). */
   readonly inputHashes: ReadonlyArray<readonly [string, string]>
+  /** The points of each gathered input, with their artifact hashes. */
+  readonly gathered: Readonly<Record<string, ReadonlyArray<StoredPoint>>>
   readonly device: Device
   readonly logPath: string
   readonly metricsPath: string
@@ -39,20 +42,26 @@ export interface ProgressEvent {
 
 const storageKind = (t: ArtifactType): StorageKind => (t._tag === "json" ? "json" : t._tag === "tensors" ? "tensors" : "file")
 
-const loadInput = (store: Store, node: PlanNode, name: string, hash: string) =>
+/** A stored artifact as a consumer declaring `type` receives it (throws CorruptArtifact when the payload is bad). */
+const loadArtifact = (store: Store, type: ArtifactType, hash: string): unknown => {
+  if (type._tag === "json") return Schema.decodeUnknownSync(type.schema)(JSON.parse(store.readJson(hash)))
+  const { artifact, path } = store.verifiedPath(hash)
+  if (type._tag === "tensors") {
+    const header = Effect.runSync(Safetensors.readHeader(path))
+    const read = (tensor: string) => Effect.runSync(Safetensors.readTensor(header, tensor))
+    return { path, hash, size: artifact.size, header, metadata: header.metadata, read } satisfies TensorsValue
+  }
+  return { path, hash, size: artifact.size }
+}
+
+const loadInput = (store: Store, node: PlanNode, req: NodeRequest, name: string, hash: string) =>
   Effect.try({
-    try: () => {
+    try: (): unknown => {
       const input = node.inputs.find(([n]) => n === name)![1]
       if (input.kind === "external") return { path: input.path, hash, size: 0 }
       const type = node.stage.spec.inputs[name]
-      if (type._tag === "json") return Schema.decodeUnknownSync(type.schema)(JSON.parse(store.readJson(hash)))
-      const { artifact, path } = store.verifiedPath(hash)
-      if (type._tag === "tensors") {
-        const header = Effect.runSync(Safetensors.readHeader(path))
-        const read = (tensor: string) => Effect.runSync(Safetensors.readTensor(header, tensor))
-        return { path, hash, size: artifact.size, header, metadata: header.metadata, read } satisfies TensorsValue
-      }
-      return { path, hash, size: artifact.size }
+      if (type._tag !== "gathered") return loadArtifact(store, type, hash)
+      return req.gathered[name].map((p): Point<unknown> => ({ coords: p.coords, value: loadArtifact(store, type.element, p.hash) }))
     },
     catch: (e) =>
       e instanceof CorruptArtifact ? e : new NodeFailed({ node: node.name, message: `input "${name}": ${errorMessage(e)}` }),
@@ -94,7 +103,7 @@ export const executeNode = (
     mkdirSync(dirname(req.logPath), { recursive: true })
     const log = (message: string) => appendFileSync(req.logPath, `${new Date().toISOString()} ${message}\n`)
     const inputs: Record<string, unknown> = {}
-    for (const [name, hash] of req.inputHashes) inputs[name] = yield* loadInput(store, node, name, hash)
+    for (const [name, hash] of req.inputHashes) inputs[name] = yield* loadInput(store, node, req, name, hash)
 
     const workDir = store.workDir(req.key)
     const metrics: Array<readonly [number, string, string, string, number | null, number, number]> = []

@@ -1,7 +1,7 @@
 // Why a node is cached or must run: its cache key's components (version, params, input hashes)
 // compared with the node's previous execution. Used by `--dry-run`, `pipe status` and `pipe why`.
 import { canonicalJson } from "./hash.ts"
-import { cacheKey, type Plan } from "./plan.ts"
+import { cacheKey, inputHash, type Plan } from "./plan.ts"
 import type { ExecutionRow, Store } from "./store.ts"
 
 export interface KeyComponents {
@@ -47,9 +47,14 @@ export const explainPlan = (store: Store, plan: Plan, rerun: ReadonlyArray<strin
   return plan.nodes.map((n): Explanation => {
     const base = { name: n.name, stage: n.stage.spec.name, sourceChanged: false }
     const unknown = n.deps.filter((d) => !outputs.has(d))
-    if (unknown.length > 0)
-      return { ...base, state: "pending", reason: `after ${unknown.map((d) => plan.nodes[d].name).join(", ")} (stays cached if their outputs come out unchanged)` }
-    const inputs = n.inputs.map(([name, i]) => [name, i.kind === "external" ? i.hash : outputs.get(i.node)!] as const)
+    // a gathering node names how many instances it gathers instead of listing them
+    const gathers = n.inputs.flatMap(([, i]) => (i.kind === "gather" ? [`gathers ${i.points.length} instances of ${i.of}`] : [])).join(", ")
+    const why = (reason: string) => (gathers ? `${gathers}; ${reason}` : reason)
+    if (unknown.length > 0) {
+      const after = gathers ? `${gathers}; waits for ${unknown.length} not done yet` : `after ${unknown.map((d) => plan.nodes[d].name).join(", ")}`
+      return { ...base, state: "pending", reason: `${after} (stays cached if their outputs come out unchanged)` }
+    }
+    const inputs = n.inputs.map(([name, i]) => [name, inputHash(i, (d) => outputs.get(d)!)] as const)
     const key = cacheKey(n, inputs)
     const hit = store.lookup(key)
     if (hit) outputs.set(n.index, hit.hash)
@@ -61,12 +66,12 @@ export const explainPlan = (store: Store, plan: Plan, rerun: ReadonlyArray<strin
     }
     if (hit) return { ...base, key, state: "cached", reason: sourceChanged ? "cached, but the stage's source changed since (use --rerun)" : "cached", sourceChanged }
     const prev = latest.get(n.name)
-    if (prev === undefined) return { ...base, key, state: "run", reason: "never run" }
+    if (prev === undefined) return { ...base, key, state: "run", reason: why("never run") }
     const diff = diffComponents(componentsOf(prev), { version: n.stage.spec.version, params: n.keyParams, inputs: Object.fromEntries(inputs) })
     const reason =
       diff.length > 0 ? diff.join("; ")
       : prev.status === "succeeded" ? "previous result is gone (gc'd or corrupt)"
       : `previous execution ${prev.status}${prev.error ? `: ${prev.error.split("\n")[0]}` : ""}`
-    return { ...base, key, state: "run", reason }
+    return { ...base, key, state: "run", reason: why(reason) }
   })
 }

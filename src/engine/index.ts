@@ -26,6 +26,11 @@
 // Published files are written after every run, a fully cached one too; a swept node writes one file
 // per instance (`report[temperature=0.7].md`). `--set name.param=value` overrides a stage call's param.
 //
+// Fan-in over a sweep: a stage input declared `gathered(Metrics)` takes `gather(node)` and receives
+// every instance's value with its sweep coordinates ([{ coords: { lr: 0.001 }, value }, ...]);
+// `gather(node, { over: ["lr"] })` gathers along lr only (one gathering instance per value of the
+// other sweeps). stages/table.ts turns a gather into a published sweep table.
+//
 // See tests/engine/fixtures/example.ts (sweeps, zip) and tests/engine/fixtures/stages.ts (JSON, file and
 // tensor outputs, a checkpointing stage in a child process, retries) for complete, runnable examples.
 export { Artifact, Directory, File } from "./artifact.ts"
@@ -43,6 +48,8 @@ export type {
   ValueOf,
 } from "./artifact.ts"
 export { external, pipeline, stage, sweep, zip, Sweep } from "./stage.ts"
+export { AnyJson, gather, gathered } from "./gather.ts"
+export type { Coordinates, Gather, GatheredArtifact, GatherOptions, Point } from "./gather.ts"
 export type {
   CallOptions,
   Device,

@@ -14,14 +14,23 @@ import { resolve } from "node:path"
 import { pathToFileURL } from "node:url"
 import type { ArtifactType } from "./artifact.ts"
 import { ExternalInputError, ParamsError, PipelineError, errorMessage } from "./errors.ts"
+import { canonicalPoints, pointsHash, type Coordinates, type Gather, type PlannedPoint, type StoredPoint } from "./gather.ts"
 import { canonicalJson, hashJson } from "./hash.ts"
 import { sourceHash } from "./source.ts"
-import type { AnyStage, External, Pipeline, Source, Template } from "./stage.ts"
+import type { AnyStage, External, Pipeline, Template } from "./stage.ts"
 import { isPipeline, isSweep, sweep, type Sweep } from "./stage.ts"
+
+/** Every instance of the call `of` (or those of one value of its other sweeps), in canonical order. */
+export interface GatherInput {
+  readonly kind: "gather"
+  readonly of: string
+  readonly points: ReadonlyArray<PlannedPoint>
+}
 
 export type PlanInput =
   | { readonly kind: "node"; readonly node: number }
   | { readonly kind: "external"; readonly path: string; readonly hash: string; readonly type: ArtifactType }
+  | GatherInput
 
 /** An external input as planned: its absolute path after `--set <name>.path=...`, and content hash. */
 export interface PlanExternal {
@@ -46,6 +55,8 @@ export interface PlanNode {
   readonly name: string
   /** The call's name (`--set` and `--rerun` address it). */
   readonly label: string
+  /** The sweep values that distinguish this instance, by param name (qualified by call name where two sweeps share one). */
+  readonly coords: Coordinates
   readonly stage: AnyStage
   /** Decoded params, as `run` receives them. */
   readonly params: Readonly<Record<string, unknown>>
@@ -149,8 +160,10 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
   const visit = (t: Template) => {
     if (seen.has(t)) return
     seen.add(t)
-    for (const s of Object.values(t.inputs)) if (s._tag === "Node") visit(s.template)
-    else externals.push(s)
+    for (const s of Object.values(t.inputs))
+      if (s._tag === "Node") visit(s.template)
+      else if (s._tag === "Gather") visit(s.node.template)
+      else externals.push(s)
     ordered.push(t)
   }
   for (const n of [...pipeline.targets, ...pipeline.publish.map((p) => p.node)]) visit(n.template)
@@ -195,7 +208,7 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
   }
 
   // Axis descriptions for display names.
-  const axisLabel = new Map<symbol, { template: Template; text: (i: number) => string }>()
+  const axisLabel = new Map<symbol, { template: Template; cols: ReadonlyArray<readonly [string, Sweep<unknown>]>; text: (i: number) => string }>()
   for (const t of ordered) {
     const byAxis = new Map<symbol, Array<[string, Sweep<unknown>]>>()
     for (const [k, v] of Object.entries(params.get(t)!)) if (isSweep(v)) byAxis.set(v.axis, [...(byAxis.get(v.axis) ?? []), [k, v]])
@@ -207,9 +220,38 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
       if (axisLabel.has(axis)) continue
       axisLabel.set(axis, {
         template: t,
+        cols,
         text: (i) => cols.map(([k, s]) => `${k}=${typeof s.values[i] === "string" ? s.values[i] : canonicalJson(s.values[i])}`).join(","),
       })
     }
+  }
+
+  // Coordinates of an assignment along `axes`: every column of each axis by its param name, qualified
+  // by the declaring call (`sum.scale`) where two axes use the same name.
+  const coordinates = (assignment: ReadonlyMap<symbol, number>, axes: ReadonlyArray<symbol>): Coordinates => {
+    const cols = axes.flatMap((a) => {
+      const l = axisLabel.get(a)!
+      return l.cols.map(([param, s]) => ({ param, qualified: `${l.template.label}.${param}`, value: s.values[assignment.get(a)!] }))
+    })
+    const uses = new Map<string, number>()
+    for (const c of cols) uses.set(c.param, (uses.get(c.param) ?? 0) + 1)
+    return Object.fromEntries(cols.map((c) => [uses.get(c.param)! > 1 ? c.qualified : c.param, c.value]))
+  }
+
+  // The axes `gather(node, { over })` gathers along: those with a column named as listed.
+  const overAxes = (t: Template, source: Gather<ArtifactType>, upAxes: ReadonlyArray<symbol>): ReadonlyArray<symbol> => {
+    if (source.over === undefined) return upAxes
+    const names = (a: symbol) => axisLabel.get(a)!.cols.flatMap(([param]) => [param, `${axisLabel.get(a)!.template.label}.${param}`])
+    return source.over.map((name) => {
+      const axis = upAxes.find((a) => names(a).includes(name))
+      if (axis === undefined)
+        throw new ParamsError({
+          pipeline: pname,
+          node: t.label,
+          message: `${pname}: node "${t.label}": gather(${source.node.template.label}, { over: [${source.over!.map((o) => JSON.stringify(o)).join(", ")}] }): "${name}" is not a param swept upstream of ${source.node.template.label} (swept: ${upAxes.map((a) => names(a)[0]).join(", ") || "none"})`,
+        })
+      return axis
+    })
   }
 
   // a named external's error says which --set repoints it
@@ -241,10 +283,45 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
     type Partial = { assignment: Map<symbol, number>; inputs: Array<readonly [string, PlanInput]> }
     let partials: Array<Partial> = [{ assignment: new Map(), inputs: [] }]
     let axes = new Set<symbol>()
-    for (const [name, source] of Object.entries(t.inputs) as Array<[string, Source<ArtifactType>]>) {
+    for (const [name, source] of Object.entries(t.inputs)) {
       const expected = spec.inputs[name]
       if (expected === undefined)
         throw new ParamsError({ pipeline: pname, node: t.label, message: `${pname}: node "${t.label}": stage "${spec.name}" has no input "${name}"` })
+      if ((source._tag === "Gather") !== (expected._tag === "gathered"))
+        throw new ParamsError({
+          pipeline: pname,
+          node: t.label,
+          message:
+            expected._tag === "gathered" ?
+              `${pname}: node "${t.label}": input "${name}" gathers ${expected.element.name} values: wire it with gather(node)`
+            : `${pname}: node "${t.label}": input "${name}" takes one ${expected.name} value, not gather(...)`,
+        })
+      if (source._tag === "Gather") {
+        // Group the instances by the sweeps not gathered over; each group feeds one instance of this call.
+        const ups = instancesOf.get(source.node.template)!
+        const upAxes = [...(ups[0]?.assignment.keys() ?? [])]
+        const over = overAxes(t, source, upAxes)
+        const keep = upAxes.filter((a) => !over.includes(a))
+        const groups = new Map<string, { assignment: Map<symbol, number>; points: Array<PlannedPoint> }>()
+        for (const u of ups) {
+          const id = keep.map((a) => u.assignment.get(a)).join(",")
+          const group = groups.get(id) ?? { assignment: new Map(keep.map((a) => [a, u.assignment.get(a)!])), points: [] }
+          group.points.push({ coords: coordinates(u.assignment, over), node: u.node })
+          groups.set(id, group)
+        }
+        const shared = keep.filter((a) => axes.has(a))
+        const next: Array<Partial> = []
+        for (const p of partials)
+          for (const g of groups.values())
+            if (shared.every((a) => p.assignment.get(a) === g.assignment.get(a)))
+              next.push({
+                assignment: new Map([...p.assignment, ...g.assignment]),
+                inputs: [...p.inputs, [name, { kind: "gather", of: source.node.template.label, points: canonicalPoints(g.points) }]],
+              })
+        partials = next
+        axes = new Set([...axes, ...keep])
+        continue
+      }
       if (source._tag === "External") {
         const path = resolve(source.name === undefined ? source.path : externalPaths.get(source.name)!)
         const known = planned.get(path)
@@ -308,7 +385,14 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
         stage: spec.name,
         version: spec.version,
         params: keyParams,
-        inputs: Object.fromEntries(p.inputs.map(([k, i]) => [k, i.kind === "node" ? `node:${nodes[i.node].recipe}` : `external:${i.hash}`])),
+        inputs: Object.fromEntries(
+          p.inputs.map(([k, i]) => [
+            k,
+            i.kind === "node" ? `node:${nodes[i.node].recipe}`
+            : i.kind === "gather" ? `gather:${hashJson(i.points.map((pt) => ({ coords: pt.coords, recipe: nodes[pt.node].recipe })))}`
+            : `external:${i.hash}`,
+          ]),
+        ),
       })
       let index = byRecipe.get(recipe)
       if (index === undefined) {
@@ -318,12 +402,13 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
         for (let k = 2; usedNames.has(unique); k++) unique = `${name}#${k}`
         usedNames.add(unique)
         const seedParam = (decoded.value as { seed?: unknown }).seed
-        const deps = [...new Set(p.inputs.flatMap(([, i]) => (i.kind === "node" ? [i.node] : [])))]
+        const deps = [...new Set(p.inputs.flatMap(([, i]) => (i.kind === "node" ? [i.node] : i.kind === "gather" ? i.points.map((pt) => pt.node) : [])))]
         nodes.push({
           index,
           recipe,
           name: unique,
           label: t.label,
+          coords: coordinates(p.assignment, [...p.assignment.keys()]),
           stage,
           params: decoded.value as Record<string, unknown>,
           keyParams,
@@ -348,6 +433,20 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
   }))
   return { pipeline: pipeline.name, file, nodes, externals: [...planned.values()], publish }
 }
+
+/** A gathered input's points with their artifact hashes (`outputOf` gives a done node's output hash). */
+export const storedPoints = (input: GatherInput, outputOf: (node: number) => string): ReadonlyArray<StoredPoint> =>
+  input.points.map((p) => ({ coords: p.coords, hash: outputOf(p.node) }))
+
+/** The content hash of an input once its producers are done: a node's artifact hash, an external's, or a gather's points hash. */
+export const inputHash = (input: PlanInput, outputOf: (node: number) => string): string =>
+  input.kind === "external" ? input.hash
+  : input.kind === "node" ? outputOf(input.node)
+  : pointsHash(storedPoints(input, outputOf))
+
+/** The points of each gathered input of `node`, as an executor loads them. */
+export const gatheredInputs = (node: PlanNode, outputOf: (node: number) => string): Readonly<Record<string, ReadonlyArray<StoredPoint>>> =>
+  Object.fromEntries(node.inputs.flatMap(([name, i]) => (i.kind === "gather" ? [[name, storedPoints(i, outputOf)]] : [])))
 
 /** The cache key of a node once the content hashes of its inputs are known. */
 export const cacheKey = (node: PlanNode, inputHashes: ReadonlyArray<readonly [string, string]>): string =>

@@ -83,7 +83,11 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineEr
             recipe: n.recipe,
             params: n.keyParams,
             unkeyedParams: n.unkeyedParams,
-            inputs: Object.fromEntries(n.inputs.map(([k, i]) => [k, i.kind === "node" ? p.nodes[i.node].name : i.path])),
+            label: n.label,
+            coords: n.coords,
+            inputs: Object.fromEntries(
+              n.inputs.map(([k, i]) => [k, i.kind === "node" ? p.nodes[i.node].name : i.kind === "gather" ? i.points.map((pt) => p.nodes[pt.node].name) : i.path]),
+            ),
           })),
         },
         null,

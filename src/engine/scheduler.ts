@@ -7,7 +7,7 @@ import { join } from "node:path"
 import { CorruptArtifact, NodeFailed, errorMessage } from "./errors.ts"
 import type { NodeRequest, Published } from "./execute.ts"
 import type { Executor } from "./executor.ts"
-import { cacheKey, type Plan, type PlanNode } from "./plan.ts"
+import { cacheKey, gatheredInputs, inputHash, type Plan, type PlanNode } from "./plan.ts"
 import type { Reporter } from "./progress.ts"
 import type { Device } from "./stage.ts"
 import { HEARTBEAT_MS, type Store } from "./store.ts"
@@ -143,12 +143,11 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     let stopping: "failed" | "interrupted" | undefined
     reporter.start(nodes.length)
 
-    const inputHashes = (n: PlanNode): Array<readonly [string, string]> =>
-      n.inputs.map(([name, input]) => {
-        if (input.kind === "external") return [name, input.hash] as const
-        const s = state[input.node]
-        return [name, s.tag === "done" ? s.output : ""] as const
-      })
+    const outputOf = (i: number) => {
+      const s = state[i]
+      return s.tag === "done" ? s.output : ""
+    }
+    const inputHashes = (n: PlanNode): Array<readonly [string, string]> => n.inputs.map(([name, input]) => [name, inputHash(input, outputOf)] as const)
 
     const markDone = (i: number, status: "cached" | "succeeded", key: string, output: string) => {
       state[i] = { tag: "done", status, key, output }
@@ -257,6 +256,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
           recipe: n.recipe,
           key,
           inputHashes: hashes,
+          gathered: gatheredInputs(n, outputOf),
           device,
           logPath,
           metricsPath: join(o.runDir, "metrics.jsonl"),

@@ -2,6 +2,7 @@
 import type { Effect } from "effect"
 import type { ArtifactType, DirectoryArtifact, FileArtifact, JsonArtifact, OutputOf, TensorsArtifact, ValueOf } from "./artifact.ts"
 import { Directory, File } from "./artifact.ts"
+import type { Gather, GatheredArtifact, Point } from "./gather.ts"
 import { fileURLToPath } from "node:url"
 
 /** Where a node runs. `cuda.deviceId` is the id to pass to onnxruntime (the child only sees its own GPU). */
@@ -51,7 +52,14 @@ export interface Resources {
   readonly isolate?: "main" | "process"
 }
 
-export type InputTypes = Readonly<Record<string, ArtifactType>>
+/** An input is an artifact type, or `gathered(type)` for every instance of a swept node (see gather.ts). */
+export type InputTypes = Readonly<Record<string, ArtifactType | GatheredArtifact<ArtifactType>>>
+
+/** The value `run` receives for an input: a gathered one is every instance's value with its sweep coordinates. */
+export type InputValue<A> =
+  A extends GatheredArtifact<infer E> ? ReadonlyArray<Point<ValueOf<E>>>
+  : A extends ArtifactType ? ValueOf<A>
+  : never
 type ParamsOf<P> = P extends { readonly Type: infer T } ? T : never
 type EncodedOf<P> = P extends { readonly Encoded: infer E } ? E : never
 
@@ -73,7 +81,7 @@ export interface StageSpec<P extends ParamsSchema, I extends InputTypes, O exten
   readonly retries?: number
   readonly run: (args: {
     readonly params: ParamsOf<P>
-    readonly inputs: { readonly [K in keyof I]: ValueOf<I[K]> }
+    readonly inputs: { readonly [K in keyof I]: InputValue<I[K]> }
     readonly ctx: StageContext
   }) => Effect.Effect<OutputOf<O>, E>
 }
@@ -127,7 +135,7 @@ export interface Template {
   readonly label: string
   readonly stage: AnyStage
   readonly params: Readonly<Record<string, unknown>>
-  readonly inputs: Readonly<Record<string, Source<ArtifactType>>>
+  readonly inputs: Readonly<Record<string, Source<ArtifactType> | Gather<ArtifactType>>>
 }
 
 /** The output of a stage call, to pass as another stage's input. */
@@ -184,9 +192,20 @@ export const external: {
   dir: ((path: string, options?: ArtifactType | ExternalOptions<ArtifactType>) => makeExternal(path, Directory, options)) as never,
 }
 
-/** An input of the generic `File` type takes any file payload (tensors included); other types need an exact match. */
-export type Accepts<I extends ArtifactType> = I extends FileArtifact<"File"> ? FileArtifact<string> | TensorsArtifact<string> : I
-type Sources<I extends InputTypes> = { readonly [K in keyof I]: Source<Accepts<I[K]>> }
+/**
+ * An input of the generic `File` type takes any file payload (tensors included), one of the generic
+ * `AnyJson` type any JSON value; other types need an exact match.
+ */
+export type Accepts<I extends ArtifactType> =
+  I extends FileArtifact<"File"> ? FileArtifact<string> | TensorsArtifact<string>
+  : I extends JsonArtifact<"Json", any> ? JsonArtifact<string, any>
+  : I
+/** A `gathered(T)` input takes `gather(node)` of a node whose output `T` accepts; any other input a node or external. */
+type SourceFor<I> =
+  I extends GatheredArtifact<infer E> ? Gather<Accepts<E>>
+  : I extends ArtifactType ? Source<Accepts<I>>
+  : never
+type Sources<I extends InputTypes> = { readonly [K in keyof I]: SourceFor<I[K]> }
 export interface CallOptions {
   /** Name of this call (default: the stage name): used by `--set name.param=v`, `--rerun name` and in displays. */
   readonly name?: string
@@ -225,7 +244,7 @@ export const stage = <P extends ParamsSchema, const I extends InputTypes, O exte
   spec: StageSpec<P, I, O, E>,
 ): Stage<P, I, O, E> => {
   const sourceFile = callerFile()
-  const self = ((params: Record<string, unknown>, inputs?: Record<string, Source<ArtifactType>>, options?: CallOptions): Node<O> => ({
+  const self = ((params: Record<string, unknown>, inputs?: Template["inputs"], options?: CallOptions): Node<O> => ({
     _tag: "Node",
     output: spec.output,
     template: { label: options?.name ?? spec.name, stage: self, params, inputs: inputs ?? {} },

@@ -10,13 +10,14 @@
 // Every node has a fixed name, so `--set lora-train.rank=4`, `--set sample_train.n=8`, ... address
 // the same node in both pipelines. Any param may be a sweep; the trajectories and teacher logits
 // depend on x0 and the sampling settings only, so a sweep over training settings shares them.
-import { external, type Node } from "../../src/engine/index.ts"
+import { external, gather, type Node } from "../../src/engine/index.ts"
 import type { CheckerSpec } from "../../src/text/behaviours.ts"
 import type { BakeComparison } from "./artifacts.ts"
 import { compare } from "./compare.ts"
 import { evaluate, evaluateBaked } from "./evaluate.ts"
 import { loraTrain } from "./lora-train.ts"
 import { questions } from "./questions.ts"
+import { sweepTable } from "../table.ts"
 import { sampleTrajectories } from "./sample-trajectories.ts"
 import { teacherLogits } from "./teacher-logits.ts"
 
@@ -95,6 +96,24 @@ export const bakeExperiment = (o: BakeOptions): { readonly comparison: Node<type
   const baked = evaluateBaked(evaluation, { ...evalInputs, adapter }, { name: "evaluate_baked" })
   return { comparison: compare({ samples: 8 }, { base, prompted, baked }) }
 }
+
+/**
+ * One table over every point of a swept experiment: its sweep coordinates, then the baked model's
+ * KL to the prompted one, behaviour rate and factual accuracy (with the KL reduction from base).
+ */
+export const bakeSweepTable = (comparison: Node<typeof BakeComparison>) =>
+  sweepTable(
+    {
+      title: "Prompt baking sweep: the baked model (no system prompt) at each point",
+      columns: [
+        { name: "KL(prompted ‖ baked)", path: "rows[variant=baked].kl", digits: 4 },
+        { name: "KL reduction", path: "klReduction", digits: 1 },
+        { name: "behaviour rate", path: "rows[variant=baked].behaviour.rate", percent: true },
+        { name: "accuracy", path: "rows[variant=baked].accuracy.rate", percent: true },
+      ],
+    },
+    { points: gather(comparison) },
+  )
 
 /** Pipeline options that write compare.json and compare.md into the run folder and print the table. */
 export const publishComparison = (comparison: Node<typeof BakeComparison>) =>
