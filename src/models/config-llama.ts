@@ -1,5 +1,6 @@
 // LlamaForCausalLM and the checkpoints that share its math: Llama 2/3, TinyLlama, Mistral (without
-// an active sliding window) and Qwen2 (Llama plus biases on q/k/v).
+// an active sliding window), Qwen2 (Llama plus biases on q/k/v) and Qwen3 (Llama plus an RMSNorm
+// over each query and key head before RoPE, head_dim independent of hidden_size).
 import { Effect, Schema } from "effect"
 import {
   type ArchitectureModule,
@@ -49,16 +50,18 @@ const LlamaConfigJson = Schema.Struct({
   use_sliding_window: Schema.optional(Schema.Boolean),
 })
 
-const architectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"] as const
+const architectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"] as const
 
 const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
   Effect.gen(function* () {
     const c = yield* decodeConfig(LlamaConfigJson, file, json)
     const arch = c.architectures?.[0] ?? "LlamaForCausalLM"
     const isQwen2 = arch === "Qwen2ForCausalLM"
-    // Mistral's config class defaults sliding_window to 4096 when the key is absent; Qwen2 only
-    // uses its window when use_sliding_window is true.
-    const window = arch === "MistralForCausalLM" ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : isQwen2 ? (c.use_sliding_window ? c.sliding_window : null) : c.sliding_window
+    const isQwen3 = arch === "Qwen3ForCausalLM"
+    // Mistral's config class defaults sliding_window to 4096 when the key is absent; Qwen2 and
+    // Qwen3 only use their window when use_sliding_window is true.
+    const window =
+      arch === "MistralForCausalLM" ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : isQwen2 || isQwen3 ? (c.use_sliding_window ? c.sliding_window : null) : c.sliding_window
     if (window !== null && window !== undefined && window < c.max_position_embeddings)
       return yield* Effect.fail(
         unsupported(file, "sliding_window", `${window} is smaller than max_position_embeddings ${c.max_position_embeddings}; sliding-window attention is not implemented`),
@@ -71,12 +74,14 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const numKvHeads = c.num_key_value_heads ?? numHeads
     if (numHeads % numKvHeads !== 0)
       return yield* Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
-    if (c.head_dim == null && c.hidden_size % numHeads !== 0)
+    // Qwen3Config's head_dim defaults to 128 whatever hidden_size is.
+    const defaultHeadDim = isQwen3 ? 128 : undefined
+    if (c.head_dim == null && defaultHeadDim === undefined && c.hidden_size % numHeads !== 0)
       return yield* Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
-    const headDim = c.head_dim ?? c.hidden_size / numHeads
+    const headDim = c.head_dim ?? defaultHeadDim ?? c.hidden_size / numHeads
     if (headDim % 2 !== 0) return yield* Effect.fail(checkpointError(file, "head_dim", `${headDim} must be even for rotary embeddings`))
     const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
-    const scaling = yield* parseRopeScaling(file, ropeField, c.rope_parameters ?? c.rope_scaling)
+    const scaling = yield* parseRopeScaling(file, ropeField, c.rope_parameters ?? c.rope_scaling, { maxPositions: c.max_position_embeddings, rotaryDim: headDim })
     const attentionBias = c.attention_bias ?? false
     const config: ModelConfig = {
       family: "llama",
@@ -103,10 +108,14 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
 
 const weights: ArchitectureModule["weights"] = (config, tensors) => {
   const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m, vocabSize, bias } = config
+  const qkNorm = config.hfArchitecture === "Qwen3ForCausalLM"
+  const headNorm = (name: string) => (qkNorm ? resolveNorm(tensors, normSpec(name, headDim, false)) : Effect.succeed(undefined))
   const layer = (i: number): Effect.Effect<Layer, CheckpointError> => {
     const p = `model.layers.${i}`
     return Effect.all({
       inputNorm: resolveNorm(tensors, normSpec(`${p}.input_layernorm`, h, false)),
+      qNorm: headNorm(`${p}.self_attn.q_norm`),
+      kNorm: headNorm(`${p}.self_attn.k_norm`),
       attention: Effect.all({
         layout: Effect.succeed("separate" as const),
         q: resolveLinear(tensors, linearSpec(`${p}.self_attn.q_proj`, numHeads * headDim, h, bias.qkv)),
@@ -135,7 +144,7 @@ const weights: ArchitectureModule["weights"] = (config, tensors) => {
   )
 }
 
-const modelType: Record<string, string> = { LlamaForCausalLM: "llama", MistralForCausalLM: "mistral", Qwen2ForCausalLM: "qwen2" }
+const modelType: Record<string, string> = { LlamaForCausalLM: "llama", MistralForCausalLM: "mistral", Qwen2ForCausalLM: "qwen2", Qwen3ForCausalLM: "qwen3" }
 
 const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> => {
   const file = "config.json"
@@ -165,9 +174,13 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
     rope_scaling: ropeScalingJson(c.positions.scaling),
     ...commonConfigJson(c),
   }
-  if (c.hfArchitecture === "Qwen2ForCausalLM") {
+  if (isQwen2) {
     json.use_sliding_window = false
     json.sliding_window = null
+  } else if (c.hfArchitecture === "Qwen3ForCausalLM") {
+    json.use_sliding_window = false
+    json.sliding_window = null
+    json.attention_bias = c.bias.qkv
   } else {
     json.attention_bias = c.bias.qkv
     json.mlp_bias = c.bias.mlp

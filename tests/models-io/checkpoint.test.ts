@@ -121,7 +121,7 @@ describe("sharded checkpoints and the hub cache layout", () => {
     const index = JSON.parse(fs.readFileSync(path.join(dir, "model.safetensors.index.json"), "utf8"))
     expect(Object.keys(index.weight_map).length).toBe(2 * 9 + 3)
     expect(new Set([ckpt.weights.embedTokens.file, ckpt.weights.lmHead.file]).size).toBe(2)
-    for (const pick of [(c: typeof ckpt) => c.weights.embedTokens, (c: typeof ckpt) => c.weights.layers[1].mlp.up.weight, (c: typeof ckpt) => c.weights.lmHead])
+    for (const pick of [(c: typeof ckpt) => c.weights.embedTokens, (c: typeof ckpt) => c.weights.layers[1].mlp.down.weight, (c: typeof ckpt) => c.weights.lmHead])
       expect(Array.from(run(readWeightFloat64(pick(ckpt))).values)).toEqual(Array.from(run(readWeightFloat64(pick(one))).values))
   })
 

@@ -1,0 +1,164 @@
+// Phi3ForCausalLM (Phi-3 mini/medium, Phi-3.5-mini, Phi-4-mini): Llama math with a fused
+// self_attn.qkv_proj ([q | k | v] output features) and a fused mlp.gate_up_proj ([gate | up]),
+// no biases, optional partial rotary embeddings and LongRoPE scaling (rope_scaling type
+// "longrope"; the older names "su" and "yarn" mean longrope for Phi-3, as Phi3Config rewrites them).
+import { Effect, Schema } from "effect"
+import {
+  activationFromHf,
+  activationToHf,
+  type ArchitectureModule,
+  type CheckpointError,
+  checkpointError,
+  CommonFields,
+  commonConfig,
+  commonConfigJson,
+  decodeConfig,
+  type Layer,
+  linearSpec,
+  type ModelConfig,
+  normSpec,
+  parseRopeScaling,
+  PositiveInt,
+  PositiveNumber,
+  resolveLinear,
+  resolveModel,
+  resolveNorm,
+  RopeFields,
+  ropeScalingJson,
+  unsupported,
+  type UnsupportedModelError,
+} from "./config-architecture.ts"
+
+const Phi3ConfigJson = Schema.Struct({
+  ...CommonFields,
+  model_type: Schema.optional(Schema.String),
+  vocab_size: PositiveInt,
+  hidden_size: PositiveInt,
+  intermediate_size: PositiveInt,
+  num_hidden_layers: PositiveInt,
+  num_attention_heads: PositiveInt,
+  num_key_value_heads: Schema.optional(Schema.NullOr(PositiveInt)),
+  head_dim: Schema.optional(Schema.NullOr(PositiveInt)),
+  max_position_embeddings: PositiveInt,
+  original_max_position_embeddings: Schema.optional(PositiveInt),
+  rms_norm_eps: PositiveNumber,
+  hidden_act: Schema.optional(Schema.String),
+  rope_theta: Schema.optional(PositiveNumber),
+  rope_scaling: Schema.optional(Schema.NullOr(RopeFields)),
+  rope_parameters: Schema.optional(Schema.NullOr(RopeFields)),
+  partial_rotary_factor: Schema.optional(PositiveNumber),
+  sliding_window: Schema.optional(Schema.NullOr(Schema.Int)),
+})
+
+const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
+  Effect.gen(function* () {
+    const c = yield* decodeConfig(Phi3ConfigJson, file, json)
+    if (c.sliding_window != null && c.sliding_window < c.max_position_embeddings)
+      return yield* Effect.fail(
+        unsupported(file, "sliding_window", `${c.sliding_window} is smaller than max_position_embeddings ${c.max_position_embeddings}; sliding-window attention is not implemented`),
+      )
+    const numHeads = c.num_attention_heads
+    const numKvHeads = c.num_key_value_heads ?? numHeads
+    if (numHeads % numKvHeads !== 0)
+      return yield* Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
+    if (c.head_dim == null && c.hidden_size % numHeads !== 0)
+      return yield* Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
+    const headDim = c.head_dim ?? c.hidden_size / numHeads
+    const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
+    const rope = c.rope_parameters ?? c.rope_scaling
+    const partial = rope?.partial_rotary_factor ?? c.partial_rotary_factor ?? 1
+    // HF: rotary_ndims = int(head_dim * partial_rotary_factor)
+    const rotaryDim = Math.floor(headDim * partial)
+    if (rotaryDim % 2 !== 0 || partial > 1)
+      return yield* Effect.fail(checkpointError(file, "partial_rotary_factor", `${partial} gives rotary dimension ${rotaryDim} of head_dim ${headDim}; it must be even and at most head_dim`))
+    const kind = rope?.rope_type ?? rope?.type
+    const renamed = rope != null && (kind === "su" || kind === "yarn") ? { ...rope, rope_type: "longrope" } : rope
+    const scaling = yield* parseRopeScaling(file, ropeField, renamed, {
+      maxPositions: c.max_position_embeddings,
+      rotaryDim,
+      originalMaxPositions: c.original_max_position_embeddings,
+    })
+    const config: ModelConfig = {
+      family: "phi3",
+      hfArchitecture: "Phi3ForCausalLM",
+      vocabSize: c.vocab_size,
+      hiddenSize: c.hidden_size,
+      numLayers: c.num_hidden_layers,
+      numHeads,
+      numKvHeads,
+      headDim,
+      intermediateSize: c.intermediate_size,
+      maxPositions: c.max_position_embeddings,
+      norm: { kind: "rms", eps: c.rms_norm_eps },
+      activation: yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu"),
+      mlp: "gated",
+      positions: { kind: "rope", theta: rope?.rope_theta ?? c.rope_theta ?? 10000, rotaryDim, scaling },
+      parallelResidual: false,
+      tiedEmbeddings: c.tie_word_embeddings ?? false,
+      bias: { qkv: false, o: false, mlp: false, norm: false },
+      ...commonConfig(c),
+    }
+    return config
+  })
+
+const weights: ArchitectureModule["weights"] = (config, tensors) => {
+  const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m, vocabSize } = config
+  const layer = (i: number): Effect.Effect<Layer, CheckpointError> => {
+    const p = `model.layers.${i}`
+    return Effect.all({
+      inputNorm: resolveNorm(tensors, normSpec(`${p}.input_layernorm`, h, false)),
+      attention: Effect.all({
+        layout: Effect.succeed("fused_qkv" as const),
+        qkv: resolveLinear(tensors, linearSpec(`${p}.self_attn.qkv_proj`, (numHeads + 2 * numKvHeads) * headDim, h, false)),
+        o: resolveLinear(tensors, linearSpec(`${p}.self_attn.o_proj`, h, numHeads * headDim, false)),
+      }),
+      postAttentionNorm: resolveNorm(tensors, normSpec(`${p}.post_attention_layernorm`, h, false)),
+      mlp: Effect.all({
+        kind: Effect.succeed("gated_fused" as const),
+        gateUp: resolveLinear(tensors, linearSpec(`${p}.mlp.gate_up_proj`, 2 * m, h, false)),
+        down: resolveLinear(tensors, linearSpec(`${p}.mlp.down_proj`, h, m, false)),
+      }),
+    })
+  }
+  return resolveModel(
+    tensors,
+    {
+      embedTokens: { name: "model.embed_tokens.weight", shape: [vocabSize, h], transposed: false },
+      embedPositions: undefined,
+      finalNorm: normSpec("model.norm", h, false),
+      lmHead: config.tiedEmbeddings ? undefined : { name: "lm_head.weight", shape: [vocabSize, h], transposed: false },
+    },
+    Array.from({ length: config.numLayers }, (_, i) => layer(i)),
+  )
+}
+
+const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> => {
+  const file = "config.json"
+  if (c.positions.kind !== "rope") return Effect.fail(unsupported(file, "positions", "Phi-3 uses rotary embeddings"))
+  if (c.norm.kind !== "rms" || c.mlp !== "gated" || c.parallelResidual || Object.values(c.bias).some((b) => b))
+    return Effect.fail(unsupported(file, "norm", "Phi-3 has RMSNorm, a gated MLP, sequential residuals and no biases"))
+  const { scaling } = c.positions
+  return Effect.succeed({
+    architectures: [c.hfArchitecture],
+    model_type: "phi3",
+    vocab_size: c.vocabSize,
+    hidden_size: c.hiddenSize,
+    intermediate_size: c.intermediateSize,
+    num_hidden_layers: c.numLayers,
+    num_attention_heads: c.numHeads,
+    num_key_value_heads: c.numKvHeads,
+    head_dim: c.headDim,
+    max_position_embeddings: c.maxPositions,
+    // Phi3Config reads LongRoPE's original length from the top level.
+    original_max_position_embeddings: scaling.kind === "longrope" ? scaling.originalMaxPositions : c.maxPositions,
+    rms_norm_eps: c.norm.eps,
+    hidden_act: activationToHf[c.activation],
+    rope_theta: c.positions.theta,
+    rope_scaling: ropeScalingJson(scaling),
+    partial_rotary_factor: c.positions.rotaryDim / c.headDim,
+    sliding_window: null,
+    ...commonConfigJson(c),
+  })
+}
+
+export const phi3: ArchitectureModule = { family: "phi3", hfArchitectures: ["Phi3ForCausalLM"], parseConfig, weights, toConfigJson }
