@@ -1,0 +1,302 @@
+// Qwen3, Phi-3 and the rope scalings yarn / dynamic / longrope end to end:
+// - published config.json contents parse to the expected normalized config (rope_scaling and the
+//   transformers-5 rope_parameters alike), with transformers' derived attention factors, and
+//   write back to a config.json that parses to the same config; what is not implemented is
+//   refused naming the field;
+// - the ONNX forward of random tiny checkpoints (real config.json field names and tensor names)
+//   matches the float64 reference; rows of a left-padded batch equal the rows alone (dynamic and
+//   longrope take the sequence length per row);
+// - KV-cache greedy generation equals the reference's greedy continuation and the uncached path;
+// - LoRA on Phi-3's fused qkv_proj / gate_up_proj (lora_B of the fused output size) equals the
+//   checkpoint mergeLora writes, and a LoRA training step lowers the loss on Qwen3 and Phi-3.
+// Tolerance 1e-4 absolute on O(1) logits, as in forward.test.ts: float32 with reassociated sums
+// is ~1e-6 relative per op away from float64, while a wrong split, norm axis, frequency or
+// attention factor moves logits by > 1e-2.
+import { Effect, Exit } from "effect"
+import * as ort from "onnxruntime-node"
+import { describe, expect, it } from "vitest"
+import { Graph } from "../../src/graph/index.ts"
+import { crossEntropy } from "../../src/graph/losses.ts"
+import { buildTrainStep } from "../../src/graph/optim.ts"
+import { initLora, loraAdapter, loraFromParams, loraHook, loraInputs, loraParamSpecs } from "../../src/models/adapters.ts"
+import { type Checkpoint, type ModelConfig, modelConfigJson, parseModelConfig } from "../../src/models/checkpoint.ts"
+import { buildForwardGraph, decoder, forwardNames } from "../../src/models/forward.ts"
+import { makeGenerator } from "../../src/models/generate.ts"
+import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
+import { tinyGpt2, tinyLlama, tinyPhi3, tinyQwen3, type WeightDType } from "../../src/models/init.ts"
+import { loraConfigFor, loraScale, loraTargets, mergeLora } from "../../src/models/peft.ts"
+import { createSession } from "../../src/runtime/session.ts"
+import { tensor } from "../../src/runtime/tensor.ts"
+import { initTrainState, trainStep } from "../../src/runtime/train.ts"
+import { referenceLogits } from "../reference/reference.ts"
+import { expectClose, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
+
+const TOL = 1e-4
+const parse = (json: unknown) => Effect.runSync(parseModelConfig("config.json", json))
+const parseExit = (json: unknown) => Effect.runSyncExit(parseModelConfig("config.json", json))
+const failureMessage = (exit: Exit.Exit<unknown, { message: string }>) => (Exit.isFailure(exit) ? String(exit.cause) : "succeeded")
+const rope = (c: ModelConfig) => (c.positions.kind === "rope" ? c.positions : expect.unreachable("rope positions"))
+/** parse(toConfigJson(c)) === c */
+const expectRoundTrip = (c: ModelConfig) => expect(parse(Effect.runSync(modelConfigJson(c)))).toEqual(c)
+
+// Qwen/Qwen3-0.6B config.json as published
+const qwen3_06b = {
+  architectures: ["Qwen3ForCausalLM"], attention_bias: false, attention_dropout: 0.0, bos_token_id: 151643, eos_token_id: 151645, head_dim: 128,
+  hidden_act: "silu", hidden_size: 1024, initializer_range: 0.02, intermediate_size: 3072, max_position_embeddings: 40960, max_window_layers: 28,
+  model_type: "qwen3", num_attention_heads: 16, num_hidden_layers: 28, num_key_value_heads: 8, rms_norm_eps: 1e-6, rope_scaling: null,
+  rope_theta: 1000000, sliding_window: null, tie_word_embeddings: true, torch_dtype: "bfloat16", transformers_version: "4.51.0", use_cache: true,
+  use_sliding_window: false, vocab_size: 151936,
+}
+// Qwen/Qwen2.5-7B-Instruct config.json with the YaRN block its model card gives for 128k contexts
+const qwen25_7b_yarn = {
+  architectures: ["Qwen2ForCausalLM"], attention_dropout: 0.0, bos_token_id: 151643, eos_token_id: 151645, hidden_act: "silu", hidden_size: 3584,
+  initializer_range: 0.02, intermediate_size: 18944, max_position_embeddings: 32768, max_window_layers: 28, model_type: "qwen2", num_attention_heads: 28,
+  num_hidden_layers: 28, num_key_value_heads: 4, rms_norm_eps: 1e-6, rope_theta: 1000000.0, sliding_window: 131072, tie_word_embeddings: false,
+  torch_dtype: "bfloat16", transformers_version: "4.43.1", use_cache: true, use_sliding_window: false, vocab_size: 152064,
+  rope_scaling: { factor: 4.0, original_max_position_embeddings: 32768, type: "yarn" },
+}
+// microsoft/Phi-3-mini-128k-instruct config.json (the 48 short/long factors shortened to a ramp)
+const factors = (from: number, to: number) => Array.from({ length: 48 }, (_, i) => from + ((to - from) * i) / 47)
+const phi3_mini_128k = {
+  architectures: ["Phi3ForCausalLM"], attention_bias: false, attention_dropout: 0.0, bos_token_id: 1, embd_pdrop: 0.0, eos_token_id: 32000,
+  hidden_act: "silu", hidden_size: 3072, initializer_range: 0.02, intermediate_size: 8192, max_position_embeddings: 131072, model_type: "phi3",
+  num_attention_heads: 32, num_hidden_layers: 32, num_key_value_heads: 32, original_max_position_embeddings: 4096, pad_token_id: 32000,
+  resid_pdrop: 0.0, rms_norm_eps: 1e-5, rope_scaling: { long_factor: factors(1, 60), short_factor: factors(1, 2), type: "longrope" }, rope_theta: 10000.0,
+  sliding_window: 262144, tie_word_embeddings: false, torch_dtype: "bfloat16", transformers_version: "4.40.2", use_cache: true, vocab_size: 32064,
+}
+
+describe("published configs", () => {
+  it("Qwen3-0.6B: head_dim 128 with hidden 1024 and 16 heads, tied, no qkv bias; q_norm/k_norm expected per layer", () => {
+    const c = parse(qwen3_06b)
+    expect(c).toMatchObject({ family: "llama", hfArchitecture: "Qwen3ForCausalLM", headDim: 128, numHeads: 16, numKvHeads: 8, tiedEmbeddings: true })
+    expect(c.bias).toEqual({ qkv: false, o: false, mlp: false, norm: false })
+    expect(rope(c)).toEqual({ kind: "rope", theta: 1000000, rotaryDim: 128, scaling: { kind: "none" } })
+    expectRoundTrip(c)
+    // Qwen3Config's head_dim defaults to 128, not hidden / heads
+    const { head_dim: _, ...noHeadDim } = qwen3_06b
+    expect(parse(noHeadDim).headDim).toBe(128)
+  })
+
+  it("Qwen2.5 yarn (rope_scaling, transformers 4) and the same in rope_parameters (transformers 5)", () => {
+    const c = parse(qwen25_7b_yarn)
+    const yarn = { kind: "yarn", factor: 4, originalMaxPositions: 32768, betaFast: 32, betaSlow: 1, truncate: true, attentionFactor: 0.1 * Math.log(4) + 1 }
+    expect(rope(c)).toEqual({ kind: "rope", theta: 1000000, rotaryDim: 128, scaling: yarn })
+    expectRoundTrip(c)
+    const { rope_scaling: _, rope_theta: __, ...rest } = qwen25_7b_yarn
+    const v5 = parse({ ...rest, rope_parameters: { rope_type: "yarn", factor: 4.0, original_max_position_embeddings: 32768, rope_theta: 1000000.0 } })
+    expect(v5).toEqual(c)
+  })
+
+  it("yarn attention factor: explicit attention_factor wins, else mscale / mscale_all_dim, else 0.1 ln(factor) + 1; no factor means max / original", () => {
+    const yarnOf = (scaling: Record<string, unknown>, extra: Record<string, unknown> = {}) => {
+      const s = rope(parse({ ...qwen25_7b_yarn, ...extra, rope_scaling: { type: "yarn", ...scaling } })).scaling
+      return s.kind === "yarn" ? s : expect.unreachable("yarn")
+    }
+    expect(yarnOf({ factor: 4, attention_factor: 1.5 }).attentionFactor).toBe(1.5)
+    // DeepSeek-V3 style: mscale = mscale_all_dim gives 1
+    expect(yarnOf({ factor: 40, mscale: 1, mscale_all_dim: 1, original_max_position_embeddings: 4096 }).attentionFactor).toBe(1)
+    expect(yarnOf({ factor: 40, mscale: 2, mscale_all_dim: 1 }).attentionFactor).toBeCloseTo((0.2 * Math.log(40) + 1) / (0.1 * Math.log(40) + 1), 14)
+    expect(yarnOf({ original_max_position_embeddings: 8192 }).factor).toBe(4) // 32768 / 8192
+    expect(yarnOf({ factor: 2, beta_fast: 16, beta_slow: 2, truncate: false })).toMatchObject({ betaFast: 16, betaSlow: 2, truncate: false, originalMaxPositions: 32768 })
+  })
+
+  it("Phi-3-mini-128k: longrope with the top-level original_max_position_embeddings; attention factor sqrt(1 + ln 32 / ln 4096)", () => {
+    const c = parse(phi3_mini_128k)
+    expect(c).toMatchObject({ family: "phi3", headDim: 96, numKvHeads: 32, maxPositions: 131072, tiedEmbeddings: false, eosTokenIds: [32000], padTokenId: 32000 })
+    expect(rope(c).scaling).toEqual({
+      kind: "longrope",
+      shortFactor: factors(1, 2),
+      longFactor: factors(1, 60),
+      originalMaxPositions: 4096,
+      attentionFactor: Math.sqrt(1 + Math.log(32) / Math.log(4096)),
+    })
+    expectRoundTrip(c)
+    // early Phi-3 configs call it "su"; Phi3Config renames it to longrope
+    expect(parse({ ...phi3_mini_128k, rope_scaling: { ...phi3_mini_128k.rope_scaling, type: "su" } })).toEqual(c)
+    // Phi-4-mini style partial rotary
+    const partial = parse({ ...phi3_mini_128k, partial_rotary_factor: 0.75, rope_scaling: null })
+    expect(rope(partial)).toMatchObject({ rotaryDim: 72, scaling: { kind: "none" } })
+    expectRoundTrip(partial)
+  })
+
+  it("dynamic NTK keeps max_position_embeddings as its threshold", () => {
+    const c = parse({ ...qwen3_06b, rope_scaling: { rope_type: "dynamic", factor: 2 } })
+    expect(rope(c).scaling).toEqual({ kind: "dynamic", factor: 2, maxPositions: 40960 })
+    expectRoundTrip(c)
+  })
+
+  it("refusals name the field: Phi-3-mini-4k's sliding window, longrope factors of the wrong length, unknown rope types and activations", () => {
+    expect(failureMessage(parseExit({ ...phi3_mini_128k, max_position_embeddings: 4096, sliding_window: 2047, rope_scaling: null }))).toMatch(/sliding_window: unsupported: 2047/)
+    expect(failureMessage(parseExit({ ...phi3_mini_128k, rope_scaling: { ...phi3_mini_128k.rope_scaling, short_factor: [1, 2] } }))).toMatch(
+      /rope_scaling\.short_factor: has 2 entries; the rotary dimension 96 needs 48/,
+    )
+    expect(failureMessage(parseExit({ ...phi3_mini_128k, original_max_position_embeddings: undefined }))).toMatch(/rope_scaling\.original_max_position_embeddings: missing/)
+    expect(failureMessage(parseExit({ ...qwen3_06b, rope_scaling: { rope_type: "mrope", factor: 2 } }))).toMatch(/rope_scaling\.rope_type: unsupported: "mrope"/)
+    expect(failureMessage(parseExit({ ...qwen3_06b, rope_scaling: { rope_type: "dynamic" } }))).toMatch(/rope_scaling\.factor: missing \(required by rope_type dynamic\)/)
+    const gpt2 = Effect.runSync(modelConfigJson(tinyGpt2()))
+    expect(failureMessage(parseExit({ ...gpt2, activation_function: "relu6" }))).toMatch(/activation_function: unsupported: activation "relu6"/)
+  })
+
+  it("ACT2FN aliases: gelu_fast and gelu_accurate are the tanh GELU, gelu_python the exact one, swish is silu", () => {
+    const gpt2 = Effect.runSync(modelConfigJson(tinyGpt2()))
+    const act = (name: string) => parse({ ...gpt2, activation_function: name }).activation
+    expect(["gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate"].map(act)).toEqual(Array(4).fill("gelu_tanh"))
+    expect(["gelu", "gelu_python"].map(act)).toEqual(["gelu_erf", "gelu_erf"])
+    expect(parse({ ...phi3_mini_128k, hidden_act: "swish" }).activation).toBe("silu")
+  })
+})
+
+const seq = [1, 7, 3, 60, 12, 5, 9, 33]
+const yarnScaling = { kind: "yarn" as const, factor: 4, originalMaxPositions: 16, betaFast: 32, betaSlow: 1, truncate: true, attentionFactor: 0.1 * Math.log(4) + 1 }
+// theta 100 with rotaryDim 4 (frequencies [1, 0.1]) so that rescaling the second pair moves the
+// angles over `seq` by O(0.1-1) rad; sequence length 8 crosses the dynamic and longrope thresholds (4)
+const longrope = { kind: "longrope" as const, shortFactor: [1, 1.5], longFactor: [2, 5], originalMaxPositions: 4, attentionFactor: Math.sqrt(1 + Math.log(16) / Math.log(4)) }
+const cases: Array<[string, ModelConfig, WeightDType]> = [
+  ["qwen3 (q/k norm, head_dim 8 != hidden/heads, tied)", tinyQwen3(), "F32"],
+  ["qwen3 (bf16, untied, GQA 4:1)", tinyQwen3({ numKvHeads: 1, tiedEmbeddings: false }), "BF16"],
+  ["qwen2 (qkv bias) with yarn", tinyLlama({ hfArchitecture: "Qwen2ForCausalLM", bias: { qkv: true, o: false, mlp: false, norm: false }, positions: { kind: "rope", theta: 100, rotaryDim: 4, scaling: yarnScaling } }), "F32"],
+  ["llama with dynamic NTK past max positions", tinyLlama({ maxPositions: 4, positions: { kind: "rope", theta: 100, rotaryDim: 4, scaling: { kind: "dynamic", factor: 3, maxPositions: 4 } } }), "F32"],
+  ["phi3 (fused qkv_proj, gate_up_proj)", tinyPhi3(), "F32"],
+  ["phi3 longrope past original max positions, partial rotary", tinyPhi3({ headDim: 8, numHeads: 2, numKvHeads: 2, positions: { kind: "rope", theta: 100, rotaryDim: 4, scaling: longrope } }), "BF16"],
+]
+
+describe("forward graph vs float64 reference", () => {
+  for (const [name, config, dtype] of cases)
+    it(name, async () => {
+      const ckpt = await randomCheckpoint(config, { dtype })
+      const s = await forwardSession(ckpt)
+      const out = await run(s, { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) })
+      expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, seq), TOL)
+    })
+
+  it("dynamic and longrope take the sequence length per row: a left-padded short row equals the row alone", async () => {
+    for (const [, config] of [cases[3], cases[5]]) {
+      const ckpt = await randomCheckpoint(config)
+      const s = await forwardSession(ckpt)
+      const short = seq.slice(0, 3) // under the threshold, while the full row is past it
+      const out = await run(s, {
+        [forwardNames.ids]: ids([seq, [0, 0, 0, 0, 0, ...short]]),
+        [forwardNames.mask]: tensor("int64", [2, 8], [...seq.map(() => 1), 0, 0, 0, 0, 0, 1, 1, 1]),
+      })
+      expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, seq), TOL)
+      expectClose(rowsOf(out.logits, 1, 5), referenceLogits(ckpt.dir, short), TOL)
+    }
+  })
+})
+
+describe("KV-cache generation", () => {
+  for (const [name, config] of [
+    ["qwen3", tinyQwen3()],
+    ["phi3", tinyPhi3()],
+  ] as const)
+    it(`${name}: greedy generation with the cache is the reference's greedy continuation and the uncached result`, async () => {
+      // std 0.3: peaked next-token distributions, so greedy choices are not near-ties
+      const ckpt = await randomCheckpoint(config, { std: 0.3 })
+      const gen = await Effect.runPromise(makeGenerator(ckpt, { graphDir: tempDir("pipe-families-gen-") }))
+      const prompts = [[1, 5, 9], [1, 20, 33, 7, 41]]
+      const requests = prompts.map((prompt) => ({ prompt, maxNewTokens: 6, temperature: 0, stopTokenIds: [] }))
+      const cached = await Effect.runPromise(gen.generate(requests))
+      const recomputed = await Effect.runPromise(gen.generate(requests, { cache: false }))
+      expect(cached.map((g) => g.tokens)).toEqual(recomputed.map((g) => g.tokens))
+      cached.forEach((g, i) => {
+        const sequence = [...prompts[i]]
+        for (const token of g.tokens) {
+          const logits = referenceLogits(ckpt.dir, sequence).at(-1)!
+          expect(Math.max(...logits) - logits[token]).toBeLessThan(TOL)
+          sequence.push(token)
+        }
+      })
+    })
+})
+
+describe("LoRA", () => {
+  it("phi3: an adapter on the fused qkv_proj and gate_up_proj (lora_B of the fused size) equals the mergeLora checkpoint", async () => {
+    const config = tinyPhi3()
+    const ckpt = await randomCheckpoint(config)
+    const targetModules = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+    const r = 2
+    const targets = await Effect.runPromise(loraTargets(ckpt, targetModules))
+    const { numHeads: nh, numKvHeads: nkv, headDim: hd, intermediateSize: m, hiddenSize: h } = config
+    expect(targets.filter((t) => t.module.startsWith("model.layers.0.")).map((t) => [t.module.split(".").at(-1), t.inFeatures, t.outFeatures])).toEqual([
+      ["qkv_proj", h, (nh + 2 * nkv) * hd],
+      ["o_proj", nh * hd, h],
+      ["gate_up_proj", h, 2 * m],
+      ["down_proj", m, h],
+    ])
+    const lc = await Effect.runPromise(loraConfigFor(ckpt, { r, loraAlpha: 4, targetModules }))
+    const session = await Effect.runPromise(
+      Effect.gen(function* () {
+        const placement = yield* placeWeights(ckpt, tempDir("pipe-phi3-lora-"))
+        const g = new Graph("lora")
+        buildForwardGraph(g, ckpt, placement, { linearHook: loraHook(loraInputs(g, targets, r), loraScale(lc)) })
+        return yield* createSession(yield* writeGraph(g, placement, "lora"))
+      }),
+    )
+    // random A and B (PEFT initializes B = 0, which would make the comparison vacuous)
+    const values = Object.fromEntries(Object.entries(initLora(targets, r, 5)).map(([k, v], i) => [k, Float32Array.from(v.data, (_, j) => Math.sin(7 * j + i) * 0.3)]))
+    const feeds: Record<string, ort.Tensor> = { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) }
+    for (const [k, v] of Object.entries(initLora(targets, r, 5))) feeds[k] = tensor("float32", v.shape, values[k])
+    const adapted = rowsOf((await run(session, feeds)).logits, 0)
+    const adapter = loraAdapter(lc, targets, values)
+    expect(adapter.modules.get("model.layers.0.self_attn.qkv_proj")!.b.shape).toEqual([(nh + 2 * nkv) * hd, r])
+    expect(adapter.modules.get("model.layers.1.mlp.gate_up_proj")!.b.shape).toEqual([2 * m, r])
+    const merged = tempDir("pipe-phi3-merged-")
+    await Effect.runPromise(mergeLora(ckpt.dir, adapter, merged))
+    const want = referenceLogits(merged, seq)
+    expectClose(adapted, want, TOL)
+    const base = referenceLogits(ckpt.dir, seq)
+    expect(Math.max(...want.flatMap((w, i) => Array.from(w, (x, j) => Math.abs(x - base[i][j]))))).toBeGreaterThan(1e-2)
+  })
+
+  const H = 16
+  const trainRows = [
+    [1, 5, 9, 13, 17, 21, 25],
+    [2, 6, 10, 14, 18, 22, 26],
+  ]
+  for (const [name, config, targetModules] of [
+    ["qwen3", tinyQwen3(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
+    ["phi3", tinyPhi3(), ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]],
+  ] as const)
+    it(`${name}: LoRA training steps lower the cross-entropy`, async () => {
+      const ckpt: Checkpoint = await randomCheckpoint(config)
+      const targets = await Effect.runPromise(loraTargets(ckpt, [...targetModules]))
+      const r = 4
+      const session = await Effect.runPromise(
+        Effect.gen(function* () {
+          const placement = yield* placeWeights(ckpt, tempDir("pipe-families-train-"))
+          const g = new Graph("lora_train")
+          const source = externalWeights(g, placement)
+          buildTrainStep({
+            graph: g,
+            params: loraParamSpecs(targets, r),
+            batch: {
+              input_ids: { dtype: "int64", shape: ["batch", "seq"] },
+              attention_mask: { dtype: "int64", shape: ["batch", "seq"] },
+              targets: { dtype: "int64", shape: ["batch", "seq"] },
+              loss_mask: { dtype: "float32", shape: ["batch", "seq"] },
+            },
+            adamw: { weightDecay: 0 },
+            loss: (sub, params, b) => {
+              const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: loraHook(loraFromParams(targets, params), 2) })
+              return crossEntropy(sub, { hidden: sub.reshape(out.hidden, [-1, H]), weight: out.lmHead }, sub.reshape(b.targets, [-1]), sub.reshape(b.loss_mask, [-1])).mean
+            },
+          })
+          return yield* createSession(yield* writeGraph(g, placement, "lora_train"))
+        }),
+      )
+      const batch = {
+        input_ids: ids(trainRows.map((row) => row.slice(0, -1))),
+        attention_mask: tensor("int64", [2, 6], Array(12).fill(1)),
+        targets: ids(trainRows.map((row) => row.slice(1))),
+        loss_mask: tensor("float32", [2, 6], Array(12).fill(1)),
+      }
+      let state = initTrainState(Object.fromEntries(Object.entries(initLora(targets, r, 3)).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
+      const losses: number[] = []
+      for (let i = 0; i < 20; i++) {
+        const res = await Effect.runPromise(trainStep(session, state, batch, 0.02))
+        state = res.state
+        losses.push(res.loss)
+      }
+      expect(losses.at(-1)!).toBeLessThan(losses[0] * 0.7)
+    })
+})
