@@ -28,7 +28,7 @@ import { loraConfigFor, loraScale, loraTargets, mergeLora } from "../../src/mode
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
-import { referenceLogits } from "../reference/reference.ts"
+import { referenceForward, referenceLogits, referenceModel } from "../reference/reference.ts"
 import { expectClose, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
 
 const TOL = 1e-4
@@ -180,6 +180,35 @@ describe("forward graph vs float64 reference", () => {
       })
       expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, seq), TOL)
       expectClose(rowsOf(out.logits, 1, 5), referenceLogits(ckpt.dir, short), TOL)
+    }
+  })
+})
+
+describe("KV cache with sequence-length-dependent rope (dynamic, longrope)", () => {
+  it("cached keys keep the rotation of the forward that computed them, as in transformers; a full recompute differs", async () => {
+    for (const [, config] of [cases[3], cases[5]]) {
+      const ckpt = await randomCheckpoint(config)
+      const model = referenceModel(ckpt)
+      const s = await forwardSession(ckpt, { cache: true })
+      const c = ckpt.config
+      let past: Record<string, ort.Tensor> = {}
+      for (let l = 0; l < c.numLayers; l++)
+        for (const name of [forwardNames.pastKey(l), forwardNames.pastValue(l)]) past[name] = tensor("float32", [1, c.numKvHeads, 0, c.headDim], [])
+      // prefill 4 tokens (at the threshold), then decode 4 more one by one (lengths 5..8)
+      const lengths: number[] = []
+      for (const [from, to] of [[0, 4], [4, 5], [5, 6], [6, 7], [7, 8]]) {
+        const out = await run(s, { [forwardNames.ids]: ids([seq.slice(from, to)]), [forwardNames.mask]: tensor("int64", [1, to], Array(to).fill(1)), ...past })
+        lengths.push(...Array(to - from).fill(to))
+        expectClose(rowsOf(out.logits, 0), referenceForward(model, seq.slice(0, to), lengths).slice(from), TOL)
+        past = {}
+        for (let l = 0; l < c.numLayers; l++) {
+          past[forwardNames.pastKey(l)] = out[forwardNames.presentKey(l)]
+          past[forwardNames.pastValue(l)] = out[forwardNames.presentValue(l)]
+        }
+      }
+      const cached = referenceForward(model, seq, lengths).at(-1)!
+      const recomputed = referenceForward(model, seq).at(-1)!
+      expect(Math.max(...Array.from(cached, (v, i) => Math.abs(v - recomputed[i])))).toBeGreaterThan(1e-2)
     }
   })
 })

@@ -257,7 +257,8 @@ const projectQkv = (c: ModelConfig, a: AttentionParams, xs: Vec[]) => {
   })
 }
 
-const attention = (c: ModelConfig, l: LayerParams, xs: Vec[]): Vec[] => {
+/** ropeLengths[t]: the sequence length position t's query and key are rotated at (see referenceForward). */
+const attention = (c: ModelConfig, l: LayerParams, xs: Vec[], ropeLengths: ReadonlyArray<number>): Vec[] => {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
   const a = l.attention
   const qkv = projectQkv(c, a, xs)
@@ -269,11 +270,11 @@ const attention = (c: ModelConfig, l: LayerParams, xs: Vec[]): Vec[] => {
     })
   }
   if (c.positions.kind === "rope") {
-    // the whole sequence is one forward: its length decides dynamic and longrope frequencies
-    const invFreq = ropeInverseFrequencies(c.positions, xs.length)
-    const s = c.positions.scaling
+    const positions = c.positions
+    const s = positions.scaling
     const scale = s.kind === "yarn" || s.kind === "longrope" ? s.attentionFactor : 1
     qkv.forEach((p, t) => {
+      const invFreq = ropeInverseFrequencies(positions, ropeLengths[t])
       p.q = p.q.map((q) => rotate(q, t, invFreq, scale))
       p.k = p.k.map((k) => rotate(k, t, invFreq, scale))
     })
@@ -312,9 +313,15 @@ const mlp = (c: ModelConfig, l: LayerParams, x: Vec): Vec => {
   return linear(m.down, hidden)
 }
 
-/** Logits [seq][vocab] of a model on one sequence of token ids (no padding, positions 0..seq-1). */
-export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<number>): Float64Array[] => {
+/**
+ * Logits [seq][vocab] of a model on one sequence of token ids (no padding, positions 0..seq-1).
+ * The rope types that depend on the sequence length (dynamic, longrope) use the whole sequence's
+ * length, unless `ropeLengths` gives, per position, the length of the forward that computed it:
+ * what a KV-cache decode does, where cached keys keep the rotation of an earlier, shorter forward.
+ */
+export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<number>, ropeLengths: ReadonlyArray<number> = tokenIds.map(() => tokenIds.length)): Float64Array[] => {
   const c = model.config
+  if (ropeLengths.length !== tokenIds.length) throw new Error(`${ropeLengths.length} rope lengths for ${tokenIds.length} tokens`)
   const norm = (p: NormParams, x: Vec) => (c.norm.kind === "rms" ? rmsNorm(x, p.w, c.norm.eps) : layerNorm(x, p.w, p.b, c.norm.eps))
   let xs = tokenIds.map((id, t) => {
     if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new Error(`token id ${id} outside the vocabulary of ${c.vocabSize}`)
@@ -322,7 +329,7 @@ export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<
     return model.embedPositions ? add(e, row(model.embedPositions, t)) : e
   })
   for (const layer of model.layers) {
-    const attn = attention(c, layer, xs.map((x) => norm(layer.norm1, x)))
+    const attn = attention(c, layer, xs.map((x) => norm(layer.norm1, x)), ropeLengths)
     if (c.parallelResidual) {
       xs = xs.map((x, t) => add(add(x, attn[t]), mlp(c, layer, norm(layer.norm2, x))))
     } else {
