@@ -14,6 +14,7 @@ import {
   activationFromHf,
   activationToHf,
   type Layer,
+  type TensorLookup,
   linearSpec,
   type ModelConfig,
   normSpec,
@@ -28,7 +29,8 @@ import {
   unsupported,
 } from "./config-architecture.ts"
 
-const LlamaConfigJson = Schema.Struct({
+/** The config.json fields of Llama and of the families derived from it (Phi-3). */
+export const LlamaLikeFields = {
   ...CommonFields,
   model_type: Schema.optional(Schema.String),
   vocab_size: PositiveInt,
@@ -44,11 +46,46 @@ const LlamaConfigJson = Schema.Struct({
   rope_theta: Schema.optional(PositiveNumber),
   rope_scaling: Schema.optional(Schema.NullOr(RopeFields)),
   rope_parameters: Schema.optional(Schema.NullOr(RopeFields)),
+  sliding_window: Schema.optional(Schema.NullOr(Schema.Int)),
+}
+
+const LlamaConfigJson = Schema.Struct({
+  ...LlamaLikeFields,
   attention_bias: Schema.optional(Schema.Boolean),
   mlp_bias: Schema.optional(Schema.Boolean),
-  sliding_window: Schema.optional(Schema.NullOr(Schema.Int)),
   use_sliding_window: Schema.optional(Schema.Boolean),
 })
+
+/**
+ * Query heads, key/value heads and head size from config.json; `defaultHeadDim` replaces
+ * hidden_size / heads when head_dim is absent (Qwen3Config defaults it to 128).
+ */
+export const attentionHeads = (
+  file: string,
+  c: { num_attention_heads: number; num_key_value_heads?: number | null; head_dim?: number | null; hidden_size: number },
+  defaultHeadDim?: number,
+): Effect.Effect<{ numHeads: number; numKvHeads: number; headDim: number }, CheckpointError> => {
+  const numHeads = c.num_attention_heads
+  const numKvHeads = c.num_key_value_heads ?? numHeads
+  if (numHeads % numKvHeads !== 0)
+    return Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
+  if (c.head_dim == null && defaultHeadDim === undefined && c.hidden_size % numHeads !== 0)
+    return Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
+  return Effect.succeed({ numHeads, numKvHeads, headDim: c.head_dim ?? defaultHeadDim ?? c.hidden_size / numHeads })
+}
+
+/** Embedding, final norm and LM head under Llama's names, around the given layers. */
+export const llamaModelWeights = (config: ModelConfig, tensors: TensorLookup, layer: (i: number) => Effect.Effect<Layer, CheckpointError>) =>
+  resolveModel(
+    tensors,
+    {
+      embedTokens: { name: "model.embed_tokens.weight", shape: [config.vocabSize, config.hiddenSize], transposed: false },
+      embedPositions: undefined,
+      finalNorm: normSpec("model.norm", config.hiddenSize, false),
+      lmHead: config.tiedEmbeddings ? undefined : { name: "lm_head.weight", shape: [config.vocabSize, config.hiddenSize], transposed: false },
+    },
+    Array.from({ length: config.numLayers }, (_, i) => layer(i)),
+  )
 
 const architectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM"] as const
 
@@ -70,15 +107,8 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
       return yield* Effect.fail(unsupported(file, "rope_parameters.partial_rotary_factor", "partial rotary embeddings in a Llama-family model"))
     const activation = yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu")
     if (activation !== "silu") return yield* Effect.fail(unsupported(file, "hidden_act", `"${c.hidden_act}" in a Llama-family model (only silu)`))
-    const numHeads = c.num_attention_heads
-    const numKvHeads = c.num_key_value_heads ?? numHeads
-    if (numHeads % numKvHeads !== 0)
-      return yield* Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
     // Qwen3Config's head_dim defaults to 128 whatever hidden_size is.
-    const defaultHeadDim = isQwen3 ? 128 : undefined
-    if (c.head_dim == null && defaultHeadDim === undefined && c.hidden_size % numHeads !== 0)
-      return yield* Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
-    const headDim = c.head_dim ?? defaultHeadDim ?? c.hidden_size / numHeads
+    const { numHeads, numKvHeads, headDim } = yield* attentionHeads(file, c, isQwen3 ? 128 : undefined)
     if (headDim % 2 !== 0) return yield* Effect.fail(checkpointError(file, "head_dim", `${headDim} must be even for rotary embeddings`))
     const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
     const scaling = yield* parseRopeScaling(file, ropeField, c.rope_parameters ?? c.rope_scaling, { maxPositions: c.max_position_embeddings, rotaryDim: headDim })
@@ -107,7 +137,7 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
   })
 
 const weights: ArchitectureModule["weights"] = (config, tensors) => {
-  const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m, vocabSize, bias } = config
+  const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m, bias } = config
   const qkNorm = config.hfArchitecture === "Qwen3ForCausalLM"
   const headNorm = (name: string) => (qkNorm ? resolveNorm(tensors, normSpec(name, headDim, false)) : Effect.succeed(undefined))
   const layer = (i: number): Effect.Effect<Layer, CheckpointError> => {
@@ -132,16 +162,7 @@ const weights: ArchitectureModule["weights"] = (config, tensors) => {
       }),
     })
   }
-  return resolveModel(
-    tensors,
-    {
-      embedTokens: { name: "model.embed_tokens.weight", shape: [vocabSize, h], transposed: false },
-      embedPositions: undefined,
-      finalNorm: normSpec("model.norm", h, false),
-      lmHead: config.tiedEmbeddings ? undefined : { name: "lm_head.weight", shape: [vocabSize, h], transposed: false },
-    },
-    Array.from({ length: config.numLayers }, (_, i) => layer(i)),
-  )
+  return llamaModelWeights(config, tensors, layer)
 }
 
 const modelType: Record<string, string> = { LlamaForCausalLM: "llama", MistralForCausalLM: "mistral", Qwen2ForCausalLM: "qwen2", Qwen3ForCausalLM: "qwen3" }

@@ -9,7 +9,6 @@ import {
   type ArchitectureModule,
   type CheckpointError,
   checkpointError,
-  CommonFields,
   commonConfig,
   commonConfigJson,
   decodeConfig,
@@ -21,33 +20,17 @@ import {
   PositiveInt,
   PositiveNumber,
   resolveLinear,
-  resolveModel,
   resolveNorm,
-  RopeFields,
   ropeScalingJson,
   unsupported,
   type UnsupportedModelError,
 } from "./config-architecture.ts"
+import { attentionHeads, LlamaLikeFields, llamaModelWeights } from "./config-llama.ts"
 
 const Phi3ConfigJson = Schema.Struct({
-  ...CommonFields,
-  model_type: Schema.optional(Schema.String),
-  vocab_size: PositiveInt,
-  hidden_size: PositiveInt,
-  intermediate_size: PositiveInt,
-  num_hidden_layers: PositiveInt,
-  num_attention_heads: PositiveInt,
-  num_key_value_heads: Schema.optional(Schema.NullOr(PositiveInt)),
-  head_dim: Schema.optional(Schema.NullOr(PositiveInt)),
-  max_position_embeddings: PositiveInt,
+  ...LlamaLikeFields,
   original_max_position_embeddings: Schema.optional(PositiveInt),
-  rms_norm_eps: PositiveNumber,
-  hidden_act: Schema.optional(Schema.String),
-  rope_theta: Schema.optional(PositiveNumber),
-  rope_scaling: Schema.optional(Schema.NullOr(RopeFields)),
-  rope_parameters: Schema.optional(Schema.NullOr(RopeFields)),
   partial_rotary_factor: Schema.optional(PositiveNumber),
-  sliding_window: Schema.optional(Schema.NullOr(Schema.Int)),
 })
 
 const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
@@ -57,13 +40,7 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
       return yield* Effect.fail(
         unsupported(file, "sliding_window", `${c.sliding_window} is smaller than max_position_embeddings ${c.max_position_embeddings}; sliding-window attention is not implemented`),
       )
-    const numHeads = c.num_attention_heads
-    const numKvHeads = c.num_key_value_heads ?? numHeads
-    if (numHeads % numKvHeads !== 0)
-      return yield* Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
-    if (c.head_dim == null && c.hidden_size % numHeads !== 0)
-      return yield* Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
-    const headDim = c.head_dim ?? c.hidden_size / numHeads
+    const { numHeads, numKvHeads, headDim } = yield* attentionHeads(file, c)
     const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
     const rope = c.rope_parameters ?? c.rope_scaling
     const partial = rope?.partial_rotary_factor ?? c.partial_rotary_factor ?? 1
@@ -102,7 +79,7 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
   })
 
 const weights: ArchitectureModule["weights"] = (config, tensors) => {
-  const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m, vocabSize } = config
+  const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m } = config
   const layer = (i: number): Effect.Effect<Layer, CheckpointError> => {
     const p = `model.layers.${i}`
     return Effect.all({
@@ -120,16 +97,7 @@ const weights: ArchitectureModule["weights"] = (config, tensors) => {
       }),
     })
   }
-  return resolveModel(
-    tensors,
-    {
-      embedTokens: { name: "model.embed_tokens.weight", shape: [vocabSize, h], transposed: false },
-      embedPositions: undefined,
-      finalNorm: normSpec("model.norm", h, false),
-      lmHead: config.tiedEmbeddings ? undefined : { name: "lm_head.weight", shape: [vocabSize, h], transposed: false },
-    },
-    Array.from({ length: config.numLayers }, (_, i) => layer(i)),
-  )
+  return llamaModelWeights(config, tensors, layer)
 }
 
 const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> => {
