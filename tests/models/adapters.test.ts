@@ -10,7 +10,7 @@ import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
 import { Graph, serialize } from "../../src/graph/index.ts"
-import { crossEntropy, fullForwardKL } from "../../src/graph/losses.ts"
+import { fullForwardKL } from "../../src/graph/losses.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import {
   conditionalSoftPrompt,
@@ -33,7 +33,7 @@ import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
 import { referenceLogits } from "../reference/reference.ts"
-import { expectClose, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
+import { batchSpec, expectClose, ids, nextTokenLoss, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const seq = [1, 7, 3, 60, 12, 5]
@@ -204,29 +204,6 @@ describe("soft prompts", () => {
   })
 })
 
-/** Cross-entropy of next-token prediction on a fixed batch, as a train-step loss. */
-const nextTokenLoss = (H: number) => (g: Graph, hidden: Value, lmHead: Value, targets: Value, mask: Value) =>
-  crossEntropy(g, { hidden: g.reshape(hidden, [-1, H]), weight: lmHead }, g.reshape(targets, [-1]), g.reshape(mask, [-1])).mean
-type Value = ReturnType<Graph["input"]>
-
-const trainBatch = () => {
-  const rows = [
-    [1, 5, 9, 13, 17, 21, 25],
-    [2, 6, 10, 14, 18, 22, 26],
-  ]
-  return {
-    input_ids: ids(rows.map((r) => r.slice(0, -1))),
-    attention_mask: tensor("int64", [2, 6], Array(12).fill(1)),
-    targets: ids(rows.map((r) => r.slice(1))),
-    loss_mask: tensor("float32", [2, 6], Array(12).fill(1)),
-  }
-}
-const batchSpec = {
-  input_ids: { dtype: "int64", shape: ["batch", "seq"] },
-  attention_mask: { dtype: "int64", shape: ["batch", "seq"] },
-  targets: { dtype: "int64", shape: ["batch", "seq"] },
-  loss_mask: { dtype: "float32", shape: ["batch", "seq"] },
-} as const
 const dropoutBatchSpec = { ...batchSpec, dropout_seed: { dtype: "int64", shape: [] } } as const
 
 describe("training through buildTrainStep", () => {

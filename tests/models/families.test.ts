@@ -16,7 +16,6 @@ import { Effect, Exit } from "effect"
 import * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
 import { Graph } from "../../src/graph/index.ts"
-import { crossEntropy } from "../../src/graph/losses.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import { initLora, loraAdapter, loraFromParams, loraHook, loraInputs, loraParamSpecs } from "../../src/models/adapters.ts"
 import { type Checkpoint, type ModelConfig, modelConfigJson, parseModelConfig } from "../../src/models/checkpoint.ts"
@@ -29,7 +28,7 @@ import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
 import { referenceForward, referenceLogits, referenceModel } from "../reference/reference.ts"
-import { expectClose, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
+import { batchSpec, expectClose, expectForwardMatchesReference, forwardSession, ids, nextTokenLoss, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const parse = (json: unknown) => Effect.runSync(parseModelConfig("config.json", json))
@@ -162,12 +161,7 @@ const cases: Array<[string, ModelConfig, WeightDType]> = [
 
 describe("forward graph vs float64 reference", () => {
   for (const [name, config, dtype] of cases)
-    it(name, async () => {
-      const ckpt = await randomCheckpoint(config, { dtype })
-      const s = await forwardSession(ckpt)
-      const out = await run(s, { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) })
-      expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, seq), TOL)
-    })
+    it(name, () => expectForwardMatchesReference(config, dtype, seq, TOL))
 
   it("dynamic and longrope take the sequence length per row: a left-padded short row equals the row alone", async () => {
     for (const [, config] of [cases[3], cases[5]]) {
@@ -277,11 +271,6 @@ describe("LoRA", () => {
     expect(Math.max(...want.flatMap((w, i) => Array.from(w, (x, j) => Math.abs(x - base[i][j]))))).toBeGreaterThan(1e-2)
   })
 
-  const H = 16
-  const trainRows = [
-    [1, 5, 9, 13, 17, 21, 25],
-    [2, 6, 10, 14, 18, 22, 26],
-  ]
   for (const [name, config, targetModules] of [
     ["qwen3", tinyQwen3(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
     ["phi3", tinyPhi3(), ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]],
@@ -298,31 +287,20 @@ describe("LoRA", () => {
           buildTrainStep({
             graph: g,
             params: loraParamSpecs(targets, r),
-            batch: {
-              input_ids: { dtype: "int64", shape: ["batch", "seq"] },
-              attention_mask: { dtype: "int64", shape: ["batch", "seq"] },
-              targets: { dtype: "int64", shape: ["batch", "seq"] },
-              loss_mask: { dtype: "float32", shape: ["batch", "seq"] },
-            },
+            batch: batchSpec,
             adamw: { weightDecay: 0 },
             loss: (sub, params, b) => {
               const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: loraHook(loraFromParams(targets, params), 2) })
-              return crossEntropy(sub, { hidden: sub.reshape(out.hidden, [-1, H]), weight: out.lmHead }, sub.reshape(b.targets, [-1]), sub.reshape(b.loss_mask, [-1])).mean
+              return nextTokenLoss(ckpt.config.hiddenSize)(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
             },
           })
           return yield* createSession(yield* writeGraph(g, placement, "lora_train"))
         }),
       )
-      const batch = {
-        input_ids: ids(trainRows.map((row) => row.slice(0, -1))),
-        attention_mask: tensor("int64", [2, 6], Array(12).fill(1)),
-        targets: ids(trainRows.map((row) => row.slice(1))),
-        loss_mask: tensor("float32", [2, 6], Array(12).fill(1)),
-      }
       let state = initTrainState(Object.fromEntries(Object.entries(initLora(targets, r, 3)).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
       const losses: number[] = []
       for (let i = 0; i < 20; i++) {
-        const res = await Effect.runPromise(trainStep(session, state, batch, 0.02))
+        const res = await Effect.runPromise(trainStep(session, state, trainBatch(), 0.02))
         state = res.state
         losses.push(res.loss)
       }

@@ -245,7 +245,7 @@ const slice = (v: Vec, start: number, length: number): Vec => v.slice(start, sta
 
 /** Per-position q, k, v vectors, each split into heads: q[t][head], k[t][kvHead], v[t][kvHead]. */
 const projectQkv = (c: ModelConfig, a: AttentionParams, xs: Vec[]) => {
-  const { numHeads: nh, numKvHeads: nkv, headDim: hd, hiddenSize: h } = c
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
   const heads = (v: Vec, n: number, start = 0, stride = hd) => Array.from({ length: n }, (_, j) => slice(v, start + j * stride, hd))
   return xs.map((x) => {
     if (a.layout === "separate") return { q: heads(linear(a.q, x), nh), k: heads(linear(a.k, x), nkv), v: heads(linear(a.v, x), nkv) }
