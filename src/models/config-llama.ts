@@ -74,6 +74,23 @@ export const attentionHeads = (
   return Effect.succeed({ numHeads, numKvHeads, headDim: c.head_dim ?? defaultHeadDim ?? c.hidden_size / numHeads })
 }
 
+/** The ModelConfig fields every Llama-like config.json gives under the same names. */
+export const llamaLikeSizes = (c: {
+  vocab_size: number
+  hidden_size: number
+  num_hidden_layers: number
+  intermediate_size: number
+  max_position_embeddings: number
+  rms_norm_eps: number
+}) => ({
+  vocabSize: c.vocab_size,
+  hiddenSize: c.hidden_size,
+  numLayers: c.num_hidden_layers,
+  intermediateSize: c.intermediate_size,
+  maxPositions: c.max_position_embeddings,
+  norm: { kind: "rms" as const, eps: c.rms_norm_eps },
+})
+
 /** Embedding, final norm and LM head under Llama's names, around the given layers. */
 export const llamaModelWeights = (config: ModelConfig, tensors: TensorLookup, layer: (i: number) => Effect.Effect<Layer, CheckpointError>) =>
   resolveModel(
@@ -116,15 +133,10 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const config: ModelConfig = {
       family: "llama",
       hfArchitecture: arch,
-      vocabSize: c.vocab_size,
-      hiddenSize: c.hidden_size,
-      numLayers: c.num_hidden_layers,
+      ...llamaLikeSizes(c),
       numHeads,
       numKvHeads,
       headDim,
-      intermediateSize: c.intermediate_size,
-      maxPositions: c.max_position_embeddings,
-      norm: { kind: "rms", eps: c.rms_norm_eps },
       activation,
       mlp: "gated",
       positions: { kind: "rope", theta: c.rope_parameters?.rope_theta ?? c.rope_theta ?? 10000, rotaryDim: headDim, scaling },

@@ -25,7 +25,7 @@ import {
   unsupported,
   type UnsupportedModelError,
 } from "./config-architecture.ts"
-import { attentionHeads, LlamaLikeFields, llamaModelWeights } from "./config-llama.ts"
+import { attentionHeads, LlamaLikeFields, llamaLikeSizes, llamaModelWeights } from "./config-llama.ts"
 
 const Phi3ConfigJson = Schema.Struct({
   ...LlamaLikeFields,
@@ -58,15 +58,10 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const config: ModelConfig = {
       family: "phi3",
       hfArchitecture: "Phi3ForCausalLM",
-      vocabSize: c.vocab_size,
-      hiddenSize: c.hidden_size,
-      numLayers: c.num_hidden_layers,
+      ...llamaLikeSizes(c),
       numHeads,
       numKvHeads,
       headDim,
-      intermediateSize: c.intermediate_size,
-      maxPositions: c.max_position_embeddings,
-      norm: { kind: "rms", eps: c.rms_norm_eps },
       activation: yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu"),
       mlp: "gated",
       positions: { kind: "rope", theta: rope?.rope_theta ?? c.rope_theta ?? 10000, rotaryDim, scaling },
