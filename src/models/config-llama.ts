@@ -91,6 +91,20 @@ export const llamaLikeSizes = (c: {
   norm: { kind: "rms" as const, eps: c.rms_norm_eps },
 })
 
+/** The config.json form of llamaLikeSizes, the heads and the activation. */
+export const llamaLikeJson = (c: ModelConfig) => ({
+  vocab_size: c.vocabSize,
+  hidden_size: c.hiddenSize,
+  intermediate_size: c.intermediateSize,
+  num_hidden_layers: c.numLayers,
+  num_attention_heads: c.numHeads,
+  num_key_value_heads: c.numKvHeads,
+  head_dim: c.headDim,
+  max_position_embeddings: c.maxPositions,
+  rms_norm_eps: c.norm.eps,
+  hidden_act: activationToHf[c.activation],
+})
+
 /** Embedding, final norm and LM head under Llama's names, around the given layers. */
 export const llamaModelWeights = (config: ModelConfig, tensors: TensorLookup, layer: (i: number) => Effect.Effect<Layer, CheckpointError>) =>
   resolveModel(
@@ -193,16 +207,7 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
   const json: Record<string, unknown> = {
     architectures: [c.hfArchitecture],
     model_type: modelType[c.hfArchitecture] ?? "llama",
-    vocab_size: c.vocabSize,
-    hidden_size: c.hiddenSize,
-    intermediate_size: c.intermediateSize,
-    num_hidden_layers: c.numLayers,
-    num_attention_heads: c.numHeads,
-    num_key_value_heads: c.numKvHeads,
-    head_dim: c.headDim,
-    max_position_embeddings: c.maxPositions,
-    rms_norm_eps: c.norm.eps,
-    hidden_act: activationToHf[c.activation],
+    ...llamaLikeJson(c),
     rope_theta: c.positions.theta,
     rope_scaling: ropeScalingJson(c.positions.scaling),
     ...commonConfigJson(c),

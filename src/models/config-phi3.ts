@@ -5,7 +5,6 @@
 import { Effect, Schema } from "effect"
 import {
   activationFromHf,
-  activationToHf,
   type ArchitectureModule,
   type CheckpointError,
   checkpointError,
@@ -25,7 +24,7 @@ import {
   unsupported,
   type UnsupportedModelError,
 } from "./config-architecture.ts"
-import { attentionHeads, LlamaLikeFields, llamaLikeSizes, llamaModelWeights } from "./config-llama.ts"
+import { attentionHeads, LlamaLikeFields, llamaLikeJson, llamaLikeSizes, llamaModelWeights } from "./config-llama.ts"
 
 const Phi3ConfigJson = Schema.Struct({
   ...LlamaLikeFields,
@@ -104,18 +103,9 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
   return Effect.succeed({
     architectures: [c.hfArchitecture],
     model_type: "phi3",
-    vocab_size: c.vocabSize,
-    hidden_size: c.hiddenSize,
-    intermediate_size: c.intermediateSize,
-    num_hidden_layers: c.numLayers,
-    num_attention_heads: c.numHeads,
-    num_key_value_heads: c.numKvHeads,
-    head_dim: c.headDim,
-    max_position_embeddings: c.maxPositions,
+    ...llamaLikeJson(c),
     // Phi3Config reads LongRoPE's original length from the top level.
     original_max_position_embeddings: scaling.kind === "longrope" ? scaling.originalMaxPositions : c.maxPositions,
-    rms_norm_eps: c.norm.eps,
-    hidden_act: activationToHf[c.activation],
     rope_theta: c.positions.theta,
     rope_scaling: ropeScalingJson(scaling),
     partial_rotary_factor: c.positions.rotaryDim / c.headDim,
