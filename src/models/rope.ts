@@ -15,6 +15,9 @@ import type { ModelConfig } from "./config-architecture.ts"
 
 export type RopePositions = Extract<ModelConfig["positions"], { kind: "rope" }>
 
+/** theta^(-2i/d) for each rotated pair i. */
+const unscaledFrequencies = (p: RopePositions): number[] => Array.from({ length: p.rotaryDim / 2 }, (_, i) => 1 / p.theta ** ((2 * i) / p.rotaryDim))
+
 /**
  * Rotary inverse frequencies, one per rotated pair, for the sequence-length-independent part:
  * dynamic returns the unscaled frequencies (its scaling is applied in-graph), longrope the
@@ -22,7 +25,7 @@ export type RopePositions = Extract<ModelConfig["positions"], { kind: "rope" }>
  */
 export const ropeInverseFrequencies = (positions: RopePositions): number[] => {
   const d = positions.rotaryDim
-  const base = Array.from({ length: d / 2 }, (_, i) => 1 / positions.theta ** ((2 * i) / d))
+  const base = unscaledFrequencies(positions)
   const s = positions.scaling
   switch (s.kind) {
     case "none":
@@ -72,7 +75,7 @@ const inverseFrequencies = (g: Graph, p: RopePositions, positions: Value): Value
   if (s.kind !== "dynamic" && s.kind !== "longrope") return fixed
   const L = g.unsqueeze(g.add(g.reduceMax(g.cast(positions, "float32"), [1], true), g.scalar(1)), [2]) // [B, 1, 1]
   if (s.kind === "longrope") {
-    const long = g.constant("float32", [p.rotaryDim / 2], ropeInverseFrequencies({ ...p, scaling: { ...s, shortFactor: s.longFactor } }))
+    const long = g.constant("float32", [p.rotaryDim / 2], unscaledFrequencies(p).map((f, i) => f / s.longFactor[i]))
     return g.where(g.greater(L, g.scalar(s.originalMaxPositions)), long, fixed)
   }
   // base' = base * r^(d/(d-2)) with r = factor*L/max - (factor-1), at least 1 (L <= max leaves
