@@ -61,6 +61,27 @@ export const ropeInverseFrequencies = (positions: RopePositions): number[] => {
   }
 }
 
+/**
+ * The longest sequence a model is meant for: max_position_embeddings, times the factor of a
+ * linear or dynamic scaling, or yarn's original_max_position_embeddings times its factor (vLLM's
+ * rule: Qwen2.5's yarn config keeps max_position_embeddings at 32768 for a 131072 context);
+ * llama3 and longrope configs already state the extended length.
+ */
+export const contextLength = (c: ModelConfig): { readonly length: number; readonly why: string } => {
+  const max = { length: c.maxPositions, why: "max_position_embeddings" }
+  if (c.positions.kind !== "rope") return max
+  const s = c.positions.scaling
+  switch (s.kind) {
+    case "linear":
+    case "dynamic":
+      return { length: Math.floor(c.maxPositions * s.factor), why: `max_position_embeddings ${c.maxPositions} x ${s.kind} rope factor ${s.factor}` }
+    case "yarn":
+      return { length: Math.floor(s.originalMaxPositions * s.factor), why: `original_max_position_embeddings ${s.originalMaxPositions} x yarn factor ${s.factor}` }
+    default:
+      return max
+  }
+}
+
 /** The factor yarn and longrope multiply cos and sin by (1 for the others). */
 export const ropeAttentionFactor = (positions: RopePositions): number =>
   positions.scaling.kind === "yarn" || positions.scaling.kind === "longrope" ? positions.scaling.attentionFactor : 1

@@ -207,6 +207,26 @@ describe("KV cache with sequence-length-dependent rope (dynamic, longrope)", () 
   })
 })
 
+describe("generation past max_position_embeddings with dynamic NTK", () => {
+  it("is allowed up to max x factor and follows the reference decoded as the cache computed it; longer is refused", async () => {
+    const ckpt = await randomCheckpoint(cases[3][1], { std: 0.3 }) // max_position_embeddings 4, factor 3
+    const model = referenceModel(ckpt)
+    const gen = await Effect.runPromise(makeGenerator(ckpt, { graphDir: tempDir("pipe-families-dynamic-") }))
+    const prompt = [1, 5, 9]
+    const [out] = await Effect.runPromise(gen.generate([{ prompt, maxNewTokens: 9, temperature: 0, stopTokenIds: [] }]))
+    expect(out.tokens).toHaveLength(9)
+    const sequence = [...prompt]
+    for (const token of out.tokens) {
+      // the prompt is rotated at its own length; each decoded position at the length of its step
+      const logits = referenceForward(model, sequence, sequence.map((_, t) => Math.max(prompt.length, t + 1))).at(-1)!
+      expect(Math.max(...logits) - logits[token]).toBeLessThan(TOL)
+      sequence.push(token)
+    }
+    const exit = await Effect.runPromiseExit(gen.generate([{ prompt, maxNewTokens: 10, temperature: 0 }]))
+    expect(failureMessage(exit)).toMatch(/exceeds the model's context length 12 \(max_position_embeddings 4 x dynamic rope factor 3\)/)
+  })
+})
+
 describe("KV-cache generation", () => {
   for (const [name, config] of [
     ["qwen3", tinyQwen3()],
