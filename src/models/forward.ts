@@ -1,5 +1,6 @@
-// The decoder forward pass of every supported architecture (Llama family, GPT-2, GPT-NeoX) as
-// ONNX graph functions, built from a loaded checkpoint's normalized config and weight layout.
+// The decoder forward pass of every supported architecture (Llama family with Qwen2/3, Phi-3,
+// GPT-2, GPT-NeoX) as ONNX graph functions, built from a loaded checkpoint's normalized config and
+// weight layout. RoPE and its scalings live in rope.ts.
 //
 // API
 //   decoder(g, config, weights, source, inputs, options?) -> { hidden, lmHead, present }
