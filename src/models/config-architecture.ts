@@ -33,8 +33,8 @@ export const unsupported = (file: string, field: string, what: string) =>
 
 export type Family = "llama" | "gpt2" | "gpt_neox" | "phi3"
 
-/** silu: x*sigmoid(x). gelu_erf: exact GELU. gelu_tanh: tanh approximation (see activationFromHf for the HF names of each). */
-export type Activation = "silu" | "gelu_erf" | "gelu_tanh"
+/** silu: x*sigmoid(x). gelu_erf: exact GELU. gelu_tanh: tanh approximation. relu: max(x, 0). (activationFromHf lists the HF names of each.) */
+export type Activation = "silu" | "gelu_erf" | "gelu_tanh" | "relu"
 
 export type RopeScaling =
   | { readonly kind: "none" }
@@ -449,7 +449,7 @@ export const commonConfigJson = (c: ModelConfig) => ({
  * transformers' ACT2FN names that compute one of our activations: "gelu_fast" and "gelu_accurate"
  * are the tanh approximation written differently (gelu_fast's constant 0.7978845608 is sqrt(2/pi)
  * to 1e-11), "gelu_python" is the exact erf GELU, "swish" is silu. The rest of ACT2FN (gelu_10,
- * quick_gelu, relu, relu2, relu6, laplace, mish, leaky_relu, linear, sigmoid, tanh, ...) is refused.
+ * quick_gelu, relu2, relu6, laplace, mish, leaky_relu, linear, sigmoid, tanh, ...) is refused.
  */
 const activationNames: Record<string, Activation> = {
   silu: "silu",
@@ -460,6 +460,7 @@ const activationNames: Record<string, Activation> = {
   gelu_pytorch_tanh: "gelu_tanh",
   gelu_fast: "gelu_tanh",
   gelu_accurate: "gelu_tanh",
+  relu: "relu",
 }
 
 export const activationFromHf = (file: string, field: string, name: string): Effect.Effect<Activation, UnsupportedModelError> => {
@@ -469,4 +470,4 @@ export const activationFromHf = (file: string, field: string, name: string): Eff
     : Effect.succeed(activation)
 }
 
-export const activationToHf: Record<Activation, string> = { silu: "silu", gelu_erf: "gelu", gelu_tanh: "gelu_new" }
+export const activationToHf: Record<Activation, string> = { silu: "silu", gelu_erf: "gelu", gelu_tanh: "gelu_new", relu: "relu" }

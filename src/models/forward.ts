@@ -129,6 +129,8 @@ const activation = (g: Graph, c: ModelConfig, x: Value): Value => {
       return g.mul(x, g.sigmoid(x))
     case "gelu_erf":
       return g.mul(g.mul(x, g.scalar(0.5)), g.add(g.scalar(1), g.erf(g.mul(x, g.scalar(Math.SQRT1_2)))))
+    case "relu":
+      return g.relu(x)
     case "gelu_tanh": {
       const inner = g.mul(g.scalar(Math.sqrt(2 / Math.PI)), g.add(x, g.mul(g.scalar(0.044715), g.mul(x, g.mul(x, x)))))
       return g.mul(g.mul(x, g.scalar(0.5)), g.add(g.scalar(1), g.tanh(inner)))

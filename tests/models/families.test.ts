@@ -136,11 +136,13 @@ describe("published configs", () => {
     expect(failureMessage(parseExit({ ...gpt2, activation_function: "relu6" }))).toMatch(/activation_function: unsupported: activation "relu6"/)
   })
 
-  it("ACT2FN aliases: gelu_fast and gelu_accurate are the tanh GELU, gelu_python the exact one, swish is silu", () => {
+  it("ACT2FN aliases: gelu_fast and gelu_accurate are the tanh GELU, gelu_python the exact one, swish is silu; relu", () => {
     const gpt2 = Effect.runSync(modelConfigJson(tinyGpt2()))
     const act = (name: string) => parse({ ...gpt2, activation_function: name }).activation
     expect(["gelu_new", "gelu_pytorch_tanh", "gelu_fast", "gelu_accurate"].map(act)).toEqual(Array(4).fill("gelu_tanh"))
     expect(["gelu", "gelu_python"].map(act)).toEqual(["gelu_erf", "gelu_erf"])
+    expect(act("relu")).toBe("relu")
+    expectRoundTrip(parse({ ...gpt2, activation_function: "relu" }))
     expect(parse({ ...phi3_mini_128k, hidden_act: "swish" }).activation).toBe("silu")
   })
 })
@@ -150,13 +152,16 @@ const yarnScaling = { kind: "yarn" as const, factor: 4, originalMaxPositions: 16
 // theta 100 with rotaryDim 4 (frequencies [1, 0.1]) so that rescaling the second pair moves the
 // angles over `seq` by O(0.1-1) rad; sequence length 8 crosses the dynamic and longrope thresholds (4)
 const longrope = { kind: "longrope" as const, shortFactor: [1, 1.5], longFactor: [2, 5], originalMaxPositions: 4, attentionFactor: Math.sqrt(1 + Math.log(16) / Math.log(4)) }
+const dynamicLlama = tinyLlama({ maxPositions: 4, positions: { kind: "rope", theta: 100, rotaryDim: 4, scaling: { kind: "dynamic", factor: 3, maxPositions: 4 } } })
+const longropePhi3 = tinyPhi3({ headDim: 8, numHeads: 2, numKvHeads: 2, positions: { kind: "rope", theta: 100, rotaryDim: 4, scaling: longrope } })
 const cases: Array<[string, ModelConfig, WeightDType]> = [
   ["qwen3 (q/k norm, head_dim 8 != hidden/heads, tied)", tinyQwen3(), "F32"],
   ["qwen3 (bf16, untied, GQA 4:1)", tinyQwen3({ numKvHeads: 1, tiedEmbeddings: false }), "BF16"],
   ["qwen2 (qkv bias) with yarn", tinyLlama({ hfArchitecture: "Qwen2ForCausalLM", bias: { qkv: true, o: false, mlp: false, norm: false }, positions: { kind: "rope", theta: 100, rotaryDim: 4, scaling: yarnScaling } }), "F32"],
-  ["llama with dynamic NTK past max positions", tinyLlama({ maxPositions: 4, positions: { kind: "rope", theta: 100, rotaryDim: 4, scaling: { kind: "dynamic", factor: 3, maxPositions: 4 } } }), "F32"],
+  ["llama with dynamic NTK past max positions", dynamicLlama, "F32"],
   ["phi3 (fused qkv_proj, gate_up_proj)", tinyPhi3(), "F32"],
-  ["phi3 longrope past original max positions, partial rotary", tinyPhi3({ headDim: 8, numHeads: 2, numKvHeads: 2, positions: { kind: "rope", theta: 100, rotaryDim: 4, scaling: longrope } }), "BF16"],
+  ["gpt2 with relu (ACT2FN \"relu\")", tinyGpt2({ activation: "relu" }), "F32"],
+  ["phi3 longrope past original max positions, partial rotary", longropePhi3, "BF16"],
 ]
 
 describe("forward graph vs float64 reference", () => {
@@ -164,7 +169,7 @@ describe("forward graph vs float64 reference", () => {
     it(name, () => expectForwardMatchesReference(config, dtype, seq, TOL))
 
   it("dynamic and longrope take the sequence length per row: a left-padded short row equals the row alone", async () => {
-    for (const [, config] of [cases[3], cases[5]]) {
+    for (const config of [dynamicLlama, longropePhi3]) {
       const ckpt = await randomCheckpoint(config)
       const s = await forwardSession(ckpt)
       const short = seq.slice(0, 3) // under the threshold, while the full row is past it
@@ -180,7 +185,7 @@ describe("forward graph vs float64 reference", () => {
 
 describe("KV cache with sequence-length-dependent rope (dynamic, longrope)", () => {
   it("cached keys keep the rotation of the forward that computed them, as in transformers; a full recompute differs", async () => {
-    for (const [, config] of [cases[3], cases[5]]) {
+    for (const config of [dynamicLlama, longropePhi3]) {
       const ckpt = await randomCheckpoint(config)
       const model = referenceModel(ckpt)
       const s = await forwardSession(ckpt, { cache: true })
@@ -209,7 +214,7 @@ describe("KV cache with sequence-length-dependent rope (dynamic, longrope)", () 
 
 describe("generation past max_position_embeddings with dynamic NTK", () => {
   it("is allowed up to max x factor and follows the reference decoded as the cache computed it; longer is refused", async () => {
-    const ckpt = await randomCheckpoint(cases[3][1], { std: 0.3 }) // max_position_embeddings 4, factor 3
+    const ckpt = await randomCheckpoint(dynamicLlama, { std: 0.3 }) // max_position_embeddings 4, factor 3
     const model = referenceModel(ckpt)
     const gen = await Effect.runPromise(makeGenerator(ckpt, { graphDir: tempDir("pipe-families-dynamic-") }))
     const prompt = [1, 5, 9]

@@ -73,6 +73,7 @@ export const activations = {
   silu: (x: number) => x / (1 + Math.exp(-x)),
   gelu_erf: (x: number) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
   gelu_tanh: (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+  relu: (x: number) => (x > 0 ? x : 0),
 }
 
 // ------------------------------------------------------------------------------ norms
