@@ -227,6 +227,10 @@ describe("generation past max_position_embeddings with dynamic NTK", () => {
       expect(Math.max(...logits) - logits[token]).toBeLessThan(TOL)
       sequence.push(token)
     }
+    // the in-graph decode loop (ONNX Loop, 3 steps per run) computes the same lengths
+    const looped = await Effect.runPromise(makeGenerator(ckpt, { graphDir: tempDir("pipe-families-dynamic-loop-"), stepsPerRun: 3 }))
+    const [again] = await Effect.runPromise(looped.generate([{ prompt, maxNewTokens: 9, temperature: 0, stopTokenIds: [] }]))
+    expect(again.tokens).toEqual(out.tokens)
     const exit = await Effect.runPromiseExit(gen.generate([{ prompt, maxNewTokens: 10, temperature: 0 }]))
     expect(failureMessage(exit)).toMatch(/exceeds the model's context length 12 \(max_position_embeddings 4 x dynamic rope factor 3\)/)
   })
