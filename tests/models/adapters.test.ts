@@ -27,7 +27,7 @@ import {
 import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { allWeightRefs, buildForwardGraph, decoder, forwardNames, paramWeights } from "../../src/models/forward.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { tinyGpt2, tinyGptNeox, tinyLlama } from "../../src/models/init.ts"
+import { tinyGpt2, tinyGptNeox, tinyLlama, tinyPhi3, tinyQwen3 } from "../../src/models/init.ts"
 import { loraConfigFor, loraScale, loraTargets, mergeLora } from "../../src/models/peft.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
@@ -207,42 +207,47 @@ describe("soft prompts", () => {
 const dropoutBatchSpec = { ...batchSpec, dropout_seed: { dtype: "int64", shape: [] } } as const
 
 describe("training through buildTrainStep", () => {
-  it("LoRA (with dropout) lowers the cross-entropy; the base weights stay external and frozen", async () => {
-    const ckpt = await randomCheckpoint(tinyLlama())
-    const targets = await Effect.runPromise(loraTargets(ckpt, ["q_proj", "v_proj", "down_proj"]))
-    const r = 4
-    const loss = nextTokenLoss(ckpt.config.hiddenSize)
-    const session = await Effect.runPromise(
-      Effect.gen(function* () {
-        const placement = yield* placeWeights(ckpt, tempDir("pipe-lora-train-"))
-        const g = new Graph("lora_train")
-        const source = externalWeights(g, placement)
-        buildTrainStep({
-          graph: g,
-          params: loraParamSpecs(targets, r),
-          batch: dropoutBatchSpec,
-          adamw: { weightDecay: 0 },
-          loss: (sub, params, b) => {
-            const hook = loraHook(loraFromParams(targets, params), 2, { dropout: 0.1, seed: b.dropout_seed })
-            const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: hook })
-            return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
-          },
-        })
-        return yield* createSession(yield* writeGraph(g, placement, "lora_train"))
-      }),
-    )
-    const init = initLora(targets, r, 3)
-    let state = initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
-    const losses: number[] = []
-    for (let i = 0; i < 30; i++) {
-      const res = await Effect.runPromise(trainStep(session, state, { ...trainBatch(), dropout_seed: tensor("int64", [], [i]) }, 0.02))
-      state = res.state
-      losses.push(res.loss)
-    }
-    expect(losses[0]).toBeGreaterThan(Math.log(64) * 0.8) // near-uniform random model
-    expect(losses.at(-1)!).toBeLessThan(losses[0] * 0.7)
-    expect(Object.keys(state.params)).toContain(loraName(targets[0].module, "A"))
-  })
+  for (const [name, config, targetModules] of [
+    ["llama", tinyLlama(), ["q_proj", "v_proj", "down_proj"]],
+    ["qwen3 (q/k norms)", tinyQwen3(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
+    ["phi3 (fused qkv_proj, gate_up_proj)", tinyPhi3(), ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]],
+  ] as const)
+    it(`${name}: LoRA (with dropout) lowers the cross-entropy; the base weights stay external and frozen`, async () => {
+      const ckpt = await randomCheckpoint(config)
+      const targets = await Effect.runPromise(loraTargets(ckpt, [...targetModules]))
+      const r = 4
+      const loss = nextTokenLoss(ckpt.config.hiddenSize)
+      const session = await Effect.runPromise(
+        Effect.gen(function* () {
+          const placement = yield* placeWeights(ckpt, tempDir("pipe-lora-train-"))
+          const g = new Graph("lora_train")
+          const source = externalWeights(g, placement)
+          buildTrainStep({
+            graph: g,
+            params: loraParamSpecs(targets, r),
+            batch: dropoutBatchSpec,
+            adamw: { weightDecay: 0 },
+            loss: (sub, params, b) => {
+              const hook = loraHook(loraFromParams(targets, params), 2, { dropout: 0.1, seed: b.dropout_seed })
+              const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: hook })
+              return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
+            },
+          })
+          return yield* createSession(yield* writeGraph(g, placement, "lora_train"))
+        }),
+      )
+      const init = initLora(targets, r, 3)
+      let state = initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
+      const losses: number[] = []
+      for (let i = 0; i < 30; i++) {
+        const res = await Effect.runPromise(trainStep(session, state, { ...trainBatch(), dropout_seed: tensor("int64", [], [i]) }, 0.02))
+        state = res.state
+        losses.push(res.loss)
+      }
+      expect(losses[0]).toBeGreaterThan(Math.log(64) * 0.8) // near-uniform random model
+      expect(losses.at(-1)!).toBeLessThan(losses[0] * 0.7)
+      expect(Object.keys(state.params)).toContain(loraName(targets[0].module, "A"))
+    })
 
   it("full-parameter training: every weight a trainable input, named by its checkpoint tensor name", async () => {
     const ckpt = await randomCheckpoint(tinyLlama({ tiedEmbeddings: true }))
