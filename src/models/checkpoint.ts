@@ -26,17 +26,20 @@ import {
 import { gptNeox } from "./config-gpt-neox.ts"
 import { gpt2 } from "./config-gpt2.ts"
 import { llama } from "./config-llama.ts"
+import { phi3 } from "./config-phi3.ts"
 import { readBytes, readHeader, type SafetensorsError, type SafetensorsHeader, type Tensor, type TensorLocation, toFloat64 } from "./safetensors.ts"
 
 export * from "./config-architecture.ts"
 
-export const architectures: ReadonlyArray<ArchitectureModule> = [llama, gpt2, gptNeox]
+export const architectures: ReadonlyArray<ArchitectureModule> = [llama, gpt2, gptNeox, phi3]
 
 /** config.json `model_type` for configs that lack an `architectures` list. */
 const modelTypeArchitecture: Record<string, string> = {
   llama: "LlamaForCausalLM",
   mistral: "MistralForCausalLM",
   qwen2: "Qwen2ForCausalLM",
+  qwen3: "Qwen3ForCausalLM",
+  phi3: "Phi3ForCausalLM",
   gpt2: "GPT2LMHeadModel",
   gpt_neox: "GPTNeoXForCausalLM",
 }

@@ -31,10 +31,10 @@ export const checkpointError = (file: string, field: string | undefined, what: s
 export const unsupported = (file: string, field: string, what: string) =>
   new UnsupportedModelError({ file, field, message: `${file}: ${field}: unsupported: ${what}` })
 
-export type Family = "llama" | "gpt2" | "gpt_neox"
+export type Family = "llama" | "gpt2" | "gpt_neox" | "phi3"
 
-/** silu: x*sigmoid(x). gelu_erf: exact GELU. gelu_tanh: tanh approximation ("gelu_new", "gelu_pytorch_tanh"). */
-export type Activation = "silu" | "gelu_erf" | "gelu_tanh"
+/** silu: x*sigmoid(x). gelu_erf: exact GELU. gelu_tanh: tanh approximation. relu: max(x, 0). (activationFromHf lists the HF names of each.) */
+export type Activation = "silu" | "gelu_erf" | "gelu_tanh" | "relu"
 
 export type RopeScaling =
   | { readonly kind: "none" }
@@ -47,6 +47,41 @@ export type RopeScaling =
       readonly lowFreqFactor: number
       readonly highFreqFactor: number
       readonly originalMaxPositions: number
+    }
+  /**
+   * YaRN (HF rope_type "yarn"): frequencies ramp from extrapolated (unchanged) to interpolated
+   * (divided by factor) between the correction dims of betaFast and betaSlow rotations over
+   * originalMaxPositions; cos and sin are multiplied by attentionFactor (resolved from
+   * attention_factor, mscale and mscale_all_dim at parse time).
+   */
+  | {
+      readonly kind: "yarn"
+      readonly factor: number
+      readonly originalMaxPositions: number
+      readonly betaFast: number
+      readonly betaSlow: number
+      /** Round the correction range to whole dims (HF `truncate`, default true). */
+      readonly truncate: boolean
+      readonly attentionFactor: number
+    }
+  /**
+   * Dynamic NTK (HF rope_type "dynamic"): for a sequence of L > maxPositions positions the base
+   * becomes theta * (factor * L / maxPositions - (factor - 1)) ^ (d / (d - 2)). L is the row's
+   * largest position + 1 in the current forward, so cached keys keep the rotation they were
+   * computed with (as in transformers' generate; see rope.ts).
+   */
+  | { readonly kind: "dynamic"; readonly factor: number; readonly maxPositions: number }
+  /**
+   * LongRoPE (HF rope_type "longrope", Phi-3): inverse frequencies divided per pair by
+   * shortFactor, or by longFactor when the row's largest position + 1 exceeds
+   * originalMaxPositions; cos and sin are multiplied by attentionFactor.
+   */
+  | {
+      readonly kind: "longrope"
+      readonly shortFactor: ReadonlyArray<number>
+      readonly longFactor: ReadonlyArray<number>
+      readonly originalMaxPositions: number
+      readonly attentionFactor: number
     }
 
 export type Positions =
@@ -110,7 +145,10 @@ export interface Norm<W = WeightRef> {
 
 export type Attention<W = WeightRef> =
   | { readonly layout: "separate"; readonly q: Linear<W>; readonly k: Linear<W>; readonly v: Linear<W>; readonly o: Linear<W> }
-  /** GPT-2 c_attn: output features are [q (all heads) | k | v], each hiddenSize wide. */
+  /**
+   * GPT-2 c_attn, Phi-3 qkv_proj: output features are [q (numHeads*headDim) | k (numKvHeads*headDim)
+   * | v (numKvHeads*headDim)], heads consecutive inside each block.
+   */
   | { readonly layout: "fused_qkv"; readonly qkv: Linear<W>; readonly o: Linear<W> }
   /** GPT-NeoX query_key_value: output features are [head][q | k | v][headDim]. */
   | { readonly layout: "fused_qkv_per_head"; readonly qkv: Linear<W>; readonly o: Linear<W> }
@@ -118,10 +156,19 @@ export type Attention<W = WeightRef> =
 export type Mlp<W = WeightRef> =
   | { readonly kind: "gated"; readonly gate: Linear<W>; readonly up: Linear<W>; readonly down: Linear<W> }
   | { readonly kind: "plain"; readonly up: Linear<W>; readonly down: Linear<W> }
+  /** Phi-3 gate_up_proj: output features are [gate | up], each intermediateSize wide. */
+  | { readonly kind: "gated_fused"; readonly gateUp: Linear<W>; readonly down: Linear<W> }
+
+/** The linear layers of an MLP, in the order they apply (gate before up). */
+export const mlpLinears = <W>(m: Mlp<W>): ReadonlyArray<Linear<W>> =>
+  m.kind === "gated" ? [m.gate, m.up, m.down] : m.kind === "plain" ? [m.up, m.down] : [m.gateUp, m.down]
 
 export interface Layer<W = WeightRef> {
   readonly inputNorm: Norm<W>
   readonly attention: Attention<W>
+  /** Qwen3: RMSNorm over each query / key head (weight [headDim]), before RoPE. */
+  readonly qNorm?: Norm<W> | undefined
+  readonly kNorm?: Norm<W> | undefined
   readonly postAttentionNorm: Norm<W>
   readonly mlp: Mlp<W>
 }
@@ -244,6 +291,14 @@ export const RopeFields = Schema.Struct({
   high_freq_factor: Schema.optional(PositiveNumber),
   original_max_position_embeddings: Schema.optional(PositiveInt),
   partial_rotary_factor: Schema.optional(PositiveNumber),
+  beta_fast: Schema.optional(Schema.NullOr(PositiveNumber)),
+  beta_slow: Schema.optional(Schema.NullOr(PositiveNumber)),
+  attention_factor: Schema.optional(Schema.NullOr(PositiveNumber)),
+  mscale: Schema.optional(Schema.NullOr(Schema.Finite)),
+  mscale_all_dim: Schema.optional(Schema.NullOr(Schema.Finite)),
+  truncate: Schema.optional(Schema.Boolean),
+  short_factor: Schema.optional(Schema.Array(PositiveNumber)),
+  long_factor: Schema.optional(Schema.Array(PositiveNumber)),
 })
 export type RopeFields = typeof RopeFields.Type
 
@@ -255,29 +310,40 @@ export const decodeConfig = <S extends Schema.Decoder<unknown>>(schema: S, file:
     : Effect.fail(checkpointError(file, undefined, `invalid config: ${r.failure.message.replace(/\n\s*/g, " ")}`))
 }
 
+/** What parseRopeScaling needs from the rest of config.json. */
+export interface RopeContext {
+  readonly maxPositions: number
+  /** Rotated features per head (headDim * partial_rotary_factor). */
+  readonly rotaryDim: number
+  /** A top-level original_max_position_embeddings (Phi-3 keeps it outside rope_scaling). */
+  readonly originalMaxPositions?: number | undefined
+}
+
 /**
- * The RoPE scaling a config asks for. `field` names where `rope` came from (rope_scaling or
- * rope_parameters) for error messages. Scalings other than linear and llama3 change the math in
- * ways we do not implement, so they are refused.
+ * The RoPE scaling a config asks for, following transformers' modeling_rope_utils.py. `field`
+ * names where `rope` came from (rope_scaling or rope_parameters) for error messages. Other
+ * rope types change the math in ways we do not implement, so they are refused.
  */
 export const parseRopeScaling = (
   file: string,
   field: string,
   rope: RopeFields | null | undefined,
+  context: RopeContext,
 ): Effect.Effect<RopeScaling, UnsupportedModelError | CheckpointError> => {
   if (rope === null || rope === undefined) return Effect.succeed({ kind: "none" })
   const kind = rope.rope_type ?? rope.type ?? "default"
+  const missing = (key: string) => Effect.fail(checkpointError(file, `${field}.${key}`, `missing (required by rope_type ${kind})`))
+  const original = rope.original_max_position_embeddings ?? context.originalMaxPositions
   switch (kind) {
     case "default":
       return Effect.succeed({ kind: "none" })
     case "linear":
-      return rope.factor === undefined
-        ? Effect.fail(checkpointError(file, `${field}.factor`, "missing (required by rope_type linear)"))
-        : Effect.succeed({ kind: "linear", factor: rope.factor })
+      return rope.factor === undefined ? missing("factor") : Effect.succeed({ kind: "linear", factor: rope.factor })
+    case "dynamic":
+      return rope.factor === undefined ? missing("factor") : Effect.succeed({ kind: "dynamic", factor: rope.factor, maxPositions: context.maxPositions })
     case "llama3": {
       const { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } = rope
-      for (const [k, v] of Object.entries({ factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }))
-        if (v === undefined) return Effect.fail(checkpointError(file, `${field}.${k}`, "missing (required by rope_type llama3)"))
+      for (const [k, v] of Object.entries({ factor, low_freq_factor, high_freq_factor, original_max_position_embeddings })) if (v === undefined) return missing(k)
       if (!(high_freq_factor! > low_freq_factor!))
         return Effect.fail(checkpointError(file, `${field}.high_freq_factor`, "must be greater than low_freq_factor"))
       return Effect.succeed({
@@ -288,24 +354,78 @@ export const parseRopeScaling = (
         originalMaxPositions: original_max_position_embeddings!,
       })
     }
+    case "yarn": {
+      // Without factor, transformers takes max_position_embeddings / original (DeepSeek-V3 style).
+      const factor = rope.factor ?? (original === undefined ? undefined : context.maxPositions / original)
+      if (factor === undefined) return missing("factor")
+      const mscaleOf = (scale: number, m: number) => (scale <= 1 ? 1 : 0.1 * m * Math.log(scale) + 1)
+      const attentionFactor =
+        rope.attention_factor ?? (rope.mscale && rope.mscale_all_dim ? mscaleOf(factor, rope.mscale) / mscaleOf(factor, rope.mscale_all_dim) : mscaleOf(factor, 1))
+      return Effect.succeed({
+        kind: "yarn",
+        factor,
+        originalMaxPositions: original ?? context.maxPositions,
+        betaFast: rope.beta_fast || 32,
+        betaSlow: rope.beta_slow || 1,
+        truncate: rope.truncate ?? true,
+        attentionFactor,
+      })
+    }
+    case "longrope": {
+      const { short_factor, long_factor } = rope
+      if (short_factor === undefined) return missing("short_factor")
+      if (long_factor === undefined) return missing("long_factor")
+      if (original === undefined) return missing("original_max_position_embeddings")
+      for (const [k, v] of [["short_factor", short_factor], ["long_factor", long_factor]] as const)
+        if (v.length !== context.rotaryDim / 2)
+          return Effect.fail(checkpointError(file, `${field}.${k}`, `has ${v.length} entries; the rotary dimension ${context.rotaryDim} needs ${context.rotaryDim / 2}`))
+      // Phi-3 gives no factor: transformers uses max_position_embeddings / original for the attention factor.
+      const factor = rope.factor ?? context.maxPositions / original
+      const attentionFactor = rope.attention_factor ?? (factor <= 1 ? 1 : Math.sqrt(1 + Math.log(factor) / Math.log(original)))
+      return Effect.succeed({ kind: "longrope", shortFactor: short_factor, longFactor: long_factor, originalMaxPositions: original, attentionFactor })
+    }
     default:
-      return Effect.fail(unsupported(file, `${field}.rope_type`, `"${kind}" (supported: default, linear, llama3)`))
+      return Effect.fail(unsupported(file, `${field}.rope_type`, `"${kind}" (supported: default, linear, dynamic, llama3, yarn, longrope)`))
   }
 }
 
-/** The config.json form of a RoPE scaling, or null for none. */
-export const ropeScalingJson = (s: RopeScaling): Record<string, unknown> | null =>
-  s.kind === "none"
-    ? null
-    : s.kind === "linear"
-      ? { rope_type: "linear", factor: s.factor }
-      : {
-          rope_type: "llama3",
-          factor: s.factor,
-          low_freq_factor: s.lowFreqFactor,
-          high_freq_factor: s.highFreqFactor,
-          original_max_position_embeddings: s.originalMaxPositions,
-        }
+/** The config.json form of a RoPE scaling, or null for none; derived factors are written out so they read back unchanged. */
+export const ropeScalingJson = (s: RopeScaling): Record<string, unknown> | null => {
+  switch (s.kind) {
+    case "none":
+      return null
+    case "linear":
+      return { rope_type: "linear", factor: s.factor }
+    case "dynamic":
+      return { rope_type: "dynamic", factor: s.factor }
+    case "llama3":
+      return {
+        rope_type: "llama3",
+        factor: s.factor,
+        low_freq_factor: s.lowFreqFactor,
+        high_freq_factor: s.highFreqFactor,
+        original_max_position_embeddings: s.originalMaxPositions,
+      }
+    case "yarn":
+      return {
+        rope_type: "yarn",
+        factor: s.factor,
+        original_max_position_embeddings: s.originalMaxPositions,
+        beta_fast: s.betaFast,
+        beta_slow: s.betaSlow,
+        truncate: s.truncate,
+        attention_factor: s.attentionFactor,
+      }
+    case "longrope":
+      return {
+        rope_type: "longrope",
+        short_factor: [...s.shortFactor],
+        long_factor: [...s.longFactor],
+        original_max_position_embeddings: s.originalMaxPositions,
+        attention_factor: s.attentionFactor,
+      }
+  }
+}
 
 /** Fields of ModelConfig that come straight from CommonFields. */
 export const commonConfig = (
@@ -325,19 +445,29 @@ export const commonConfigJson = (c: ModelConfig) => ({
   tie_word_embeddings: c.tiedEmbeddings,
 })
 
-export const activationFromHf = (file: string, field: string, name: string): Effect.Effect<Activation, UnsupportedModelError> => {
-  switch (name) {
-    case "silu":
-    case "swish":
-      return Effect.succeed("silu")
-    case "gelu":
-      return Effect.succeed("gelu_erf")
-    case "gelu_new":
-    case "gelu_pytorch_tanh":
-      return Effect.succeed("gelu_tanh")
-    default:
-      return Effect.fail(unsupported(file, field, `activation "${name}" (supported: silu, gelu, gelu_new, gelu_pytorch_tanh)`))
-  }
+/**
+ * transformers' ACT2FN names that compute one of our activations: "gelu_fast" and "gelu_accurate"
+ * are the tanh approximation written differently (gelu_fast's constant 0.7978845608 is sqrt(2/pi)
+ * to 1e-11), "gelu_python" is the exact erf GELU, "swish" is silu. The rest of ACT2FN (gelu_10,
+ * quick_gelu, relu2, relu6, laplace, mish, leaky_relu, linear, sigmoid, tanh, ...) is refused.
+ */
+const activationNames: Record<string, Activation> = {
+  silu: "silu",
+  swish: "silu",
+  gelu: "gelu_erf",
+  gelu_python: "gelu_erf",
+  gelu_new: "gelu_tanh",
+  gelu_pytorch_tanh: "gelu_tanh",
+  gelu_fast: "gelu_tanh",
+  gelu_accurate: "gelu_tanh",
+  relu: "relu",
 }
 
-export const activationToHf: Record<Activation, string> = { silu: "silu", gelu_erf: "gelu", gelu_tanh: "gelu_new" }
+export const activationFromHf = (file: string, field: string, name: string): Effect.Effect<Activation, UnsupportedModelError> => {
+  const activation = Object.hasOwn(activationNames, name) ? activationNames[name] : undefined
+  return activation === undefined
+    ? Effect.fail(unsupported(file, field, `activation "${name}" (supported: ${Object.keys(activationNames).join(", ")})`))
+    : Effect.succeed(activation)
+}
+
+export const activationToHf: Record<Activation, string> = { silu: "silu", gelu_erf: "gelu", gelu_tanh: "gelu_new", relu: "relu" }

@@ -59,7 +59,7 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     if (rotaryDim % 2 !== 0)
       return yield* Effect.fail(checkpointError(file, "rotary_pct", `gives an odd rotary dimension ${rotaryDim} (head_dim ${headDim})`))
     const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
-    const scaling = yield* parseRopeScaling(file, ropeField, c.rope_parameters ?? c.rope_scaling)
+    const scaling = yield* parseRopeScaling(file, ropeField, c.rope_parameters ?? c.rope_scaling, { maxPositions: c.max_position_embeddings, rotaryDim })
     const attentionBias = c.attention_bias ?? true
     const config: ModelConfig = {
       family: "gpt_neox",

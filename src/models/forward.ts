@@ -1,5 +1,6 @@
-// The decoder forward pass of every supported architecture (Llama family, GPT-2, GPT-NeoX) as
-// ONNX graph functions, built from a loaded checkpoint's normalized config and weight layout.
+// The decoder forward pass of every supported architecture (Llama family with Qwen2/3, Phi-3,
+// GPT-2, GPT-NeoX) as ONNX graph functions, built from a loaded checkpoint's normalized config and
+// weight layout. RoPE and its scalings live in rope.ts.
 //
 // API
 //   decoder(g, config, weights, source, inputs, options?) -> { hidden, lmHead, present }
@@ -34,7 +35,9 @@
 // so fully masked (padding) query rows stay finite.
 import type { Graph, Value } from "../graph/index.ts"
 import type { Checkpoint, Linear, ModelConfig, ModelWeights, Norm, WeightRef } from "./checkpoint.ts"
+import { mlpLinears } from "./config-architecture.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
+import { ropeRotation } from "./rope.ts"
 
 /** Turns a checkpoint weight into a float32 graph value with the shape stored in the file. */
 export type WeightSource = (ref: WeightRef) => Value
@@ -106,33 +109,19 @@ export const allWeightRefs = (w: ModelWeights): WeightRef[] => {
   add(w.embedPositions)
   for (const l of w.layers) {
     lin(l.inputNorm)
+    for (const n of [l.qNorm, l.kNorm]) if (n) lin(n)
     const a = l.attention
     for (const x of a.layout === "separate" ? [a.q, a.k, a.v, a.o] : [a.qkv, a.o]) lin(x)
     lin(l.postAttentionNorm)
-    for (const x of l.mlp.kind === "gated" ? [l.mlp.gate, l.mlp.up, l.mlp.down] : [l.mlp.up, l.mlp.down]) lin(x)
+    for (const x of mlpLinears(l.mlp)) lin(x)
   }
   lin(w.finalNorm)
   add(w.lmHead)
   return [...out.values()]
 }
 
-/** Rotary inverse frequencies, one per rotated pair (transformers' default/linear/llama3 rules). */
-export const ropeInverseFrequencies = (positions: Extract<ModelConfig["positions"], { kind: "rope" }>): number[] => {
-  const d = positions.rotaryDim
-  const base = Array.from({ length: d / 2 }, (_, i) => 1 / positions.theta ** ((2 * i) / d))
-  const s = positions.scaling
-  if (s.kind === "none") return base
-  if (s.kind === "linear") return base.map((f) => f / s.factor)
-  const lowWavelen = s.originalMaxPositions / s.lowFreqFactor
-  const highWavelen = s.originalMaxPositions / s.highFreqFactor
-  return base.map((f) => {
-    const wavelen = (2 * Math.PI) / f
-    if (wavelen < highWavelen) return f
-    if (wavelen > lowWavelen) return f / s.factor
-    const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor)
-    return (1 - smooth) * (f / s.factor) + smooth * f
-  })
-}
+/** RMSNorm over each head's features of a [B, heads, T, headDim] tensor (Qwen3's q_norm, k_norm). */
+export const headRmsNorm = (g: Graph, x: Value, weight: Value, eps: number): Value => g.rmsNorm(x, weight, { axis: -1, epsilon: eps })
 
 const activation = (g: Graph, c: ModelConfig, x: Value): Value => {
   switch (c.activation) {
@@ -140,6 +129,8 @@ const activation = (g: Graph, c: ModelConfig, x: Value): Value => {
       return g.mul(x, g.sigmoid(x))
     case "gelu_erf":
       return g.mul(g.mul(x, g.scalar(0.5)), g.add(g.scalar(1), g.erf(g.mul(x, g.scalar(Math.SQRT1_2)))))
+    case "relu":
+      return g.relu(x)
     case "gelu_tanh": {
       const inner = g.mul(g.scalar(Math.sqrt(2 / Math.PI)), g.add(x, g.mul(g.scalar(0.044715), g.mul(x, g.mul(x, x)))))
       return g.mul(g.mul(x, g.scalar(0.5)), g.add(g.scalar(1), g.tanh(inner)))
@@ -196,22 +187,7 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   const visible = g.and(causal, real) // [B, T, S]
   const bias = g.unsqueeze(g.where(visible, g.scalar(0), g.scalar(-1e9)), [1, 2]) // [B, 1, 1, T, S]
 
-  // RoPE tables [B, 1, T, rotaryDim/2]
-  let rope: ((v: Value) => Value) | undefined
-  if (c.positions.kind === "rope") {
-    const rd = c.positions.rotaryDim
-    const half = rd / 2
-    const invFreq = g.constant("float32", [half], ropeInverseFrequencies(c.positions))
-    const angles = g.mul(g.unsqueeze(g.cast(positions, "float32"), [2]), invFreq)
-    const cos = g.unsqueeze(g.cos(angles), [1])
-    const sin = g.unsqueeze(g.sin(angles), [1])
-    rope = (v: Value) => {
-      const [rot, rest] = rd < hd ? g.split(v, [rd, hd - rd], -1) : [v, undefined]
-      const [x1, x2] = g.split(rot, [half, half], -1)
-      const rotated = g.concat([g.sub(g.mul(x1, cos), g.mul(x2, sin)), g.add(g.mul(x2, cos), g.mul(x1, sin))], -1)
-      return rest ? g.concat([rotated, rest], -1) : rotated
-    }
-  }
+  const rope = c.positions.kind === "rope" ? ropeRotation(g, c.positions, hd, positions) : undefined
 
   const scale = g.scalar(1 / Math.sqrt(hd))
   /** [B, T, n*hd] -> [B, n, T, hd] */
@@ -226,7 +202,7 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
       k = heads(linear(layer, a.k, h), nkv)
       v = heads(linear(layer, a.v, h), nkv)
     } else if (a.layout === "fused_qkv") {
-      // GPT-2: [q | k | v], each numHeads*headDim wide
+      // GPT-2, Phi-3: [q | k | v]
       const [q0, k0, v0] = g.split(linear(layer, a.qkv, h), [nh * hd, nkv * hd, nkv * hd], -1)
       q = heads(q0, nh)
       k = heads(k0, nkv)
@@ -239,6 +215,9 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
       k = g.transpose(k0, [0, 2, 1, 3])
       v = g.transpose(v0, [0, 2, 1, 3])
     }
+    const layerWeights = w.layers[layer]
+    if (layerWeights.qNorm) q = headRmsNorm(g, q, source(layerWeights.qNorm.weight), c.norm.eps)
+    if (layerWeights.kNorm) k = headRmsNorm(g, k, source(layerWeights.kNorm.weight), c.norm.eps)
     if (rope) {
       q = rope(q)
       k = rope(k)
@@ -259,6 +238,11 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
 
   const mlp = (layer: number, h: Value): Value => {
     const m = w.layers[layer].mlp
+    if (m.kind === "gated_fused") {
+      // Phi-3: [gate | up]
+      const [gate, up] = g.split(linear(layer, m.gateUp, h), [c.intermediateSize, c.intermediateSize], -1)
+      return linear(layer, m.down, g.mul(activation(g, c, gate), up))
+    }
     const up = linear(layer, m.up, h)
     const inner = m.kind === "gated" ? g.mul(activation(g, c, linear(layer, m.gate, h)), up) : activation(g, c, up)
     return linear(layer, m.down, inner)

@@ -40,6 +40,7 @@ import { adapterHook } from "./adapters.ts"
 import { decoder, forwardNames, type WeightSource } from "./forward.ts"
 import { externalWeights, placeWeights, writeGraph } from "./graph-weights.ts"
 import { requestUniform, sampleTokens, samplingInputs } from "./sampling.ts"
+import { contextLength } from "./rope.ts"
 
 export class GenerationError extends Data.TaggedError("GenerationError")<{
   readonly message: string
@@ -211,8 +212,9 @@ const problem = (r: GenerationRequest, i: number, ckpt: Checkpoint, hasTokenizer
   if (bad !== undefined) return `${where}: prompt token ${bad} is outside the vocabulary [0, ${c.vocabSize})`
   if (!Number.isInteger(r.maxNewTokens) || r.maxNewTokens < 1) return `${where}: maxNewTokens must be a positive integer, got ${r.maxNewTokens}`
   if ((r.minNewTokens ?? 0) > r.maxNewTokens) return `${where}: minNewTokens ${r.minNewTokens} exceeds maxNewTokens ${r.maxNewTokens}`
-  if (r.prompt.length + r.maxNewTokens > c.maxPositions)
-    return `${where}: prompt (${r.prompt.length}) + maxNewTokens (${r.maxNewTokens}) exceeds the model's max_position_embeddings ${c.maxPositions}`
+  const context = contextLength(c)
+  if (r.prompt.length + r.maxNewTokens > context.length)
+    return `${where}: prompt (${r.prompt.length}) + maxNewTokens (${r.maxNewTokens}) exceeds the model's context length ${context.length} (${context.why})`
   if (!((r.temperature ?? 1) >= 0)) return `${where}: temperature must be >= 0, got ${r.temperature}`
   if (r.topK !== undefined && !(Number.isInteger(r.topK) && r.topK >= 0)) return `${where}: topK must be a non-negative integer (0 = off), got ${r.topK}`
   if (r.seed !== undefined && !(Number.isInteger(r.seed) && r.seed >= 0 && r.seed < 2 ** 32)) return `${where}: seed must be an integer in [0, 2^32), got ${r.seed}`

@@ -108,8 +108,7 @@ export const checkpointTensorSpecs = (
 const normTensorNames = (w: ModelWeights): ReadonlySet<string> => {
   const names = new Set<string>([w.finalNorm.weight.name])
   for (const l of w.layers) {
-    names.add(l.inputNorm.weight.name)
-    names.add(l.postAttentionNorm.weight.name)
+    for (const n of [l.inputNorm, l.postAttentionNorm, l.qNorm, l.kNorm]) if (n) names.add(n.weight.name)
   }
   return names
 }
@@ -258,6 +257,18 @@ export const tinyLlama = (overrides: Partial<ModelConfig> = {}): ModelConfig => 
     ...overrides,
   }
 }
+
+/** A small Qwen3ForCausalLM: per-head q/k RMSNorm, head_dim 8 (twice hidden/heads), tied embeddings. */
+export const tinyQwen3 = (overrides: Partial<ModelConfig> = {}): ModelConfig =>
+  tinyLlama({ hfArchitecture: "Qwen3ForCausalLM", headDim: 8, tiedEmbeddings: true, positions: { kind: "rope", theta: 1000000, rotaryDim: overrides.headDim ?? 8, scaling: { kind: "none" } }, ...overrides })
+
+/** A small Phi3ForCausalLM: fused qkv_proj (GQA 4:2) and gate_up_proj, untied head. */
+export const tinyPhi3 = (overrides: Partial<ModelConfig> = {}): ModelConfig => ({
+  ...tinyLlama(overrides),
+  family: "phi3",
+  hfArchitecture: "Phi3ForCausalLM",
+  ...overrides,
+})
 
 export const tinyGpt2 = (overrides: Partial<ModelConfig> = {}): ModelConfig => ({
   ...sizes(overrides, { intermediateSize: 4 * (overrides.hiddenSize ?? tinyBase.hiddenSize) }),

@@ -14,6 +14,7 @@ import {
   type CheckpointError,
   decodeConfig,
   loadCheckpoint,
+  mlpLinears,
   type ModelWeights,
   type UnsupportedModelError,
   type WeightRef,
@@ -234,8 +235,7 @@ const linearWeights = (w: ModelWeights): WeightRef[] =>
   w.layers.flatMap((l) => {
     const a = l.attention
     const attn = a.layout === "separate" ? [a.q, a.k, a.v, a.o] : [a.qkv, a.o]
-    const mlp = l.mlp.kind === "gated" ? [l.mlp.gate, l.mlp.up, l.mlp.down] : [l.mlp.up, l.mlp.down]
-    return [...attn, ...mlp].map((lin) => lin.weight)
+    return [...attn, ...mlpLinears(l.mlp)].map((lin) => lin.weight)
   })
 
 /**

@@ -121,7 +121,7 @@ describe("sharded checkpoints and the hub cache layout", () => {
     const index = JSON.parse(fs.readFileSync(path.join(dir, "model.safetensors.index.json"), "utf8"))
     expect(Object.keys(index.weight_map).length).toBe(2 * 9 + 3)
     expect(new Set([ckpt.weights.embedTokens.file, ckpt.weights.lmHead.file]).size).toBe(2)
-    for (const pick of [(c: typeof ckpt) => c.weights.embedTokens, (c: typeof ckpt) => c.weights.layers[1].mlp.up.weight, (c: typeof ckpt) => c.weights.lmHead])
+    for (const pick of [(c: typeof ckpt) => c.weights.embedTokens, (c: typeof ckpt) => c.weights.layers[1].mlp.down.weight, (c: typeof ckpt) => c.weights.lmHead])
       expect(Array.from(run(readWeightFloat64(pick(ckpt))).values)).toEqual(Array.from(run(readWeightFloat64(pick(one))).values))
   })
 
@@ -246,7 +246,7 @@ describe("errors name the file and the field or tensor", () => {
   const llamaJson = () => JSON.parse(fs.readFileSync(path.join(write(tinyLlama()), "config.json"), "utf8"))
   const cases: Array<[string, (j: Record<string, unknown>) => void, string, string, RegExp]> = [
     ["unknown architecture", (j) => (j.architectures = ["T5ForConditionalGeneration"]), "UnsupportedModelError", "architectures", /"T5ForConditionalGeneration"/],
-    ["unsupported rope_type", (j) => (j.rope_scaling = { rope_type: "yarn", factor: 4 }), "UnsupportedModelError", "rope_scaling.rope_type", /"yarn"/],
+    ["unsupported rope_type", (j) => (j.rope_scaling = { rope_type: "mrope", factor: 4 }), "UnsupportedModelError", "rope_scaling.rope_type", /"mrope"/],
     ["llama3 scaling missing a field", (j) => (j.rope_scaling = { rope_type: "llama3", factor: 8, low_freq_factor: 1, high_freq_factor: 4 }), "CheckpointError", "rope_scaling.original_max_position_embeddings", /missing/],
     ["gelu in a llama", (j) => (j.hidden_act = "gelu"), "UnsupportedModelError", "hidden_act", /only silu/],
     ["GQA heads that do not divide", (j) => (j.num_key_value_heads = 3), "CheckpointError", "num_key_value_heads", /does not divide/],
@@ -272,7 +272,7 @@ describe("errors name the file and the field or tensor", () => {
     const g = JSON.parse(fs.readFileSync(path.join(write(tinyGpt2()), "config.json"), "utf8"))
     expect(failure(parseModelConfig("c", { ...g, scale_attn_by_inverse_layer_idx: true }))).toMatchObject({ _tag: "UnsupportedModelError", field: "scale_attn_by_inverse_layer_idx" })
     const n = JSON.parse(fs.readFileSync(path.join(write(tinyGptNeox()), "config.json"), "utf8"))
-    expect(failure(parseModelConfig("c", { ...n, rope_scaling: { type: "dynamic", factor: 2 } }))).toMatchObject({ _tag: "UnsupportedModelError", field: "rope_scaling.rope_type" })
+    expect(failure(parseModelConfig("c", { ...n, rope_scaling: { type: "mrope", factor: 2 } }))).toMatchObject({ _tag: "UnsupportedModelError", field: "rope_scaling.rope_type" })
   })
 
   it("missing directory, missing config.json, bad JSON, missing weights", () => {

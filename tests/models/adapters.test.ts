@@ -10,7 +10,7 @@ import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
 import { Graph, serialize } from "../../src/graph/index.ts"
-import { crossEntropy, fullForwardKL } from "../../src/graph/losses.ts"
+import { fullForwardKL } from "../../src/graph/losses.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import {
   conditionalSoftPrompt,
@@ -27,13 +27,13 @@ import {
 import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { allWeightRefs, buildForwardGraph, decoder, forwardNames, paramWeights } from "../../src/models/forward.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { tinyGpt2, tinyGptNeox, tinyLlama } from "../../src/models/init.ts"
+import { tinyGpt2, tinyGptNeox, tinyLlama, tinyPhi3, tinyQwen3 } from "../../src/models/init.ts"
 import { loraConfigFor, loraScale, loraTargets, mergeLora } from "../../src/models/peft.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
 import { referenceLogits } from "../reference/reference.ts"
-import { expectClose, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
+import { batchSpec, expectClose, ids, nextTokenLoss, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const seq = [1, 7, 3, 60, 12, 5]
@@ -204,68 +204,50 @@ describe("soft prompts", () => {
   })
 })
 
-/** Cross-entropy of next-token prediction on a fixed batch, as a train-step loss. */
-const nextTokenLoss = (H: number) => (g: Graph, hidden: Value, lmHead: Value, targets: Value, mask: Value) =>
-  crossEntropy(g, { hidden: g.reshape(hidden, [-1, H]), weight: lmHead }, g.reshape(targets, [-1]), g.reshape(mask, [-1])).mean
-type Value = ReturnType<Graph["input"]>
-
-const trainBatch = () => {
-  const rows = [
-    [1, 5, 9, 13, 17, 21, 25],
-    [2, 6, 10, 14, 18, 22, 26],
-  ]
-  return {
-    input_ids: ids(rows.map((r) => r.slice(0, -1))),
-    attention_mask: tensor("int64", [2, 6], Array(12).fill(1)),
-    targets: ids(rows.map((r) => r.slice(1))),
-    loss_mask: tensor("float32", [2, 6], Array(12).fill(1)),
-  }
-}
-const batchSpec = {
-  input_ids: { dtype: "int64", shape: ["batch", "seq"] },
-  attention_mask: { dtype: "int64", shape: ["batch", "seq"] },
-  targets: { dtype: "int64", shape: ["batch", "seq"] },
-  loss_mask: { dtype: "float32", shape: ["batch", "seq"] },
-} as const
 const dropoutBatchSpec = { ...batchSpec, dropout_seed: { dtype: "int64", shape: [] } } as const
 
 describe("training through buildTrainStep", () => {
-  it("LoRA (with dropout) lowers the cross-entropy; the base weights stay external and frozen", async () => {
-    const ckpt = await randomCheckpoint(tinyLlama())
-    const targets = await Effect.runPromise(loraTargets(ckpt, ["q_proj", "v_proj", "down_proj"]))
-    const r = 4
-    const loss = nextTokenLoss(ckpt.config.hiddenSize)
-    const session = await Effect.runPromise(
-      Effect.gen(function* () {
-        const placement = yield* placeWeights(ckpt, tempDir("pipe-lora-train-"))
-        const g = new Graph("lora_train")
-        const source = externalWeights(g, placement)
-        buildTrainStep({
-          graph: g,
-          params: loraParamSpecs(targets, r),
-          batch: dropoutBatchSpec,
-          adamw: { weightDecay: 0 },
-          loss: (sub, params, b) => {
-            const hook = loraHook(loraFromParams(targets, params), 2, { dropout: 0.1, seed: b.dropout_seed })
-            const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: hook })
-            return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
-          },
-        })
-        return yield* createSession(yield* writeGraph(g, placement, "lora_train"))
-      }),
-    )
-    const init = initLora(targets, r, 3)
-    let state = initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
-    const losses: number[] = []
-    for (let i = 0; i < 30; i++) {
-      const res = await Effect.runPromise(trainStep(session, state, { ...trainBatch(), dropout_seed: tensor("int64", [], [i]) }, 0.02))
-      state = res.state
-      losses.push(res.loss)
-    }
-    expect(losses[0]).toBeGreaterThan(Math.log(64) * 0.8) // near-uniform random model
-    expect(losses.at(-1)!).toBeLessThan(losses[0] * 0.7)
-    expect(Object.keys(state.params)).toContain(loraName(targets[0].module, "A"))
-  })
+  for (const [name, config, targetModules] of [
+    ["llama", tinyLlama(), ["q_proj", "v_proj", "down_proj"]],
+    ["qwen3 (q/k norms)", tinyQwen3(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
+    ["phi3 (fused qkv_proj, gate_up_proj)", tinyPhi3(), ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]],
+  ] as const)
+    it(`${name}: LoRA (with dropout) lowers the cross-entropy; the base weights stay external and frozen`, async () => {
+      const ckpt = await randomCheckpoint(config)
+      const targets = await Effect.runPromise(loraTargets(ckpt, [...targetModules]))
+      const r = 4
+      const loss = nextTokenLoss(ckpt.config.hiddenSize)
+      const session = await Effect.runPromise(
+        Effect.gen(function* () {
+          const placement = yield* placeWeights(ckpt, tempDir("pipe-lora-train-"))
+          const g = new Graph("lora_train")
+          const source = externalWeights(g, placement)
+          buildTrainStep({
+            graph: g,
+            params: loraParamSpecs(targets, r),
+            batch: dropoutBatchSpec,
+            adamw: { weightDecay: 0 },
+            loss: (sub, params, b) => {
+              const hook = loraHook(loraFromParams(targets, params), 2, { dropout: 0.1, seed: b.dropout_seed })
+              const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: hook })
+              return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
+            },
+          })
+          return yield* createSession(yield* writeGraph(g, placement, "lora_train"))
+        }),
+      )
+      const init = initLora(targets, r, 3)
+      let state = initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, tensor("float32", v.shape, v.data)])))
+      const losses: number[] = []
+      for (let i = 0; i < 30; i++) {
+        const res = await Effect.runPromise(trainStep(session, state, { ...trainBatch(), dropout_seed: tensor("int64", [], [i]) }, 0.02))
+        state = res.state
+        losses.push(res.loss)
+      }
+      expect(losses[0]).toBeGreaterThan(Math.log(64) * 0.8) // near-uniform random model
+      expect(losses.at(-1)!).toBeLessThan(losses[0] * 0.7)
+      expect(Object.keys(state.params)).toContain(loraName(targets[0].module, "A"))
+    })
 
   it("full-parameter training: every weight a trainable input, named by its checkpoint tensor name", async () => {
     const ckpt = await randomCheckpoint(tinyLlama({ tiedEmbeddings: true }))

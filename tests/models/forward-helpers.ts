@@ -6,13 +6,15 @@ import { tmpdir } from "node:os"
 import * as path from "node:path"
 import type * as ort from "onnxruntime-node"
 import { expect } from "vitest"
-import { Graph } from "../../src/graph/index.ts"
+import { Graph, type Value } from "../../src/graph/index.ts"
+import { crossEntropy } from "../../src/graph/losses.ts"
 import { type Checkpoint, loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
-import { buildForwardGraph, type ForwardGraphOptions } from "../../src/models/forward.ts"
+import { buildForwardGraph, type ForwardGraphOptions, forwardNames } from "../../src/models/forward.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { type InitOptions, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { type InitOptions, type WeightDType, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { createSession, runSession, type Session } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
+import { referenceLogits } from "../reference/reference.ts"
 
 export const tempDir = (prefix: string) => fs.mkdtempSync(path.join(tmpdir(), prefix))
 
@@ -61,4 +63,36 @@ export const expectClose = (got: ArrayLike<number>[], want: ArrayLike<number>[],
   })
   expect(worst).toBeLessThan(tol)
   return worst
+}
+
+/** Cross-entropy of next-token prediction on a fixed batch, as a train-step loss. */
+export const nextTokenLoss = (H: number) => (g: Graph, hidden: Value, lmHead: Value, targets: Value, mask: Value) =>
+  crossEntropy(g, { hidden: g.reshape(hidden, [-1, H]), weight: lmHead }, g.reshape(targets, [-1]), g.reshape(mask, [-1])).mean
+
+/** Two rows of next-token training data for a 64-token vocabulary, in batchSpec's layout. */
+export const trainBatch = () => {
+  const rows = [
+    [1, 5, 9, 13, 17, 21, 25],
+    [2, 6, 10, 14, 18, 22, 26],
+  ]
+  return {
+    input_ids: ids(rows.map((r) => r.slice(0, -1))),
+    attention_mask: tensor("int64", [2, 6], Array(12).fill(1)),
+    targets: ids(rows.map((r) => r.slice(1))),
+    loss_mask: tensor("float32", [2, 6], Array(12).fill(1)),
+  }
+}
+export const batchSpec = {
+  input_ids: { dtype: "int64", shape: ["batch", "seq"] },
+  attention_mask: { dtype: "int64", shape: ["batch", "seq"] },
+  targets: { dtype: "int64", shape: ["batch", "seq"] },
+  loss_mask: { dtype: "float32", shape: ["batch", "seq"] },
+} as const
+
+/** The forward graph of a random checkpoint of `config` on `seq` against the float64 reference. */
+export const expectForwardMatchesReference = async (config: ModelConfig, dtype: WeightDType, seq: number[], tol: number) => {
+  const ckpt = await randomCheckpoint(config, { dtype })
+  const s = await forwardSession(ckpt)
+  const out = await run(s, { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) })
+  expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, seq), tol)
 }

@@ -18,7 +18,7 @@ import { createSession } from "../../src/runtime/session.ts"
 import { type WeightDType, tinyGpt2, tinyGptNeox, tinyLlama } from "../../src/models/init.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { referenceLogits } from "../reference/reference.ts"
-import { expectClose, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
+import { expectClose, expectForwardMatchesReference, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const seq = [1, 7, 3, 60, 12, 5, 9, 33]
@@ -34,12 +34,7 @@ const cases: Array<[string, ModelConfig, WeightDType]> = [
 
 describe("forward graph vs float64 reference", () => {
   for (const [name, config, dtype] of cases)
-    it(name, async () => {
-      const ckpt = await randomCheckpoint(config, { dtype })
-      const s = await forwardSession(ckpt)
-      const out = await run(s, { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) })
-      expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, seq), TOL)
-    })
+    it(name, () => expectForwardMatchesReference(config, dtype, seq, TOL))
 })
 
 describe("batching and KV cache", () => {

@@ -11,8 +11,8 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
-import { tinyGpt2, tinyGptNeox, tinyLlama, writeConfigFiles, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { fromNumbers, readFile, type Tensor, writeFile } from "../../src/models/safetensors.ts"
+import { tinyGpt2, tinyGptNeox, tinyLlama, tinyPhi3, tinyQwen3, writeConfigFiles, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { fromNumbers, readFile, type Tensor, toFloat64, writeFile } from "../../src/models/safetensors.ts"
 import { activations, erf, referenceForward, referenceLogits, referenceModel, ropeInverseFrequencies, rotate } from "./reference.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-ref-"))
@@ -58,16 +58,45 @@ describe("activations and RoPE frequencies", () => {
   })
   it("default, linear and Llama 3 scaled inverse frequencies", () => {
     const rope = (scaling: Parameters<typeof ropeInverseFrequencies>[0]["scaling"]) => ({ kind: "rope" as const, theta: 10000, rotaryDim: 4, scaling })
-    expectClose(ropeInverseFrequencies(rope({ kind: "none" })), [1, 0.01])
-    expectClose(ropeInverseFrequencies(rope({ kind: "linear", factor: 4 })), [0.25, 0.0025])
+    expectClose(ropeInverseFrequencies(rope({ kind: "none" }), 1), [1, 0.01])
+    expectClose(ropeInverseFrequencies(rope({ kind: "linear", factor: 4 }), 1), [0.25, 0.0025])
     // wavelengths 2π (< high_freq_wavelen 8: kept) and 200π (> low_freq_wavelen 32: divided by factor)
-    expectClose(ropeInverseFrequencies(rope({ kind: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 32 })), [1, 0.01 / 8])
+    expectClose(ropeInverseFrequencies(rope({ kind: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 32 }), 1), [1, 0.01 / 8])
     // original 1000: 200π lies between 250 and 1000, smooth = (1000/(200π) - 1) / 3
     const smooth = (1000 / (200 * Math.PI) - 1) / 3
-    expectClose(ropeInverseFrequencies(rope({ kind: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 1000 })), [
+    expectClose(ropeInverseFrequencies(rope({ kind: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 1000 }), 1), [
       1,
       (1 - smooth) * (0.01 / 8) + smooth * 0.01,
     ])
+  })
+})
+
+describe("YaRN, dynamic NTK and LongRoPE inverse frequencies (hand-computed)", () => {
+  const rope = (rotaryDim: number, scaling: Parameters<typeof ropeInverseFrequencies>[0]["scaling"]) => ({ kind: "rope" as const, theta: 10000, rotaryDim, scaling })
+  it("yarn: unchanged above betaFast rotations, divided by factor under betaSlow, linear in the pair index between", () => {
+    // d = 8, base frequencies [1, 0.1, 0.01, 0.001]. Correction dims over 64 positions:
+    // betaFast 32: 8 ln(64 / (2π 32)) / (2 ln 10000) = -0.497 -> floor -1 -> clamped to 0;
+    // betaSlow 1: 8 ln(64 / 2π) / (2 ln 10000) = 1.008 -> ceil 2. Ramp over pairs 0..2: [0, 0.5, 1, 1].
+    const yarn = { kind: "yarn" as const, factor: 4, originalMaxPositions: 64, betaFast: 32, betaSlow: 1, truncate: true, attentionFactor: 1 }
+    expectClose(ropeInverseFrequencies(rope(8, yarn), 1), [1, 0.5 * 0.1 + 0.5 * (0.1 / 4), 0.01 / 4, 0.001 / 4])
+    // without truncation the ramp runs from 0 to 1.008: pair 1 is interpolated by 1 / 1.008
+    const ramp = 1 / ((8 * Math.log(64 / (2 * Math.PI))) / (2 * Math.log(10000)))
+    expectClose(ropeInverseFrequencies(rope(8, { ...yarn, truncate: false }), 1), [1, ramp * (0.1 / 4) + (1 - ramp) * 0.1, 0.01 / 4, 0.001 / 4])
+  })
+  it("dynamic: the base becomes theta (factor L / max - (factor - 1))^(d/(d-2)) past max positions, unchanged up to it", () => {
+    const dynamic = { kind: "dynamic" as const, factor: 2, maxPositions: 4 }
+    expectClose(ropeInverseFrequencies(rope(4, dynamic), 4), [1, 0.01])
+    // L = 8: base 10000 * (2*8/4 - 1)^2 = 90000, second frequency 1/300
+    expectClose(ropeInverseFrequencies(rope(4, dynamic), 8), [1, 1 / 300])
+  })
+  it("longrope: short factors up to original max positions, long factors past it", () => {
+    const longrope = { kind: "longrope" as const, shortFactor: [1, 2], longFactor: [3, 4], originalMaxPositions: 4, attentionFactor: 1.5 }
+    expectClose(ropeInverseFrequencies(rope(4, longrope), 4), [1, 0.005])
+    expectClose(ropeInverseFrequencies(rope(4, longrope), 5), [1 / 3, 0.0025])
+  })
+  it("the attention factor scales the rotated features only", () => {
+    const [c, s] = [Math.cos(2), Math.sin(2)]
+    expectClose(rotate(Float64Array.from([1, 2, 3]), 2, [1], 1.5), [1.5 * (c - 2 * s), 1.5 * (2 * c + s), 3])
   })
 })
 
@@ -286,5 +315,63 @@ describe("identities on random checkpoints", () => {
     expectClose(referenceForward(model, [1, 2])[1], Array.from(referenceLogits(dir, [1, 2])[1]))
     expect(() => referenceForward(model, [64])).toThrow(/outside the vocabulary/)
     expect(() => referenceLogits("/nonexistent", [1])).toThrow(/does not exist/)
+  })
+
+  /** The float64 tensors of a checkpoint's model.safetensors, by name. */
+  const tensorsOf = (dir: string) =>
+    new Map([...Effect.runSync(readFile(path.join(dir, "model.safetensors"))).tensors].map(([k, t]) => [k, { shape: [...t.shape], values: toFloat64(t) }]))
+  const writeTensors = (dir: string, tensors: Map<string, { shape: number[]; values: Float64Array }>) =>
+    Effect.runSync(writeFile(path.join(dir, "model.safetensors"), new Map([...tensors].map(([k, t]) => [k, fromNumbers(t.values, "F64", t.shape)]))))
+  /** Rows [from, to) of a [rows, cols] matrix. */
+  const rows = (t: { shape: number[]; values: Float64Array }, from: number, to: number) => ({ shape: [to - from, t.shape[1]], values: t.values.slice(from * t.shape[1], to * t.shape[1]) })
+
+  it("Phi-3's fused qkv_proj and gate_up_proj equal Llama's separate projections cut from their rows ([q | k | v], [gate | up])", () => {
+    const config = tinyPhi3()
+    const phi = random(config)
+    const { numHeads: nh, numKvHeads: nkv, headDim: hd, intermediateSize: m } = config
+    const llama = tmp()
+    Effect.runSync(writeConfigFiles(llama, tinyLlama()))
+    const tensors = new Map<string, { shape: number[]; values: Float64Array }>()
+    for (const [name, t] of tensorsOf(phi)) {
+      const qkv = /^(.*)\.qkv_proj\.weight$/.exec(name)
+      const gateUp = /^(.*)\.gate_up_proj\.weight$/.exec(name)
+      if (qkv) {
+        tensors.set(`${qkv[1]}.q_proj.weight`, rows(t, 0, nh * hd))
+        tensors.set(`${qkv[1]}.k_proj.weight`, rows(t, nh * hd, (nh + nkv) * hd))
+        tensors.set(`${qkv[1]}.v_proj.weight`, rows(t, (nh + nkv) * hd, (nh + 2 * nkv) * hd))
+      } else if (gateUp) {
+        tensors.set(`${gateUp[1]}.gate_proj.weight`, rows(t, 0, m))
+        tensors.set(`${gateUp[1]}.up_proj.weight`, rows(t, m, 2 * m))
+      } else tensors.set(name, t)
+    }
+    writeTensors(llama, tensors)
+    const a = referenceLogits(phi, tokens)
+    const b = referenceLogits(llama, tokens)
+    for (let t = 0; t < tokens.length; t++) expectClose(a[t], Array.from(b[t]))
+  })
+
+  it("Qwen3's q/k norms work per head: scaling each head's projection rows by its own factor changes nothing, a norm weight does", () => {
+    // eps 1e-300 so that RMSNorm is exactly scale-invariant
+    const config = tinyQwen3({ norm: { kind: "rms", eps: 1e-300 } })
+    const dir = random(config)
+    const before = referenceLogits(dir, tokens)
+    const tensors = tensorsOf(dir)
+    const hd = config.headDim
+    const scaleHeads = (name: string, factors: number[]) => {
+      const t = tensors.get(name)!
+      const cols = t.shape[1]
+      tensors.set(name, { shape: t.shape, values: t.values.map((v, i) => v * factors[Math.floor(i / (cols * hd))]) })
+    }
+    scaleHeads("model.layers.0.self_attn.q_proj.weight", [3, 0.5, 2, 1])
+    scaleHeads("model.layers.1.self_attn.k_proj.weight", [0.25, 4])
+    const scaled = tmp()
+    Effect.runSync(writeConfigFiles(scaled, config))
+    writeTensors(scaled, tensors)
+    const after = referenceLogits(scaled, tokens)
+    for (let t = 0; t < tokens.length; t++) expectClose(after[t], Array.from(before[t]))
+    const qNorm = tensors.get("model.layers.0.self_attn.q_norm.weight")!
+    tensors.set("model.layers.0.self_attn.q_norm.weight", { shape: qNorm.shape, values: qNorm.values.map((v, i) => (i === 0 ? v * 3 : v)) })
+    writeTensors(scaled, tensors)
+    expect(Math.abs(referenceLogits(scaled, tokens)[3][0] - before[3][0])).toBeGreaterThan(1e-6)
   })
 })

@@ -1,8 +1,9 @@
-// An independent, deliberately plain float64 forward pass of the three supported architectures,
+// An independent, deliberately plain float64 forward pass of the supported architectures,
 // written for clarity, not speed: one loop per formula, no batching, no caching. It is the
 // reference the ONNX model graphs are tested against, so it shares only the checkpoint reader
-// (which tensor is where) with them; all the math (fused-qkv splitting, RoPE and its scalings,
-// GQA, norms, activations, residual wiring) is written out here on its own.
+// (which tensor is where) with them; all the math (fused-qkv and gate-up splitting, RoPE and its
+// scalings, per-head q/k norms, GQA, norms, activations, residual wiring) is written out here on
+// its own.
 //
 //   referenceLogits(modelDir, tokenIds) -> logits, one Float64Array of length vocabSize per position
 //
@@ -72,6 +73,7 @@ export const activations = {
   silu: (x: number) => x / (1 + Math.exp(-x)),
   gelu_erf: (x: number) => 0.5 * x * (1 + erf(x / Math.SQRT2)),
   gelu_tanh: (x: number) => 0.5 * x * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (x + 0.044715 * x * x * x))),
+  relu: (x: number) => (x > 0 ? x : 0),
 }
 
 // ------------------------------------------------------------------------------ norms
@@ -95,38 +97,76 @@ const layerNorm = (x: Vec, w: Vec, b: Vec | undefined, eps: number): Vec => {
 // ------------------------------------------------------------------------------ RoPE
 
 /**
- * Inverse frequencies of the rotary embedding, one per rotated pair, including the "linear" and
- * Llama 3 scalings (transformers' _compute_default/linear/llama3_rope_parameters).
- * Kept separate from src/models/forward.ts on purpose: the reference must not share code with
- * what it checks (this one is itself checked against tabulated values in reference.test.ts).
+ * Inverse frequencies of the rotary embedding, one per rotated pair, for a sequence of `seqLen`
+ * positions, with every scaling of transformers' modeling_rope_utils.py that ModelConfig
+ * expresses (default, linear, llama3, yarn, dynamic NTK, longrope).
+ * Kept separate from src/models/rope.ts on purpose: the reference must not share code with
+ * what it checks (this one is itself checked against hand-computed values in reference.test.ts).
  */
-export const ropeInverseFrequencies = (positions: Extract<ModelConfig["positions"], { kind: "rope" }>): number[] => {
+export const ropeInverseFrequencies = (positions: Extract<ModelConfig["positions"], { kind: "rope" }>, seqLen: number): number[] => {
   const d = positions.rotaryDim
-  const base = Array.from({ length: d / 2 }, (_, i) => 1 / positions.theta ** ((2 * i) / d))
   const s = positions.scaling
-  if (s.kind === "none") return base
-  if (s.kind === "linear") return base.map((f) => f / s.factor)
-  const lowFreqWavelen = s.originalMaxPositions / s.lowFreqFactor
-  const highFreqWavelen = s.originalMaxPositions / s.highFreqFactor
-  return base.map((f) => {
-    const wavelen = (2 * Math.PI) / f
-    if (wavelen < highFreqWavelen) return f // high frequency: unchanged
-    if (wavelen > lowFreqWavelen) return f / s.factor // low frequency: fully scaled
-    const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor)
-    return (1 - smooth) * (f / s.factor) + smooth * f
-  })
+  const frequencies = (theta: number) => Array.from({ length: d / 2 }, (_, i) => 1 / theta ** ((2 * i) / d))
+  switch (s.kind) {
+    case "none":
+      return frequencies(positions.theta)
+    case "linear":
+      return frequencies(positions.theta).map((f) => f / s.factor)
+    case "dynamic": {
+      // NTK-aware: a larger base once the sequence outgrows max_position_embeddings
+      const length = Math.max(seqLen, s.maxPositions)
+      return frequencies(positions.theta * ((s.factor * length) / s.maxPositions - (s.factor - 1)) ** (d / (d - 2)))
+    }
+    case "longrope": {
+      const factors = seqLen > s.originalMaxPositions ? s.longFactor : s.shortFactor
+      return frequencies(positions.theta).map((f, i) => f / factors[i])
+    }
+    case "yarn": {
+      // pair i rotates dimRotations(i) times over the original context; pairs with more than
+      // betaFast rotations keep their frequency, those under betaSlow are divided by factor,
+      // linear in the pair index in between (bounds rounded outwards when truncating)
+      const boundary = (rotations: number) => (d * Math.log(s.originalMaxPositions / (2 * Math.PI * rotations))) / (2 * Math.log(positions.theta))
+      let low = boundary(s.betaFast)
+      let high = boundary(s.betaSlow)
+      if (s.truncate) {
+        low = Math.floor(low)
+        high = Math.ceil(high)
+      }
+      low = Math.max(low, 0)
+      high = Math.min(high, d - 1)
+      if (high === low) high += 0.001
+      return frequencies(positions.theta).map((f, i) => {
+        const interpolated = i <= low ? 0 : i >= high ? 1 : (i - low) / (high - low)
+        return interpolated * (f / s.factor) + (1 - interpolated) * f
+      })
+    }
+    case "llama3": {
+      const lowFreqWavelen = s.originalMaxPositions / s.lowFreqFactor
+      const highFreqWavelen = s.originalMaxPositions / s.highFreqFactor
+      return frequencies(positions.theta).map((f) => {
+        const wavelen = (2 * Math.PI) / f
+        if (wavelen < highFreqWavelen) return f // high frequency: unchanged
+        if (wavelen > lowFreqWavelen) return f / s.factor // low frequency: fully scaled
+        const smooth = (s.originalMaxPositions / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor)
+        return (1 - smooth) * (f / s.factor) + smooth * f
+      })
+    }
+  }
 }
 
-/** Rotates feature i with feature i + rotaryDim/2 by angle position * invFreq[i]; the rest pass through. */
-export const rotate = (x: Vec, position: number, invFreq: number[]): Vec => {
+/**
+ * Rotates feature i with feature i + rotaryDim/2 by angle position * invFreq[i], scaling the
+ * rotated features by `scale` (yarn and longrope's attention factor); the rest pass through.
+ */
+export const rotate = (x: Vec, position: number, invFreq: number[], scale = 1): Vec => {
   const half = invFreq.length
   const y = Float64Array.from(x)
   for (let i = 0; i < half; i++) {
     const angle = position * invFreq[i]
     const a = x[i]
     const b = x[i + half]
-    y[i] = a * Math.cos(angle) - b * Math.sin(angle)
-    y[i + half] = b * Math.cos(angle) + a * Math.sin(angle)
+    y[i] = scale * (a * Math.cos(angle) - b * Math.sin(angle))
+    y[i + half] = scale * (b * Math.cos(angle) + a * Math.sin(angle))
   }
   return y
 }
@@ -144,13 +184,17 @@ interface NormParams {
 type AttentionParams =
   | { readonly layout: "separate"; readonly q: LinearParams; readonly k: LinearParams; readonly v: LinearParams; readonly o: LinearParams }
   | { readonly layout: "fused_qkv" | "fused_qkv_per_head"; readonly qkv: LinearParams; readonly o: LinearParams }
+type MlpParams =
+  | { readonly kind: "gated" | "plain"; readonly gate: LinearParams | undefined; readonly up: LinearParams; readonly down: LinearParams }
+  | { readonly kind: "gated_fused"; readonly gateUp: LinearParams; readonly down: LinearParams }
 interface LayerParams {
   readonly norm1: NormParams
   readonly norm2: NormParams
   readonly attention: AttentionParams
-  readonly mlpGate: LinearParams | undefined
-  readonly mlpUp: LinearParams
-  readonly mlpDown: LinearParams
+  /** per-head RMSNorm weights of queries and keys (Qwen3) */
+  readonly qNorm: Vec | undefined
+  readonly kNorm: Vec | undefined
+  readonly mlp: MlpParams
 }
 
 export interface ReferenceModel {
@@ -178,13 +222,18 @@ export const referenceModel = (ckpt: Checkpoint): ReferenceModel => {
         a.layout === "separate"
           ? { layout: "separate", q: linearParams(a.q), k: linearParams(a.k), v: linearParams(a.v), o: linearParams(a.o) }
           : { layout: a.layout, qkv: linearParams(a.qkv), o: linearParams(a.o) }
+      const m = l.mlp
+      const mlp: MlpParams =
+        m.kind === "gated_fused"
+          ? { kind: m.kind, gateUp: linearParams(m.gateUp), down: linearParams(m.down) }
+          : { kind: m.kind, gate: m.kind === "gated" ? linearParams(m.gate) : undefined, up: linearParams(m.up), down: linearParams(m.down) }
       return {
         norm1: normParams(l.inputNorm),
         norm2: normParams(l.postAttentionNorm),
         attention,
-        mlpGate: l.mlp.kind === "gated" ? linearParams(l.mlp.gate) : undefined,
-        mlpUp: linearParams(l.mlp.up),
-        mlpDown: linearParams(l.mlp.down),
+        qNorm: l.qNorm ? load(l.qNorm.weight).values : undefined,
+        kNorm: l.kNorm ? load(l.kNorm.weight).values : undefined,
+        mlp,
       }
     }),
     finalNorm: normParams(w.finalNorm),
@@ -197,26 +246,38 @@ const slice = (v: Vec, start: number, length: number): Vec => v.slice(start, sta
 
 /** Per-position q, k, v vectors, each split into heads: q[t][head], k[t][kvHead], v[t][kvHead]. */
 const projectQkv = (c: ModelConfig, a: AttentionParams, xs: Vec[]) => {
-  const { numHeads: nh, numKvHeads: nkv, headDim: hd, hiddenSize: h } = c
+  const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
   const heads = (v: Vec, n: number, start = 0, stride = hd) => Array.from({ length: n }, (_, j) => slice(v, start + j * stride, hd))
   return xs.map((x) => {
     if (a.layout === "separate") return { q: heads(linear(a.q, x), nh), k: heads(linear(a.k, x), nkv), v: heads(linear(a.v, x), nkv) }
     const qkv = linear(a.qkv, x)
-    // GPT-2: [q | k | v], each h wide, heads consecutive inside each block.
-    if (a.layout === "fused_qkv") return { q: heads(qkv, nh, 0), k: heads(qkv, nh, h), v: heads(qkv, nh, 2 * h) }
+    // GPT-2, Phi-3: [q | k | v] of nh, nkv, nkv heads, heads consecutive inside each block.
+    if (a.layout === "fused_qkv") return { q: heads(qkv, nh, 0), k: heads(qkv, nkv, nh * hd), v: heads(qkv, nkv, (nh + nkv) * hd) }
     // GPT-NeoX: per head, [q | k | v] of hd each.
     return { q: heads(qkv, nh, 0, 3 * hd), k: heads(qkv, nh, hd, 3 * hd), v: heads(qkv, nh, 2 * hd, 3 * hd) }
   })
 }
 
-const attention = (c: ModelConfig, a: AttentionParams, xs: Vec[]): Vec[] => {
+/** ropeLengths[t]: the sequence length position t's query and key are rotated at (see referenceForward). */
+const attention = (c: ModelConfig, l: LayerParams, xs: Vec[], ropeLengths: ReadonlyArray<number>): Vec[] => {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
+  const a = l.attention
   const qkv = projectQkv(c, a, xs)
+  if (l.qNorm && l.kNorm) {
+    const [qn, kn] = [l.qNorm, l.kNorm]
+    qkv.forEach((p) => {
+      p.q = p.q.map((q) => rmsNorm(q, qn, c.norm.eps))
+      p.k = p.k.map((k) => rmsNorm(k, kn, c.norm.eps))
+    })
+  }
   if (c.positions.kind === "rope") {
-    const invFreq = ropeInverseFrequencies(c.positions)
+    const positions = c.positions
+    const s = positions.scaling
+    const scale = s.kind === "yarn" || s.kind === "longrope" ? s.attentionFactor : 1
     qkv.forEach((p, t) => {
-      p.q = p.q.map((q) => rotate(q, t, invFreq))
-      p.k = p.k.map((k) => rotate(k, t, invFreq))
+      const invFreq = ropeInverseFrequencies(positions, ropeLengths[t])
+      p.q = p.q.map((q) => rotate(q, t, invFreq, scale))
+      p.k = p.k.map((k) => rotate(k, t, invFreq, scale))
     })
   }
   const groupSize = nh / nkv // query heads sharing one key/value head
@@ -241,14 +302,27 @@ const attention = (c: ModelConfig, a: AttentionParams, xs: Vec[]): Vec[] => {
 
 const mlp = (c: ModelConfig, l: LayerParams, x: Vec): Vec => {
   const act = activations[c.activation]
-  const up = linear(l.mlpUp, x)
-  const hidden = l.mlpGate ? linear(l.mlpGate, x).map((g, i) => act(g) * up[i]) : up.map(act)
-  return linear(l.mlpDown, hidden)
+  const m = l.mlp
+  if (m.kind === "gated_fused") {
+    // Phi-3 gate_up_proj: first intermediateSize outputs are the gate, the rest the up projection
+    const gateUp = linear(m.gateUp, x)
+    const n = c.intermediateSize
+    return linear(m.down, Float64Array.from({ length: n }, (_, i) => act(gateUp[i]) * gateUp[n + i]))
+  }
+  const up = linear(m.up, x)
+  const hidden = m.gate ? linear(m.gate, x).map((g, i) => act(g) * up[i]) : up.map(act)
+  return linear(m.down, hidden)
 }
 
-/** Logits [seq][vocab] of a model on one sequence of token ids (no padding, positions 0..seq-1). */
-export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<number>): Float64Array[] => {
+/**
+ * Logits [seq][vocab] of a model on one sequence of token ids (no padding, positions 0..seq-1).
+ * The rope types that depend on the sequence length (dynamic, longrope) use the whole sequence's
+ * length, unless `ropeLengths` gives, per position, the length of the forward that computed it:
+ * what a KV-cache decode does, where cached keys keep the rotation of an earlier, shorter forward.
+ */
+export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<number>, ropeLengths: ReadonlyArray<number> = tokenIds.map(() => tokenIds.length)): Float64Array[] => {
   const c = model.config
+  if (ropeLengths.length !== tokenIds.length) throw new Error(`${ropeLengths.length} rope lengths for ${tokenIds.length} tokens`)
   const norm = (p: NormParams, x: Vec) => (c.norm.kind === "rms" ? rmsNorm(x, p.w, c.norm.eps) : layerNorm(x, p.w, p.b, c.norm.eps))
   let xs = tokenIds.map((id, t) => {
     if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new Error(`token id ${id} outside the vocabulary of ${c.vocabSize}`)
@@ -256,7 +330,7 @@ export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<
     return model.embedPositions ? add(e, row(model.embedPositions, t)) : e
   })
   for (const layer of model.layers) {
-    const attn = attention(c, layer.attention, xs.map((x) => norm(layer.norm1, x)))
+    const attn = attention(c, layer, xs.map((x) => norm(layer.norm1, x)), ropeLengths)
     if (c.parallelResidual) {
       xs = xs.map((x, t) => add(add(x, attn[t]), mlp(c, layer, norm(layer.norm2, x))))
     } else {
