@@ -34,7 +34,6 @@ export const ChatEvaluation = Artifact.json(
     withHeldOutPrompt: Schema.Record(Schema.String, Rate),
     withoutPrompt: Schema.Record(Schema.String, Rate),
     temperature: Schema.Number,
-    seconds: Schema.Number,
     examples: Schema.Array(Example),
   }),
 )
@@ -47,7 +46,7 @@ const rateOf = (oks: ReadonlyArray<boolean>): Rate => {
 
 export const evaluateChat = stage({
   name: "evaluate-chat",
-  version: 3,
+  version: 4, // 4: the evaluation time is a metric, not part of the content-hashed output
   params: Schema.Struct({
     temperature: Schema.Finite.check(Schema.isGreaterThan(0)),
     maxNewTokens: Schema.Int.check(Schema.isGreaterThan(0)),
@@ -130,8 +129,8 @@ export const evaluateChat = stage({
         ctx.metric(`with_prompt.${b}`, withPrompt[b].rate)
         ctx.metric(`without_prompt.${b}`, withoutPrompt[b].rate)
       }
-      const seconds = (performance.now() - started) / 1000
+      ctx.metric("eval_seconds", (performance.now() - started) / 1000)
       ctx.log(`accuracy ${accuracy.rate.toFixed(3)}; with prompt ${behaviourNames.map((b) => `${b} ${withPrompt[b].rate.toFixed(2)}`).join(", ")}; without ${behaviourNames.map((b) => `${b} ${withoutPrompt[b].rate.toFixed(2)}`).join(", ")}`)
-      return { accuracy, accuracyByTask, withPrompt, withHeldOutPrompt, withoutPrompt, temperature: params.temperature, seconds, examples }
+      return { accuracy, accuracyByTask, withPrompt, withHeldOutPrompt, withoutPrompt, temperature: params.temperature, examples }
     }),
 })

@@ -76,7 +76,7 @@ const loadCheckpoint = (file: string, names: ReadonlyArray<string>) =>
 
 export const trainLm = stage({
   name: "train-lm",
-  version: 1,
+  version: 2, // 2: the training time is a metric, not in the weights' metadata
   params: TrainLmParams,
   unkeyed: ["checkpointEvery", "threads"],
   inputs: { corpus: ChatCorpusFile, tokenizer: TokenizerJson, init: LlamaWeights },
@@ -175,6 +175,8 @@ export const trainLm = stage({
       const tensors = new Map<string, Tensor>()
       for (const n of names) tensors.set(n, fromOrt(state.params[n]))
       ctx.log(`trained ${totalSteps} steps in ${seconds.toFixed(0)} s`)
-      return { tensors, metadata: { config: inputs.init.metadata.config, train_params: JSON.stringify(params), train_steps: String(totalSteps), train_seconds: seconds.toFixed(1), epoch_losses: JSON.stringify(epochLosses.map((l) => Number(l.toFixed(4)))) } }
+      // a run-specific fact: a metric, never part of the weights' content-hashed metadata
+      ctx.metric("train_seconds", seconds)
+      return { tensors, metadata: { config: inputs.init.metadata.config, train_params: JSON.stringify(params), train_steps: String(totalSteps), epoch_losses: JSON.stringify(epochLosses.map((l) => Number(l.toFixed(4)))) } }
     }),
 })
