@@ -18,6 +18,7 @@ import { isCorrectAnswer } from "../../src/text/synthetic/scoring.ts"
 import { renderChat } from "../../src/text/tokenizer-builder.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { hash32 } from "../../src/models/init.ts"
+import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { ChatCorpusFile, LlamaWeights, materializeModel, readCorpus, TokenizerJson } from "./artifacts.ts"
 
 const Rate = Schema.Struct({ rate: Schema.Number, hits: Schema.Int, n: Schema.Int })
@@ -65,7 +66,7 @@ export const evaluateChat = stage({
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
       const started = performance.now()
-      // the graph directory holds the checkpoint, so onnxruntime reads its weights where they are
+      // a checkpoint directory over the artifact's weights (a symlink: graphs read them in place)
       const { checkpoint, tokenizer } = yield* materializeModel(path.join(ctx.workDir, "model"), inputs.model, inputs.tokenizer)
       const corpus = yield* readCorpus(inputs.corpus.path)
       const generator = yield* Effect.mapError(
@@ -78,8 +79,8 @@ export const evaluateChat = stage({
       const prompted = records.filter((r): r is ChatEvalRecord & { mode: BehaviourName } => isBehaviourName(r.mode))
       const promptIds = (r: ChatEvalRecord) => tokenizer.encode(renderChat(r.messages, true), { addSpecialTokens: false })
       const run = (rs: ReadonlyArray<ChatEvalRecord>, temperature: number, seed: number) =>
-        Effect.mapError(
-          Effect.map(
+        Effect.gen(function* () {
+          const outs = yield* Effect.mapError(
             generator.generate(
               rs.map((r) => {
                 const prompt = promptIds(r)
@@ -87,10 +88,11 @@ export const evaluateChat = stage({
               }),
               { batchSize: params.batchSize },
             ),
-            (outs) => outs.map((o) => o.text ?? ""),
-          ),
-          (e) => new Error(e.message),
-        )
+            (e) => new Error(e.message),
+          )
+          yield* checkFiniteRows(ctx.node, "generated tokens' log-probs [answer, token]", outs.map((o) => o.logProbs))
+          return outs.map((o) => o.text ?? "")
+        })
       const logDone = (what: string) => ctx.log(`${what} (${((performance.now() - started) / 1000).toFixed(0)} s)`)
 
       const greedy = yield* run(plain, 0, params.seed)

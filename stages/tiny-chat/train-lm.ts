@@ -12,6 +12,7 @@ import * as ort from "onnxruntime-node"
 import { stage } from "../../src/engine/index.ts"
 import { buildTrainStep, crossEntropy, learningRate, type Schedule, serialize } from "../../src/graph/index.ts"
 import { fromNumbers, readFile, type Tensor, toFloat32, writeFile } from "../../src/models/safetensors.ts"
+import { checkFinite } from "../../src/runtime/finite.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"
 import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
@@ -173,7 +174,10 @@ export const trainLm = stage({
         yield* Effect.yieldNow
       }
       const tensors = new Map<string, Tensor>()
-      for (const n of names) tensors.set(n, fromOrt(state.params[n]))
+      for (const n of names) {
+        yield* checkFinite(ctx.node, `weight ${n}`, state.params[n].data as Float32Array, state.params[n].dims)
+        tensors.set(n, fromOrt(state.params[n]))
+      }
       ctx.log(`trained ${totalSteps} steps in ${seconds.toFixed(0)} s`)
       // a run-specific fact: a metric, never part of the weights' content-hashed metadata
       ctx.metric("train_seconds", seconds)
