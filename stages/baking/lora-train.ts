@@ -282,14 +282,17 @@ const readCheckpoint = (file: string, names: ReadonlyArray<string>): Effect.Effe
  * The newest usable checkpoint in `workDir` (undefined when there is none): a damaged one is
  * renamed to `<name>.damaged` (kept for inspection, never read again) and the previous one tried.
  */
-const resumeFrom = (workDir: string, names: ReadonlyArray<string>, log: (line: string) => void): Effect.Effect<{ file: string; progress: Progress } | undefined> =>
+const resumeFrom = (workDir: string, names: ReadonlyArray<string>, log: (line: string) => void): Effect.Effect<{ file: string; progress: Progress } | undefined, Error> =>
   Effect.gen(function* () {
     for (const name of [CHECKPOINT, PREVIOUS]) {
       const file = path.join(workDir, name)
       if (!fs.existsSync(file)) continue
       const read = yield* Effect.result(readCheckpoint(file, names))
       if (read._tag === "Success") return { file, progress: read.success }
-      fs.renameSync(file, `${file}.damaged`)
+      yield* Effect.try({
+        try: () => fs.renameSync(file, `${file}.damaged`),
+        catch: (e) => new Error(`${read.failure.message}; cannot move it aside (${e instanceof Error ? e.message : String(e)}): delete ${file} to resume from the checkpoint before it`),
+      })
       log(`discarded a damaged checkpoint, moved to ${file}.damaged: ${read.failure.message}`)
     }
     return undefined
@@ -304,7 +307,7 @@ const shouldStop = (history: ReadonlyArray<EpochRecord>, patience: number): bool
 
 export const loraTrain = stage({
   name: "lora-train",
-  version: 3, // 2: dropout masks from a fed per-step seed (resumable); 3: no timings in the summary
+  version: 3, // 2: dropout masks from a fed per-step seed (resumable); 3: no timings in the summary, divergenceFactor
   params: LoraTrainParams,
   unkeyed: ["validationBatchSize", "threads", "checkpointEvery"],
   inputs: { model: Directory, trajectories: Trajectories, teacher: TeacherLogits, validation: Trajectories },
