@@ -23,6 +23,7 @@ import {
   UnsupportedModelError,
   type WeightRef,
 } from "./config-architecture.ts"
+import { checkWeightFiles } from "../runtime/finite.ts"
 import { gptNeox } from "./config-gpt-neox.ts"
 import { gpt2 } from "./config-gpt2.ts"
 import { llama } from "./config-llama.ts"
@@ -259,6 +260,8 @@ export const loadCheckpoint = (modelDir: string): Effect.Effect<Checkpoint, Chec
     const config = yield* module.parseConfig(configFile, rawConfig)
     const { files, where, tensors } = yield* locateTensors(dir)
     const weights = yield* module.weights(config, lookupIn(where, tensors, configFile))
+    // NaN weights otherwise yield garbage that looks like results; checked once per file content
+    yield* Effect.mapError(checkWeightFiles(files), (e) => new CheckpointError({ file: e._tag === "NonFiniteError" ? e.source : e.file, field: undefined, message: e.message }))
     const generationFile = optionalFile(dir, "generation_config.json")
     let generationConfig: GenerationConfig | undefined
     if (generationFile !== undefined) {

@@ -1,20 +1,34 @@
-// Where a model graph's .onnx goes so that onnxruntime can read the checkpoint's safetensors
-// files as external data. onnxruntime 1.30 only reads external data whose real path lies under
-// the .onnx file's directory (no absolute paths, no "..", symlinks resolved), so:
+// How a model graph reads a checkpoint's safetensors files as ONNX external data, wherever the
+// checkpoint lives (another filesystem, a read-only or root-owned directory, the HF hub cache)
+// and without linking or copying a byte of it.
+//
+// onnxruntime 1.30 validates every external-data location (tensorprotoutils.cc,
+// ValidateExternalDataPathFromDir): no absolute locations, and the location's real path (symlinks
+// followed) must lie under one allowed directory. For a model loaded from a path that directory is
+// the .onnx file's; a symlink under it pointing elsewhere is rejected ("External data path escapes
+// model directory"), and hard links fail across filesystems (EXDEV) and, with
+// fs.protected_hardlinks, on files the user does not own (EPERM). For a model loaded from bytes,
+// the allowed directory is the session config entry
+// `session.model_external_initializers_file_folder_path` (the working directory without it). So:
 //
 //   placeWeights(ckpt, graphDir) -> WeightPlacement
-//     For each safetensors file of the checkpoint: if its real path is already under graphDir it
-//     is used as is; otherwise it is hard-linked into graphDir/weights/ (same filesystem, no copy,
-//     works for a read-only checkpoint and for the HF hub cache's blobs). When a hard link is
-//     impossible (another filesystem, or no permission) the file is copied only if
-//     `allowCopy` is set; otherwise the error says which file and why.
+//     weightsRoot: the deepest directory holding the real paths of all the checkpoint's weight
+//     files (the checkpoint directory; for the hub cache, whose snapshot files are symlinks, its
+//     blobs/ directory). Nothing is written next to the weights.
 //   externalWeights(g, placement) -> WeightSource
-//     Each weight becomes an initializer pointing into its (linked) file; fp16/bf16 weights get an
-//     in-graph Cast to float32. Write the serialized graph into placement.graphDir.
+//     Each weight becomes an initializer whose location is relative to weightsRoot; fp16/bf16
+//     weights get an in-graph Cast to float32.
+//   writeGraph(g, placement, name) -> GraphFile
+//     The .onnx goes into graphDir (ours, for inspection and error messages); createSession loads
+//     its bytes with weightsRoot as the external-data folder, and onnxruntime maps the weight
+//     files from there as it would next to the .onnx.
+// (onnxruntime-node 1.30 also takes `externalData: [{ path, data }]` with the file's bytes in
+// memory, but that reads every shard into the JS heap, and a Node 20 Buffer stops at 4 GiB.)
 import { Data, Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { type DType, externalSource, type Graph, serialize, type Value } from "../graph/index.ts"
+import type { GraphFile } from "../runtime/session.ts"
 import type { Checkpoint, WeightRef } from "./checkpoint.ts"
 import type { SafetensorsDType } from "./safetensors.ts"
 
@@ -24,63 +38,37 @@ export class WeightPlacementError extends Data.TaggedError("WeightPlacementError
 }> {}
 
 export interface WeightPlacement {
-  /** The directory the .onnx file must be written into. */
+  /** The directory the .onnx file is written into. */
   readonly graphDir: string
-  /** A weight file's path as the checkpoint names it -> a path whose real path is under graphDir. */
-  readonly fileFor: (file: string) => string
+  /** The directory external-data locations are relative to (real path; contains every weight file). */
+  readonly weightsRoot: string
 }
 
-const isUnder = (dir: string, file: string) => {
-  const rel = path.relative(dir, file)
-  return rel !== "" && !rel.startsWith(`..${path.sep}`) && rel !== ".." && !path.isAbsolute(rel)
-}
+/** The deepest directory containing all of `files` (absolute real paths). */
+const commonDir = (files: readonly string[]): string =>
+  files.map(path.dirname).reduce((a, b) => {
+    for (let rel = path.relative(a, b); rel === ".." || rel.startsWith(`..${path.sep}`); rel = path.relative(a, b)) a = path.dirname(a)
+    return a
+  })
 
-/** Makes every weight file of `ckpt` reachable from `graphDir` (created if missing); see the header. */
-export const placeWeights = (ckpt: Checkpoint, graphDir: string, options: { readonly allowCopy?: boolean } = {}): Effect.Effect<WeightPlacement, WeightPlacementError> =>
-  Effect.try({
-    try: () => {
-      fs.mkdirSync(graphDir, { recursive: true })
-      const dir = fs.realpathSync(graphDir)
-      const map = new Map<string, string>()
-      ckpt.tensorFiles.forEach((file, i) => {
-        const real = fs.realpathSync(file)
-        if (isUnder(dir, real)) {
-          map.set(file, real)
-          return
-        }
-        const target = path.join(dir, "weights", `${i}-${path.basename(real)}`)
-        fs.mkdirSync(path.dirname(target), { recursive: true })
-        const st = fs.statSync(real)
-        const existing = fs.existsSync(target) ? fs.statSync(target) : undefined
-        // an earlier placement of the same file: same inode (link) or same size and mtime (copy)
-        if (existing && (existing.ino === st.ino || (existing.size === st.size && existing.mtimeMs === st.mtimeMs))) {
-          map.set(file, target)
-          return
-        }
-        if (existing) fs.rmSync(target)
-        try {
-          fs.linkSync(real, target)
-        } catch (e) {
-          if (!options.allowCopy)
-            throw new WeightPlacementError({
-              file,
-              message: `cannot hard-link the weights file ${real} into ${dir} (${e instanceof Error ? e.message : String(e)}): onnxruntime reads external data only under the graph's directory; put the graph directory on the same filesystem as the model, or allow a copy`,
-            })
-          fs.copyFileSync(real, target)
-          fs.utimesSync(target, st.atime, st.mtime)
-        }
-        map.set(file, target)
-      })
-      return {
-        graphDir: dir,
-        fileFor: (file: string) => {
-          const f = map.get(file)
-          if (f === undefined) throw new Error(`graph weights: ${file} is not a weight file of ${ckpt.dir}`)
-          return f
-        },
-      }
-    },
-    catch: (e) => (e instanceof WeightPlacementError ? e : new WeightPlacementError({ file: graphDir, message: `cannot place the weights of ${ckpt.dir} under ${graphDir}: ${e instanceof Error ? e.message : String(e)}` })),
+/** Where the graph of `ckpt` goes (`graphDir`, created if missing) and where its weights are read from; see the header. */
+export const placeWeights = (ckpt: Checkpoint, graphDir: string): Effect.Effect<WeightPlacement, WeightPlacementError> =>
+  Effect.gen(function* () {
+    const real = yield* Effect.forEach(ckpt.tensorFiles, (file) =>
+      Effect.try({
+        try: () => fs.realpathSync(file),
+        catch: (e) => new WeightPlacementError({ file, message: `cannot resolve the weights file ${file}: ${e instanceof Error ? e.message : String(e)}` }),
+      }),
+    )
+    if (real.length === 0) return yield* Effect.fail(new WeightPlacementError({ file: ckpt.dir, message: `${ckpt.dir}: the checkpoint has no weight files` }))
+    const dir = yield* Effect.try({
+      try: () => {
+        fs.mkdirSync(graphDir, { recursive: true })
+        return fs.realpathSync(graphDir)
+      },
+      catch: (e) => new WeightPlacementError({ file: graphDir, message: `cannot create the graph directory ${graphDir}: ${e instanceof Error ? e.message : String(e)}` }),
+    })
+    return { graphDir: dir, weightsRoot: commonDir(real) }
   })
 
 const graphDType: Partial<Record<SafetensorsDType, DType>> = { F32: "float32", F16: "float16", BF16: "bfloat16" }
@@ -93,7 +81,7 @@ export const externalWeights = (g: Graph, placement: WeightPlacement) => {
     if (done) return done
     const dtype = graphDType[ref.dtype]
     if (!dtype) throw new Error(`${ref.file}: ${ref.name}: weights of dtype ${ref.dtype} are not supported (F32, F16, BF16)`)
-    const src = externalSource(placement.graphDir, placement.fileFor(ref.file), ref.fileOffset, ref.byteLength)
+    const src = externalSource(placement.weightsRoot, ref.file, ref.fileOffset, ref.byteLength)
     const init = g.initializer(ref.name, dtype, [...ref.shape], src)
     const v = dtype === "float32" ? init : g.cast(init, "float32")
     made.set(ref.name, v)
@@ -101,15 +89,15 @@ export const externalWeights = (g: Graph, placement: WeightPlacement) => {
   }
 }
 
-/** Serializes `g` to `<graphDir>/<name>.onnx` (atomically) and returns the path for createSession. */
-export const writeGraph = (g: Graph, placement: WeightPlacement, name: string): Effect.Effect<string, WeightPlacementError> =>
+/** Serializes `g` to `<graphDir>/<name>.onnx` (atomically); createSession loads it with the placement's weights root. */
+export const writeGraph = (g: Graph, placement: WeightPlacement, name: string): Effect.Effect<GraphFile, WeightPlacementError> =>
   Effect.try({
     try: () => {
       const file = path.join(placement.graphDir, `${name}.onnx`)
       const tmp = `${file}.${process.pid}.tmp`
       fs.writeFileSync(tmp, serialize(g))
       fs.renameSync(tmp, file)
-      return file
+      return { path: file, externalDataDir: placement.weightsRoot }
     },
     catch: (e) => new WeightPlacementError({ file: placement.graphDir, message: `cannot write the graph ${name}.onnx: ${e instanceof Error ? e.message : String(e)}` }),
   })

@@ -2,6 +2,7 @@
 // by default or on CUDA with a device id. A CUDA session that cannot be created fails with
 // a SessionError; it never falls back to the CPU silently.
 import { Data, Effect } from "effect"
+import * as fs from "node:fs"
 import * as ort from "onnxruntime-node"
 
 export type Device = { readonly kind: "cpu" } | { readonly kind: "cuda"; readonly deviceId: number }
@@ -32,6 +33,16 @@ export interface SessionOptions {
   readonly logSeverity?: 0 | 1 | 2 | 3 | 4
 }
 
+/**
+ * A .onnx file whose external data lives under `externalDataDir` rather than next to it
+ * (see src/models/graph-weights.ts): loaded as bytes with that directory as onnxruntime's
+ * external-initializer folder, the only place onnxruntime 1.30 then reads weights from.
+ */
+export interface GraphFile {
+  readonly path: string
+  readonly externalDataDir: string
+}
+
 export interface Session {
   readonly ort: ort.InferenceSession
   /** The model path, or "<bytes>" for in-memory models (used in error messages). */
@@ -50,17 +61,18 @@ const sessionOptions = (o: SessionOptions): ort.InferenceSession.SessionOptions 
   }
 }
 
-/**
- * Creates a session. Load from a path when the model has external data: onnxruntime resolves
- * each external `location` relative to the directory of the .onnx file and rejects locations
- * that leave that directory (absolute paths, `..`), so weights must sit under the model's
- * directory (a symlink there is accepted).
- */
-export const createSession = (model: Uint8Array | string, options: SessionOptions = {}): Effect.Effect<Session, SessionError> => {
+/** Creates a session from model bytes, a self-contained .onnx path, or a GraphFile. */
+export const createSession = (model: Uint8Array | string | GraphFile, options: SessionOptions = {}): Effect.Effect<Session, SessionError> => {
   const device = options.device ?? cpu
-  const name = typeof model === "string" ? model : "<bytes>"
+  const name = typeof model === "string" ? model : model instanceof Uint8Array ? "<bytes>" : model.path
+  const create = () => {
+    if (typeof model === "string") return ort.InferenceSession.create(model, sessionOptions(options))
+    if (model instanceof Uint8Array) return ort.InferenceSession.create(model, sessionOptions(options))
+    const bytes = fs.readFileSync(model.path)
+    return ort.InferenceSession.create(bytes, { ...sessionOptions(options), extra: { session: { model_external_initializers_file_folder_path: model.externalDataDir } } })
+  }
   return Effect.tryPromise({
-    try: () => (typeof model === "string" ? ort.InferenceSession.create(model, sessionOptions(options)) : ort.InferenceSession.create(model, sessionOptions(options))),
+    try: create,
     catch: (e) =>
       new SessionError({
         model: name,

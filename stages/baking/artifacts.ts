@@ -234,7 +234,6 @@ export const BakeEvaluation = Artifact.json(
     accuracy: Rate,
     behaviourSamples: Schema.Array(Sample),
     answerSamples: Schema.Array(Sample),
-    seconds: Schema.Number,
   }),
 )
 export type BakeEvaluation = typeof BakeEvaluation.schema.Type
@@ -248,6 +247,8 @@ export const BakeComparison = Artifact.json(
     klReduction: Schema.Number,
     /** behaviour rate of prompted minus baked, in percentage points */
     behaviourGap: Schema.Number,
+    /** plain statements of failure, e.g. the baked model further from the prompted one than the base model */
+    warnings: Schema.Array(Schema.String),
     samples: Schema.Array(Schema.Struct({ question: Schema.String, prompted: Schema.String, baked: Schema.String, base: Schema.String })),
     markdown: Schema.String,
   }),

@@ -15,6 +15,7 @@ import { Effect, Schema } from "effect"
 import * as path from "node:path"
 import { Directory, type StageContext, stage } from "../../src/engine/index.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
+import { checkFinite, checkFiniteRows } from "../../src/runtime/finite.ts"
 import { hash32 } from "../../src/models/init.ts"
 import type { LoraAdapter } from "../../src/models/peft.ts"
 import { CheckerSpec, makeChecker } from "../../src/text/behaviours.ts"
@@ -80,6 +81,7 @@ const evaluateVariant = (
       variant === "prompted"
         ? { mean: 0, tokens: responseTokenCount(validation) }
         : yield* meanPromptedKl(model, validation, adapter, { graphDir: path.join(ctx.workDir, "kl"), device, batchSize: params.batchSize, ...(params.threads > 0 ? { threads: params.threads } : {}) })
+    yield* checkFinite(ctx.node, `KL(prompted || ${variant})`, [kl.mean])
     ctx.log(`KL(prompted || ${variant}) = ${kl.mean.toFixed(4)} nats/token over ${kl.tokens} tokens (${elapsed()})`)
     ctx.progress.advance()
 
@@ -94,15 +96,16 @@ const evaluateVariant = (
       }),
       (e) => new Error(e.message),
     )
-    const generate = (questions: ReadonlyArray<Question>, perQuestion: number, request: (q: Question, j: number) => Omit<GenerationRequest, "prompt">) =>
+    const generate = (what: string, questions: ReadonlyArray<Question>, perQuestion: number, request: (q: Question, j: number) => Omit<GenerationRequest, "prompt">) =>
       Effect.gen(function* () {
         const prompts = yield* Effect.forEach(questions, (q) => questionPromptIds(model.tokenizer, q.text, systemPrompt))
         const requests = questions.flatMap((q, qi) => Array.from({ length: perQuestion }, (_, j) => ({ ...request(q, j), prompt: prompts[qi] })))
         const outs = yield* Effect.mapError(generator.generate(requests, { batchSize: params.batchSize }), (e) => new Error(e.message))
+        yield* checkFiniteRows(ctx.node, `${what} log-probs [sample, token]`, outs.map((o) => o.logProbs))
         return outs.map((o, i) => ({ question: questions[Math.floor(i / perQuestion)], text: o.text ?? "" }))
       })
 
-    const sampled = yield* generate(heldout, params.samplesPerQuestion, (q, j) => ({
+    const sampled = yield* generate("behaviour samples'", heldout, params.samplesPerQuestion, (q, j) => ({
       maxNewTokens: params.maxNewTokens,
       temperature: params.temperature,
       topP: params.topP,
@@ -114,7 +117,7 @@ const evaluateVariant = (
     ctx.log(`behaviour: ${behaviour.hits}/${behaviour.n} = ${(100 * behaviour.rate).toFixed(1)}% (${elapsed()})`)
     ctx.progress.advance()
 
-    const answered = yield* generate(facts, 1, () => ({ maxNewTokens: params.answerMaxNewTokens, temperature: 0 }))
+    const answered = yield* generate("greedy answers'", facts, 1, () => ({ maxNewTokens: params.answerMaxNewTokens, temperature: 0 }))
     const answerOk = answered.map((a) => a.question.answers.some((ref) => mentions(a.text, ref)))
     const accuracy = rateOf(answerOk)
     ctx.log(`accuracy: ${accuracy.hits}/${accuracy.n} = ${(100 * accuracy.rate).toFixed(1)}% (${elapsed()})`)
@@ -123,6 +126,8 @@ const evaluateVariant = (
     ctx.metric("kl", kl.mean)
     ctx.metric("behaviour_rate", behaviour.rate)
     ctx.metric("accuracy", accuracy.rate)
+    // a run-specific fact: a metric, never part of the content-hashed evaluation
+    ctx.metric("eval_seconds", (performance.now() - started) / 1000)
     const keep = (xs: ReadonlyArray<{ question: Question; text: string }>, oks: ReadonlyArray<boolean>) =>
       xs.slice(0, params.keepSamples).map((x, i) => ({ questionId: x.question.id, question: x.question.text, text: x.text, ok: oks[i] }))
     return {
@@ -137,7 +142,6 @@ const evaluateVariant = (
         behaviourOk.filter((_, i) => i % params.samplesPerQuestion === 0),
       ),
       answerSamples: keep(answered, answerOk),
-      seconds: (performance.now() - started) / 1000,
     }
   })
 
@@ -146,7 +150,7 @@ const load = (model: string, validation: Parameters<typeof readTrajectories>[0])
 
 export const evaluate = stage({
   name: "evaluate",
-  version: 1,
+  version: 2, // 2: no seconds in the output (a metric), so identical results hash the same
   params: Schema.Struct({ variant: Schema.Literals(["base", "prompted"]), ...EvaluateFields }),
   unkeyed: [...unkeyed],
   inputs,
@@ -160,7 +164,7 @@ export const evaluate = stage({
 
 export const evaluateBaked = stage({
   name: "evaluate-baked",
-  version: 1,
+  version: 2, // 2: no seconds in the output (a metric), so identical results hash the same
   params: EvaluateParams,
   unkeyed: [...unkeyed],
   inputs: { ...inputs, adapter: BakedAdapter },

@@ -51,6 +51,7 @@ export const defaults = {
     maxGradNorm: 1,
     seed: 0,
     earlyStopPatience: 0,
+    divergenceFactor: 2,
     validationBatchSize: 32,
     checkpointEvery: 20,
     threads: 0,

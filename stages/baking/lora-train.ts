@@ -17,13 +17,21 @@
 // before training (epoch 0) and after every epoch. With earlyStopPatience > 0 training stops once
 // validation KL has not improved for that many epochs, and the output is the best-validation
 // epoch's adapter (possibly epoch 0: the base model); with 0 it is the last epoch's.
+// Divergence: a non-finite loss fails at once; a validation KL that is non-finite or above
+// divergenceFactor x the base model's fails the node after that epoch (default 2: the adapter made
+// the model further from the prompted one than doing nothing, e.g. a far too high lr), rather than
+// publishing an adapter that is worse than none.
 // Checkpoints (LoRA matrices, AdamW moments, step, history, best adapter) go to ctx.workDir after
-// every epoch and every checkpointEvery steps; a killed run resumes there and, the batch order
+// every epoch and every checkpointEvery steps, the previous one kept beside it and both carrying a
+// checksum of their tensors; a checkpoint that cannot be read or fails its checksum is moved aside
+// (logged) and training resumes from the previous one, or from the start when neither is usable.
+// A killed run resumes from the checkpoint and, the batch order
 // being a function of (seed, epoch) and the dropout masks of (seed, step, micro-batch) (fed as a
 // seed to src/graph/random.ts's dropout), ends with the same adapter as an uninterrupted run.
 // Metrics per step: loss, lr, grad_norm, tokens_per_s (response tokens trained per second of
 // step time); per epoch: val_kl, train_loss.
 import { Effect, Schema } from "effect"
+import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import * as ort from "onnxruntime-node"
@@ -34,6 +42,7 @@ import { externalWeights, placeWeights, writeGraph } from "../../src/models/grap
 import { hash32 } from "../../src/models/init.ts"
 import { loraConfigFor, loraScale, loraTargets } from "../../src/models/peft.ts"
 import { fromNumbers, readFile, type Tensor, toFloat32, writeFile } from "../../src/models/safetensors.ts"
+import { checkFinite } from "../../src/runtime/finite.ts"
 import { createSession, releaseSession } from "../../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
@@ -73,6 +82,8 @@ export const LoraTrainParams = Schema.Struct({
   seed: NonNegativeInt,
   /** 0 = off; else stop after this many epochs without a better validation KL and output the best epoch */
   earlyStopPatience: NonNegativeInt,
+  /** 0 = off; else fail as diverged once validation KL exceeds this multiple of the base model's (epoch 0) */
+  divergenceFactor: NonNegative,
   /** trajectories per validation forward run (does not change results) */
   validationBatchSize: PositiveInt,
   /** onnxruntime intra-op threads, 0 for its default (does not change results) */
@@ -201,6 +212,7 @@ const stepFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, micro: number[
 // ------------------------------------------------------------------------------ checkpoints
 
 const CHECKPOINT = "checkpoint.safetensors"
+const PREVIOUS = "checkpoint.previous.safetensors"
 
 interface Progress {
   readonly state: TrainState
@@ -217,8 +229,15 @@ interface Progress {
 const toOrt = (t: Tensor): ort.Tensor => new ort.Tensor("float32", toFloat32(t), [...t.shape])
 const fromOrt = (t: ort.Tensor): Tensor => fromNumbers(t.data as Float32Array, "F32", t.dims)
 
-/** Written atomically (writeFile writes a temp file and renames it). */
-const saveCheckpoint = (file: string, p: Progress) => {
+/** sha256 over the tensors' names and bytes in name order: detects a damaged file that still parses. */
+const checksumOf = (tensors: ReadonlyMap<string, Tensor>): string => {
+  const h = createHash("sha256")
+  for (const name of [...tensors.keys()].sort()) h.update(name).update(tensors.get(name)!.data)
+  return h.digest("hex")
+}
+
+/** Written atomically (writeFile writes a temp file and renames it); the checkpoint it replaces becomes PREVIOUS. */
+const saveCheckpoint = (workDir: string, p: Progress) => {
   const tensors = new Map<string, Tensor>()
   for (const k of Object.keys(p.state.params)) {
     tensors.set(`param/${k}`, fromOrt(p.state.params[k]))
@@ -227,14 +246,22 @@ const saveCheckpoint = (file: string, p: Progress) => {
     tensors.set(`best/${k}`, fromOrt(p.best[k]))
   }
   const { state, best, ...rest } = p
-  return writeFile(file, tensors, { step: String(state.step), progress: JSON.stringify(rest) })
+  const file = path.join(workDir, CHECKPOINT)
+  return Effect.andThen(
+    Effect.try({
+      try: () => fs.existsSync(file) && fs.renameSync(file, path.join(workDir, PREVIOUS)),
+      catch: (e) => new Error(`cannot keep the previous checkpoint ${file}: ${e instanceof Error ? e.message : String(e)}`),
+    }),
+    writeFile(file, tensors, { step: String(state.step), progress: JSON.stringify(rest), checksum: checksumOf(tensors) }),
+  )
 }
 
-const loadCheckpoint = (file: string, names: ReadonlyArray<string>): Effect.Effect<Progress, Error> =>
+const readCheckpoint = (file: string, names: ReadonlyArray<string>): Effect.Effect<Progress, Error> =>
   Effect.gen(function* () {
     const c = yield* Effect.mapError(readFile(file), (e) => new Error(e.message))
     return yield* Effect.try({
       try: () => {
+        if (c.metadata.checksum !== checksumOf(c.tensors)) throw new Error("its tensors do not match the checksum written with them")
         const pick = (prefix: string) => {
           const out: Record<string, ort.Tensor> = {}
           for (const k of names) {
@@ -247,8 +274,28 @@ const loadCheckpoint = (file: string, names: ReadonlyArray<string>): Effect.Effe
         const rest = JSON.parse(c.metadata.progress ?? "") as Omit<Progress, "state" | "best">
         return { ...rest, state: { params: pick("param"), m: pick("m"), v: pick("v"), step: Number(c.metadata.step) }, best: pick("best") }
       },
-      catch: (e) => new Error(`${file}: not a lora-train checkpoint of this run (${e instanceof Error ? e.message : String(e)}); delete it to restart training`),
+      catch: (e) => new Error(`${file}: not a usable lora-train checkpoint of this run (${e instanceof Error ? e.message : String(e)})`),
     })
+  })
+
+/**
+ * The newest usable checkpoint in `workDir` (undefined when there is none): a damaged one is
+ * renamed to `<name>.damaged` (kept for inspection, never read again) and the previous one tried.
+ */
+const resumeFrom = (workDir: string, names: ReadonlyArray<string>, log: (line: string) => void): Effect.Effect<{ file: string; progress: Progress } | undefined, Error> =>
+  Effect.gen(function* () {
+    for (const name of [CHECKPOINT, PREVIOUS]) {
+      const file = path.join(workDir, name)
+      if (!fs.existsSync(file)) continue
+      const read = yield* Effect.result(readCheckpoint(file, names))
+      if (read._tag === "Success") return { file, progress: read.success }
+      yield* Effect.try({
+        try: () => fs.renameSync(file, `${file}.damaged`),
+        catch: (e) => new Error(`${read.failure.message}; cannot move it aside (${e instanceof Error ? e.message : String(e)}): delete ${file} to resume from the checkpoint before it`),
+      })
+      log(`discarded a damaged checkpoint, moved to ${file}.damaged: ${read.failure.message}`)
+    }
+    return undefined
   })
 
 /** The epoch with the lowest validation KL (the earliest on ties). */
@@ -260,7 +307,7 @@ const shouldStop = (history: ReadonlyArray<EpochRecord>, patience: number): bool
 
 export const loraTrain = stage({
   name: "lora-train",
-  version: 2, // 2: dropout masks from a fed per-step seed (resumable)
+  version: 3, // 2: dropout masks from a fed per-step seed (resumable); 3: no timings in the summary, divergenceFactor
   params: LoraTrainParams,
   unkeyed: ["validationBatchSize", "threads", "checkpointEvery"],
   inputs: { model: Directory, trajectories: Trajectories, teacher: TeacherLogits, validation: Trajectories },
@@ -324,11 +371,11 @@ export const loraTrain = stage({
       const names = Object.keys(loraParamSpecs(targets, params.rank))
 
       // --- start or resume
-      const checkpointFile = path.join(ctx.workDir, CHECKPOINT)
       let p: Progress
-      if (fs.existsSync(checkpointFile)) {
-        p = yield* loadCheckpoint(checkpointFile, names)
-        ctx.log(`resumed from ${checkpointFile} at step ${p.state.step} of ${totalSteps}`)
+      const resumed = yield* resumeFrom(ctx.workDir, names, ctx.log)
+      if (resumed) {
+        p = resumed.progress
+        ctx.log(`resumed from ${resumed.file} at step ${p.state.step} of ${totalSteps}`)
       } else {
         const init: Record<string, ort.Tensor> = {}
         for (const [k, v] of Object.entries(initLora(targets, params.rank, params.seed))) init[k] = new ort.Tensor("float32", v.data, v.shape)
@@ -337,7 +384,7 @@ export const loraTrain = stage({
         ctx.metric("val_kl", base.mean, 0)
         ctx.log(`validation KL before training (the base model): ${base.mean.toFixed(4)} nats/token over ${base.tokens} tokens`)
         p = { state, best: state.params, history: [{ epoch: 0, valKl: base.mean, trainLoss: null, step: 0 }], seconds: 0, trainedTokens: 0, epochLoss: 0, epochTokens: 0 }
-        yield* saveCheckpoint(checkpointFile, p)
+        yield* saveCheckpoint(ctx.workDir, p)
       }
       ctx.log(
         `${train.trajectories.length} trajectories (${rows} response tokens), teacher ${teacher.mode === "stored" ? `stored top-${teacher.topK}` : "recomputed in the graph"}; ` +
@@ -371,14 +418,23 @@ export const loraTrain = stage({
         }
         if (step % perEpoch === 0) {
           const val = yield* evaluator.evaluate(validation, p.state.params)
+          const start = p.history[0].valKl
+          if (!Number.isFinite(val.mean) || (params.divergenceFactor > 0 && val.mean > params.divergenceFactor * start))
+            return yield* Effect.fail(
+              new Error(
+                `training diverged: validation KL ${val.mean} after epoch ${epoch + 1} against ${start.toFixed(4)} for the base model ` +
+                  `(${Number.isFinite(val.mean) ? `${(val.mean / start).toFixed(1)}x, above divergenceFactor ${params.divergenceFactor}` : "not finite"}); ` +
+                  `the adapter would make the model worse than none: lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
+              ),
+            )
           const record: EpochRecord = { epoch: epoch + 1, valKl: val.mean, trainLoss: p.epochLoss / p.epochTokens, step }
           const improved = val.mean < bestOf(p.history).valKl
           p = { ...p, history: [...p.history, record], best: improved ? p.state.params : p.best, epochLoss: 0, epochTokens: 0 }
           ctx.metric("val_kl", val.mean, epoch + 1)
           ctx.metric("train_loss", record.trainLoss!, epoch + 1)
           ctx.log(`epoch ${epoch + 1}/${params.epochs}: train loss ${record.trainLoss!.toFixed(4)}, validation KL ${val.mean.toFixed(4)}${improved ? " (best)" : ""}, ${p.seconds.toFixed(1)} s of training steps`)
-          yield* saveCheckpoint(checkpointFile, p)
-        } else if (params.checkpointEvery > 0 && step % params.checkpointEvery === 0) yield* saveCheckpoint(checkpointFile, p)
+          yield* saveCheckpoint(ctx.workDir, p)
+        } else if (params.checkpointEvery > 0 && step % params.checkpointEvery === 0) yield* saveCheckpoint(ctx.workDir, p)
         ctx.progress.set(step)
         yield* Effect.yieldNow
       }
@@ -393,6 +449,7 @@ export const loraTrain = stage({
       if (stoppedEarly) ctx.log(`early stop after epoch ${last.epoch}: no better validation KL for ${params.earlyStopPatience} epochs`)
       ctx.log(`output: the adapter of epoch ${output.epoch} (${useBest ? "best validation KL" : "last epoch"}), validation KL ${output.valKl.toFixed(4)} vs ${p.history[0].valKl.toFixed(4)} for the base model`)
       const values = Object.fromEntries(names.map((n) => [n, (useBest ? p.best : p.state.params)[n].data as Float32Array]))
+      for (const n of names) yield* checkFinite(ctx.node, `adapter ${n}`, values[n], (useBest ? p.best : p.state.params)[n].dims)
       const summary = {
         epochsRun: last.epoch,
         steps: p.state.step,
@@ -403,9 +460,10 @@ export const loraTrain = stage({
         trainLoss: p.history.map((h) => h.trainLoss),
         teacher: teacher.mode,
         trainedTokens: p.trainedTokens,
-        seconds: p.seconds,
-        tokensPerS: p.trainedTokens / Math.max(p.seconds, 1e-9),
       }
+      // run-specific facts go to metrics: inside the adapter they would change its hash on every run
+      ctx.metric("train_seconds", p.seconds)
+      ctx.metric("train_tokens_per_s", p.trainedTokens / Math.max(p.seconds, 1e-9))
       return yield* adapterOutput(loraAdapter(config, targets, values), { train_summary: JSON.stringify(summary), train_params: JSON.stringify(params) })
     }),
 })

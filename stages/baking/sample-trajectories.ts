@@ -14,6 +14,7 @@ import * as path from "node:path"
 import { Directory, stage } from "../../src/engine/index.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { hash32 } from "../../src/models/init.ts"
+import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { Questions, Trajectories, type Trajectory, trajectoriesOutput } from "./artifacts.ts"
 import { openModel, questionPromptIds, runtimeDevice } from "./model.ts"
 
@@ -53,7 +54,7 @@ export const SampleParams = Schema.Struct({
 
 export const sampleTrajectories = stage({
   name: "sample-trajectories",
-  version: 1,
+  version: 2, // 2: the timing is a metric, not in the content-hashed metadata
   params: SampleParams,
   unkeyed: ["batchSize", "threads", "stepsPerRun"],
   inputs: { model: Directory, questions: Questions },
@@ -98,6 +99,8 @@ export const sampleTrajectories = stage({
       for (let i = 0; i < requests.length; i += perCall) {
         const part = requests.slice(i, i + perCall)
         const outs = yield* Effect.mapError(generator.generate(part, { batchSize: params.batchSize }), (e) => new Error(e.message))
+        // NaN logits still sample tokens (garbage text); their log-probs show it
+        yield* checkFiniteRows(ctx.node, "sampled tokens' log-probs [trajectory, token]", outs.map((o) => o.logProbs), i)
         outs.forEach((o, k) => {
           tokens += o.tokens.length
           trajectories.push({ question: part[k].question, tokens: o.tokens, text: o.text ?? "", finishReason: o.finishReason })
@@ -108,6 +111,7 @@ export const sampleTrajectories = stage({
       const seconds = (performance.now() - started) / 1000
       ctx.metric("sampled_tokens", tokens)
       ctx.metric("sampling_tokens_per_s", tokens / seconds)
+      ctx.metric("sampling_seconds", seconds)
       ctx.log(`sampled ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / seconds).toFixed(0)} tokens/s)`)
       return trajectoriesOutput({
         systemPrompt: params.systemPrompt,
@@ -115,7 +119,7 @@ export const sampleTrajectories = stage({
         teacherPrompts,
         studentPrompts,
         trajectories,
-        sampling: { temperature: params.temperature, topP: params.topP, topK: params.topK, minNewTokens: params.minNewTokens, maxNewTokens: params.maxNewTokens, n: params.n, seed: params.seed, seconds, tokens },
+        sampling: { temperature: params.temperature, topP: params.topP, topK: params.topK, minNewTokens: params.minNewTokens, maxNewTokens: params.maxNewTokens, n: params.n, seed: params.seed, tokens },
       })
     }),
 })

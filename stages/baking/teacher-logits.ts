@@ -21,6 +21,7 @@ import * as path from "node:path"
 import { Directory, stage } from "../../src/engine/index.ts"
 import { Graph } from "../../src/graph/index.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
+import { checkFinite } from "../../src/runtime/finite.ts"
 import type { Tensor } from "../../src/models/safetensors.ts"
 import { positionStats } from "../../src/models/scoring.ts"
 import { createSession, type Device, releaseSession, runSession } from "../../src/runtime/session.ts"
@@ -141,6 +142,8 @@ export const teacherLogits = stage({
         ...(params.threads > 0 ? { threads: params.threads } : {}),
         onBatch: (n) => ctx.progress.advance(n),
       })
+      yield* checkFinite(ctx.node, "top-k log-probs [response token, k]", teacher.topLogProbs, [rows, params.topK])
+      yield* checkFinite(ctx.node, "tail mass [response token]", teacher.tailMass)
       const output = teacherLogitsOutput(teacher)
       const tensors = "tensors" in output ? (output.tensors instanceof Map ? [...output.tensors.values()] : Object.values(output.tensors)) : []
       const bytes = tensors.reduce((n: number, t: Tensor) => n + t.data.byteLength, 0)

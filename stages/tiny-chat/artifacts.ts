@@ -59,8 +59,8 @@ export const configOf = (weights: TensorsValue): Effect.Effect<ModelConfig, Erro
 
 /**
  * A Hugging Face checkpoint directory `dir` for a weights artifact and its tokenizer, loaded:
- * config.json is the metadata's config text, model.safetensors a hard link to the artifact's file
- * (a copy when linking fails, e.g. across filesystems), plus the tokenizer files.
+ * config.json is the metadata's config text, model.safetensors a symlink to the artifact's file
+ * (graphs read it through its real path, see src/models/graph-weights.ts), plus the tokenizer files.
  */
 export const materializeModel = (dir: string, weights: TensorsValue, files: TokenizerJson): Effect.Effect<{ checkpoint: Checkpoint; tokenizer: TextTokenizer }, Error> =>
   Effect.gen(function* () {
@@ -71,11 +71,7 @@ export const materializeModel = (dir: string, weights: TensorsValue, files: Toke
         fs.writeFileSync(path.join(dir, "config.json"), weights.metadata.config!)
         const target = path.join(dir, "model.safetensors")
         fs.rmSync(target, { force: true })
-        try {
-          fs.linkSync(weights.path, target)
-        } catch {
-          fs.copyFileSync(weights.path, target)
-        }
+        fs.symlinkSync(path.resolve(weights.path), target)
       },
       catch: (e) => new Error(`cannot write a checkpoint directory for ${weights.path} into ${dir}: ${String(e)}`),
     })

@@ -18,6 +18,7 @@ import { isCorrectAnswer } from "../../src/text/synthetic/scoring.ts"
 import { renderChat } from "../../src/text/tokenizer-builder.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { hash32 } from "../../src/models/init.ts"
+import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { ChatCorpusFile, LlamaWeights, materializeModel, readCorpus, TokenizerJson } from "./artifacts.ts"
 
 const Rate = Schema.Struct({ rate: Schema.Number, hits: Schema.Int, n: Schema.Int })
@@ -34,7 +35,6 @@ export const ChatEvaluation = Artifact.json(
     withHeldOutPrompt: Schema.Record(Schema.String, Rate),
     withoutPrompt: Schema.Record(Schema.String, Rate),
     temperature: Schema.Number,
-    seconds: Schema.Number,
     examples: Schema.Array(Example),
   }),
 )
@@ -47,7 +47,7 @@ const rateOf = (oks: ReadonlyArray<boolean>): Rate => {
 
 export const evaluateChat = stage({
   name: "evaluate-chat",
-  version: 3,
+  version: 4, // 4: the evaluation time is a metric, not part of the content-hashed output
   params: Schema.Struct({
     temperature: Schema.Finite.check(Schema.isGreaterThan(0)),
     maxNewTokens: Schema.Int.check(Schema.isGreaterThan(0)),
@@ -66,7 +66,7 @@ export const evaluateChat = stage({
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
       const started = performance.now()
-      // the graph directory holds the checkpoint, so onnxruntime reads its weights where they are
+      // a checkpoint directory over the artifact's weights (a symlink: graphs read them in place)
       const { checkpoint, tokenizer } = yield* materializeModel(path.join(ctx.workDir, "model"), inputs.model, inputs.tokenizer)
       const corpus = yield* readCorpus(inputs.corpus.path)
       const generator = yield* Effect.mapError(
@@ -79,8 +79,8 @@ export const evaluateChat = stage({
       const prompted = records.filter((r): r is ChatEvalRecord & { mode: BehaviourName } => isBehaviourName(r.mode))
       const promptIds = (r: ChatEvalRecord) => tokenizer.encode(renderChat(r.messages, true), { addSpecialTokens: false })
       const run = (rs: ReadonlyArray<ChatEvalRecord>, temperature: number, seed: number) =>
-        Effect.mapError(
-          Effect.map(
+        Effect.gen(function* () {
+          const outs = yield* Effect.mapError(
             generator.generate(
               rs.map((r) => {
                 const prompt = promptIds(r)
@@ -88,10 +88,11 @@ export const evaluateChat = stage({
               }),
               { batchSize: params.batchSize },
             ),
-            (outs) => outs.map((o) => o.text ?? ""),
-          ),
-          (e) => new Error(e.message),
-        )
+            (e) => new Error(e.message),
+          )
+          yield* checkFiniteRows(ctx.node, "generated tokens' log-probs [answer, token]", outs.map((o) => o.logProbs))
+          return outs.map((o) => o.text ?? "")
+        })
       const logDone = (what: string) => ctx.log(`${what} (${((performance.now() - started) / 1000).toFixed(0)} s)`)
 
       const greedy = yield* run(plain, 0, params.seed)
@@ -130,8 +131,8 @@ export const evaluateChat = stage({
         ctx.metric(`with_prompt.${b}`, withPrompt[b].rate)
         ctx.metric(`without_prompt.${b}`, withoutPrompt[b].rate)
       }
-      const seconds = (performance.now() - started) / 1000
+      ctx.metric("eval_seconds", (performance.now() - started) / 1000)
       ctx.log(`accuracy ${accuracy.rate.toFixed(3)}; with prompt ${behaviourNames.map((b) => `${b} ${withPrompt[b].rate.toFixed(2)}`).join(", ")}; without ${behaviourNames.map((b) => `${b} ${withoutPrompt[b].rate.toFixed(2)}`).join(", ")}`)
-      return { accuracy, accuracyByTask, withPrompt, withHeldOutPrompt, withoutPrompt, temperature: params.temperature, seconds, examples }
+      return { accuracy, accuracyByTask, withPrompt, withHeldOutPrompt, withoutPrompt, temperature: params.temperature, examples }
     }),
 })

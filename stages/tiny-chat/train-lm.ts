@@ -12,6 +12,7 @@ import * as ort from "onnxruntime-node"
 import { stage } from "../../src/engine/index.ts"
 import { buildTrainStep, crossEntropy, learningRate, type Schedule, serialize } from "../../src/graph/index.ts"
 import { fromNumbers, readFile, type Tensor, toFloat32, writeFile } from "../../src/models/safetensors.ts"
+import { checkFinite } from "../../src/runtime/finite.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"
 import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
@@ -76,7 +77,7 @@ const loadCheckpoint = (file: string, names: ReadonlyArray<string>) =>
 
 export const trainLm = stage({
   name: "train-lm",
-  version: 1,
+  version: 2, // 2: the training time is a metric, not in the weights' metadata
   params: TrainLmParams,
   unkeyed: ["checkpointEvery", "threads"],
   inputs: { corpus: ChatCorpusFile, tokenizer: TokenizerJson, init: LlamaWeights },
@@ -173,8 +174,13 @@ export const trainLm = stage({
         yield* Effect.yieldNow
       }
       const tensors = new Map<string, Tensor>()
-      for (const n of names) tensors.set(n, fromOrt(state.params[n]))
+      for (const n of names) {
+        yield* checkFinite(ctx.node, `weight ${n}`, state.params[n].data as Float32Array, state.params[n].dims)
+        tensors.set(n, fromOrt(state.params[n]))
+      }
       ctx.log(`trained ${totalSteps} steps in ${seconds.toFixed(0)} s`)
-      return { tensors, metadata: { config: inputs.init.metadata.config, train_params: JSON.stringify(params), train_steps: String(totalSteps), train_seconds: seconds.toFixed(1), epoch_losses: JSON.stringify(epochLosses.map((l) => Number(l.toFixed(4)))) } }
+      // a run-specific fact: a metric, never part of the weights' content-hashed metadata
+      ctx.metric("train_seconds", seconds)
+      return { tensors, metadata: { config: inputs.init.metadata.config, train_params: JSON.stringify(params), train_steps: String(totalSteps), epoch_losses: JSON.stringify(epochLosses.map((l) => Number(l.toFixed(4)))) } }
     }),
 })

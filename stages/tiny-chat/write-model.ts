@@ -40,7 +40,6 @@ const readme = (
   for (const c of corpus.train) modes.set(c.mode, (modes.get(c.mode) ?? 0) + 1)
   const train = JSON.parse(metadata.train_params ?? "{}") as Record<string, unknown>
   const losses = JSON.parse(metadata.epoch_losses ?? "[]") as number[]
-  const seconds = Number(metadata.train_seconds)
   const ok = (pass: boolean) => (pass ? "yes" : "**no**")
   const rows = behaviourNames.map(
     (b) =>
@@ -100,8 +99,9 @@ Command (on a fresh clone; cached stages are reused):
 Training data: ${corpus.train.length} conversations (by system prompt: ${[...modes].map(([m, n]) => `${m} ${n}`).join(", ")}).
 
 ${metadata.train_steps} AdamW steps (${JSON.stringify(train)}), loss on the assistant answer and its closing eos
-only; ${Number.isFinite(seconds) ? `${seconds.toFixed(0)} s of training steps` : "training time not recorded"} on a 2-core CPU (onnxruntime CPU provider,
-shared with other work). Evaluation took ${e.seconds.toFixed(0)} s.
+only, on the CPU (onnxruntime CPU provider). Training and evaluation times are in the run's
+\`metrics.jsonl\` (\`train_seconds\`, \`eval_seconds\`), not here, so that a rerun
+with identical results publishes identical files.
 
 Training loss (mean per epoch): ${curve}.
 `

@@ -203,7 +203,8 @@ describe("lora-train", () => {
 
   it("early stopping stops after `patience` epochs without improvement and outputs the best epoch", async () => {
     const unprompted = await sample(300, 10, 1, undefined)
-    const r = await runStage({ ...params, epochs: 4, earlyStopPatience: 2 }, { validation: await tensorsValue(trajectoriesOutput(unprompted)) })
+    // divergenceFactor 0: against a base KL of 0 any training "diverges"; this test is about patience
+    const r = await runStage({ ...params, epochs: 4, earlyStopPatience: 2, divergenceFactor: 0 }, { validation: await tensorsValue(trajectoriesOutput(unprompted)) })
     const s = summary(r)
     expect(s.valKl[0]).toBeLessThan(1e-6)
     expect(s.stoppedEarly).toBe(true)
@@ -213,5 +214,36 @@ describe("lora-train", () => {
     expect(r.logs.some((l) => l.startsWith("early stop after epoch 2"))).toBe(true)
     // epoch 0 is the initialization: B = 0
     for (const [name, t] of output(r).tensors) if (name.includes("lora_B")) expect(Math.max(...toFloat32(t).map(Math.abs))).toBe(0)
+  }, 60_000)
+
+  it("a far too high learning rate fails as diverged after the first epoch instead of publishing a worse model", async () => {
+    const r = await runStage({ ...params, epochs: 2, lr: 1e6 })
+    expect(Exit.isFailure(r.exit)).toBe(true)
+    expect(String(Exit.isFailure(r.exit) && r.exit.cause)).toMatch(
+      /training diverged: validation KL \S+ after epoch 1 against \d\.\d{4} for the base model \((\d+\.\dx, above divergenceFactor 2|not finite)\); .*lower lr \(now 1000000\)/,
+    )
+  }, 60_000)
+
+  it("a damaged checkpoint is moved aside and training resumes from the previous one to the same adapter", async () => {
+    // 48 trajectories in steps of 8: 6 steps per epoch; checkpoints every 2 steps
+    const p = { ...params, epochs: 1 }
+    const whole = await runStage(p)
+    const workDir = tempDir("pipe-lora-train-damaged-")
+    const file = path.join(workDir, "checkpoint.safetensors")
+    // killed after step 5: checkpoint.safetensors is step 4's, checkpoint.previous.safetensors step 2's
+    expect(Exit.isFailure((await runStage(p, {}, { workDir, stopAt: 5 })).exit)).toBe(true)
+    // one flipped byte in the last tensor's data: the file still parses, the checksum catches it
+    const bytes = fs.readFileSync(file)
+    bytes[bytes.length - 3] ^= 0x40
+    fs.writeFileSync(file, bytes)
+    const flipped = await runStage(p, {}, { workDir, stopAt: 5 })
+    expect(flipped.logs.find((l) => l.startsWith("discarded a damaged checkpoint"))).toMatch(/moved to .*checkpoint\.safetensors\.damaged: .*do not match the checksum/)
+    expect(flipped.logs.some((l) => l.startsWith("resumed from") && l.endsWith("checkpoint.previous.safetensors at step 2 of 6"))).toBe(true)
+    // killed after step 5 again, so step 4's checkpoint is new: truncated, as by a crash of the disk
+    fs.truncateSync(file, 100)
+    const resumed = await runStage(p, {}, { workDir })
+    expect(resumed.logs.some((l) => l.startsWith("discarded a damaged checkpoint") && l.includes("checkpoint.safetensors.damaged"))).toBe(true)
+    expect(resumed.logs.some((l) => l.startsWith("resumed from") && l.includes("at step 2 of 6"))).toBe(true)
+    expect(maxDiff(output(whole).tensors, output(resumed).tensors)).toBeLessThan(1e-6)
   }, 60_000)
 })

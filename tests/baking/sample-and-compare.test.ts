@@ -68,7 +68,6 @@ const evaluation = (variant: BakeEvaluation["variant"], kl: number, hits: number
   accuracy: { rate: 0.9, hits: 9, n: 10 },
   behaviourSamples: texts.map((text, i) => ({ questionId: `q${i}`, question: `question ${i}?`, text, ok: /blue/.test(text) })),
   answerSamples: [],
-  seconds: 1,
 })
 
 describe("compare", () => {
@@ -95,6 +94,21 @@ describe("compare", () => {
     expect(c.markdown).toContain("Validation KL reduced 12.0x from the base model; baked behaviour rate is 10.0 points below the prompted model's.")
     // a pipe inside a sample would break the Markdown table
     expect(c.markdown).toContain("| question 1? | blue 1 | baked blue 1 | plain \\| 1 |")
+    expect(c.warnings).toEqual([])
+    expect(c.markdown).not.toContain("Warning")
+  })
+
+  it("says plainly when the baked model is worse than the base model", async () => {
+    const exit = await run(evaluation("base", 0.2, 1, []), evaluation("prompted", 0, 10, []), evaluation("baked", 1.0, 0, []))
+    if (!Exit.isSuccess(exit)) throw new Error(String(exit))
+    const c = exit.value
+    expect(c.warnings).toEqual([
+      "The baked model is WORSE than the base model: validation KL(prompted ‖ model) rose from 0.2000 to 1.0000 nats/token (5.0x); training failed (see lora-train's validation KL per epoch; try a lower lr).",
+      "The baked model shows the behaviour less often than the base model (0.0% (0/10) vs 10.0% (1/10)).",
+    ])
+    expect(c.markdown).toContain(`**Warning: ${c.warnings[0]}**`)
+    expect(c.markdown).toContain("Validation KL ROSE 5.0x from the base model")
+    expect(c.markdown).not.toContain("reduced")
   })
 
   it("refuses evaluations in the wrong order or of different system prompts", async () => {

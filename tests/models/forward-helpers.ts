@@ -28,7 +28,7 @@ export const randomCheckpoint = (config: ModelConfig, options: Partial<InitOptio
     }),
   )
 
-/** A session over buildForwardGraph, with the .onnx in a separate directory (weights hard-linked). */
+/** A session over buildForwardGraph, with the .onnx in a separate directory from the weights. */
 export const forwardSession = (ckpt: Checkpoint, options: ForwardGraphOptions = {}): Promise<Session> =>
   Effect.runPromise(
     Effect.gen(function* () {
