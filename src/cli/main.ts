@@ -154,7 +154,7 @@ const cmdRun = async (args: Args): Promise<number> => {
 const explain = async (store: Store, file: string, overrides: ReadonlyArray<string>, rerun: ReadonlyArray<string>, mode: "dry-run" | "status") => {
   const p = await Effect.runPromise(planFile(store, file, overrides))
   const rows = explainPlan(store, p, rerun)
-  const width = Math.min(60, Math.max(...rows.map((r) => r.name.length), 4))
+  const width = Math.min(60, rows.reduce((m, r) => Math.max(m, r.name.length), 4))
   for (const e of p.externals) out(`external ${e.name === undefined ? "" : `${e.name.padEnd(width)}  `}${e.path}`)
   for (const r of rows) {
     const label = r.state === "run" ? (mode === "dry-run" ? "to run" : "stale") : r.state

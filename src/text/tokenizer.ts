@@ -144,7 +144,8 @@ export const loadTokenizer = (
     const overridden = addBosToken !== undefined || addEosToken !== undefined
 
     const specialIds = new Set<number>([...tokenizer.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id))
-    const vocabSize = Math.max(...tokenizer.get_vocab(true).values()) + 1
+    let vocabSize = 0
+    for (const id of tokenizer.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1)
 
     const encode = (text: string, options: EncodeOptions = {}): number[] => {
       const withSpecial = options.addSpecialTokens ?? true
