@@ -315,6 +315,8 @@ export const mergeLora = (baseDir: string, adapter: LoraAdapter, outDir: string)
       const ref = targets.get(module)
       if (ref === undefined)
         return yield* Effect.fail(peftError(ADAPTER_WEIGHTS, tensorName(module, "A"), `module ${module} is not a linear layer of the base model in ${ckpt.dir}`))
+      if (ref.scale !== undefined)
+        return yield* Effect.fail(peftError(ref.file, ref.name, `a ${ref.dtype} weight: merging into FP8 weights would need requantizing them (load the adapter unmerged instead)`))
       const [rows, cols] = ref.shape
       const [out, inp] = ref.transposed ? [cols, rows] : [rows, cols]
       if (lora.a.shape[1] !== inp || lora.b.shape[0] !== out)
