@@ -35,6 +35,7 @@
 import type { Graph, Value } from "../graph/index.ts"
 import type { Checkpoint, Linear, ModelConfig, ModelWeights, Norm, WeightRef } from "./checkpoint.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
+import { modulePath } from "./peft.ts"
 
 /** Turns a checkpoint weight into a float32 graph value with the shape stored in the file. */
 export type WeightSource = (ref: WeightRef) => Value
@@ -165,7 +166,7 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
     const [a, bb] = l.weight.shape
     const site: LinearSite = {
       layer,
-      module: l.weight.name.replace(/\.weight$/, ""),
+      module: modulePath(c, l.weight),
       inFeatures: l.weight.transposed ? a : bb,
       outFeatures: l.weight.transposed ? bb : a,
       weight: l.weight,

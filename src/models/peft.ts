@@ -14,6 +14,7 @@ import {
   type CheckpointError,
   decodeConfig,
   loadCheckpoint,
+  type ModelConfig,
   type ModelWeights,
   type UnsupportedModelError,
   type WeightRef,
@@ -229,6 +230,16 @@ export interface LoraTarget {
   readonly outFeatures: number
 }
 
+/**
+ * The module path PEFT names a linear layer by: its path in the HF model, which is the weight's
+ * name without ".weight" except for GPT-2 checkpoints saved from GPT2Model (the original OpenAI
+ * conversions, e.g. openai-community/gpt2), whose tensor names lack GPT2LMHeadModel's "transformer.".
+ */
+export const modulePath = (config: ModelConfig, weight: WeightRef): string => {
+  const module = weight.name.replace(/\.weight$/, "")
+  return config.family === "gpt2" && !module.startsWith("transformer.") ? `transformer.${module}` : module
+}
+
 /** Every linear layer of the model's blocks, in layer order. */
 const linearWeights = (w: ModelWeights): WeightRef[] =>
   w.layers.flatMap((l) => {
@@ -246,7 +257,7 @@ const linearWeights = (w: ModelWeights): WeightRef[] =>
 const linearTargets = (ckpt: Checkpoint): LoraTarget[] =>
   linearWeights(ckpt.weights).map((weight) => {
     const [a, b] = weight.shape
-    return { module: weight.name.replace(/\.weight$/, ""), weight, inFeatures: weight.transposed ? a : b, outFeatures: weight.transposed ? b : a }
+    return { module: modulePath(ckpt.config, weight), weight, inFeatures: weight.transposed ? a : b, outFeatures: weight.transposed ? b : a }
   })
 
 export const loraTargets = (ckpt: Checkpoint, targetModules: ReadonlyArray<string>): Effect.Effect<LoraTarget[], PeftError> => {
@@ -309,7 +320,7 @@ export const mergeLora = (baseDir: string, adapter: LoraAdapter, outDir: string)
   Effect.gen(function* () {
     const ckpt = yield* Effect.mapError(loadCheckpoint(baseDir), fromOther)
     const scale = loraScale(adapter.config)
-    const targets = new Map(linearWeights(ckpt.weights).map((w) => [w.name.replace(/\.weight$/, ""), w]))
+    const targets = new Map(linearWeights(ckpt.weights).map((w) => [modulePath(ckpt.config, w), w]))
     const deltas = new Map<string, { ref: WeightRef; lora: LoraModuleWeights }>()
     for (const [module, lora] of adapter.modules) {
       const ref = targets.get(module)

@@ -132,6 +132,38 @@ describe("LoRA targets", () => {
   })
 })
 
+describe("GPT-2 saved without the transformer. prefix (openai-community/gpt2)", () => {
+  it("gets PEFT's module names, so one adapter file fits both namings and merges to the same model", () => {
+    const prefixed = base(tinyGpt2())
+    const bare = tmp()
+    for (const f of fs.readdirSync(prefixed)) fs.copyFileSync(path.join(prefixed, f), path.join(bare, f))
+    const file = path.join(bare, "model.safetensors")
+    run(writeFile(file, new Map([...run(readFile(file)).tensors].map(([k, v]) => [k.replace(/^transformer\./, ""), { ...v, data: v.data.slice() }]))))
+    expect(run(loadCheckpoint(bare)).weights.layers[0].attention).toMatchObject({ qkv: { weight: { name: "h.0.attn.c_attn.weight" } } })
+
+    const targets = ["c_attn", "c_proj", "c_fc"]
+    expect(run(loraTargets(run(loadCheckpoint(bare)), targets)).map((t) => t.module)).toEqual(run(loraTargets(run(loadCheckpoint(prefixed)), targets)).map((t) => t.module))
+    const adapter = randomAdapter(bare, loraConfig(targets, { fanInFanOut: true }))
+    const dir = path.join(tmp(), "adapter")
+    run(writeAdapter(dir, adapter))
+    const names = [...run(readFile(path.join(dir, "adapter_model.safetensors"))).tensors.keys()]
+    // what PEFT's get_peft_model_state_dict gives for GPT2LMHeadModel
+    expect(names).toContain("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight")
+    expect(names).toContain("base_model.model.transformer.h.1.attn.c_proj.lora_B.weight")
+    expect(names).toContain("base_model.model.transformer.h.1.mlp.c_fc.lora_A.weight")
+    expect(names.filter((n) => !n.startsWith("base_model.model.transformer.h."))).toEqual([])
+
+    const merged = (model: string) => {
+      const out = path.join(tmp(), "merged")
+      run(mergeLora(model, run(readAdapter(dir)), out))
+      return referenceLogits(out, [5, 6, 7]).at(-1)!
+    }
+    const a = merged(bare)
+    expect(Array.from(a)).toEqual(Array.from(merged(prefixed)))
+    expect(Math.max(...a.map((v, i) => Math.abs(v - referenceLogits(bare, [5, 6, 7]).at(-1)![i])))).toBeGreaterThan(1e-6)
+  })
+})
+
 describe("loraConfigFor", () => {
   it("sets fan_in_fan_out for GPT-2 Conv1D targets only, and validates targets and rank", () => {
     const gpt2 = run(loadCheckpoint(base(tinyGpt2())))
