@@ -8,7 +8,7 @@
 // --set model.path=DIR points it at a real local HF checkpoint.
 import { pipeline, sweep, zip } from "../src/engine/index.ts"
 import { behaviours } from "../src/text/behaviours.ts"
-import { bakeExperiment, publishComparison } from "../stages/baking/experiment.ts"
+import { bakeExperiment, publishBake } from "../stages/baking/experiment.ts"
 
 // the system prompt and the checker that recognises its behaviour vary together
 const prompts = zip({
@@ -16,6 +16,6 @@ const prompts = zip({
   checker: [{ behaviour: "blue" }, { behaviour: "caps" }] as const,
 })
 
-const { comparison } = bakeExperiment({ ...prompts, lora: { rank: sweep([4, 16]), lr: sweep([3e-3, 1e-2]) } })
+const experiment = bakeExperiment({ ...prompts, lora: { rank: sweep([4, 16]), lr: sweep([3e-3, 1e-2]) } })
 
-export default pipeline("bake-sweep", { comparison }, publishComparison(comparison))
+export default pipeline("bake-sweep", { comparison: experiment.comparison }, publishBake(experiment))

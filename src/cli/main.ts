@@ -10,6 +10,7 @@ import { barReporter, lineReporter } from "../engine/progress.ts"
 import { planFile, runPipeline } from "../engine/run.ts"
 import { Store, type ExecutionRow } from "../engine/store.ts"
 import { doctor } from "../runtime/doctor.ts"
+import { exportNode } from "./export.ts"
 
 const USAGE = `usage: pipe <command> [options]
 
@@ -31,6 +32,7 @@ commands:
   show <run|node>       a run's nodes, or a node's latest execution (node: display name or key prefix)
   logs <node>           the log of a node's latest execution
   why <node>            what changed in a node's key since its previous execution
+  export <node> <dir>   write a training node's adapter as a PEFT directory (adapter_config.json + adapter_model.safetensors)
   gc                    delete payloads no cache entry refers to
   doctor                execution providers, GPUs, library versions, and what is missing for CUDA
 
@@ -264,6 +266,11 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         return cmdWhy(args)
       case "gc":
         return cmdGc(args)
+      case "export": {
+        if (args.positional.length !== 2) throw new UsageError("pipe export expects a node and a directory")
+        out(await Effect.runPromise(exportNode(openStore(args), runsDir(args), args.positional[0], args.positional[1])))
+        return 0
+      }
       case "doctor": {
         const report = await Effect.runPromise(doctor())
         for (const line of report.lines) out(line)

@@ -52,6 +52,7 @@ export type {
   Pipeline,
   PipelineOptions,
   PublishEntry,
+  PublishWriter,
   Resources,
   Source,
   Stage,

@@ -16,7 +16,7 @@ import type { ArtifactType } from "./artifact.ts"
 import { ExternalInputError, ParamsError, PipelineError, errorMessage } from "./errors.ts"
 import { canonicalJson, hashJson } from "./hash.ts"
 import { sourceHash } from "./source.ts"
-import type { AnyStage, External, Pipeline, Source, Template } from "./stage.ts"
+import type { AnyStage, External, Pipeline, PublishWriter, Source, Template } from "./stage.ts"
 import { isPipeline, isSweep, sweep, type Sweep } from "./stage.ts"
 
 export type PlanInput =
@@ -36,6 +36,7 @@ export interface PlanPublish {
   /** The published call's instances (several when it is swept). */
   readonly nodes: ReadonlyArray<number>
   readonly as: ((value: unknown) => unknown) | undefined
+  readonly write: PublishWriter | undefined
   readonly print: boolean
 }
 
@@ -344,6 +345,7 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
     file: p.file,
     nodes: [...new Set(instancesOf.get(p.node.template)!.map((i) => i.node))],
     as: p.as,
+    write: p.write,
     print: pipeline.print.includes(p.file),
   }))
   return { pipeline: pipeline.name, file, nodes, externals: [...planned.values()], publish }

@@ -14,6 +14,7 @@ import {
   type CheckpointError,
   decodeConfig,
   loadCheckpoint,
+  resolveModelDir,
   type ModelConfig,
   type ModelWeights,
   type UnsupportedModelError,
@@ -205,6 +206,53 @@ export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> 
     const config = yield* parseAdapterConfig(configFile, json)
     const contents = yield* Effect.mapError(readFile(weightsFile), fromOther)
     return yield* adapterFromTensors(weightsFile, config, contents.tensors)
+  })
+
+/** The safetensors metadata field in which a single-file adapter (the engine's adapter artifacts) keeps its adapter_config.json. */
+export const ADAPTER_CONFIG_METADATA = "adapter_config"
+
+/** An adapter stored as one safetensors file: PEFT tensor names, adapter_config.json in the metadata. */
+export const readAdapterFile = (file: string): Effect.Effect<LoraAdapter, PeftError> =>
+  Effect.gen(function* () {
+    const contents = yield* Effect.mapError(readFile(file), fromOther)
+    const text = contents.metadata[ADAPTER_CONFIG_METADATA]
+    if (text === undefined) return yield* Effect.fail(peftError(file, `__metadata__.${ADAPTER_CONFIG_METADATA}`, "missing: not a LoRA adapter"))
+    const json = yield* Effect.try({
+      try: () => JSON.parse(text) as unknown,
+      catch: (e) => peftError(file, `__metadata__.${ADAPTER_CONFIG_METADATA}`, `invalid JSON: ${e instanceof Error ? e.message : String(e)}`),
+    })
+    const config = yield* parseAdapterConfig(`${file} (metadata ${ADAPTER_CONFIG_METADATA})`, json)
+    return yield* adapterFromTensors(file, config, contents.tensors)
+  })
+
+/**
+ * base_model_name_or_path for a local model directory, as from_pretrained would be given it: the
+ * repository id for a hub cache directory (models--org--name, or one of its snapshots), else the
+ * absolute path.
+ */
+export const baseModelName = (dir: string): string => {
+  const parts = path.resolve(dir).split(path.sep)
+  const at = parts.findLastIndex((p) => p.startsWith("models--"))
+  const isCache = at >= 0 && (at === parts.length - 1 || (at === parts.length - 3 && parts[at + 1] === "snapshots"))
+  return isCache ? parts[at].slice("models--".length).split("--").join("/") : path.resolve(dir)
+}
+
+/**
+ * Writes the adapter of a single-file adapter as a PEFT directory (adapter_config.json +
+ * adapter_model.safetensors) in `outDir`. The base model is the one model directory among
+ * `inputs` (the training node's external inputs by name); the adapter's own is kept without one.
+ * Returns the config written.
+ */
+export const exportAdapter = (file: string, outDir: string, inputs: Readonly<Record<string, string>>): Effect.Effect<LoraConfig, PeftError> =>
+  Effect.gen(function* () {
+    const adapter = yield* readAdapterFile(file)
+    const models = Object.entries(inputs).filter(([, p]) => Effect.runSync(Effect.isSuccess(resolveModelDir(p))))
+    if (models.length > 1)
+      return yield* Effect.fail(peftError(file, "base_model_name_or_path", `several model directories among the training inputs (${models.map(([n, p]) => `${n}: ${p}`).join(", ")})`))
+    const baseModelNameOrPath = models.length === 1 ? baseModelName(models[0][1]) : adapter.config.baseModelNameOrPath
+    const config = { ...adapter.config, baseModelNameOrPath }
+    yield* writeAdapter(outDir, { config, modules: adapter.modules })
+    return config
   })
 
 /** Writes adapter_config.json and adapter_model.safetensors into `dir` (created if needed). */

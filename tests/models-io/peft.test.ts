@@ -5,7 +5,22 @@ import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadCheckpoint, type ModelConfig, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { type InitOptions, mulberry32, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { type LoraAdapter, type LoraConfig, loraConfigFor, loraScale, loraTargets, mergeLora, type PeftError, readAdapter, writeAdapter } from "../../src/models/peft.ts"
+import {
+  ADAPTER_CONFIG_METADATA,
+  adapterConfigJson,
+  adapterTensors,
+  baseModelName,
+  exportAdapter,
+  type LoraAdapter,
+  type LoraConfig,
+  loraConfigFor,
+  loraScale,
+  loraTargets,
+  mergeLora,
+  type PeftError,
+  readAdapter,
+  writeAdapter,
+} from "../../src/models/peft.ts"
 import { fromNumbers, readFile, writeFile } from "../../src/models/safetensors.ts"
 import { referenceLogits } from "../reference/reference.ts"
 
@@ -115,6 +130,42 @@ describe("PEFT adapter files", () => {
     expect(e.file).toBe(weights)
     expect(e.field).toBe("base_model.model.model.layers.1.self_attn.q_proj.lora_B.weight")
     expect(failure(readAdapter(tmp())).message).toMatch(/adapter_config\.json: missing/)
+  })
+})
+
+describe("exporting a single-file adapter as a PEFT directory", () => {
+  it("names the base model: the hub id of a hub cache directory, else the absolute path", () => {
+    expect(baseModelName("/data/hub/models--Qwen--Qwen2.5-7B-Instruct/snapshots/0123abcd")).toBe("Qwen/Qwen2.5-7B-Instruct")
+    expect(baseModelName("/data/hub/models--meta-llama--Llama-3.1-8B-Instruct")).toBe("meta-llama/Llama-3.1-8B-Instruct")
+    expect(baseModelName("/data/hub/models--gpt2/snapshots/x/")).toBe("gpt2")
+    expect(baseModelName("models/tiny-chat")).toBe(path.resolve("models/tiny-chat"))
+    expect(baseModelName("/data/models--x/snapshots/r/sub")).toBe("/data/models--x/snapshots/r/sub")
+  })
+
+  it("writes the adapter with base_model_name_or_path from the one model directory among the inputs", () => {
+    const model = base(tinyLlama())
+    const adapter = randomAdapter(model, loraConfig(["q_proj", "down_proj"], { baseModelNameOrPath: null }))
+    const file = path.join(tmp(), "adapter.safetensors")
+    run(writeFile(file, run(adapterTensors(adapter)), { [ADAPTER_CONFIG_METADATA]: JSON.stringify(adapterConfigJson(adapter.config)) }))
+    const questions = path.join(tmp(), "questions.jsonl")
+    fs.writeFileSync(questions, "{}\n")
+
+    const out = path.join(tmp(), "exported")
+    expect(run(exportAdapter(file, out, { model, questions })).baseModelNameOrPath).toBe(path.resolve(model))
+    expect(JSON.parse(fs.readFileSync(path.join(out, "adapter_config.json"), "utf8")).base_model_name_or_path).toBe(path.resolve(model))
+    const back = run(readAdapter(out))
+    expect([...back.modules.keys()].sort()).toEqual([...adapter.modules.keys()].sort())
+    for (const [m, { a, b }] of adapter.modules) {
+      expect(Buffer.compare(back.modules.get(m)!.a.data, a.data)).toBe(0)
+      expect(Buffer.compare(back.modules.get(m)!.b.data, b.data)).toBe(0)
+    }
+    // no model among the inputs: the adapter's own (here none); two: refused
+    expect(run(exportAdapter(file, path.join(tmp(), "x"), { questions })).baseModelNameOrPath).toBe(null)
+    expect(failure(exportAdapter(file, path.join(tmp(), "y"), { model, other: base(tinyLlama()) })).message).toContain("several model directories among the training inputs (model: ")
+
+    const plain = path.join(tmp(), "plain.safetensors")
+    run(writeFile(plain, run(adapterTensors(adapter))))
+    expect(failure(exportAdapter(plain, path.join(tmp(), "z"), {})).message).toBe(`${plain}: __metadata__.adapter_config: missing: not a LoRA adapter`)
   })
 })
 
