@@ -432,24 +432,33 @@ const f64Words = new Uint32Array(f64.buffer)
  * `mantBits` fraction bits (subnormals, overflow to infinity), and returns its bits. Working from
  * the double itself matters: going through float32 first rounds twice, and a value just above a
  * half-way point of the target format can land exactly on it in float32 and then round to even.
+ * Integer work on the double's two 32-bit words; the formats here drop at least 32 of its 52
+ * fraction bits, so the low word only tells whether the dropped part is above a tie.
  */
 const roundToBinary = (x: number, expBits: number, mantBits: number): number => {
   const bias = (1 << (expBits - 1)) - 1
   const infinity = ((1 << expBits) - 1) << mantBits
-  const sign = x < 0 || Object.is(x, -0) ? 1 << (expBits + mantBits) : 0
-  if (Number.isNaN(x)) return sign | infinity | (1 << (mantBits - 1))
-  f64[0] = Math.abs(x)
-  // unbiased exponent of the double (-1023 for zero and double subnormals, which round like tiny normals)
-  const e = ((f64Words[1] >>> 20) & 0x7ff) - 1023
+  f64[0] = x
+  const hi = f64Words[1]
+  const lo = f64Words[0]
+  const sign = (hi >>> 31) << (expBits + mantBits)
+  const biased = (hi >>> 20) & 0x7ff
+  if (biased === 0x7ff) return sign | infinity | ((hi & 0xfffff) !== 0 || lo !== 0 ? 1 << (mantBits - 1) : 0)
+  const e = biased - 1023
   if (e > bias) return sign | infinity
   const minExp = 1 - bias
-  const unit = Math.max(e, minExp) - mantBits // the target's ulp at this magnitude is 2^unit
-  const scaled = f64[0] * 2 ** -unit // exact: scaling by a power of two
-  let q = Math.floor(scaled)
-  const rest = scaled - q // exact: scaled < 2^(mantBits + 1)
-  if (rest > 0.5 || (rest === 0.5 && q % 2 === 1)) q += 1
-  // q counts ulps: [2^mantBits, 2^(mantBits+1)] for normals (the top carries into the exponent),
-  // [0, 2^mantBits] for subnormals (the top is the smallest normal).
+  // bits of the 21-bit top of the significand (implicit 1 included) that the target drops:
+  // 52 - mantBits - 32 for a normal result, more below the target's smallest normal
+  const drop = 20 - mantBits + Math.max(0, minExp - e)
+  // double subnormals (biased 0) are far below any target subnormal: they drop everything
+  if (biased === 0 || drop > 21) return sign
+  const significand = (hi & 0xfffff) | 0x100000
+  let q = significand >>> drop
+  const rest = significand & ((1 << drop) - 1)
+  const half = 1 << (drop - 1)
+  if (rest > half || (rest === half && (lo !== 0 || (q & 1) === 1))) q += 1
+  // q counts target ulps: [2^mantBits, 2^(mantBits+1)] for normals (the top carries into the
+  // exponent), [0, 2^mantBits] for subnormals (the top is the smallest normal).
   const bits = ((Math.max(e, minExp) + bias - 1) << mantBits) + q
   return sign | Math.min(bits, infinity)
 }
