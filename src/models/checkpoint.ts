@@ -249,7 +249,11 @@ const fp8Scale = (
     inverse && blockSize !== undefined ? blockSize : n === 1 ? [rows, cols] : n === rows && scale.shape[0] === rows ? [1, cols] : undefined
   if (block === undefined)
     return Effect.fail(
-      checkpointError(found.file, name, `shape [${scale.shape.join(", ")}] is neither one scale, one per row of [${rows}, ${cols}], nor blocks of ${configFile} quantization_config.weight_block_size (not set)`),
+      checkpointError(
+        found.file,
+        name,
+        `shape [${scale.shape.join(", ")}] is neither one scale nor one per row of [${rows}, ${cols}]${inverse ? ` (blocks need quantization_config.weight_block_size in ${configFile})` : ""}`,
+      ),
     )
   const grid = [Math.ceil(rows / block[0]), Math.ceil(cols / block[1])]
   if (n !== grid[0] * grid[1] || (scale.shape.length === 2 && (scale.shape[0] !== grid[0] || scale.shape[1] !== grid[1])))
