@@ -1,6 +1,6 @@
 // A Qwen2-sized vocabulary (151,643 BPE tokens + ChatML special tokens at ids 151,643-151,645, an
-// embedding of 151,936 rows as Qwen2's config.json pads it): loading, encoding, the chat template
-// and a forward pass all work. Every collection of vocabulary size used to be spread into a call
+// embedding of 151,936 rows as Qwen2's config.json pads it): loading, encoding, the chat template,
+// a forward pass and greedy KV-cache generation all work. Every collection of vocabulary size used to be spread into a call
 // (`Math.max(...vocab)`), which overflows the stack from about 125k elements.
 //
 // The tokenizer is the project's byte-level BPE (src/text/tokenizer-builder.ts) learned on a few
@@ -9,6 +9,7 @@
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { forwardNames } from "../../src/models/forward.ts"
+import { makeGenerator } from "../../src/models/generate.ts"
 import { tinyLlama } from "../../src/models/init.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { chatPromptIds } from "../../src/text/chat-template.ts"
@@ -81,7 +82,7 @@ describe("a 151k-token vocabulary", () => {
     expect(tok.decode(prompt)).toBe("<|im_start|>user\nhello world<|im_end|>\n<|im_start|>assistant\n")
   })
 
-  it("runs a tiny model with that vocabulary: logits over every row match the float64 reference", async () => {
+  it("runs a tiny model with that vocabulary: logits match the float64 reference, greedy decoding follows its argmax", async () => {
     const tok = Effect.runSync(loadTokenizer(dir))
     const prompt = Effect.runSync(chatPromptIds(tok, [{ role: "user", content: "yzx hello" }], { addGenerationPrompt: true }))
     const ckpt = await randomCheckpoint(tinyLlama({ vocabSize: EMBEDDING_ROWS, hiddenSize: 8, numHeads: 2, intermediateSize: 16, bosTokenId: undefined, eosTokenIds: [151_645] }))
@@ -90,5 +91,17 @@ describe("a 151k-token vocabulary", () => {
     expect(out.logits.dims).toEqual([1, prompt.length, EMBEDDING_ROWS])
     // same bound as tests/models/forward.test.ts (float32 graph vs float64, O(1) logits)
     expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, prompt), 1e-4)
+
+    // in-graph greedy decoding with the KV cache over the 151,936 logits, decoded by the tokenizer
+    const gen = await Effect.runPromise(makeGenerator(ckpt, { graphDir: tempDir("pipe-large-vocab-gen-"), tokenizer: tok }))
+    const [g] = await Effect.runPromise(gen.generate([{ prompt, maxNewTokens: 3, temperature: 0, stopTokenIds: [] }]))
+    expect(g.tokens).toHaveLength(3)
+    const seq = [...prompt]
+    for (const t of g.tokens) {
+      const logits = referenceLogits(ckpt.dir, seq).at(-1)!
+      expect(logits.reduce((m, l) => Math.max(m, l), -Infinity) - logits[t]).toBeLessThan(1e-4)
+      seq.push(t)
+    }
+    expect(g.text).toBe(tok.decode(g.tokens, { skipSpecialTokens: true }))
   }, 60_000)
 })
