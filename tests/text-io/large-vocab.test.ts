@@ -1,7 +1,7 @@
 // A Qwen2-sized vocabulary (151,643 BPE tokens + ChatML special tokens at ids 151,643-151,645, an
 // embedding of 151,936 rows as Qwen2's config.json pads it): loading, encoding, the chat template,
-// a forward pass and greedy KV-cache generation all work. Every collection of vocabulary size used to be spread into a call
-// (`Math.max(...vocab)`), which overflows the stack from about 125k elements.
+// a forward pass and greedy KV-cache generation all work. Every collection of vocabulary size used
+// to be spread into a call (`Math.max(...vocab)`), which overflows the stack from about 125k elements.
 //
 // The tokenizer is the project's byte-level BPE (src/text/tokenizer-builder.ts) learned on a few
 // sentences, grown with synthetic merges (letter pairs, then letter triples) to the real size, its
