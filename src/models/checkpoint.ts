@@ -352,7 +352,7 @@ export const loadCheckpoint = (modelDir: string): Effect.Effect<Checkpoint, Chec
     }
   })
 
-/** Reads one weight's bytes from its file. */
+/** Reads one weight's bytes from its file (an FP8 weight's codes, without its scale: see readWeightFloat64). */
 export const readWeight = (ref: WeightRef): Effect.Effect<Tensor, CheckpointError> =>
   Effect.map(Effect.mapError(readBytes(ref.file, ref.fileOffset, ref.byteLength, ref.name), fromSafetensorsError), (data) => ({
     dtype: ref.dtype,
