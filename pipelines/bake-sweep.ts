@@ -9,7 +9,7 @@
 // in blue.ts, --set model.path=DIR points it at a real local HF checkpoint.
 import { pipeline, sweep, zip } from "../src/engine/index.ts"
 import { behaviours } from "../src/text/behaviours.ts"
-import { bakeExperiment, bakeSweepTable } from "../stages/baking/experiment.ts"
+import { bakeExperiment, bakeSweepTable, peftDirectory } from "../stages/baking/experiment.ts"
 import { publishTable } from "../stages/table.ts"
 
 // the system prompt and the checker that recognises its behaviour vary together
@@ -18,7 +18,12 @@ const prompts = zip({
   checker: [{ behaviour: "blue" }, { behaviour: "caps" }] as const,
 })
 
-const { comparison } = bakeExperiment({ ...prompts, lora: { rank: sweep([4, 16]), lr: sweep([3e-3, 1e-2]) } })
-const table = bakeSweepTable(comparison)
+const experiment = bakeExperiment({ ...prompts, lora: { rank: sweep([4, 16]), lr: sweep([3e-3, 1e-2]) } })
+const table = bakeSweepTable(experiment.comparison)
 
-export default pipeline("bake-sweep", { table }, { publish: publishTable(table, "sweep"), print: ["sweep.md"] })
+// one table for the sweep, and each point's adapter as a PEFT directory (adapter[<point>]/)
+export default pipeline(
+  "bake-sweep",
+  { table },
+  { publish: { ...publishTable(table, "sweep"), adapter: { from: experiment.adapter, write: peftDirectory } }, print: ["sweep.md"] },
+)

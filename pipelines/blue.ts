@@ -10,8 +10,8 @@
 // and compare.json, and the table is printed at the end.
 import { pipeline } from "../src/engine/index.ts"
 import { behaviours } from "../src/text/behaviours.ts"
-import { bakeExperiment, publishComparison } from "../stages/baking/experiment.ts"
+import { bakeExperiment, publishBake } from "../stages/baking/experiment.ts"
 
-const { comparison } = bakeExperiment({ systemPrompt: behaviours.blue.systemPrompts[0], checker: { behaviour: "blue" } })
+const experiment = bakeExperiment({ systemPrompt: behaviours.blue.systemPrompts[0], checker: { behaviour: "blue" } })
 
-export default pipeline("blue", { comparison }, publishComparison(comparison))
+export default pipeline("blue", { comparison: experiment.comparison }, publishBake(experiment))

@@ -11,6 +11,7 @@ import { planFile, runPipeline } from "../engine/run.ts"
 import { Store, type ExecutionRow } from "../engine/store.ts"
 import { tableCommand } from "./table.ts"
 import { doctor } from "../runtime/doctor.ts"
+import { exportNode } from "./export.ts"
 
 const USAGE = `usage: pipe <command> [options]
 
@@ -33,6 +34,7 @@ commands:
   logs <node>           the log of a node's latest execution
   why <node>            what changed in a node's key since its previous execution
   table <run|pipeline.ts> [node]  a sweep as a table: coordinates x values and metrics [--columns a,b] [--sort -a,b] [--format md|csv|json] [--set ...]
+  export <node> <dir>   write a training node's adapter as a PEFT directory (adapter_config.json + adapter_model.safetensors)
   gc                    delete payloads no cache entry refers to
   doctor                execution providers, GPUs, library versions, and what is missing for CUDA
 
@@ -156,7 +158,7 @@ const cmdRun = async (args: Args): Promise<number> => {
 const explain = async (store: Store, file: string, overrides: ReadonlyArray<string>, rerun: ReadonlyArray<string>, mode: "dry-run" | "status") => {
   const p = await Effect.runPromise(planFile(store, file, overrides))
   const rows = explainPlan(store, p, rerun)
-  const width = Math.min(60, Math.max(...rows.map((r) => r.name.length), 4))
+  const width = Math.min(60, rows.reduce((m, r) => Math.max(m, r.name.length), 4))
   for (const e of p.externals) out(`external ${e.name === undefined ? "" : `${e.name.padEnd(width)}  `}${e.path}`)
   for (const r of rows) {
     const label = r.state === "run" ? (mode === "dry-run" ? "to run" : "stale") : r.state
@@ -268,6 +270,11 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         return cmdGc(args)
       case "table":
         return await tableCommand(args, openStore(args), runsDir(args), (text) => process.stdout.write(text))
+      case "export": {
+        if (args.positional.length !== 2) throw new UsageError("pipe export expects a node and a directory")
+        out(await Effect.runPromise(exportNode(openStore(args), runsDir(args), args.positional[0], args.positional[1])))
+        return 0
+      }
       case "doctor": {
         const report = await Effect.runPromise(doctor())
         for (const line of report.lines) out(line)

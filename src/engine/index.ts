@@ -59,6 +59,7 @@ export type {
   Pipeline,
   PipelineOptions,
   PublishEntry,
+  PublishWriter,
   Resources,
   Source,
   Stage,

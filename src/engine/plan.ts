@@ -17,7 +17,7 @@ import { ExternalInputError, ParamsError, PipelineError, errorMessage } from "./
 import { canonicalPoints, pointsHash, type Coordinates, type Gather, type PlannedPoint, type StoredPoint } from "./gather.ts"
 import { canonicalJson, hashJson } from "./hash.ts"
 import { sourceHash } from "./source.ts"
-import type { AnyStage, External, Pipeline, Template } from "./stage.ts"
+import type { AnyStage, External, Pipeline, PublishWriter, Source, Template } from "./stage.ts"
 import { isPipeline, isSweep, sweep, type Sweep } from "./stage.ts"
 
 /** Every instance of the call `of` (or those of one value of its other sweeps), in canonical order. */
@@ -45,6 +45,7 @@ export interface PlanPublish {
   /** The published call's instances (several when it is swept). */
   readonly nodes: ReadonlyArray<number>
   readonly as: ((value: unknown) => unknown) | undefined
+  readonly write: PublishWriter | undefined
   readonly print: boolean
 }
 
@@ -429,6 +430,7 @@ export const plan = (pipeline: Pipeline, file: string, options: PlanOptions): Pl
     file: p.file,
     nodes: [...new Set(instancesOf.get(p.node.template)!.map((i) => i.node))],
     as: p.as,
+    write: p.write,
     print: pipeline.print.includes(p.file),
   }))
   return { pipeline: pipeline.name, file, nodes, externals: [...planned.values()], publish }

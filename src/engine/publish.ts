@@ -1,6 +1,7 @@
 // Publishing: after a run (a fully cached one too), write the results a pipeline names in
 // `publish` into the run folder: JSON values pretty-printed or rendered by `as`, file and tensor
-// payloads copied. A swept node writes one file per instance; failed nodes write nothing.
+// payloads copied or handed to a `write` (which may make a directory, e.g. a PEFT adapter). A swept
+// node writes one entry per instance; failed nodes write nothing.
 import { Schema } from "effect"
 import { copyFileSync, writeFileSync } from "node:fs"
 import { extname, join } from "node:path"
@@ -47,6 +48,11 @@ export const publishResults = (store: Store, plan: Plan, outcomes: ReadonlyArray
       if ((outcome.status !== "succeeded" && outcome.status !== "cached") || outcome.output === undefined) return []
       const path = join(runDir, p.nodes.length > 1 ? instanceFile(p.file, node) : p.file)
       try {
+        if (p.write !== undefined) {
+          const externals = node.inputs.flatMap(([name, input]) => (input.kind === "external" ? [[name, input.path] as const] : []))
+          p.write({ payload: store.verifiedPath(outcome.output).path, externals: Object.fromEntries(externals) }, path)
+          return [{ file: p.file, node: node.name, path, print: p.print }]
+        }
         const data = contents(store, node, outcome.output, p.as)
         if (typeof data === "object" && "copy" in data) copyFileSync(data.copy, path)
         else writeFileSync(path, data)

@@ -160,7 +160,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
         if (state[d].tag !== "waiting") continue
         state[d] = { tag: "failed", status: "skipped", error: why }
         reporter.finished(nodes[d].name, "skipped", why)
-        stack.push(...nodes[d].dependents)
+        for (const next of nodes[d].dependents) stack.push(next)
       }
     }
 

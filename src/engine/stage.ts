@@ -258,9 +258,20 @@ export const stage = <P extends ParamsSchema, const I extends InputTypes, O exte
 /**
  * A file a pipeline writes into its run folder after every run (a cached one too): the node's
  * artifact as is (JSON pretty-printed, file and tensor payloads copied), or, for a JSON node, what
- * `as` makes of its value: a string is written as text, a Uint8Array as bytes, anything else as JSON.
+ * `as` makes of its value: a string is written as text, a Uint8Array as bytes, anything else as JSON;
+ * or, for a file or tensors node, whatever `write` makes at the target path (e.g. a directory).
  */
-export type PublishEntry<T> = Node<ArtifactType> | { readonly from: Node<JsonArtifact<string, T>>; readonly as: (value: T) => unknown }
+export type PublishEntry<T> =
+  | Node<ArtifactType>
+  | { readonly from: Node<JsonArtifact<string, T>>; readonly as: (value: T) => unknown }
+  | { readonly from: Node<FileArtifact<string> | TensorsArtifact<string>>; readonly write: PublishWriter }
+
+/**
+ * Writes a published entry at `target` (a file, or a directory it creates) from the node's stored
+ * payload file and the paths of the node's external inputs by input name (e.g. the model an adapter
+ * was trained on). Throws to report a failure, which fails the run like any publish error.
+ */
+export type PublishWriter = (source: { readonly payload: string; readonly externals: Readonly<Record<string, string>> }, target: string) => void
 
 export interface PipelineOptions<P> {
   /** File name in runs/<id>/ -> what to write there; a swept node writes one file per instance (`compare[rank=8].md`). */
@@ -273,6 +284,7 @@ export interface PublishSpec {
   readonly file: string
   readonly node: Node<ArtifactType>
   readonly as?: (value: any) => unknown
+  readonly write?: PublishWriter
 }
 
 export interface Pipeline {
@@ -310,6 +322,12 @@ export const pipeline = <P = {}>(
     if (!/^[^/\\\0]+$/.test(file) || file === "." || file === ".." || RESERVED.has(file))
       throw new Error(`pipeline "${name}": publish "${file}": expected a file name in the run folder (no directories; not ${[...RESERVED].join(", ")})`)
     if (!("from" in entry)) return { file, node: entry }
+    if ("write" in entry) {
+      const kind = (entry.from.output as ArtifactType)._tag
+      if (kind !== "file" && kind !== "tensors")
+        throw new Error(`pipeline "${name}": publish "${file}": "write" reads a stored payload file; ${entry.from.template.label} outputs ${kind} (use "as" for JSON values)`)
+      return { file, node: entry.from, write: entry.write }
+    }
     if (entry.from.output._tag !== "json")
       throw new Error(`pipeline "${name}": publish "${file}": "as" renders JSON values; ${entry.from.template.label} outputs ${entry.from.output._tag} (publish the node itself to copy it)`)
     return { file, node: entry.from, as: entry.as }

@@ -431,7 +431,7 @@ const isInside = (gr: GraphIR, ancestor: GraphIR): boolean => {
 
 const nodeReads = (n: Node): Value[] => {
   const reads = n.inputs.filter((v): v is Value => v !== null)
-  for (const a of Object.values(n.attrs)) if (a.kind === "graph") reads.push(...outerReads(a.v))
+  for (const a of Object.values(n.attrs)) if (a.kind === "graph") for (const v of outerReads(a.v)) reads.push(v)
   return reads
 }
 

@@ -22,7 +22,7 @@ const broadcastDim = (op: string, a: Dim, b: Dim, shapes: readonly Shape[]): Dim
 }
 
 export const broadcastShapes = (op: string, shapes: readonly Shape[]): Shape => {
-  const rank = Math.max(...shapes.map((s) => s.length))
+  const rank = shapes.reduce((r, s) => Math.max(r, s.length), 0)
   const out: Dim[] = []
   for (let i = 0; i < rank; i++) {
     let d: Dim = 1

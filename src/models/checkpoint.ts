@@ -206,8 +206,74 @@ const locateTensors = (dir: string): Effect.Effect<{ files: ReadonlyArray<string
   })
 
 const floatDtypes = new Set(["F32", "F16", "BF16", "F64"])
+const fp8Dtypes = new Set(["F8_E4M3", "F8_E5M2"])
 
-const lookupIn = (where: string, tensors: ReadonlyMap<string, LocatedTensor>, configFile: string): TensorLookup => ({
+/** config.json `quantization_config.weight_block_size` of FP8 checkpoints (DeepSeek-V3, Qwen3-FP8), if any. */
+const QuantizationJson = Schema.Struct({
+  quantization_config: Schema.optional(
+    Schema.NullOr(Schema.Struct({ weight_block_size: Schema.optional(Schema.NullOr(Schema.Tuple([Schema.Int, Schema.Int]))) })),
+  ),
+})
+
+const weightBlockSize = (file: string, json: unknown): Effect.Effect<readonly [number, number] | undefined, CheckpointError> =>
+  Effect.flatMap(decodeConfig(QuantizationJson, file, json), (c) => {
+    const block = c.quantization_config?.weight_block_size ?? undefined
+    return block !== undefined && !(block[0] > 0 && block[1] > 0)
+      ? Effect.fail(checkpointError(file, "quantization_config.weight_block_size", `expected two positive sizes, got [${block.join(", ")}]`))
+      : Effect.succeed(block)
+  })
+
+/**
+ * The scale of an FP8 weight, as FP8 checkpoints store it next to the weight: `<module>.weight_scale_inv`
+ * (DeepSeek-V3 / Qwen3-FP8 / transformers "fp8": multiplied in, despite the name; one per block of
+ * quantization_config.weight_block_size, or one for the tensor without it) or `<module>.weight_scale`
+ * (compressed-tensors, FBGEMM: one for the tensor, or one per output row).
+ */
+const fp8Scale = (
+  location: TensorLocation,
+  file: string,
+  tensors: ReadonlyMap<string, LocatedTensor>,
+  blockSize: readonly [number, number] | undefined,
+  configFile: string,
+): Effect.Effect<NonNullable<WeightRef["scale"]>, CheckpointError> => {
+  const what = `an FP8 (${location.dtype}) weight`
+  if (location.shape.length !== 2) return Effect.fail(checkpointError(file, location.name, `${what} of shape [${location.shape.join(", ")}]: only 2-d FP8 weights are dequantized`))
+  const [rows, cols] = location.shape
+  const stem = location.name.endsWith(".weight") ? location.name : `${location.name}.weight`
+  const names = [`${stem}_scale_inv`, `${stem}_scale`]
+  const name = names.find((n) => tensors.has(n))
+  if (name === undefined) return Effect.fail(checkpointError(file, location.name, `${what} without a scale tensor (looked for ${names.join(", ")})`))
+  const found = tensors.get(name)!
+  const scale = found.location
+  if (!floatDtypes.has(scale.dtype) || scale.dtype === "F64")
+    return Effect.fail(checkpointError(found.file, name, `the scale of ${location.name} has dtype ${scale.dtype} (expected F32, BF16 or F16)`))
+  const n = scale.shape.reduce((a, b) => a * b, 1)
+  const inverse = name.endsWith("_inv")
+  const block: readonly [number, number] | undefined =
+    inverse && blockSize !== undefined ? blockSize : n === 1 ? [rows, cols] : n === rows && scale.shape[0] === rows ? [1, cols] : undefined
+  if (block === undefined)
+    return Effect.fail(
+      checkpointError(
+        found.file,
+        name,
+        `shape [${scale.shape.join(", ")}] is neither one scale nor one per row of [${rows}, ${cols}]${inverse ? ` (blocks need quantization_config.weight_block_size in ${configFile})` : ""}`,
+      ),
+    )
+  const grid = [Math.ceil(rows / block[0]), Math.ceil(cols / block[1])]
+  if (n !== grid[0] * grid[1] || (scale.shape.length === 2 && (scale.shape[0] !== grid[0] || scale.shape[1] !== grid[1])))
+    return Effect.fail(checkpointError(found.file, name, `shape [${scale.shape.join(", ")}] does not match [${grid.join(", ")}] blocks of [${block.join(", ")}] over the weight's [${rows}, ${cols}]`))
+  return Effect.succeed({
+    ref: { name, file: found.file, fileOffset: scale.fileOffset, byteLength: scale.byteLength, dtype: scale.dtype, shape: grid, transposed: false },
+    block,
+  })
+}
+
+const lookupIn = (
+  where: string,
+  tensors: ReadonlyMap<string, LocatedTensor>,
+  configFile: string,
+  blockSize: readonly [number, number] | undefined = undefined,
+): TensorLookup => ({
   has: (name) => tensors.has(name),
   get: (spec) => {
     const found = tensors.get(spec.name)
@@ -218,8 +284,8 @@ const lookupIn = (where: string, tensors: ReadonlyMap<string, LocatedTensor>, co
       return Effect.fail(
         checkpointError(file, spec.name, `shape [${location.shape.join(", ")}] does not match [${spec.shape.join(", ")}] implied by ${configFile}`),
       )
-    if (!floatDtypes.has(location.dtype))
-      return Effect.fail(checkpointError(file, spec.name, `dtype ${location.dtype} is not a floating-point weight type (F32, F16, BF16, F64)`))
+    if (!floatDtypes.has(location.dtype) && !fp8Dtypes.has(location.dtype))
+      return Effect.fail(checkpointError(file, spec.name, `dtype ${location.dtype} is not a floating-point weight type (F32, F16, BF16, F64, or FP8 with a scale)`))
     const ref: WeightRef = {
       name: spec.name,
       file,
@@ -229,7 +295,8 @@ const lookupIn = (where: string, tensors: ReadonlyMap<string, LocatedTensor>, co
       shape: location.shape,
       transposed: spec.transposed,
     }
-    return Effect.succeed(ref)
+    if (!fp8Dtypes.has(location.dtype)) return Effect.succeed(ref)
+    return Effect.map(fp8Scale(location, file, tensors, blockSize, configFile), (scale) => ({ ...ref, scale }))
   },
 })
 
@@ -259,7 +326,7 @@ export const loadCheckpoint = (modelDir: string): Effect.Effect<Checkpoint, Chec
     const [, module] = yield* architectureOf(configFile, rawConfig)
     const config = yield* module.parseConfig(configFile, rawConfig)
     const { files, where, tensors } = yield* locateTensors(dir)
-    const weights = yield* module.weights(config, lookupIn(where, tensors, configFile))
+    const weights = yield* module.weights(config, lookupIn(where, tensors, configFile, yield* weightBlockSize(configFile, rawConfig)))
     // NaN weights otherwise yield garbage that looks like results; checked once per file content
     yield* Effect.mapError(checkWeightFiles(files), (e) => new CheckpointError({ file: e._tag === "NonFiniteError" ? e.source : e.file, field: undefined, message: e.message }))
     const generationFile = optionalFile(dir, "generation_config.json")
@@ -291,7 +358,7 @@ export const loadCheckpoint = (modelDir: string): Effect.Effect<Checkpoint, Chec
     }
   })
 
-/** Reads one weight's bytes from its file. */
+/** Reads one weight's bytes from its file (an FP8 weight's codes, without its scale: see readWeightFloat64). */
 export const readWeight = (ref: WeightRef): Effect.Effect<Tensor, CheckpointError> =>
   Effect.map(Effect.mapError(readBytes(ref.file, ref.fileOffset, ref.byteLength, ref.name), fromSafetensorsError), (data) => ({
     dtype: ref.dtype,
@@ -299,13 +366,23 @@ export const readWeight = (ref: WeightRef): Effect.Effect<Tensor, CheckpointErro
     data,
   }))
 
+/** An FP8 weight's values times its scale, block by block (stored layout, row-major). */
+const dequantize = (values: Float64Array, shape: ReadonlyArray<number>, scale: Float64Array, block: readonly [number, number]): Float64Array => {
+  const [rows, cols] = shape
+  const gridCols = Math.ceil(cols / block[1])
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) values[r * cols + c] *= scale[Math.floor(r / block[0]) * gridCols + Math.floor(c / block[1])]
+  return values
+}
+
 /**
  * Reads one weight as float64 values in the Linear convention: a `transposed` (Conv1D) weight is
- * transposed back, so the result is always W as [out, in] row-major, with `shape` to match.
+ * transposed back, so the result is always W as [out, in] row-major, with `shape` to match. FP8
+ * weights come dequantized.
  */
 export const readWeightFloat64 = (ref: WeightRef): Effect.Effect<{ shape: ReadonlyArray<number>; values: Float64Array }, CheckpointError> =>
-  Effect.map(readWeight(ref), (t) => {
-    const values = toFloat64(t)
+  Effect.map(Effect.all([readWeight(ref), ref.scale === undefined ? Effect.succeed(undefined) : readWeight(ref.scale.ref)]), ([t, s]) => {
+    const values = s === undefined ? toFloat64(t) : dequantize(toFloat64(t), ref.shape, toFloat64(s), ref.scale!.block)
     if (!ref.transposed) return { shape: ref.shape, values }
     const [inp, out] = ref.shape
     const w = new Float64Array(values.length)

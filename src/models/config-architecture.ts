@@ -131,6 +131,12 @@ export interface WeightRef {
   readonly shape: ReadonlyArray<number>
   /** True when the file stores W^T ([in, out], GPT-2 Conv1D) rather than W ([out, in]). */
   readonly transposed: boolean
+  /**
+   * FP8 weights only: the weight is the FP8 values times this scale tensor, whose element [i, j]
+   * covers the block of stored rows i*block[0].. and columns j*block[1].. (the whole tensor for
+   * a per-tensor scale, [1, columns] for one scale per row).
+   */
+  readonly scale?: { readonly ref: WeightRef; readonly block: readonly [number, number] }
 }
 
 export interface Linear<W = WeightRef> {

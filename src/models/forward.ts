@@ -38,6 +38,7 @@ import type { Checkpoint, Linear, ModelConfig, ModelWeights, Norm, WeightRef } f
 import { mlpLinears } from "./config-architecture.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
 import { ropeRotation } from "./rope.ts"
+import { modulePath } from "./peft.ts"
 
 /** Turns a checkpoint weight into a float32 graph value with the shape stored in the file. */
 export type WeightSource = (ref: WeightRef) => Value
@@ -156,7 +157,7 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
     const [a, bb] = l.weight.shape
     const site: LinearSite = {
       layer,
-      module: l.weight.name.replace(/\.weight$/, ""),
+      module: modulePath(c, l.weight),
       inFeatures: l.weight.transposed ? a : bb,
       outFeatures: l.weight.transposed ? bb : a,
       weight: l.weight,

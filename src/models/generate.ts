@@ -266,7 +266,7 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
       }
       if (row.stopIds.includes(token)) row.finish = "stop_token"
       else if (stops.length > 0 && row.text !== undefined) {
-        const at = Math.min(...stops.map((s) => row.text!.indexOf(s)).filter((i) => i >= 0))
+        const at = stops.map((s) => row.text!.indexOf(s)).reduce((m, i) => (i >= 0 ? Math.min(m, i) : m), Infinity)
         if (Number.isFinite(at)) {
           row.text = row.text.slice(0, at)
           row.finish = "stop_string"
@@ -286,8 +286,8 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
           text: undefined,
           finish: undefined,
         }))
-        const width = Math.max(...requests.map((r) => r.prompt.length))
-        const maxSteps = Math.max(...requests.map((r) => r.maxNewTokens))
+        const width = requests.reduce((m, r) => Math.max(m, r.prompt.length), 0)
+        const maxSteps = requests.reduce((m, r) => Math.max(m, r.maxNewTokens), 0)
         // full left-padded sequences (prompt + generated); the cache path feeds only the newest column
         const seqs: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(pad), ...r.prompt.map(BigInt)])
         const maskRows: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(0n), ...r.prompt.map(() => 1n)])
@@ -296,7 +296,7 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
           top_k: new ort.Tensor("int64", BigInt64Array.from(requests, (r) => BigInt(r.topK ?? 0)), [B]),
           top_p: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.topP ?? 1), [B]),
         }
-        const M = Math.max(1, ...rows.map((r) => r.stopIds.length))
+        const M = rows.reduce((m, r) => Math.max(m, r.stopIds.length), 1)
         let past: Record<string, ort.Tensor> = {}
         const resetPast = () => {
           past = {}
@@ -401,7 +401,7 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
         const size = opts.batchSize ?? 16
         if (!Number.isInteger(size) || size < 1) return yield* Effect.fail(fail(`batchSize must be a positive integer, got ${size}`))
         const results: Generation[] = []
-        for (let i = 0; i < requests.length; i += size) results.push(...(yield* generateBatch(requests.slice(i, i + size), opts.cache ?? true)))
+        for (let i = 0; i < requests.length; i += size) for (const r of yield* generateBatch(requests.slice(i, i + size), opts.cache ?? true)) results.push(r)
         return results
       })
 

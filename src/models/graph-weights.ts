@@ -17,7 +17,8 @@
 //     blobs/ directory). Nothing is written next to the weights.
 //   externalWeights(g, placement) -> WeightSource
 //     Each weight becomes an initializer whose location is relative to weightsRoot; fp16/bf16
-//     weights get an in-graph Cast to float32.
+//     weights get an in-graph Cast to float32; FP8 weights are read as bytes, decoded through a
+//     256-entry table (Gather) and multiplied by their scale tensor, expanded over its blocks.
 //   writeGraph(g, placement, name) -> GraphFile
 //     The .onnx goes into graphDir (ours, for inspection and error messages); createSession loads
 //     its bytes with weightsRoot as the external-data folder, and onnxruntime maps the weight
@@ -30,7 +31,7 @@ import * as path from "node:path"
 import { type DType, externalSource, type Graph, serialize, type Value } from "../graph/index.ts"
 import type { GraphFile } from "../runtime/session.ts"
 import type { Checkpoint, WeightRef } from "./checkpoint.ts"
-import type { SafetensorsDType } from "./safetensors.ts"
+import { float8E4M3Values, float8E5M2Values, type SafetensorsDType } from "./safetensors.ts"
 
 export class WeightPlacementError extends Data.TaggedError("WeightPlacementError")<{
   readonly file: string
@@ -71,19 +72,41 @@ export const placeWeights = (ckpt: Checkpoint, graphDir: string): Effect.Effect<
     return { graphDir: dir, weightsRoot: commonDir(real) }
   })
 
-const graphDType: Partial<Record<SafetensorsDType, DType>> = { F32: "float32", F16: "float16", BF16: "bfloat16" }
+const graphDType: Partial<Record<SafetensorsDType, DType>> = { F32: "float32", F16: "float16", BF16: "bfloat16", F8_E4M3: "uint8", F8_E5M2: "uint8" }
+const float8Values: Partial<Record<SafetensorsDType, Float32Array>> = { F8_E4M3: float8E4M3Values, F8_E5M2: float8E5M2Values }
 
-/** Frozen weights as external-data initializers (float32 values; half precision cast in-graph). */
+/** Frozen weights as external-data initializers (float32 values; half precision cast in-graph, FP8 dequantized). */
 export const externalWeights = (g: Graph, placement: WeightPlacement) => {
   const made = new Map<string, Value>()
+  // block index of every row / column, shared by the weights of equal sizes
+  const blockIndices = new Map<string, Value>()
+  const blockIndex = (n: number, size: number) => {
+    const key = `${n}/${size}`
+    const v = blockIndices.get(key) ?? g.constant("int64", [n], Array.from({ length: n }, (_, i) => Math.floor(i / size)))
+    blockIndices.set(key, v)
+    return v
+  }
+  const stored = (ref: WeightRef): Value => {
+    const dtype = graphDType[ref.dtype]
+    if (!dtype) throw new Error(`${ref.file}: ${ref.name}: weights of dtype ${ref.dtype} are not supported (F32, F16, BF16, F8_E4M3, F8_E5M2)`)
+    const src = externalSource(placement.weightsRoot, ref.file, ref.fileOffset, ref.byteLength)
+    const init = g.initializer(ref.name, dtype, [...ref.shape], src)
+    const table = float8Values[ref.dtype]
+    if (table === undefined) return dtype === "float32" ? init : g.cast(init, "float32")
+    if (ref.scale === undefined) throw new Error(`${ref.file}: ${ref.name}: an FP8 weight without its scale`)
+    const values = g.gather(g.constant("float32", [256], table), g.cast(init, "int32"))
+    // Expand the scale grid over its blocks on each axis that has more than one block.
+    const [rows, cols] = ref.shape
+    const { block } = ref.scale
+    let scale = stored(ref.scale.ref)
+    if (block[0] < rows) scale = g.gather(scale, blockIndex(rows, block[0]), 0)
+    if (block[1] < cols) scale = g.gather(scale, blockIndex(cols, block[1]), 1)
+    return g.mul(values, scale)
+  }
   return (ref: WeightRef): Value => {
     const done = made.get(ref.name)
     if (done) return done
-    const dtype = graphDType[ref.dtype]
-    if (!dtype) throw new Error(`${ref.file}: ${ref.name}: weights of dtype ${ref.dtype} are not supported (F32, F16, BF16)`)
-    const src = externalSource(placement.weightsRoot, ref.file, ref.fileOffset, ref.byteLength)
-    const init = g.initializer(ref.name, dtype, [...ref.shape], src)
-    const v = dtype === "float32" ? init : g.cast(init, "float32")
+    const v = stored(ref)
     made.set(ref.name, v)
     return v
   }

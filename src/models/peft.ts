@@ -15,6 +15,8 @@ import {
   decodeConfig,
   loadCheckpoint,
   mlpLinears,
+  resolveModelDir,
+  type ModelConfig,
   type ModelWeights,
   type UnsupportedModelError,
   type WeightRef,
@@ -207,6 +209,53 @@ export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> 
     return yield* adapterFromTensors(weightsFile, config, contents.tensors)
   })
 
+/** The safetensors metadata field in which a single-file adapter (the engine's adapter artifacts) keeps its adapter_config.json. */
+export const ADAPTER_CONFIG_METADATA = "adapter_config"
+
+/** An adapter stored as one safetensors file: PEFT tensor names, adapter_config.json in the metadata. */
+export const readAdapterFile = (file: string): Effect.Effect<LoraAdapter, PeftError> =>
+  Effect.gen(function* () {
+    const contents = yield* Effect.mapError(readFile(file), fromOther)
+    const text = contents.metadata[ADAPTER_CONFIG_METADATA]
+    if (text === undefined) return yield* Effect.fail(peftError(file, `__metadata__.${ADAPTER_CONFIG_METADATA}`, "missing: not a LoRA adapter"))
+    const json = yield* Effect.try({
+      try: () => JSON.parse(text) as unknown,
+      catch: (e) => peftError(file, `__metadata__.${ADAPTER_CONFIG_METADATA}`, `invalid JSON: ${e instanceof Error ? e.message : String(e)}`),
+    })
+    const config = yield* parseAdapterConfig(`${file} (metadata ${ADAPTER_CONFIG_METADATA})`, json)
+    return yield* adapterFromTensors(file, config, contents.tensors)
+  })
+
+/**
+ * base_model_name_or_path for a local model directory, as from_pretrained would be given it: the
+ * repository id for a hub cache directory (models--org--name, or one of its snapshots), else the
+ * absolute path.
+ */
+export const baseModelName = (dir: string): string => {
+  const parts = path.resolve(dir).split(path.sep)
+  const at = parts.findLastIndex((p) => p.startsWith("models--"))
+  const isCache = at >= 0 && (at === parts.length - 1 || (at === parts.length - 3 && parts[at + 1] === "snapshots"))
+  return isCache ? parts[at].slice("models--".length).split("--").join("/") : path.resolve(dir)
+}
+
+/**
+ * Writes the adapter of a single-file adapter as a PEFT directory (adapter_config.json +
+ * adapter_model.safetensors) in `outDir`. The base model is the one model directory among
+ * `inputs` (the training node's external inputs by name); the adapter's own is kept without one.
+ * Returns the config written.
+ */
+export const exportAdapter = (file: string, outDir: string, inputs: Readonly<Record<string, string>>): Effect.Effect<LoraConfig, PeftError> =>
+  Effect.gen(function* () {
+    const adapter = yield* readAdapterFile(file)
+    const models = Object.entries(inputs).filter(([, p]) => Effect.runSync(Effect.isSuccess(resolveModelDir(p))))
+    if (models.length > 1)
+      return yield* Effect.fail(peftError(file, "base_model_name_or_path", `several model directories among the training inputs (${models.map(([n, p]) => `${n}: ${p}`).join(", ")})`))
+    const baseModelNameOrPath = models.length === 1 ? baseModelName(models[0][1]) : adapter.config.baseModelNameOrPath
+    const config = { ...adapter.config, baseModelNameOrPath }
+    yield* writeAdapter(outDir, { config, modules: adapter.modules })
+    return config
+  })
+
 /** Writes adapter_config.json and adapter_model.safetensors into `dir` (created if needed). */
 export const writeAdapter = (dir: string, adapter: LoraAdapter): Effect.Effect<void, PeftError> =>
   Effect.gen(function* () {
@@ -230,6 +279,16 @@ export interface LoraTarget {
   readonly outFeatures: number
 }
 
+/**
+ * The module path PEFT names a linear layer by: its path in the HF model, which is the weight's
+ * name without ".weight" except for GPT-2 checkpoints saved from GPT2Model (the original OpenAI
+ * conversions, e.g. openai-community/gpt2), whose tensor names lack GPT2LMHeadModel's "transformer.".
+ */
+export const modulePath = (config: ModelConfig, weight: WeightRef): string => {
+  const module = weight.name.replace(/\.weight$/, "")
+  return config.family === "gpt2" && !module.startsWith("transformer.") ? `transformer.${module}` : module
+}
+
 /** Every linear layer of the model's blocks, in layer order. */
 const linearWeights = (w: ModelWeights): WeightRef[] =>
   w.layers.flatMap((l) => {
@@ -246,7 +305,7 @@ const linearWeights = (w: ModelWeights): WeightRef[] =>
 const linearTargets = (ckpt: Checkpoint): LoraTarget[] =>
   linearWeights(ckpt.weights).map((weight) => {
     const [a, b] = weight.shape
-    return { module: weight.name.replace(/\.weight$/, ""), weight, inFeatures: weight.transposed ? a : b, outFeatures: weight.transposed ? b : a }
+    return { module: modulePath(ckpt.config, weight), weight, inFeatures: weight.transposed ? a : b, outFeatures: weight.transposed ? b : a }
   })
 
 export const loraTargets = (ckpt: Checkpoint, targetModules: ReadonlyArray<string>): Effect.Effect<LoraTarget[], PeftError> => {
@@ -309,12 +368,14 @@ export const mergeLora = (baseDir: string, adapter: LoraAdapter, outDir: string)
   Effect.gen(function* () {
     const ckpt = yield* Effect.mapError(loadCheckpoint(baseDir), fromOther)
     const scale = loraScale(adapter.config)
-    const targets = new Map(linearWeights(ckpt.weights).map((w) => [w.name.replace(/\.weight$/, ""), w]))
+    const targets = new Map(linearWeights(ckpt.weights).map((w) => [modulePath(ckpt.config, w), w]))
     const deltas = new Map<string, { ref: WeightRef; lora: LoraModuleWeights }>()
     for (const [module, lora] of adapter.modules) {
       const ref = targets.get(module)
       if (ref === undefined)
         return yield* Effect.fail(peftError(ADAPTER_WEIGHTS, tensorName(module, "A"), `module ${module} is not a linear layer of the base model in ${ckpt.dir}`))
+      if (ref.scale !== undefined)
+        return yield* Effect.fail(peftError(ref.file, ref.name, `a ${ref.dtype} weight: merging into FP8 weights would need requantizing them (load the adapter unmerged instead)`))
       const [rows, cols] = ref.shape
       const [out, inp] = ref.transposed ? [cols, rows] : [rows, cols]
       if (lora.a.shape[1] !== inp || lora.b.shape[0] !== out)

@@ -7,8 +7,8 @@
 // Rust implementation enforces and what we enforce here.
 //
 // Tensor data is kept as raw little-endian bytes (`Uint8Array`); the conversion helpers at the end
-// turn float16 / bfloat16 / any numeric dtype into Float32Array / Float64Array (Node 20 has no
-// Float16Array). The header reader reports each tensor's absolute byte offset in the file so ONNX
+// turn float16 / bfloat16 / FP8 (E4M3FN, E5M2) / any numeric dtype into Float32Array / Float64Array
+// (Node 20 has no Float16Array). The header reader reports each tensor's absolute byte offset in the file so ONNX
 // graphs can reference weights as external data without copying them.
 import { Data, Effect } from "effect"
 import * as fs from "node:fs"
@@ -19,6 +19,8 @@ export type SafetensorsDType =
   | "F32"
   | "F16"
   | "BF16"
+  | "F8_E4M3"
+  | "F8_E5M2"
   | "I64"
   | "I32"
   | "I16"
@@ -34,6 +36,8 @@ export const dtypeByteSize: Readonly<Record<SafetensorsDType, number>> = {
   F32: 4,
   F16: 2,
   BF16: 2,
+  F8_E4M3: 1,
+  F8_E5M2: 1,
   I64: 8,
   I32: 4,
   I16: 2,
@@ -420,37 +424,64 @@ export const float16BitsToNumber = (h: number): number => {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15)
 }
 
+const f64 = new Float64Array(1)
+const f64Words = new Uint32Array(f64.buffer)
+
 /**
- * A number to IEEE binary16 bits, rounding to nearest even (overflow to infinity, like numpy).
- * The number is first rounded to float32, which is exact for the float32 weights this is used on.
+ * Rounds a number once, to nearest even, to an IEEE-style binary format with `expBits` exponent and
+ * `mantBits` fraction bits (subnormals, overflow to infinity), and returns its bits. Working from
+ * the double itself matters: going through float32 first rounds twice, and a value just above a
+ * half-way point of the target format can land exactly on it in float32 and then round to even.
+ * Integer work on the double's two 32-bit words; the formats here drop at least 32 of its 52
+ * fraction bits, so the low word only tells whether the dropped part is above a tie.
  */
-export const numberToFloat16Bits = (x: number): number => {
-  f32[0] = x
-  const bits = u32[0]
-  const sign = (bits >>> 16) & 0x8000
-  const exp = (bits >>> 23) & 0xff
-  const mant = bits & 0x7fffff
-  if (exp === 0xff) return sign | 0x7c00 | (mant !== 0 ? 0x200 : 0)
-  // Work from the float32 value: unbiased exponent e, 24-bit significand.
-  const e = exp - 127
-  if (e > 15) return sign | 0x7c00
-  if (e >= -14) {
-    // Normal half: keep 10 mantissa bits, round the 13 dropped ones to nearest even.
-    let h = ((e + 15) << 10) | (mant >>> 13)
-    const rest = mant & 0x1fff
-    if (rest > 0x1000 || (rest === 0x1000 && (h & 1) === 1)) h += 1 // may carry into the exponent, which is correct
-    return sign | h
-  }
-  if (e < -25) return sign // below half the smallest subnormal: rounds to zero
-  // Subnormal half: value = sig * 2^(e-23) with sig the 24-bit significand; unit is 2^-24.
-  const sig = mant | 0x800000
-  const shift = -e - 14 + 13 // number of dropped bits
-  let h = sig >>> shift
-  const rest = sig & ((1 << shift) - 1)
-  const halfway = 1 << (shift - 1)
-  if (rest > halfway || (rest === halfway && (h & 1) === 1)) h += 1
-  return sign | h
+const roundToBinary = (x: number, expBits: number, mantBits: number): number => {
+  const bias = (1 << (expBits - 1)) - 1
+  const infinity = ((1 << expBits) - 1) << mantBits
+  f64[0] = x
+  const hi = f64Words[1]
+  const lo = f64Words[0]
+  const sign = (hi >>> 31) << (expBits + mantBits)
+  const biased = (hi >>> 20) & 0x7ff
+  if (biased === 0x7ff) return sign | infinity | ((hi & 0xfffff) !== 0 || lo !== 0 ? 1 << (mantBits - 1) : 0)
+  const e = biased - 1023
+  if (e > bias) return sign | infinity
+  const minExp = 1 - bias
+  // bits of the 21-bit top of the significand (implicit 1 included) that the target drops:
+  // 52 - mantBits - 32 for a normal result, more below the target's smallest normal
+  const drop = 20 - mantBits + Math.max(0, minExp - e)
+  // double subnormals (biased 0) are far below any target subnormal: they drop everything
+  if (biased === 0 || drop > 21) return sign
+  const significand = (hi & 0xfffff) | 0x100000
+  let q = significand >>> drop
+  const rest = significand & ((1 << drop) - 1)
+  const half = 1 << (drop - 1)
+  if (rest > half || (rest === half && (lo !== 0 || (q & 1) === 1))) q += 1
+  // q counts target ulps: [2^mantBits, 2^(mantBits+1)] for normals (the top carries into the
+  // exponent), [0, 2^mantBits] for subnormals (the top is the smallest normal).
+  const bits = ((Math.max(e, minExp) + bias - 1) << mantBits) + q
+  return sign | Math.min(bits, infinity)
 }
+
+/** A number to IEEE binary16 bits, rounded once to nearest even (overflow to infinity, like numpy). */
+export const numberToFloat16Bits = (x: number): number => roundToBinary(x, 5, 10)
+
+/** An 8-bit float format: bits to a number (exact), for the 256 codes at once. */
+const float8Table = (expBits: number, mantBits: number, special: (bits: number) => number | undefined): Float32Array =>
+  Float32Array.from({ length: 256 }, (_, b) => {
+    const s = special(b & 0x7f)
+    const sign = b & 0x80 ? -1 : 1
+    if (s !== undefined) return sign * s
+    const bias = (1 << (expBits - 1)) - 1
+    const exp = (b >> mantBits) & ((1 << expBits) - 1)
+    const frac = b & ((1 << mantBits) - 1)
+    return exp === 0 ? sign * frac * 2 ** (1 - bias - mantBits) : sign * (1 + frac / (1 << mantBits)) * 2 ** (exp - bias)
+  })
+
+/** OCP FP8 E4M3FN (PyTorch float8_e4m3fn): bias 7, no infinities, S.1111.111 is NaN, max 448. */
+export const float8E4M3Values: Float32Array = float8Table(4, 3, (b) => (b === 0x7f ? NaN : undefined))
+/** OCP FP8 E5M2 (PyTorch float8_e5m2): IEEE-like, bias 15, S.11111.00 infinite, S.11111.{01,10,11} NaN. */
+export const float8E5M2Values: Float32Array = float8Table(5, 2, (b) => (b === 0x7c ? Infinity : b > 0x7c ? NaN : undefined))
 
 /** bfloat16 bits to a number (exact). */
 export const bfloat16BitsToNumber = (b: number): number => {
@@ -458,8 +489,8 @@ export const bfloat16BitsToNumber = (b: number): number => {
   return f32[0]
 }
 
-/** A number to bfloat16 bits: rounded to float32 first, then to nearest even on the top 16 bits (as PyTorch). */
-export const numberToBfloat16Bits = (x: number): number => float32ToBfloat16(Float32Array.of(x))[0]
+/** A number to bfloat16 bits, rounded once to nearest even (NaN stays NaN, overflow to infinity). */
+export const numberToBfloat16Bits = (x: number): number => roundToBinary(x, 8, 7)
 
 /** Float32 values to bfloat16 bits, rounding to nearest even (NaN stays NaN). */
 export const float32ToBfloat16 = (values: Float32Array): Uint16Array => {
@@ -515,6 +546,12 @@ export const toFloat64 = (t: Tensor): Float64Array => {
     case "BF16":
       out.set(bfloat16ToFloat32(new Uint16Array(buf)))
       return out
+    case "F8_E4M3":
+    case "F8_E5M2": {
+      const table = t.dtype === "F8_E4M3" ? float8E4M3Values : float8E5M2Values
+      for (let i = 0; i < n; i++) out[i] = table[t.data[i]]
+      return out
+    }
     case "I64": {
       const v = new BigInt64Array(buf)
       for (let i = 0; i < n; i++) out[i] = Number(v[i])
@@ -571,8 +608,8 @@ export const toFloat32 = (t: Tensor): Float32Array => {
 }
 
 /**
- * Builds a tensor of the given dtype from numbers (row-major), rounding to nearest even for
- * F16/BF16 and truncating toward zero for integer dtypes; BOOL stores x !== 0.
+ * Builds a tensor of the given dtype from numbers (row-major), rounding once to nearest even for
+ * F16/BF16 and truncating toward zero for integer dtypes; BOOL stores x !== 0. FP8 is read only.
  */
 export const fromNumbers = (
   values: ArrayLike<number>,
@@ -585,11 +622,12 @@ export const fromNumbers = (
   const buf = bytes.buffer
   switch (dtype) {
     case "F16":
-      new Uint16Array(buf).set(float32ToFloat16(Float32Array.from(values)))
+    case "BF16": {
+      const v = new Uint16Array(buf)
+      const round = dtype === "F16" ? numberToFloat16Bits : numberToBfloat16Bits
+      for (let i = 0; i < n; i++) v[i] = round(values[i])
       break
-    case "BF16":
-      new Uint16Array(buf).set(float32ToBfloat16(Float32Array.from(values)))
-      break
+    }
     case "I64": {
       const v = new BigInt64Array(buf)
       for (let i = 0; i < n; i++) v[i] = BigInt(Math.trunc(values[i]))

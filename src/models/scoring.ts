@@ -144,16 +144,18 @@ export const scoreContinuations = (
     for (const [i, r] of requests.entries())
       if (r.context.length === 0) return Effect.fail(new ScoringError({ message: `scoring request ${i} has an empty context (start it with the BOS token)` }))
     const seqs = requests.map((r) => [...r.context, ...r.continuation])
-    const T = Math.max(...seqs.map((s) => s.length)) - 1
+    const T = seqs.reduce((m, s) => Math.max(m, s.length), 0) - 1
     const pad = options.padId ?? 0
     const ids: number[] = []
     const mask: number[] = []
     const targets: number[] = []
     for (const s of seqs) {
       const padding = T - (s.length - 1)
-      ids.push(...Array(padding).fill(pad), ...s.slice(0, -1))
-      mask.push(...Array(padding).fill(0), ...Array(s.length - 1).fill(1))
-      targets.push(...Array(padding).fill(0), ...s.slice(1))
+      for (let t = 0; t < T; t++) {
+        ids.push(t < padding ? pad : s[t - padding])
+        mask.push(t < padding ? 0 : 1)
+        targets.push(t < padding ? 0 : s[t - padding + 1])
+      }
     }
     const B = requests.length
     const feeds: Record<string, ort.Tensor> = {

@@ -1,7 +1,11 @@
 // A model's tokenizer from its local tokenizer.json + tokenizer_config.json, through
 // @huggingface/tokenizers, with the special-token conventions of HF transformers:
-// - special tokens (bos/eos/unk/pad) come from tokenizer_config.json, given as a string or as a
-//   serialized AddedToken ({"content": ...}); ids are looked up in the vocabulary;
+// - special tokens (bos/eos/unk/pad) come from tokenizer_config.json, or from special_tokens_map.json
+//   for a legacy tokenizer_config.json without `added_tokens_decoder` (there the map wins, as in
+//   transformers), given as a string or as a serialized AddedToken ({"content": ...}); one both leave out
+//   (an explicit null counts as given) takes the default of the transformers tokenizer class
+//   (tokenizer_config.json `tokenizer_class`, else the one AutoTokenizer picks for config.json's
+//   `model_type`): GPT-2's bos/eos/unk are all <|endoftext|>. Ids are looked up in the vocabulary;
 // - `encode(text)` adds special tokens as the tokenizer.json post-processor says, except that an
 //   explicit `add_bos_token` / `add_eos_token` in tokenizer_config.json wins (that is what
 //   transformers' Llama and GPT-NeoX tokenizers do: they rebuild the post-processor from them);
@@ -91,6 +95,45 @@ const chatTemplateOf = (file: string, dir: string, value: unknown): Effect.Effec
   return Effect.fail(tokenizerError(file, "chat_template", "expected a string or a list of {name, template}"))
 }
 
+type SpecialName = "bos_token" | "eos_token" | "unk_token" | "pad_token"
+
+/** Special-token defaults of transformers' tokenizer classes (their __init__ arguments), "Fast" suffix dropped. */
+const classDefaults: Readonly<Record<string, Partial<Record<SpecialName, string>>>> = (() => {
+  const endOfText = { bos_token: "<|endoftext|>", eos_token: "<|endoftext|>", unk_token: "<|endoftext|>" }
+  return {
+    GPT2Tokenizer: endOfText,
+    CodeGenTokenizer: endOfText,
+    GPTNeoXTokenizer: endOfText,
+    LlamaTokenizer: { bos_token: "<s>", eos_token: "</s>", unk_token: "<unk>" },
+    Qwen2Tokenizer: { eos_token: "<|endoftext|>", unk_token: "<|endoftext|>", pad_token: "<|endoftext|>" },
+    GemmaTokenizer: { bos_token: "<bos>", eos_token: "<eos>", unk_token: "<unk>", pad_token: "<pad>" },
+  }
+})()
+
+/** The tokenizer class AutoTokenizer uses for a config.json `model_type` when tokenizer_config.json names none. */
+const modelTypeTokenizer: Readonly<Record<string, string>> = {
+  gpt2: "GPT2Tokenizer",
+  gpt_neox: "GPTNeoXTokenizer",
+  llama: "LlamaTokenizer",
+  mistral: "LlamaTokenizer",
+  phi3: "LlamaTokenizer",
+  qwen2: "Qwen2Tokenizer",
+  qwen3: "Qwen2Tokenizer",
+  gemma: "GemmaTokenizer",
+  gemma2: "GemmaTokenizer",
+  gemma3: "GemmaTokenizer",
+  gemma3_text: "GemmaTokenizer",
+}
+
+/** An optional JSON object next to tokenizer_config.json (special_tokens_map.json, config.json); absent -> {}. */
+const siblingJson = (dir: string, name: string): Effect.Effect<Record<string, unknown>, TokenizerError> =>
+  fs.existsSync(path.join(dir, name)) ? readJsonObject(path.join(dir, name)) : Effect.succeed({})
+
+const tokenizerClass = (config: Record<string, unknown>, modelConfig: Record<string, unknown>): string | undefined => {
+  const named = typeof config.tokenizer_class === "string" ? config.tokenizer_class.replace(/Fast$/, "") : undefined
+  return named ?? (typeof modelConfig.model_type === "string" ? modelTypeTokenizer[modelConfig.model_type] : undefined)
+}
+
 const optionalBoolean = (file: string, config: Record<string, unknown>, field: string): Effect.Effect<boolean | undefined, TokenizerError> => {
   const v = config[field]
   return v === undefined || v === null || typeof v === "boolean"
@@ -115,13 +158,20 @@ export const loadTokenizer = (
       catch: (e) => tokenizerError(tokenizerFile, undefined, `cannot build the tokenizer: ${e instanceof Error ? e.message : String(e)}`),
     })
 
+    const dir = path.dirname(configFile)
+    const mapFile = path.join(dir, "special_tokens_map.json")
+    const specialMap = "added_tokens_decoder" in config ? {} : yield* siblingJson(dir, "special_tokens_map.json")
+    const defaults = classDefaults[tokenizerClass(config, yield* siblingJson(dir, "config.json")) ?? ""] ?? {}
     const specialTokensMap: Record<string, string> = {}
-    const special = (name: string) =>
+    const special = (name: SpecialName) =>
       Effect.gen(function* () {
-        const token = yield* specialTokenString(configFile, name, config[name])
+        const [file, given] = name in specialMap ? [mapFile, specialMap[name]] : [configFile, config[name]]
+        const fallback = name in specialMap || name in config ? undefined : defaults[name]
+        // a class default the vocabulary lacks would be a new, untrained token in transformers: left out
+        const token = fallback !== undefined ? (tokenizer.token_to_id(fallback) === undefined ? undefined : fallback) : yield* specialTokenString(file, name, given)
         if (token === undefined) return undefined
         const id = tokenizer.token_to_id(token)
-        if (id === undefined) return yield* Effect.fail(tokenizerError(configFile, name, `"${token}" is not in the vocabulary of ${tokenizerFile}`))
+        if (id === undefined) return yield* Effect.fail(tokenizerError(file, name, `"${token}" is not in the vocabulary of ${tokenizerFile}`))
         specialTokensMap[name] = token
         return { token, id }
       })
@@ -131,7 +181,7 @@ export const loadTokenizer = (
     const pad = yield* special("pad_token")
     const addBosToken = yield* optionalBoolean(configFile, config, "add_bos_token")
     const addEosToken = yield* optionalBoolean(configFile, config, "add_eos_token")
-    const chatTemplate = yield* chatTemplateOf(configFile, path.dirname(configFile), config.chat_template)
+    const chatTemplate = yield* chatTemplateOf(configFile, dir, config.chat_template)
 
     // What the tokenizer.json post-processor adds, seen on an empty input.
     const bare = tokenizer.encode("", { add_special_tokens: true }).ids
@@ -144,7 +194,8 @@ export const loadTokenizer = (
     const overridden = addBosToken !== undefined || addEosToken !== undefined
 
     const specialIds = new Set<number>([...tokenizer.get_added_tokens_decoder()].filter(([, t]) => t.special).map(([id]) => id))
-    const vocabSize = Math.max(...tokenizer.get_vocab(true).values()) + 1
+    let vocabSize = 0
+    for (const id of tokenizer.get_vocab(true).values()) vocabSize = Math.max(vocabSize, id + 1)
 
     const encode = (text: string, options: EncodeOptions = {}): number[] => {
       const withSpecial = options.addSpecialTokens ?? true

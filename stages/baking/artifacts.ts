@@ -8,7 +8,7 @@
 //                   Trajectories artifact, as top-k log-probs + tail mass; or, in "recompute"
 //                   mode, no tensors (the training graph runs the prompted model itself).
 //   BakedAdapter    tensors: a LoRA adapter under PEFT tensor names, adapter_config.json in the
-//                   metadata, so `pipe show` / an export writes a directory PEFT loads.
+//                   metadata, so `pipe export` and the run folder's adapter/ are directories PEFT loads.
 //   BakeEvaluation  JSON: one model variant's KL, behaviour rate, accuracy and samples.
 //   BakeComparison  JSON: the three variants side by side, with the Markdown report.
 //
@@ -17,7 +17,7 @@
 // ended on one, so the student learns where the prompted model stops.
 import { Effect, Schema } from "effect"
 import { Artifact, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
-import { adapterConfigJson, adapterFromTensors, adapterTensors, type LoraAdapter, parseAdapterConfig } from "../../src/models/peft.ts"
+import { ADAPTER_CONFIG_METADATA, adapterConfigJson, adapterTensors, type LoraAdapter, readAdapterFile } from "../../src/models/peft.ts"
 import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/models/safetensors.ts"
 
 // ------------------------------------------------------------------------------ questions
@@ -191,19 +191,11 @@ export const BakedAdapter = Artifact.tensors("BakedAdapter")
 export const adapterOutput = (adapter: LoraAdapter, extra: Readonly<Record<string, string>> = {}): Effect.Effect<TensorsOutput, Error> =>
   Effect.map(Effect.mapError(adapterTensors(adapter), (e) => new Error(e.message)), (tensors) => ({
     tensors,
-    metadata: { ...extra, adapter_config: JSON.stringify(adapterConfigJson(adapter.config)) },
+    metadata: { ...extra, [ADAPTER_CONFIG_METADATA]: JSON.stringify(adapterConfigJson(adapter.config)) },
   }))
 
 export const readAdapterArtifact = (value: TensorsValue): Effect.Effect<LoraAdapter, Error> =>
-  Effect.mapError(
-    Effect.gen(function* () {
-      const json = yield* Effect.try({ try: () => metadataJson<unknown>(value, "adapter_config"), catch: (e) => new Error(String(e)) })
-      const config = yield* parseAdapterConfig(`${value.path} (metadata adapter_config)`, json)
-      const tensors = new Map([...value.header.tensors.keys()].map((name) => [name, value.read(name)]))
-      return yield* adapterFromTensors(value.path, config, tensors)
-    }),
-    (e) => new Error(e.message),
-  )
+  Effect.mapError(readAdapterFile(value.path), (e) => new Error(e.message))
 
 // ------------------------------------------------------------------------------ evaluation
 

@@ -102,8 +102,8 @@ export const checkTrajectoriesFit = (ckpt: Checkpoint, set: TrajectorySet, what:
 /** The shape a batch of these trajectories needs. */
 export const pairShape = (set: TrajectorySet, trajectories: ReadonlyArray<number>): PairShape => ({
   rows: trajectories.length,
-  studentWidth: Math.max(1, ...trajectories.map((i) => inputLengths(set, i).student)),
-  teacherWidth: Math.max(1, ...trajectories.map((i) => inputLengths(set, i).teacher)),
+  studentWidth: trajectories.reduce((m, i) => Math.max(m, inputLengths(set, i).student), 1),
+  teacherWidth: trajectories.reduce((m, i) => Math.max(m, inputLengths(set, i).teacher), 1),
   tokens: trajectories.reduce((n, i) => n + set.trajectories[i].tokens.length, 0),
 })
 

@@ -10,9 +10,11 @@
 // Every node has a fixed name, so `--set lora-train.rank=4`, `--set sample_train.n=8`, ... address
 // the same node in both pipelines. Any param may be a sweep; the trajectories and teacher logits
 // depend on x0 and the sampling settings only, so a sweep over training settings shares them.
-import { external, gather, type Node } from "../../src/engine/index.ts"
+import { Effect } from "effect"
+import { external, gather, type Node, type PublishWriter } from "../../src/engine/index.ts"
+import { exportAdapter } from "../../src/models/peft.ts"
 import type { CheckerSpec } from "../../src/text/behaviours.ts"
-import type { BakeComparison } from "./artifacts.ts"
+import type { BakeComparison, BakedAdapter } from "./artifacts.ts"
 import { compare } from "./compare.ts"
 import { evaluate, evaluateBaked } from "./evaluate.ts"
 import { loraTrain } from "./lora-train.ts"
@@ -74,7 +76,7 @@ export interface BakeOptions {
 
 /** The experiment's nodes, ending in the comparison. The model and question files are named
  *  externals: `--set model.path=DIR`, `--set train_file.path=...`, `--set heldout_file.path=...`. */
-export const bakeExperiment = (o: BakeOptions): { readonly comparison: Node<typeof BakeComparison> } => {
+export const bakeExperiment = (o: BakeOptions): { readonly comparison: Node<typeof BakeComparison>; readonly adapter: Node<typeof BakedAdapter> } => {
   const model = external.dir("models/tiny-chat", { name: "model" })
   const trainFile = external.file("datasets/tiny-chat/train-squad.jsonl", { name: "train_file" })
   const heldoutFile = external.file("datasets/tiny-chat/heldout-squad.jsonl", { name: "heldout_file" })
@@ -95,7 +97,7 @@ export const bakeExperiment = (o: BakeOptions): { readonly comparison: Node<type
   const base = evaluate({ ...evaluation, variant: "base" }, evalInputs, { name: "evaluate_base" })
   const prompted = evaluate({ ...evaluation, variant: "prompted" }, evalInputs, { name: "evaluate_prompted" })
   const baked = evaluateBaked(evaluation, { ...evalInputs, adapter }, { name: "evaluate_baked" })
-  return { comparison: compare({ samples: 8 }, { base, prompted, baked }) }
+  return { comparison: compare({ samples: 8 }, { base, prompted, baked }), adapter }
 }
 
 /**
@@ -116,6 +118,21 @@ export const bakeSweepTable = (comparison: Node<typeof BakeComparison>) =>
     { points: gather(comparison) },
   )
 
-/** Pipeline options that write compare.json and compare.md into the run folder and print the table. */
-export const publishComparison = (comparison: Node<typeof BakeComparison>) =>
-  ({ publish: { "compare.json": comparison, "compare.md": { from: comparison, as: (c: BakeComparison) => c.markdown } }, print: ["compare.md"] }) as const
+/** A trained adapter as a PEFT directory, with base_model_name_or_path naming the model it was trained on. */
+export const peftDirectory: PublishWriter = ({ payload, externals }, target) => {
+  Effect.runSync(Effect.mapError(exportAdapter(payload, target, externals), (e) => new Error(e.message)))
+}
+
+/**
+ * Pipeline options that write compare.json and compare.md into the run folder and print the table,
+ * and write the trained adapter as a PEFT directory `adapter/` (one per instance of a sweep).
+ */
+export const publishBake = (experiment: ReturnType<typeof bakeExperiment>) =>
+  ({
+    publish: {
+      "compare.json": experiment.comparison,
+      "compare.md": { from: experiment.comparison, as: (c: BakeComparison) => c.markdown },
+      adapter: { from: experiment.adapter, write: peftDirectory },
+    },
+    print: ["compare.md"],
+  }) as const

@@ -199,10 +199,10 @@ const stepFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, micro: number[
     M === 1
       ? shapes[0]
       : {
-          rows: Math.max(...shapes.map((s) => s.rows)),
-          studentWidth: Math.max(...shapes.map((s) => s.studentWidth)),
-          teacherWidth: Math.max(...shapes.map((s) => s.teacherWidth)),
-          tokens: Math.max(1, ...shapes.map((s) => s.tokens)),
+          rows: shapes.reduce((m, s) => Math.max(m, s.rows), 0),
+          studentWidth: shapes.reduce((m, s) => Math.max(m, s.studentWidth), 0),
+          teacherWidth: shapes.reduce((m, s) => Math.max(m, s.teacherWidth), 0),
+          tokens: shapes.reduce((m, s) => Math.max(m, s.tokens), 1),
         }
   // buildTrainStep averages the micro-batch losses: M / tokens makes the average Σ KL / tokens
   const parts = micro.map((rows, m) => microFeeds(set, teacher, rows, padId, starts, shape, M / tokens, seedOf?.(m)))

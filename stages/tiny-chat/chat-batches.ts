@@ -35,7 +35,7 @@ export interface Batch {
 }
 
 export const makeBatch = (seqs: ReadonlyArray<TrainSequence>, padId: number): Batch => {
-  const width = Math.max(...seqs.map((s) => s.ids.length)) - 1
+  const width = seqs.reduce((m, s) => Math.max(m, s.ids.length), 0) - 1
   const rows = seqs.length
   const ids = new BigInt64Array(rows * width).fill(BigInt(padId))
   const targets = new BigInt64Array(rows * width).fill(BigInt(padId))

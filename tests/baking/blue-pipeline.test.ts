@@ -7,10 +7,12 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
+import { exportNode } from "../../src/cli/export.ts"
 import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
+import { readAdapter } from "../../src/models/peft.ts"
 import { readHeader } from "../../src/models/safetensors.ts"
 import type { BakeComparison } from "../../stages/baking/artifacts.ts"
-import { sandbox, startCli, until } from "../engine/helpers.ts"
+import { cli, sandbox, startCli, until } from "../engine/helpers.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const pipelineFile = path.join(repo, "pipelines/blue.ts")
@@ -49,6 +51,28 @@ describe("pipelines/blue.ts at reduced size", () => {
     expect(rate("base")).toBeLessThan(0.1)
     expect(rate("baked")).toBeGreaterThan(rate("base") + 0.5)
     expect(fs.readFileSync(path.join(first.runDir, "compare.md"), "utf8")).toContain("| baked |")
+    // the trained adapter as a PEFT directory in the run folder, naming the model it was trained on
+    const published = Effect.runSync(readAdapter(path.join(first.runDir, "adapter")))
+    expect(published.config).toMatchObject({ r: 8, loraAlpha: 16, baseModelNameOrPath: path.join(repo, "models/tiny-chat") })
+    expect([...published.modules.keys()]).toContain("model.layers.0.self_attn.q_proj")
+    // and anywhere with pipe export, byte for byte the same files
+    const exported = path.join(sb.dir, "exported-adapter")
+    const exportRun = await cli(sb, ["export", "lora-train", exported])
+    expect(exportRun.stderr).toBe("")
+    expect(exportRun.stdout).toContain(`base_model_name_or_path: ${path.join(repo, "models/tiny-chat")}`)
+    for (const f of ["adapter_config.json", "adapter_model.safetensors"])
+      expect(Buffer.compare(fs.readFileSync(path.join(exported, f)), fs.readFileSync(path.join(first.runDir, "adapter", f)))).toBe(0)
+    const exportError = (node: string) => {
+      const store = new Store(sb.cacheDir)
+      try {
+        return Effect.runSync(Effect.flip(exportNode(store, sb.runsDir, node, exported))).message
+      } finally {
+        store.close()
+      }
+    }
+    expect(exportError("compare")).toBe("compare: its output is a json artifact (BakeComparison), not an adapter (pipe export writes the adapters of training nodes)")
+    expect(exportError("teacher-logits")).toMatch(/^teacher-logits: .*__metadata__\.adapter_config: missing: not a LoRA adapter \(pipe export writes the adapters of training nodes\)$/)
+    expect(exportError("nope")).toContain('no finished execution of a node named "nope"')
 
     const second = await run(fast)
     expect(second.counts).toMatchObject({ succeeded: 0, cached: first.nodes.length })

@@ -170,6 +170,47 @@ describe("publishing into the run folder", () => {
     expect(s.published.every((f) => "path" in f)).toBe(true)
   })
 
+  it("write makes a directory per instance from the payload file and the node's external inputs; a throw fails the run", async () => {
+    const file = writePipeline(
+      sb,
+      "written.ts",
+      `import { mkdirSync, readFileSync, writeFileSync } from "node:fs"
+       import { join } from "node:path"
+       import { Effect, Schema } from "effect"
+       import { Artifact, File, external, pipeline, stage, sweep } from "@engine"
+       const tag = stage({
+         name: "tag", version: 1, params: Schema.Struct({ tag: Schema.String }), inputs: { text: File }, output: Artifact.file("Tagged"),
+         run: ({ params, inputs }) => Effect.sync(() => new TextEncoder().encode(params.tag + ":" + readFileSync(inputs.text.path, "utf8"))),
+       })
+       const tagged = tag({ tag: sweep(["ok", "boom"]) }, { text: external.file(${JSON.stringify(notes)}, { name: "notes" }) })
+       const write = ({ payload, externals }, target) => {
+         if (readFileSync(payload, "utf8").startsWith("boom")) throw new Error("refusing " + payload)
+         mkdirSync(target)
+         writeFileSync(join(target, "copy.txt"), readFileSync(payload))
+         writeFileSync(join(target, "externals.json"), JSON.stringify(externals))
+       }
+       export default pipeline("written", {}, { publish: { tagged: { from: tagged, write } } })`,
+    )
+    const s = await runApi(sb, file)
+    expect(s.counts).toMatchObject({ succeeded: 2 })
+    const dir = join(s.runDir, "tagged[tag=ok]")
+    expect(readFileSync(join(dir, "copy.txt"), "utf8")).toBe("ok:alpha\nbe\n")
+    expect(jsonOf(join(dir, "externals.json"))).toEqual({ text: notes })
+    expect(s.published.find((f) => f.node === "tag[tag=ok]")).toEqual({ file: "tagged", node: "tag[tag=ok]", path: dir, print: false })
+    expect(s.status).toBe("failed")
+    expect(s.published.find((f) => f.node === "tag[tag=boom]")).toMatchObject({ error: expect.stringMatching(/^publish tagged from tag\[tag=boom\]: refusing .*cache/) })
+    expect(existsSync(join(s.runDir, "tagged[tag=boom]"))).toBe(false)
+
+    const json = writePipeline(
+      sb,
+      "json-write.ts",
+      `import { pipeline } from "@engine"
+       import { generate } from "@stages"
+       export default pipeline("j", {}, { publish: { numbers: { from: generate({ start: 1, n: 2 }), write: () => {} } } })`,
+    )
+    expect(await planError(json)).toContain('publish "numbers": "write" reads a stored payload file; generate outputs json (use "as" for JSON values)')
+  })
+
   it("pipe run prints the files named in print after its summary", async () => {
     const single = await cli(sb, ["run", publishPipeline("2"), "--plain"])
     expect(single.code).toBe(0)

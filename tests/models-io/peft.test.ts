@@ -5,7 +5,22 @@ import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadCheckpoint, type ModelConfig, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { type InitOptions, mulberry32, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { type LoraAdapter, type LoraConfig, loraConfigFor, loraScale, loraTargets, mergeLora, type PeftError, readAdapter, writeAdapter } from "../../src/models/peft.ts"
+import {
+  ADAPTER_CONFIG_METADATA,
+  adapterConfigJson,
+  adapterTensors,
+  baseModelName,
+  exportAdapter,
+  type LoraAdapter,
+  type LoraConfig,
+  loraConfigFor,
+  loraScale,
+  loraTargets,
+  mergeLora,
+  type PeftError,
+  readAdapter,
+  writeAdapter,
+} from "../../src/models/peft.ts"
 import { fromNumbers, readFile, writeFile } from "../../src/models/safetensors.ts"
 import { referenceLogits } from "../reference/reference.ts"
 
@@ -118,6 +133,42 @@ describe("PEFT adapter files", () => {
   })
 })
 
+describe("exporting a single-file adapter as a PEFT directory", () => {
+  it("names the base model: the hub id of a hub cache directory, else the absolute path", () => {
+    expect(baseModelName("/data/hub/models--Qwen--Qwen2.5-7B-Instruct/snapshots/0123abcd")).toBe("Qwen/Qwen2.5-7B-Instruct")
+    expect(baseModelName("/data/hub/models--meta-llama--Llama-3.1-8B-Instruct")).toBe("meta-llama/Llama-3.1-8B-Instruct")
+    expect(baseModelName("/data/hub/models--gpt2/snapshots/x/")).toBe("gpt2")
+    expect(baseModelName("models/tiny-chat")).toBe(path.resolve("models/tiny-chat"))
+    expect(baseModelName("/data/models--x/snapshots/r/sub")).toBe("/data/models--x/snapshots/r/sub")
+  })
+
+  it("writes the adapter with base_model_name_or_path from the one model directory among the inputs", () => {
+    const model = base(tinyLlama())
+    const adapter = randomAdapter(model, loraConfig(["q_proj", "down_proj"], { baseModelNameOrPath: null }))
+    const file = path.join(tmp(), "adapter.safetensors")
+    run(writeFile(file, run(adapterTensors(adapter)), { [ADAPTER_CONFIG_METADATA]: JSON.stringify(adapterConfigJson(adapter.config)) }))
+    const questions = path.join(tmp(), "questions.jsonl")
+    fs.writeFileSync(questions, "{}\n")
+
+    const out = path.join(tmp(), "exported")
+    expect(run(exportAdapter(file, out, { model, questions })).baseModelNameOrPath).toBe(path.resolve(model))
+    expect(JSON.parse(fs.readFileSync(path.join(out, "adapter_config.json"), "utf8")).base_model_name_or_path).toBe(path.resolve(model))
+    const back = run(readAdapter(out))
+    expect([...back.modules.keys()].sort()).toEqual([...adapter.modules.keys()].sort())
+    for (const [m, { a, b }] of adapter.modules) {
+      expect(Buffer.compare(back.modules.get(m)!.a.data, a.data)).toBe(0)
+      expect(Buffer.compare(back.modules.get(m)!.b.data, b.data)).toBe(0)
+    }
+    // no model among the inputs: the adapter's own (here none); two: refused
+    expect(run(exportAdapter(file, path.join(tmp(), "x"), { questions })).baseModelNameOrPath).toBe(null)
+    expect(failure(exportAdapter(file, path.join(tmp(), "y"), { model, other: base(tinyLlama()) })).message).toContain("several model directories among the training inputs (model: ")
+
+    const plain = path.join(tmp(), "plain.safetensors")
+    run(writeFile(plain, run(adapterTensors(adapter))))
+    expect(failure(exportAdapter(plain, path.join(tmp(), "z"), {})).message).toBe(`${plain}: __metadata__.adapter_config: missing: not a LoRA adapter`)
+  })
+})
+
 describe("LoRA targets", () => {
   it("selects modules by PEFT's suffix rule, with Linear-convention sizes", () => {
     const llama = run(loadCheckpoint(base(tinyLlama())))
@@ -129,6 +180,38 @@ describe("LoRA targets", () => {
     const e = failure(loraTargets(gpt2, ["q_proj"])) as PeftError
     expect(e.field).toBe("target_modules")
     expect(e.message).toMatch(/"q_proj" matches no linear layer of this GPT2LMHeadModel \(e\.g\. c_attn, c_proj, c_fc\)/)
+  })
+})
+
+describe("GPT-2 saved without the transformer. prefix (openai-community/gpt2)", () => {
+  it("gets PEFT's module names, so one adapter file fits both namings and merges to the same model", () => {
+    const prefixed = base(tinyGpt2())
+    const bare = tmp()
+    for (const f of fs.readdirSync(prefixed)) fs.copyFileSync(path.join(prefixed, f), path.join(bare, f))
+    const file = path.join(bare, "model.safetensors")
+    run(writeFile(file, new Map([...run(readFile(file)).tensors].map(([k, v]) => [k.replace(/^transformer\./, ""), { ...v, data: v.data.slice() }]))))
+    expect(run(loadCheckpoint(bare)).weights.layers[0].attention).toMatchObject({ qkv: { weight: { name: "h.0.attn.c_attn.weight" } } })
+
+    const targets = ["c_attn", "c_proj", "c_fc"]
+    expect(run(loraTargets(run(loadCheckpoint(bare)), targets)).map((t) => t.module)).toEqual(run(loraTargets(run(loadCheckpoint(prefixed)), targets)).map((t) => t.module))
+    const adapter = randomAdapter(bare, loraConfig(targets, { fanInFanOut: true }))
+    const dir = path.join(tmp(), "adapter")
+    run(writeAdapter(dir, adapter))
+    const names = [...run(readFile(path.join(dir, "adapter_model.safetensors"))).tensors.keys()]
+    // what PEFT's get_peft_model_state_dict gives for GPT2LMHeadModel
+    expect(names).toContain("base_model.model.transformer.h.0.attn.c_attn.lora_A.weight")
+    expect(names).toContain("base_model.model.transformer.h.1.attn.c_proj.lora_B.weight")
+    expect(names).toContain("base_model.model.transformer.h.1.mlp.c_fc.lora_A.weight")
+    expect(names.filter((n) => !n.startsWith("base_model.model.transformer.h."))).toEqual([])
+
+    const merged = (model: string) => {
+      const out = path.join(tmp(), "merged")
+      run(mergeLora(model, run(readAdapter(dir)), out))
+      return referenceLogits(out, [5, 6, 7]).at(-1)!
+    }
+    const a = merged(bare)
+    expect(Array.from(a)).toEqual(Array.from(merged(prefixed)))
+    expect(Math.max(...a.map((v, i) => Math.abs(v - referenceLogits(bare, [5, 6, 7]).at(-1)![i])))).toBeGreaterThan(1e-6)
   })
 })
 

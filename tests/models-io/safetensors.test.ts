@@ -12,6 +12,8 @@ import {
   decode,
   encode,
   float16BitsToNumber,
+  float8E4M3Values,
+  float8E5M2Values,
   fromNumbers,
   numberToBfloat16Bits,
   numberToFloat16Bits,
@@ -230,5 +232,96 @@ describe("float16 / bfloat16 conversion", () => {
       if (!Number.isNaN(x)) expect(numberToBfloat16Bits(x)).toBe(b)
     }
     expect(Number.isNaN(bfloat16BitsToNumber(numberToBfloat16Bits(NaN)))).toBe(true)
+  })
+})
+
+describe("rounding a double once", () => {
+  // Each value lies just off a half-way point of the target format, closer than float32 can
+  // resolve: float32 rounds it onto the half-way point, and the second rounding then goes to even,
+  // the wrong way. The float32 path's answer is checked too, so each case is known to discriminate.
+  const cases: Array<[string, number, "F16" | "BF16", number, number]> = [
+    ["just above 1 + half an fp16 ulp", 1 + 2 ** -11 + 2 ** -40, "F16", 0x3c01, 0x3c00],
+    ["just below 1 + 1.5 fp16 ulps", 1 + 3 * 2 ** -11 - 2 ** -40, "F16", 0x3c01, 0x3c02],
+    ["just above half the smallest fp16 subnormal", 2 ** -25 + 2 ** -60, "F16", 0x0001, 0x0000],
+    ["negative, just beyond the tie 1024.5", -(1024.5 + 2 ** -30), "F16", 0xe401, 0xe400],
+    ["just above 1 + half a bf16 ulp", 1 + 2 ** -8 + 2 ** -40, "BF16", 0x3f81, 0x3f80],
+    ["just below 3 + 1.5 bf16 ulps", 3 + 3 * 2 ** -7 - 2 ** -40, "BF16", 0x4041, 0x4042],
+  ]
+  for (const [name, x, dtype, once, twice] of cases)
+    it(`${dtype}: ${name}`, () => {
+      const round = dtype === "F16" ? numberToFloat16Bits : numberToBfloat16Bits
+      const viaFloat32 = dtype === "F16" ? float32ToFloat16(Float32Array.of(x))[0] : float32ToBfloat16(Float32Array.of(x))[0]
+      expect(viaFloat32).toBe(twice)
+      expect(round(x)).toBe(once)
+      expect(new Uint16Array(fromNumbers([x], dtype, [1]).data.buffer)[0]).toBe(once)
+    })
+
+  it("F16: the nearest of the neighbouring codes, ties to even, on 20000 random doubles over the whole range", () => {
+    // An oracle independent of the rounding code: decode the chosen code and its neighbours exactly
+    // and compare distances in float64 (exact: the values are within a factor 2 of each other).
+    let state = 12345
+    const next = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0), state / 2 ** 32)
+    for (let i = 0; i < 20000; i++) {
+      const x = (next() < 0.5 ? -1 : 1) * 2 ** (next() * 44 - 28) * (1 + next())
+      const h = numberToFloat16Bits(x)
+      const v = float16BitsToNumber(h)
+      if (!Number.isFinite(v)) {
+        expect(Math.abs(x)).toBeGreaterThanOrEqual(65520)
+        continue
+      }
+      const d = Math.abs(x - v)
+      for (const n of [h - 1, h + 1]) {
+        if ((n & 0x7fff) > 0x7bff || (n & 0x8000) !== (h & 0x8000)) continue
+        const dn = Math.abs(x - float16BitsToNumber(n))
+        expect(d <= dn).toBe(true)
+        if (d === dn) expect(h % 2).toBe(0)
+      }
+    }
+  })
+})
+
+describe("FP8", () => {
+  it("E4M3FN decodes every special case as hand-computed from the bit layout (bias 7, no infinities)", () => {
+    const cases: Array<[number, number]> = [
+      [0x00, 0], [0x80, -0], // zeros
+      [0x01, 2 ** -9], [0x07, 7 * 2 ** -9], [0x87, -7 * 2 ** -9], // subnormals: m/8 * 2^-6
+      [0x08, 2 ** -6], // smallest normal
+      [0x38, 1], [0x40, 2], [0x3c, 1.5], [0xb9, -1.125],
+      [0x78, 256], [0x7e, 448], [0xfe, -448], // exponent 1111 is a normal binade: no infinity
+    ]
+    for (const [b, x] of cases) expect([b, float8E4M3Values[b]]).toEqual([b, x])
+    expect(Object.is(float8E4M3Values[0x80], -0)).toBe(true)
+    expect(Number.isNaN(float8E4M3Values[0x7f]) && Number.isNaN(float8E4M3Values[0xff])).toBe(true)
+    expect(Array.from(float8E4M3Values).filter(Number.isNaN)).toHaveLength(2)
+    expect(Array.from(float8E4M3Values).some((v) => !Number.isFinite(v) && !Number.isNaN(v))).toBe(false)
+  })
+
+  it("E5M2 decodes infinities, NaNs and subnormals as hand-computed (bias 15)", () => {
+    const cases: Array<[number, number]> = [
+      [0x00, 0], [0x01, 2 ** -16], [0x03, 3 * 2 ** -16], [0x83, -3 * 2 ** -16], // subnormals: m/4 * 2^-14
+      [0x04, 2 ** -14], [0x3c, 1], [0x3d, 1.25], [0xc0, -2], [0x7b, 57344], // normals, largest finite
+      [0x7c, Infinity], [0xfc, -Infinity],
+    ]
+    for (const [b, x] of cases) expect([b, float8E5M2Values[b]]).toEqual([b, x])
+    for (const b of [0x7d, 0x7e, 0x7f, 0xfd, 0xfe, 0xff]) expect(Number.isNaN(float8E5M2Values[b])).toBe(true)
+    expect(Array.from(float8E5M2Values).filter(Number.isNaN)).toHaveLength(6)
+  })
+
+  it("files with F8_E4M3 / F8_E5M2 tensors have readable headers and decode through toFloat64 / toFloat32", () => {
+    const bytes = handBuilt(
+      {
+        "w.weight": { dtype: "F8_E4M3", shape: [2, 2], data_offsets: [0, 4] },
+        "w.weight_scale_inv": { dtype: "F32", shape: [1, 1], data_offsets: [4, 8] },
+        "x": { dtype: "F8_E5M2", shape: [3], data_offsets: [8, 11] },
+      },
+      new Uint8Array([0x38, 0x40, 0xb9, 0x7e, ...le([0.5], Float32Array), 0x3c, 0x7c, 0x01]),
+    )
+    const dir = tmp()
+    fs.writeFileSync(path.join(dir, "fp8.safetensors"), bytes)
+    const header = Effect.runSync(readHeader(path.join(dir, "fp8.safetensors")))
+    expect(header.tensors.get("w.weight")).toMatchObject({ dtype: "F8_E4M3", shape: [2, 2], byteLength: 4 })
+    const contents = Effect.runSync(decode(bytes))
+    expect(Array.from(toFloat64(contents.tensors.get("w.weight")!))).toEqual([1, 2, -1.125, 448])
+    expect(Array.from(toFloat32(contents.tensors.get("x")!))).toEqual([1, Infinity, 2 ** -16])
   })
 })

@@ -98,3 +98,53 @@ describe("a Llama 2 style sentencepiece BPE tokenizer.json", () => {
     expect(tok.unk).toEqual({ token: "<unk>", id: 0 })
   })
 })
+
+describe("special tokens the files leave implicit", () => {
+  // openai-community/gpt2: tokenizer_config.json is {"model_max_length": 1024}, config.json says
+  // model_type gpt2, and transformers' GPT2TokenizerFast defaults bos/eos/unk to <|endoftext|>.
+  const gpt2Dir = (config: Record<string, unknown>, modelConfig?: Record<string, unknown>, specialTokensMap?: Record<string, unknown>) => {
+    const dir = writeTokenizer(config, false)
+    const file = path.join(dir, "tokenizer.json")
+    const json = JSON.parse(fs.readFileSync(file, "utf8"))
+    const id = Object.keys(json.model.vocab).length
+    json.model.vocab["<|endoftext|>"] = id
+    json.added_tokens.push({ id, content: "<|endoftext|>", single_word: false, lstrip: false, rstrip: false, normalized: true, special: true })
+    fs.writeFileSync(file, JSON.stringify(json))
+    if (modelConfig) fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(modelConfig))
+    if (specialTokensMap) fs.writeFileSync(path.join(dir, "special_tokens_map.json"), JSON.stringify(specialTokensMap))
+    return { dir, id }
+  }
+
+  it("GPT-2 (class from config.json model_type, or from tokenizer_class): bos, eos and unk are <|endoftext|>, no pad", () => {
+    for (const { dir, id } of [gpt2Dir({ model_max_length: 1024 }, { model_type: "gpt2" }), gpt2Dir({ tokenizer_class: "GPT2TokenizerFast" })]) {
+      const tok = load(dir)
+      const endOfText = { token: "<|endoftext|>", id }
+      expect([tok.bos, tok.eos, tok.unk, tok.pad]).toEqual([endOfText, endOfText, endOfText, undefined])
+      expect(tok.specialTokensMap).toEqual({ bos_token: "<|endoftext|>", eos_token: "<|endoftext|>", unk_token: "<|endoftext|>" })
+      // GPT-2's post-processor adds nothing, and neither does transformers
+      expect(tok.addsBos || tok.addsEos).toBe(false)
+    }
+  })
+
+  it("an explicit null, a value, or a legacy special_tokens_map.json wins over the class default; unknown classes have none", () => {
+    const { dir, id } = gpt2Dir({ bos_token: null, eos_token: "</s>" }, { model_type: "gpt2" })
+    const tok = load(dir)
+    expect([tok.bos, tok.eos, tok.unk]).toEqual([undefined, { token: "</s>", id: 1 }, { token: "<|endoftext|>", id }])
+    // no added_tokens_decoder in tokenizer_config.json: transformers reads the map and lets it win
+    const legacy = load(gpt2Dir({ eos_token: "</s>" }, { model_type: "gpt2" }, { eos_token: { content: "<|im_end|>" } }).dir)
+    expect(legacy.eos).toEqual({ token: "<|im_end|>", id: 3 })
+    const modern = load(gpt2Dir({ eos_token: "</s>", added_tokens_decoder: {} }, { model_type: "gpt2" }, { eos_token: "<|im_end|>" }).dir)
+    expect(modern.eos).toEqual({ token: "</s>", id: 1 })
+    const generic = load(gpt2Dir({ tokenizer_class: "PreTrainedTokenizerFast" }, { model_type: "gpt2" }).dir)
+    expect([generic.bos, generic.eos, generic.unk]).toEqual([undefined, undefined, undefined])
+  })
+
+  it("Qwen2's class defaults eos, unk and pad to <|endoftext|> and has no bos; a default not in the vocabulary is left out", () => {
+    const { dir, id } = gpt2Dir({ tokenizer_class: "Qwen2Tokenizer" })
+    const tok = load(dir)
+    expect([tok.bos, tok.eos, tok.unk, tok.pad]).toEqual([undefined, { token: "<|endoftext|>", id }, { token: "<|endoftext|>", id }, { token: "<|endoftext|>", id }])
+    // LlamaTokenizer's <unk> is not in this vocabulary (transformers would add an untrained token)
+    const llama = load(gpt2Dir({ tokenizer_class: "LlamaTokenizerFast" }).dir)
+    expect([llama.bos, llama.eos, llama.unk]).toEqual([{ token: "<s>", id: 0 }, { token: "</s>", id: 1 }, undefined])
+  })
+})
