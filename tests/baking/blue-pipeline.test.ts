@@ -6,13 +6,11 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
 import { readHeader } from "../../src/models/safetensors.ts"
 import type { BakeComparison } from "../../stages/baking/artifacts.ts"
 import { sandbox, startCli, until } from "../engine/helpers.ts"
+import { bluePipelineFile as pipelineFile, runBlue } from "./blue-run.ts"
 
-const repo = path.resolve(import.meta.dirname, "../..")
-const pipelineFile = path.join(repo, "pipelines/blue.ts")
 
 const fast = [
   "train_questions.n=40",
@@ -26,14 +24,7 @@ const fast = [
 const sb = sandbox()
 afterAll(() => fs.rmSync(sb.dir, { recursive: true, force: true }))
 
-const run = async (overrides: ReadonlyArray<string>) => {
-  const store = new Store(sb.cacheDir)
-  try {
-    return await Effect.runPromise(runPipeline({ store, pipelineFile, overrides, runsDir: sb.runsDir, reporter: silentReporter }))
-  } finally {
-    store.close()
-  }
-}
+const run = (overrides: ReadonlyArray<string>) => runBlue(sb, overrides)
 const ran = (s: Awaited<ReturnType<typeof run>>) => s.nodes.filter((n) => n.status === "succeeded").map((n) => n.name).sort()
 
 describe("pipelines/blue.ts at reduced size", () => {

@@ -6,23 +6,16 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
 import { tinyGptNeox, writeRandomCheckpoint } from "../../src/models/init.ts"
 import type { BakeComparison } from "../../stages/baking/artifacts.ts"
 import { sandbox } from "../engine/helpers.ts"
+import { runBlue, smallBlue } from "./blue-run.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const sb = sandbox()
 afterAll(() => fs.rmSync(sb.dir, { recursive: true, force: true }))
 
-const run = async (overrides: ReadonlyArray<string>) => {
-  const store = new Store(sb.cacheDir)
-  try {
-    return await Effect.runPromise(runPipeline({ store, pipelineFile: path.join(repo, "pipelines/blue.ts"), overrides, runsDir: sb.runsDir, reporter: silentReporter }))
-  } finally {
-    store.close()
-  }
-}
+const run = (overrides: ReadonlyArray<string>) => runBlue(sb, overrides)
 
 describe("pipelines/blue.ts on another checkpoint", () => {
   it("runs end to end on a random GPT-NeoX given with --set model.path", async () => {
@@ -31,19 +24,7 @@ describe("pipelines/blue.ts on another checkpoint", () => {
     const config = tinyGptNeox({ vocabSize: 1024, maxPositions: 128, bosTokenId: 1, eosTokenIds: [2], padTokenId: 0 })
     await Effect.runPromise(writeRandomCheckpoint(modelDir, config, { seed: 3 }))
     for (const f of ["tokenizer.json", "tokenizer_config.json"]) fs.copyFileSync(path.join(repo, "models/tiny-chat", f), path.join(modelDir, f))
-    const small = [
-      `model.path=${modelDir}`,
-      "train_questions.n=6",
-      "validation_questions.n=3",
-      "heldout_questions.n=3",
-      "sample_train.n=1",
-      "sample_train.maxNewTokens=12",
-      "sample_validation.maxNewTokens=12",
-      "lora-train.epochs=1",
-      "evaluate_base.maxNewTokens=8",
-      "evaluate_prompted.maxNewTokens=8",
-      "evaluate_baked.maxNewTokens=8",
-    ]
+    const small = smallBlue(modelDir)
 
     const wrongTargets = await run(small)
     const failed = wrongTargets.nodes.find((n) => n.status === "failed")
