@@ -57,6 +57,8 @@ export interface Family {
     readonly postProcessorBos?: string
     /** tokenizer_config.json without chat_template and added_tokens_decoder (added here). */
     readonly config: Readonly<Record<string, unknown>>
+    /** The special tokens transformers' tokenizer class ends up with (its defaults where the file is silent). */
+    readonly resolved: { readonly bos?: string; readonly eos?: string; readonly unk?: string; readonly pad?: string }
   }
   /** Chat models: the conversation and its rendering as transformers' apply_chat_template gives it. */
   readonly chat?: { readonly messages: ReadonlyArray<ChatMessage>; readonly rendered: () => string }
@@ -339,7 +341,7 @@ export const families: ReadonlyArray<Family> = [
     shards: 4,
     tensors: llamaLayout(),
     generationConfig: { bos_token_id: 128000, do_sample: true, eos_token_id: [128001, 128008, 128009], temperature: 0.6, top_p: 0.9, transformers_version: "4.42.3" },
-    tokenizer: { size: 128256, specials: llama3Specials, postProcessorBos: "<|begin_of_text|>", config: llama3TokenizerConfig },
+    tokenizer: { size: 128256, specials: llama3Specials, postProcessorBos: "<|begin_of_text|>", config: llama3TokenizerConfig, resolved: { bos: "<|begin_of_text|>", eos: "<|eot_id|>" } },
     chat: { messages: withSystem, rendered: () => llama3Rendered("26 Jul 2024") },
     loraTargets: llamaTargets,
     peftModules: llamaModules,
@@ -379,7 +381,7 @@ export const families: ReadonlyArray<Family> = [
     shards: 2,
     tensors: llamaLayout(),
     generationConfig: { bos_token_id: 128000, do_sample: true, eos_token_id: [128001, 128008, 128009], temperature: 0.6, top_p: 0.9, transformers_version: "4.45.0.dev0" },
-    tokenizer: { size: 128256, specials: llama3Specials, postProcessorBos: "<|begin_of_text|>", config: llama3TokenizerConfig },
+    tokenizer: { size: 128256, specials: llama3Specials, postProcessorBos: "<|begin_of_text|>", config: llama3TokenizerConfig, resolved: { bos: "<|begin_of_text|>", eos: "<|eot_id|>" } },
     chat: { messages: withSystem, rendered: () => llama3Rendered(today()) },
     loraTargets: llamaTargets,
     peftModules: llamaModules,
@@ -417,7 +419,7 @@ export const families: ReadonlyArray<Family> = [
     shards: 4,
     tensors: llamaLayout({ qkvBias: true }),
     generationConfig: { bos_token_id: 151643, pad_token_id: 151643, do_sample: true, eos_token_id: [151645, 151643], repetition_penalty: 1.05, temperature: 0.7, top_p: 0.8, top_k: 20, transformers_version: "4.37.0" },
-    tokenizer: { size: 151665, specials: qwenSpecials(false), config: qwenTokenizerConfig },
+    tokenizer: { size: 151665, specials: qwenSpecials(false), config: qwenTokenizerConfig, resolved: { eos: "<|im_end|>", pad: "<|endoftext|>" } },
     chat: { messages: withSystem, rendered: qwenRendered },
     loraTargets: llamaTargets,
     peftModules: llamaModules,
@@ -459,7 +461,7 @@ export const families: ReadonlyArray<Family> = [
     shards: 5,
     tensors: llamaLayout({ qkNorm: true }),
     generationConfig: { bos_token_id: 151643, do_sample: true, eos_token_id: [151645, 151643], pad_token_id: 151643, temperature: 0.6, top_k: 20, top_p: 0.95, transformers_version: "4.51.0" },
-    tokenizer: { size: 151669, specials: qwenSpecials(true), config: qwenTokenizerConfig },
+    tokenizer: { size: 151669, specials: qwenSpecials(true), config: qwenTokenizerConfig, resolved: { eos: "<|im_end|>", pad: "<|endoftext|>" } },
     chat: { messages: withSystem, rendered: qwenRendered },
     loraTargets: llamaTargets,
     peftModules: llamaModules,
@@ -503,6 +505,7 @@ export const families: ReadonlyArray<Family> = [
       ],
       postProcessorBos: "<s>",
       config: sentencepieceTokenizerConfig({ bos_token: "<s>", eos_token: "</s>", unk_token: "<unk>", pad_token: null, legacy: true, model_max_length: 1e30, tokenizer_class: "LlamaTokenizer" }),
+      resolved: { bos: "<s>", eos: "</s>", unk: "<unk>" },
     },
     chat: { messages: withSystem, rendered: () => `<s> [INST] ${system}\n\n${question} [/INST]` },
     loraTargets: llamaTargets,
@@ -560,6 +563,7 @@ export const families: ReadonlyArray<Family> = [
         model_max_length: 1e30,
         tokenizer_class: "GemmaTokenizer",
       }),
+      resolved: { bos: "<bos>", eos: "<eos>", unk: "<unk>", pad: "<pad>" },
     },
     // Gemma 2's template refuses a system message
     chat: { messages: [{ role: "user", content: question }], rendered: () => `<bos><start_of_turn>user\n${question}<end_of_turn>\n<start_of_turn>model\n` },
@@ -624,6 +628,7 @@ export const families: ReadonlyArray<Family> = [
         sp_model_kwargs: null,
         tokenizer_class: "GemmaTokenizer",
       }),
+      resolved: { bos: "<bos>", eos: "<eos>", unk: "<unk>", pad: "<pad>" },
     },
     chat: { messages: withSystem, rendered: () => `<bos><start_of_turn>user\n${system}\n\n${question}<end_of_turn>\n<start_of_turn>model\n` },
     loraTargets: llamaTargets,
@@ -687,6 +692,7 @@ export const families: ReadonlyArray<Family> = [
         tokenizer_class: "LlamaTokenizer",
         unk_token: "<unk>",
       }),
+      resolved: { bos: "<s>", eos: "<|endoftext|>", unk: "<unk>", pad: "<|endoftext|>" },
     },
     chat: { messages: withSystem, rendered: () => `<|system|>\n${system}<|end|>\n<|user|>\n${question}<|end|>\n<|assistant|>\n` },
     loraTargets: ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],
@@ -769,7 +775,7 @@ export const families: ReadonlyArray<Family> = [
       generationConfig: { bos_token_id: 50256, eos_token_id: 50256, transformers_version: "4.26.0.dev0" },
       // openai-community/gpt2's tokenizer_config.json holds only model_max_length: bos, eos and unk
       // are <|endoftext|> by transformers' GPT2Tokenizer defaults
-      tokenizer: { size: 50257, specials: [{ id: 50256, content: "<|endoftext|>" }], config: { model_max_length: 1024 } },
+      tokenizer: { size: 50257, specials: [{ id: 50256, content: "<|endoftext|>" }], config: { model_max_length: 1024 }, resolved: { bos: "<|endoftext|>", eos: "<|endoftext|>", unk: "<|endoftext|>" } },
       text: "The sky is",
       loraTargets: ["c_attn", "c_proj", "c_fc"],
       peftModules: gpt2Modules,
@@ -821,6 +827,7 @@ export const families: ReadonlyArray<Family> = [
         tokenizer_class: "GPTNeoXTokenizer",
         unk_token: "<|endoftext|>",
       },
+      resolved: { bos: "<|endoftext|>", eos: "<|endoftext|>", unk: "<|endoftext|>" },
     },
     text: "The sky is",
     loraTargets: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
