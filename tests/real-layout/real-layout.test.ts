@@ -29,7 +29,7 @@ import { type Checkpoint, loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { decoder, forwardNames } from "../../src/models/forward.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, loraConfigFor, loraScale, loraTargets, writeAdapter } from "../../src/models/peft.ts"
+import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, type LoraConfig, loraConfigFor, loraScale, type LoraTarget, loraTargets, writeAdapter } from "../../src/models/peft.ts"
 import { readHeader } from "../../src/models/safetensors.ts"
 import { createSession, type Session } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
@@ -38,7 +38,7 @@ import { applyChatTemplate, chatPromptIds } from "../../src/text/chat-template.t
 import { loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts"
 import { expectClose, forwardSession, ids, rowsOf, run, tempDir } from "../models/forward-helpers.ts"
 import { referenceLogits } from "../reference/reference.ts"
-import { families, type Family } from "./families.ts"
+import { families } from "./families.ts"
 import { fixtureConfig, writeFixture } from "./fixture.ts"
 
 const TIMEOUT = 60_000
@@ -68,10 +68,10 @@ const top2 = (z: ArrayLike<number>) => {
 }
 
 /** A train-step session: next-token cross-entropy of the base model + LoRA on `targets`. */
-const loraTrainSession = (ckpt: Checkpoint, targets: Awaited<ReturnType<typeof targetsOf>>, scale: number) =>
+const loraTrainSession = (ckpt: Checkpoint, targets: ReadonlyArray<LoraTarget>, scale: number, graphDir: string) =>
   Effect.runPromise(
     Effect.gen(function* () {
-      const placement = yield* placeWeights(ckpt, tempDir("pipe-real-layout-train-"))
+      const placement = yield* placeWeights(ckpt, graphDir)
       const g = new Graph("real_layout_lora")
       const source = externalWeights(g, placement)
       const H = ckpt.config.hiddenSize
@@ -93,37 +93,36 @@ const loraTrainSession = (ckpt: Checkpoint, targets: Awaited<ReturnType<typeof t
     }),
   )
 
-const targetsOf = (ckpt: Checkpoint, family: Family) => Effect.runPromise(loraTargets(ckpt, family.loraTargets))
-
 const dirs: string[] = []
 afterAll(() => dirs.forEach((d) => fs.rmSync(d, { recursive: true, force: true })))
 
+const orThrow = <A, E extends { readonly message: string }>(e: Effect.Effect<A, E>): Promise<A> => Effect.runPromise(Effect.mapError(e, (x) => new Error(x.message)))
+
 for (const family of families) {
   describe(family.name, () => {
-    const dir = tempDir("pipe-real-layout-")
-    dirs.push(dir)
+    // the model directory and the graph directories (their weights are hard links into it)
+    const root = tempDir("pipe-real-layout-")
+    dirs.push(root)
+    const dir = path.join(root, "model")
     const config = fixtureConfig(family)
     let files: ReadonlyArray<string> = []
     // Loaded once each; a failure is reported by every test that needs what failed to load.
     let checkpoint: Promise<Checkpoint> | undefined
     let tokenizer: Promise<TextTokenizer> | undefined
-    const load = async () => ({
-      ckpt: await (checkpoint ??= Effect.runPromise(Effect.mapError(loadCheckpoint(dir), (e) => new Error(e.message)))),
-      tok: await tokenizerOnly(),
-    })
-    const tokenizerOnly = () => (tokenizer ??= Effect.runPromise(Effect.mapError(loadTokenizer(dir), (e) => new Error(e.message))))
+    const ckptOf = () => (checkpoint ??= orThrow(loadCheckpoint(dir)))
+    const tokOf = () => (tokenizer ??= orThrow(loadTokenizer(dir)))
     const prompt = async (): Promise<number[]> => {
-      const tok = await tokenizerOnly()
-      return family.chat
-        ? Effect.runPromise(Effect.mapError(chatPromptIds(tok, family.chat.messages, { addGenerationPrompt: true }), (e) => new Error(e.message)))
-        : tok.encode(family.text ?? "")
+      const tok = await tokOf()
+      return family.chat ? orThrow(chatPromptIds(tok, family.chat.messages, { addGenerationPrompt: true })) : tok.encode(family.text ?? "")
     }
     let reference: Float64Array[] | undefined
     let session: Promise<Session> | undefined
-    const forward = async () => (session ??= forwardSession((await load()).ckpt))
-    const logitsOf = async (seq: ReadonlyArray<number>, from = 0) =>
-      rowsOf((await run(await forward(), { [forwardNames.ids]: ids([[...seq]]), [forwardNames.mask]: tensor("int64", [1, seq.length], Array(seq.length).fill(1)) })).logits, 0, from)
-    let trained: TrainState | undefined
+    const logitsOf = async (seq: ReadonlyArray<number>, from = 0) => {
+      session ??= forwardSession(await ckptOf())
+      const feeds = { [forwardNames.ids]: ids([[...seq]]), [forwardNames.mask]: tensor("int64", [1, seq.length], Array(seq.length).fill(1)) }
+      return rowsOf((await run(await session, feeds)).logits, 0, from)
+    }
+    let trained: { state: TrainState; targets: ReadonlyArray<LoraTarget>; config: LoraConfig } | undefined
 
     beforeAll(async () => {
       files = await writeFixture(family, dir)
@@ -135,14 +134,15 @@ for (const family of families) {
         const index = path.join(dir, "model.safetensors.index.json")
         expect(fs.existsSync(index)).toBe(family.shards > 1)
         if (family.shards > 1) expect(files.length).toBeGreaterThan(1)
-        const { ckpt, tok } = await load()
+        const ckpt = await ckptOf()
+        const tok = await tokOf()
         expect(ckpt.config.hfArchitecture).toBe((family.config.architectures as string[])[0])
         expect(ckpt.config.vocabSize).toBe(config.vocab_size)
         expect(ckpt.config.numLayers).toBe(config.num_hidden_layers ?? config.n_layer)
         expect([...ckpt.tensorFiles].sort()).toEqual([...files].sort())
         // the buffers are in the files but are not weights
         const stored = new Set<string>()
-        for (const f of files) for (const name of (await Effect.runPromise(readHeader(f))).tensors.keys()) stored.add(name)
+        for (const f of files) for (const name of (await orThrow(readHeader(f))).tensors.keys()) stored.add(name)
         expect([...stored].sort()).toEqual(family.tensors(config).map((t) => t.name).sort())
         expect(tok.vocabSize).toBe(family.tokenizer.size)
         for (const s of family.tokenizer.specials) expect(tok.tokenToId(s.content)).toBe(s.id)
@@ -154,10 +154,10 @@ for (const family of families) {
     it(
       family.chat ? "renders its published chat template as transformers does" : "has no chat template, and says so",
       async () => {
-        const tok = await tokenizerOnly()
+        const tok = await tokOf()
         if (family.chat) {
           const rendered = family.chat.rendered()
-          expect(await Effect.runPromise(applyChatTemplate(tok, family.chat.messages, { addGenerationPrompt: true }))).toBe(rendered)
+          expect(await orThrow(applyChatTemplate(tok, family.chat.messages, { addGenerationPrompt: true }))).toBe(rendered)
           // the special-token strings are single tokens in the prompt ids
           const ids = await prompt()
           for (const s of family.tokenizer.specials.filter((x) => rendered.includes(x.content))) expect(ids).toContain(s.id)
@@ -182,10 +182,9 @@ for (const family of families) {
     it(
       "generates with the KV cache what a full recompute gives",
       async () => {
-        const { ckpt, tok } = await load()
         const seq = await prompt()
-        const generator = await Effect.runPromise(makeGenerator(ckpt, { graphDir: tempDir("pipe-real-layout-gen-"), tokenizer: tok }))
-        const [gen] = await Effect.runPromise(generator.generate([{ prompt: seq, maxNewTokens: NEW_TOKENS, temperature: 0 }]))
+        const generator = await orThrow(makeGenerator(await ckptOf(), { graphDir: path.join(root, "generate"), tokenizer: await tokOf() }))
+        const [gen] = await orThrow(generator.generate([{ prompt: seq, maxNewTokens: NEW_TOKENS, temperature: 0 }]))
         expect(gen.tokens.length).toBeGreaterThan(0)
         expect(typeof gen.text).toBe("string")
         const logits = await logitsOf([...seq, ...gen.tokens.slice(0, -1)], seq.length - 1)
@@ -202,24 +201,24 @@ for (const family of families) {
     it(
       "trains a LoRA step on every linear layer that starts at the base loss and lowers it",
       async () => {
-        const { ckpt } = await load()
+        const ckpt = await ckptOf()
         const seq = await prompt()
-        const targets = await targetsOf(ckpt, family)
-        const lc = await Effect.runPromise(loraConfigFor(ckpt, { r: RANK, loraAlpha: 2 * RANK, targetModules: family.loraTargets }))
-        const session = await loraTrainSession(ckpt, targets, loraScale(lc))
+        const targets = await orThrow(loraTargets(ckpt, family.loraTargets))
+        const lc = await orThrow(loraConfigFor(ckpt, { r: RANK, loraAlpha: 2 * RANK, targetModules: family.loraTargets }))
+        const session = await loraTrainSession(ckpt, targets, loraScale(lc), path.join(root, "train"))
         const batch: Record<string, ort.Tensor> = {
           input_ids: ids([seq.slice(0, -1)]),
           attention_mask: tensor("int64", [1, seq.length - 1], Array(seq.length - 1).fill(1)),
           targets: ids([seq.slice(1)]),
         }
         const init = initLora(targets, RANK, 3)
-        const first = await Effect.runPromise(trainStep(session, initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, tensor("float32", v.shape, v.data)]))), batch, 0.01))
+        const first = await orThrow(trainStep(session, initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, tensor("float32", v.shape, v.data)]))), batch, 0.01))
         // B = 0: the loss of the first step is the base model's, here from the float64 reference
         const want = (reference ?? referenceLogits(dir, seq)).slice(0, -1).reduce((s, z, t) => s - logSoftmax(z, seq[t + 1]), 0) / (seq.length - 1)
         expect(Math.abs(first.loss - want)).toBeLessThan(1e-4 * Math.max(1, want))
-        const second = await Effect.runPromise(trainStep(session, first.state, batch, 0.01))
+        const second = await orThrow(trainStep(session, first.state, batch, 0.01))
         expect(second.loss).toBeLessThan(first.loss)
-        trained = second.state
+        trained = { state: second.state, targets, config: lc }
       },
       TIMEOUT,
     )
@@ -227,18 +226,15 @@ for (const family of families) {
     it(
       "writes a PEFT adapter with the keys get_peft_model_state_dict gives",
       async () => {
-        const { ckpt } = await load()
-        expect(trained).toBeDefined()
-        const targets = await targetsOf(ckpt, family)
-        const lc = await Effect.runPromise(loraConfigFor(ckpt, { r: RANK, loraAlpha: 2 * RANK, targetModules: family.loraTargets }))
-        const values = Object.fromEntries(Object.entries(trained!.params).map(([k, t]) => [k, t.data as Float32Array]))
-        const out = tempDir("pipe-real-layout-peft-")
-        await Effect.runPromise(writeAdapter(out, loraAdapter(lc, targets, values)))
-        const layers = ckpt.config.numLayers
+        if (trained === undefined) throw new Error("no adapter: the LoRA training test did not finish")
+        const values = Object.fromEntries(Object.entries(trained.state.params).map(([k, t]) => [k, t.data as Float32Array]))
+        const out = path.join(root, "adapter")
+        await orThrow(writeAdapter(out, loraAdapter(trained.config, trained.targets, values)))
+        const layers = (config.num_hidden_layers ?? config.n_layer) as number
         const want = Array.from({ length: layers }, (_, i) => family.peftModules(i))
           .flat()
           .flatMap((m) => [`base_model.model.${m}.lora_A.weight`, `base_model.model.${m}.lora_B.weight`])
-        const header = await Effect.runPromise(readHeader(path.join(out, ADAPTER_WEIGHTS)))
+        const header = await orThrow(readHeader(path.join(out, ADAPTER_WEIGHTS)))
         expect([...header.tensors.keys()].sort()).toEqual(want.sort())
         for (const t of header.tensors.values()) expect(t.shape[t.name.includes("lora_A") ? 0 : 1]).toBe(RANK)
         const adapterConfig = JSON.parse(fs.readFileSync(path.join(out, ADAPTER_CONFIG), "utf8")) as Record<string, unknown>
