@@ -26,7 +26,7 @@ import { crossEntropy } from "../../src/graph/losses.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import { initLora, loraAdapter, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
 import { type Checkpoint, loadCheckpoint } from "../../src/models/checkpoint.ts"
-import { decoder, forwardNames } from "../../src/models/forward.ts"
+import { allWeightRefs, decoder, forwardNames } from "../../src/models/forward.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, type LoraConfig, loraConfigFor, loraScale, type LoraTarget, loraTargets, writeAdapter } from "../../src/models/peft.ts"
@@ -141,10 +141,12 @@ for (const family of families) {
         expect(ckpt.config.vocabSize).toBe(config.vocab_size)
         expect(ckpt.config.numLayers).toBe(config.num_hidden_layers ?? config.n_layer)
         expect([...ckpt.tensorFiles].sort()).toEqual([...files].sort())
-        // the buffers are in the files but are not weights
         const stored = new Set<string>()
         for (const f of files) for (const name of (await orThrow(readHeader(f))).tensors.keys()) stored.add(name)
         expect([...stored].sort()).toEqual(family.tensors(config).map((t) => t.name).sort())
+        // the model uses every published weight and none of the buffers stored beside them
+        const weights = family.tensors(config).filter((t) => t.role !== "buffer").map((t) => t.name)
+        expect([...new Set(allWeightRefs(ckpt.weights).map((w) => w.name))].sort()).toEqual(weights.sort())
         expect(tok.vocabSize).toBe(family.tokenizer.size)
         for (const s of family.tokenizer.specials) expect(tok.tokenToId(s.content)).toBe(s.id)
         expect({ bos: tok.bos?.token, eos: tok.eos?.token, unk: tok.unk?.token, pad: tok.pad?.token }).toEqual({ bos: undefined, eos: undefined, unk: undefined, pad: undefined, ...family.tokenizer.resolved })
