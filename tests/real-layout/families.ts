@@ -6,6 +6,10 @@
 // PEFT's get_peft_model_state_dict writes are written out by hand from PEFT's and transformers'
 // module naming, not derived from the code under test.
 //
+// chat-templates.json holds each repository's tokenizer_config.json chat_template string as
+// published (JSON-escaped as in that file); Llama 3.2's calls strftime_now, so its rendering
+// carries today's date, as in transformers.
+//
 // Kept real: vocab_size (every embedding and lm_head has the published row count), max positions,
 // RoPE bases and scalings, eps, soft-capping values, windows, token ids. Shrunk: hidden_size,
 // intermediate_size, num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim (and
