@@ -8,14 +8,15 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { exportNode } from "../../src/cli/export.ts"
-import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
+import { Store } from "../../src/engine/index.ts"
 import { readAdapter } from "../../src/models/peft.ts"
 import { readHeader } from "../../src/models/safetensors.ts"
 import type { BakeComparison } from "../../stages/baking/artifacts.ts"
 import { cli, sandbox, startCli, until } from "../engine/helpers.ts"
+import { bluePipelineFile as pipelineFile, runBlue } from "./blue-run.ts"
 
-const repo = path.resolve(import.meta.dirname, "../..")
-const pipelineFile = path.join(repo, "pipelines/blue.ts")
+const tinyChat = path.resolve(import.meta.dirname, "../../models/tiny-chat")
+
 
 const fast = [
   "train_questions.n=40",
@@ -29,14 +30,7 @@ const fast = [
 const sb = sandbox()
 afterAll(() => fs.rmSync(sb.dir, { recursive: true, force: true }))
 
-const run = async (overrides: ReadonlyArray<string>, rerun: ReadonlyArray<string> = []) => {
-  const store = new Store(sb.cacheDir)
-  try {
-    return await Effect.runPromise(runPipeline({ store, pipelineFile, overrides, rerun, runsDir: sb.runsDir, reporter: silentReporter }))
-  } finally {
-    store.close()
-  }
-}
+const run = (overrides: ReadonlyArray<string>, rerun: ReadonlyArray<string> = []) => runBlue(sb, overrides, rerun)
 const ran = (s: Awaited<ReturnType<typeof run>>) => s.nodes.filter((n) => n.status === "succeeded").map((n) => n.name).sort()
 
 describe("pipelines/blue.ts at reduced size", () => {
@@ -53,13 +47,13 @@ describe("pipelines/blue.ts at reduced size", () => {
     expect(fs.readFileSync(path.join(first.runDir, "compare.md"), "utf8")).toContain("| baked |")
     // the trained adapter as a PEFT directory in the run folder, naming the model it was trained on
     const published = Effect.runSync(readAdapter(path.join(first.runDir, "adapter")))
-    expect(published.config).toMatchObject({ r: 8, loraAlpha: 16, baseModelNameOrPath: path.join(repo, "models/tiny-chat") })
+    expect(published.config).toMatchObject({ r: 8, loraAlpha: 16, baseModelNameOrPath: tinyChat })
     expect([...published.modules.keys()]).toContain("model.layers.0.self_attn.q_proj")
     // and anywhere with pipe export, byte for byte the same files
     const exported = path.join(sb.dir, "exported-adapter")
     const exportRun = await cli(sb, ["export", "lora-train", exported])
     expect(exportRun.stderr).toBe("")
-    expect(exportRun.stdout).toContain(`base_model_name_or_path: ${path.join(repo, "models/tiny-chat")}`)
+    expect(exportRun.stdout).toContain(`base_model_name_or_path: ${tinyChat}`)
     for (const f of ["adapter_config.json", "adapter_model.safetensors"])
       expect(Buffer.compare(fs.readFileSync(path.join(exported, f)), fs.readFileSync(path.join(first.runDir, "adapter", f)))).toBe(0)
     const exportError = (node: string) => {

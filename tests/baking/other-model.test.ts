@@ -7,39 +7,17 @@ import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
-import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
 import type { ModelConfig } from "../../src/models/checkpoint.ts"
 import { tinyGptNeox, tinyPhi3, writeRandomCheckpoint } from "../../src/models/init.ts"
 import type { BakeComparison } from "../../stages/baking/artifacts.ts"
 import { sandbox } from "../engine/helpers.ts"
+import { runBlue, smallBlue } from "./blue-run.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const sb = sandbox()
 afterAll(() => fs.rmSync(sb.dir, { recursive: true, force: true }))
 
-const run = async (overrides: ReadonlyArray<string>) => {
-  const store = new Store(sb.cacheDir)
-  try {
-    return await Effect.runPromise(runPipeline({ store, pipelineFile: path.join(repo, "pipelines/blue.ts"), overrides, runsDir: sb.runsDir, reporter: silentReporter }))
-  } finally {
-    store.close()
-  }
-}
-
-/** A small blue pipeline on the model in `modelDir`. */
-const smallRun = (modelDir: string) => [
-  `model.path=${modelDir}`,
-  "train_questions.n=6",
-  "validation_questions.n=3",
-  "heldout_questions.n=3",
-  "sample_train.n=1",
-  "sample_train.maxNewTokens=12",
-  "sample_validation.maxNewTokens=12",
-  "lora-train.epochs=1",
-  "evaluate_base.maxNewTokens=8",
-  "evaluate_prompted.maxNewTokens=8",
-  "evaluate_baked.maxNewTokens=8",
-]
+const run = (overrides: ReadonlyArray<string>) => runBlue(sb, overrides)
 
 /** A random checkpoint of `config` in the sandbox, carrying the tiny-chat tokenizer and chat template. */
 const randomModel = async (name: string, config: ModelConfig) => {
@@ -62,7 +40,7 @@ const expectCompleted = (s: { nodes: ReadonlyArray<{ status: string }>; runDir: 
 describe("pipelines/blue.ts on another checkpoint", () => {
   it("runs end to end on a random GPT-NeoX given with --set model.path", async () => {
     const modelDir = await randomModel("neox", tinyGptNeox(tinyChatIds))
-    const small = smallRun(modelDir)
+    const small = smallBlue(modelDir)
 
     const wrongTargets = await run(small)
     const failed = wrongTargets.nodes.find((n) => n.status === "failed")
@@ -77,7 +55,7 @@ describe("pipelines/blue.ts on another checkpoint", () => {
 
   it("trains LoRA on a random Phi-3's fused qkv_proj and gate_up_proj (PEFT's Phi-3 target names)", async () => {
     const modelDir = await randomModel("phi3", tinyPhi3(tinyChatIds))
-    const s = await run([...smallRun(modelDir), `lora-train.targetModules=["qkv_proj","o_proj","gate_up_proj","down_proj"]`])
+    const s = await run([...smallBlue(modelDir), `lora-train.targetModules=["qkv_proj","o_proj","gate_up_proj","down_proj"]`])
     const comparison = expectCompleted(s)
     // the trained adapter moved the model: the baked KL differs from the base one
     expect(comparison.rows[2].kl).not.toBe(comparison.rows[0].kl)
