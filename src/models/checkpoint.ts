@@ -23,6 +23,7 @@ import {
   UnsupportedModelError,
   type WeightRef,
 } from "./config-architecture.ts"
+import { gemma } from "./config-gemma.ts"
 import { gptNeox } from "./config-gpt-neox.ts"
 import { gpt2 } from "./config-gpt2.ts"
 import { llama } from "./config-llama.ts"
@@ -30,7 +31,7 @@ import { readBytes, readHeader, type SafetensorsError, type SafetensorsHeader, t
 
 export * from "./config-architecture.ts"
 
-export const architectures: ReadonlyArray<ArchitectureModule> = [llama, gpt2, gptNeox]
+export const architectures: ReadonlyArray<ArchitectureModule> = [llama, gpt2, gptNeox, gemma]
 
 /** config.json `model_type` for configs that lack an `architectures` list. */
 const modelTypeArchitecture: Record<string, string> = {
@@ -39,6 +40,8 @@ const modelTypeArchitecture: Record<string, string> = {
   qwen2: "Qwen2ForCausalLM",
   gpt2: "GPT2LMHeadModel",
   gpt_neox: "GPTNeoXForCausalLM",
+  gemma2: "Gemma2ForCausalLM",
+  gemma3_text: "Gemma3ForCausalLM",
 }
 
 const architectureOf = (file: string, json: unknown): Effect.Effect<[string, ArchitectureModule], CheckpointError | UnsupportedModelError> => {

@@ -31,7 +31,7 @@ export const checkpointError = (file: string, field: string | undefined, what: s
 export const unsupported = (file: string, field: string, what: string) =>
   new UnsupportedModelError({ file, field, message: `${file}: ${field}: unsupported: ${what}` })
 
-export type Family = "llama" | "gpt2" | "gpt_neox"
+export type Family = "llama" | "gpt2" | "gpt_neox" | "gemma"
 
 /** silu: x*sigmoid(x). gelu_erf: exact GELU. gelu_tanh: tanh approximation ("gelu_new", "gelu_pytorch_tanh"). */
 export type Activation = "silu" | "gelu_erf" | "gelu_tanh"
@@ -80,6 +80,42 @@ export interface ModelConfig {
   readonly padTokenId: number | undefined
   /** `torch_dtype` / `dtype` of config.json, informational. */
   readonly torchDtype: string | undefined
+  /**
+   * Sliding-window attention (Mistral, Qwen2 with use_sliding_window, Gemma's local layers): in
+   * layer l with `layers[l]` true, the query in cache column t sees only the keys in columns
+   * (t - size, t], i.e. itself and the size - 1 before it (transformers' sliding_window_overlay:
+   * kv_idx > q_idx - sliding_window). Absent: every layer attends to the whole causal prefix.
+   */
+  readonly slidingWindow?: SlidingWindow
+  /** Gemma 2 / Gemma 3 decoder features; absent for every other family. */
+  readonly gemma?: GemmaFeatures
+}
+
+export interface SlidingWindow {
+  readonly size: number
+  /** One flag per layer: true = local (windowed) attention. */
+  readonly layers: ReadonlyArray<boolean>
+}
+
+/**
+ * What Gemma 2 and 3 add to the Llama-style decoder. Always implied by `gemma` being present:
+ * RMSNorm multiplies by (1 + w), and the embeddings are multiplied by sqrt(hiddenSize) rounded to
+ * the embedding weight's dtype (HF casts the normalizer to the hidden dtype: 55.4256 -> 55.5 in bf16).
+ */
+export interface GemmaFeatures {
+  /**
+   * Which inputs the sqrt(hiddenSize) factor multiplies: Gemma 2 scales the decoder input (token
+   * embeddings and caller-given inputs_embeds alike), Gemma 3 only looked-up token embeddings.
+   */
+  readonly embedScale: "all_inputs" | "token_embeddings"
+  /** Attention scores are scaled by queryPreAttnScalar^-1/2 instead of headDim^-1/2. */
+  readonly queryPreAttnScalar: number
+  /** Scores -> cap * tanh(scores / cap) after scaling, before the mask (Gemma 2). */
+  readonly attnLogitSoftcap: number | undefined
+  /** Logits -> cap * tanh(logits / cap) (Gemma 2). */
+  readonly finalLogitSoftcap: number | undefined
+  /** RoPE of the sliding-window layers when it differs from `positions` (Gemma 3: rope_local_base_freq, unscaled). */
+  readonly localPositions: Positions | undefined
 }
 
 /** Where one weight tensor lives: enough to read it, or to point ONNX external data at it. */
@@ -122,8 +158,16 @@ export type Mlp<W = WeightRef> =
 export interface Layer<W = WeightRef> {
   readonly inputNorm: Norm<W>
   readonly attention: Attention<W>
+  /** The norm in front of the MLP (Gemma: pre_feedforward_layernorm). */
   readonly postAttentionNorm: Norm<W>
   readonly mlp: Mlp<W>
+  /**
+   * Gemma 2/3: norms of the attention output and of the MLP output, applied before each residual
+   * add (Gemma's post_attention_layernorm and post_feedforward_layernorm).
+   */
+  readonly outputNorms?: { readonly attention: Norm<W>; readonly mlp: Norm<W> }
+  /** Gemma 3: RMSNorm of every query and key head over headDim, before RoPE (q_norm, k_norm). */
+  readonly headNorms?: { readonly q: Norm<W>; readonly k: Norm<W> }
 }
 
 export interface ModelWeights<W = WeightRef> {

@@ -1,5 +1,6 @@
-// LlamaForCausalLM and the checkpoints that share its math: Llama 2/3, TinyLlama, Mistral (without
-// an active sliding window) and Qwen2 (Llama plus biases on q/k/v).
+// LlamaForCausalLM and the checkpoints that share its math: Llama 2/3, TinyLlama, Mistral (with its
+// sliding window on every layer) and Qwen2 (Llama plus biases on q/k/v; with use_sliding_window,
+// layers from max_window_layers on are windowed).
 import { Effect, Schema } from "effect"
 import {
   type ArchitectureModule,
@@ -47,6 +48,7 @@ const LlamaConfigJson = Schema.Struct({
   mlp_bias: Schema.optional(Schema.Boolean),
   sliding_window: Schema.optional(Schema.NullOr(Schema.Int)),
   use_sliding_window: Schema.optional(Schema.Boolean),
+  max_window_layers: Schema.optional(Schema.Int),
 })
 
 const architectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"] as const
@@ -57,12 +59,12 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const arch = c.architectures?.[0] ?? "LlamaForCausalLM"
     const isQwen2 = arch === "Qwen2ForCausalLM"
     // Mistral's config class defaults sliding_window to 4096 when the key is absent; Qwen2 only
-    // uses its window when use_sliding_window is true.
-    const window = arch === "MistralForCausalLM" ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : isQwen2 ? (c.use_sliding_window ? c.sliding_window : null) : c.sliding_window
-    if (window !== null && window !== undefined && window < c.max_position_embeddings)
-      return yield* Effect.fail(
-        unsupported(file, "sliding_window", `${window} is smaller than max_position_embeddings ${c.max_position_embeddings}; sliding-window attention is not implemented`),
-      )
+    // uses its window when use_sliding_window is true, and only from layer max_window_layers
+    // (default 28) on. LlamaForCausalLM ignores sliding_window.
+    const window = arch === "MistralForCausalLM" ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : isQwen2 && c.use_sliding_window ? c.sliding_window : null
+    if (window !== null && window !== undefined && window < 1) return yield* Effect.fail(checkpointError(file, "sliding_window", `${window} must be positive`))
+    const firstLocal = isQwen2 ? (c.max_window_layers ?? 28) : 0
+    const slidingLayers = Array.from({ length: c.num_hidden_layers }, (_, i) => i >= firstLocal)
     if (c.rope_parameters?.partial_rotary_factor !== undefined && c.rope_parameters.partial_rotary_factor !== 1)
       return yield* Effect.fail(unsupported(file, "rope_parameters.partial_rotary_factor", "partial rotary embeddings in a Llama-family model"))
     const activation = yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu")
@@ -97,6 +99,7 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
       tiedEmbeddings: c.tie_word_embeddings ?? false,
       bias: { qkv: isQwen2 || attentionBias, o: !isQwen2 && attentionBias, mlp: c.mlp_bias ?? false, norm: false },
       ...commonConfig(c),
+      ...(window != null && slidingLayers.some((l) => l) ? { slidingWindow: { size: window, layers: slidingLayers } } : {}),
     }
     return config
   })
@@ -165,14 +168,19 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
     rope_scaling: ropeScalingJson(c.positions.scaling),
     ...commonConfigJson(c),
   }
+  const window = c.slidingWindow
+  const firstLocal = window ? window.layers.indexOf(true) : -1
+  if (window && (c.hfArchitecture === "LlamaForCausalLM" || window.layers.some((l, i) => l !== i >= firstLocal) || (c.hfArchitecture === "MistralForCausalLM" && firstLocal !== 0)))
+    return Effect.fail(unsupported(file, "sliding_window", `${c.hfArchitecture} cannot express this pattern of sliding-window layers`))
   if (c.hfArchitecture === "Qwen2ForCausalLM") {
-    json.use_sliding_window = false
-    json.sliding_window = null
+    json.use_sliding_window = window !== undefined
+    json.sliding_window = window?.size ?? null
+    if (window) json.max_window_layers = firstLocal
   } else {
     json.attention_bias = c.bias.qkv
     json.mlp_bias = c.bias.mlp
   }
-  if (c.hfArchitecture === "MistralForCausalLM") json.sliding_window = null
+  if (c.hfArchitecture === "MistralForCausalLM") json.sliding_window = window?.size ?? null
   return Effect.succeed(json)
 }
 

@@ -32,8 +32,16 @@
 // Numerics: float32 throughout; fp16/bf16 weights are cast to float32 in-graph (onnxruntime's
 // CPU provider has no bf16 arithmetic). Masked attention uses an additive -1e9 bias, not -inf,
 // so fully masked (padding) query rows stay finite.
-import type { Graph, Value } from "../graph/index.ts"
-import type { Checkpoint, Linear, ModelConfig, ModelWeights, Norm, WeightRef } from "./checkpoint.ts"
+//
+// Sliding-window layers (config.slidingWindow) mask by cache column, as transformers does
+// (kv_idx > q_idx - window on cache positions): with left padding the real tokens of a row are
+// contiguous, so column distance is position distance. The cache keeps every column; a decode
+// step's window is applied by the mask, so prefill, decode and training share one rule.
+// Gemma (config.gemma): see GemmaFeatures. Its final logit soft-capping is applied wherever
+// logits are formed from `hidden` and `lmHead`: callers pass DecoderOutputs.logitSoftcap on
+// (LmHead.softcap for the chunked losses, positionStats' softcap option).
+import { type Graph, softcap, type Value } from "../graph/index.ts"
+import type { Checkpoint, Linear, ModelConfig, ModelWeights, Norm, Positions, WeightRef } from "./checkpoint.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
 
 /** Turns a checkpoint weight into a float32 graph value with the shape stored in the file. */
@@ -68,6 +76,8 @@ export interface DecoderOptions {
 export interface DecoderOutputs {
   readonly hidden: Value
   readonly lmHead: Value
+  /** logits = softcap(hidden lmHead^T, logitSoftcap) when defined (Gemma 2 final_logit_softcapping) */
+  readonly logitSoftcap: number | undefined
   readonly present: ReadonlyArray<{ readonly key: Value; readonly value: Value }>
 }
 
@@ -109,6 +119,7 @@ export const allWeightRefs = (w: ModelWeights): WeightRef[] => {
     const a = l.attention
     for (const x of a.layout === "separate" ? [a.q, a.k, a.v, a.o] : [a.qkv, a.o]) lin(x)
     lin(l.postAttentionNorm)
+    for (const n of [l.outputNorms?.attention, l.outputNorms?.mlp, l.headNorms?.q, l.headNorms?.k]) if (n) lin(n)
     for (const x of l.mlp.kind === "gated" ? [l.mlp.gate, l.mlp.up, l.mlp.down] : [l.mlp.up, l.mlp.down]) lin(x)
   }
   lin(w.finalNorm)
@@ -147,6 +158,20 @@ const activation = (g: Graph, c: ModelConfig, x: Value): Value => {
   }
 }
 
+/**
+ * Gemma's embedding factor sqrt(hiddenSize), rounded to the embedding weight's dtype the way HF's
+ * torch.tensor(hidden_size**0.5, dtype=...) rounds it (sqrt(3072) = 55.4256 is 55.5 in bf16).
+ */
+export const gemmaEmbedScale = (hiddenSize: number, dtype: WeightRef["dtype"]): number => {
+  const x = Math.sqrt(hiddenSize)
+  const bits = dtype === "BF16" ? 8 : dtype === "F16" ? 11 : dtype === "F64" ? 53 : 24
+  // round to `bits` significant bits, ties to even (the scale is a normal number in every dtype)
+  const step = 2 ** (Math.floor(Math.log2(x)) - bits + 1)
+  const q = x / step
+  const r = Math.round(q)
+  return (r - q === 0.5 && r % 2 !== 0 ? r - 1 : r) * step
+}
+
 /** Builds the decoder into `g`; see the file header. */
 export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: WeightSource, inputs: DecoderInputs, options: DecoderOptions = {}): DecoderOutputs => {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
@@ -154,8 +179,12 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   if (!Number.isInteger(group)) throw new Error(`forward: ${nh} heads is not a multiple of ${nkv} key/value heads`)
   if (inputs.past && inputs.past.length !== c.numLayers) throw new Error(`forward: ${inputs.past.length} past K/V pairs for ${c.numLayers} layers`)
 
+  // Gemma's RMSNorm multiplies by (1 + w)
+  const normScale = (n: Norm) => (c.gemma ? g.add(source(n.weight), g.scalar(1)) : source(n.weight))
   const norm = (n: Norm, x: Value) =>
-    c.norm.kind === "rms" ? g.rmsNorm(x, source(n.weight), { epsilon: c.norm.eps }) : g.layerNorm(x, source(n.weight), n.bias ? source(n.bias) : null, { epsilon: c.norm.eps })
+    c.norm.kind === "rms" ? g.rmsNorm(x, normScale(n), { epsilon: c.norm.eps }) : g.layerNorm(x, source(n.weight), n.bias ? source(n.bias) : null, { epsilon: c.norm.eps })
+  /** RMSNorm of each head of q or k [B, n, T, headDim] over headDim (Gemma 3 q_norm / k_norm). */
+  const headRmsNorm = (n: Norm, v: Value) => g.rmsNorm(v, normScale(n), { epsilon: c.norm.eps })
   const linear = (layer: number, l: Linear, x: Value) => {
     const W = source(l.weight)
     const b = l.bias ? source(l.bias) : null
@@ -179,6 +208,7 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   if (inputs.ids) x = g.gather(source(w.embedTokens), inputs.ids, 0)
   else if (inputs.embeds) x = inputs.embeds.dtype === "float32" ? inputs.embeds : g.cast(inputs.embeds, "float32")
   else throw new Error("forward: give either ids or embeds")
+  if (c.gemma && (inputs.ids || c.gemma.embedScale === "all_inputs")) x = g.mul(x, g.scalar(gemmaEmbedScale(c.hiddenSize, w.embedTokens.dtype)))
   const T = g.shapeOf(x, 1, 2) // [1]
   const S = g.shapeOf(mask, 1, 2) // [1], = P + T
   const P = g.sub(S, T)
@@ -194,32 +224,43 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   const causal = g.lessOrEqual(g.unsqueeze(kAbs, [0]), g.unsqueeze(qAbs, [1])) // [T, S]
   const real = g.unsqueeze(g.greater(mask, zero), [1]) // [B, 1, S]
   const visible = g.and(causal, real) // [B, T, S]
-  const bias = g.unsqueeze(g.where(visible, g.scalar(0), g.scalar(-1e9)), [1, 2]) // [B, 1, 1, T, S]
+  const maskBias = (v: Value) => g.unsqueeze(g.where(v, g.scalar(0), g.scalar(-1e9)), [1, 2]) // [B, 1, 1, T, S]
+  const bias = maskBias(visible)
+  // sliding-window layers also need key column > query column - window
+  const window = c.slidingWindow
+  const localBias = window
+    ? maskBias(g.and(visible, g.greater(g.unsqueeze(kAbs, [0]), g.unsqueeze(g.sub(qAbs, g.constant("int64", [], [window.size])), [1]))))
+    : bias
+  const isLocal = (layer: number) => window?.layers[layer] === true
 
   // RoPE tables [B, 1, T, rotaryDim/2]
-  let rope: ((v: Value) => Value) | undefined
-  if (c.positions.kind === "rope") {
-    const rd = c.positions.rotaryDim
+  const makeRope = (p: Positions): ((v: Value) => Value) | undefined => {
+    if (p.kind !== "rope") return undefined
+    const rd = p.rotaryDim
     const half = rd / 2
-    const invFreq = g.constant("float32", [half], ropeInverseFrequencies(c.positions))
+    const invFreq = g.constant("float32", [half], ropeInverseFrequencies(p))
     const angles = g.mul(g.unsqueeze(g.cast(positions, "float32"), [2]), invFreq)
     const cos = g.unsqueeze(g.cos(angles), [1])
     const sin = g.unsqueeze(g.sin(angles), [1])
-    rope = (v: Value) => {
+    return (v: Value) => {
       const [rot, rest] = rd < hd ? g.split(v, [rd, hd - rd], -1) : [v, undefined]
       const [x1, x2] = g.split(rot, [half, half], -1)
       const rotated = g.concat([g.sub(g.mul(x1, cos), g.mul(x2, sin)), g.add(g.mul(x2, cos), g.mul(x1, sin))], -1)
       return rest ? g.concat([rotated, rest], -1) : rotated
     }
   }
+  const globalRope = makeRope(c.positions)
+  // Gemma 3: local layers rotate with their own base
+  const localRope = c.gemma?.localPositions ? makeRope(c.gemma.localPositions) : globalRope
 
-  const scale = g.scalar(1 / Math.sqrt(hd))
+  const scale = g.scalar(c.gemma ? c.gemma.queryPreAttnScalar ** -0.5 : 1 / Math.sqrt(hd))
+  const attnSoftcap = c.gemma?.attnLogitSoftcap
   /** [B, T, n*hd] -> [B, n, T, hd] */
   const heads = (v: Value, n: number) => g.transpose(g.reshape(v, [0, 0, n, hd]), [0, 2, 1, 3])
   const present: { key: Value; value: Value }[] = []
 
   const attention = (layer: number, h: Value): Value => {
-    const a = w.layers[layer].attention
+    const { attention: a, headNorms } = w.layers[layer]
     let q: Value, k: Value, v: Value
     if (a.layout === "separate") {
       q = heads(linear(layer, a.q, h), nh)
@@ -239,6 +280,11 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
       k = g.transpose(k0, [0, 2, 1, 3])
       v = g.transpose(v0, [0, 2, 1, 3])
     }
+    if (headNorms) {
+      q = headRmsNorm(headNorms.q, q)
+      k = headRmsNorm(headNorms.k, k)
+    }
+    const rope = isLocal(layer) ? localRope : globalRope
     if (rope) {
       q = rope(q)
       k = rope(k)
@@ -251,7 +297,8 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
     present.push({ key: k, value: v })
     // grouped-query attention by broadcasting: q [B, kv, group, T, hd] against k, v [B, kv, 1, S, hd]
     const q5 = g.reshape(q, [0, nkv, group, -1, hd])
-    const scores = g.add(g.mul(g.matMul(q5, g.unsqueeze(g.transpose(k, [0, 1, 3, 2]), [2])), scale), bias)
+    const scaled = g.mul(g.matMul(q5, g.unsqueeze(g.transpose(k, [0, 1, 3, 2]), [2])), scale)
+    const scores = g.add(attnSoftcap === undefined ? scaled : softcap(g, scaled, attnSoftcap), isLocal(layer) ? localBias : bias)
     const att = g.matMul(g.softmax(scores, -1), g.unsqueeze(v, [2])) // [B, kv, group, T, hd]
     const merged = g.reshape(g.transpose(g.reshape(att, [0, nh, -1, hd]), [0, 2, 1, 3]), [0, 0, nh * hd])
     return linear(layer, a.o, merged)
@@ -269,12 +316,18 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
     const attn = attention(l, norm(layer.inputNorm, x))
     if (c.parallelResidual) x = g.add(g.add(x, attn), mlp(l, norm(layer.postAttentionNorm, x)))
     else {
-      x = g.add(x, attn)
-      x = g.add(x, mlp(l, norm(layer.postAttentionNorm, x)))
+      const out = layer.outputNorms
+      x = g.add(x, out ? norm(out.attention, attn) : attn)
+      const m = mlp(l, norm(layer.postAttentionNorm, x))
+      x = g.add(x, out ? norm(out.mlp, m) : m)
     }
   }
-  return { hidden: norm(w.finalNorm, x), lmHead: source(w.lmHead), present }
+  return { hidden: norm(w.finalNorm, x), lmHead: source(w.lmHead), present, logitSoftcap: c.gemma?.finalLogitSoftcap }
 }
+
+/** Applies the model's final logit soft-capping (if any) to logits computed from `out`. */
+export const logitsOf = (g: Graph, out: DecoderOutputs, logits: Value): Value =>
+  out.logitSoftcap === undefined ? logits : softcap(g, logits, out.logitSoftcap)
 
 /** Input and output names of buildForwardGraph's graph. */
 export const forwardNames = {
@@ -321,7 +374,7 @@ export const buildForwardGraph = (g: Graph, ckpt: Checkpoint, placement: WeightP
     : undefined
   const out = decoder(g, c, ckpt.weights, source, { ids, embeds, mask, past }, { linearHook: options.linearHook })
   if (options.output === "hidden") g.outputAs(forwardNames.hidden, out.hidden)
-  else g.outputAs(forwardNames.logits, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0])))
+  else g.outputAs(forwardNames.logits, logitsOf(g, out, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0]))))
   if (options.cache)
     out.present.forEach((p, l) => {
       g.outputAs(forwardNames.presentKey(l), p.key)

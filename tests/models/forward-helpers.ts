@@ -8,7 +8,7 @@ import type * as ort from "onnxruntime-node"
 import { expect } from "vitest"
 import { Graph } from "../../src/graph/index.ts"
 import { type Checkpoint, loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
-import { buildForwardGraph, type ForwardGraphOptions } from "../../src/models/forward.ts"
+import { buildForwardGraph, type ForwardGraphOptions, forwardNames } from "../../src/models/forward.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { type InitOptions, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { createSession, runSession, type Session } from "../../src/runtime/session.ts"
@@ -61,4 +61,28 @@ export const expectClose = (got: ArrayLike<number>[], want: ArrayLike<number>[],
   })
   expect(worst).toBeLessThan(tol)
   return worst
+}
+
+/**
+ * Logits of a cached forward session (buildForwardGraph with cache) run incrementally: the prompt
+ * in one prefill, then each of `next` alone with the K/V of everything before it. Returns one
+ * logits row per position of prompt + next (batch of one).
+ */
+export const incrementalLogits = async (s: Session, config: ModelConfig, prompt: number[], next: number[]): Promise<Float32Array[]> => {
+  const empty = tensor("float32", [1, config.numKvHeads, 0, config.headDim], [])
+  let past: Record<string, ort.Tensor> = {}
+  for (let l = 0; l < config.numLayers; l++) past[forwardNames.pastKey(l)] = past[forwardNames.pastValue(l)] = empty
+  const rows: Float32Array[] = []
+  let seen = 0
+  for (const chunk of [prompt, ...next.map((t) => [t])]) {
+    seen += chunk.length
+    const out = await run(s, { [forwardNames.ids]: ids([chunk]), [forwardNames.mask]: tensor("int64", [1, seen], Array(seen).fill(1)), ...past })
+    rows.push(...rowsOf(out[forwardNames.logits], 0))
+    past = {}
+    for (let l = 0; l < config.numLayers; l++) {
+      past[forwardNames.pastKey(l)] = out[forwardNames.presentKey(l)]
+      past[forwardNames.pastValue(l)] = out[forwardNames.presentValue(l)]
+    }
+  }
+  return rows
 }
