@@ -16,6 +16,7 @@ import { makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { tinyGemma2, tinyGemma3 } from "../../src/models/init.ts"
 import { loraTargets } from "../../src/models/peft.ts"
+import { buildScoringGraph, scoringNames } from "../../src/models/scoring.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
@@ -158,6 +159,34 @@ describe("Gemma forward, decode and generation against the float64 reference", (
       })
     })
   }
+})
+
+describe("Gemma scoring", () => {
+  it("Gemma 2: teacher-forced log-probs and top-k are those of the soft-capped reference logits", async () => {
+    const ckpt = await checkpoint("Gemma 2", gemma2)
+    const session = await Effect.runPromise(
+      Effect.gen(function* () {
+        const placement = yield* placeWeights(ckpt, tempDir("pipe-gemma-score-"))
+        const g = new Graph("gemma_scoring")
+        buildScoringGraph(g, ckpt, placement, { topK: 3, chunk: 4 })
+        return yield* createSession(yield* writeGraph(g, placement, "scoring"))
+      }),
+    )
+    const input = seq.slice(0, -1)
+    const out = await run(session, {
+      [forwardNames.ids]: ids([input]),
+      [forwardNames.mask]: tensor("int64", [1, input.length], Array(input.length).fill(1)),
+      [scoringNames.targets]: ids([seq.slice(1)]),
+    })
+    const got = out[scoringNames.targetLogProb].data as Float32Array
+    const top = out[scoringNames.topLogProbs].data as Float32Array
+    referenceLogits(ckpt.dir, input).forEach((z, t) => {
+      const max = Math.max(...z)
+      const lse = max + Math.log(z.reduce((s, v) => s + Math.exp(v - max), 0))
+      expect(Math.abs(got[t] - (z[seq[t + 1]] - lse))).toBeLessThan(TOL)
+      expect(Math.abs(top[3 * t] - (max - lse))).toBeLessThan(TOL)
+    })
+  })
 })
 
 describe("Gemma LoRA", () => {
