@@ -351,6 +351,53 @@ export const ropeScalingJson = (s: RopeScaling): Record<string, unknown> | null 
           original_max_position_embeddings: s.originalMaxPositions,
         }
 
+/** The config.json keys of Llama-style configs (Llama, Mistral, Qwen2, Gemma) that give the sizes. */
+export const LlamaStyleSizeFields = {
+  vocab_size: PositiveInt,
+  hidden_size: PositiveInt,
+  intermediate_size: PositiveInt,
+  num_hidden_layers: PositiveInt,
+  num_attention_heads: PositiveInt,
+  num_key_value_heads: Schema.optional(Schema.NullOr(PositiveInt)),
+  head_dim: Schema.optional(Schema.NullOr(PositiveInt)),
+}
+type LlamaStyleSizesJson = Schema.Struct<typeof LlamaStyleSizeFields>["Type"]
+
+/**
+ * The sizes of a Llama-style config, checked: key/value heads divide the query heads and
+ * headDim is even (RoPE rotates pairs). `headDim` undefined: hidden_size / num_attention_heads.
+ */
+export const llamaStyleSizes = (file: string, c: LlamaStyleSizesJson, headDim: number | undefined) => {
+  const numHeads = c.num_attention_heads
+  const numKvHeads = c.num_key_value_heads ?? numHeads
+  if (numHeads % numKvHeads !== 0)
+    return Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
+  if (headDim === undefined && c.hidden_size % numHeads !== 0)
+    return Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
+  const hd = headDim ?? c.hidden_size / numHeads
+  if (hd % 2 !== 0) return Effect.fail(checkpointError(file, "head_dim", `${hd} must be even for rotary embeddings`))
+  return Effect.succeed({
+    vocabSize: c.vocab_size,
+    hiddenSize: c.hidden_size,
+    numLayers: c.num_hidden_layers,
+    numHeads,
+    numKvHeads,
+    headDim: hd,
+    intermediateSize: c.intermediate_size,
+  })
+}
+
+/** The LlamaStyleSizeFields of a config (what llamaStyleSizes reads back). */
+export const llamaStyleSizesJson = (c: ModelConfig) => ({
+  vocab_size: c.vocabSize,
+  hidden_size: c.hiddenSize,
+  intermediate_size: c.intermediateSize,
+  num_hidden_layers: c.numLayers,
+  num_attention_heads: c.numHeads,
+  num_key_value_heads: c.numKvHeads,
+  head_dim: c.headDim,
+})
+
 /** Fields of ModelConfig that come straight from CommonFields. */
 export const commonConfig = (
   c: { bos_token_id?: number | null; eos_token_id?: number | ReadonlyArray<number> | null; pad_token_id?: number | null; torch_dtype?: string | null; dtype?: string | null },

@@ -22,32 +22,27 @@ import {
   activationFromHf,
   activationToHf,
   type Layer,
-  linearSpec,
+  LlamaStyleSizeFields,
+  llamaStyleSizes,
+  llamaStyleSizesJson,
   type ModelConfig,
   normSpec,
   parseRopeScaling,
   type Positions,
   PositiveInt,
   PositiveNumber,
-  resolveLinear,
-  resolveModel,
   resolveNorm,
   RopeFields,
   ropeScalingJson,
   unsupported,
   type UnsupportedModelError,
 } from "./config-architecture.ts"
+import { llama } from "./config-llama.ts"
 
 const GemmaConfigJson = Schema.Struct({
   ...CommonFields,
   model_type: Schema.optional(Schema.String),
-  vocab_size: PositiveInt,
-  hidden_size: PositiveInt,
-  intermediate_size: PositiveInt,
-  num_hidden_layers: PositiveInt,
-  num_attention_heads: PositiveInt,
-  num_key_value_heads: Schema.optional(Schema.NullOr(PositiveInt)),
-  head_dim: Schema.optional(Schema.NullOr(PositiveInt)),
+  ...LlamaStyleSizeFields,
   max_position_embeddings: Schema.optional(PositiveInt),
   rms_norm_eps: Schema.optional(PositiveNumber),
   hidden_activation: Schema.optional(Schema.NullOr(Schema.String)),
@@ -126,30 +121,19 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const d = defaults[arch]
     if (c.use_bidirectional_attention)
       return yield* Effect.fail(unsupported(file, "use_bidirectional_attention", "bidirectional attention (an encoder such as EmbeddingGemma, not a causal LM)"))
-    const numHeads = c.num_attention_heads
-    const numKvHeads = c.num_key_value_heads ?? numHeads
-    if (numHeads % numKvHeads !== 0)
-      return yield* Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
     // both config classes default head_dim to 256, independent of hidden_size
-    const headDim = c.head_dim ?? 256
-    if (headDim % 2 !== 0) return yield* Effect.fail(checkpointError(file, "head_dim", `${headDim} must be even for rotary embeddings`))
+    const sizes = yield* llamaStyleSizes(file, c, c.head_dim ?? 256)
     const activation = yield* activationFromHf(file, "hidden_activation", c.hidden_activation ?? "gelu_pytorch_tanh")
     const layers = yield* localLayers(file, c, c.sliding_window_pattern ?? d.pattern)
     const window = c.sliding_window === undefined ? 4096 : c.sliding_window
     if (window === null && layers.some((l) => l))
       return yield* Effect.fail(checkpointError(file, "sliding_window", "null, but the config has sliding_attention layers"))
-    const rope = yield* gemmaRope(file, c, arch, headDim)
+    const rope = yield* gemmaRope(file, c, arch, sizes.headDim)
     const attentionBias = c.attention_bias ?? false
     const config: ModelConfig = {
       family: "gemma",
       hfArchitecture: arch,
-      vocabSize: c.vocab_size,
-      hiddenSize: c.hidden_size,
-      numLayers: c.num_hidden_layers,
-      numHeads,
-      numKvHeads,
-      headDim,
-      intermediateSize: c.intermediate_size,
+      ...sizes,
       maxPositions: c.max_position_embeddings ?? d.maxPositions,
       norm: { kind: "rms", eps: c.rms_norm_eps ?? 1e-6 },
       activation,
@@ -173,43 +157,31 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     return config
   })
 
-const weights: ArchitectureModule["weights"] = (config, tensors) => {
-  const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m, vocabSize, bias } = config
-  const qkNorms = config.hfArchitecture === GEMMA3
-  const layer = (i: number): Effect.Effect<Layer, CheckpointError> => {
-    const p = `model.layers.${i}`
-    const norm = (name: string, size = h) => resolveNorm(tensors, normSpec(`${p}.${name}`, size, false))
-    return Effect.all({
-      inputNorm: norm("input_layernorm"),
-      attention: Effect.all({
-        layout: Effect.succeed("separate" as const),
-        q: resolveLinear(tensors, linearSpec(`${p}.self_attn.q_proj`, numHeads * headDim, h, bias.qkv)),
-        k: resolveLinear(tensors, linearSpec(`${p}.self_attn.k_proj`, numKvHeads * headDim, h, bias.qkv)),
-        v: resolveLinear(tensors, linearSpec(`${p}.self_attn.v_proj`, numKvHeads * headDim, h, bias.qkv)),
-        o: resolveLinear(tensors, linearSpec(`${p}.self_attn.o_proj`, h, numHeads * headDim, bias.o)),
-      }),
-      postAttentionNorm: norm("pre_feedforward_layernorm"),
-      mlp: Effect.all({
-        kind: Effect.succeed("gated" as const),
-        gate: resolveLinear(tensors, linearSpec(`${p}.mlp.gate_proj`, m, h, false)),
-        up: resolveLinear(tensors, linearSpec(`${p}.mlp.up_proj`, m, h, false)),
-        down: resolveLinear(tensors, linearSpec(`${p}.mlp.down_proj`, h, m, false)),
-      }),
-      outputNorms: Effect.all({ attention: norm("post_attention_layernorm"), mlp: norm("post_feedforward_layernorm") }),
-      ...(qkNorms ? { headNorms: Effect.all({ q: norm("self_attn.q_norm", headDim), k: norm("self_attn.k_norm", headDim) }) } : {}),
-    })
-  }
-  return resolveModel(
-    tensors,
-    {
-      embedTokens: { name: "model.embed_tokens.weight", shape: [vocabSize, h], transposed: false },
-      embedPositions: undefined,
-      finalNorm: normSpec("model.norm", h, false),
-      lmHead: config.tiedEmbeddings ? undefined : { name: "lm_head.weight", shape: [vocabSize, h], transposed: false },
-    },
-    Array.from({ length: config.numLayers }, (_, i) => layer(i)),
-  )
-}
+/**
+ * Gemma's tensors are Llama's (same names for embeddings, projections, input_layernorm and the
+ * final norm; tied head) plus more norms, but its post_attention_layernorm normalizes the
+ * attention output rather than the MLP input: the norm in front of the MLP is
+ * pre_feedforward_layernorm.
+ */
+const weights: ArchitectureModule["weights"] = (config, tensors) =>
+  Effect.gen(function* () {
+    const w = yield* llama.weights(config, tensors)
+    const norm = (i: number, name: string, size = config.hiddenSize) => resolveNorm(tensors, normSpec(`model.layers.${i}.${name}`, size, false))
+    const layers = yield* Effect.all(
+      w.layers.map((l, i) =>
+        Effect.gen(function* () {
+          const layer: Layer = {
+            ...l,
+            postAttentionNorm: yield* norm(i, "pre_feedforward_layernorm"),
+            outputNorms: { attention: l.postAttentionNorm, mlp: yield* norm(i, "post_feedforward_layernorm") },
+          }
+          if (config.hfArchitecture !== GEMMA3) return layer
+          return { ...layer, headNorms: { q: yield* norm(i, "self_attn.q_norm", config.headDim), k: yield* norm(i, "self_attn.k_norm", config.headDim) } }
+        }),
+      ),
+    )
+    return { ...w, layers }
+  })
 
 const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> => {
   const file = "config.json"
@@ -228,13 +200,7 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
   return Effect.succeed({
     architectures: [c.hfArchitecture],
     model_type: isGemma3 ? "gemma3_text" : "gemma2",
-    vocab_size: c.vocabSize,
-    hidden_size: c.hiddenSize,
-    intermediate_size: c.intermediateSize,
-    num_hidden_layers: c.numLayers,
-    num_attention_heads: c.numHeads,
-    num_key_value_heads: c.numKvHeads,
-    head_dim: c.headDim,
+    ...llamaStyleSizesJson(c),
     max_position_embeddings: c.maxPositions,
     rms_norm_eps: c.norm.eps,
     hidden_activation: activationToHf[c.activation] === "gelu_new" ? "gelu_pytorch_tanh" : activationToHf[c.activation],

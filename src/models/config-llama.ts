@@ -15,6 +15,9 @@ import {
   activationToHf,
   type Layer,
   linearSpec,
+  LlamaStyleSizeFields,
+  llamaStyleSizes,
+  llamaStyleSizesJson,
   type ModelConfig,
   normSpec,
   parseRopeScaling,
@@ -31,13 +34,7 @@ import {
 const LlamaConfigJson = Schema.Struct({
   ...CommonFields,
   model_type: Schema.optional(Schema.String),
-  vocab_size: PositiveInt,
-  hidden_size: PositiveInt,
-  intermediate_size: PositiveInt,
-  num_hidden_layers: PositiveInt,
-  num_attention_heads: PositiveInt,
-  num_key_value_heads: Schema.optional(Schema.NullOr(PositiveInt)),
-  head_dim: Schema.optional(Schema.NullOr(PositiveInt)),
+  ...LlamaStyleSizeFields,
   max_position_embeddings: PositiveInt,
   rms_norm_eps: PositiveNumber,
   hidden_act: Schema.optional(Schema.String),
@@ -69,32 +66,19 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
       return yield* Effect.fail(unsupported(file, "rope_parameters.partial_rotary_factor", "partial rotary embeddings in a Llama-family model"))
     const activation = yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu")
     if (activation !== "silu") return yield* Effect.fail(unsupported(file, "hidden_act", `"${c.hidden_act}" in a Llama-family model (only silu)`))
-    const numHeads = c.num_attention_heads
-    const numKvHeads = c.num_key_value_heads ?? numHeads
-    if (numHeads % numKvHeads !== 0)
-      return yield* Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
-    if (c.head_dim == null && c.hidden_size % numHeads !== 0)
-      return yield* Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
-    const headDim = c.head_dim ?? c.hidden_size / numHeads
-    if (headDim % 2 !== 0) return yield* Effect.fail(checkpointError(file, "head_dim", `${headDim} must be even for rotary embeddings`))
+    const sizes = yield* llamaStyleSizes(file, c, c.head_dim ?? undefined)
     const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
     const scaling = yield* parseRopeScaling(file, ropeField, c.rope_parameters ?? c.rope_scaling)
     const attentionBias = c.attention_bias ?? false
     const config: ModelConfig = {
       family: "llama",
       hfArchitecture: arch,
-      vocabSize: c.vocab_size,
-      hiddenSize: c.hidden_size,
-      numLayers: c.num_hidden_layers,
-      numHeads,
-      numKvHeads,
-      headDim,
-      intermediateSize: c.intermediate_size,
+      ...sizes,
       maxPositions: c.max_position_embeddings,
       norm: { kind: "rms", eps: c.rms_norm_eps },
       activation,
       mlp: "gated",
-      positions: { kind: "rope", theta: c.rope_parameters?.rope_theta ?? c.rope_theta ?? 10000, rotaryDim: headDim, scaling },
+      positions: { kind: "rope", theta: c.rope_parameters?.rope_theta ?? c.rope_theta ?? 10000, rotaryDim: sizes.headDim, scaling },
       parallelResidual: false,
       tiedEmbeddings: c.tie_word_embeddings ?? false,
       bias: { qkv: isQwen2 || attentionBias, o: !isQwen2 && attentionBias, mlp: c.mlp_bias ?? false, norm: false },
@@ -154,13 +138,7 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
   const json: Record<string, unknown> = {
     architectures: [c.hfArchitecture],
     model_type: modelType[c.hfArchitecture] ?? "llama",
-    vocab_size: c.vocabSize,
-    hidden_size: c.hiddenSize,
-    intermediate_size: c.intermediateSize,
-    num_hidden_layers: c.numLayers,
-    num_attention_heads: c.numHeads,
-    num_key_value_heads: c.numKvHeads,
-    head_dim: c.headDim,
+    ...llamaStyleSizesJson(c),
     max_position_embeddings: c.maxPositions,
     rms_norm_eps: c.norm.eps,
     hidden_act: activationToHf[c.activation],

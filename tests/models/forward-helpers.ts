@@ -13,6 +13,7 @@ import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { type InitOptions, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { createSession, runSession, type Session } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
+import { referenceLogits } from "../reference/reference.ts"
 
 export const tempDir = (prefix: string) => fs.mkdtempSync(path.join(tmpdir(), prefix))
 
@@ -85,4 +86,20 @@ export const incrementalLogits = async (s: Session, config: ModelConfig, prompt:
     }
   }
   return rows
+}
+
+/**
+ * The forward of `seq` alone, and of its first `short` tokens left-padded in the same batch, equal
+ * the float64 reference within `tol`; returns the reference logits of `seq`.
+ */
+export const expectForwardMatchesReference = async (ckpt: Checkpoint, seq: number[], short: number, tol: number): Promise<Float64Array[]> => {
+  const want = referenceLogits(ckpt.dir, seq)
+  const pad = seq.length - short
+  const out = await run(await forwardSession(ckpt), {
+    [forwardNames.ids]: ids([seq, [...Array(pad).fill(0), ...seq.slice(0, short)]]),
+    [forwardNames.mask]: tensor("int64", [2, seq.length], [...Array(seq.length).fill(1), ...Array(pad).fill(0), ...Array(short).fill(1)]),
+  })
+  expectClose(rowsOf(out[forwardNames.logits], 0), want, tol)
+  expectClose(rowsOf(out[forwardNames.logits], 1, pad), want.slice(0, short), tol)
+  return want
 }

@@ -21,7 +21,7 @@ import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
 import { referenceLogits, roundToDtype } from "../reference/reference.ts"
-import { expectClose, forwardSession, ids, incrementalLogits, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
+import { expectClose, expectForwardMatchesReference, forwardSession, ids, incrementalLogits, randomCheckpoint, run, tempDir } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const seq = [2, 7, 3, 60, 12, 5, 33, 41, 8, 19, 22]
@@ -118,16 +118,7 @@ describe("Gemma forward, decode and generation against the float64 reference", (
     for (const dtype of ["F32", "BF16"] as const)
       it(`${name} (${dtype}): forward equals the reference, alone and left-padded in a batch`, async () => {
         const ckpt = await checkpoint(name, config, dtype)
-        const want = referenceLogits(ckpt.dir, seq)
-        const s = await forwardSession(ckpt)
-        const short = seq.slice(0, 6)
-        const pad = seq.length - short.length
-        const out = await run(s, {
-          [forwardNames.ids]: ids([seq, [...Array(pad).fill(0), ...short]]),
-          [forwardNames.mask]: tensor("int64", [2, seq.length], [...Array(seq.length).fill(1), ...Array(pad).fill(0), ...Array(short.length).fill(1)]),
-        })
-        expectClose(rowsOf(out[forwardNames.logits], 0), want, TOL)
-        expectClose(rowsOf(out[forwardNames.logits], 1, pad), want.slice(0, short.length), TOL)
+        const want = await expectForwardMatchesReference(ckpt, seq, 6, TOL)
         if (config.gemma?.finalLogitSoftcap !== undefined)
           for (const row of want) for (const v of row) expect(Math.abs(v)).toBeLessThan(config.gemma.finalLogitSoftcap)
       })

@@ -5,11 +5,9 @@
 // Tolerance 1e-4 absolute on O(1) logits: float32 graph vs float64 reference, as forward.test.ts.
 import { describe, expect, it } from "vitest"
 import type { ModelConfig } from "../../src/models/checkpoint.ts"
-import { forwardNames } from "../../src/models/forward.ts"
 import { tinyLlama } from "../../src/models/init.ts"
-import { tensor } from "../../src/runtime/tensor.ts"
 import { referenceLogits } from "../reference/reference.ts"
-import { expectClose, forwardSession, ids, incrementalLogits, randomCheckpoint, rowsOf, run } from "./forward-helpers.ts"
+import { expectClose, expectForwardMatchesReference, forwardSession, incrementalLogits, randomCheckpoint } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const seq = [1, 7, 3, 60, 12, 5, 33, 41, 8, 19, 22]
@@ -26,16 +24,7 @@ describe("sliding-window attention", () => {
   for (const [name, config] of cases) {
     it(`${name}: forward equals the reference, alone and left-padded in a batch`, async () => {
       const ckpt = await randomCheckpoint(config)
-      const want = referenceLogits(ckpt.dir, seq)
-      const s = await forwardSession(ckpt)
-      const short = seq.slice(0, 5)
-      const pad = seq.length - short.length
-      const out = await run(s, {
-        [forwardNames.ids]: ids([seq, [...Array(pad).fill(0), ...short]]),
-        [forwardNames.mask]: tensor("int64", [2, seq.length], [...Array(seq.length).fill(1), ...Array(pad).fill(0), ...Array(short.length).fill(1)]),
-      })
-      expectClose(rowsOf(out[forwardNames.logits], 0), want, TOL)
-      expectClose(rowsOf(out[forwardNames.logits], 1, pad), want.slice(0, short.length), TOL)
+      const want = await expectForwardMatchesReference(ckpt, seq, 5, TOL)
       // the window matters: without it the last positions differ
       const full = referenceLogits((await randomCheckpoint({ ...config, slidingWindow: undefined })).dir, seq)
       expect(Math.max(...want.at(-1)!.map((v, i) => Math.abs(v - full.at(-1)![i])))).toBeGreaterThan(1e-3)
