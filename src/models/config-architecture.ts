@@ -387,6 +387,18 @@ export const llamaStyleSizes = (file: string, c: LlamaStyleSizesJson, headDim: n
   })
 }
 
+/** One flag per layer from config.json `layer_types`: true for "sliding_attention", false for "full_attention". */
+export const slidingLayerTypes = (
+  file: string,
+  layerTypes: ReadonlyArray<string>,
+  numLayers: number,
+): Effect.Effect<boolean[], CheckpointError | UnsupportedModelError> => {
+  if (layerTypes.length !== numLayers) return Effect.fail(checkpointError(file, "layer_types", `${layerTypes.length} entries for num_hidden_layers ${numLayers}`))
+  const other = layerTypes.findIndex((t) => t !== "sliding_attention" && t !== "full_attention")
+  if (other >= 0) return Effect.fail(unsupported(file, `layer_types.${other}`, `"${layerTypes[other]}" (supported: sliding_attention, full_attention)`))
+  return Effect.succeed(layerTypes.map((t) => t === "sliding_attention"))
+}
+
 /** The LlamaStyleSizeFields of a config (what llamaStyleSizes reads back). */
 export const llamaStyleSizesJson = (c: ModelConfig) => ({
   vocab_size: c.vocabSize,

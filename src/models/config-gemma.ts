@@ -34,6 +34,7 @@ import {
   resolveNorm,
   RopeFields,
   ropeScalingJson,
+  slidingLayerTypes,
   unsupported,
   type UnsupportedModelError,
 } from "./config-architecture.ts"
@@ -75,16 +76,6 @@ const defaults = {
 /** `null` in config.json means off; an absent key means the config class default. */
 const orDefault = <T>(v: T | null | undefined, d: T | undefined): T | undefined => (v === undefined ? d : (v ?? undefined))
 
-/** One flag per layer, true for sliding-window ("sliding_attention") layers. */
-const localLayers = (file: string, c: GemmaConfigJson, pattern: number): Effect.Effect<boolean[], CheckpointError | UnsupportedModelError> => {
-  if (c.layer_types === undefined) return Effect.succeed(Array.from({ length: c.num_hidden_layers }, (_, i) => (i + 1) % pattern !== 0))
-  if (c.layer_types.length !== c.num_hidden_layers)
-    return Effect.fail(checkpointError(file, "layer_types", `${c.layer_types.length} entries for num_hidden_layers ${c.num_hidden_layers}`))
-  const other = c.layer_types.findIndex((t) => t !== "sliding_attention" && t !== "full_attention")
-  if (other >= 0) return Effect.fail(unsupported(file, `layer_types.${other}`, `"${c.layer_types[other]}" (supported: sliding_attention, full_attention)`))
-  return Effect.succeed(c.layer_types.map((t) => t === "sliding_attention"))
-}
-
 const decodeRope = (file: string, field: string, v: unknown) => decodeConfig(RopeFields, `${file} (${field})`, v)
 
 /** Global and local RoPE from rope_theta / rope_scaling / rope_local_base_freq or transformers 5 rope_parameters. */
@@ -124,7 +115,11 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     // both config classes default head_dim to 256, independent of hidden_size
     const sizes = yield* llamaStyleSizes(file, c, c.head_dim ?? 256)
     const activation = yield* activationFromHf(file, "hidden_activation", c.hidden_activation ?? "gelu_pytorch_tanh")
-    const layers = yield* localLayers(file, c, c.sliding_window_pattern ?? d.pattern)
+    const pattern = c.sliding_window_pattern ?? d.pattern
+    const layers =
+      c.layer_types === undefined
+        ? Array.from({ length: c.num_hidden_layers }, (_, i) => (i + 1) % pattern !== 0)
+        : yield* slidingLayerTypes(file, c.layer_types, c.num_hidden_layers)
     const window = c.sliding_window === undefined ? 4096 : c.sliding_window
     if (window === null && layers.some((l) => l))
       return yield* Effect.fail(checkpointError(file, "sliding_window", "null, but the config has sliding_attention layers"))

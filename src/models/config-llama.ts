@@ -28,6 +28,7 @@ import {
   resolveNorm,
   RopeFields,
   ropeScalingJson,
+  slidingLayerTypes,
   unsupported,
 } from "./config-architecture.ts"
 
@@ -46,6 +47,7 @@ const LlamaConfigJson = Schema.Struct({
   sliding_window: Schema.optional(Schema.NullOr(Schema.Int)),
   use_sliding_window: Schema.optional(Schema.Boolean),
   max_window_layers: Schema.optional(Schema.Int),
+  layer_types: Schema.optional(Schema.Array(Schema.String)),
 })
 
 const architectures = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM"] as const
@@ -57,11 +59,14 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const isQwen2 = arch === "Qwen2ForCausalLM"
     // Mistral's config class defaults sliding_window to 4096 when the key is absent; Qwen2 only
     // uses its window when use_sliding_window is true, and only from layer max_window_layers
-    // (default 28) on. LlamaForCausalLM ignores sliding_window.
+    // (default 28) on, unless layer_types says which. LlamaForCausalLM ignores sliding_window.
     const window = arch === "MistralForCausalLM" ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : isQwen2 && c.use_sliding_window ? c.sliding_window : null
     if (window !== null && window !== undefined && window < 1) return yield* Effect.fail(checkpointError(file, "sliding_window", `${window} must be positive`))
     const firstLocal = isQwen2 ? (c.max_window_layers ?? 28) : 0
-    const slidingLayers = Array.from({ length: c.num_hidden_layers }, (_, i) => i >= firstLocal)
+    const slidingLayers =
+      isQwen2 && c.layer_types !== undefined
+        ? yield* slidingLayerTypes(file, c.layer_types, c.num_hidden_layers)
+        : Array.from({ length: c.num_hidden_layers }, (_, i) => i >= firstLocal)
     if (c.rope_parameters?.partial_rotary_factor !== undefined && c.rope_parameters.partial_rotary_factor !== 1)
       return yield* Effect.fail(unsupported(file, "rope_parameters.partial_rotary_factor", "partial rotary embeddings in a Llama-family model"))
     const activation = yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu")

@@ -4,7 +4,8 @@
 // API
 //   decoder(g, config, weights, source, inputs, options?) -> { hidden, lmHead, present }
 //     Builds the forward into graph `g` (or a Loop/If subgraph of it) from graph values:
-//       inputs.ids    int64 [B, T]            token ids            (or inputs.embeds float32 [B, T, H])
+//       inputs.ids    int64 [B, T]            token ids            (or inputs.embeds float32 [B, T, H],
+//                                             HF's inputs_embeds: see tokenEmbeddings)
 //       inputs.mask   int64 [B, P + T]        1 = real token, 0 = padding; LEFT padding supported
 //       inputs.past   per layer {key, value}  float32 [B, kvHeads, P, headDim] (omit: P = 0)
 //       inputs.positions  int64 [B, T]        optional override of the position ids
@@ -172,6 +173,16 @@ export const gemmaEmbedScale = (hiddenSize: number, dtype: WeightRef["dtype"]): 
   return (r - q === 0.5 && r % 2 !== 0 ? r - 1 : r) * step
 }
 
+/**
+ * What HF's input embedding module returns for `ids` [B, T] (its inputs_embeds, what
+ * DecoderInputs.embeds takes): Gemma 3's scaled embedding includes the sqrt(hidden) factor,
+ * Gemma 2 applies it in the decoder instead, to whatever embeddings it is given.
+ */
+export const tokenEmbeddings = (g: Graph, c: ModelConfig, w: ModelWeights, source: WeightSource, ids: Value): Value => {
+  const e = g.gather(source(w.embedTokens), ids, 0)
+  return c.gemma?.embedScale === "token_embeddings" ? g.mul(e, g.scalar(gemmaEmbedScale(c.hiddenSize, w.embedTokens.dtype))) : e
+}
+
 /** Builds the decoder into `g`; see the file header. */
 export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: WeightSource, inputs: DecoderInputs, options: DecoderOptions = {}): DecoderOutputs => {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
@@ -205,10 +216,10 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   // --- embeddings, positions and the attention bias
   const mask = inputs.mask
   let x: Value
-  if (inputs.ids) x = g.gather(source(w.embedTokens), inputs.ids, 0)
+  if (inputs.ids) x = tokenEmbeddings(g, c, w, source, inputs.ids)
   else if (inputs.embeds) x = inputs.embeds.dtype === "float32" ? inputs.embeds : g.cast(inputs.embeds, "float32")
   else throw new Error("forward: give either ids or embeds")
-  if (c.gemma && (inputs.ids || c.gemma.embedScale === "all_inputs")) x = g.mul(x, g.scalar(gemmaEmbedScale(c.hiddenSize, w.embedTokens.dtype)))
+  if (c.gemma?.embedScale === "all_inputs") x = g.mul(x, g.scalar(gemmaEmbedScale(c.hiddenSize, w.embedTokens.dtype)))
   const T = g.shapeOf(x, 1, 2) // [1]
   const S = g.shapeOf(mask, 1, 2) // [1], = P + T
   const P = g.sub(S, T)

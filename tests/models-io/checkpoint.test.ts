@@ -232,6 +232,9 @@ describe("config.json of real models", () => {
     }
     expect(parse({ ...qwen, max_window_layers: 2 }).slidingWindow).toEqual({ size: 1024, layers: [false, false, true, true] })
     expect(parse(qwen).slidingWindow).toBeUndefined() // default max_window_layers 28 >= 4 layers
+    const types = ["full_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    expect(parse({ ...qwen, layer_types: types }).slidingWindow).toEqual({ size: 1024, layers: [false, true, false, true] })
+    expect(parse({ ...qwen, use_sliding_window: false, layer_types: types }).slidingWindow).toBeUndefined()
     expect(parse({ ...qwen, architectures: ["LlamaForCausalLM"] }).slidingWindow).toBeUndefined()
   })
   it("gpt2", () => {

@@ -11,7 +11,7 @@ import { crossEntropy, Graph } from "../../src/graph/index.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import { initLora, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
 import { type Checkpoint, type ModelConfig, parseModelConfig } from "../../src/models/checkpoint.ts"
-import { decoder, forwardNames, gemmaEmbedScale } from "../../src/models/forward.ts"
+import { decoder, forwardNames, gemmaEmbedScale, logitsOf, tokenEmbeddings } from "../../src/models/forward.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { tinyGemma2, tinyGemma3 } from "../../src/models/init.ts"
@@ -21,7 +21,7 @@ import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
 import { referenceLogits, roundToDtype } from "../reference/reference.ts"
-import { expectClose, expectForwardMatchesReference, forwardSession, ids, incrementalLogits, randomCheckpoint, run, tempDir } from "./forward-helpers.ts"
+import { expectClose, expectForwardMatchesReference, forwardSession, ids, incrementalLogits, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const seq = [2, 7, 3, 60, 12, 5, 33, 41, 8, 19, 22]
@@ -122,6 +122,24 @@ describe("Gemma forward, decode and generation against the float64 reference", (
         if (config.gemma?.finalLogitSoftcap !== undefined)
           for (const row of want) for (const v of row) expect(Math.abs(v)).toBeLessThan(config.gemma.finalLogitSoftcap)
       })
+
+    it(`${name}: tokenEmbeddings fed as inputs_embeds give the same logits as the token ids (soft prompts see HF's convention)`, async () => {
+      const ckpt = await checkpoint(name, config, "BF16")
+      const session = await Effect.runPromise(
+        Effect.gen(function* () {
+          const placement = yield* placeWeights(ckpt, tempDir("pipe-gemma-embeds-"))
+          const g = new Graph("gemma_embeds")
+          const source = externalWeights(g, placement)
+          const tokens = g.input(forwardNames.ids, "int64", ["batch", "seq"])
+          const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
+          const out = decoder(g, ckpt.config, ckpt.weights, source, { embeds: tokenEmbeddings(g, ckpt.config, ckpt.weights, source, tokens), mask })
+          g.outputAs(forwardNames.logits, logitsOf(g, out, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0]))))
+          return yield* createSession(yield* writeGraph(g, placement, "embeds"))
+        }),
+      )
+      const out = await run(session, { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], Array(seq.length).fill(1)) })
+      expectClose(rowsOf(out[forwardNames.logits], 0), referenceLogits(ckpt.dir, seq), TOL)
+    })
 
     it(`${name}: KV-cache decode across local and global layers equals the full forward`, async () => {
       const ckpt = await checkpoint(name, config)
