@@ -192,13 +192,16 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
   if (local !== undefined && (local.kind !== "rope" || local.scaling.kind !== "none" || local.rotaryDim !== c.headDim))
     return Effect.fail(unsupported(file, "rope_local_base_freq", "Gemma 3's local layers use unscaled RoPE over the whole head"))
   const layers = c.slidingWindow?.layers ?? new Array<boolean>(c.numLayers).fill(false)
+  // transformers before layer_types (4.50 - 4.52) reads Gemma 3's pattern from sliding_window_pattern
+  const pattern = layers.indexOf(false) + 1
+  const followsPattern = pattern > 0 && layers.every((l, i) => l === ((i + 1) % pattern !== 0))
   return Effect.succeed({
     architectures: [c.hfArchitecture],
     model_type: isGemma3 ? "gemma3_text" : "gemma2",
     ...llamaStyleSizesJson(c),
     max_position_embeddings: c.maxPositions,
     rms_norm_eps: c.norm.eps,
-    hidden_activation: activationToHf[c.activation] === "gelu_new" ? "gelu_pytorch_tanh" : activationToHf[c.activation],
+    hidden_activation: c.activation === "gelu_tanh" ? "gelu_pytorch_tanh" : activationToHf[c.activation],
     rope_theta: c.positions.theta,
     rope_scaling: ropeScalingJson(c.positions.scaling),
     ...(local?.kind === "rope" ? { rope_local_base_freq: local.theta } : {}),
@@ -206,6 +209,7 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
     query_pre_attn_scalar: g.queryPreAttnScalar,
     sliding_window: c.slidingWindow?.size ?? null,
     layer_types: layers.map((l) => (l ? "sliding_attention" : "full_attention")),
+    ...(isGemma3 && followsPattern ? { sliding_window_pattern: pattern } : {}),
     attn_logit_softcapping: g.attnLogitSoftcap ?? null,
     final_logit_softcapping: g.finalLogitSoftcap ?? null,
     ...commonConfigJson(c),

@@ -123,6 +123,12 @@ describe("Gemma forward, decode and generation against the float64 reference", (
           for (const row of want) for (const v of row) expect(Math.abs(v)).toBeLessThan(config.gemma.finalLogitSoftcap)
       })
 
+    it(`${name}: a sharded bf16 checkpoint (shards + model.safetensors.index.json) loads and equals the reference`, async () => {
+      const ckpt = await randomCheckpoint(config, { dtype: "BF16", maxShardBytes: 4096 })
+      expect(ckpt.tensorFiles.length).toBeGreaterThan(2)
+      await expectForwardMatchesReference(ckpt, seq, 6, TOL)
+    })
+
     it(`${name}: tokenEmbeddings fed as inputs_embeds give the same logits as the token ids (soft prompts see HF's convention)`, async () => {
       const ckpt = await checkpoint(name, config, "BF16")
       const session = await Effect.runPromise(
