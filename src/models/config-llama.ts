@@ -57,10 +57,11 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const c = yield* decodeConfig(LlamaConfigJson, file, json)
     const arch = c.architectures?.[0] ?? "LlamaForCausalLM"
     const isQwen2 = arch === "Qwen2ForCausalLM"
-    // Mistral's config class defaults sliding_window to 4096 when the key is absent; Qwen2 only
-    // uses its window when use_sliding_window is true, and only from layer max_window_layers
-    // (default 28) on, unless layer_types says which. LlamaForCausalLM ignores sliding_window.
-    const window = arch === "MistralForCausalLM" ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : isQwen2 && c.use_sliding_window ? c.sliding_window : null
+    // Mistral's and Qwen2's config classes default sliding_window to 4096 when the key is absent;
+    // Qwen2 only uses its window when use_sliding_window is true, and only from layer
+    // max_window_layers (default 28) on, unless layer_types says which. LlamaForCausalLM ignores
+    // sliding_window.
+    const window = arch === "MistralForCausalLM" || (isQwen2 && c.use_sliding_window) ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : null
     if (window !== null && window !== undefined && window < 1) return yield* Effect.fail(checkpointError(file, "sliding_window", `${window} must be positive`))
     const firstLocal = isQwen2 ? (c.max_window_layers ?? 28) : 0
     const slidingLayers =

@@ -1,8 +1,8 @@
-// The decoder forward pass of every supported architecture (Llama family, GPT-2, GPT-NeoX) as
+// The decoder forward pass of every supported architecture (Llama family, Gemma 2/3, GPT-2, GPT-NeoX) as
 // ONNX graph functions, built from a loaded checkpoint's normalized config and weight layout.
 //
 // API
-//   decoder(g, config, weights, source, inputs, options?) -> { hidden, lmHead, present }
+//   decoder(g, config, weights, source, inputs, options?) -> { hidden, lmHead, logitSoftcap, present }
 //     Builds the forward into graph `g` (or a Loop/If subgraph of it) from graph values:
 //       inputs.ids    int64 [B, T]            token ids            (or inputs.embeds float32 [B, T, H],
 //                                             HF's inputs_embeds: see tokenEmbeddings)
@@ -40,7 +40,7 @@
 // step's window is applied by the mask, so prefill, decode and training share one rule.
 // Gemma (config.gemma): see GemmaFeatures. Its final logit soft-capping is applied wherever
 // logits are formed from `hidden` and `lmHead`: callers pass DecoderOutputs.logitSoftcap on
-// (LmHead.softcap for the chunked losses, positionStats' softcap option).
+// (LmHead.softcap for the chunked losses, positionStats' logitSoftcap argument, logitsOf).
 import { type Graph, softcap, type Value } from "../graph/index.ts"
 import type { Checkpoint, Linear, ModelConfig, ModelWeights, Norm, Positions, WeightRef } from "./checkpoint.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
