@@ -256,7 +256,7 @@ describe("Gemma LoRA", () => {
       return max + Math.log(z.reduce((s, v) => s + Math.exp(v - max), 0)) - z[seq[t + 1]]
     })
     const losses: number[] = []
-    for (let i = 0; i < 20; i++) {
+    for (let i = 0; i < 8; i++) {
       const res = await Effect.runPromise(trainStep(session, state, batch, 0.05))
       state = res.state
       losses.push(res.loss)
