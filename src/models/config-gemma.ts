@@ -50,7 +50,7 @@ const GemmaConfigJson = Schema.Struct({
   rope_theta: Schema.optional(PositiveNumber),
   rope_scaling: Schema.optional(Schema.NullOr(RopeFields)),
   rope_local_base_freq: Schema.optional(PositiveNumber),
-  /** transformers 5: flat for Gemma 2, per layer type ({full_attention, sliding_attention}) for Gemma 3 */
+  /** transformers 5: one set of RoPE fields, or one per layer type ({full_attention, sliding_attention}) */
   rope_parameters: Schema.optional(Schema.NullOr(Schema.Record(Schema.String, Schema.Unknown))),
   attention_bias: Schema.optional(Schema.Boolean),
   query_pre_attn_scalar: Schema.optional(PositiveNumber),
@@ -87,22 +87,18 @@ const gemmaRope = (
 ): Effect.Effect<{ global: Positions; local: Positions | undefined }, CheckpointError | UnsupportedModelError> =>
   Effect.gen(function* () {
     const rope = (theta: number, scaling: Extract<Positions, { kind: "rope" }>["scaling"]): Positions => ({ kind: "rope", theta, rotaryDim: headDim, scaling })
-    const p = c.rope_parameters
-    if (p != null) {
-      if (arch === GEMMA2) {
-        const flat = yield* decodeRope(file, "rope_parameters", p)
-        return { global: rope(flat.rope_theta ?? defaults[arch].ropeTheta, yield* parseRopeScaling(file, "rope_parameters", flat)), local: undefined }
-      }
-      const full = yield* decodeRope(file, "rope_parameters.full_attention", p.full_attention ?? {})
-      const sliding = yield* decodeRope(file, "rope_parameters.sliding_attention", p.sliding_attention ?? {})
-      return {
-        global: rope(full.rope_theta ?? defaults[arch].ropeTheta, yield* parseRopeScaling(file, "rope_parameters.full_attention", full)),
-        local: rope(sliding.rope_theta ?? 10000, yield* parseRopeScaling(file, "rope_parameters.sliding_attention", sliding)),
-      }
-    }
-    const global = rope(c.rope_theta ?? defaults[arch].ropeTheta, yield* parseRopeScaling(file, "rope_scaling", c.rope_scaling))
+    const fromFields = (field: string, f: RopeFields) =>
+      Effect.map(parseRopeScaling(file, field, f), (scaling) => rope(f.rope_theta ?? defaults[arch].ropeTheta, scaling))
     // Gemma 3's local layers use the default RoPE with their own base, whatever rope_scaling says
-    return { global, local: arch === GEMMA3 ? rope(c.rope_local_base_freq ?? 10000, { kind: "none" }) : undefined }
+    const gemma3Local = arch === GEMMA3 ? rope(c.rope_local_base_freq ?? 10000, { kind: "none" }) : undefined
+    const p = c.rope_parameters
+    if (p == null) return { global: yield* fromFields("rope_scaling", { rope_theta: c.rope_theta, ...c.rope_scaling }), local: gemma3Local }
+    if (p.full_attention === undefined && p.sliding_attention === undefined)
+      return { global: yield* fromFields("rope_parameters", yield* decodeRope(file, "rope_parameters", p)), local: gemma3Local }
+    const global = yield* fromFields("rope_parameters.full_attention", yield* decodeRope(file, "rope_parameters.full_attention", p.full_attention ?? {}))
+    if (p.sliding_attention === undefined) return { global, local: gemma3Local }
+    const sliding = yield* decodeRope(file, "rope_parameters.sliding_attention", p.sliding_attention)
+    return { global, local: rope(sliding.rope_theta ?? 10000, yield* parseRopeScaling(file, "rope_parameters.sliding_attention", sliding)) }
   })
 
 const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
@@ -115,7 +111,8 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     // both config classes default head_dim to 256, independent of hidden_size
     const sizes = yield* llamaStyleSizes(file, c, c.head_dim ?? 256)
     const activation = yield* activationFromHf(file, "hidden_activation", c.hidden_activation ?? "gelu_pytorch_tanh")
-    const pattern = c.sliding_window_pattern ?? d.pattern
+    // Gemma 2 always alternates; only Gemma 3 reads sliding_window_pattern
+    const pattern = arch === GEMMA3 ? (c.sliding_window_pattern ?? d.pattern) : d.pattern
     const layers =
       c.layer_types === undefined
         ? Array.from({ length: c.num_hidden_layers }, (_, i) => (i + 1) % pattern !== 0)
