@@ -9,13 +9,13 @@ import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { crossEntropy, Graph } from "../../src/graph/index.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
-import { initLora, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
+import { initLora, loraAdapter, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
 import { type Checkpoint, type ModelConfig, parseModelConfig } from "../../src/models/checkpoint.ts"
 import { decoder, forwardNames, gemmaEmbedScale, logitsOf, tokenEmbeddings } from "../../src/models/forward.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { tinyGemma2, tinyGemma3 } from "../../src/models/init.ts"
-import { loraTargets } from "../../src/models/peft.ts"
+import { adapterTensors, loraConfigFor, loraTargets } from "../../src/models/peft.ts"
 import { buildScoringGraph, scoringNames } from "../../src/models/scoring.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
@@ -217,6 +217,14 @@ describe("Gemma LoRA", () => {
       ]).flat(),
     )
     expect(targets.find((t) => t.module.endsWith("q_proj"))).toMatchObject({ inFeatures: 24, outFeatures: 32 }) // 4 heads x head_dim 8
+    // the adapter file's keys, as PEFT's get_peft_model_state_dict names them for Gemma
+    const config = await Effect.runPromise(loraConfigFor(ckpt, { r: 2, loraAlpha: 4, targetModules: peftTargets }))
+    const tensors = await Effect.runPromise(adapterTensors(loraAdapter(config, targets, Object.fromEntries(Object.entries(initLora(targets, 2, 1)).map(([k, v]) => [k, v.data])))))
+    expect([...tensors.keys()].filter((k) => k.includes("layers.0.self_attn.q_proj"))).toEqual([
+      "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight",
+      "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight",
+    ])
+    expect(tensors.size).toBe(2 * 7 * gemma3.numLayers)
   })
 
   it("a LoRA training step: its first loss is the reference's soft-capped cross-entropy, and training lowers it", async () => {
