@@ -1,16 +1,19 @@
 // Gemma 2 and Gemma 3 (text) on random tiny checkpoints of the real layout, against the float64
-// reference: config.json of published models read as transformers reads them, the forward (f32
-// and bf16 weights, left padding), KV-cache decode and generation across local/global layers,
-// LoRA targets and a LoRA training step whose loss includes the final logit soft-capping.
+// reference: config.json of published models read as transformers reads them (also as the whole
+// config of a sharded bf16 checkpoint), the forward (f32 and bf16 weights, left padding), KV-cache
+// decode and generation across local/global layers, scoring, LoRA targets and adapter names, and
+// a LoRA training step whose loss includes the final logit soft-capping.
 // Tolerance 1e-4 absolute on O(1) logits (float32 graph vs float64 reference, as forward.test.ts):
 // the weights are the same numbers in both (bf16 is exact in float32); the difference is float32
 // rounding in ~10 matmuls, norms and softmaxes.
 import { Effect } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { crossEntropy, Graph } from "../../src/graph/index.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import { initLora, loraAdapter, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
-import { type Checkpoint, type ModelConfig, parseModelConfig } from "../../src/models/checkpoint.ts"
+import { type Checkpoint, loadCheckpoint, type ModelConfig, parseModelConfig } from "../../src/models/checkpoint.ts"
 import { decoder, forwardNames, gemmaEmbedScale, logitsOf, tokenEmbeddings } from "../../src/models/forward.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
@@ -104,6 +107,43 @@ describe("Gemma config.json", () => {
     for (const h of [24, 640, 1152, 2560, 3072, 3840, 5376])
       for (const d of ["BF16", "F16", "F32"] as const) expect(gemmaEmbedScale(h, d)).toBe(roundToDtype(Math.sqrt(h), d))
   })
+})
+
+describe("Gemma checkpoints with published config.json files (sizes shrunk)", () => {
+  // every other key as published; the weights are random, bf16, in shards with an index
+  const published: Array<[string, Record<string, unknown>]> = [
+    [
+      "gemma-2-2b",
+      {
+        architectures: ["Gemma2ForCausalLM"], attention_bias: false, attention_dropout: 0.0, attn_logit_softcapping: 50.0, bos_token_id: 2,
+        cache_implementation: "hybrid", eos_token_id: [1, 107], final_logit_softcapping: 30.0, head_dim: 8, hidden_act: "gelu_pytorch_tanh",
+        hidden_activation: "gelu_pytorch_tanh", hidden_size: 24, initializer_range: 0.02, intermediate_size: 48, max_position_embeddings: 8192,
+        model_type: "gemma2", num_attention_heads: 4, num_hidden_layers: 4, num_key_value_heads: 2, pad_token_id: 0, query_pre_attn_scalar: 256,
+        rms_norm_eps: 1e-06, rope_theta: 10000.0, sliding_window: 4, torch_dtype: "bfloat16", transformers_version: "4.42.4", use_cache: true, vocab_size: 64,
+      },
+    ],
+    [
+      "gemma-3-1b-it",
+      {
+        architectures: ["Gemma3ForCausalLM"], attention_bias: false, attention_dropout: 0.0, attn_logit_softcapping: null, bos_token_id: 2,
+        cache_implementation: "hybrid", eos_token_id: [1, 106], final_logit_softcapping: null, head_dim: 8, hidden_activation: "gelu_pytorch_tanh",
+        hidden_size: 24, initializer_range: 0.02, intermediate_size: 48, max_position_embeddings: 32768, model_type: "gemma3_text",
+        num_attention_heads: 4, num_hidden_layers: 7, num_key_value_heads: 1, pad_token_id: 0, query_pre_attn_scalar: 256, rms_norm_eps: 1e-06,
+        rope_local_base_freq: 10000, rope_scaling: null, rope_theta: 1000000, sliding_window: 4, sliding_window_pattern: 6,
+        torch_dtype: "bfloat16", transformers_version: "4.50.0.dev0", use_cache: true, vocab_size: 64,
+      },
+    ],
+  ]
+  for (const [name, json] of published)
+    it(`${name}: loads, reads every feature from the published keys, and matches the reference`, async () => {
+      const config = parse(json)
+      const ckpt = await randomCheckpoint(config, { dtype: "BF16", maxShardBytes: 8192 })
+      fs.writeFileSync(path.join(ckpt.dir, "config.json"), JSON.stringify(json))
+      const loaded = await Effect.runPromise(loadCheckpoint(ckpt.dir))
+      expect(loaded.config).toEqual(config)
+      expect(fs.existsSync(path.join(ckpt.dir, "model.safetensors.index.json"))).toBe(true)
+      await expectForwardMatchesReference(loaded, seq, 6, TOL)
+    })
 })
 
 const checkpoints = new Map<string, Checkpoint>()
