@@ -12,6 +12,8 @@ export interface LmHead {
   readonly hidden: Value
   /** LM head weight [V, H] */
   readonly weight: Value
+  /** logits = softcap(h W^T, softcap) when defined (Gemma 2 final_logit_softcapping) */
+  readonly softcap?: number
 }
 
 export interface LossOptions {
@@ -33,8 +35,14 @@ const DEFAULT_CHUNK = 256
 const computeType = (v: Value): DType => (v.dtype === "float64" ? "float64" : "float32")
 const toCompute = (g: Graph, v: Value, t: DType): Value => (v.dtype === t ? v : g.cast(v, t))
 
+/** cap * tanh(x / cap): bounds x to (-cap, cap), about the identity for |x| << cap. */
+export const softcap = (g: Graph, x: Value, cap: number): Value => g.mul(g.tanh(g.div(x, g.scalar(cap, x.dtype))), g.scalar(cap, x.dtype))
+
 /** logits [C, V] of one chunk */
-const chunkLogits = (sub: Graph, h: Value, w: Value, t: DType): Value => sub.gemm(toCompute(sub, h, t), toCompute(sub, w, t), null, { transB: true })
+const chunkLogits = (sub: Graph, h: Value, w: Value, t: DType, cap: number | undefined): Value => {
+  const z = sub.gemm(toCompute(sub, h, t), toCompute(sub, w, t), null, { transB: true })
+  return cap === undefined ? z : softcap(sub, z, cap)
+}
 
 const floatMask = (g: Graph, mask: Value | undefined, like: Value, t: DType): Value => {
   if (!mask) return g.constantOfShape(g.shapeOf(like, 0, 1), 1, t, [like.shape[0]])
@@ -61,7 +69,7 @@ export const crossEntropy = (g: Graph, head: LmHead, targets: Value, mask?: Valu
     dtype: t,
     perRowShape: [],
     body: (sub, [h, tgt, mk], [w]) => {
-      const z = chunkLogits(sub, h, w, t)
+      const z = chunkLogits(sub, h, w, t, head.softcap)
       const zt = sub.gatherElements(z, sub.unsqueeze(tgt, [1]), 1)
       return sub.mul(sub.squeeze(sub.sub(logNormalizer(sub, z), zt), [1]), mk)
     },
@@ -94,7 +102,7 @@ export const topKForwardKL = (g: Graph, head: LmHead, teacher: TopKTeacher, mask
     dtype: t,
     perRowShape: [],
     body: (sub, [h, idx, lp, tail, mk], [w]) => {
-      const z = chunkLogits(sub, h, w, t)
+      const z = chunkLogits(sub, h, w, t, head.softcap)
       const lq = sub.sub(sub.gatherElements(z, idx, 1), logNormalizer(sub, z))
       const topTerm = sub.reduceSum(sub.mul(sub.exp(lp), sub.sub(lp, lq)), [1])
       // probabilities below this are treated as 0 in the tail term (float32 resolution)
@@ -124,8 +132,8 @@ export const fullForwardKL = (g: Graph, student: LmHead, teacher: FullTeacher, m
     dtype: t,
     perRowShape: [],
     body: (sub, [h, mk, th], [w, tw]) => {
-      const lq = sub.logSoftmax(chunkLogits(sub, h, w, t), 1)
-      const lp = sub.logSoftmax(tw ? chunkLogits(sub, th, tw, t) : toCompute(sub, th, t), 1)
+      const lq = sub.logSoftmax(chunkLogits(sub, h, w, t, student.softcap), 1)
+      const lp = sub.logSoftmax(tw ? chunkLogits(sub, th, tw, t, "weight" in teacher ? teacher.softcap : undefined) : toCompute(sub, th, t), 1)
       return sub.mul(sub.reduceSum(sub.mul(sub.exp(lp), sub.sub(lp, lq)), [1]), mk)
     },
   })
@@ -146,7 +154,7 @@ export const sequenceLogLikelihood = (g: Graph, head: LmHead, targets: Value, se
     dtype: t,
     perRowShape: [numSequences],
     body: (sub, [h, tgt, seg], [w]) => {
-      const z = chunkLogits(sub, h, w, t)
+      const z = chunkLogits(sub, h, w, t, head.softcap)
       const inSegment = sub.equal(sub.unsqueeze(seg, [1]), ids) // [C, S]
       const valid = sub.greaterOrEqual(seg, sub.constant("int64", [], [0]))
       const lq = sub.sub(sub.gatherElements(z, sub.unsqueeze(sub.where(valid, tgt, sub.zerosLike(tgt)), [1]), 1), logNormalizer(sub, z)) // [C, 1]

@@ -24,6 +24,7 @@ import {
   type WeightRef,
 } from "./config-architecture.ts"
 import { checkWeightFiles } from "../runtime/finite.ts"
+import { gemma } from "./config-gemma.ts"
 import { gptNeox } from "./config-gpt-neox.ts"
 import { gpt2 } from "./config-gpt2.ts"
 import { llama } from "./config-llama.ts"
@@ -32,7 +33,7 @@ import { readBytes, readHeader, type SafetensorsError, type SafetensorsHeader, t
 
 export * from "./config-architecture.ts"
 
-export const architectures: ReadonlyArray<ArchitectureModule> = [llama, gpt2, gptNeox, phi3]
+export const architectures: ReadonlyArray<ArchitectureModule> = [llama, gpt2, gptNeox, phi3, gemma]
 
 /** config.json `model_type` for configs that lack an `architectures` list. */
 const modelTypeArchitecture: Record<string, string> = {
@@ -43,6 +44,8 @@ const modelTypeArchitecture: Record<string, string> = {
   phi3: "Phi3ForCausalLM",
   gpt2: "GPT2LMHeadModel",
   gpt_neox: "GPTNeoXForCausalLM",
+  gemma2: "Gemma2ForCausalLM",
+  gemma3_text: "Gemma3ForCausalLM",
 }
 
 const architectureOf = (file: string, json: unknown): Effect.Effect<[string, ArchitectureModule], CheckpointError | UnsupportedModelError> => {

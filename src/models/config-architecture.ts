@@ -31,7 +31,7 @@ export const checkpointError = (file: string, field: string | undefined, what: s
 export const unsupported = (file: string, field: string, what: string) =>
   new UnsupportedModelError({ file, field, message: `${file}: ${field}: unsupported: ${what}` })
 
-export type Family = "llama" | "gpt2" | "gpt_neox" | "phi3"
+export type Family = "llama" | "gpt2" | "gpt_neox" | "phi3" | "gemma"
 
 /** silu: x*sigmoid(x). gelu_erf: exact GELU. gelu_tanh: tanh approximation. relu: max(x, 0). (activationFromHf lists the HF names of each.) */
 export type Activation = "silu" | "gelu_erf" | "gelu_tanh" | "relu"
@@ -115,6 +115,42 @@ export interface ModelConfig {
   readonly padTokenId: number | undefined
   /** `torch_dtype` / `dtype` of config.json, informational. */
   readonly torchDtype: string | undefined
+  /**
+   * Sliding-window attention (Mistral, Qwen2 with use_sliding_window, Gemma's local layers): in
+   * layer l with `layers[l]` true, the query in cache column t sees only the keys in columns
+   * (t - size, t], i.e. itself and the size - 1 before it (transformers' sliding_window_overlay:
+   * kv_idx > q_idx - sliding_window). Absent: every layer attends to the whole causal prefix.
+   */
+  readonly slidingWindow?: SlidingWindow
+  /** Gemma 2 / Gemma 3 decoder features; absent for every other family. */
+  readonly gemma?: GemmaFeatures
+}
+
+export interface SlidingWindow {
+  readonly size: number
+  /** One flag per layer: true = local (windowed) attention. */
+  readonly layers: ReadonlyArray<boolean>
+}
+
+/**
+ * What Gemma 2 and 3 add to the Llama-style decoder. Always implied by `gemma` being present:
+ * RMSNorm multiplies by (1 + w), and the embeddings are multiplied by sqrt(hiddenSize) rounded to
+ * the embedding weight's dtype (HF casts the normalizer to the hidden dtype: 55.4256 -> 55.5 in bf16).
+ */
+export interface GemmaFeatures {
+  /**
+   * Which inputs the sqrt(hiddenSize) factor multiplies: Gemma 2 scales the decoder input (token
+   * embeddings and caller-given inputs_embeds alike), Gemma 3 only looked-up token embeddings.
+   */
+  readonly embedScale: "all_inputs" | "token_embeddings"
+  /** Attention scores are scaled by queryPreAttnScalar^-1/2 instead of headDim^-1/2. */
+  readonly queryPreAttnScalar: number
+  /** Scores -> cap * tanh(scores / cap) after scaling, before the mask (Gemma 2). */
+  readonly attnLogitSoftcap: number | undefined
+  /** Logits -> cap * tanh(logits / cap) (Gemma 2). */
+  readonly finalLogitSoftcap: number | undefined
+  /** RoPE of the sliding-window layers when it differs from `positions` (Gemma 3: rope_local_base_freq, unscaled). */
+  readonly localPositions: Positions | undefined
 }
 
 /** Where one weight tensor lives: enough to read it, or to point ONNX external data at it. */
@@ -172,11 +208,16 @@ export const mlpLinears = <W>(m: Mlp<W>): ReadonlyArray<Linear<W>> =>
 export interface Layer<W = WeightRef> {
   readonly inputNorm: Norm<W>
   readonly attention: Attention<W>
-  /** Qwen3: RMSNorm over each query / key head (weight [headDim]), before RoPE. */
-  readonly qNorm?: Norm<W> | undefined
-  readonly kNorm?: Norm<W> | undefined
+  /** The norm in front of the MLP (Gemma: pre_feedforward_layernorm). */
   readonly postAttentionNorm: Norm<W>
   readonly mlp: Mlp<W>
+  /**
+   * Gemma 2/3: norms of the attention output and of the MLP output, applied before each residual
+   * add (Gemma's post_attention_layernorm and post_feedforward_layernorm).
+   */
+  readonly outputNorms?: { readonly attention: Norm<W>; readonly mlp: Norm<W> }
+  /** Qwen3, Gemma 3: RMSNorm of every query and key head over headDim, before RoPE (q_norm, k_norm). */
+  readonly headNorms?: { readonly q: Norm<W>; readonly k: Norm<W> }
 }
 
 export interface ModelWeights<W = WeightRef> {
@@ -432,6 +473,65 @@ export const ropeScalingJson = (s: RopeScaling): Record<string, unknown> | null 
       }
   }
 }
+
+/** The config.json keys of Llama-style configs (Llama, Mistral, Qwen2, Gemma) that give the sizes. */
+export const LlamaStyleSizeFields = {
+  vocab_size: PositiveInt,
+  hidden_size: PositiveInt,
+  intermediate_size: PositiveInt,
+  num_hidden_layers: PositiveInt,
+  num_attention_heads: PositiveInt,
+  num_key_value_heads: Schema.optional(Schema.NullOr(PositiveInt)),
+  head_dim: Schema.optional(Schema.NullOr(PositiveInt)),
+}
+type LlamaStyleSizesJson = Schema.Struct<typeof LlamaStyleSizeFields>["Type"]
+
+/**
+ * The sizes of a Llama-style config, checked: key/value heads divide the query heads and
+ * headDim is even (RoPE rotates pairs). `headDim` undefined: hidden_size / num_attention_heads.
+ */
+export const llamaStyleSizes = (file: string, c: LlamaStyleSizesJson, headDim: number | undefined) => {
+  const numHeads = c.num_attention_heads
+  const numKvHeads = c.num_key_value_heads ?? numHeads
+  if (numHeads % numKvHeads !== 0)
+    return Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
+  if (headDim === undefined && c.hidden_size % numHeads !== 0)
+    return Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
+  const hd = headDim ?? c.hidden_size / numHeads
+  if (hd % 2 !== 0) return Effect.fail(checkpointError(file, "head_dim", `${hd} must be even for rotary embeddings`))
+  return Effect.succeed({
+    vocabSize: c.vocab_size,
+    hiddenSize: c.hidden_size,
+    numLayers: c.num_hidden_layers,
+    numHeads,
+    numKvHeads,
+    headDim: hd,
+    intermediateSize: c.intermediate_size,
+  })
+}
+
+/** One flag per layer from config.json `layer_types`: true for "sliding_attention", false for "full_attention". */
+export const slidingLayerTypes = (
+  file: string,
+  layerTypes: ReadonlyArray<string>,
+  numLayers: number,
+): Effect.Effect<boolean[], CheckpointError | UnsupportedModelError> => {
+  if (layerTypes.length !== numLayers) return Effect.fail(checkpointError(file, "layer_types", `${layerTypes.length} entries for num_hidden_layers ${numLayers}`))
+  const other = layerTypes.findIndex((t) => t !== "sliding_attention" && t !== "full_attention")
+  if (other >= 0) return Effect.fail(unsupported(file, `layer_types.${other}`, `"${layerTypes[other]}" (supported: sliding_attention, full_attention)`))
+  return Effect.succeed(layerTypes.map((t) => t === "sliding_attention"))
+}
+
+/** The LlamaStyleSizeFields of a config (what llamaStyleSizes reads back). */
+export const llamaStyleSizesJson = (c: ModelConfig) => ({
+  vocab_size: c.vocabSize,
+  hidden_size: c.hiddenSize,
+  intermediate_size: c.intermediateSize,
+  num_hidden_layers: c.numLayers,
+  num_attention_heads: c.numHeads,
+  num_key_value_heads: c.numKvHeads,
+  head_dim: c.headDim,
+})
 
 /** Fields of ModelConfig that come straight from CommonFields. */
 export const commonConfig = (

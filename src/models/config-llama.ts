@@ -1,6 +1,7 @@
-// LlamaForCausalLM and the checkpoints that share its math: Llama 2/3, TinyLlama, Mistral (without
-// an active sliding window), Qwen2 (Llama plus biases on q/k/v) and Qwen3 (Llama plus an RMSNorm
-// over each query and key head before RoPE, head_dim independent of hidden_size).
+// LlamaForCausalLM and the checkpoints that share its math: Llama 2/3, TinyLlama, Mistral (with its
+// sliding window on every layer), Qwen2 (Llama plus biases on q/k/v) and Qwen3 (Llama plus an
+// RMSNorm over each query and key head before RoPE, head_dim independent of hidden_size); with
+// use_sliding_window, Qwen2/3 layers from max_window_layers on are windowed.
 import { Effect, Schema } from "effect"
 import {
   type ArchitectureModule,
@@ -16,6 +17,9 @@ import {
   type Layer,
   type TensorLookup,
   linearSpec,
+  LlamaStyleSizeFields,
+  llamaStyleSizes,
+  llamaStyleSizesJson,
   type ModelConfig,
   normSpec,
   parseRopeScaling,
@@ -26,6 +30,7 @@ import {
   resolveNorm,
   RopeFields,
   ropeScalingJson,
+  slidingLayerTypes,
   unsupported,
 } from "./config-architecture.ts"
 
@@ -33,13 +38,7 @@ import {
 export const LlamaLikeFields = {
   ...CommonFields,
   model_type: Schema.optional(Schema.String),
-  vocab_size: PositiveInt,
-  hidden_size: PositiveInt,
-  intermediate_size: PositiveInt,
-  num_hidden_layers: PositiveInt,
-  num_attention_heads: PositiveInt,
-  num_key_value_heads: Schema.optional(Schema.NullOr(PositiveInt)),
-  head_dim: Schema.optional(Schema.NullOr(PositiveInt)),
+  ...LlamaStyleSizeFields,
   max_position_embeddings: PositiveInt,
   rms_norm_eps: PositiveNumber,
   hidden_act: Schema.optional(Schema.String),
@@ -54,52 +53,29 @@ const LlamaConfigJson = Schema.Struct({
   attention_bias: Schema.optional(Schema.Boolean),
   mlp_bias: Schema.optional(Schema.Boolean),
   use_sliding_window: Schema.optional(Schema.Boolean),
+  max_window_layers: Schema.optional(Schema.Int),
+  layer_types: Schema.optional(Schema.Array(Schema.String)),
 })
 
 /**
- * Query heads, key/value heads and head size from config.json; `defaultHeadDim` replaces
- * hidden_size / heads when head_dim is absent (Qwen3Config defaults it to 128).
+ * The ModelConfig sizes every Llama-like config.json gives under the same names, checked
+ * (llamaStyleSizes); `defaultHeadDim` replaces hidden_size / heads when head_dim is absent
+ * (Qwen3Config defaults it to 128).
  */
-export const attentionHeads = (
+export const llamaLikeSizes = (
   file: string,
-  c: { num_attention_heads: number; num_key_value_heads?: number | null; head_dim?: number | null; hidden_size: number },
+  c: Schema.Struct<typeof LlamaLikeFields>["Type"],
   defaultHeadDim?: number,
-): Effect.Effect<{ numHeads: number; numKvHeads: number; headDim: number }, CheckpointError> => {
-  const numHeads = c.num_attention_heads
-  const numKvHeads = c.num_key_value_heads ?? numHeads
-  if (numHeads % numKvHeads !== 0)
-    return Effect.fail(checkpointError(file, "num_key_value_heads", `${numKvHeads} does not divide num_attention_heads ${numHeads}`))
-  if (c.head_dim == null && defaultHeadDim === undefined && c.hidden_size % numHeads !== 0)
-    return Effect.fail(checkpointError(file, "num_attention_heads", `${numHeads} does not divide hidden_size ${c.hidden_size}`))
-  return Effect.succeed({ numHeads, numKvHeads, headDim: c.head_dim ?? defaultHeadDim ?? c.hidden_size / numHeads })
-}
+) =>
+  Effect.map(llamaStyleSizes(file, c, c.head_dim ?? defaultHeadDim), (sizes) => ({
+    ...sizes,
+    maxPositions: c.max_position_embeddings,
+    norm: { kind: "rms" as const, eps: c.rms_norm_eps },
+  }))
 
-/** The ModelConfig fields every Llama-like config.json gives under the same names. */
-export const llamaLikeSizes = (c: {
-  vocab_size: number
-  hidden_size: number
-  num_hidden_layers: number
-  intermediate_size: number
-  max_position_embeddings: number
-  rms_norm_eps: number
-}) => ({
-  vocabSize: c.vocab_size,
-  hiddenSize: c.hidden_size,
-  numLayers: c.num_hidden_layers,
-  intermediateSize: c.intermediate_size,
-  maxPositions: c.max_position_embeddings,
-  norm: { kind: "rms" as const, eps: c.rms_norm_eps },
-})
-
-/** The config.json form of llamaLikeSizes, the heads and the activation. */
+/** The config.json form of llamaLikeSizes and the activation. */
 export const llamaLikeJson = (c: ModelConfig) => ({
-  vocab_size: c.vocabSize,
-  hidden_size: c.hiddenSize,
-  intermediate_size: c.intermediateSize,
-  num_hidden_layers: c.numLayers,
-  num_attention_heads: c.numHeads,
-  num_key_value_heads: c.numKvHeads,
-  head_dim: c.headDim,
+  ...llamaStyleSizesJson(c),
   max_position_embeddings: c.maxPositions,
   rms_norm_eps: c.norm.eps,
   hidden_act: activationToHf[c.activation],
@@ -126,31 +102,32 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const arch = c.architectures?.[0] ?? "LlamaForCausalLM"
     const isQwen2 = arch === "Qwen2ForCausalLM"
     const isQwen3 = arch === "Qwen3ForCausalLM"
-    // Mistral's config class defaults sliding_window to 4096 when the key is absent; Qwen2 and
-    // Qwen3 only use their window when use_sliding_window is true.
-    const window =
-      arch === "MistralForCausalLM" ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : isQwen2 || isQwen3 ? (c.use_sliding_window ? c.sliding_window : null) : c.sliding_window
-    if (window !== null && window !== undefined && window < c.max_position_embeddings)
-      return yield* Effect.fail(
-        unsupported(file, "sliding_window", `${window} is smaller than max_position_embeddings ${c.max_position_embeddings}; sliding-window attention is not implemented`),
-      )
+    // Mistral's and Qwen2/3's config classes default sliding_window to 4096 when the key is absent;
+    // Qwen2/3 only use their window when use_sliding_window is true, and only from layer
+    // max_window_layers (default 28) on, unless layer_types says which. LlamaForCausalLM ignores
+    // sliding_window.
+    const isQwen = isQwen2 || isQwen3
+    const window = arch === "MistralForCausalLM" || (isQwen && c.use_sliding_window) ? (c.sliding_window === undefined ? 4096 : c.sliding_window) : null
+    if (window !== null && window < 1) return yield* Effect.fail(checkpointError(file, "sliding_window", `${window} must be positive`))
+    const firstLocal = isQwen ? (c.max_window_layers ?? 28) : 0
+    const slidingLayers =
+      isQwen && c.layer_types !== undefined
+        ? yield* slidingLayerTypes(file, c.layer_types, c.num_hidden_layers)
+        : Array.from({ length: c.num_hidden_layers }, (_, i) => i >= firstLocal)
     if (c.rope_parameters?.partial_rotary_factor !== undefined && c.rope_parameters.partial_rotary_factor !== 1)
       return yield* Effect.fail(unsupported(file, "rope_parameters.partial_rotary_factor", "partial rotary embeddings in a Llama-family model"))
     const activation = yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu")
     if (activation !== "silu") return yield* Effect.fail(unsupported(file, "hidden_act", `"${c.hidden_act}" in a Llama-family model (only silu)`))
     // Qwen3Config's head_dim defaults to 128 whatever hidden_size is.
-    const { numHeads, numKvHeads, headDim } = yield* attentionHeads(file, c, isQwen3 ? 128 : undefined)
-    if (headDim % 2 !== 0) return yield* Effect.fail(checkpointError(file, "head_dim", `${headDim} must be even for rotary embeddings`))
+    const sizes = yield* llamaLikeSizes(file, c, isQwen3 ? 128 : undefined)
+    const headDim = sizes.headDim
     const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
     const scaling = yield* parseRopeScaling(file, ropeField, c.rope_parameters ?? c.rope_scaling, { maxPositions: c.max_position_embeddings, rotaryDim: headDim })
     const attentionBias = c.attention_bias ?? false
     const config: ModelConfig = {
       family: "llama",
       hfArchitecture: arch,
-      ...llamaLikeSizes(c),
-      numHeads,
-      numKvHeads,
-      headDim,
+      ...sizes,
       activation,
       mlp: "gated",
       positions: { kind: "rope", theta: c.rope_parameters?.rope_theta ?? c.rope_theta ?? 10000, rotaryDim: headDim, scaling },
@@ -158,6 +135,7 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
       tiedEmbeddings: c.tie_word_embeddings ?? false,
       bias: { qkv: isQwen2 || attentionBias, o: !isQwen2 && attentionBias, mlp: c.mlp_bias ?? false, norm: false },
       ...commonConfig(c),
+      ...(window !== null && slidingLayers.some((l) => l) ? { slidingWindow: { size: window, layers: slidingLayers } } : {}),
     }
     return config
   })
@@ -165,13 +143,15 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
 const weights: ArchitectureModule["weights"] = (config, tensors) => {
   const { hiddenSize: h, numHeads, numKvHeads, headDim, intermediateSize: m, bias } = config
   const qkNorm = config.hfArchitecture === "Qwen3ForCausalLM"
-  const headNorm = (name: string) => (qkNorm ? resolveNorm(tensors, normSpec(name, headDim, false)) : Effect.succeed(undefined))
+  const headNorms = (p: string) =>
+    qkNorm
+      ? Effect.all({ q: resolveNorm(tensors, normSpec(`${p}.self_attn.q_norm`, headDim, false)), k: resolveNorm(tensors, normSpec(`${p}.self_attn.k_norm`, headDim, false)) })
+      : Effect.succeed(undefined)
   const layer = (i: number): Effect.Effect<Layer, CheckpointError> => {
     const p = `model.layers.${i}`
     return Effect.all({
       inputNorm: resolveNorm(tensors, normSpec(`${p}.input_layernorm`, h, false)),
-      qNorm: headNorm(`${p}.self_attn.q_norm`),
-      kNorm: headNorm(`${p}.self_attn.k_norm`),
+      headNorms: headNorms(p),
       attention: Effect.all({
         layout: Effect.succeed("separate" as const),
         q: resolveLinear(tensors, linearSpec(`${p}.self_attn.q_proj`, numHeads * headDim, h, bias.qkv)),
@@ -212,18 +192,21 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
     rope_scaling: ropeScalingJson(c.positions.scaling),
     ...commonConfigJson(c),
   }
-  if (isQwen2) {
-    json.use_sliding_window = false
-    json.sliding_window = null
-  } else if (c.hfArchitecture === "Qwen3ForCausalLM") {
-    json.use_sliding_window = false
-    json.sliding_window = null
-    json.attention_bias = c.bias.qkv
+  const window = c.slidingWindow
+  const firstLocal = window ? window.layers.indexOf(true) : -1
+  if (window && (c.hfArchitecture === "LlamaForCausalLM" || window.layers.some((l, i) => l !== i >= firstLocal) || (c.hfArchitecture === "MistralForCausalLM" && firstLocal !== 0)))
+    return Effect.fail(unsupported(file, "sliding_window", `${c.hfArchitecture} cannot express this pattern of sliding-window layers`))
+  const isQwen3 = c.hfArchitecture === "Qwen3ForCausalLM"
+  if (isQwen2 || isQwen3) {
+    json.use_sliding_window = window !== undefined
+    json.sliding_window = window?.size ?? null
+    if (window) json.max_window_layers = firstLocal
+    if (isQwen3) json.attention_bias = c.bias.qkv
   } else {
     json.attention_bias = c.bias.qkv
     json.mlp_bias = c.bias.mlp
   }
-  if (c.hfArchitecture === "MistralForCausalLM") json.sliding_window = null
+  if (c.hfArchitecture === "MistralForCausalLM") json.sliding_window = window?.size ?? null
   return Effect.succeed(json)
 }
 

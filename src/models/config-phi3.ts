@@ -24,7 +24,7 @@ import {
   unsupported,
   type UnsupportedModelError,
 } from "./config-architecture.ts"
-import { attentionHeads, LlamaLikeFields, llamaLikeJson, llamaLikeSizes, llamaModelWeights } from "./config-llama.ts"
+import { LlamaLikeFields, llamaLikeJson, llamaLikeSizes, llamaModelWeights } from "./config-llama.ts"
 
 const Phi3ConfigJson = Schema.Struct({
   ...LlamaLikeFields,
@@ -35,11 +35,9 @@ const Phi3ConfigJson = Schema.Struct({
 const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
   Effect.gen(function* () {
     const c = yield* decodeConfig(Phi3ConfigJson, file, json)
-    if (c.sliding_window != null && c.sliding_window < c.max_position_embeddings)
-      return yield* Effect.fail(
-        unsupported(file, "sliding_window", `${c.sliding_window} is smaller than max_position_embeddings ${c.max_position_embeddings}; sliding-window attention is not implemented`),
-      )
-    const { numHeads, numKvHeads, headDim } = yield* attentionHeads(file, c)
+    if (c.sliding_window != null && c.sliding_window < 1) return yield* Effect.fail(checkpointError(file, "sliding_window", `${c.sliding_window} must be positive`))
+    const sizes = yield* llamaLikeSizes(file, c)
+    const headDim = sizes.headDim
     const ropeField = c.rope_parameters != null ? "rope_parameters" : "rope_scaling"
     const rope = c.rope_parameters ?? c.rope_scaling
     const partial = rope?.partial_rotary_factor ?? c.partial_rotary_factor ?? 1
@@ -57,10 +55,7 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
     const config: ModelConfig = {
       family: "phi3",
       hfArchitecture: "Phi3ForCausalLM",
-      ...llamaLikeSizes(c),
-      numHeads,
-      numKvHeads,
-      headDim,
+      ...sizes,
       activation: yield* activationFromHf(file, "hidden_act", c.hidden_act ?? "silu"),
       mlp: "gated",
       positions: { kind: "rope", theta: rope?.rope_theta ?? c.rope_theta ?? 10000, rotaryDim, scaling },
@@ -68,6 +63,8 @@ const parseConfig: ArchitectureModule["parseConfig"] = (file, json) =>
       tiedEmbeddings: c.tie_word_embeddings ?? false,
       bias: { qkv: false, o: false, mlp: false, norm: false },
       ...commonConfig(c),
+      // transformers' Phi-3 windows every layer when sliding_window is set (Phi-3-mini-4k: 2047)
+      ...(c.sliding_window != null ? { slidingWindow: { size: c.sliding_window, layers: Array.from({ length: c.num_hidden_layers }, () => true) } } : {}),
     }
     return config
   })
@@ -97,6 +94,7 @@ const weights: ArchitectureModule["weights"] = (config, tensors) => {
 const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, UnsupportedModelError> => {
   const file = "config.json"
   if (c.positions.kind !== "rope") return Effect.fail(unsupported(file, "positions", "Phi-3 uses rotary embeddings"))
+  if (c.slidingWindow?.layers.some((l) => !l)) return Effect.fail(unsupported(file, "sliding_window", "Phi-3 windows every layer or none"))
   if (c.norm.kind !== "rms" || c.mlp !== "gated" || c.parallelResidual || Object.values(c.bias).some((b) => b))
     return Effect.fail(unsupported(file, "norm", "Phi-3 has RMSNorm, a gated MLP, sequential residuals and no biases"))
   const { scaling } = c.positions
@@ -109,7 +107,7 @@ const toConfigJson = (c: ModelConfig): Effect.Effect<Record<string, unknown>, Un
     rope_theta: c.positions.theta,
     rope_scaling: ropeScalingJson(scaling),
     partial_rotary_factor: c.positions.rotaryDim / c.headDim,
-    sliding_window: null,
+    sliding_window: c.slidingWindow?.size ?? null,
     ...commonConfigJson(c),
   })
 }

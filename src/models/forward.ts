@@ -1,11 +1,12 @@
 // The decoder forward pass of every supported architecture (Llama family with Qwen2/3, Phi-3,
-// GPT-2, GPT-NeoX) as ONNX graph functions, built from a loaded checkpoint's normalized config and
-// weight layout. RoPE and its scalings live in rope.ts.
+// Gemma 2/3, GPT-2, GPT-NeoX) as ONNX graph functions, built from a loaded checkpoint's normalized
+// config and weight layout. RoPE and its scalings live in rope.ts.
 //
 // API
-//   decoder(g, config, weights, source, inputs, options?) -> { hidden, lmHead, present }
+//   decoder(g, config, weights, source, inputs, options?) -> { hidden, lmHead, logitSoftcap, present }
 //     Builds the forward into graph `g` (or a Loop/If subgraph of it) from graph values:
-//       inputs.ids    int64 [B, T]            token ids            (or inputs.embeds float32 [B, T, H])
+//       inputs.ids    int64 [B, T]            token ids            (or inputs.embeds float32 [B, T, H],
+//                                             HF's inputs_embeds: see tokenEmbeddings)
 //       inputs.mask   int64 [B, P + T]        1 = real token, 0 = padding; LEFT padding supported
 //       inputs.past   per layer {key, value}  float32 [B, kvHeads, P, headDim] (omit: P = 0)
 //       inputs.positions  int64 [B, T]        optional override of the position ids
@@ -33,7 +34,15 @@
 // Numerics: float32 throughout; fp16/bf16 weights are cast to float32 in-graph (onnxruntime's
 // CPU provider has no bf16 arithmetic). Masked attention uses an additive -1e9 bias, not -inf,
 // so fully masked (padding) query rows stay finite.
-import type { Graph, Value } from "../graph/index.ts"
+//
+// Sliding-window layers (config.slidingWindow) mask by cache column, as transformers does
+// (kv_idx > q_idx - window on cache positions): with left padding the real tokens of a row are
+// contiguous, so column distance is position distance. The cache keeps every column; a decode
+// step's window is applied by the mask, so prefill, decode and training share one rule.
+// Gemma (config.gemma): see GemmaFeatures. Its final logit soft-capping is applied wherever
+// logits are formed from `hidden` and `lmHead`: callers pass DecoderOutputs.logitSoftcap on
+// (LmHead.softcap for the chunked losses, positionStats' logitSoftcap argument, logitsOf).
+import { type Graph, softcap, type Value } from "../graph/index.ts"
 import type { Checkpoint, Linear, ModelConfig, ModelWeights, Norm, WeightRef } from "./checkpoint.ts"
 import { mlpLinears } from "./config-architecture.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
@@ -72,6 +81,8 @@ export interface DecoderOptions {
 export interface DecoderOutputs {
   readonly hidden: Value
   readonly lmHead: Value
+  /** logits = softcap(hidden lmHead^T, logitSoftcap) when defined (Gemma 2 final_logit_softcapping) */
+  readonly logitSoftcap: number | undefined
   readonly present: ReadonlyArray<{ readonly key: Value; readonly value: Value }>
 }
 
@@ -110,19 +121,16 @@ export const allWeightRefs = (w: ModelWeights): WeightRef[] => {
   add(w.embedPositions)
   for (const l of w.layers) {
     lin(l.inputNorm)
-    for (const n of [l.qNorm, l.kNorm]) if (n) lin(n)
     const a = l.attention
     for (const x of a.layout === "separate" ? [a.q, a.k, a.v, a.o] : [a.qkv, a.o]) lin(x)
     lin(l.postAttentionNorm)
+    for (const n of [l.outputNorms?.attention, l.outputNorms?.mlp, l.headNorms?.q, l.headNorms?.k]) if (n) lin(n)
     for (const x of mlpLinears(l.mlp)) lin(x)
   }
   lin(w.finalNorm)
   add(w.lmHead)
   return [...out.values()]
 }
-
-/** RMSNorm over each head's features of a [B, heads, T, headDim] tensor (Qwen3's q_norm, k_norm). */
-export const headRmsNorm = (g: Graph, x: Value, weight: Value, eps: number): Value => g.rmsNorm(x, weight, { axis: -1, epsilon: eps })
 
 const activation = (g: Graph, c: ModelConfig, x: Value): Value => {
   switch (c.activation) {
@@ -139,6 +147,30 @@ const activation = (g: Graph, c: ModelConfig, x: Value): Value => {
   }
 }
 
+/**
+ * Gemma's embedding factor sqrt(hiddenSize), rounded to the embedding weight's dtype the way HF's
+ * torch.tensor(hidden_size**0.5, dtype=...) rounds it (sqrt(3072) = 55.4256 is 55.5 in bf16).
+ */
+export const gemmaEmbedScale = (hiddenSize: number, dtype: WeightRef["dtype"]): number => {
+  const x = Math.sqrt(hiddenSize)
+  const bits = dtype === "BF16" ? 8 : dtype === "F16" ? 11 : dtype === "F64" ? 53 : 24
+  // round to `bits` significant bits, ties to even (the scale is a normal number in every dtype)
+  const step = 2 ** (Math.floor(Math.log2(x)) - bits + 1)
+  const q = x / step
+  const r = Math.round(q)
+  return (r - q === 0.5 && r % 2 !== 0 ? r - 1 : r) * step
+}
+
+/**
+ * What HF's input embedding module returns for `ids` [B, T] (its inputs_embeds, what
+ * DecoderInputs.embeds takes): Gemma 3's scaled embedding includes the sqrt(hidden) factor,
+ * Gemma 2 applies it in the decoder instead, to whatever embeddings it is given.
+ */
+export const tokenEmbeddings = (g: Graph, c: ModelConfig, w: ModelWeights, source: WeightSource, ids: Value): Value => {
+  const e = g.gather(source(w.embedTokens), ids, 0)
+  return c.gemma?.embedScale === "token_embeddings" ? g.mul(e, g.scalar(gemmaEmbedScale(c.hiddenSize, w.embedTokens.dtype))) : e
+}
+
 /** Builds the decoder into `g`; see the file header. */
 export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: WeightSource, inputs: DecoderInputs, options: DecoderOptions = {}): DecoderOutputs => {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
@@ -146,8 +178,12 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   if (!Number.isInteger(group)) throw new Error(`forward: ${nh} heads is not a multiple of ${nkv} key/value heads`)
   if (inputs.past && inputs.past.length !== c.numLayers) throw new Error(`forward: ${inputs.past.length} past K/V pairs for ${c.numLayers} layers`)
 
+  // Gemma's RMSNorm multiplies by (1 + w)
+  const normScale = (n: Norm) => (c.gemma ? g.add(source(n.weight), g.scalar(1)) : source(n.weight))
   const norm = (n: Norm, x: Value) =>
-    c.norm.kind === "rms" ? g.rmsNorm(x, source(n.weight), { epsilon: c.norm.eps }) : g.layerNorm(x, source(n.weight), n.bias ? source(n.bias) : null, { epsilon: c.norm.eps })
+    c.norm.kind === "rms" ? g.rmsNorm(x, normScale(n), { epsilon: c.norm.eps }) : g.layerNorm(x, source(n.weight), n.bias ? source(n.bias) : null, { epsilon: c.norm.eps })
+  /** RMSNorm of each head of q or k [B, n, T, headDim] over headDim (Qwen3, Gemma 3: q_norm / k_norm). */
+  const headRmsNorm = (n: Norm, v: Value) => g.rmsNorm(v, normScale(n), { epsilon: c.norm.eps })
   const linear = (layer: number, l: Linear, x: Value) => {
     const W = source(l.weight)
     const b = l.bias ? source(l.bias) : null
@@ -168,9 +204,10 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   // --- embeddings, positions and the attention bias
   const mask = inputs.mask
   let x: Value
-  if (inputs.ids) x = g.gather(source(w.embedTokens), inputs.ids, 0)
+  if (inputs.ids) x = tokenEmbeddings(g, c, w, source, inputs.ids)
   else if (inputs.embeds) x = inputs.embeds.dtype === "float32" ? inputs.embeds : g.cast(inputs.embeds, "float32")
   else throw new Error("forward: give either ids or embeds")
+  if (c.gemma?.embedScale === "all_inputs") x = g.mul(x, g.scalar(gemmaEmbedScale(c.hiddenSize, w.embedTokens.dtype)))
   const T = g.shapeOf(x, 1, 2) // [1]
   const S = g.shapeOf(mask, 1, 2) // [1], = P + T
   const P = g.sub(S, T)
@@ -186,17 +223,27 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   const causal = g.lessOrEqual(g.unsqueeze(kAbs, [0]), g.unsqueeze(qAbs, [1])) // [T, S]
   const real = g.unsqueeze(g.greater(mask, zero), [1]) // [B, 1, S]
   const visible = g.and(causal, real) // [B, T, S]
-  const bias = g.unsqueeze(g.where(visible, g.scalar(0), g.scalar(-1e9)), [1, 2]) // [B, 1, 1, T, S]
+  const maskBias = (v: Value) => g.unsqueeze(g.where(v, g.scalar(0), g.scalar(-1e9)), [1, 2]) // [B, 1, 1, T, S]
+  const bias = maskBias(visible)
+  // sliding-window layers also need key column > query column - window
+  const window = c.slidingWindow
+  const localBias = window
+    ? maskBias(g.and(visible, g.greater(g.unsqueeze(kAbs, [0]), g.unsqueeze(g.sub(qAbs, g.constant("int64", [], [window.size])), [1]))))
+    : bias
+  const isLocal = (layer: number) => window?.layers[layer] === true
 
-  const rope = c.positions.kind === "rope" ? ropeRotation(g, c.positions, hd, positions) : undefined
+  const globalRope = c.positions.kind === "rope" ? ropeRotation(g, c.positions, hd, positions) : undefined
+  // Gemma 3: local layers rotate with their own base
+  const localRope = c.gemma?.localPositions?.kind === "rope" ? ropeRotation(g, c.gemma.localPositions, hd, positions) : globalRope
 
-  const scale = g.scalar(1 / Math.sqrt(hd))
+  const scale = g.scalar(c.gemma ? c.gemma.queryPreAttnScalar ** -0.5 : 1 / Math.sqrt(hd))
+  const attnSoftcap = c.gemma?.attnLogitSoftcap
   /** [B, T, n*hd] -> [B, n, T, hd] */
   const heads = (v: Value, n: number) => g.transpose(g.reshape(v, [0, 0, n, hd]), [0, 2, 1, 3])
   const present: { key: Value; value: Value }[] = []
 
   const attention = (layer: number, h: Value): Value => {
-    const a = w.layers[layer].attention
+    const { attention: a, headNorms } = w.layers[layer]
     let q: Value, k: Value, v: Value
     if (a.layout === "separate") {
       q = heads(linear(layer, a.q, h), nh)
@@ -216,9 +263,11 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
       k = g.transpose(k0, [0, 2, 1, 3])
       v = g.transpose(v0, [0, 2, 1, 3])
     }
-    const layerWeights = w.layers[layer]
-    if (layerWeights.qNorm) q = headRmsNorm(g, q, source(layerWeights.qNorm.weight), c.norm.eps)
-    if (layerWeights.kNorm) k = headRmsNorm(g, k, source(layerWeights.kNorm.weight), c.norm.eps)
+    if (headNorms) {
+      q = headRmsNorm(headNorms.q, q)
+      k = headRmsNorm(headNorms.k, k)
+    }
+    const rope = isLocal(layer) ? localRope : globalRope
     if (rope) {
       q = rope(q)
       k = rope(k)
@@ -231,7 +280,8 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
     present.push({ key: k, value: v })
     // grouped-query attention by broadcasting: q [B, kv, group, T, hd] against k, v [B, kv, 1, S, hd]
     const q5 = g.reshape(q, [0, nkv, group, -1, hd])
-    const scores = g.add(g.mul(g.matMul(q5, g.unsqueeze(g.transpose(k, [0, 1, 3, 2]), [2])), scale), bias)
+    const scaled = g.mul(g.matMul(q5, g.unsqueeze(g.transpose(k, [0, 1, 3, 2]), [2])), scale)
+    const scores = g.add(attnSoftcap === undefined ? scaled : softcap(g, scaled, attnSoftcap), isLocal(layer) ? localBias : bias)
     const att = g.matMul(g.softmax(scores, -1), g.unsqueeze(v, [2])) // [B, kv, group, T, hd]
     const merged = g.reshape(g.transpose(g.reshape(att, [0, nh, -1, hd]), [0, 2, 1, 3]), [0, 0, nh * hd])
     return linear(layer, a.o, merged)
@@ -254,12 +304,18 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
     const attn = attention(l, norm(layer.inputNorm, x))
     if (c.parallelResidual) x = g.add(g.add(x, attn), mlp(l, norm(layer.postAttentionNorm, x)))
     else {
-      x = g.add(x, attn)
-      x = g.add(x, mlp(l, norm(layer.postAttentionNorm, x)))
+      const out = layer.outputNorms
+      x = g.add(x, out ? norm(out.attention, attn) : attn)
+      const m = mlp(l, norm(layer.postAttentionNorm, x))
+      x = g.add(x, out ? norm(out.mlp, m) : m)
     }
   }
-  return { hidden: norm(w.finalNorm, x), lmHead: source(w.lmHead), present }
+  return { hidden: norm(w.finalNorm, x), lmHead: source(w.lmHead), present, logitSoftcap: c.gemma?.finalLogitSoftcap }
 }
+
+/** Applies the model's final logit soft-capping (if any) to logits computed from `out`. */
+export const logitsOf = (g: Graph, out: DecoderOutputs, logits: Value): Value =>
+  out.logitSoftcap === undefined ? logits : softcap(g, logits, out.logitSoftcap)
 
 /** Input and output names of buildForwardGraph's graph. */
 export const forwardNames = {
@@ -306,7 +362,7 @@ export const buildForwardGraph = (g: Graph, ckpt: Checkpoint, placement: WeightP
     : undefined
   const out = decoder(g, c, ckpt.weights, source, { ids, embeds, mask, past }, { linearHook: options.linearHook })
   if (options.output === "hidden") g.outputAs(forwardNames.hidden, out.hidden)
-  else g.outputAs(forwardNames.logits, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0])))
+  else g.outputAs(forwardNames.logits, logitsOf(g, out, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0]))))
   if (options.cache)
     out.present.forEach((p, l) => {
       g.outputAs(forwardNames.presentKey(l), p.key)

@@ -37,7 +37,7 @@ import type { TextTokenizer } from "../text/tokenizer.ts"
 import type { Checkpoint } from "./checkpoint.ts"
 import { checkAdapterModules, type LoraAdapter } from "./peft.ts"
 import { adapterHook } from "./adapters.ts"
-import { decoder, forwardNames, type WeightSource } from "./forward.ts"
+import { decoder, forwardNames, logitsOf, type WeightSource } from "./forward.ts"
 import { externalWeights, placeWeights, writeGraph } from "./graph-weights.ts"
 import { requestUniform, sampleTokens, samplingInputs } from "./sampling.ts"
 import { contextLength } from "./rope.ts"
@@ -137,7 +137,7 @@ export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSou
   const bannedBias = g.input(names.bannedBias, "float32", ["batch", "banned"])
   const out = decoder(g, c, ckpt.weights, source(g), { ids, mask, past }, adapter ? { linearHook: adapterHook(g, adapter) } : {})
   const last = g.gather(out.hidden, g.constant("int64", [], [-1]), 1) // [B, H]
-  const logits = g.gemm(last, out.lmHead, null, { transB: true }) // [B, V]
+  const logits = logitsOf(g, out, g.gemm(last, out.lmHead, null, { transB: true })) // [B, V]
   const constrained = g.add(logits, g.scatterElements(g.zerosLike(logits), banned, bannedBias, 1))
   const s = sampleTokens(g, constrained, knobs, c.vocabSize, logits)
   g.outputAs(names.token, s.token)
@@ -183,7 +183,7 @@ export const buildDecodeLoopGraph = (ckpt: Checkpoint, source: (g: Graph) => Wei
       past: Array.from({ length: c.numLayers }, (_, l) => ({ key: kv[2 * l], value: kv[2 * l + 1] })),
     }, linearHook ? { linearHook } : {})
     const last = sub.gather(out.hidden, sub.constant("int64", [], [-1]), 1)
-    const logits = sub.gemm(last, out.lmHead, null, { transB: true }) // no per-step transpose of an outer weight
+    const logits = logitsOf(sub, out, sub.gemm(last, out.lmHead, null, { transB: true })) // no per-step transpose of an outer weight
     const bias = sub.scatterElements(sub.zerosLike(logits), banned, sub.gather(bannedBias, iter, 0), 1)
     const s = sampleTokens(sub, sub.add(logits, bias), { temperature, topK, topP, uniform: sub.gather(uniforms, iter, 0) }, c.vocabSize, logits)
     const grown = sub.concat([m, sub.unsqueeze(sub.constantOfShape(sub.shapeOf(tok), 1, "int64"), [1])], 1)

@@ -7,7 +7,8 @@
 // values do not depend on which other tensors exist. Weights and embeddings are uniform with
 // standard deviation `std` (HF uses a normal with initializer_range 0.02; a uniform of the same
 // variance is cheaper to draw at billions of values). Unlike HF's init, biases are drawn the same
-// way and norm scales are 1 + noise, so tests that compare implementations exercise them.
+// way and norm scales are 1 + noise (Gemma's (1 + w) norms: w = noise), so tests that compare
+// implementations exercise them.
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -70,10 +71,10 @@ const roleOf = (name: string, normNames: ReadonlySet<string>): Role =>
 const CHUNK_ELEMENTS = 1 << 20
 
 /** The values of one tensor, produced in chunks of at most CHUNK_ELEMENTS elements. */
-function* tensorChunks(spec: WeightSpec, role: Role, dtype: WeightDType, seed: number, std: number): Generator<Uint8Array> {
+function* tensorChunks(spec: WeightSpec, role: Role, dtype: WeightDType, seed: number, std: number, normOffset: number): Generator<Uint8Array> {
   const next = mulberry32(hash32(spec.name, seed))
   const halfWidth = std * Math.sqrt(3) // uniform(-a, a) has standard deviation a / sqrt(3)
-  const offset = role === "norm" ? 1 : 0
+  const offset = role === "norm" ? normOffset : 0
   let left = elementCount(spec.shape)
   while (left > 0) {
     const n = Math.min(left, CHUNK_ELEMENTS)
@@ -108,7 +109,9 @@ export const checkpointTensorSpecs = (
 const normTensorNames = (w: ModelWeights): ReadonlySet<string> => {
   const names = new Set<string>([w.finalNorm.weight.name])
   for (const l of w.layers) {
-    for (const n of [l.inputNorm, l.postAttentionNorm, l.qNorm, l.kNorm]) if (n) names.add(n.weight.name)
+    names.add(l.inputNorm.weight.name)
+    names.add(l.postAttentionNorm.weight.name)
+    for (const n of [l.outputNorms?.attention, l.outputNorms?.mlp, l.headNorms?.q, l.headNorms?.k]) if (n) names.add(n.weight.name)
   }
   return names
 }
@@ -203,7 +206,7 @@ export const writeRandomCheckpoint = (
       name: spec.name,
       dtype,
       shape: spec.shape,
-      chunks: () => tensorChunks(spec, roleOf(spec.name, normNames), dtype, options.seed, std),
+      chunks: () => tensorChunks(spec, roleOf(spec.name, normNames), dtype, options.seed, std, config.gemma ? 0 : 1),
     }))
     yield* writeWeightFiles(dir, tensors, options.maxShardBytes)
   })
@@ -300,6 +303,55 @@ export const tinyGptNeox = (overrides: Partial<ModelConfig> = {}): ModelConfig =
     bias: { qkv: true, o: true, mlp: true, norm: true },
     ...overrides,
   }
+}
+
+/**
+ * A small Gemma2ForCausalLM: head_dim 8 independent of hidden 16 / 4 heads, GQA, layers alternating
+ * local (window 4) and global, both soft-cappings (Gemma 2's defaults 50 and 30).
+ */
+export const tinyGemma2 = (overrides: Partial<ModelConfig> = {}): ModelConfig => {
+  const base = sizes({ headDim: 8, ...overrides }, { numKvHeads: 2 })
+  const numLayers = overrides.numLayers ?? 4
+  return {
+    ...base,
+    numLayers,
+    family: "gemma",
+    hfArchitecture: "Gemma2ForCausalLM",
+    norm: { kind: "rms", eps: 1e-6 },
+    activation: "gelu_tanh",
+    mlp: "gated",
+    positions: { kind: "rope", theta: 10000, rotaryDim: base.headDim, scaling: { kind: "none" } },
+    parallelResidual: false,
+    tiedEmbeddings: true,
+    bias: { qkv: false, o: false, mlp: false, norm: false },
+    padTokenId: 0,
+    slidingWindow: { size: 4, layers: Array.from({ length: numLayers }, (_, i) => i % 2 === 0) },
+    gemma: { embedScale: "all_inputs", queryPreAttnScalar: 8, attnLogitSoftcap: 50, finalLogitSoftcap: 30, localPositions: undefined },
+    ...overrides,
+  }
+}
+
+/**
+ * A small Gemma3ForCausalLM (text): q/k norms, local layers (window 4, RoPE base 10000) with every
+ * third layer global (RoPE base 1e6, linear scaling 8 as the 4B+ models have), no soft-capping.
+ */
+export const tinyGemma3 = (overrides: Partial<ModelConfig> = {}): ModelConfig => {
+  const numLayers = overrides.numLayers ?? 3
+  return tinyGemma2({
+    numLayers,
+    hfArchitecture: "Gemma3ForCausalLM",
+    numKvHeads: 1,
+    positions: { kind: "rope", theta: 1_000_000, rotaryDim: overrides.headDim ?? 8, scaling: { kind: "linear", factor: 8 } },
+    slidingWindow: { size: 4, layers: Array.from({ length: numLayers }, (_, i) => (i + 1) % 3 !== 0) },
+    gemma: {
+      embedScale: "token_embeddings",
+      queryPreAttnScalar: 8,
+      attnLogitSoftcap: undefined,
+      finalLogitSoftcap: undefined,
+      localPositions: { kind: "rope", theta: 10000, rotaryDim: overrides.headDim ?? 8, scaling: { kind: "none" } },
+    },
+    ...overrides,
+  })
 }
 
 /** Llama 3.2 1B shapes (tied embeddings, Llama 3 RoPE scaling). */

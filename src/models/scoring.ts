@@ -4,7 +4,7 @@
 // held whole (one [chunk x vocab] block at a time).
 //
 // API
-//   positionStats(g, hidden [N, H], lmHead [V, H], targets [N] int64, { topK, chunk })
+//   positionStats(g, hidden [N, H], lmHead [V, H], targets [N] int64, { topK, chunk }, logitSoftcap?)
 //     -> { targetLogProb [N], entropy [N], topLogProbs [N, k], topIds [N, k] int64, tailMass [N] }
 //     Graph function; any target id in [0, V) (use 0 where a position is not scored).
 //   buildScoringGraph(g, ckpt, placement, { topK, chunk, adapter? }) : inputs input_ids,
@@ -22,7 +22,7 @@
 // the top k hold almost all the mass.
 import { Data, Effect } from "effect"
 import type * as ort from "onnxruntime-node"
-import type { Graph, Value } from "../graph/index.ts"
+import { type Graph, softcap, type Value } from "../graph/index.ts"
 import { type RunError, runSession, type Session } from "../runtime/session.ts"
 import { tensor } from "../runtime/tensor.ts"
 import type { Checkpoint } from "./checkpoint.ts"
@@ -48,7 +48,8 @@ export interface PositionStats {
   readonly tailMass: Value
 }
 
-export const positionStats = (g: Graph, hidden: Value, lmHead: Value, targets: Value, opts: PositionStatsOptions): PositionStats => {
+/** `logitSoftcap`: the model's final logit soft-capping (DecoderOutputs.logitSoftcap). */
+export const positionStats = (g: Graph, hidden: Value, lmHead: Value, targets: Value, opts: PositionStatsOptions, logitSoftcap?: number): PositionStats => {
   const chunk = opts.chunk ?? 128
   const k = opts.topK
   const V = lmHead.shape[0]
@@ -66,7 +67,8 @@ export const positionStats = (g: Graph, hidden: Value, lmHead: Value, targets: V
     const end = sub.add(start, sub.ints([chunk]))
     const h = sub.slice(hPad, start, end, [0])
     const t = sub.slice(tPad, start, end, [0])
-    const logp = sub.logSoftmax(sub.gemm(h, lmHead, null, { transB: true }), -1) // [C, V]
+    const z = sub.gemm(h, lmHead, null, { transB: true })
+    const logp = sub.logSoftmax(logitSoftcap === undefined ? z : softcap(sub, z, logitSoftcap), -1) // [C, V]
     const target = sub.squeeze(sub.gatherElements(logp, sub.unsqueeze(t, [1]), 1), [1])
     const entropy = sub.neg(sub.reduceSum(sub.mul(sub.exp(logp), logp), [1]))
     const [topLogProbs, topIds] = sub.topK(logp, k, -1)
@@ -110,7 +112,7 @@ export const buildScoringGraph = (g: Graph, ckpt: Checkpoint, placement: WeightP
   const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
   const targets = g.input(scoringNames.targets, "int64", ["batch", "seq"])
   const out = decoder(g, c, ckpt.weights, externalWeights(g, placement), { ids, mask }, adapter ? { linearHook: adapterHook(g, adapter) } : {})
-  const s = positionStats(g, g.reshape(out.hidden, [-1, c.hiddenSize]), out.lmHead, g.reshape(targets, [-1]), opts)
+  const s = positionStats(g, g.reshape(out.hidden, [-1, c.hiddenSize]), out.lmHead, g.reshape(targets, [-1]), opts, out.logitSoftcap)
   const bt = g.shapeOf(targets)
   const btk = g.concat([bt, g.ints([opts.topK])], 0)
   g.outputAs(scoringNames.targetLogProb, g.reshapeLike(s.targetLogProb, targets))

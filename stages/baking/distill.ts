@@ -27,6 +27,7 @@ import { fullForwardKL, Graph, type LmHead, type Value } from "../../src/graph/i
 import { loraInputs, loraHook, loraName } from "../../src/models/adapters.ts"
 import type { Checkpoint } from "../../src/models/checkpoint.ts"
 import { decoder, type LinearHook, type WeightSource } from "../../src/models/forward.ts"
+import { contextLength } from "../../src/models/rope.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { type LoraAdapter, type LoraConfig, type LoraTarget, loraScale, loraTargets } from "../../src/models/peft.ts"
 import { toFloat32 } from "../../src/models/safetensors.ts"
@@ -88,13 +89,13 @@ const inputLengths = (set: TrajectorySet, i: number) => {
  * the model's positions: the trajectories were sampled with another model or other settings.
  */
 export const checkTrajectoriesFit = (ckpt: Checkpoint, set: TrajectorySet, what: string): Effect.Effect<void, Error> => {
-  const max = ckpt.config.maxPositions
+  const { length: max, why } = contextLength(ckpt.config)
   const i = set.trajectories.findIndex((_, k) => inputLengths(set, k).teacher > max)
   if (i < 0) return Effect.void
   const t = set.trajectories[i]
   return Effect.fail(
     new Error(
-      `${what}: trajectory ${i} (question ${set.questions[t.question]?.id}) needs ${inputLengths(set, i).teacher} positions (prompt with the system prompt + response), more than max_position_embeddings ${max} of ${ckpt.dir}; were the trajectories sampled with another model?`,
+      `${what}: trajectory ${i} (question ${set.questions[t.question]?.id}) needs ${inputLengths(set, i).teacher} positions (prompt with the system prompt + response), more than ${why === "max_position_embeddings" ? `${why} ${max}` : `${max} (${why})`} of ${ckpt.dir}; were the trajectories sampled with another model?`,
     ),
   )
 }
@@ -195,13 +196,13 @@ export const pairFeeds = (b: PairBatch, keys: ReadonlyArray<PairKey> = Object.ke
  */
 export const headAtPositions = (g: Graph, ckpt: Checkpoint, source: WeightSource, ids: Value, mask: Value, positions: Value, hook?: LinearHook): LmHead => {
   const out = decoder(g, ckpt.config, ckpt.weights, source, { ids, mask }, hook ? { linearHook: hook } : {})
-  return { hidden: g.gather(g.reshape(out.hidden, [-1, ckpt.config.hiddenSize]), positions, 0), weight: out.lmHead }
+  return { hidden: g.gather(g.reshape(out.hidden, [-1, ckpt.config.hiddenSize]), positions, 0), weight: out.lmHead, ...(out.logitSoftcap === undefined ? {} : { softcap: out.logitSoftcap }) }
 }
 
 // ------------------------------------------------------------------------------ KL evaluation
 
 export interface KlOptions {
-  /** where the graph's .onnx goes (the base weights are hard-linked under it) */
+  /** where the graph's .onnx goes (the base weights are read in place) */
   readonly graphDir: string
   readonly device: Device
   /** trajectories per forward run */

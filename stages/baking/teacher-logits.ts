@@ -76,7 +76,7 @@ export const storedTeacherLogits = (model: OpenModel, set: TrajectorySet, opts: 
     const positions = input("teacherPositions")
     const head = headAtPositions(g, ckpt, externalWeights(g, placement), input("teacherIds"), input("teacherMask"), positions)
     // positionStats also scores a target per row; nothing here needs it, so every target is id 0
-    const stats = positionStats(g, head.hidden, head.weight, g.zerosLike(positions), { topK: k })
+    const stats = positionStats(g, head.hidden, head.weight, g.zerosLike(positions), { topK: k }, head.softcap)
     g.outputAs(outputs.topLogProbs, stats.topLogProbs)
     g.outputAs(outputs.topIds, stats.topIds)
     g.outputAs(outputs.tailMass, stats.tailMass)

@@ -12,7 +12,7 @@ import {
   type UnsupportedModelError,
   weightsInFile,
 } from "../../src/models/checkpoint.ts"
-import { type InitOptions, llama31_8b, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { type InitOptions, llama31_8b, tinyGemma2, tinyGemma3, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { readFile, readHeader, writeFile } from "../../src/models/safetensors.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-ckpt-"))
@@ -35,6 +35,10 @@ describe("random checkpoints load back with the config they were written from", 
     ["llama tied, llama3 rope scaling, biases", tinyLlama({ tiedEmbeddings: true, bias: { qkv: true, o: true, mlp: true, norm: false }, positions: { kind: "rope", theta: 500000, rotaryDim: 4, scaling: { kind: "llama3", factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositions: 32 } } })],
     ["qwen2", tinyLlama({ hfArchitecture: "Qwen2ForCausalLM", tiedEmbeddings: true, bias: { qkv: true, o: false, mlp: false, norm: false } })],
     ["mistral", tinyLlama({ hfArchitecture: "MistralForCausalLM" })],
+    ["mistral with a sliding window", tinyLlama({ hfArchitecture: "MistralForCausalLM", slidingWindow: { size: 3, layers: [true, true] } })],
+    ["qwen2 with a sliding window from layer 1", tinyLlama({ hfArchitecture: "Qwen2ForCausalLM", tiedEmbeddings: true, bias: { qkv: true, o: false, mlp: false, norm: false }, slidingWindow: { size: 3, layers: [false, true] } })],
+    ["gemma 2", tinyGemma2()],
+    ["gemma 3", tinyGemma3()],
     ["gpt2", tinyGpt2()],
     ["gpt-neox sequential residual", tinyGptNeox({ parallelResidual: false })],
     ["gpt-neox", tinyGptNeox()],
@@ -53,7 +57,7 @@ describe("random checkpoints load back with the config they were written from", 
       if (ckpt.weights.embedPositions) refs.add(ckpt.weights.embedPositions.name)
       if (ckpt.weights.finalNorm.bias) refs.add(ckpt.weights.finalNorm.bias.name)
       for (const l of ckpt.weights.layers)
-        for (const part of [l.inputNorm, l.postAttentionNorm, ...Object.values(l.attention).filter((v) => typeof v === "object"), ...Object.values(l.mlp).filter((v) => typeof v === "object")] as Array<{ weight: { name: string }; bias?: { name: string } }>) {
+        for (const part of [l.inputNorm, l.postAttentionNorm, ...Object.values(l.outputNorms ?? {}), ...Object.values(l.headNorms ?? {}), ...Object.values(l.attention).filter((v) => typeof v === "object"), ...Object.values(l.mlp).filter((v) => typeof v === "object")] as Array<{ weight: { name: string }; bias?: { name: string } }>) {
           refs.add(part.weight.name)
           if (part.bias) refs.add(part.bias.name)
         }
@@ -208,19 +212,30 @@ describe("config.json of real models", () => {
     })
     expect(c).toMatchObject({ headDim: 64, numKvHeads: 2, tiedEmbeddings: true, bias: { qkv: true, o: false, mlp: false, norm: false } })
   })
-  it("Mistral-7B-v0.3 (no sliding window) loads; v0.1 (window 4096 < 32768) is refused", () => {
+  it("Mistral-7B-v0.3 has no sliding window; v0.1 (and a config without the key) windows every layer with 4096", () => {
     const base = {
       architectures: ["MistralForCausalLM"], bos_token_id: 1, eos_token_id: 2, hidden_act: "silu", hidden_size: 4096, intermediate_size: 14336,
       max_position_embeddings: 32768, model_type: "mistral", num_attention_heads: 32, num_hidden_layers: 32, num_key_value_heads: 8,
       rms_norm_eps: 1e-05, rope_theta: 1000000.0, sliding_window: null, tie_word_embeddings: false, vocab_size: 32768,
     }
     expect(parse(base)).toMatchObject({ hfArchitecture: "MistralForCausalLM", numKvHeads: 8 })
-    const e = failure(parseModelConfig("m/config.json", { ...base, sliding_window: 4096, rope_theta: 10000.0 })) as UnsupportedModelError
-    expect(e._tag).toBe("UnsupportedModelError")
-    expect(e.field).toBe("sliding_window")
-    expect(e.message).toMatch(/^m\/config\.json: sliding_window: unsupported/)
+    expect(parse(base).slidingWindow).toBeUndefined()
+    const everyLayer = { size: 4096, layers: new Array(32).fill(true) }
+    expect(parse({ ...base, sliding_window: 4096, rope_theta: 10000.0 }).slidingWindow).toEqual(everyLayer)
     const { sliding_window: _, ...absent } = base
-    expect(failure(parseModelConfig("config.json", absent))).toMatchObject({ field: "sliding_window" })
+    expect(parse(absent).slidingWindow).toEqual(everyLayer)
+  })
+  it("Qwen2 with use_sliding_window windows the layers from max_window_layers on; Llama ignores sliding_window", () => {
+    const qwen = {
+      architectures: ["Qwen2ForCausalLM"], hidden_size: 64, intermediate_size: 128, max_position_embeddings: 4096, num_attention_heads: 4,
+      num_hidden_layers: 4, num_key_value_heads: 2, rms_norm_eps: 1e-06, rope_theta: 1000000.0, sliding_window: 1024, use_sliding_window: true, vocab_size: 100,
+    }
+    expect(parse({ ...qwen, max_window_layers: 2 }).slidingWindow).toEqual({ size: 1024, layers: [false, false, true, true] })
+    expect(parse(qwen).slidingWindow).toBeUndefined() // default max_window_layers 28 >= 4 layers
+    const types = ["full_attention", "sliding_attention", "full_attention", "sliding_attention"]
+    expect(parse({ ...qwen, layer_types: types }).slidingWindow).toEqual({ size: 1024, layers: [false, true, false, true] })
+    expect(parse({ ...qwen, use_sliding_window: false, layer_types: types }).slidingWindow).toBeUndefined()
+    expect(parse({ ...qwen, architectures: ["LlamaForCausalLM"] }).slidingWindow).toBeUndefined()
   })
   it("gpt2", () => {
     const c = parse({

@@ -27,7 +27,7 @@ import {
 import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { allWeightRefs, buildForwardGraph, decoder, forwardNames, paramWeights } from "../../src/models/forward.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { tinyGpt2, tinyGptNeox, tinyLlama, tinyPhi3, tinyQwen3 } from "../../src/models/init.ts"
+import { tinyGemma2, tinyGemma3, tinyGpt2, tinyGptNeox, tinyLlama, tinyPhi3, tinyQwen3 } from "../../src/models/init.ts"
 import { loraConfigFor, loraScale, loraTargets, mergeLora } from "../../src/models/peft.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
@@ -68,6 +68,8 @@ describe("LoRA", () => {
     ["llama", tinyLlama(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
     ["gpt2 (Conv1D, W^T stored)", tinyGpt2(), ["c_attn", "c_proj", "c_fc"]],
     ["gpt_neox", tinyGptNeox(), ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]],
+    ["gemma 2", tinyGemma2(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
+    ["gemma 3 (q/k norms after the adapted projections)", tinyGemma3(), ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]],
   ] as const)
     it(`${name}: B = 0 is the base model; random A, B equal the mergeLora checkpoint`, async () => {
       const ckpt = await randomCheckpoint(config)

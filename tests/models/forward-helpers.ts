@@ -89,10 +89,46 @@ export const batchSpec = {
   loss_mask: { dtype: "float32", shape: ["batch", "seq"] },
 } as const
 
-/** The forward graph of a random checkpoint of `config` on `seq` against the float64 reference. */
-export const expectForwardMatchesReference = async (config: ModelConfig, dtype: WeightDType, seq: number[], tol: number) => {
-  const ckpt = await randomCheckpoint(config, { dtype })
-  const s = await forwardSession(ckpt)
-  const out = await run(s, { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) })
-  expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, seq), tol)
+/**
+ * Logits of a cached forward session (buildForwardGraph with cache) run incrementally: the prompt
+ * in one prefill, then each of `next` alone with the K/V of everything before it. Returns one
+ * logits row per position of prompt + next (batch of one).
+ */
+export const incrementalLogits = async (s: Session, config: ModelConfig, prompt: number[], next: number[]): Promise<Float32Array[]> => {
+  const empty = tensor("float32", [1, config.numKvHeads, 0, config.headDim], [])
+  let past: Record<string, ort.Tensor> = {}
+  for (let l = 0; l < config.numLayers; l++) past[forwardNames.pastKey(l)] = past[forwardNames.pastValue(l)] = empty
+  const rows: Float32Array[] = []
+  let seen = 0
+  for (const chunk of [prompt, ...next.map((t) => [t])]) {
+    seen += chunk.length
+    const out = await run(s, { [forwardNames.ids]: ids([chunk]), [forwardNames.mask]: tensor("int64", [1, seen], Array(seen).fill(1)), ...past })
+    rows.push(...rowsOf(out[forwardNames.logits], 0))
+    past = {}
+    for (let l = 0; l < config.numLayers; l++) {
+      past[forwardNames.pastKey(l)] = out[forwardNames.presentKey(l)]
+      past[forwardNames.pastValue(l)] = out[forwardNames.presentValue(l)]
+    }
+  }
+  return rows
 }
+
+/**
+ * The forward of `seq` alone, and of its first `short` tokens left-padded in the same batch, equal
+ * the float64 reference within `tol`; returns the reference logits of `seq`.
+ */
+export const expectPaddedForwardMatchesReference = async (ckpt: Checkpoint, seq: number[], short: number, tol: number): Promise<Float64Array[]> => {
+  const want = referenceLogits(ckpt.dir, seq)
+  const pad = seq.length - short
+  const out = await run(await forwardSession(ckpt), {
+    [forwardNames.ids]: ids([seq, [...Array(pad).fill(0), ...seq.slice(0, short)]]),
+    [forwardNames.mask]: tensor("int64", [2, seq.length], [...Array(seq.length).fill(1), ...Array(pad).fill(0), ...Array(short).fill(1)]),
+  })
+  expectClose(rowsOf(out[forwardNames.logits], 0), want, tol)
+  expectClose(rowsOf(out[forwardNames.logits], 1, pad), want.slice(0, short), tol)
+  return want
+}
+
+/** The forward graph of a random checkpoint of `config` on `seq` against the float64 reference. */
+export const expectForwardMatchesReference = async (config: ModelConfig, dtype: WeightDType, seq: number[], tol: number) =>
+  expectPaddedForwardMatchesReference(await randomCheckpoint(config, { dtype }), seq, seq.length, tol)

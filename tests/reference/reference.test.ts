@@ -11,9 +11,9 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
-import { tinyGpt2, tinyGptNeox, tinyLlama, tinyPhi3, tinyQwen3, writeConfigFiles, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { tinyGemma2, tinyGemma3, tinyGpt2, tinyGptNeox, tinyLlama, tinyPhi3, tinyQwen3, writeConfigFiles, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { fromNumbers, readFile, type Tensor, toFloat64, writeFile } from "../../src/models/safetensors.ts"
-import { activations, erf, referenceForward, referenceLogits, referenceModel, ropeInverseFrequencies, rotate } from "./reference.ts"
+import { activations, erf, referenceForward, referenceLogits, referenceModel, ropeInverseFrequencies, rotate, roundToDtype } from "./reference.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-ref-"))
 const TOL = 1e-12
@@ -238,6 +238,107 @@ describe("hand-computed tiny models", () => {
   })
 })
 
+describe("hand-computed Gemma", () => {
+  it("gemma 2: scaled embeddings, (1 + w) norms around attention and MLP, query_pre_attn_scalar, both soft-cappings, tied head", () => {
+    const config = tinyGemma2({
+      vocabSize: 2, hiddenSize: 2, numHeads: 1, numKvHeads: 1, headDim: 2, intermediateSize: 1, numLayers: 1, norm: { kind: "rms", eps: 1e-300 },
+      slidingWindow: undefined, gemma: { embedScale: "all_inputs", queryPreAttnScalar: 4, attnLogitSoftcap: 1, finalLogitSoftcap: 3, localPositions: undefined },
+    })
+    const I = [1, 0, 0, 1]
+    const zero = [[2], [0, 0]] as [number[], number[]]
+    const dir = handCheckpoint(config, {
+      "model.embed_tokens.weight": [[2, 2], [1, 0, 0, 2]],
+      "model.layers.0.input_layernorm.weight": zero,
+      "model.layers.0.self_attn.q_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.k_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.v_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.o_proj.weight": [[2, 2], I],
+      "model.layers.0.post_attention_layernorm.weight": zero,
+      "model.layers.0.pre_feedforward_layernorm.weight": zero,
+      "model.layers.0.mlp.gate_proj.weight": [[1, 2], [1, 0]],
+      "model.layers.0.mlp.up_proj.weight": [[1, 2], [1, 1]],
+      "model.layers.0.mlp.down_proj.weight": [[2, 1], [1, 1]],
+      "model.layers.0.post_feedforward_layernorm.weight": [[2], [1, -0.5]],
+      "model.norm.weight": zero,
+    })
+    const r2 = Math.SQRT2
+    // F64 weights: the embedding scale is sqrt(2) itself. x0 = [√2, 0], x1 = [0, 2√2]; normed: [√2, 0], [0, √2]
+    const x = [[r2, 0], [0, 2 * r2]]
+    const n = [[r2, 0], [0, r2]]
+    // position 1 rotates by angle 1: q1 = [-√2 sin 1, √2 cos 1]; scores scaled by 4^-1/2 then 1 * tanh(s / 1)
+    const [p0, p1] = softmax2(Math.tanh(0.5 * (-2 * Math.sin(1))), Math.tanh(0.5 * 2))
+    const attn = [n[0], [p0 * r2, p1 * r2]]
+    const h = x.map((xi, t) => xi.map((v, i) => v + rms(attn[t])[i]))
+    const out = h.map((hi) => {
+      const nh = rms(hi)
+      const m = activations.gelu_tanh(nh[0]) * (nh[0] + nh[1])
+      const post = rms([m, m]).map((v, i) => v * [2, 0.5][i]) // (1 + w) = (2, 0.5)
+      return hi.map((v, i) => v + post[i])
+    })
+    const logits = referenceLogits(dir, [0, 1])
+    for (let t = 0; t < 2; t++) {
+      const f = rms(out[t])
+      expectClose(logits[t], [f[0], 2 * f[1]].map((z) => 3 * Math.tanh(z / 3)))
+    }
+  })
+
+  it("gemma 3: q/k head norms before RoPE, a local layer rotating with the local (unscaled) base, no soft-capping", () => {
+    // the global RoPE is linearly scaled by 8: a local layer that used it would rotate by 1/8, not 1
+    const config = tinyGemma3({
+      vocabSize: 2, hiddenSize: 2, numHeads: 1, numKvHeads: 1, headDim: 2, intermediateSize: 1, numLayers: 1, norm: { kind: "rms", eps: 1e-300 },
+      positions: { kind: "rope", theta: 1e6, rotaryDim: 2, scaling: { kind: "linear", factor: 8 } },
+      slidingWindow: { size: 2, layers: [true] },
+      gemma: { embedScale: "token_embeddings", queryPreAttnScalar: 1, attnLogitSoftcap: undefined, finalLogitSoftcap: undefined, localPositions: { kind: "rope", theta: 10000, rotaryDim: 2, scaling: { kind: "none" } } },
+    })
+    const I = [1, 0, 0, 1]
+    const zero = [[2], [0, 0]] as [number[], number[]]
+    const dir = handCheckpoint(config, {
+      "model.embed_tokens.weight": [[2, 2], [1, 0, 0, 2]],
+      "model.layers.0.input_layernorm.weight": zero,
+      "model.layers.0.self_attn.q_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.k_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.v_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.o_proj.weight": [[2, 2], I],
+      "model.layers.0.self_attn.q_norm.weight": [[2], [1, 0]], // (1 + w) = (2, 1)
+      "model.layers.0.self_attn.k_norm.weight": [[2], [0, 1]], // (1, 2)
+      "model.layers.0.post_attention_layernorm.weight": zero,
+      "model.layers.0.pre_feedforward_layernorm.weight": zero,
+      "model.layers.0.mlp.gate_proj.weight": [[1, 2], [1, 0]],
+      "model.layers.0.mlp.up_proj.weight": [[1, 2], [1, 1]],
+      "model.layers.0.mlp.down_proj.weight": [[2, 1], [1, 1]],
+      "model.layers.0.post_feedforward_layernorm.weight": zero,
+      "model.norm.weight": zero,
+    })
+    const r2 = Math.SQRT2
+    const x = [[r2, 0], [0, 2 * r2]] // embeddings times sqrt(2)
+    const n = [[r2, 0], [0, r2]]
+    // normed heads: q0 = [2√2, 0], q1 = [0, √2]; k0 = [√2, 0], k1 = [0, 2√2]; then position 1 rotates by 1:
+    // q1 = √2 [-sin 1, cos 1], k1 = 2√2 [-sin 1, cos 1]; scores q1·k0 = -2 sin 1, q1·k1 = 4 (scale 1)
+    const [p0, p1] = softmax2(-2 * Math.sin(1), 4)
+    const attn = [n[0], [p0 * r2, p1 * r2]] // v = the normed input, no v norm
+    const h = x.map((xi, t) => xi.map((v, i) => v + rms(attn[t])[i]))
+    const out = h.map((hi) => {
+      const nh = rms(hi)
+      const m = activations.gelu_tanh(nh[0]) * (nh[0] + nh[1])
+      return hi.map((v, i) => v + rms([m, m])[i])
+    })
+    const logits = referenceLogits(dir, [0, 1])
+    for (let t = 0; t < 2; t++) {
+      const f = rms(out[t])
+      expectClose(logits[t], [f[0], 2 * f[1]])
+    }
+  })
+
+  it("bf16 and fp16 rounding of the embedding scale (ties to even)", () => {
+    expect(roundToDtype(Math.sqrt(3072), "BF16")).toBe(55.5)
+    expect(roundToDtype(Math.sqrt(3072), "F16")).toBe(55.4375) // 11 significant bits: steps of 1/32 in [32, 64)
+    expect(roundToDtype(1 + 2 ** -8, "BF16")).toBe(1) // tie: to the even neighbour
+    expect(roundToDtype(1 + 3 * 2 ** -8, "BF16")).toBe(1 + 2 ** -6)
+    expect(roundToDtype(1 + 2 ** -11, "F16")).toBe(1)
+    expect(roundToDtype(1 + 3 * 2 ** -11, "F16")).toBe(1 + 2 ** -9)
+  })
+})
+
 describe("identities on random checkpoints", () => {
   const random = (config: ModelConfig, seed = 5) => {
     const dir = tmp()
@@ -307,6 +408,40 @@ describe("identities on random checkpoints", () => {
     const a = referenceLogits(tied, tokens)
     const b = referenceLogits(untied, tokens)
     for (let t = 0; t < tokens.length; t++) expectClose(a[t], Array.from(b[t]))
+  })
+
+  it("sliding window: a window as long as the sequence changes nothing; a local layer ignores keys more than window - 1 back", () => {
+    const config = tinyLlama({ hfArchitecture: "MistralForCausalLM", numLayers: 1 })
+    const windowed = (size: number) => {
+      const dir = random({ ...config, slidingWindow: { size, layers: [true] } })
+      return (ids: number[]) => referenceLogits(dir, ids)
+    }
+    const plain = random(config)
+    const long = windowed(tokens.length)
+    for (let t = 0; t < tokens.length; t++) expectClose(long(tokens)[t], Array.from(referenceLogits(plain, tokens)[t]))
+    // window 3: position 6 sees positions 4, 5, 6 only
+    const w3 = windowed(3)
+    const last = (ids: number[]) => w3(ids).at(-1)!
+    expectClose(last(tokens), Array.from(last([9, 9, 9, 9, ...tokens.slice(4)])))
+    expect(Math.abs(last(tokens)[0] - last([...tokens.slice(0, 4), 9, ...tokens.slice(5)])[0])).toBeGreaterThan(1e-9)
+  })
+
+  it("gemma: the local RoPE base (on local layers only) and the soft-caps change the logits; a cap far above the scores does not", () => {
+    const g3 = tinyGemma3()
+    const base = referenceLogits(random(g3), tokens)
+    const otherLocalBase = referenceLogits(random({ ...g3, gemma: { ...g3.gemma!, localPositions: { kind: "rope", theta: 100, rotaryDim: 8, scaling: { kind: "none" } } } }), tokens)
+    expect(Math.abs(base[6][0] - otherLocalBase[6][0])).toBeGreaterThan(1e-9)
+    // without local layers the local base is unused
+    const allGlobal = { ...g3, slidingWindow: undefined }
+    const a = referenceLogits(random(allGlobal), tokens)
+    const b = referenceLogits(random({ ...allGlobal, gemma: { ...g3.gemma!, localPositions: { kind: "rope", theta: 100, rotaryDim: 8, scaling: { kind: "none" } } } }), tokens)
+    for (let t = 0; t < tokens.length; t++) expectClose(a[t], Array.from(b[t]))
+    const g2 = tinyGemma2()
+    const uncapped = referenceLogits(random({ ...g2, gemma: { ...g2.gemma!, attnLogitSoftcap: undefined, finalLogitSoftcap: undefined } }), tokens)
+    const farCaps = referenceLogits(random({ ...g2, gemma: { ...g2.gemma!, attnLogitSoftcap: 1e9, finalLogitSoftcap: 1e9 } }), tokens)
+    const tightCaps = referenceLogits(random({ ...g2, gemma: { ...g2.gemma!, attnLogitSoftcap: 0.1, finalLogitSoftcap: 0.5 } }), tokens)
+    for (let t = 0; t < tokens.length; t++) expectClose(farCaps[t], Array.from(uncapped[t]))
+    for (const row of tightCaps) for (const z of row) expect(Math.abs(z)).toBeLessThan(0.5)
   })
 
   it("referenceForward on a loaded model equals referenceLogits, and bad token ids are refused", () => {

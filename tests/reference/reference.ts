@@ -2,8 +2,8 @@
 // written for clarity, not speed: one loop per formula, no batching, no caching. It is the
 // reference the ONNX model graphs are tested against, so it shares only the checkpoint reader
 // (which tensor is where) with them; all the math (fused-qkv and gate-up splitting, RoPE and its
-// scalings, per-head q/k norms, GQA, norms, activations, residual wiring) is written out here on
-// its own.
+// scalings, per-head q/k norms, GQA, norms, activations, residual wiring, sliding windows, Gemma's
+// features) is written out here on its own.
 //
 //   referenceLogits(modelDir, tokenIds) -> logits, one Float64Array of length vocabSize per position
 //
@@ -78,11 +78,12 @@ export const activations = {
 
 // ------------------------------------------------------------------------------ norms
 
-const rmsNorm = (x: Vec, w: Vec, eps: number): Vec => {
+/** `unitOffset`: Gemma's RMSNorm, x / rms(x) * (1 + w). */
+const rmsNorm = (x: Vec, w: Vec, eps: number, unitOffset = false): Vec => {
   let ms = 0
   for (const v of x) ms += v * v
   const scale = 1 / Math.sqrt(ms / x.length + eps)
-  return x.map((v, i) => v * scale * w[i])
+  return x.map((v, i) => v * scale * (unitOffset ? 1 + w[i] : w[i]))
 }
 
 const layerNorm = (x: Vec, w: Vec, b: Vec | undefined, eps: number): Vec => {
@@ -171,6 +172,30 @@ export const rotate = (x: Vec, position: number, invFreq: number[], scale = 1): 
   return y
 }
 
+// ------------------------------------------------------------------------------ Gemma helpers
+
+/** x rounded to the storage dtype of a weight (what torch.tensor(x, dtype=...) gives). */
+export const roundToDtype = (x: number, dtype: WeightRef["dtype"]): number => {
+  if (dtype === "F64") return x
+  const f32 = Math.fround(x)
+  if (dtype === "F32") return f32
+  if (dtype === "BF16") {
+    // bfloat16 is the top half of a float32: round the low 16 bits away, ties to even
+    const u = new Uint32Array(Float32Array.of(x).buffer)[0]
+    const rounded = (u + 0x7fff + ((u >>> 16) & 1)) >>> 16
+    return new Float32Array(Uint32Array.of(rounded << 16).buffer)[0]
+  }
+  // float16, normal range: 11 significant bits
+  const exponent = Math.floor(Math.log2(Math.abs(x)))
+  const ulp = 2 ** (exponent - 10)
+  const n = x / ulp
+  const r = Math.floor(n) + (n - Math.floor(n) > 0.5 || (n - Math.floor(n) === 0.5 && Math.floor(n) % 2 === 1) ? 1 : 0)
+  return r * ulp
+}
+
+/** cap * tanh(x / cap) */
+const softcap = (x: number, cap: number | undefined) => (cap === undefined ? x : cap * Math.tanh(x / cap))
+
 // ------------------------------------------------------------------------------ model
 
 interface LinearParams {
@@ -190,10 +215,11 @@ type MlpParams =
 interface LayerParams {
   readonly norm1: NormParams
   readonly norm2: NormParams
+  /** Gemma: norms of the attention and MLP outputs (post_attention_layernorm, post_feedforward_layernorm) */
+  readonly outputNorms: { readonly attention: NormParams; readonly mlp: NormParams } | undefined
+  /** Qwen3, Gemma 3: per-head q/k norms */
+  readonly headNorms: { readonly q: NormParams; readonly k: NormParams } | undefined
   readonly attention: AttentionParams
-  /** per-head RMSNorm weights of queries and keys (Qwen3) */
-  readonly qNorm: Vec | undefined
-  readonly kNorm: Vec | undefined
   readonly mlp: MlpParams
 }
 
@@ -204,6 +230,7 @@ export interface ReferenceModel {
   readonly layers: ReadonlyArray<LayerParams>
   readonly finalNorm: NormParams
   readonly lmHead: Matrix
+  readonly embedDtype: WeightRef["dtype"]
 }
 
 const linearParams = (l: Linear): LinearParams => ({ w: load(l.weight), b: l.bias ? load(l.bias).values : undefined })
@@ -230,14 +257,15 @@ export const referenceModel = (ckpt: Checkpoint): ReferenceModel => {
       return {
         norm1: normParams(l.inputNorm),
         norm2: normParams(l.postAttentionNorm),
+        outputNorms: l.outputNorms ? { attention: normParams(l.outputNorms.attention), mlp: normParams(l.outputNorms.mlp) } : undefined,
+        headNorms: l.headNorms ? { q: normParams(l.headNorms.q), k: normParams(l.headNorms.k) } : undefined,
         attention,
-        qNorm: l.qNorm ? load(l.qNorm.weight).values : undefined,
-        kNorm: l.kNorm ? load(l.kNorm.weight).values : undefined,
         mlp,
       }
     }),
     finalNorm: normParams(w.finalNorm),
     lmHead: load(w.lmHead),
+    embedDtype: w.embedTokens.dtype,
   }
 }
 
@@ -259,25 +287,28 @@ const projectQkv = (c: ModelConfig, a: AttentionParams, xs: Vec[]) => {
 }
 
 /** ropeLengths[t]: the sequence length position t's query and key are rotated at (see referenceForward). */
-const attention = (c: ModelConfig, l: LayerParams, xs: Vec[], ropeLengths: ReadonlyArray<number>): Vec[] => {
+const attention = (c: ModelConfig, layerIndex: number, layer: LayerParams, xs: Vec[], ropeLengths: ReadonlyArray<number>): Vec[] => {
   const { numHeads: nh, numKvHeads: nkv, headDim: hd } = c
-  const a = l.attention
+  const a = layer.attention
   const qkv = projectQkv(c, a, xs)
-  if (l.qNorm && l.kNorm) {
-    const [qn, kn] = [l.qNorm, l.kNorm]
+  const hn = layer.headNorms
+  if (hn)
     qkv.forEach((p) => {
-      p.q = p.q.map((q) => rmsNorm(q, qn, c.norm.eps))
-      p.k = p.k.map((k) => rmsNorm(k, kn, c.norm.eps))
+      p.q = p.q.map((q) => rmsNorm(q, hn.q.w, c.norm.eps, c.gemma !== undefined))
+      p.k = p.k.map((k) => rmsNorm(k, hn.k.w, c.norm.eps, c.gemma !== undefined))
     })
-  }
-  if (c.positions.kind === "rope") {
-    const positions = c.positions
+  const local = c.slidingWindow?.layers[layerIndex] === true
+  // a token sees itself and the window - 1 tokens before it
+  const first = (t: number) => (local ? Math.max(0, t - c.slidingWindow!.size + 1) : 0)
+  const positions = local && c.gemma?.localPositions ? c.gemma.localPositions : c.positions
+  const scale = c.gemma ? 1 / Math.sqrt(c.gemma.queryPreAttnScalar) : 1 / Math.sqrt(hd)
+  if (positions.kind === "rope") {
     const s = positions.scaling
-    const scale = s.kind === "yarn" || s.kind === "longrope" ? s.attentionFactor : 1
+    const ropeScale = s.kind === "yarn" || s.kind === "longrope" ? s.attentionFactor : 1
     qkv.forEach((p, t) => {
       const invFreq = ropeInverseFrequencies(positions, ropeLengths[t])
-      p.q = p.q.map((q) => rotate(q, t, invFreq, scale))
-      p.k = p.k.map((k) => rotate(k, t, invFreq, scale))
+      p.q = p.q.map((q) => rotate(q, t, invFreq, ropeScale))
+      p.k = p.k.map((k) => rotate(k, t, invFreq, ropeScale))
     })
   }
   const groupSize = nh / nkv // query heads sharing one key/value head
@@ -286,15 +317,15 @@ const attention = (c: ModelConfig, l: LayerParams, xs: Vec[], ropeLengths: Reado
     for (let head = 0; head < nh; head++) {
       const kvHead = Math.floor(head / groupSize)
       const scores: number[] = []
-      for (let s = 0; s <= t; s++) {
+      for (let s = first(t); s <= t; s++) {
         let dot = 0
         for (let i = 0; i < hd; i++) dot += qkv[t].q[head][i] * qkv[s].k[kvHead][i]
-        scores.push(dot / Math.sqrt(hd))
+        scores.push(softcap(dot * scale, c.gemma?.attnLogitSoftcap))
       }
       const max = Math.max(...scores)
       const weights = scores.map((s) => Math.exp(s - max))
       const total = weights.reduce((x, y) => x + y, 0)
-      for (let s = 0; s <= t; s++) for (let i = 0; i < hd; i++) out[head * hd + i] += (weights[s] / total) * qkv[s].v[kvHead][i]
+      for (let s = first(t); s <= t; s++) for (let i = 0; i < hd; i++) out[head * hd + i] += (weights[s - first(t)] / total) * qkv[s].v[kvHead][i]
     }
     return linear(a.o, out)
   })
@@ -323,22 +354,27 @@ const mlp = (c: ModelConfig, l: LayerParams, x: Vec): Vec => {
 export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<number>, ropeLengths: ReadonlyArray<number> = tokenIds.map(() => tokenIds.length)): Float64Array[] => {
   const c = model.config
   if (ropeLengths.length !== tokenIds.length) throw new Error(`${ropeLengths.length} rope lengths for ${tokenIds.length} tokens`)
-  const norm = (p: NormParams, x: Vec) => (c.norm.kind === "rms" ? rmsNorm(x, p.w, c.norm.eps) : layerNorm(x, p.w, p.b, c.norm.eps))
+  const norm = (p: NormParams, x: Vec) => (c.norm.kind === "rms" ? rmsNorm(x, p.w, c.norm.eps, c.gemma !== undefined) : layerNorm(x, p.w, p.b, c.norm.eps))
+  const embedScale = c.gemma ? roundToDtype(Math.sqrt(c.hiddenSize), model.embedDtype) : 1
   let xs = tokenIds.map((id, t) => {
     if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new Error(`token id ${id} outside the vocabulary of ${c.vocabSize}`)
-    const e = row(model.embedTokens, id)
+    const e = row(model.embedTokens, id).map((v) => v * embedScale)
     return model.embedPositions ? add(e, row(model.embedPositions, t)) : e
   })
-  for (const layer of model.layers) {
-    const attn = attention(c, layer, xs.map((x) => norm(layer.norm1, x)), ropeLengths)
+  model.layers.forEach((layer, l) => {
+    const attn = attention(c, l, layer, xs.map((x) => norm(layer.norm1, x)), ropeLengths)
     if (c.parallelResidual) {
       xs = xs.map((x, t) => add(add(x, attn[t]), mlp(c, layer, norm(layer.norm2, x))))
     } else {
-      const hs = xs.map((x, t) => add(x, attn[t]))
-      xs = hs.map((h) => add(h, mlp(c, layer, norm(layer.norm2, h))))
+      const out = layer.outputNorms
+      const hs = xs.map((x, t) => add(x, out ? norm(out.attention, attn[t]) : attn[t]))
+      xs = hs.map((h) => {
+        const m = mlp(c, layer, norm(layer.norm2, h))
+        return add(h, out ? norm(out.mlp, m) : m)
+      })
     }
-  }
-  return xs.map((x) => linear({ w: model.lmHead, b: undefined }, norm(model.finalNorm, x)))
+  })
+  return xs.map((x) => linear({ w: model.lmHead, b: undefined }, norm(model.finalNorm, x)).map((z) => softcap(z, c.gemma?.finalLogitSoftcap)))
 }
 
 /**
