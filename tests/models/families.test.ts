@@ -123,8 +123,13 @@ describe("published configs", () => {
     expectRoundTrip(c)
   })
 
-  it("refusals name the field: Phi-3-mini-4k's sliding window, longrope factors of the wrong length, unknown rope types and activations", () => {
-    expect(failureMessage(parseExit({ ...phi3_mini_128k, max_position_embeddings: 4096, sliding_window: 2047, rope_scaling: null }))).toMatch(/sliding_window: unsupported: 2047/)
+  it("Phi-3-mini-4k windows every layer at its sliding_window", () => {
+    const c = parse({ ...phi3_mini_128k, max_position_embeddings: 4096, sliding_window: 2047, rope_scaling: null })
+    expect(c.slidingWindow).toEqual({ size: 2047, layers: Array.from({ length: c.numLayers }, () => true) })
+    expectRoundTrip(c)
+  })
+
+  it("refusals name the field: longrope factors of the wrong length, unknown rope types and activations", () => {
     expect(failureMessage(parseExit({ ...phi3_mini_128k, rope_scaling: { ...phi3_mini_128k.rope_scaling, short_factor: [1, 2] } }))).toMatch(
       /rope_scaling\.short_factor: has 2 entries; the rotary dimension 96 needs 48/,
     )

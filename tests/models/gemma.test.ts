@@ -96,7 +96,7 @@ describe("Gemma config.json", () => {
     expect(fail({ ...base, layer_types: ["chunked_attention", "full_attention"] })).toMatchObject({ _tag: "UnsupportedModelError", field: "layer_types.0" })
     expect(fail({ ...base, layer_types: ["full_attention"] })).toMatchObject({ _tag: "CheckpointError", field: "layer_types" })
     expect(fail({ ...base, sliding_window: null })).toMatchObject({ _tag: "CheckpointError", field: "sliding_window" })
-    expect(fail({ ...base, rope_scaling: { rope_type: "longrope", factor: 2 } })).toMatchObject({ _tag: "UnsupportedModelError", field: "rope_scaling.rope_type" })
+    expect(fail({ ...base, rope_scaling: { rope_type: "mrope", factor: 2 } })).toMatchObject({ _tag: "UnsupportedModelError", field: "rope_scaling.rope_type" })
   })
 
   it("the embedding scale is sqrt(hidden_size) rounded to the weight dtype, as HF's normalizer", () => {
