@@ -8,7 +8,8 @@ import { errorMessage } from "../engine/errors.ts"
 import { componentsOf, diffComponents, explainPlan } from "../engine/explain.ts"
 import { barReporter, lineReporter } from "../engine/progress.ts"
 import { planFile, runPipeline } from "../engine/run.ts"
-import { Store, type ExecutionRow } from "../engine/store.ts"
+import { Store, openStoreForReading, type ExecutionRow } from "../engine/store.ts"
+import { doctorCache } from "../engine/cache-doctor.ts"
 import { doctor } from "../runtime/doctor.ts"
 
 const USAGE = `usage: pipe <command> [options]
@@ -31,8 +32,9 @@ commands:
   show <run|node>       a run's nodes, or a node's latest execution (node: display name or key prefix)
   logs <node>           the log of a node's latest execution
   why <node>            what changed in a node's key since its previous execution
-  gc                    delete payloads no cache entry refers to
+  gc                    delete payloads no cache entry refers to, and work directories of interrupted nodes
   doctor                execution providers, GPUs, library versions, and what is missing for CUDA
+      --cache                  instead: check the cache database, move a damaged one aside, rebuild its entries
 
 common options:
   --cache-dir DIR       cache directory (default $PIPE_CACHE_DIR or ./cache)
@@ -48,7 +50,7 @@ interface Args {
   readonly options: ReadonlyMap<string, ReadonlyArray<string>>
 }
 
-const FLAGS = new Set(["--dry-run", "--fail-fast", "--plain", "--help"])
+const FLAGS = new Set(["--dry-run", "--fail-fast", "--plain", "--help", "--cache"])
 const OPTIONS = new Set(["--set", "--rerun", "--jobs", "--gpus", "--gpu-slots", "--memory", "--cache-dir", "--runs-dir", "--limit"])
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
@@ -83,7 +85,10 @@ const needOne = (args: Args, what: string): string => {
   return args.positional[0]
 }
 
-const openStore = (args: Args) => new Store(one(args, "--cache-dir") ?? process.env.PIPE_CACHE_DIR ?? "cache")
+const cacheDir = (args: Args) => one(args, "--cache-dir") ?? process.env.PIPE_CACHE_DIR ?? "cache"
+const openStore = (args: Args) => new Store(cacheDir(args))
+/** For the commands that only read: a cache this user cannot write is opened read-only. */
+const readStore = (args: Args) => openStoreForReading(cacheDir(args))
 const runsDir = (args: Args) => one(args, "--runs-dir") ?? process.env.PIPE_RUNS_DIR ?? "runs"
 const out = (line = "") => process.stdout.write(line + "\n")
 const time = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString().replace("T", " ").slice(0, 19))
@@ -132,6 +137,7 @@ const cmdRun = async (args: Args): Promise<number> => {
   const s = exit.value
   const c = s.counts
   out(`run ${s.runId} ${s.status}: ${s.nodes.length} nodes: ${c.succeeded} ran, ${c.cached} cached, ${c.failed} failed, ${c.skipped} skipped, ${c.interrupted} interrupted`)
+  for (const e of s.errors) out(`error: ${e}`)
   const failures = s.nodes.filter((n) => n.status === "failed")
   if (failures.length > 0) {
     out("failures:")
@@ -175,7 +181,7 @@ const latest = (store: Store, node: string): ReadonlyArray<ExecutionRow> => {
 
 const cmdShow = (args: Args): number => {
   const what = needOne(args, "a run id or a node")
-  const store = openStore(args)
+  const store = readStore(args)
   const run = store.run(what)
   if (run) {
     out(`run ${run.id}  ${run.status}  ${time(run.started_at)} -> ${time(run.ended_at)}`)
@@ -199,19 +205,19 @@ const cmdShow = (args: Args): number => {
   out(`log      ${e.log_path}`)
   const last = new Map<string, { step: number | null; value: number }>()
   for (const m of store.metricsOf(e.id)) last.set(m.name, m)
-  for (const [name, m] of last) out(`metric   ${name} = ${m.value}${m.step === null ? "" : ` (step ${m.step})`}`)
+  for (const [name, m] of last) out(`metric   ${name} = ${m.value}${m.step === null ? "" : ` (step ${m.step})`}${Number.isFinite(m.value) ? "" : "  (non-finite)"}`)
   return 0
 }
 
 const cmdLogs = (args: Args): number => {
-  const e = latest(openStore(args), needOne(args, "a node"))[0]
+  const e = latest(readStore(args), needOne(args, "a node"))[0]
   if (!existsSync(e.log_path)) throw new UsageError(`log ${e.log_path} no longer exists`)
   process.stdout.write(readFileSync(e.log_path, "utf8"))
   return 0
 }
 
 const cmdWhy = (args: Args): number => {
-  const rows = latest(openStore(args), needOne(args, "a node"))
+  const rows = latest(readStore(args), needOne(args, "a node"))
   const [now] = rows
   const before = rows.find((r) => r.key !== now.key)
   out(`${now.node}: key ${now.key.slice(0, 12)} (${now.status}, run ${now.run_id})`)
@@ -225,7 +231,7 @@ const cmdWhy = (args: Args): number => {
 }
 
 const cmdLs = (args: Args): number => {
-  for (const r of openStore(args).runs(int(args, "--limit", 20))) {
+  for (const r of readStore(args).runs(int(args, "--limit", 20))) {
     const counts = r.summary ? (JSON.parse(r.summary) as { counts?: Record<string, number> }).counts : undefined
     out(`${r.id}  ${r.status.padEnd(11)} ${time(r.started_at)}  ${r.pipeline}${counts ? `  ${Object.entries(counts).map(([k, v]) => `${k}=${v}`).join(" ")}` : ""}`)
   }
@@ -234,9 +240,9 @@ const cmdLs = (args: Args): number => {
 
 const cmdGc = (args: Args): number => {
   const store = openStore(args)
-  if (store.liveClaims() > 0) throw new UsageError("a run is in progress on this cache; run pipe gc when it is done")
-  const { files, bytes } = store.gc()
-  out(`removed ${files} unreferenced payload files, freed ${(bytes / 2 ** 20).toFixed(1)} MiB`)
+  if (store.liveClaims().size > 0) throw new Error("a run is in progress on this cache; run pipe gc when it is done")
+  const { files, workDirs, bytes } = store.gc()
+  out(`removed ${files} unreferenced payload files and ${workDirs} work directories of interrupted nodes, freed ${(bytes / 2 ** 20).toFixed(1)} MiB`)
   return 0
 }
 
@@ -265,6 +271,11 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
       case "gc":
         return cmdGc(args)
       case "doctor": {
+        if (args.flags.has("--cache")) {
+          const report = doctorCache(cacheDir(args))
+          for (const line of report.lines) out(line)
+          return report.ok ? 0 : 1
+        }
         const report = await Effect.runPromise(doctor())
         for (const line of report.lines) out(line)
         return 0
