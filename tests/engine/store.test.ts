@@ -74,7 +74,7 @@ describe("temp files and gc", () => {
     const old = new Date(Date.now() - 3_600_000)
     utimesSync(store.objectPath(orphan.hash), old, old)
     utimesSync(store.objectPath(kept.hash), old, old)
-    expect(store.gc()).toEqual({ files: 1, bytes: 7 })
+    expect(store.gc()).toEqual({ files: 1, workDirs: 0, bytes: 7 })
     expect(existsSync(store.objectPath(kept.hash))).toBe(true)
     expect(existsSync(store.objectPath(orphan.hash))).toBe(false)
     store.close()
