@@ -4,7 +4,7 @@ import { Effect, Exit, Cause } from "effect"
 import { existsSync, readFileSync } from "node:fs"
 import { basename } from "node:path"
 import { detectGpus, parseGpus } from "../engine/devices.ts"
-import { errorMessage } from "../engine/errors.ts"
+import { errorMessage, isDamagedDatabase } from "../engine/errors.ts"
 import { componentsOf, diffComponents, explainPlan } from "../engine/explain.ts"
 import { barReporter, lineReporter } from "../engine/progress.ts"
 import { planFile, runPipeline } from "../engine/run.ts"
@@ -284,7 +284,8 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         throw new UsageError(`unknown command "${args.command}"`)
     }
   } catch (e) {
-    process.stderr.write(`pipe: ${errorMessage(e)}\n${e instanceof UsageError ? "run pipe --help for usage\n" : ""}`)
+    // A database found damaged after it opened (a corrupt page read later) gets the same way out as at open.
+    process.stderr.write(`pipe: ${errorMessage(e)}\n${e instanceof UsageError ? "run pipe --help for usage\n" : isDamagedDatabase(e) ? "the cache database is damaged: run pipe doctor --cache\n" : ""}`)
     return 2
   }
 }

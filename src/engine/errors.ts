@@ -32,12 +32,21 @@ export class CacheError extends Data.TaggedError("CacheError")<{ readonly path: 
 // Node's errno codes, and better-sqlite3's SQLite result codes (extended ones, e.g. SQLITE_READONLY_DBMOVED).
 const FULL = ["ENOSPC", "EDQUOT", "SQLITE_FULL"]
 const READ_ONLY = ["EROFS", "EACCES", "EPERM", "SQLITE_READONLY", "SQLITE_CANTOPEN"]
-const codeIn = (code: unknown, codes: ReadonlyArray<string>) => typeof code === "string" && codes.some((c) => code === c || code.startsWith(`${c}_`))
+const codeIn = (code: string, codes: ReadonlyArray<string>) => codes.some((c) => code === c || code.startsWith(`${c}_`))
+
+/** The errno or SQLite result code of an error, or "". */
+const errorCode = (e: unknown): string => {
+  const code = (e as { code?: unknown } | null)?.code
+  return typeof code === "string" ? code : ""
+}
+
+/** SQLite found the database file damaged (not a database, or a corrupt page). */
+export const isDamagedDatabase = (e: unknown): boolean => codeIn(errorCode(e), ["SQLITE_NOTADB", "SQLITE_CORRUPT"])
 
 /** `what` (e.g. "writing") `path` failed with `e`: a StorageError whose message names the path and the remedy. */
 export const storageError = (what: string, path: string, e: unknown): StorageError => {
   if (e instanceof StorageError) return e
-  const code = (e as { code?: unknown } | null)?.code
+  const code = errorCode(e)
   const hint =
     codeIn(code, FULL) ? " (the disk is full: free some space and run again; cached results are kept)"
     : codeIn(code, READ_ONLY) ? " (not writable by this user, or on a read-only filesystem)"

@@ -13,7 +13,7 @@ import Database from "better-sqlite3"
 import { closeSync, existsSync, mkdtempSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, unlinkSync, writeFileSync, writeSync, copyFileSync, lstatSync } from "node:fs"
 import { hostname, tmpdir } from "node:os"
 import { dirname, join, relative, resolve } from "node:path"
-import { CacheError, CorruptArtifact, ExternalInputError, StorageError, errorMessage, storageError } from "./errors.ts"
+import { CacheError, CorruptArtifact, ExternalInputError, StorageError, errorMessage, isDamagedDatabase, storageError } from "./errors.ts"
 import { hashFile, sha256 } from "./hash.ts"
 
 export type StorageKind = "json" | "file" | "tensors"
@@ -167,8 +167,7 @@ let tmpCounter = 0
 
 /** What the user can do about a cache database that cannot be opened, by SQLite's error code. */
 const openError = (dbPath: string, readOnly: boolean, e: unknown): Error => {
-  const code = String((e as { code?: unknown }).code ?? "")
-  if (code.startsWith("SQLITE_NOTADB") || code.startsWith("SQLITE_CORRUPT"))
+  if (isDamagedDatabase(e))
     return new CacheError({
       path: dbPath,
       message: `the cache database ${dbPath} is damaged (${errorMessage(e)}). Run pipe doctor --cache to check it, move it aside and rebuild the cache entries from ${join(dirname(dbPath), "index")}; the payloads in ${join(dirname(dbPath), "objects")} are kept`,
