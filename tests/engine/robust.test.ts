@@ -7,10 +7,10 @@ import { execFileSync } from "node:child_process"
 import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs"
 import { hostname } from "node:os"
 import { join, resolve } from "node:path"
-import { beforeEach, describe, expect, it } from "vitest"
+import { beforeEach, describe, expect, it, type TestContext } from "vitest"
 import { doctorCache } from "../../src/engine/cache-doctor.ts"
 import { CacheError, lineReporter, planFile, runPipeline, Store } from "../../src/engine/index.ts"
-import { cli, fixture, runApi, sandbox, startCli, until, type Sandbox } from "./helpers.ts"
+import { cli, fixture, runApi, sandbox, startCli, until, type CliResult, type Sandbox } from "./helpers.ts"
 
 let sb: Sandbox
 beforeEach(() => {
@@ -40,17 +40,30 @@ const runWithLines = async (file: string, rerun: ReadonlyArray<string> = []) => 
   }
 }
 
-/** Mounts a tmpfs of `size` at `dir`; undefined when this process may not mount (not root, no CAP_SYS_ADMIN). */
-const mountTmpfs = (dir: string, size: string): string | undefined => {
+/**
+ * Runs `pipe run disk-full.ts` with a tmpfs of `size` mounted at `dir`, which its first stage fills up;
+ * then `after` (the tmpfs is still mounted, the filler removed). Skips the test where this process may
+ * not mount (not root, no CAP_SYS_ADMIN).
+ */
+const onFullTmpfs = async (ctx: TestContext, dir: string, size: string, after: (r: CliResult, runDir: string) => Promise<void>) => {
   mkdirSync(dir, { recursive: true })
   try {
     execFileSync("mount", ["-t", "tmpfs", "-o", `size=${size}`, "tmpfs", dir], { stdio: "pipe" })
-    return dir
-  } catch (e) {
-    return undefined
+  } catch {
+    return ctx.skip("mounting a small tmpfs needs root (CAP_SYS_ADMIN); to reproduce by hand, mount one and point PIPE_CACHE_DIR or PIPE_RUNS_DIR at it")
+  }
+  try {
+    const filler = join(dir, "filler")
+    const r = await cli(sb, ["run", fixture("disk-full.ts"), "--plain"], { PIPE_TEST_FILL: filler })
+    expect(r.stderr).toBe("") // no crash of the CLI
+    expect(r.code).toBe(1)
+    const runDir = /^records: (\S+)$/m.exec(r.stdout)![1]
+    rmSync(filler)
+    await after(r, runDir)
+  } finally {
+    execFileSync("umount", [dir])
   }
 }
-const MOUNT_SKIP = "mounting a small tmpfs needs root (CAP_SYS_ADMIN); to reproduce by hand, mount one and point PIPE_CACHE_DIR or PIPE_RUNS_DIR at it"
 
 describe("non-finite metrics", () => {
   it("are recorded (NaN, ±Infinity), shown by pipe show, and the stage's own error is kept", async () => {
@@ -250,36 +263,21 @@ describe("small items", () => {
 })
 
 describe("a full disk", () => {
-  it("under the cache: the node fails naming the path, the run is recorded as ended, the CLI exits 1 cleanly", async (ctx) => {
-    if (mountTmpfs(sb.cacheDir, "3m") === undefined) return ctx.skip(MOUNT_SKIP)
-    const filler = join(sb.cacheDir, "filler")
-    try {
-      const r = await cli(sb, ["run", fixture("disk-full.ts"), "--plain"], { PIPE_TEST_FILL: filler })
-      expect(r.stderr).toBe("")
-      expect(r.code).toBe(1)
+  it("under the cache: the node fails naming the path, the run is recorded as ended, the CLI exits 1 cleanly", (ctx) =>
+    onFullTmpfs(ctx, sb.cacheDir, "3m", async (r, runDir) => {
       expect(r.stdout).toMatch(/failed +fill .*(no space left on device|database or disk is full)/)
       expect(r.stdout).toMatch(new RegExp(`failed +fill .*${sb.cacheDir}/(tmp/|objects/|index/|cache\\.sqlite)`))
       expect(r.stdout).toContain("(the disk is full: free some space and run again; cached results are kept)")
       expect(readdirSync(join(sb.cacheDir, "tmp"))).toEqual([]) // a failed payload write leaves nothing behind
-      const runDir = /^records: (\S+)$/m.exec(r.stdout)![1]
       if (existsSync(join(runDir, "summary.json"))) expect(JSON.parse(readFileSync(join(runDir, "summary.json"), "utf8")).status).toBe("failed")
-      rmSync(filler)
       const ls = await cli(sb, ["ls"])
       expect(ls.stdout).toMatch(/ (failed|interrupted) /)
       const again = await cli(sb, ["run", fixture("disk-full.ts"), "--plain"])
       expect(again.code).toBe(0)
-    } finally {
-      execFileSync("umount", [sb.cacheDir])
-    }
-  })
+    }))
 
-  it("under runs/: the healthy node is cached, missing records are reported once each, summary.json is never half written", async (ctx) => {
-    if (mountTmpfs(sb.runsDir, "1m") === undefined) return ctx.skip(MOUNT_SKIP)
-    const filler = join(sb.runsDir, "filler")
-    try {
-      const r = await cli(sb, ["run", fixture("disk-full.ts"), "--plain"], { PIPE_TEST_FILL: filler })
-      expect(r.stderr).toBe("")
-      expect(r.code).toBe(1)
+  it("under runs/: the healthy node is cached, missing records are reported once each, summary.json is never half written", (ctx) =>
+    onFullTmpfs(ctx, sb.runsDir, "1m", async (r, runDir) => {
       expect(r.stdout).toMatch(/succeeded fill /)
       expect(r.stdout).toMatch(/succeeded lines /)
       // Once per file, each naming it: the log, and metrics.jsonl (first written after the disk filled).
@@ -287,17 +285,12 @@ describe("a full disk", () => {
       expect(warnings).toHaveLength(2)
       expect(warnings[0]).toMatch(/appending to \S+\/logs\/fill\.\w+\.log failed: ENOSPC: no space left on device.*; going on without the rest of its log$/)
       expect(warnings[1]).toMatch(/appending to \S+\/metrics\.jsonl failed: ENOSPC: .*; going on without metrics\.jsonl \(the metrics are still in the cache database\)$/)
-      const runDir = /^records: (\S+)$/m.exec(r.stdout)![1]
       expect(r.stdout).toContain(`error: writing ${join(runDir, "summary.json")} failed: ENOSPC`)
       expect(existsSync(join(runDir, "summary.json"))).toBe(false)
       expect(readdirSync(runDir).filter((f) => f.endsWith(".tmp"))).toEqual([])
       expect(query<{ status: string }>("SELECT status FROM runs")).toEqual([{ status: "failed" }])
-      rmSync(filler)
       const again = await cli(sb, ["run", fixture("disk-full.ts"), "--plain"])
       expect(again.code).toBe(0)
       expect(again.stdout).toMatch(/0 ran, 2 cached/)
-    } finally {
-      execFileSync("umount", [sb.runsDir])
-    }
-  })
+    }))
 })
