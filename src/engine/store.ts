@@ -194,6 +194,8 @@ export class Store {
   readonly indexDir: string
   readonly readOnly: boolean
   private readonly snapshotDir: string | undefined
+  /** index/ shard directories known to exist (saves a mkdir per publish). */
+  private readonly indexShards = new Set<string>()
   private readonly stmts
 
   constructor(readonly dir: string, options: StoreOptions = {}) {
@@ -440,11 +442,13 @@ export class Store {
   ): void {
     const entry: IndexEntry = { key, hash: a.hash, kind: a.kind, type: a.type, size: a.size, json: a.json ?? null, ...origin }
     const path = this.indexPath(key)
-    try {
-      mkdirSync(dirname(path), { recursive: true })
-    } catch (e) {
-      throw storageError("creating", dirname(path), e)
-    }
+    if (!this.indexShards.has(key.slice(0, 2)))
+      try {
+        mkdirSync(dirname(path), { recursive: true })
+        this.indexShards.add(key.slice(0, 2))
+      } catch (e) {
+        throw storageError("creating", dirname(path), e)
+      }
     writeFileAtomic(path, JSON.stringify(entry))
     try {
       this.restore(entry, executionId)
