@@ -103,12 +103,16 @@ export const executeNode = (
     const appendRecord = (path: string, text: string, lost: string) => {
       if (unwritable.has(path)) return
       try {
-        mkdirSync(dirname(path), { recursive: true })
         appendFileSync(path, text)
       } catch (e) {
         unwritable.add(path)
         onProgress({ value, warning: `${storageError("appending to", path, e).message}; going on without ${lost}` })
       }
+    }
+    try {
+      mkdirSync(dirname(req.logPath), { recursive: true })
+    } catch {
+      // reported by the log's first append, which fails the same way
     }
     const log = (message: string) => appendRecord(req.logPath, `${new Date().toISOString()} ${message}\n`, "the rest of its log")
     const inputs: Record<string, unknown> = {}
