@@ -258,7 +258,7 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         return await cmdRun(args)
       case "status": {
         const file = needOne(args, "a pipeline file")
-        return await explain(openStore(args), file, args.options.get("--set") ?? [], args.options.get("--rerun") ?? [], "status")
+        return await explain(readStore(args), file, args.options.get("--set") ?? [], args.options.get("--rerun") ?? [], "status")
       }
       case "ls":
         return cmdLs(args)

@@ -181,7 +181,11 @@ const payloadFiles = (objectsDir: string): Array<{ hash: string; path: string }>
   readdirSync(objectsDir).flatMap((shard) => readdirSync(join(objectsDir, shard)).map((hash) => ({ hash, path: join(objectsDir, shard, hash) })))
 
 export interface StoreOptions {
-  /** Open for reading only (pipe ls, show, logs, why on a cache this user cannot write): nothing is created or cleaned, and what is read is a snapshot taken at open. */
+  /**
+   * Open for reading only (pipe ls, show, logs, why, status on a cache this user cannot write): nothing is
+   * created, cleaned or remembered (external files are hashed each time), and what is read is a snapshot
+   * taken at open.
+   */
   readonly readOnly?: boolean
 }
 
@@ -657,7 +661,7 @@ export class Store {
     const memo = this.stmts.external.get(abs)
     if (memo && memo.size === Number(st.size) && memo.mtime_ns === String(st.mtimeNs) && memo.ino === String(st.ino)) return memo.hash
     const hash = hashFile(abs)
-    this.write(() => this.stmts.putExternal.run(abs, Number(st.size), String(st.mtimeNs), String(st.ino), hash))
+    if (!this.readOnly) this.write(() => this.stmts.putExternal.run(abs, Number(st.size), String(st.mtimeNs), String(st.ino), hash))
     return hash
   }
 
@@ -737,7 +741,7 @@ export class Store {
   }
 }
 
-/** Opens a cache to read it (pipe ls, show, logs, why): writable when it can be, else read-only. */
+/** Opens a cache to read it (pipe ls, show, logs, why, status): writable when it can be, else read-only. */
 export const openStoreForReading = (dir: string): Store => {
   try {
     return new Store(dir)

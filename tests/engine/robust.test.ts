@@ -238,7 +238,7 @@ describe("small items", () => {
     store.close()
   })
 
-  it("a cache this user cannot write: ls and show work, run names the path", async (ctx) => {
+  it("a cache this user cannot write: ls, show and status work, run names the path", async (ctx) => {
     if (process.getuid?.() !== 0) return ctx.skip("needs root to run pipe as another user (runuser -u nobody)")
     await runApi(sb, fixture("chain.ts"))
     chmodSync(sb.dir, 0o755)
@@ -255,6 +255,8 @@ describe("small items", () => {
     expect(ls.code).toBe(0)
     const show = asNobody(["show", "sum"])
     expect(show.out).toMatch(/metric +total = 55/)
+    const status = asNobody(["status", fixture("chain.ts")])
+    expect(status.out).toMatch(/^6 nodes: 6 cached, 0 to run/m)
     const run = asNobody(["run", fixture("chain.ts"), "--plain"])
     expect(run.code).not.toBe(0)
     expect(run.out).toContain(join(sb.cacheDir, "cache.sqlite"))
