@@ -182,9 +182,8 @@ const payloadFiles = (objectsDir: string): Array<{ hash: string; path: string }>
 
 export interface StoreOptions {
   /**
-   * Open for reading only (pipe ls, show, logs, why, status on a cache this user cannot write): nothing is
-   * created, cleaned or remembered (external files are hashed each time), and what is read is a snapshot
-   * taken at open.
+   * Open for reading only (pipe ls, show, logs, why, status on a cache this user cannot write): nothing in
+   * the cache directory is created, cleaned or changed; the database is a private snapshot taken at open.
    */
   readonly readOnly?: boolean
 }
@@ -212,27 +211,26 @@ export class Store {
     this.readOnly = options.readOnly ?? false
     try {
       if (this.readOnly) {
-        // SQLite cannot read a WAL database where it may not create the -shm file next to it: read a
-        // snapshot (the database and its WAL, as committed when copied) from a private temp directory.
+        // SQLite cannot read a WAL database where it may not create the -shm file next to it: work on a
+        // private snapshot (the database and its WAL, as committed when copied) in a temp directory.
+        // What the store writes (dead runs marked, the schema brought up to date) goes there only.
         this.snapshotDir = mkdtempSync(join(tmpdir(), "pipe-cache-"))
         const snapshot = join(this.snapshotDir, "cache.sqlite")
         copyFileSync(this.dbPath, snapshot)
         if (existsSync(`${this.dbPath}-wal`)) copyFileSync(`${this.dbPath}-wal`, `${snapshot}-wal`)
-        this.db = new Database(snapshot, { readonly: true, fileMustExist: true })
+        this.db = new Database(snapshot, { fileMustExist: true })
         process.once("exit", this.dropSnapshot) // commands that only read may exit without closing
       } else {
         for (const d of [this.objectsDir, this.tmpDir, this.workRoot, this.indexDir]) mkdirSync(d, { recursive: true })
         this.db = new Database(this.dbPath)
-        this.db.pragma("journal_mode = WAL")
-        this.db.pragma("synchronous = NORMAL")
       }
+      this.db.pragma("journal_mode = WAL")
+      this.db.pragma("synchronous = NORMAL")
       this.db.pragma("busy_timeout = 30000")
-      if (!this.readOnly) {
-        this.db.exec(SCHEMA)
-        // Caches from before runs recorded their process's start time.
-        if (!this.db.prepare<[], { name: string }>("PRAGMA table_info(runs)").all().some((c) => c.name === "pid_start"))
-          this.db.exec("ALTER TABLE runs ADD COLUMN pid_start TEXT")
-      }
+      this.db.exec(SCHEMA)
+      // Caches from before runs recorded their process's start time.
+      if (!this.db.prepare<[], { name: string }>("PRAGMA table_info(runs)").all().some((c) => c.name === "pid_start"))
+        this.db.exec("ALTER TABLE runs ADD COLUMN pid_start TEXT")
     } catch (e) {
       this.dropSnapshot()
       throw openError(this.dbPath, this.readOnly, e)
@@ -266,10 +264,8 @@ export class Store {
       finishExecution: this.db.prepare("UPDATE executions SET status = ?, output = ?, error = ?, ended_at = ? WHERE id = ?"),
       putExternal: this.db.prepare("INSERT OR REPLACE INTO external_files (path, size, mtime_ns, ino, hash) VALUES (?, ?, ?, ?, ?)"),
     }
-    if (!this.readOnly) {
-      this.cleanTemp()
-      this.write(() => this.markDeadRuns())
-    }
+    if (!this.readOnly) this.cleanTemp()
+    this.write(() => this.markDeadRuns())
   }
 
   /** Runs a database write; a failure (disk full, read-only) becomes a StorageError naming cache.sqlite. */
@@ -573,23 +569,12 @@ export class Store {
     })()
   }
 
-  /** Runs as recorded; a run whose process is gone shows as interrupted even where the cache is read-only. */
-  private runRows(where: string, ...args: Array<string | number>): Array<RunRow> {
-    const hasStart = this.db.prepare<[], { name: string }>("PRAGMA table_info(runs)").all().some((c) => c.name === "pid_start")
-    return this.db
-      .prepare<Array<string | number>, RunRow & { pid: number; host: string; pid_start: string | null }>(
-        `SELECT id, pipeline, args, status, started_at, ended_at, summary, pid, host, ${hasStart ? "pid_start" : "NULL AS pid_start"} FROM runs ${where}`,
-      )
-      .all(...args)
-      .map(({ pid, host, pid_start, ...r }) => (r.status === "running" && !runAlive({ pid, host, pid_start }) ? { ...r, status: "interrupted" } : r))
-  }
-
   runs(limit: number): ReadonlyArray<RunRow> {
-    return this.runRows("ORDER BY started_at DESC LIMIT ?", limit)
+    return this.db.prepare<[number], RunRow>("SELECT id, pipeline, args, status, started_at, ended_at, summary FROM runs ORDER BY started_at DESC LIMIT ?").all(limit)
   }
 
   run(id: string): RunRow | undefined {
-    return this.runRows("WHERE id = ?", id)[0]
+    return this.db.prepare<[string], RunRow>("SELECT id, pipeline, args, status, started_at, ended_at, summary FROM runs WHERE id = ?").get(id)
   }
 
   startExecution(e: Omit<ExecutionRow, "id" | "output" | "ended_at" | "error" | "status" | "started_at">): number {
@@ -661,7 +646,7 @@ export class Store {
     const memo = this.stmts.external.get(abs)
     if (memo && memo.size === Number(st.size) && memo.mtime_ns === String(st.mtimeNs) && memo.ino === String(st.ino)) return memo.hash
     const hash = hashFile(abs)
-    if (!this.readOnly) this.write(() => this.stmts.putExternal.run(abs, Number(st.size), String(st.mtimeNs), String(st.ino), hash))
+    this.write(() => this.stmts.putExternal.run(abs, Number(st.size), String(st.mtimeNs), String(st.ino), hash))
     return hash
   }
 

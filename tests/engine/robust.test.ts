@@ -241,6 +241,9 @@ describe("small items", () => {
   it("a cache this user cannot write: ls, show and status work, run names the path", async (ctx) => {
     if (process.getuid?.() !== 0) return ctx.skip("needs root to run pipe as another user (runuser -u nobody)")
     await runApi(sb, fixture("chain.ts"))
+    const d = new Database(join(sb.cacheDir, "cache.sqlite"))
+    d.prepare("INSERT INTO runs (id, pipeline, args, status, started_at, pid, host) VALUES ('killed', 'p.ts', '[]', 'running', 0, ?, ?)").run(2 ** 22 + 12345, hostname())
+    d.close()
     chmodSync(sb.dir, 0o755)
     const asNobody = (args: ReadonlyArray<string>) => {
       try {
@@ -252,6 +255,7 @@ describe("small items", () => {
     }
     const ls = asNobody(["ls"])
     expect(ls.out).toMatch(/succeeded/)
+    expect(ls.out).toMatch(/^killed +interrupted /m) // as seen from a snapshot: the cache is not written
     expect(ls.code).toBe(0)
     const show = asNobody(["show", "sum"])
     expect(show.out).toMatch(/metric +total = 55/)
