@@ -265,6 +265,7 @@ describe("small items", () => {
     expect(run.code).not.toBe(0)
     expect(run.out).toContain(join(sb.cacheDir, "cache.sqlite"))
     expect(run.out).toContain("not writable by this user")
+    expect(query("SELECT id FROM runs WHERE status = 'running'")).toEqual([{ id: "killed" }]) // nothing was written
   })
 })
 
