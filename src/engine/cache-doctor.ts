@@ -70,6 +70,10 @@ export const doctorCache = (dir: string): CacheDoctorReport => {
     lines.push(`${store.indexDir}: ${entries.length} cache entries; ${restored} restored into the database, ${entries.length - restored - unusable.length} already there`)
     if (unusable.length > 0) lines.push(`  ${unusable.length} not restorable, recomputed when needed: ${unusable.slice(0, 5).join(", ")}${unusable.length > 5 ? ", ..." : ""}`)
     if (unreadable.length > 0) lines.push(`  ${unreadable.length} unreadable sidecars (ignored): ${unreadable.slice(0, 3).join(", ")}`)
+    // Entries published before the cache kept sidecars: written now, so a later loss can be repaired too.
+    const bare = store.entriesWithoutSidecar()
+    for (const e of bare) store.writeSidecar(e)
+    if (bare.length > 0) lines.push(`  ${bare.length} entries had no sidecar (published before pipe kept them): written`)
     return { lines, ok: true }
   } catch (e) {
     lines.push(`rebuilding the entries failed: ${errorMessage(e)}`)

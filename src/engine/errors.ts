@@ -50,6 +50,7 @@ export const storageError = (what: string, path: string, e: unknown): StorageErr
   const hint =
     codeIn(code, FULL) ? " (the disk is full: free some space and run again; cached results are kept)"
     : codeIn(code, READ_ONLY) ? " (not writable by this user, or on a read-only filesystem)"
+    : isDamagedDatabase(e) ? " (the database is damaged: run pipe doctor --cache)"
     : ""
   return new StorageError({ path, message: `${what} ${path} failed: ${errorMessage(e)}${hint}` })
 }

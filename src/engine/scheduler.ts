@@ -4,7 +4,7 @@
 import { Cause, Effect, Exit, Fiber, Option, Queue } from "effect"
 import { hostname } from "node:os"
 import { join } from "node:path"
-import { CorruptArtifact, NodeFailed, errorMessage } from "./errors.ts"
+import { CorruptArtifact, NodeFailed, errorMessage, storageError } from "./errors.ts"
 import type { NodeRequest, Published } from "./execute.ts"
 import type { Executor } from "./executor.ts"
 import { cacheKey, type Plan, type PlanNode } from "./plan.ts"
@@ -153,7 +153,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
       try {
         return f()
       } catch (e) {
-        recordError ??= errorMessage(e)
+        recordError ??= storageError("using", store.dbPath, e).message
         return undefined
       }
     }

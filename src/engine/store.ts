@@ -441,21 +441,37 @@ export class Store {
     origin: { readonly stage?: string; readonly node?: string } = {},
   ): void {
     const entry: IndexEntry = { key, hash: a.hash, kind: a.kind, type: a.type, size: a.size, json: a.json ?? null, ...origin }
-    const path = this.indexPath(key)
-    if (!this.indexShards.has(key.slice(0, 2)))
+    this.writeSidecar(entry)
+    try {
+      this.restore(entry, executionId)
+    } catch (e) {
+      rmSync(this.indexPath(key), { force: true }) // not published: gc must not take the sidecar for an entry the database lost
+      throw e
+    }
+  }
+
+  writeSidecar(entry: IndexEntry): void {
+    const path = this.indexPath(entry.key)
+    if (!this.indexShards.has(entry.key.slice(0, 2)))
       try {
         mkdirSync(dirname(path), { recursive: true })
-        this.indexShards.add(key.slice(0, 2))
+        this.indexShards.add(entry.key.slice(0, 2))
       } catch (e) {
         throw storageError("creating", dirname(path), e)
       }
     writeFileAtomic(path, JSON.stringify(entry))
-    try {
-      this.restore(entry, executionId)
-    } catch (e) {
-      rmSync(path, { force: true }) // not published: gc must not take the sidecar for an entry the database lost
-      throw e
-    }
+  }
+
+  /** Cache entries that have no sidecar in index/ (published before the cache kept them). */
+  entriesWithoutSidecar(): Array<IndexEntry> {
+    return this.db
+      .prepare<[], IndexEntry & { stage: string | null; node: string | null }>(
+        `SELECT c.key, a.hash, a.kind, a.type, a.size, a.json, e.stage, e.node
+         FROM cache c JOIN artifacts a ON a.hash = c.hash LEFT JOIN executions e ON e.id = c.execution_id`,
+      )
+      .all()
+      .filter((e) => !existsSync(this.indexPath(e.key)))
+      .map(({ stage, node, ...e }) => ({ ...e, ...(stage === null ? {} : { stage }), ...(node === null ? {} : { node }) }))
   }
 
   /** Records an entry in the database only (its sidecar exists): publishing, and `pipe doctor --cache`. */

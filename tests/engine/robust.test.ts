@@ -167,6 +167,17 @@ describe("a damaged cache database", () => {
     after.close()
   })
 
+  it("a cache from before sidecars: doctor --cache writes them, so a later truncation can be repaired", async () => {
+    await runApi(sb, fixture("chain.ts"))
+    rmSync(join(sb.cacheDir, "index"), { recursive: true })
+    expect(doctorCache(sb.cacheDir).lines.join("\n")).toContain("6 entries had no sidecar (published before pipe kept them): written")
+    dbFiles()
+    truncateSync(join(sb.cacheDir, "cache.sqlite"), 0)
+    expect(doctorCache(sb.cacheDir).lines.join("\n")).toMatch(/6 cache entries; 6 restored/)
+    const again = await runApi(sb, fixture("chain.ts"))
+    expect(again.counts).toMatchObject({ cached: 6, succeeded: 0 })
+  })
+
   it("garbled: every command names the file and the way out; doctor --cache moves it aside and rebuilds", async () => {
     await runApi(sb, fixture("chain.ts"))
     dbFiles()
