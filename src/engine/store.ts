@@ -107,9 +107,11 @@ export interface IndexEntry {
   readonly node?: string
 }
 
-/** Writes a file whole or not at all: a temp file next to it, renamed over it. Errors name `path`. */
-export const writeFileAtomic = (path: string, data: string | Uint8Array): void => {
-  const temp = `${path}.${process.pid}.tmp`
+/**
+ * Writes a file whole or not at all: a temp file (next to it unless given, on the same filesystem)
+ * renamed over it. Errors name `path`.
+ */
+export const writeFileAtomic = (path: string, data: string | Uint8Array, temp = `${path}.${process.pid}.tmp`): void => {
   try {
     writeFileSync(temp, data)
     renameSync(temp, path)
@@ -459,7 +461,7 @@ export class Store {
       } catch (e) {
         throw storageError("creating", dirname(path), e)
       }
-    writeFileAtomic(path, JSON.stringify(entry))
+    writeFileAtomic(path, JSON.stringify(entry), this.tempPath()) // in tmp/, cleaned at start if a kill leaves it
   }
 
   /** Cache entries that have no sidecar in index/ (published before the cache kept them). */
@@ -492,7 +494,7 @@ export class Store {
     if (!existsSync(this.indexDir)) return { entries, unreadable }
     for (const shard of readdirSync(this.indexDir))
       for (const name of readdirSync(join(this.indexDir, shard))) {
-        if (!name.endsWith(".json")) continue // a temp file of an interrupted atomic write
+        if (!name.endsWith(".json")) continue
         const path = join(this.indexDir, shard, name)
         try {
           const e = JSON.parse(readFileSync(path, "utf8")) as IndexEntry

@@ -198,12 +198,17 @@ describe("a damaged cache database", () => {
 })
 
 describe("small items", () => {
-  it("plain output lists cached nodes; the counter never passes the total when a corrupt payload is recomputed", async () => {
+  /** Runs chain.ts; returns the hash and path of render's (file) payload. */
+  const renderPayload = async () => {
     await runWithLines("chain.ts")
     const store = new Store(sb.cacheDir)
-    const [render] = store.executionsOf("render")
-    const payload = store.objectPath(render.output!)
+    const hash = store.executionsOf("render")[0].output!
     store.close()
+    return { hash, payload: join(sb.cacheDir, "objects", hash.slice(0, 2), hash) }
+  }
+
+  it("plain output lists cached nodes; the counter never passes the total when a corrupt payload is recomputed", async () => {
+    const { payload } = await renderPayload()
     const bytes = readFileSync(payload)
     bytes[0] ^= 1 // same size: found when counted reads it, then render is recomputed
     writeFileSync(payload, bytes)
@@ -217,16 +222,12 @@ describe("small items", () => {
   })
 
   it("a payload that fails its size check is recomputed with a warning naming the file and why", async () => {
-    await runWithLines("chain.ts")
-    const store = new Store(sb.cacheDir)
-    const [render] = store.executionsOf("render")
-    const payload = store.objectPath(render.output!)
-    store.close()
+    const { hash, payload } = await renderPayload()
     const size = statSync(payload).size
     truncateSync(payload, 3)
     const { result, lines } = await runWithLines("chain.ts")
     expect(result.counts).toMatchObject({ succeeded: 1, cached: 5 })
-    expect(lines).toContainEqual(expect.stringContaining(`warning: render: cached result ${render.output!.slice(0, 12)} dropped: its payload ${payload} is 3 bytes, ${size} were published; recomputing it`))
+    expect(lines).toContainEqual(expect.stringContaining(`warning: render: cached result ${hash.slice(0, 12)} dropped: its payload ${payload} is 3 bytes, ${size} were published; recomputing it`))
   })
 
   it("a malformed sweep( in --set is reported as a malformed sweep", async () => {
