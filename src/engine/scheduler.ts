@@ -119,6 +119,12 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     const events = yield* Queue.unbounded<Event>()
     const onAbort = () => Queue.offerUnsafe(events, { type: "stop" })
     o.signal?.addEventListener("abort", onAbort)
+    // A missed heartbeat stops nothing: other runs take a claim over only after many missed ones (15 s
+    // from another host, 10 minutes on this one), and a database that cannot be written fails this run's
+    // next real record anyway.
+    const heartbeat = yield* Effect.forkChild(
+      Effect.forever(Effect.andThen(Effect.sleep(HEARTBEAT_MS), Effect.ignore(Effect.try(() => store.heartbeat(owner))))),
+    )
 
     // Priority: estimated duration of the longest path from a node to the end of the plan.
     const durations = store.stageDurations()
@@ -134,9 +140,6 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     const recomputes = new Map<string, number>()
     const rerun = new Set(o.rerun)
     const forced = (n: PlanNode) => rerun.has(n.label) || rerun.has(n.stage.spec.name)
-    const heartbeat = yield* Effect.forkChild(
-      Effect.forever(Effect.andThen(Effect.sleep(HEARTBEAT_MS), Effect.sync(() => record(() => store.heartbeat(owner))))),
-    )
     const toResolve: Array<number> = nodes.flatMap((n) => (n.deps.length === 0 ? [n.index] : []))
     const ready = new Heap(prio)
     const blocked = new Set<number>()
