@@ -58,9 +58,10 @@ export interface RunRow {
 }
 
 /**
- * When a claim may be taken over. On this host: when its process is gone (or silent for 10 minutes, in
- * case its pid was reused), so a stage that blocks its event loop for a while is not computed twice.
- * From another host sharing the cache directory: when its heartbeat is older than 15 s.
+ * When a claim may be taken over. On this host: when its process is gone or its pid now belongs to
+ * another process (told by the start time; where that is unknown, after 10 minutes of silence), so a
+ * stage that blocks its event loop for a while is not computed twice. From another host sharing the
+ * cache directory: when its heartbeat is older than 15 s.
  */
 export const CLAIM_STALE_MS = 15_000
 const CLAIM_STALE_LOCAL_MS = 600_000
@@ -135,14 +136,17 @@ const processStart = (pid: number): string | undefined => {
   }
 }
 const HAS_PROC = existsSync("/proc/self/stat")
+const OWN_START = processStart(process.pid) ?? null
+
+/** Whether a process of this host still runs: its pid exists and, when its start time is known, it started then. */
+const processAlive = (pid: number, start: string | null): boolean => {
+  if (!HAS_PROC) return pidAlive(pid)
+  const now = processStart(pid)
+  return now !== undefined && (start === null || start === now)
+}
 
 /** Whether the process that started a run still runs it. A run from another host cannot be checked here. */
-const runAlive = (r: { pid: number; host: string; pid_start: string | null }): boolean => {
-  if (r.host !== hostname()) return true
-  if (!HAS_PROC) return pidAlive(r.pid)
-  const start = processStart(r.pid)
-  return start !== undefined && (r.pid_start === null || r.pid_start === start)
-}
+const runAlive = (r: { pid: number; host: string; pid_start: string | null }): boolean => r.host !== hostname() || processAlive(r.pid, r.pid_start)
 
 const pidAlive = (pid: number): boolean => {
   try {
@@ -162,8 +166,10 @@ const fsyncPath = (path: string, flags = "r") => {
   }
 }
 
-const claimLive = (c: { pid: number; host: string; heartbeat_at: number }, now: number): boolean =>
-  c.host === hostname() ? pidAlive(c.pid) && now - c.heartbeat_at <= CLAIM_STALE_LOCAL_MS : now - c.heartbeat_at <= CLAIM_STALE_MS
+type ClaimRow = { pid: number; host: string; heartbeat_at: number; pid_start: string | null }
+const claimLive = (c: ClaimRow, now: number): boolean =>
+  c.host !== hostname() ? now - c.heartbeat_at <= CLAIM_STALE_MS
+  : processAlive(c.pid, c.pid_start) && (c.pid_start !== null || now - c.heartbeat_at <= CLAIM_STALE_LOCAL_MS)
 
 let tmpCounter = 0
 
@@ -230,9 +236,10 @@ export class Store {
       this.db.pragma("synchronous = NORMAL")
       this.db.pragma("busy_timeout = 30000")
       this.db.exec(SCHEMA)
-      // Caches from before runs recorded their process's start time.
-      if (!this.db.prepare<[], { name: string }>("PRAGMA table_info(runs)").all().some((c) => c.name === "pid_start"))
-        this.db.exec("ALTER TABLE runs ADD COLUMN pid_start TEXT")
+      // Caches from before runs and claims recorded their process's start time.
+      for (const table of ["runs", "claims"])
+        if (!this.db.prepare<[], { name: string }>(`PRAGMA table_info(${table})`).all().some((c) => c.name === "pid_start"))
+          this.db.exec(`ALTER TABLE ${table} ADD COLUMN pid_start TEXT`)
     } catch (e) {
       this.dropSnapshot()
       throw openError(this.dbPath, this.readOnly, e)
@@ -246,10 +253,8 @@ export class Store {
         "INSERT OR IGNORE INTO artifacts (hash, kind, type, size, json, created_at) VALUES (?, ?, ?, ?, ?, ?)",
       ),
       insertCache: this.db.prepare("INSERT OR REPLACE INTO cache (key, hash, execution_id, created_at) VALUES (?, ?, ?, ?)"),
-      claim: this.db.prepare<[string], { owner: string; pid: number; host: string; heartbeat_at: number }>(
-        "SELECT owner, pid, host, heartbeat_at FROM claims WHERE key = ?",
-      ),
-      putClaim: this.db.prepare("INSERT OR REPLACE INTO claims (key, owner, pid, host, heartbeat_at) VALUES (?, ?, ?, ?, ?)"),
+      claim: this.db.prepare<[string], ClaimRow & { owner: string }>("SELECT owner, pid, host, heartbeat_at, pid_start FROM claims WHERE key = ?"),
+      putClaim: this.db.prepare("INSERT OR REPLACE INTO claims (key, owner, pid, host, heartbeat_at, pid_start) VALUES (?, ?, ?, ?, ?, ?)"),
       heartbeat: this.db.prepare("UPDATE claims SET heartbeat_at = ? WHERE owner = ?"),
       release: this.db.prepare("DELETE FROM claims WHERE key = ? AND owner = ?"),
       releaseAll: this.db.prepare("DELETE FROM claims WHERE owner = ?"),
@@ -529,7 +534,7 @@ export class Store {
         const row = this.stmts.claim.get(key)
         const stale = row !== undefined && !claimLive(row, now)
         if (row !== undefined && row.owner !== owner && !stale) return { ok: false, owner: row.owner }
-        this.stmts.putClaim.run(key, owner, process.pid, hostname(), now)
+        this.stmts.putClaim.run(key, owner, process.pid, hostname(), now, OWN_START)
         return { ok: true }
       })
       .immediate())
@@ -549,7 +554,7 @@ export class Store {
 
   /** Keys claimed by a live run (on this cache, from any process). */
   liveClaims(): Set<string> {
-    const rows = this.db.prepare<[], { key: string; pid: number; host: string; heartbeat_at: number }>("SELECT key, pid, host, heartbeat_at FROM claims").all()
+    const rows = this.db.prepare<[], ClaimRow & { key: string }>("SELECT key, pid, host, heartbeat_at, pid_start FROM claims").all()
     return new Set(rows.filter((r) => claimLive(r, Date.now())).map((r) => r.key))
   }
 
@@ -559,7 +564,7 @@ export class Store {
     this.write(() =>
       this.db
         .prepare("INSERT INTO runs (id, pipeline, args, status, started_at, pid, host, pid_start) VALUES (?, ?, ?, 'running', ?, ?, ?, ?)")
-        .run(id, pipeline, JSON.stringify(args), Date.now(), process.pid, hostname(), processStart(process.pid) ?? null),
+        .run(id, pipeline, JSON.stringify(args), Date.now(), process.pid, hostname(), OWN_START),
     )
   }
 

@@ -29,6 +29,9 @@ describe("claims", () => {
     expect(store.claim("k3", "run-b")).toEqual({ ok: false, owner: "remote-run" }) // heartbeat fresh
     put.run("k4", "remote-run", 1, "other-host", Date.now() - 60_000)
     expect(store.claim("k4", "run-b")).toEqual({ ok: true }) // heartbeat stale
+    // Our own (live) pid, but recorded with another start time: the pid was reused, the claimer is gone.
+    store.db.prepare("INSERT INTO claims (key, owner, pid, host, heartbeat_at, pid_start) VALUES ('k5', 'reused-pid', ?, ?, ?, '1')").run(process.pid, hostname(), Date.now())
+    expect(store.claim("k5", "run-b")).toEqual({ ok: true })
     store.close()
   })
 })
