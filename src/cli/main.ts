@@ -4,7 +4,7 @@ import { Effect, Exit, Cause } from "effect"
 import { existsSync, readFileSync } from "node:fs"
 import { basename } from "node:path"
 import { detectGpus, parseGpus } from "../engine/devices.ts"
-import { errorMessage, isDamagedDatabase } from "../engine/errors.ts"
+import { CacheError, errorMessage, isDamagedDatabase } from "../engine/errors.ts"
 import { componentsOf, diffComponents, explainPlan } from "../engine/explain.ts"
 import { barReporter, lineReporter } from "../engine/progress.ts"
 import { planFile, runPipeline } from "../engine/run.ts"
@@ -240,7 +240,7 @@ const cmdLs = (args: Args): number => {
 
 const cmdGc = (args: Args): number => {
   const store = openStore(args)
-  if (store.liveClaims().size > 0) throw new Error("a run is in progress on this cache; run pipe gc when it is done")
+  if (store.liveClaims().size > 0) throw new CacheError({ path: store.dir, message: `a run is in progress on ${store.dir}; run pipe gc when it is done` })
   const { files, workDirs, bytes } = store.gc()
   out(`removed ${files} unreferenced payload files and ${workDirs} work directories of interrupted nodes, freed ${(bytes / 2 ** 20).toFixed(1)} MiB`)
   return 0
