@@ -4,11 +4,12 @@ import { Effect, Exit, Cause } from "effect"
 import { existsSync, readFileSync } from "node:fs"
 import { basename } from "node:path"
 import { detectGpus, parseGpus } from "../engine/devices.ts"
-import { errorMessage } from "../engine/errors.ts"
+import { CacheError, errorMessage, isDamagedDatabase } from "../engine/errors.ts"
 import { componentsOf, diffComponents, explainPlan } from "../engine/explain.ts"
 import { barReporter, lineReporter } from "../engine/progress.ts"
 import { planFile, runPipeline } from "../engine/run.ts"
-import { Store, type ExecutionRow } from "../engine/store.ts"
+import { Store, openStoreForReading, type ExecutionRow } from "../engine/store.ts"
+import { doctorCache } from "../engine/cache-doctor.ts"
 import { tableCommand } from "./table.ts"
 import { doctor } from "../runtime/doctor.ts"
 import { exportNode } from "./export.ts"
@@ -35,8 +36,9 @@ commands:
   why <node>            what changed in a node's key since its previous execution
   table <run|pipeline.ts> [node]  a sweep as a table: coordinates x values and metrics [--columns a,b] [--sort -a,b] [--format md|csv|json] [--set ...]
   export <node> <dir>   write a training node's adapter as a PEFT directory (adapter_config.json + adapter_model.safetensors)
-  gc                    delete payloads no cache entry refers to
+  gc                    delete payloads no cache entry refers to, and work directories of interrupted nodes
   doctor                execution providers, GPUs, library versions, and what is missing for CUDA
+      --cache                  instead: check the cache database, move a damaged one aside, rebuild its entries
 
 common options:
   --cache-dir DIR       cache directory (default $PIPE_CACHE_DIR or ./cache)
@@ -52,7 +54,7 @@ interface Args {
   readonly options: ReadonlyMap<string, ReadonlyArray<string>>
 }
 
-const FLAGS = new Set(["--dry-run", "--fail-fast", "--plain", "--help"])
+const FLAGS = new Set(["--dry-run", "--fail-fast", "--plain", "--help", "--cache"])
 const OPTIONS = new Set(["--set", "--rerun", "--jobs", "--gpus", "--gpu-slots", "--memory", "--cache-dir", "--runs-dir", "--limit", "--columns", "--sort", "--format"])
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
@@ -87,7 +89,10 @@ const needOne = (args: Args, what: string): string => {
   return args.positional[0]
 }
 
-const openStore = (args: Args) => new Store(one(args, "--cache-dir") ?? process.env.PIPE_CACHE_DIR ?? "cache")
+const cacheDir = (args: Args) => one(args, "--cache-dir") ?? process.env.PIPE_CACHE_DIR ?? "cache"
+const openStore = (args: Args) => new Store(cacheDir(args))
+/** For the commands that only read: a cache this user cannot write is opened read-only. */
+const readStore = (args: Args) => openStoreForReading(cacheDir(args))
 const runsDir = (args: Args) => one(args, "--runs-dir") ?? process.env.PIPE_RUNS_DIR ?? "runs"
 const out = (line = "") => process.stdout.write(line + "\n")
 const time = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString().replace("T", " ").slice(0, 19))
@@ -136,6 +141,7 @@ const cmdRun = async (args: Args): Promise<number> => {
   const s = exit.value
   const c = s.counts
   out(`run ${s.runId} ${s.status}: ${s.nodes.length} nodes: ${c.succeeded} ran, ${c.cached} cached, ${c.failed} failed, ${c.skipped} skipped, ${c.interrupted} interrupted`)
+  for (const e of s.errors) out(`error: ${e}`)
   const failures = s.nodes.filter((n) => n.status === "failed")
   if (failures.length > 0) {
     out("failures:")
@@ -179,7 +185,7 @@ const latest = (store: Store, node: string): ReadonlyArray<ExecutionRow> => {
 
 const cmdShow = (args: Args): number => {
   const what = needOne(args, "a run id or a node")
-  const store = openStore(args)
+  const store = readStore(args)
   const run = store.run(what)
   if (run) {
     out(`run ${run.id}  ${run.status}  ${time(run.started_at)} -> ${time(run.ended_at)}`)
@@ -203,19 +209,19 @@ const cmdShow = (args: Args): number => {
   out(`log      ${e.log_path}`)
   const last = new Map<string, { step: number | null; value: number }>()
   for (const m of store.metricsOf(e.id)) last.set(m.name, m)
-  for (const [name, m] of last) out(`metric   ${name} = ${m.value}${m.step === null ? "" : ` (step ${m.step})`}`)
+  for (const [name, m] of last) out(`metric   ${name} = ${m.value}${m.step === null ? "" : ` (step ${m.step})`}${Number.isFinite(m.value) ? "" : "  (non-finite)"}`)
   return 0
 }
 
 const cmdLogs = (args: Args): number => {
-  const e = latest(openStore(args), needOne(args, "a node"))[0]
+  const e = latest(readStore(args), needOne(args, "a node"))[0]
   if (!existsSync(e.log_path)) throw new UsageError(`log ${e.log_path} no longer exists`)
   process.stdout.write(readFileSync(e.log_path, "utf8"))
   return 0
 }
 
 const cmdWhy = (args: Args): number => {
-  const rows = latest(openStore(args), needOne(args, "a node"))
+  const rows = latest(readStore(args), needOne(args, "a node"))
   const [now] = rows
   const before = rows.find((r) => r.key !== now.key)
   out(`${now.node}: key ${now.key.slice(0, 12)} (${now.status}, run ${now.run_id})`)
@@ -229,7 +235,7 @@ const cmdWhy = (args: Args): number => {
 }
 
 const cmdLs = (args: Args): number => {
-  for (const r of openStore(args).runs(int(args, "--limit", 20))) {
+  for (const r of readStore(args).runs(int(args, "--limit", 20))) {
     const counts = r.summary ? (JSON.parse(r.summary) as { counts?: Record<string, number> }).counts : undefined
     out(`${r.id}  ${r.status.padEnd(11)} ${time(r.started_at)}  ${r.pipeline}${counts ? `  ${Object.entries(counts).map(([k, v]) => `${k}=${v}`).join(" ")}` : ""}`)
   }
@@ -238,9 +244,9 @@ const cmdLs = (args: Args): number => {
 
 const cmdGc = (args: Args): number => {
   const store = openStore(args)
-  if (store.liveClaims() > 0) throw new UsageError("a run is in progress on this cache; run pipe gc when it is done")
-  const { files, bytes } = store.gc()
-  out(`removed ${files} unreferenced payload files, freed ${(bytes / 2 ** 20).toFixed(1)} MiB`)
+  if (store.liveClaims().size > 0) throw new CacheError({ path: store.dir, message: `a run is in progress on ${store.dir}; run pipe gc when it is done` })
+  const { files, workDirs, bytes } = store.gc()
+  out(`removed ${files} unreferenced payload files and ${workDirs} work directories of interrupted nodes, freed ${(bytes / 2 ** 20).toFixed(1)} MiB`)
   return 0
 }
 
@@ -256,7 +262,7 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         return await cmdRun(args)
       case "status": {
         const file = needOne(args, "a pipeline file")
-        return await explain(openStore(args), file, args.options.get("--set") ?? [], args.options.get("--rerun") ?? [], "status")
+        return await explain(readStore(args), file, args.options.get("--set") ?? [], args.options.get("--rerun") ?? [], "status")
       }
       case "ls":
         return cmdLs(args)
@@ -276,6 +282,11 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         return 0
       }
       case "doctor": {
+        if (args.flags.has("--cache")) {
+          const report = doctorCache(cacheDir(args))
+          for (const line of report.lines) out(line)
+          return report.ok ? 0 : 1
+        }
         const report = await Effect.runPromise(doctor())
         for (const line of report.lines) out(line)
         return 0
@@ -284,7 +295,8 @@ const main = async (argv: ReadonlyArray<string>): Promise<number> => {
         throw new UsageError(`unknown command "${args.command}"`)
     }
   } catch (e) {
-    process.stderr.write(`pipe: ${errorMessage(e)}\n${e instanceof UsageError ? "run pipe --help for usage\n" : ""}`)
+    // A database found damaged after it opened (a corrupt page read later) gets the same way out as at open.
+    process.stderr.write(`pipe: ${errorMessage(e)}\n${e instanceof UsageError ? "run pipe --help for usage\n" : isDamagedDatabase(e) ? "the cache database is damaged: run pipe doctor --cache\n" : ""}`)
     return 2
   }
 }

@@ -30,7 +30,7 @@ process.once("message", async (job: ChildJob) => {
     let lastSent = 0
     const onProgress = (event: ProgressEvent) => {
       const now = Date.now()
-      if (event.total === undefined && now - lastSent < 50) return
+      if (event.total === undefined && event.warning === undefined && now - lastSent < 50) return
       lastSent = now
       process.send!({ type: "progress", event } satisfies ChildMessage)
     }

@@ -20,6 +20,41 @@ export class CorruptArtifact extends Data.TaggedError("CorruptArtifact")<{ reado
 /** A stage failed (its error, a defect, or a crashed child process). */
 export class NodeFailed extends Data.TaggedError("NodeFailed")<{ readonly node: string; readonly message: string }> {}
 
+/**
+ * A write to the cache or to runs/ failed (disk full, read-only filesystem, permissions). `path` is
+ * the file that could not be written; the message names it and says what to do.
+ */
+export class StorageError extends Data.TaggedError("StorageError")<{ readonly path: string; readonly message: string }> {}
+
+/** The cache directory cannot be used as it is (a damaged database, gc refusing to delete payloads). */
+export class CacheError extends Data.TaggedError("CacheError")<{ readonly path: string; readonly message: string }> {}
+
+// Node's errno codes, and better-sqlite3's SQLite result codes (extended ones, e.g. SQLITE_READONLY_DBMOVED).
+const FULL = ["ENOSPC", "EDQUOT", "SQLITE_FULL"]
+const READ_ONLY = ["EROFS", "EACCES", "EPERM", "SQLITE_READONLY", "SQLITE_CANTOPEN"]
+const codeIn = (code: string, codes: ReadonlyArray<string>) => codes.some((c) => code === c || code.startsWith(`${c}_`))
+
+/** The errno or SQLite result code of an error, or "". */
+const errorCode = (e: unknown): string => {
+  const code = (e as { code?: unknown } | null)?.code
+  return typeof code === "string" ? code : ""
+}
+
+/** SQLite found the database file damaged (not a database, or a corrupt page). */
+export const isDamagedDatabase = (e: unknown): boolean => codeIn(errorCode(e), ["SQLITE_NOTADB", "SQLITE_CORRUPT"])
+
+/** `what` (e.g. "writing") `path` failed with `e`: a StorageError whose message names the path and the remedy. */
+export const storageError = (what: string, path: string, e: unknown): StorageError => {
+  if (e instanceof StorageError) return e
+  const code = errorCode(e)
+  const hint =
+    codeIn(code, FULL) ? " (the disk is full: free some space and run again; cached results are kept)"
+    : codeIn(code, READ_ONLY) ? " (not writable by this user, or on a read-only filesystem)"
+    : isDamagedDatabase(e) ? " (the database is damaged: run pipe doctor --cache)"
+    : ""
+  return new StorageError({ path, message: `${what} ${path} failed: ${errorMessage(e)}${hint}` })
+}
+
 export const errorMessage = (e: unknown): string => {
   if (e instanceof Error) return e.message
   if (typeof e === "object" && e !== null) {

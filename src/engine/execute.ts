@@ -4,7 +4,7 @@ import { Cause, Effect, Exit, Logger, Schema } from "effect"
 import { appendFileSync, mkdirSync, rmSync } from "node:fs"
 import { dirname } from "node:path"
 import type { ArtifactType, TensorsOutput, TensorsValue } from "./artifact.ts"
-import { CorruptArtifact, NodeFailed, errorMessage } from "./errors.ts"
+import { CorruptArtifact, NodeFailed, errorMessage, storageError } from "./errors.ts"
 import type { Point, StoredPoint } from "./gather.ts"
 import { canonicalJson, sha256 } from "./hash.ts"
 import type { PlanNode } from "./plan.ts"
@@ -38,6 +38,8 @@ export interface ProgressEvent {
   readonly total?: number
   readonly unit?: string
   readonly value: number
+  /** Said once per node: a record of it could not be written (its log or metrics file), the node goes on. */
+  readonly warning?: string
 }
 
 const storageKind = (t: ArtifactType): StorageKind => (t._tag === "json" ? "json" : t._tag === "tensors" ? "tensors" : "file")
@@ -85,7 +87,7 @@ const publish = (store: Store, node: PlanNode, key: string, executionId: number,
   } else {
     stored = { ...store.putFile((value as { path: string }).path), json: null }
   }
-  store.commit(key, { hash: stored.hash, kind, type: type.name, size: stored.size, json: stored.json }, executionId)
+  store.commit(key, { hash: stored.hash, kind, type: type.name, size: stored.size, json: stored.json }, executionId, { stage: node.stage.spec.name, node: node.name })
   return { hash: stored.hash, kind, size: stored.size }
 }
 
@@ -100,22 +102,49 @@ export const executeNode = (
   onProgress: (e: ProgressEvent) => void,
 ): Effect.Effect<Published, NodeFailed | CorruptArtifact> =>
   Effect.gen(function* () {
-    mkdirSync(dirname(req.logPath), { recursive: true })
-    const log = (message: string) => appendFileSync(req.logPath, `${new Date().toISOString()} ${message}\n`)
+    // The node's log and metrics.jsonl are records in runs/: when they cannot be written (disk full,
+    // read-only), the stage goes on and the run says so once per file. Failing a healthy, possibly hours
+    // long stage for its diary would lose work; its result and metrics still go to the cache.
+    let total: number | undefined
+    let unit: string | undefined
+    let value = 0
+    const unwritable = new Set<string>()
+    const appendRecord = (path: string, text: string, lost: string) => {
+      if (unwritable.has(path)) return
+      try {
+        appendFileSync(path, text)
+      } catch (e) {
+        unwritable.add(path)
+        onProgress({ value, warning: `${storageError("appending to", path, e).message}; going on without ${lost}` })
+      }
+    }
+    try {
+      mkdirSync(dirname(req.logPath), { recursive: true })
+    } catch {
+      // reported by the log's first append, which fails the same way
+    }
+    const log = (message: string) => appendRecord(req.logPath, `${new Date().toISOString()} ${message}\n`, "the rest of its log")
     const inputs: Record<string, unknown> = {}
     for (const [name, hash] of req.inputHashes) inputs[name] = yield* loadInput(store, node, req, name, hash)
 
     const workDir = store.workDir(req.key)
     const metrics: Array<readonly [number, string, string, string, number | null, number, number]> = []
+    // A metric the cache database would not take: the node fails with it once the stage is done (its
+    // own error comes first), since the database that lost it cannot take the result either.
+    let metricsError: string | undefined
     const flushMetrics = () => {
       if (metrics.length === 0) return
-      store.insertMetrics(metrics)
-      appendFileSync(req.metricsPath, metrics.map(([, , n, name, step, value, at]) => JSON.stringify({ node: n, name, step, value, at })).join("\n") + "\n")
+      if (metricsError === undefined)
+        try {
+          store.insertMetrics(metrics)
+        } catch (e) {
+          metricsError = `recording its metrics failed: ${errorMessage(e)}`
+        }
+      // JSON has no NaN or Infinity: non-finite values are written as the strings "NaN", "Infinity", "-Infinity".
+      const lines = metrics.map(([, , n, name, step, v, at]) => JSON.stringify({ node: n, name, step, value: Number.isFinite(v) ? v : String(v), at }))
+      appendRecord(req.metricsPath, lines.join("\n") + "\n", "metrics.jsonl (the metrics are still in the cache database)")
       metrics.length = 0
     }
-    let total: number | undefined
-    let unit: string | undefined
-    let value = 0
     const ctx: StageContext = {
       node: node.name,
       key: req.key,
@@ -168,8 +197,9 @@ export const executeNode = (
       const err = Cause.findErrorOption(exit.cause)
       const message = err._tag === "Some" ? errorMessage(err.value) : `defect: ${errorMessage(Cause.squash(exit.cause))}`
       log(`failed: ${Cause.pretty(exit.cause)}`)
-      return yield* Effect.fail(new NodeFailed({ node: node.name, message }))
+      return yield* Effect.fail(new NodeFailed({ node: node.name, message: metricsError === undefined ? message : `${message} (and ${metricsError})` }))
     }
+    if (metricsError !== undefined) return yield* Effect.fail(new NodeFailed({ node: node.name, message: metricsError }))
     const output = exit.value
     const published = yield* Effect.uninterruptible(
       Effect.try({

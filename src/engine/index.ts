@@ -66,7 +66,7 @@ export type {
   StageContext,
   StageSpec,
 } from "./stage.ts"
-export { CorruptArtifact, ExternalInputError, NodeFailed, ParamsError, PipelineError } from "./errors.ts"
+export { CacheError, CorruptArtifact, ExternalInputError, NodeFailed, ParamsError, PipelineError, StorageError } from "./errors.ts"
 export { Store } from "./store.ts"
 export { planFile, runPipeline, type RunConfig, type RunResult } from "./run.ts"
 export type { PublishedFile } from "./publish.ts"

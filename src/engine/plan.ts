@@ -111,12 +111,13 @@ const parseOverride = (text: string, pipeline: string) => {
     throw new ParamsError({ pipeline, node: "--set", message: `--set ${text}: expected name.param=value` })
   const raw = text.slice(eq + 1)
   const path = text.slice(dot + 1, eq).split(".")
-  // `name.param=sweep([1, 2])`: one node instance per value, as sweep() in a pipeline file
-  const swept = /^sweep\((.*)\)$/s.exec(raw.trim())
-  if (swept) {
+  // `name.param=sweep([1, 2])`: one node instance per value, as sweep() in a pipeline file. Anything
+  // starting with `sweep(` is meant as one: a malformed one is reported as such, not taken as a string.
+  if (raw.trim().startsWith("sweep(")) {
+    const swept = /^sweep\((.*)\)$/s.exec(raw.trim())
     let values: unknown
     try {
-      values = JSON.parse(swept[1])
+      values = swept === null ? undefined : JSON.parse(swept[1])
     } catch {
       values = undefined
     }

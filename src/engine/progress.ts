@@ -27,9 +27,19 @@ export const silentReporter: Reporter = {
 
 const stamp = () => new Date().toISOString().slice(11, 19)
 
+/**
+ * Nodes finished so far, each counted once: a node found cached, then recomputed because a consumer
+ * found its payload corrupt, finishes twice but is one of the plan's nodes.
+ */
+const finishedCounter = () => {
+  const done = new Set<string>()
+  return (node: string): boolean => done.size < done.add(node).size
+}
+
 /** Plain lines; progress lines are throttled to every 10% of a node's total. */
 export const lineReporter = (write: (line: string) => void = (l) => process.stdout.write(l + "\n")): Reporter => {
   const totals = new Map<string, { total?: number; unit?: string; value: number; shown: number }>()
+  const first = finishedCounter()
   let done = 0
   let total = 0
   const line = (text: string) => write(`${stamp()} ${text}`)
@@ -37,8 +47,9 @@ export const lineReporter = (write: (line: string) => void = (l) => process.stdo
     start: (n) => {
       total = n
     },
-    cached: () => {
-      done++
+    cached: (node) => {
+      if (first(node)) done++
+      line(`cached   ${node} [${done}/${total}]`)
     },
     started: (node, where) => line(`start    ${node} (${where})`),
     progress: (node, e) => {
@@ -53,7 +64,7 @@ export const lineReporter = (write: (line: string) => void = (l) => process.stdo
       }
     },
     finished: (node, status, detail) => {
-      done++
+      if (first(node)) done++
       line(`${status.padEnd(8)} ${node} ${detail} [${done}/${total}]`)
     },
     waiting: (node, owner) => line(`waiting  ${node}: computed by another run (${owner})`),
@@ -70,10 +81,13 @@ export const barReporter = (): Reporter => {
   )
   const overall = multi.create(1, 0, { name: "overall".padEnd(32), unit: "nodes" })
   const bars = new Map<string, cliProgress.SingleBar>()
+  const first = finishedCounter()
   const short = (node: string) => (node.length > 32 ? node.slice(0, 31) + "…" : node.padEnd(32))
   return {
     start: (n) => overall.setTotal(n),
-    cached: () => overall.increment(),
+    cached: (node) => {
+      if (first(node)) overall.increment()
+    },
     started: (node) => bars.set(node, multi.create(1, 0, { name: short(node), unit: "" })),
     progress: (node, e) => {
       const bar = bars.get(node)
@@ -87,7 +101,7 @@ export const barReporter = (): Reporter => {
         multi.remove(bar)
         bars.delete(node)
       }
-      overall.increment()
+      if (first(node)) overall.increment()
       multi.log(`${stamp()} ${status.padEnd(8)} ${node} ${detail}\n`)
     },
     waiting: (node, owner) => multi.log(`${stamp()} waiting  ${node}: computed by another run (${owner})\n`),

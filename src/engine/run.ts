@@ -2,16 +2,16 @@
 // summary, and the files the pipeline publishes).
 import { Effect } from "effect"
 import { randomBytes } from "node:crypto"
-import { mkdirSync, writeFileSync } from "node:fs"
+import { mkdirSync } from "node:fs"
 import { totalmem } from "node:os"
 import { join, resolve } from "node:path"
-import { ParamsError, type ExternalInputError, type PipelineError } from "./errors.ts"
+import { ParamsError, StorageError, errorMessage, storageError, type ExternalInputError, type PipelineError } from "./errors.ts"
 import { childProcessExecutor, inProcessExecutor } from "./executor.ts"
 import { loadPipeline, plan, type Plan } from "./plan.ts"
 import type { Reporter } from "./progress.ts"
 import { publishResults, type PublishedFile } from "./publish.ts"
 import { runPlan, type RunSummary } from "./scheduler.ts"
-import type { Store } from "./store.ts"
+import { writeFileAtomic, type Store } from "./store.ts"
 
 /** Loads and plans a pipeline file against a cache (external inputs are hashed through it). */
 export const planFile = (
@@ -52,9 +52,11 @@ export interface RunResult extends RunSummary {
   readonly runDir: string
   /** Files written into `runDir` by the pipeline's `publish`; a publish error fails the run. */
   readonly published: ReadonlyArray<PublishedFile>
+  /** Records that could not be written (cache database, summary.json), each naming its file; they fail the run. */
+  readonly errors: ReadonlyArray<string>
 }
 
-export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineError | ParamsError | ExternalInputError> =>
+export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineError | ParamsError | ExternalInputError | StorageError> =>
   Effect.gen(function* () {
     const { store } = cfg
     const overrides = cfg.overrides ?? []
@@ -67,34 +69,36 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineEr
       )
     const runId = newRunId()
     const runDir = resolve(join(cfg.runsDir, runId))
-    mkdirSync(join(runDir, "logs"), { recursive: true })
-    writeFileSync(
-      join(runDir, "plan.json"),
-      JSON.stringify(
-        {
-          pipeline: p.pipeline,
-          file: resolve(cfg.pipelineFile),
-          overrides,
-          externals: p.externals,
-          nodes: p.nodes.map((n) => ({
-            name: n.name,
-            stage: n.stage.spec.name,
-            version: n.stage.spec.version,
-            recipe: n.recipe,
-            params: n.keyParams,
-            unkeyedParams: n.unkeyedParams,
-            label: n.label,
-            coords: n.coords,
-            inputs: Object.fromEntries(
-              n.inputs.map(([k, i]) => [k, i.kind === "node" ? p.nodes[i.node].name : i.kind === "gather" ? i.points.map((pt) => p.nodes[pt.node].name) : i.path]),
-            ),
-          })),
-        },
-        null,
-        1,
-      ),
+    // Nothing has run yet: a records directory that cannot be written stops the run here.
+    yield* Effect.try({
+      try: () => mkdirSync(join(runDir, "logs"), { recursive: true }),
+      catch: (e) => storageError("creating", join(runDir, "logs"), e),
+    })
+    const planJson = JSON.stringify(
+      {
+        pipeline: p.pipeline,
+        file: resolve(cfg.pipelineFile),
+        overrides,
+        externals: p.externals,
+        nodes: p.nodes.map((n) => ({
+          name: n.name,
+          stage: n.stage.spec.name,
+          version: n.stage.spec.version,
+          recipe: n.recipe,
+          params: n.keyParams,
+          unkeyedParams: n.unkeyedParams,
+          label: n.label,
+          coords: n.coords,
+          inputs: Object.fromEntries(
+            n.inputs.map(([k, i]) => [k, i.kind === "node" ? p.nodes[i.node].name : i.kind === "gather" ? i.points.map((pt) => p.nodes[pt.node].name) : i.path]),
+          ),
+        })),
+      },
+      null,
+      1,
     )
-    store.startRun(runId, resolve(cfg.pipelineFile), cfg.args ?? [])
+    yield* Effect.try({ try: () => writeFileAtomic(join(runDir, "plan.json"), planJson), catch: (e) => e as StorageError })
+    yield* Effect.try({ try: () => store.startRun(runId, resolve(cfg.pipelineFile), cfg.args ?? []), catch: (e) => e as StorageError })
     const summary = yield* runPlan({
       store,
       plan: p,
@@ -112,8 +116,19 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineEr
     })
     const published = publishResults(store, p, summary.nodes, runDir)
     const publishErrors = published.filter((f) => "error" in f)
-    const status = summary.status === "succeeded" && publishErrors.length > 0 ? "failed" : summary.status
-    writeFileSync(join(runDir, "summary.json"), JSON.stringify({ ...summary, status, published }, null, 1))
-    store.finishRun(runId, status, { counts: summary.counts, failures: [...summary.nodes.filter((n) => n.status === "failed"), ...publishErrors] })
-    return { ...summary, status, runDir, published }
+    // Records that could not be written: the run fails (its nodes keep their own outcomes).
+    const errors = summary.error === undefined ? [] : [summary.error]
+    const finalStatus = () => (summary.status === "succeeded" && (publishErrors.length > 0 || errors.length > 0) ? "failed" : summary.status)
+    // Whole or absent: a reader never finds a half-written summary.json.
+    try {
+      writeFileAtomic(join(runDir, "summary.json"), JSON.stringify({ ...summary, status: finalStatus(), published }, null, 1))
+    } catch (e) {
+      errors.push(errorMessage(e))
+    }
+    try {
+      store.finishRun(runId, finalStatus(), { counts: summary.counts, failures: [...summary.nodes.filter((n) => n.status === "failed"), ...publishErrors], errors })
+    } catch (e) {
+      errors.push(`${errorMessage(e)}; once this process has exited, pipe ls shows the run as interrupted`)
+    }
+    return { ...summary, status: finalStatus(), runDir, published, errors }
   })

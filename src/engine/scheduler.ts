@@ -4,7 +4,7 @@
 import { Cause, Effect, Exit, Fiber, Option, Queue } from "effect"
 import { hostname } from "node:os"
 import { join } from "node:path"
-import { CorruptArtifact, NodeFailed, errorMessage } from "./errors.ts"
+import { CorruptArtifact, NodeFailed, errorMessage, storageError } from "./errors.ts"
 import type { NodeRequest, Published } from "./execute.ts"
 import type { Executor } from "./executor.ts"
 import { cacheKey, gatheredInputs, inputHash, type Plan, type PlanNode } from "./plan.ts"
@@ -28,6 +28,11 @@ export interface RunSummary {
   readonly status: "succeeded" | "failed" | "interrupted"
   readonly counts: Readonly<Record<NodeStatus, number>>
   readonly nodes: ReadonlyArray<NodeOutcome>
+  /**
+   * Why the run stopped although no node asked it to: a record that could not be written to the cache
+   * database (disk full, read-only). Nodes keep their own outcomes and errors.
+   */
+  readonly error?: string
 }
 
 export interface SchedulerOptions {
@@ -114,8 +119,11 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     const events = yield* Queue.unbounded<Event>()
     const onAbort = () => Queue.offerUnsafe(events, { type: "stop" })
     o.signal?.addEventListener("abort", onAbort)
+    // A missed heartbeat stops nothing: other runs take a claim over only after many missed ones (15 s
+    // from another host, 10 minutes on this one), and a database that cannot be written fails this run's
+    // next real record anyway.
     const heartbeat = yield* Effect.forkChild(
-      Effect.forever(Effect.andThen(Effect.sleep(HEARTBEAT_MS), Effect.sync(() => store.heartbeat(owner)))),
+      Effect.forever(Effect.andThen(Effect.sleep(HEARTBEAT_MS), Effect.ignore(Effect.try(() => store.heartbeat(owner))))),
     )
 
     // Priority: estimated duration of the longest path from a node to the end of the plan.
@@ -141,6 +149,18 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     let freeMemory = o.memoryMB
     const gpuFree = new Map(o.gpus.map((g) => [g, o.slotsPerGpu ?? 1]))
     let stopping: "failed" | "interrupted" | undefined
+    // The first write to the cache database that failed: the run stops (records of the nodes still
+    // running are attempted, a run left `running` is marked interrupted by the next `pipe` command).
+    let recordError: string | undefined
+    const record = <T>(f: () => T): T | undefined => {
+      try {
+        return f()
+      } catch (e) {
+        recordError ??= storageError("using", store.dbPath, e).message
+        return undefined
+      }
+    }
+    const warn = (text: string) => reporter.message(`warning: ${text}`)
     reporter.start(nodes.length)
 
     const outputOf = (i: number) => {
@@ -168,7 +188,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     const resolve = (i: number) => {
       const n = nodes[i]
       const key = cacheKey(n, inputHashes(n))
-      const hit = forced(n) ? undefined : store.lookup(key)
+      const hit = forced(n) ? undefined : record(() => store.lookup(key, (m) => warn(`${n.name}: ${m}`)))
       if (hit) {
         reporter.cached(n.name)
         return markDone(i, "cached", key, hit.hash)
@@ -179,9 +199,10 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
 
     // Claims a ready node's key just before it starts, so another run can take the nodes this one has
     // not reached yet. Another run's live claim blocks the node until that claim is released or stale.
-    const claim = (i: number, key: string): "claimed" | "cached" | "blocked" => {
+    const claim = (i: number, key: string): "claimed" | "cached" | "blocked" | "unrecorded" => {
       const n = nodes[i]
-      const c = store.claim(key, owner)
+      const c = record(() => store.claim(key, owner))
+      if (c === undefined) return "unrecorded"
       if (!c.ok) {
         if (!announced.has(i)) reporter.waiting(n.name, c.owner)
         announced.add(i)
@@ -190,9 +211,9 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
         return "blocked"
       }
       // Another run may have published between our lookup and our claim.
-      const hit = forced(n) ? undefined : store.lookup(key)
-      if (hit === undefined) return "claimed"
-      store.release(key, owner)
+      const hit = forced(n) ? undefined : record(() => store.lookup(key, (m) => warn(`${n.name}: ${m}`)))
+      if (hit === undefined) return recordError === undefined ? "claimed" : "unrecorded"
+      record(() => store.release(key, owner))
       reporter.cached(n.name)
       markDone(i, "cached", key, hit.hash)
       return "cached"
@@ -236,7 +257,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
         const n = nodes[i]
         const logPath = join(o.runDir, "logs", safeFileName(n))
         const hashes = inputHashes(n)
-        const executionId = store.startExecution({
+        const executionId = record(() => store.startExecution({
           run_id: o.runId,
           key,
           recipe: n.recipe,
@@ -249,7 +270,14 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
           inputs: JSON.stringify(Object.fromEntries(hashes)),
           device: JSON.stringify(device),
           log_path: logPath,
-        })
+        }))
+        if (executionId === undefined) {
+          // Not started: the run stops, this node is left to the next run.
+          record(() => store.release(key, owner))
+          release()
+          state[i] = { tag: "failed", status: "skipped", error: `not started: ${recordError}`, key }
+          return
+        }
         const req: NodeRequest = {
           runId: o.runId,
           executionId,
@@ -265,7 +293,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
         reporter.started(n.name, `${where === "process" ? "child process" : "in-process"}, ${device.kind === "cuda" ? `gpu ${device.gpu}` : "cpu"}`)
         const executor = where === "process" ? o.executors.process : o.executors.main
         const fiber = yield* Effect.forkChild(
-          Effect.flatMap(Effect.exit(executor.run(n, req, (e) => reporter.progress(n.name, e))), (exit) =>
+          Effect.flatMap(Effect.exit(executor.run(n, req, (e) => (e.warning !== undefined ? warn(`${n.name}: ${e.warning}`) : reporter.progress(n.name, e)))), (exit) =>
             Queue.offer(events, { type: "exit", index: i, exit }),
           ).pipe(Effect.asVoid),
         )
@@ -284,18 +312,18 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
         for (const i of [...running]) {
           const s = state[i]
           if (s.tag !== "running") continue
-          store.finishExecution(s.executionId, "interrupted", null, "interrupted")
-          store.release(s.key, owner)
+          record(() => store.finishExecution(s.executionId, "interrupted", null, "interrupted"))
+          record(() => store.release(s.key, owner))
           s.release()
           state[i] = { tag: "failed", status: "interrupted", error: "interrupted", key: s.key, logPath: s.logPath }
           reporter.finished(nodes[i].name, "interrupted", "")
           running.delete(i)
         }
-        const why = status === "interrupted" ? "run interrupted" : "not started (--fail-fast)"
+        const why = status === "interrupted" ? "run interrupted" : recordError !== undefined ? `not started: ${recordError}` : "not started (--fail-fast)"
         for (let i = 0; i < nodes.length; i++) {
           const s = state[i]
           if (s.tag === "waiting" || s.tag === "ready" || s.tag === "blocked") {
-            if (s.tag !== "waiting") store.release(s.key, owner)
+            if (s.tag !== "waiting") record(() => store.release(s.key, owner))
             state[i] = { tag: "failed", status: "skipped", error: why }
           }
         }
@@ -307,11 +335,11 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
         if (s.tag !== "running") return
         running.delete(i)
         s.release()
-        store.release(s.key, owner)
+        record(() => store.release(s.key, owner))
         const n = nodes[i]
         const seconds = ((Date.now() - s.startedAt) / 1000).toFixed(1)
         if (Exit.isSuccess(exit)) {
-          store.finishExecution(s.executionId, "succeeded", exit.value.hash, null)
+          record(() => store.finishExecution(s.executionId, "succeeded", exit.value.hash, null))
           reporter.finished(n.name, "succeeded", `${seconds}s`)
           return markDone(i, "succeeded", s.key, exit.value.hash)
         }
@@ -319,7 +347,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
         const error = Option.isSome(err) ? err.value : new NodeFailed({ node: n.name, message: errorMessage(Cause.squash(exit.cause)) })
         if (error._tag === "CorruptArtifact") {
           // An input's payload was bad (and has been dropped): recompute its producers, then this node.
-          store.finishExecution(s.executionId, "failed", null, error.message)
+          record(() => store.finishExecution(s.executionId, "failed", null, error.message))
           const count = (recomputes.get(error.hash) ?? 0) + 1
           recomputes.set(error.hash, count)
           const producers = n.deps.filter((d) => {
@@ -338,7 +366,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
             return
           }
         }
-        store.finishExecution(s.executionId, "failed", null, error.message)
+        record(() => store.finishExecution(s.executionId, "failed", null, error.message))
         state[i] = { tag: "failed", status: "failed", error: error.message, key: s.key, logPath: s.logPath }
         reporter.finished(n.name, "failed", `${seconds}s: ${error.message.split("\n")[0]} (log: ${s.logPath})`)
         skipDownstream(i, `upstream ${n.name} failed`)
@@ -349,7 +377,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
       const deferred: Array<number> = []
       // Stop when no slot of any kind is free, so thousands of ready nodes are not rescanned per event.
       const anySlotFree = () => freeJobs > 0 || [...gpuFree.values()].some((free) => free > 0)
-      while (ready.size > 0 && anySlotFree()) {
+      while (recordError === undefined && ready.size > 0 && anySlotFree()) {
         const i = ready.pop()!
         const s = state[i]
         if (s.tag !== "ready") continue
@@ -366,9 +394,13 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
 
     const loop = Effect.gen(function* () {
       for (;;) {
-        while (stopping === undefined && toResolve.length > 0) {
+        while (stopping === undefined && recordError === undefined && toResolve.length > 0) {
           while (toResolve.length > 0) resolve(toResolve.pop()!)
           yield* dispatch // a node found cached after claiming may make dependents resolvable
+        }
+        if (recordError !== undefined && stopping === undefined) {
+          reporter.message(`stopping: ${recordError}`)
+          yield* stopAll("failed")
         }
         if (running.size === 0 && (stopping !== undefined || blocked.size === 0)) break
         // Blocked nodes are retried every half second: the other run publishes or its claim goes stale.
@@ -386,7 +418,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     yield* loop
     yield* Fiber.interrupt(heartbeat)
     o.signal?.removeEventListener("abort", onAbort)
-    store.releaseAll(owner)
+    record(() => store.releaseAll(owner))
 
     const outcomes: Array<NodeOutcome> = nodes.map((n, i) => {
       const s = state[i]
@@ -396,6 +428,6 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     })
     const counts = { cached: 0, succeeded: 0, failed: 0, skipped: 0, interrupted: 0 }
     for (const x of outcomes) counts[x.status]++
-    const status = stopping === "interrupted" ? "interrupted" : counts.failed > 0 || counts.skipped > 0 ? "failed" : "succeeded"
-    return { runId: o.runId, status, counts, nodes: outcomes }
+    const status = stopping === "interrupted" ? "interrupted" : counts.failed > 0 || counts.skipped > 0 || recordError !== undefined ? "failed" : "succeeded"
+    return { runId: o.runId, status, counts, nodes: outcomes, ...(recordError !== undefined ? { error: recordError } : {}) }
   })

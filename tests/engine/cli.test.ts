@@ -124,7 +124,7 @@ describe("commands", () => {
 
     const gc = await cli(sb, ["gc"])
     expect(gc.code).toBe(0)
-    expect(gc.stdout).toMatch(/removed \d+ unreferenced payload files, freed [\d.]+ MiB/)
+    expect(gc.stdout).toMatch(/removed \d+ unreferenced payload files and \d+ work directories of interrupted nodes, freed [\d.]+ MiB/)
   })
 
   it("status reports stages whose source changed since their cached result", async () => {

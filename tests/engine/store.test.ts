@@ -29,6 +29,9 @@ describe("claims", () => {
     expect(store.claim("k3", "run-b")).toEqual({ ok: false, owner: "remote-run" }) // heartbeat fresh
     put.run("k4", "remote-run", 1, "other-host", Date.now() - 60_000)
     expect(store.claim("k4", "run-b")).toEqual({ ok: true }) // heartbeat stale
+    // Our own (live) pid, but recorded with another start time: the pid was reused, the claimer is gone.
+    store.db.prepare("INSERT INTO claims (key, owner, pid, host, heartbeat_at, pid_start) VALUES ('k5', 'reused-pid', ?, ?, ?, '1')").run(process.pid, hostname(), Date.now())
+    expect(store.claim("k5", "run-b")).toEqual({ ok: true })
     store.close()
   })
 })
@@ -74,7 +77,7 @@ describe("temp files and gc", () => {
     const old = new Date(Date.now() - 3_600_000)
     utimesSync(store.objectPath(orphan.hash), old, old)
     utimesSync(store.objectPath(kept.hash), old, old)
-    expect(store.gc()).toEqual({ files: 1, bytes: 7 })
+    expect(store.gc()).toEqual({ files: 1, workDirs: 0, bytes: 7 })
     expect(existsSync(store.objectPath(kept.hash))).toBe(true)
     expect(existsSync(store.objectPath(orphan.hash))).toBe(false)
     store.close()
