@@ -1,0 +1,115 @@
+// The project's own code (src/**/*.ts) compiled to plain ES modules in dist/, so `pipe` starts
+// without a TypeScript loader. One JavaScript file per source file, imports kept as imports (each
+// module exists once, as in the sources); `./x.ts` specifiers become `./x.js`.
+//
+// Never stale: dist/manifest.json records the mtime of every source it was built from, and
+// `ensureBuilt` (bin/pipe.js, bin/typescript.js) rebuilds when any source was added, removed or
+// touched. A full build takes well under a second. `node bin/build.js` builds unconditionally.
+//
+// Compiled code sees its source location: `import.meta.url`, `.dirname` and `.filename` are
+// replaced by the source file's, so code that locates itself (the engine's own directory in
+// source.ts, child.ts next to executor.ts) behaves exactly as when run from the sources.
+import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs"
+import { dirname, join, relative } from "node:path"
+import { fileURLToPath, pathToFileURL } from "node:url"
+
+export const root = fileURLToPath(new URL("..", import.meta.url))
+export const srcDir = join(root, "src")
+export const distDir = join(root, "dist")
+const manifestFile = join(distDir, "manifest.json")
+
+/** Every .ts file under src/ with its mtime, keyed by its path relative to the repository. */
+const sources = () => {
+  const files = {}
+  const walk = (dir) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name)
+      if (e.isDirectory()) walk(p)
+      else if (e.name.endsWith(".ts")) files[relative(root, p)] = statSync(p).mtimeMs
+    }
+  }
+  walk(srcDir)
+  return files
+}
+
+const readManifest = () => {
+  try {
+    return JSON.parse(readFileSync(manifestFile, "utf8"))
+  } catch {
+    return undefined // no build yet, or a build that was interrupted before its manifest
+  }
+}
+
+// The compiled code holds the sources' absolute paths (see above): a moved checkout is rebuilt too.
+const upToDate = (manifest, files) => {
+  if (manifest?.root !== root) return false
+  const keys = Object.keys(files)
+  return keys.length === Object.keys(manifest.files).length && keys.every((k) => manifest.files[k] === files[k])
+}
+
+// Several `pipe` processes may build at once (tests, concurrent runs): each file is written under a
+// temporary name and renamed, so a reader sees an old or a new file, never a partial one. Builds of
+// the same sources write the same bytes.
+const writeAtomic = (file, contents) => {
+  mkdirSync(dirname(file), { recursive: true })
+  const tmp = `${file}.${process.pid}.tmp`
+  writeFileSync(tmp, contents)
+  renameSync(tmp, file)
+}
+
+/** Compiles src/ into dist/ and records the sources' mtimes (taken before compiling, so an edit made during the build triggers the next one). */
+export const build = async () => {
+  const files = sources()
+  const esbuild = await import("esbuild")
+  const location = {
+    name: "source-location",
+    setup(b) {
+      // Each module declares its own location first (the `define`s below read these names); on the
+      // first line, so line numbers in stack traces stay those of the source.
+      b.onLoad({ filter: /\.ts$/ }, (a) => {
+        const url = pathToFileURL(a.path).href
+        const header = `var __pipe_url=${JSON.stringify(url)},__pipe_filename=${JSON.stringify(a.path)},__pipe_dirname=${JSON.stringify(dirname(a.path))};`
+        return { contents: header + readFileSync(a.path, "utf8"), loader: "ts" }
+      })
+      // Bundling only to rewrite specifiers: every relative import stays an import of its own compiled file.
+      b.onResolve({ filter: /^\.\.?\// }, (a) => (a.kind === "entry-point" ? undefined : { path: a.path.replace(/\.ts$/, ".js"), external: true }))
+    },
+  }
+  const result = await esbuild.build({
+    entryPoints: Object.keys(files).map((f) => join(root, f)),
+    outdir: join(distDir, "src"),
+    outbase: srcDir,
+    bundle: true,
+    packages: "external",
+    format: "esm",
+    platform: "node",
+    target: "node20",
+    write: false,
+    logLevel: "silent",
+    define: { "import.meta.url": "__pipe_url", "import.meta.filename": "__pipe_filename", "import.meta.dirname": "__pipe_dirname" },
+    plugins: [location],
+  })
+  for (const f of result.outputFiles) writeAtomic(f.path, f.contents)
+  writeAtomic(manifestFile, JSON.stringify({ root, files }, null, 1))
+}
+
+let checked = false
+/**
+ * Rebuilds dist/ when a source changed since it was built (once per process). Returns false, with the
+ * compiler's message on stderr, when the sources do not compile: the caller then runs from source.
+ */
+export const ensureBuilt = async () => {
+  if (checked) return true
+  if (!upToDate(readManifest(), sources())) {
+    try {
+      await build()
+    } catch (e) {
+      process.stderr.write(`pipe: could not compile src/ (running from source through tsx instead): ${e.message}\n`)
+      return false
+    }
+  }
+  checked = true
+  return true
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) await build()
