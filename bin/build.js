@@ -96,7 +96,7 @@ export const build = async () => {
 let checked = false
 /**
  * Rebuilds dist/ when a source changed since it was built (once per process). Returns false, with the
- * compiler's message on stderr, when the sources do not compile: the caller then runs from source.
+ * reason on stderr, when it cannot (a syntax error, a read-only checkout): the caller then runs from source.
  */
 export const ensureBuilt = async () => {
   if (checked) return true
@@ -104,7 +104,9 @@ export const ensureBuilt = async () => {
     try {
       await build()
     } catch (e) {
-      process.stderr.write(`pipe: could not compile src/ (running from source through tsx instead): ${e.message}\n`)
+      // esbuild lists each error with its place in the sources; anything else (an unwritable checkout) has a message.
+      const why = e.errors?.map((m) => `${m.location ? `${m.location.file}:${m.location.line}:${m.location.column}: ` : ""}${m.text}`).join("; ") ?? e.message
+      process.stderr.write(`pipe: could not build dist/ (running the sources through tsx instead): ${why}\n`)
       return false
     }
   }
