@@ -2,8 +2,8 @@
 // without a TypeScript loader. One JavaScript file per source file, imports kept as imports (each
 // module exists once, as in the sources); `./x.ts` specifiers become `./x.js`.
 //
-// Never stale: dist/manifest.json records the mtime of every source it was built from, and
-// `ensureBuilt` (bin/pipe.js, bin/typescript.js) rebuilds when any source was added, removed or
+// Never stale: dist/manifest.json records the mtime of every source it was built from (and of this
+// file), and `ensureBuilt` (bin/pipe.js, bin/typescript.js) rebuilds when any was added, removed or
 // touched. A full build takes well under a second. `node bin/build.js` builds unconditionally.
 //
 // Compiled code sees its source location: `import.meta.url`, `.dirname` and `.filename` are
@@ -18,9 +18,11 @@ export const srcDir = join(root, "src")
 export const distDir = join(root, "dist")
 const manifestFile = join(distDir, "manifest.json")
 
-/** Every .ts file under src/ with its mtime, keyed by its path relative to the repository. */
+const self = fileURLToPath(import.meta.url)
+
+/** Every .ts file under src/ with its mtime, keyed by its path relative to the repository, and this file (how they are compiled). */
 const sources = () => {
-  const files = {}
+  const files = { [relative(root, self)]: statSync(self).mtimeMs }
   const walk = (dir) => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       const p = join(dir, e.name)
@@ -64,8 +66,7 @@ export const build = async () => {
   const location = {
     name: "source-location",
     setup(b) {
-      // Each module declares its own location first (the `define`s below read these names); on the
-      // first line, so line numbers in stack traces stay those of the source.
+      // Each module declares its own location before any of its code (the `define`s below read these names).
       b.onLoad({ filter: /\.ts$/ }, (a) => {
         const url = pathToFileURL(a.path).href
         const header = `var __pipe_url=${JSON.stringify(url)},__pipe_filename=${JSON.stringify(a.path)},__pipe_dirname=${JSON.stringify(dirname(a.path))};`
@@ -76,7 +77,7 @@ export const build = async () => {
     },
   }
   const result = await esbuild.build({
-    entryPoints: Object.keys(files).map((f) => join(root, f)),
+    entryPoints: Object.keys(files).filter((f) => f.endsWith(".ts")).map((f) => join(root, f)),
     outdir: join(distDir, "src"),
     outbase: srcDir,
     bundle: true,
@@ -84,6 +85,10 @@ export const build = async () => {
     format: "esm",
     platform: "node",
     target: "node20",
+    // Stack traces point into dist/; `node --enable-source-maps` maps them back to src/ (not on by
+    // default: Node would then read the source maps of every module it loads, effect's included).
+    sourcemap: "linked",
+    sourcesContent: false,
     write: false,
     logLevel: "silent",
     define: { "import.meta.url": "__pipe_url", "import.meta.filename": "__pipe_filename", "import.meta.dirname": "__pipe_dirname" },
@@ -114,4 +119,4 @@ export const ensureBuilt = async () => {
   return true
 }
 
-if (process.argv[1] === fileURLToPath(import.meta.url)) await build()
+if (process.argv[1] === self) await build()
