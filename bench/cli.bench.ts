@@ -4,7 +4,7 @@
 //   pipe ls                        + the store (better-sqlite3)
 //   pipe status pipelines/blue.ts  + TypeScript loading of the pipeline and its stages, planning, hashing
 //   pipe run <1,000-node sweep>    a fully cached rerun of the engine benchmark's sweep
-// and, as the alternatives that were weighed:
+// and, for comparison:
 //   npx pipe --help                the same through npx, as the README runs it (npx's own start-up on top)
 //   tsx src/cli/main.ts --help     the same dispatcher run from its sources through tsx, as bin/pipe.js
 //                                  ran the CLI before: what the TypeScript loader alone costs
