@@ -1,8 +1,8 @@
 // Module resolution hooks for TypeScript files loaded next to the compiled CLI (registered by
 // typescript.js, above tsx): a pipeline or stage file that imports the project's sources
 // (`../src/engine/index.ts`) gets the compiled module from dist/ that the CLI itself runs, so both
-// share one engine (one Store class, one set of tagged errors and caches, one stage registry)
-// instead of a second copy loaded through tsx.
+// share one engine (the same classes, tagged errors and module-level caches) instead of a second
+// copy loaded through tsx.
 let srcUrl
 let distUrl
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 // Entry point of the `pipe` command. Runs the CLI compiled into dist/ (rebuilt first when a source in
 // src/ changed: build.js) and makes TypeScript pipeline files importable only for the commands that
-// load one (typescript.js), so `pipe --help` or `pipe ls` start without a TypeScript loader. When src/
-// does not compile, runs the sources through tsx instead.
+// load one (typescript.js), so `pipe --help` or `pipe ls` start without a TypeScript loader. When dist/
+// cannot be built (a syntax error in src/, a read-only checkout), runs the sources through tsx instead.
 import { ensureBuilt } from "./build.js"
 
 const argv = process.argv.slice(2)
