@@ -184,7 +184,7 @@ describe("commands", () => {
 
 
 describe("usage", () => {
-  it("--help lists every command without loading one; unknown commands and options are usage errors (exit 2)", async () => {
+  it("--help lists every command; unknown commands and options are usage errors (exit 2)", async () => {
     const help = await cli(sb, ["--help"])
     expect(help.code).toBe(0)
     for (const c of ["run", "status", "ls", "show", "logs", "why", "gc", "doctor"]) expect(help.stdout).toMatch(new RegExp(`^  ${c} `, "m"))
@@ -227,13 +227,20 @@ describe("the compiled CLI", () => {
     const copy = sandbox().dir
     for (const part of ["bin", "src", "package.json"]) cpSync(join(repo, part), join(copy, part), { recursive: true })
     symlinkSync(join(repo, "node_modules"), join(copy, "node_modules"))
-    const help = () => spawnSync(process.execPath, [join(copy, "bin/pipe.js"), "--help"], { encoding: "utf8" })
+    const pipe = (...args: Array<string>) => spawnSync(process.execPath, [join(copy, "bin/pipe.js"), ...args], { cwd: copy, encoding: "utf8" })
+    const help = () => pipe("--help")
     const edit = (file: string, from: string, to: string) => writeFileSync(join(copy, file), readFileSync(join(copy, file), "utf8").replace(from, to))
 
     expect(help().stdout).toContain("ls [--limit N]        recent runs")
     expect(existsSync(join(copy, "dist/src/cli/main.js"))).toBe(true)
     edit("src/cli/main.ts", "recent runs", "the latest runs")
     expect(help().stdout).toContain("ls [--limit N]        the latest runs")
+
+    // Commands are loaded when they run: with the store failing at import, --help still answers.
+    edit("src/engine/store.ts", "import Database", 'throw new Error("store.ts was imported")\nimport Database')
+    expect(help().stdout).toContain("the latest runs")
+    const ls = pipe("ls")
+    expect([ls.status, ls.stderr]).toEqual([2, "pipe: store.ts was imported\n"])
 
     edit("src/engine/hash.ts", "export const", "export const const")
     const broken = help()
