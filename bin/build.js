@@ -3,7 +3,7 @@
 // module exists once, as in the sources); `./x.ts` specifiers become `./x.js`.
 //
 // Never stale: dist/manifest.json records the mtime of every source it was built from (and of this
-// file), and `ensureBuilt` (bin/pipe.js, bin/typescript.js) rebuilds when any was added, removed or
+// file), and `ensureBuilt` (bin/pipe.js) rebuilds when any was added, removed or
 // touched. A full build takes well under a second. `node bin/build.js` builds unconditionally.
 //
 // Compiled code sees its source location: `import.meta.url`, `.dirname` and `.filename` are
@@ -13,7 +13,7 @@ import { mkdirSync, readdirSync, readFileSync, renameSync, statSync, writeFileSy
 import { dirname, join, relative } from "node:path"
 import { fileURLToPath, pathToFileURL } from "node:url"
 
-export const root = fileURLToPath(new URL("..", import.meta.url))
+const root = fileURLToPath(new URL("..", import.meta.url))
 export const srcDir = join(root, "src")
 export const distDir = join(root, "dist")
 const manifestFile = join(distDir, "manifest.json")
@@ -60,7 +60,7 @@ const writeAtomic = (file, contents) => {
 }
 
 /** Compiles src/ into dist/ and records the sources' mtimes (taken before compiling, so an edit made during the build triggers the next one). */
-export const build = async () => {
+const build = async () => {
   const files = sources()
   const esbuild = await import("esbuild")
   const location = {
@@ -98,25 +98,21 @@ export const build = async () => {
   writeAtomic(manifestFile, JSON.stringify({ root, files }, null, 1))
 }
 
-let checked = false
 /**
- * Rebuilds dist/ when a source changed since it was built (once per process). Returns false, with the
- * reason on stderr, when it cannot (a syntax error, a read-only checkout): the caller then runs from source.
+ * Rebuilds dist/ when a source changed since it was built. Returns false, with the reason on stderr,
+ * when it cannot (a syntax error, a read-only checkout): the caller then runs from source.
  */
 export const ensureBuilt = async () => {
-  if (checked) return true
-  if (!upToDate(readManifest(), sources())) {
-    try {
-      await build()
-    } catch (e) {
-      // esbuild lists each error with its place in the sources; anything else (an unwritable checkout) has a message.
-      const why = e.errors?.map((m) => `${m.location ? `${m.location.file}:${m.location.line}:${m.location.column}: ` : ""}${m.text}`).join("; ") ?? e.message
-      process.stderr.write(`pipe: could not build dist/ (running the sources through tsx instead): ${why}\n`)
-      return false
-    }
+  if (upToDate(readManifest(), sources())) return true
+  try {
+    await build()
+    return true
+  } catch (e) {
+    // esbuild lists each error with its place in the sources; anything else (an unwritable checkout) has a message.
+    const why = e.errors?.map((m) => `${m.location ? `${m.location.file}:${m.location.line}:${m.location.column}: ` : ""}${m.text}`).join("; ") ?? e.message
+    process.stderr.write(`pipe: could not build dist/ (running the sources through tsx instead): ${why}\n`)
+    return false
   }
-  checked = true
-  return true
 }
 
 if (process.argv[1] === self) await build()

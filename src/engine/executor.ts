@@ -8,6 +8,8 @@ import { Effect } from "effect"
 import { fork } from "node:child_process"
 import { closeSync, mkdirSync, openSync } from "node:fs"
 import { dirname, join } from "node:path"
+import { createRequire } from "node:module"
+import { pathToFileURL } from "node:url"
 import { CorruptArtifact, NodeFailed } from "./errors.ts"
 import type { NodeRequest, ProgressEvent, Published } from "./execute.ts"
 import { executeNode } from "./execute.ts"
@@ -37,9 +39,8 @@ export type ChildMessage =
   | { readonly type: "failed"; readonly tag: "NodeFailed" | "CorruptArtifact"; readonly message: string; readonly hash?: string }
 
 const childEntry = join(import.meta.dirname, "child.ts")
-// tsx, with the project's own modules taken precompiled from dist/ (bin/typescript.js); an absolute
-// URL, so children start whatever the current directory is.
-const tsxLoader = new URL("../../bin/typescript.js", import.meta.url).href
+// An absolute loader URL, so children start whatever the current directory is.
+const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
 
 /** How long a child gets to exit after SIGTERM (interrupted run) before SIGKILL. */
 const KILL_GRACE_MS = 5_000
