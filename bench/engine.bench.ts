@@ -15,29 +15,15 @@ import { join, resolve } from "node:path"
 import { planFile, runPipeline, silentReporter, Store } from "../src/engine/index.ts"
 import { hashJson } from "../src/engine/hash.ts"
 import { inputHash } from "../src/engine/plan.ts"
+import { writeSweepPipeline } from "./sweep-pipeline.ts"
 
 const repo = resolve(import.meta.dirname, "..")
 const now = () => performance.now()
 const median = (xs: Array<number>) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
-const pipelineSource = (sources: number, fanout: number) => `
-import { Effect, Schema } from ${JSON.stringify(join(repo, "node_modules/effect/dist/index.js"))}
-import { Artifact, pipeline, stage, sweep } from ${JSON.stringify(join(repo, "src/engine/index.ts"))}
-const Value = Artifact.json("Value", Schema.Number)
-const source = stage({ name: "source", version: 1, params: Schema.Struct({ seed: Schema.Int }), inputs: {}, output: Value,
-  run: ({ params }) => Effect.succeed(params.seed) })
-const work = stage({ name: "work", version: 1, params: Schema.Struct({ k: Schema.Int, batch: Schema.Int }), unkeyed: ["batch"],
-  inputs: { x: Value }, output: Value, run: ({ params, inputs }) => Effect.succeed(inputs.x * 1000 + params.k) })
-const x = source({ seed: sweep(${JSON.stringify(Array.from({ length: sources }, (_, i) => i))}) })
-export default pipeline("bench", [work({ k: sweep(${JSON.stringify(Array.from({ length: fanout }, (_, i) => i))}), batch: 32 }, { x })])
-`
-
 const measure = async (sources: number, fanout: number) => {
-  const nodes = sources + sources * fanout
   const dir = mkdtempSync(join(tmpdir(), "pipe-bench-"))
-  writeFileSync(join(dir, "package.json"), '{ "type": "module" }\n')
-  const file = join(dir, `sweep${nodes}.ts`)
-  writeFileSync(file, pipelineSource(sources, fanout))
+  const { file, nodes } = writeSweepPipeline(dir, sources, fanout)
   const cacheDir = join(dir, "cache")
   const runsDir = join(dir, "runs")
   mkdirSync(cacheDir)

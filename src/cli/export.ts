@@ -8,6 +8,8 @@ import * as path from "node:path"
 import { errorMessage } from "../engine/errors.ts"
 import type { Store } from "../engine/store.ts"
 import { ADAPTER_CONFIG_METADATA, exportAdapter } from "../models/peft.ts"
+import { out, UsageError, type Command } from "./args.ts"
+import { openStore, runsDir } from "./records.ts"
 
 export class ExportError extends Data.TaggedError("ExportError")<{ readonly message: string }> {}
 
@@ -56,3 +58,11 @@ export const exportNode = (store: Store, runsDir: string, node: string, dir: str
       `base_model_name_or_path: ${base === null ? "null" : base}${"missing" in found ? ` (the model is unknown: ${found.missing})` : ""}`,
     ].join("\n")
   })
+
+export const command: Command = {
+  run: async (args) => {
+    if (args.positional.length !== 2) throw new UsageError("pipe export expects a node and a directory")
+    out(await Effect.runPromise(exportNode(openStore(args), runsDir(args), args.positional[0], args.positional[1])))
+    return 0
+  },
+}

@@ -12,6 +12,8 @@ import type { Coordinates } from "../engine/gather.ts"
 import { planFile } from "../engine/run.ts"
 import type { StoredArtifact, Store } from "../engine/store.ts"
 import { SweepTable, csv, markdown, numericLeaves, pick, selectColumns, sortRows, type Table } from "../engine/table.ts"
+import type { Command } from "./args.ts"
+import { openStore, runsDir } from "./records.ts"
 
 interface TableOptions {
   readonly store: Store
@@ -141,4 +143,12 @@ export const tableCommand = async (
     write(render(sortRows(o.columns.length > 0 ? selectColumns(stored, o.columns) : stored, o.sort), o.format, o.format === "md" ? stored.title : undefined))
   }
   return 0
+}
+
+export const command: Command = {
+  options: ["--set", "--columns", "--sort", "--format"],
+  run: async (args, cli) => {
+    await cli.loadTypeScript() // the target may be a pipeline file
+    return tableCommand(args, openStore(args), runsDir(args), (text) => process.stdout.write(text))
+  },
 }

@@ -1,5 +1,5 @@
 // Errors the engine reports to the user. Each carries a complete, human-readable `message`.
-import { Data } from "effect"
+import * as Data from "effect/Data"
 
 /** The pipeline file could not be loaded or does not default-export a pipeline. */
 export class PipelineError extends Data.TaggedError("PipelineError")<{ readonly file: string; readonly message: string }> {}

@@ -1,10 +1,13 @@
 // The `pipe` command as users run it: real processes on a shared cache directory, killed with
 // SIGKILL or SIGINT mid-run, racing each other, and the inspection commands.
 import Database from "better-sqlite3"
-import { existsSync, readdirSync, readFileSync, writeFileSync } from "node:fs"
-import { join } from "node:path"
+import { spawnSync } from "node:child_process"
+import { cpSync, existsSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs"
+import { join, resolve } from "node:path"
 import { beforeEach, describe, expect, it } from "vitest"
 import { cli, fixture, sandbox, startCli, until, writePipeline, type Sandbox } from "./helpers.ts"
+
+const repo = resolve(import.meta.dirname, "../..")
 
 let sb: Sandbox
 beforeEach(() => {
@@ -179,3 +182,70 @@ describe("commands", () => {
   })
 })
 
+
+describe("usage", () => {
+  it("--help lists every command; unknown commands and options are usage errors (exit 2)", async () => {
+    const help = await cli(sb, ["--help"])
+    expect(help.code).toBe(0)
+    for (const c of ["run", "status", "ls", "show", "logs", "why", "gc", "doctor"]) expect(help.stdout).toMatch(new RegExp(`^  ${c} `, "m"))
+    expect((await cli(sb, ["ls", "--help"])).stdout).toBe(help.stdout)
+    expect((await cli(sb, [])).stdout).toBe(help.stdout)
+
+    const unknown = await cli(sb, ["frobnicate"])
+    expect([unknown.code, unknown.stderr]).toEqual([2, 'pipe: unknown command "frobnicate"\nrun pipe --help for usage\n'])
+    // Each command takes only its own options (and --cache-dir, --runs-dir).
+    const wrong = await cli(sb, ["ls", "--plain"])
+    expect([wrong.code, wrong.stderr]).toEqual([2, "pipe: unknown option --plain for pipe ls\nrun pipe --help for usage\n"])
+    const limit = await cli(sb, ["ls", "--limit=0"])
+    expect([limit.code, limit.stderr]).toEqual([2, "pipe: --limit expects a positive integer, got 0\nrun pipe --help for usage\n"])
+    expect((await cli(sb, ["ls", "--limit", "3", `--cache-dir=${sb.cacheDir}`])).code).toBe(0)
+  })
+})
+
+describe("the compiled CLI", () => {
+  it("a pipeline file's imports of src/ are the very modules the CLI runs (one engine, not a second copy through tsx)", async () => {
+    const file = writePipeline(
+      sb,
+      "identity.ts",
+      `import { Effect, Schema } from "effect"
+      import { Artifact, pipeline, stage, Store } from "@engine"
+      import { ParamsError } from ${JSON.stringify(join(repo, "src/engine/errors.ts"))}
+      // What bin/pipe.js runs: the compiled engine.
+      const cli = await import(${JSON.stringify(join(repo, "dist/src/engine/index.js"))})
+      const probe = stage({ name: "probe", version: 1, params: Schema.Struct({}), inputs: {}, output: Artifact.json("Same", Schema.Array(Schema.Boolean)),
+        run: () => Effect.succeed([Store === cli.Store, ParamsError === cli.ParamsError, stage === cli.stage]) })
+      export default pipeline("identity", [probe({})])`,
+    )
+    const r = await cli(sb, ["run", file, "--plain"])
+    expect(r.code).toBe(0)
+    const [row] = query<{ json: string }>("SELECT json FROM artifacts WHERE type = 'Same'")
+    expect(JSON.parse(row.json)).toEqual([true, true, true])
+  })
+
+  it("dist/ is rebuilt when a source changes; when src/ does not compile, pipe runs from source", () => {
+    // A copy of the parts of the checkout the CLI needs, so editing its sources disturbs no other test.
+    const copy = sandbox().dir
+    for (const part of ["bin", "src", "package.json"]) cpSync(join(repo, part), join(copy, part), { recursive: true })
+    symlinkSync(join(repo, "node_modules"), join(copy, "node_modules"))
+    const pipe = (...args: Array<string>) => spawnSync(process.execPath, [join(copy, "bin/pipe.js"), ...args], { cwd: copy, encoding: "utf8" })
+    const help = () => pipe("--help")
+    const edit = (file: string, from: string, to: string) => writeFileSync(join(copy, file), readFileSync(join(copy, file), "utf8").replace(from, to))
+
+    expect(help().stdout).toContain("ls [--limit N]        recent runs")
+    expect(existsSync(join(copy, "dist/src/cli/main.js"))).toBe(true)
+    edit("src/cli/main.ts", "recent runs", "the latest runs")
+    expect(help().stdout).toContain("ls [--limit N]        the latest runs")
+
+    // Commands are loaded when they run: with the store failing at import, --help still answers.
+    edit("src/engine/store.ts", "import Database", 'throw new Error("store.ts was imported")\nimport Database')
+    expect(help().stdout).toContain("the latest runs")
+    const ls = pipe("ls")
+    expect([ls.status, ls.stderr]).toEqual([2, "pipe: store.ts was imported\n"])
+
+    edit("src/engine/hash.ts", "export const", "export const const")
+    const broken = help()
+    expect(broken.status).toBe(0)
+    expect(broken.stderr).toMatch(/^pipe: could not build dist\/ \(running the sources through tsx instead\): .*hash\.ts/)
+    expect(broken.stdout).toContain("the latest runs")
+  })
+})

@@ -76,9 +76,9 @@ export interface CliResult {
   readonly stderr: string
 }
 
-/** Starts a real `pipe` process (node --import tsx src/cli/main.ts ...) in the sandbox directory. */
+/** Starts a real `pipe` process (bin/pipe.js, as `npx pipe` does: the compiled CLI) in the sandbox directory. */
 export const startCli = (sb: Sandbox, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = {}) => {
-  const child: ChildProcess = spawn(process.execPath, ["--import", "tsx", join(repo, "src/cli/main.ts"), ...args], {
+  const child: ChildProcess = spawn(process.execPath, [join(repo, "bin/pipe.js"), ...args], {
     cwd: repo,
     env: { ...sb.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],

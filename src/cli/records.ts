@@ -1,0 +1,19 @@
+// The cache and records a command works on, and how the inspection commands print them.
+import { openStoreForReading, Store, type ExecutionRow } from "../engine/store.ts"
+import { one, UsageError, type Args } from "./args.ts"
+
+export const cacheDir = (args: Args) => one(args, "--cache-dir") ?? process.env.PIPE_CACHE_DIR ?? "cache"
+export const openStore = (args: Args) => new Store(cacheDir(args))
+/** For the commands that only read: a cache this user cannot write is opened read-only. */
+export const readStore = (args: Args) => openStoreForReading(cacheDir(args))
+export const runsDir = (args: Args) => one(args, "--runs-dir") ?? process.env.PIPE_RUNS_DIR ?? "runs"
+
+export const time = (ms: number | null) => (ms === null ? "-" : new Date(ms).toISOString().replace("T", " ").slice(0, 19))
+export const duration = (e: ExecutionRow) => (e.ended_at === null ? "-" : `${((e.ended_at - e.started_at) / 1000).toFixed(1)}s`)
+
+/** A node's executions, latest first (by display name or key prefix). */
+export const latest = (store: Store, node: string): ReadonlyArray<ExecutionRow> => {
+  const rows = store.executionsOf(node)
+  if (rows.length === 0) throw new UsageError(`no execution of a node named "${node}" (use the name shown by pipe show <run>, or a key prefix)`)
+  return rows
+}

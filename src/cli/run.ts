@@ -1,0 +1,87 @@
+// `pipe run <pipeline.ts>`: plan and run a pipeline, reusing cached results; print the summary, the
+// failures with their logs, and the files the pipeline asks to print.
+import { Cause, Effect, Exit } from "effect"
+import { readFileSync } from "node:fs"
+import { basename } from "node:path"
+import { detectGpus, parseGpus } from "../engine/devices.ts"
+import { barReporter, lineReporter } from "../engine/progress.ts"
+import { runPipeline } from "../engine/run.ts"
+import { int, needOne, one, out, UsageError, type Command } from "./args.ts"
+import { cacheDir, openStore, runsDir } from "./records.ts"
+import { explain } from "./status.ts"
+
+export const command: Command = {
+  flags: ["--dry-run", "--fail-fast", "--plain"],
+  options: ["--set", "--rerun", "--jobs", "--gpus", "--gpu-slots", "--memory"],
+  run: async (args, cli) => {
+    const file = needOne(args, "a pipeline file")
+    const overrides = args.options.get("--set") ?? []
+    const rerun = args.options.get("--rerun") ?? []
+    if (args.flags.has("--dry-run")) {
+      await cli.loadTypeScript()
+      return explain(openStore(args), file, overrides, rerun, "dry-run")
+    }
+    const gpusText = one(args, "--gpus")
+    const gpus = gpusText === undefined ? detectGpus() : parseGpus(gpusText)
+    if (gpus === undefined) throw new UsageError(`--gpus expects ids like 0,1 or "none", got ${gpusText}`)
+    const jobs = int(args, "--jobs", 1)
+    const slotsPerGpu = int(args, "--gpu-slots", 1)
+    const memory = one(args, "--memory") !== undefined ? { memoryMB: int(args, "--memory", 1) } : {}
+    await cli.loadTypeScript()
+    // stages (and their child processes) keep per-file checks, e.g. weights' finiteness, under the same cache
+    process.env.PIPE_CACHE_DIR = cacheDir(args)
+    const store = openStore(args)
+    const reporter = process.stdout.isTTY && !args.flags.has("--plain") ? barReporter() : lineReporter()
+    const abort = new AbortController()
+    let interrupts = 0
+    const onSigint = () => {
+      if (++interrupts > 1) process.exit(130)
+      reporter.message("interrupt: stopping running nodes (Ctrl-C again to exit at once)")
+      abort.abort()
+    }
+    process.on("SIGINT", onSigint)
+    process.on("SIGTERM", onSigint)
+    const exit = await Effect.runPromiseExit(
+      runPipeline({
+        store,
+        pipelineFile: file,
+        overrides,
+        runsDir: runsDir(args),
+        jobs,
+        gpus,
+        slotsPerGpu,
+        ...memory,
+        failFast: args.flags.has("--fail-fast"),
+        rerun,
+        reporter,
+        signal: abort.signal,
+        args: process.argv.slice(2),
+      }),
+    )
+    reporter.close()
+    process.off("SIGINT", onSigint)
+    process.off("SIGTERM", onSigint)
+    if (Exit.isFailure(exit)) throw Cause.squash(exit.cause)
+    const s = exit.value
+    const c = s.counts
+    out(`run ${s.runId} ${s.status}: ${s.nodes.length} nodes: ${c.succeeded} ran, ${c.cached} cached, ${c.failed} failed, ${c.skipped} skipped, ${c.interrupted} interrupted`)
+    for (const e of s.errors) out(`error: ${e}`)
+    const failures = s.nodes.filter((n) => n.status === "failed")
+    if (failures.length > 0) {
+      out("failures:")
+      for (const f of failures) out(`  ${f.name}: ${f.error?.split("\n")[0]}\n    log: ${f.logPath}`)
+    }
+    for (const f of s.published) if ("error" in f) out(`publish failed: ${f.error}`)
+    out(`records: ${s.runDir}`)
+    // The files the pipeline asks to print, each instance under a heading when its call is swept.
+    for (const f of s.published) {
+      if (!("path" in f) || !f.print) continue
+      out()
+      if (basename(f.path) !== f.file) out(`== ${f.node} (${f.path}) ==`) // one instance of a swept call
+      const text = readFileSync(f.path, "utf8")
+      process.stdout.write(text.endsWith("\n") ? text : `${text}\n`)
+    }
+    store.close()
+    return s.status === "succeeded" ? 0 : s.status === "interrupted" ? 130 : 1
+  },
+}
