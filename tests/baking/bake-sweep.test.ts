@@ -33,7 +33,10 @@ describe("pipelines/bake-sweep.ts on a reduced sweep", () => {
     try {
       const s = await Effect.runPromise(runPipeline({ store, pipelineFile, overrides: reduced, runsDir: sb.runsDir, reporter: silentReporter }))
       expect(s.nodes.filter((n) => n.status !== "succeeded")).toEqual([])
-      expect(s.published.filter((f) => "path" in f).map((f) => f.file).sort()).toEqual(["sweep.csv", "sweep.json", "sweep.md"])
+      // one table for the sweep, and each of the 4 points' adapters as a PEFT directory
+      expect(s.published.filter((f) => "path" in f).map((f) => f.file).sort()).toEqual(["adapter", "adapter", "adapter", "adapter", "sweep.csv", "sweep.json", "sweep.md"])
+      const adapters = s.published.filter((f) => "path" in f && f.file === "adapter").map((f) => ("path" in f ? f.path : ""))
+      for (const dir of adapters) expect(fs.readdirSync(dir).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors"])
       expect(s.published.find((f) => f.file === "sweep.md")).toMatchObject({ print: true })
 
       const table = JSON.parse(fs.readFileSync(path.join(s.runDir, "sweep.json"), "utf8")) as { columns: ReadonlyArray<{ name: string }>; rows: ReadonlyArray<Record<string, unknown>> }
