@@ -1,7 +1,7 @@
 // Several models ("members") in one onnxruntime graph: generation and scoring from a combination
 // of their next-token distributions, with per-member statistics along the tokens.
 //
-//   makeEnsemble({ members, rule, klPairs?, graphDir, device?, intraOpThreads?, tokenizer?, chunk? })
+//   makeEnsemble({ members, rule, klPairs?, graphDir, device?, intraOpThreads?, tokenizer?, chunk?, stepsPerRun? })
 //     -> Ensemble { generate(requests, options), score(requests) }
 //   members: { name, checkpoint, adapter? }: different checkpoints sharing a tokenizer (any mix
 //     of architectures), or one checkpoint with different LoRA adapters (its weights are read
@@ -30,7 +30,8 @@
 //
 // KV caches are per member: inputs "<member>.past_key_values.{l}.key|value", outputs
 // "<member>.present.{l}.key|value"; ids and the attention mask are shared (one token stream).
-// Generation runs the step graph once per token (no decode-loop graph for ensembles yet).
+// Generation runs generate.ts's step graph, or with stepsPerRun > 1 its decode-loop graph, around
+// the ensemble (ensembleGraphModel).
 // Default stop token ids and padding: the first member's.
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
@@ -40,19 +41,20 @@ import { createSession, type Device, type RunError, type Session } from "../runt
 import { loadTokenizer, type TextTokenizer } from "../text/tokenizer.ts"
 import { adapterHook } from "./adapters.ts"
 import type { Checkpoint } from "./checkpoint.ts"
-import { decoder, type DecoderOutputs, forwardNames, logitsOf, type WeightSource } from "./forward.ts"
+import { decoder, type DecoderInputs, forwardNames, logitsOf, type WeightSource } from "./forward.ts"
 import {
-  buildStepGraphWith,
+  buildDecodeLoopGraph,
+  buildStepGraph,
   cacheSlots,
   type Generation,
   type GenerateOptions,
   type GenerationError,
   type GenerationRequest,
   lastLogits,
-  pastInputs,
-  presentOutputs,
+  pastByLayer,
   sessionOptions,
   stepGenerate,
+  type StepModelGraph,
 } from "./generate.ts"
 import { externalWeights, placeWeights, type WeightPlacement, writeGraph } from "./graph-weights.ts"
 import { checkAdapterModules, type LoraAdapter } from "./peft.ts"
@@ -95,6 +97,8 @@ export interface EnsembleOptions {
   readonly tokenizer?: Pick<TextTokenizer, "decode">
   /** Positions per scoring chunk (default 128): one [chunk x vocab] block per member at a time. */
   readonly chunk?: number
+  /** Decode steps per session run, as GeneratorOptions.stepsPerRun (default 1). */
+  readonly stepsPerRun?: number
 }
 
 export interface MemberStats {
@@ -130,6 +134,7 @@ export interface Ensemble {
   readonly generate: (requests: ReadonlyArray<GenerationRequest>, options?: GenerateOptions) => Effect.Effect<EnsembleGeneration[], GenerationError>
   readonly score: (requests: ReadonlyArray<ContinuationRequest>) => Effect.Effect<EnsembleScore[], RunError | ScoringError>
   readonly stepSession: Session
+  readonly loopSession: Session | undefined
   readonly scoringSession: Session
 }
 
@@ -241,15 +246,19 @@ const statistics = (g: Graph, logp: ReadonlyMap<string, Value>, klPairs: Readonl
   }),
 ]
 
-/** Each member's forward into `g`: checkpoints shared by several members read their weights once. */
-const memberForwards = (g: Graph, members: ReadonlyArray<EnsembleMember>, placement: WeightPlacement, inputs: (m: EnsembleMember) => Parameters<typeof decoder>[4]) => {
+/**
+ * Each member's weights and adapter as initializers of the top-level graph `g` (a checkpoint shared
+ * by several members is read once), and a function building the member's forward into `g` or a
+ * subgraph of it.
+ */
+const memberModels = (g: Graph, members: ReadonlyArray<EnsembleMember>, placement: WeightPlacement) => {
   const sources = new Map<string, WeightSource>()
-  return members.map((m): [EnsembleMember, DecoderOutputs] => {
-    const dir = m.checkpoint.dir
-    const source = sources.get(dir) ?? externalWeights(g, placement, `w${sources.size}.`)
-    sources.set(dir, source)
+  return members.map((m) => {
     const c = m.checkpoint
-    return [m, decoder(g, c.config, c.weights, source, inputs(m), m.adapter ? { linearHook: adapterHook(g, m.adapter, `${m.name}.`) } : {})]
+    const source = sources.get(c.dir) ?? externalWeights(g, placement, `w${sources.size}.`)
+    sources.set(c.dir, source)
+    const options = m.adapter ? { linearHook: adapterHook(g, m.adapter, `${m.name}.`) } : {}
+    return { member: m, forward: (sub: Graph, inputs: DecoderInputs) => decoder(sub, c.config, c.weights, source, inputs, options) }
   })
 }
 
@@ -266,21 +275,30 @@ const unpack = (stats: Readonly<Record<string, number[]>>, members: ReadonlyArra
   kl: klPairs.map(([from, to]) => ({ from, to, values: stats[ensembleNames.kl(from, to)] })),
 })
 
-/** The ensemble's step graph: generate.ts's step graph over the combined log-probs, with per-member caches and statistics. */
-export const buildEnsembleStepGraph = (o: Pick<EnsembleOptions, "members" | "rule" | "klPairs">, placement: WeightPlacement, V: number): Graph =>
-  buildStepGraphWith("ensemble_step", (g, ids, mask) => {
-    const slots = new Map(o.members.map((m) => [m.name, cacheSlots(m.checkpoint, `${m.name}.`)]))
-    const outs = memberForwards(g, o.members, placement, (m) => ({ ids, mask, past: pastInputs(g, slots.get(m.name)!) }))
-    for (const [m, out] of outs) presentOutputs(g, slots.get(m.name)!, out.present)
-    const { logp, combined } = combine(g, o.rule, new Map(outs.map(([m, out]) => [m.name, vocabColumns(g, lastLogits(g, out), V)])))
-    return {
-      logits: combined,
-      vocab: V,
-      withToken: (token) => {
-        for (const [name, v] of statistics(g, logp, o.klPairs ?? [], token)) g.outputAs(name, v)
-      },
-    }
-  })
+/** The ensemble as the model part of generate.ts's step and decode-loop graphs: sampling from the combined log-probs, per-member caches and statistics. */
+export const ensembleGraphModel = (o: Pick<EnsembleOptions, "members" | "rule" | "klPairs">, placement: WeightPlacement, V: number): StepModelGraph => {
+  const slots = o.members.map((m) => cacheSlots(m.checkpoint, `${m.name}.`))
+  return {
+    slots: slots.flat(),
+    prepare: (g) => {
+      const models = memberModels(g, o.members, placement)
+      return (sub, ids, mask, past) => {
+        let offset = 0
+        const outs = models.map(({ forward }, i) => {
+          const mine = past.slice(offset, (offset += slots[i].length))
+          return forward(sub, { ids, mask, past: pastByLayer(mine) })
+        })
+        const { logp, combined } = combine(sub, o.rule, new Map(outs.map((out, i) => [o.members[i].name, vocabColumns(sub, lastLogits(sub, out), V)])))
+        return {
+          logits: combined,
+          vocab: V,
+          present: outs.flatMap((out) => out.present.flatMap((p) => [p.key, p.value])),
+          stats: (token) => statistics(sub, logp, o.klPairs ?? [], token),
+        }
+      }
+    },
+  }
+}
 
 /**
  * The ensemble's scoring graph: inputs input_ids, attention_mask, targets [B, T] (as
@@ -292,13 +310,13 @@ export const buildEnsembleScoringGraph = (o: Pick<EnsembleOptions, "members" | "
   const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
   const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
   const targets = g.input(scoringNames.targets, "int64", ["batch", "seq"])
-  const outs = memberForwards(g, o.members, placement, () => ({ ids, mask }))
-  const heads = outs.map(([, out]) => g.slice(out.lmHead, g.ints([0]), g.ints([V]), [0]))
-  const hidden = outs.map(([m, out]) => g.reshape(out.hidden, [-1, m.checkpoint.config.hiddenSize]))
+  const outs = memberModels(g, o.members, placement).map(({ forward }) => forward(g, { ids, mask }))
+  const heads = outs.map((out) => g.slice(out.lmHead, g.ints([0]), g.ints([V]), [0]))
+  const hidden = outs.map((out, i) => g.reshape(out.hidden, [-1, o.members[i].checkpoint.config.hiddenSize]))
   const names = [scoringNames.targetLogProb, scoringNames.entropy, ...statNames(o.members, o.klPairs ?? [])]
   const values = chunkedRows(g, [...hidden, g.reshape(targets, [-1])], o.chunk ?? 128, names.map(() => []), (sub, blocks) => {
     const t = blocks[outs.length]
-    const logits = new Map(outs.map(([m, out], i) => [m.name, logitsOf(sub, out, sub.gemm(blocks[i], heads[i], null, { transB: true }))]))
+    const logits = new Map(outs.map((out, i) => [o.members[i].name, logitsOf(sub, out, sub.gemm(blocks[i], heads[i], null, { transB: true }))]))
     const { logp, combined } = combine(sub, o.rule, logits)
     return [targetLogProbOf(sub, combined, t), entropyOf(sub, combined), ...statistics(sub, logp, o.klPairs ?? [], t).map(([, v]) => v)]
   })
@@ -323,7 +341,11 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
         Effect.flatMap(writeGraph(g, placement, name), (file) => createSession(file, sessionOptions(options))),
         (e) => fail(e.message),
       )
-    const stepSession = yield* open(buildEnsembleStepGraph(options, placement, V), "ensemble-step")
+    const stepsPerRun = options.stepsPerRun ?? 1
+    if (!Number.isInteger(stepsPerRun) || stepsPerRun < 1) return yield* Effect.fail(fail(`stepsPerRun must be a positive integer, got ${stepsPerRun}`))
+    const graphModel = ensembleGraphModel(options, placement, V)
+    const stepSession = yield* open(buildStepGraph(graphModel, "ensemble_step"), "ensemble-step")
+    const loopSession = stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(graphModel, "ensemble_decode_loop"), "ensemble-decode-loop") : undefined
     const scoringSession = yield* open(buildEnsembleScoringGraph(options, placement, V), "ensemble-scoring")
     const contexts = members.map((m) => contextLength(m.checkpoint.config))
     const first = members[0].checkpoint.config
@@ -331,9 +353,9 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
     const generate = stepGenerate(
       {
         session: stepSession,
-        loopSession: undefined,
-        stepsPerRun: 1,
-        cache: members.flatMap((m) => cacheSlots(m.checkpoint, `${m.name}.`)),
+        loopSession,
+        stepsPerRun,
+        cache: graphModel.slots,
         vocabSize: V,
         context: contexts.reduce((a, b) => (b.length < a.length ? b : a)),
         eosTokenIds: first.eosTokenIds,
@@ -346,6 +368,7 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
     return {
       vocabSize: V,
       stepSession,
+      loopSession,
       scoringSession,
       generate: (requests, opts) => Effect.map(generate(requests, opts), (gens) => gens.map((g) => ({ ...g, ...unpack(g.stats, members, klPairs) }))),
       score: (requests) =>

@@ -4,6 +4,10 @@
 //     adapter: a PEFT LoRA applied in-graph on top of the weights (adapters.ts adapterHook)
 //   generator.generate(requests, { batchSize?, cache? }) -> Generation[] (in request order)
 //
+// The graphs are built around a StepModelGraph (the model part: one checkpoint via
+// checkpointModel, or several combined: ensemble.ts) and run by the host loop stepGenerate over a
+// StepModel (sessions, cache slot names, limits, names of per-token statistics outputs).
+//
 // One "step" graph serves prefill and decode: it takes input_ids [B, T], attention_mask
 // [B, P + T] (left padding), past K/V per layer [B, kvHeads, P, headDim] (P = 0 at prefill: empty
 // tensors), the per-row sampling knobs and a per-row list of banned token ids, and returns the
@@ -124,113 +128,109 @@ const loopNames = {
   mask: "next_attention_mask",
 } as const
 
-/** What a step graph's model part gives the sampling part: next-token logits [B, vocab] (vocab static). */
+/** What the model part of a generation graph gives its sampling part. */
 export interface StepHead {
+  /** next-token logits [B, vocab] */
   readonly logits: Value
+  /** static */
   readonly vocab: number
-  /** Declares further outputs that depend on the sampled token int64 [B] (e.g. statistics along it). */
-  readonly withToken?: (token: Value) => void
+  /** the grown K/V, one value per cache slot */
+  readonly present: ReadonlyArray<Value>
+  /** Statistics along the sampled token int64 [B]: float32 [B] values by output name. */
+  readonly stats?: (token: Value) => ReadonlyArray<readonly [string, Value]>
 }
 
 /**
- * The step graph's common part: input_ids, attention_mask, the sampling knobs and the banned ids
- * in; token and log_prob (log_softmax of the head's logits, before the ban) out. `head` builds the
- * model(s) between them, declaring its own cache inputs and outputs.
+ * The model part of the generation graphs. It is prepared once on the top-level graph `g` (weights
+ * and adapter matrices are initializers, which only the top level may hold) and then applied, in g
+ * for the step graph or in the decode loop's body, to ids [B, T], the mask [B, P + T] and the past
+ * K/V (one value per cache slot, in the order of `slots`).
  */
-export const buildStepGraphWith = (name: string, head: (g: Graph, ids: Value, mask: Value) => StepHead): Graph => {
+export interface StepModelGraph {
+  readonly slots: ReadonlyArray<CacheSlot>
+  readonly prepare: (g: Graph) => (sub: Graph, ids: Value, mask: Value, past: ReadonlyArray<Value>) => StepHead
+}
+
+/** One checkpoint (plus an optional LoRA adapter) as a StepModelGraph. */
+export const checkpointModel = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): StepModelGraph => ({
+  slots: cacheSlots(ckpt),
+  prepare: (g) => {
+    const weights = source(g)
+    const options = adapter ? { linearHook: adapterHook(g, adapter) } : {}
+    return (sub, ids, mask, past) => {
+      const out = decoder(sub, ckpt.config, ckpt.weights, weights, { ids, mask, past: pastByLayer(past) }, options)
+      return { logits: lastLogits(sub, out), vocab: ckpt.config.vocabSize, present: out.present.flatMap((p) => [p.key, p.value]) }
+    }
+  },
+})
+
+/** Cache values in slot order (key, value per layer) as DecoderInputs.past. */
+export const pastByLayer = (past: ReadonlyArray<Value>) => Array.from({ length: past.length / 2 }, (_, l) => ({ key: past[2 * l], value: past[2 * l + 1] }))
+
+/** The next-token logits [B, V] of a decoder's last position (left padding puts every row's newest token there). */
+export const lastLogits = (g: Graph, out: DecoderOutputs): Value =>
+  // Gemm transB: in the decode loop, no per-step transpose of an outer weight
+  logitsOf(g, out, g.gemm(g.gather(out.hidden, g.constant("int64", [], [-1]), 1), out.lmHead, null, { transB: true }))
+
+const pastInputs = (g: Graph, slots: ReadonlyArray<CacheSlot>) => slots.map((s) => g.input(s.past, "float32", ["batch", s.kvHeads, "past", s.headDim]))
+
+/** The prefill/decode step graph described in the header, around `model`. */
+export const buildStepGraph = (model: StepModelGraph, name = "generation_step"): Graph => {
   const g = new Graph(name)
   const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
   const mask = g.input(forwardNames.mask, "int64", ["batch", "total"])
+  const past = pastInputs(g, model.slots)
   const knobs = samplingInputs(g, "batch")
   const banned = g.input(names.banned, "int64", ["batch", "banned"])
   const bannedBias = g.input(names.bannedBias, "float32", ["batch", "banned"])
-  const h = head(g, ids, mask)
+  const h = model.prepare(g)(g, ids, mask, past)
   const constrained = g.add(h.logits, g.scatterElements(g.zerosLike(h.logits), banned, bannedBias, 1))
   const s = sampleTokens(g, constrained, knobs, h.vocab, h.logits)
   g.outputAs(names.token, s.token)
   g.outputAs(names.logProb, s.logProb)
-  h.withToken?.(s.token)
+  h.present.forEach((p, i) => g.outputAs(model.slots[i].present, p))
+  for (const [stat, v] of h.stats?.(s.token) ?? []) g.outputAs(stat, v)
   return g
 }
-
-/** The next-token logits [B, V] of a decoder's last position (left padding puts every row's newest token there). */
-export const lastLogits = (g: Graph, out: DecoderOutputs): Value =>
-  logitsOf(g, out, g.gemm(g.gather(out.hidden, g.constant("int64", [], [-1]), 1), out.lmHead, null, { transB: true }))
-
-/** Declares a model's past K/V inputs under `slots` (cacheSlots) and returns them per layer. */
-export const pastInputs = (g: Graph, slots: ReadonlyArray<CacheSlot>) =>
-  Array.from({ length: slots.length / 2 }, (_, l) => {
-    const [k, v] = [slots[2 * l], slots[2 * l + 1]]
-    return {
-      key: g.input(k.past, "float32", ["batch", k.kvHeads, "past", k.headDim]),
-      value: g.input(v.past, "float32", ["batch", v.kvHeads, "past", v.headDim]),
-    }
-  })
-
-/** Declares a model's present K/V outputs under `slots`. */
-export const presentOutputs = (g: Graph, slots: ReadonlyArray<CacheSlot>, present: DecoderOutputs["present"]) =>
-  present.forEach((p, l) => {
-    g.outputAs(slots[2 * l].present, p.key)
-    g.outputAs(slots[2 * l + 1].present, p.value)
-  })
-
-/** The prefill/decode step graph described in the header. */
-export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): Graph =>
-  buildStepGraphWith("generation_step", (g, ids, mask) => {
-    const slots = cacheSlots(ckpt)
-    const out = decoder(g, ckpt.config, ckpt.weights, source(g), { ids, mask, past: pastInputs(g, slots) }, adapter ? { linearHook: adapterHook(g, adapter) } : {})
-    presentOutputs(g, slots, out.present)
-    return { logits: lastLogits(g, out), vocab: ckpt.config.vocabSize }
-  })
 
 /**
  * The decode-loop graph: `steps` decode steps in one run (ONNX Loop), so the KV cache crosses
  * the host boundary once per run instead of once per token. Inputs: token [B] (sampled, not yet
  * in the cache), attention_mask [B, P + 1] (its column included), past K/V [B, kv, P, hd], the
  * sampling knobs, uniform [steps, B] and banned_bias [steps, B, M] (one row of each per step),
- * banned_ids [B, M]. Outputs: tokens and log_probs [steps, B], the last token (not yet in the
- * cache), the grown mask and present K/V.
+ * banned_ids [B, M]. Outputs: tokens and log_probs [steps, B], the statistics [steps, B] under
+ * their names, the last token (not yet in the cache), the grown mask and present K/V.
  */
-export const buildDecodeLoopGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): Graph => {
-  const c = ckpt.config
-  const g = new Graph("generation_decode_loop")
+export const buildDecodeLoopGraph = (model: StepModelGraph, name = "generation_decode_loop"): Graph => {
+  const g = new Graph(name)
   const token = g.input(loopNames.token, "int64", ["batch"])
   const mask = g.input(forwardNames.mask, "int64", ["batch", "total"])
-  const past = Array.from({ length: c.numLayers }, (_, l) => [
-    g.input(forwardNames.pastKey(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
-    g.input(forwardNames.pastValue(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
-  ]).flat()
+  const past = pastInputs(g, model.slots)
   const temperature = g.input("temperature", "float32", ["batch"])
   const topK = g.input("top_k", "int64", ["batch"])
   const topP = g.input("top_p", "float32", ["batch"])
   const uniforms = g.input("uniform", "float32", ["steps", "batch"])
   const banned = g.input(names.banned, "int64", ["batch", "banned"])
   const bannedBias = g.input(names.bannedBias, "float32", ["steps", "batch", "banned"])
-  const weights = source(g)
-  // the adapter's matrices are initializers of the outer graph, read by the loop body like the weights
-  const linearHook = adapter ? adapterHook(g, adapter) : undefined
+  const head = model.prepare(g)
   const trips = g.shapeOf(uniforms, 0, 1)
+  const statNames: string[] = []
   const outs = g.loop(g.reshape(trips, []), null, [token, mask, ...past], (sub, iter, [tok, m, ...kv]) => {
-    const out = decoder(sub, c, ckpt.weights, weights, {
-      ids: sub.unsqueeze(tok, [1]),
-      mask: m,
-      past: Array.from({ length: c.numLayers }, (_, l) => ({ key: kv[2 * l], value: kv[2 * l + 1] })),
-    }, linearHook ? { linearHook } : {})
-    const logits = lastLogits(sub, out) // Gemm transB: no per-step transpose of an outer weight
-    const bias = sub.scatterElements(sub.zerosLike(logits), banned, sub.gather(bannedBias, iter, 0), 1)
-    const s = sampleTokens(sub, sub.add(logits, bias), { temperature, topK, topP, uniform: sub.gather(uniforms, iter, 0) }, c.vocabSize, logits)
+    const h = head(sub, sub.unsqueeze(tok, [1]), m, kv)
+    const bias = sub.scatterElements(sub.zerosLike(h.logits), banned, sub.gather(bannedBias, iter, 0), 1)
+    const s = sampleTokens(sub, sub.add(h.logits, bias), { temperature, topK, topP, uniform: sub.gather(uniforms, iter, 0) }, h.vocab, h.logits)
     const grown = sub.concat([m, sub.unsqueeze(sub.constantOfShape(sub.shapeOf(tok), 1, "int64"), [1])], 1)
-    return { carried: [s.token, grown, ...out.present.flatMap((p) => [p.key, p.value])], scans: [s.token, s.logProb] }
+    const stats = h.stats?.(s.token) ?? []
+    statNames.push(...stats.map(([n]) => n))
+    return { carried: [s.token, grown, ...h.present], scans: [s.token, s.logProb, ...stats.map(([, v]) => v)] }
   })
-  const L = 2 + 2 * c.numLayers
+  const L = 2 + model.slots.length
   g.outputAs(loopNames.tokens, outs[L])
   g.outputAs(loopNames.logProbs, outs[L + 1])
+  statNames.forEach((stat, i) => g.outputAs(stat, outs[L + 2 + i]))
   g.outputAs(loopNames.nextToken, outs[0])
   g.outputAs(loopNames.mask, outs[1])
-  for (let l = 0; l < c.numLayers; l++) {
-    g.outputAs(forwardNames.presentKey(l), outs[2 + 2 * l])
-    g.outputAs(forwardNames.presentValue(l), outs[3 + 2 * l])
-  }
+  model.slots.forEach((slot, i) => g.outputAs(slot.present, outs[2 + i]))
   return g
 }
 
@@ -256,8 +256,8 @@ export const cacheSlots = (ckpt: Checkpoint, prefix = ""): CacheSlot[] =>
 /**
  * What the host decode loop needs from compiled step graphs: buildStepGraph's inputs and outputs
  * (with these cache names), the decode-loop session when stepsPerRun > 1, and the limits requests
- * are checked against. `stats` names further float32 [B] outputs of the step graph, recorded per
- * generated token into Generation.stats (the decode-loop graph has none: stats need stepsPerRun 1).
+ * are checked against. `stats` names the statistics outputs of both graphs (StepHead.stats), recorded
+ * per generated token into Generation.stats.
  */
 export interface StepModel {
   readonly session: Session
@@ -320,14 +320,14 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
         (e) => fail(e.message),
       )
     if (options.adapter) yield* Effect.mapError(checkAdapterModules(ckpt, options.adapter), (e) => fail(e.message))
-    const session = yield* open(buildStepGraph(ckpt, (g) => externalWeights(g, placement), options.adapter), "generation-step")
-    const loopSession =
-      stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(ckpt, (g) => externalWeights(g, placement), options.adapter), "generation-decode-loop") : undefined
+    const graphModel = checkpointModel(ckpt, (g) => externalWeights(g, placement), options.adapter)
+    const session = yield* open(buildStepGraph(graphModel), "generation-step")
+    const loopSession = stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(graphModel), "generation-decode-loop") : undefined
     const model: StepModel = {
       session,
       loopSession,
       stepsPerRun,
-      cache: cacheSlots(ckpt),
+      cache: graphModel.slots,
       vocabSize: c.vocabSize,
       context: contextLength(c),
       eosTokenIds: c.eosTokenIds,
@@ -463,7 +463,8 @@ const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"
         takePresent(out)
         const tokens = out[loopNames.tokens].data as BigInt64Array
         const logProbs = out[loopNames.logProbs].data as Float32Array
-        for (let i = 0; i < n; i++) record(tokens, logProbs, i * B)
+        const stats = Object.fromEntries(model.stats.map((name) => [name, out[name].data as Float32Array]))
+        for (let i = 0; i < n; i++) record(tokens, logProbs, i * B, stats)
         step += n
         continue
       }

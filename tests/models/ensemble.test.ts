@@ -13,8 +13,8 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { initLora, loraAdapter } from "../../src/models/adapters.ts"
 import { type Checkpoint, loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
-import { buildEnsembleStepGraph, type CombinationRule, type Ensemble, type EnsembleMember, type EnsembleStats, makeEnsemble } from "../../src/models/ensemble.ts"
-import type { GenerationRequest } from "../../src/models/generate.ts"
+import { type CombinationRule, type Ensemble, type EnsembleMember, type EnsembleStats, ensembleGraphModel, makeEnsemble } from "../../src/models/ensemble.ts"
+import { buildStepGraph, type Generation, type GenerationRequest } from "../../src/models/generate.ts"
 import { placeWeights } from "../../src/models/graph-weights.ts"
 import { tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { loraConfigFor, loraTargets, mergeLora } from "../../src/models/peft.ts"
@@ -105,8 +105,19 @@ const rules: Array<[string, Rule]> = [
 const prompts = [[1, 5, 9], [1, 200, 33, 7, 41, 812, 8], [1, 60, 3, 3, 17]]
 const klPairs: Array<[string, string]> = [["llama", "neox"], ["neox", "llama"]]
 
-const makeWith = (members: EnsembleMember[], rule: Rule, pairs = klPairs) =>
-  Effect.runPromise(makeEnsemble({ members, rule, klPairs: pairs, graphDir: dir("pipe-ensemble-graph-"), chunk: 4 }))
+const makeWith = (members: EnsembleMember[], rule: Rule, pairs = klPairs, stepsPerRun = 1) =>
+  Effect.runPromise(makeEnsemble({ members, rule, klPairs: pairs, graphDir: dir("pipe-ensemble-graph-"), chunk: 4, stepsPerRun }))
+
+/** Same tokens; log-probs and every statistic within TOL. */
+const expectSame = (got: Array<Generation & EnsembleStats>, want: Array<Generation & EnsembleStats>) => {
+  expect(got.map((g) => g.tokens)).toEqual(want.map((g) => g.tokens))
+  got.forEach((g, i) => {
+    const h = want[i]
+    g.logProbs.forEach((lp, t) => expect(Math.abs(lp - h.logProbs[t])).toBeLessThan(TOL))
+    for (const [name, stat] of Object.entries(g.stats)) stat.forEach((x, t) => expect(Math.abs(x - h.stats[name][t]), name).toBeLessThan(TOL))
+    expect(Object.keys(g.stats).sort()).toEqual(Object.keys(h.stats).sort())
+  })
+}
 
 for (const [ruleName, rule] of rules)
   describe(`a Llama and a GPT-NeoX combined in ${ruleName}`, () => {
@@ -157,17 +168,15 @@ for (const [ruleName, rule] of rules)
       expect(new Set(out.map((g) => g.tokens.join())).size).toBeGreaterThan(prompts.length)
     })
 
-    it("KV-cache decode with per-member caches equals full recompute (batched, left-padded)", async () => {
+    it("KV-cache decode with per-member caches equals full recompute and the decode-loop graph (batched, left-padded)", async () => {
       const requests = [...prompts.map((prompt) => ({ prompt, maxNewTokens: 8, temperature: 0, stopTokenIds: [] })), ...sampled]
       const cached = await Effect.runPromise(ens.generate(requests, { batchSize: 5 }))
-      const recomputed = await Effect.runPromise(ens.generate(requests, { batchSize: 5, cache: false }))
-      expect(cached.map((g) => g.tokens)).toEqual(recomputed.map((g) => g.tokens))
-      cached.forEach((g, i) => {
-        const h = recomputed[i]
-        g.logProbs.forEach((lp, t) => expect(Math.abs(lp - h.logProbs[t])).toBeLessThan(TOL))
-        for (const name of ["llama", "neox"]) g.members[name].entropies.forEach((e, t) => expect(Math.abs(e - h.members[name].entropies[t])).toBeLessThan(TOL))
-        g.kl.forEach((p, k) => p.values.forEach((x, t) => expect(Math.abs(x - h.kl[k].values[t])).toBeLessThan(TOL)))
-      })
+      expectSame(cached, await Effect.runPromise(ens.generate(requests, { batchSize: 5, cache: false })))
+      const looped = await makeWith([{ name: "llama", checkpoint: llama }, { name: "neox", checkpoint: neox }], rule, klPairs, 3)
+      expectSame(await Effect.runPromise(looped.generate(requests, { batchSize: 5 })), cached)
+      // 2 members x (log-prob, entropy) + 2 KL pairs, one value per token
+      expect(Object.keys(cached[0].stats)).toHaveLength(6)
+      expect(cached[0].stats["kl.llama.neox"]).toHaveLength(8)
     })
 
     it("scores continuations under the combined distribution, with per-member statistics", async () => {
@@ -223,7 +232,7 @@ describe("one checkpoint with and without a LoRA adapter as two members", () => 
     expect(Math.max(...g.kl[0].values)).toBeGreaterThan(1e-3)
 
     const placement = await Effect.runPromise(placeWeights([neox, llama], dir("pipe-ensemble-graph-")))
-    const graph = buildEnsembleStepGraph({ members, rule }, placement, V)
+    const graph = buildStepGraph(ensembleGraphModel({ members, rule }, placement, V))
     const prefixes = new Set(graph.initializers.map((i) => i.value.name.split(".")[0]))
     // neox's weights (w0), llama's once (w1), the adapter's matrices under its member name
     expect([...prefixes].sort()).toEqual(["tuned", "w0", "w1"])
