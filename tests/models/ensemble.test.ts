@@ -11,16 +11,14 @@ import { Effect, Exit } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { initLora, loraAdapter } from "../../src/models/adapters.ts"
 import { type Checkpoint, loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
 import { type CombinationRule, type Ensemble, type EnsembleMember, type EnsembleStats, ensembleGraphModel, makeEnsemble } from "../../src/models/ensemble.ts"
 import { buildStepGraph, type Generation, type GenerationRequest } from "../../src/models/generate.ts"
 import { placeWeights } from "../../src/models/graph-weights.ts"
 import { tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { loraConfigFor, loraTargets, mergeLora } from "../../src/models/peft.ts"
 import { requestUniform } from "../../src/models/sampling.ts"
 import { referenceForward, referenceModel, type ReferenceModel } from "../reference/reference.ts"
-import { tempDir } from "./forward-helpers.ts"
+import { nonZeroAdapter, tempDir } from "./forward-helpers.ts"
 import { logSoftmax, sampledToken } from "./sampling-reference.ts"
 
 const TOL = 1e-4
@@ -201,15 +199,7 @@ for (const [ruleName, rule] of rules)
 
 describe("one checkpoint with and without a LoRA adapter as two members", () => {
   it("proxy tuning: large + (small tuned - small base), against the merged checkpoint; the shared checkpoint's weights are read once", async () => {
-    const modules = ["q_proj", "v_proj", "down_proj"]
-    const targets = await Effect.runPromise(loraTargets(llama, modules))
-    const config = await Effect.runPromise(loraConfigFor(llama, { r: 2, loraAlpha: 4, targetModules: modules }))
-    // B = 0 at init: give B values too, so the adapter changes the model
-    const values = Object.fromEntries(Object.entries(initLora(targets, 2, 7)).map(([k, v]) => [k, v.data.map((x, i) => (k.endsWith(".B") ? Math.sin(i + 1) * 0.5 : x))]))
-    const adapter = loraAdapter(config, targets, values)
-    const mergedDir = dir("pipe-ensemble-merged-")
-    await Effect.runPromise(mergeLora(llama.dir, adapter, mergedDir))
-    const merged = await Effect.runPromise(loadCheckpoint(mergedDir))
+    const { adapter, merged } = await nonZeroAdapter(llama)
 
     const members: EnsembleMember[] = [
       { name: "large", checkpoint: neox },
