@@ -185,7 +185,7 @@ export const sharedVocabulary = (members: ReadonlyArray<EnsembleMember>): Effect
   })
 
 /** Checks names, the rule and the KL pairs; returns the problem or undefined. */
-const optionsProblem = (o: Pick<EnsembleOptions, "members" | "rule" | "klPairs">): string | undefined => {
+const optionsProblem = (o: Pick<EnsembleOptions, "members" | "rule" | "klPairs" | "chunk">): string | undefined => {
   const names = o.members.map((m) => m.name)
   if (names.length === 0) return "an ensemble needs at least one member"
   const badName = names.find((n) => !/^[A-Za-z0-9_-]+$/.test(n))
@@ -206,11 +206,13 @@ const optionsProblem = (o: Pick<EnsembleOptions, "members" | "rule" | "klPairs">
     const total = rule.terms.reduce((s, t) => s + t.weight, 0)
     if (rule.eps === 0 && !(total > 0)) return `combination rule: with eps 0 the weights must sum to more than 0 (they sum to ${total}), else a row can have no mass`
   }
-  for (const [a, b] of o.klPairs ?? []) {
+  for (const [i, [a, b]] of (o.klPairs ?? []).entries()) {
     const unknown = [a, b].find((n) => !names.includes(n))
     if (unknown !== undefined) return `KL pair [${a}, ${b}]: no member named "${unknown}"`
     if (a === b) return `KL pair [${a}, ${b}]: the two members are the same`
+    if ((o.klPairs ?? []).findIndex(([x, y]) => x === a && y === b) !== i) return `KL pair [${a}, ${b}] is given twice`
   }
+  if (o.chunk !== undefined && !(Number.isInteger(o.chunk) && o.chunk >= 1)) return `chunk must be a positive integer, got ${o.chunk}`
   const used = new Set([...rule.terms.map((t) => t.member), ...(o.klPairs ?? []).flat()])
   const idle = names.find((n) => !used.has(n))
   if (idle !== undefined) return `member "${idle}" is used by neither the combination rule nor a KL pair`
@@ -328,6 +330,8 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
   Effect.gen(function* () {
     const problem = optionsProblem(options)
     if (problem) return yield* Effect.fail(fail(problem))
+    const stepsPerRun = options.stepsPerRun ?? 1
+    if (!Number.isInteger(stepsPerRun) || stepsPerRun < 1) return yield* Effect.fail(fail(`stepsPerRun must be a positive integer, got ${stepsPerRun}`))
     const { members } = options
     const klPairs = options.klPairs ?? []
     const V = yield* sharedVocabulary(members)
@@ -341,12 +345,13 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
         Effect.flatMap(writeGraph(g, placement, name), (file) => createSession(file, sessionOptions(options))),
         (e) => fail(e.message),
       )
-    const stepsPerRun = options.stepsPerRun ?? 1
-    if (!Number.isInteger(stepsPerRun) || stepsPerRun < 1) return yield* Effect.fail(fail(`stepsPerRun must be a positive integer, got ${stepsPerRun}`))
     const graphModel = ensembleGraphModel(options, placement, V)
-    const stepSession = yield* open(buildStepGraph(graphModel, "ensemble_step"), "ensemble-step")
-    const loopSession = stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(graphModel, "ensemble_decode_loop"), "ensemble-decode-loop") : undefined
-    const scoringSession = yield* open(buildEnsembleScoringGraph(options, placement, V), "ensemble-scoring")
+    // graph building throws on a checkpoint it cannot express (e.g. a weight dtype): keep the message
+    const build = (make: () => Graph) => Effect.try({ try: make, catch: (e) => fail(`building the ensemble graphs: ${e instanceof Error ? e.message : String(e)}`) })
+    const stepSession = yield* open(yield* build(() => buildStepGraph(graphModel, "ensemble_step")), "ensemble-step")
+    const loopSession =
+      stepsPerRun > 1 ? yield* open(yield* build(() => buildDecodeLoopGraph(graphModel, "ensemble_decode_loop")), "ensemble-decode-loop") : undefined
+    const scoringSession = yield* open(yield* build(() => buildEnsembleScoringGraph(options, placement, V)), "ensemble-scoring")
     const contexts = members.map((m) => contextLength(m.checkpoint.config))
     const first = members[0].checkpoint.config
     const stats = statNames(members, klPairs)

@@ -259,5 +259,7 @@ describe("refusals", () => {
     expect(await failure(members, { space: "logits", terms: [{ member: "llama", weight: 1 }, { member: "other", weight: 1, temperature: 0 }] })).toContain("temperature must be a finite number > 0")
     expect(await failure(members, { space: "probs", terms: [{ member: "llama", weight: 1 }, { member: "other", weight: -1 }], eps: 0 })).toContain("weights must sum to more than 0")
     expect(await failure(members, { space: "logits", terms: [{ member: "llama", weight: 1 }] })).toContain('member "other" is used by neither')
+    const exit = await Effect.runPromiseExit(makeEnsemble({ members, rule, klPairs: [["llama", "other"], ["llama", "other"]], graphDir: dir("pipe-ensemble-graph-") }))
+    expect(String(exit)).toContain("KL pair [llama, other] is given twice")
   })
 })
