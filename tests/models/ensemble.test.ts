@@ -253,6 +253,13 @@ describe("refusals", () => {
     expect(await failure(pair(other))).toContain(`model "other" (${other.dir}) has 1000 embedding rows, fewer than the 1024 tokens`)
   })
 
+  it("a checkpoint without tokenizer files", async () => {
+    const d = dir("pipe-ensemble-ckpt-")
+    await Effect.runPromise(writeRandomCheckpoint(d, tinyLlama({ ...small, vocabSize: V }), { seed: 8 }))
+    const other = await Effect.runPromise(loadCheckpoint(d))
+    expect(await failure(pair(other))).toContain(`model "other" (${other.dir}) has no tokenizer.json and tokenizer_config.json`)
+  })
+
   it("rules naming unknown members, bad weights, and members nothing uses", async () => {
     const members = pair(neox)
     expect(await failure(members, { space: "logits", terms: [{ member: "llama", weight: 1 }, { member: "nobody", weight: 1 }] })).toContain('no member named "nobody"')
