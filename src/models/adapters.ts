@@ -105,10 +105,11 @@ export const loraAdapter = (config: LoraConfig, targets: ReadonlyArray<LoraTarge
 }
 
 /** The adapter applied in an inference graph: its A and B become float32 initializers of `g`. */
-export const adapterHook = (g: Graph, adapter: LoraAdapter): LinearHook => {
+/** `prefix` goes before the initializer names (one per model when several share a graph). */
+export const adapterHook = (g: Graph, adapter: LoraAdapter, prefix = ""): LinearHook => {
   const modules = new Map<string, LoraValues>()
   for (const [module, { a, b }] of adapter.modules) {
-    const init = (which: "A" | "B", t: typeof a) => g.initializer(loraName(module, which), "float32", [...t.shape], { kind: "inline", data: toFloat32(t) })
+    const init = (which: "A" | "B", t: typeof a) => g.initializer(prefix + loraName(module, which), "float32", [...t.shape], { kind: "inline", data: toFloat32(t) })
     modules.set(module, { a: init("A", a), b: init("B", b) })
   }
   return loraHook(modules, loraScale(adapter.config))

@@ -4,6 +4,10 @@
 //     adapter: a PEFT LoRA applied in-graph on top of the weights (adapters.ts adapterHook)
 //   generator.generate(requests, { batchSize?, cache? }) -> Generation[] (in request order)
 //
+// The graphs are built around a StepModelGraph (the model part: one checkpoint via
+// checkpointModel, or several combined: ensemble.ts) and run by the host loop stepGenerate over a
+// StepModel (sessions, cache slot names, limits, names of per-token statistics outputs).
+//
 // One "step" graph serves prefill and decode: it takes input_ids [B, T], attention_mask
 // [B, P + T] (left padding), past K/V per layer [B, kvHeads, P, headDim] (P = 0 at prefill: empty
 // tensors), the per-row sampling knobs and a per-row list of banned token ids, and returns the
@@ -31,13 +35,13 @@
 // Finished rows stay in the batch until the whole batch is done (no compaction).
 import { Data, Effect } from "effect"
 import * as ort from "onnxruntime-node"
-import { Graph } from "../graph/index.ts"
+import { Graph, type Value } from "../graph/index.ts"
 import { createSession, type Device, runSession, type Session } from "../runtime/session.ts"
 import type { TextTokenizer } from "../text/tokenizer.ts"
 import type { Checkpoint } from "./checkpoint.ts"
 import { checkAdapterModules, type LoraAdapter } from "./peft.ts"
 import { adapterHook } from "./adapters.ts"
-import { decoder, forwardNames, logitsOf, type WeightSource } from "./forward.ts"
+import { decoder, type DecoderOutputs, forwardNames, logitsOf, type WeightSource } from "./forward.ts"
 import { externalWeights, placeWeights, writeGraph } from "./graph-weights.ts"
 import { requestUniform, sampleTokens, samplingInputs } from "./sampling.ts"
 import { contextLength } from "./rope.ts"
@@ -71,6 +75,8 @@ export interface Generation {
   readonly tokens: number[]
   /** log p(token) under the model's unmodified distribution (temperature 1, no filters), per token. */
   readonly logProbs: number[]
+  /** Per token, each of StepModel.stats (e.g. an ensemble's per-member statistics); {} for one model. */
+  readonly stats: Readonly<Record<string, number[]>>
   /** Decoded new tokens without the stop token / stop string; undefined without a tokenizer. */
   readonly text: string | undefined
   readonly finishReason: FinishReason
@@ -122,30 +128,68 @@ const loopNames = {
   mask: "next_attention_mask",
 } as const
 
-/** The prefill/decode step graph described in the header. */
-export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): Graph => {
-  const c = ckpt.config
-  const g = new Graph("generation_step")
+/** What the model part of a generation graph gives its sampling part. */
+export interface StepHead {
+  /** next-token logits [B, vocab] */
+  readonly logits: Value
+  /** static */
+  readonly vocab: number
+  /** the grown K/V, one value per cache slot */
+  readonly present: ReadonlyArray<Value>
+  /** Statistics along the sampled token int64 [B]: float32 [B] values by output name. */
+  readonly stats?: (token: Value) => ReadonlyArray<readonly [string, Value]>
+}
+
+/**
+ * The model part of the generation graphs. It is prepared once on the top-level graph `g` (weights
+ * and adapter matrices are initializers, which only the top level may hold) and then applied, in g
+ * for the step graph or in the decode loop's body, to ids [B, T], the mask [B, P + T] and the past
+ * K/V (one value per cache slot, in the order of `slots`).
+ */
+export interface StepModelGraph {
+  readonly slots: ReadonlyArray<CacheSlot>
+  readonly prepare: (g: Graph) => (sub: Graph, ids: Value, mask: Value, past: ReadonlyArray<Value>) => StepHead
+}
+
+/** One checkpoint (plus an optional LoRA adapter) as a StepModelGraph. */
+export const checkpointModel = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): StepModelGraph => ({
+  slots: cacheSlots(ckpt),
+  prepare: (g) => {
+    const weights = source(g)
+    const options = adapter ? { linearHook: adapterHook(g, adapter) } : {}
+    return (sub, ids, mask, past) => {
+      const out = decoder(sub, ckpt.config, ckpt.weights, weights, { ids, mask, past: pastByLayer(past) }, options)
+      return { logits: lastLogits(sub, out), vocab: ckpt.config.vocabSize, present: out.present.flatMap((p) => [p.key, p.value]) }
+    }
+  },
+})
+
+/** Cache values in slot order (key, value per layer) as DecoderInputs.past. */
+export const pastByLayer = (past: ReadonlyArray<Value>) => Array.from({ length: past.length / 2 }, (_, l) => ({ key: past[2 * l], value: past[2 * l + 1] }))
+
+/** The next-token logits [B, V] of a decoder's last position (left padding puts every row's newest token there). */
+export const lastLogits = (g: Graph, out: DecoderOutputs): Value =>
+  // Gemm transB: in the decode loop, no per-step transpose of an outer weight
+  logitsOf(g, out, g.gemm(g.gather(out.hidden, g.constant("int64", [], [-1]), 1), out.lmHead, null, { transB: true }))
+
+const pastInputs = (g: Graph, slots: ReadonlyArray<CacheSlot>) => slots.map((s) => g.input(s.past, "float32", ["batch", s.kvHeads, "past", s.headDim]))
+
+/** The prefill/decode step graph described in the header, around `model`. */
+export const buildStepGraph = (model: StepModelGraph, name = "generation_step"): Graph => {
+  const g = new Graph(name)
   const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
   const mask = g.input(forwardNames.mask, "int64", ["batch", "total"])
-  const past = Array.from({ length: c.numLayers }, (_, l) => ({
-    key: g.input(forwardNames.pastKey(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
-    value: g.input(forwardNames.pastValue(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
-  }))
+  const past = pastInputs(g, model.slots)
   const knobs = samplingInputs(g, "batch")
   const banned = g.input(names.banned, "int64", ["batch", "banned"])
   const bannedBias = g.input(names.bannedBias, "float32", ["batch", "banned"])
-  const out = decoder(g, c, ckpt.weights, source(g), { ids, mask, past }, adapter ? { linearHook: adapterHook(g, adapter) } : {})
-  const last = g.gather(out.hidden, g.constant("int64", [], [-1]), 1) // [B, H]
-  const logits = logitsOf(g, out, g.gemm(last, out.lmHead, null, { transB: true })) // [B, V]
-  const constrained = g.add(logits, g.scatterElements(g.zerosLike(logits), banned, bannedBias, 1))
-  const s = sampleTokens(g, constrained, knobs, c.vocabSize, logits)
+  const h = model.prepare(g)(g, ids, mask, past)
+  const constrained = g.add(h.logits, g.scatterElements(g.zerosLike(h.logits), banned, bannedBias, 1))
+  const s = sampleTokens(g, constrained, knobs, h.vocab, h.logits)
   g.outputAs(names.token, s.token)
   g.outputAs(names.logProb, s.logProb)
-  out.present.forEach((p, l) => {
-    g.outputAs(forwardNames.presentKey(l), p.key)
-    g.outputAs(forwardNames.presentValue(l), p.value)
-  })
+  h.present.forEach((p, i) => g.outputAs(model.slots[i].present, p))
+  for (const [stat, v] of h.stats?.(s.token) ?? []) g.outputAs(stat, v)
   return g
 }
 
@@ -154,65 +198,88 @@ export const buildStepGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSou
  * the host boundary once per run instead of once per token. Inputs: token [B] (sampled, not yet
  * in the cache), attention_mask [B, P + 1] (its column included), past K/V [B, kv, P, hd], the
  * sampling knobs, uniform [steps, B] and banned_bias [steps, B, M] (one row of each per step),
- * banned_ids [B, M]. Outputs: tokens and log_probs [steps, B], the last token (not yet in the
- * cache), the grown mask and present K/V.
+ * banned_ids [B, M]. Outputs: tokens and log_probs [steps, B], the statistics [steps, B] under
+ * their names, the last token (not yet in the cache), the grown mask and present K/V.
  */
-export const buildDecodeLoopGraph = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): Graph => {
-  const c = ckpt.config
-  const g = new Graph("generation_decode_loop")
+export const buildDecodeLoopGraph = (model: StepModelGraph, name = "generation_decode_loop"): Graph => {
+  const g = new Graph(name)
   const token = g.input(loopNames.token, "int64", ["batch"])
   const mask = g.input(forwardNames.mask, "int64", ["batch", "total"])
-  const past = Array.from({ length: c.numLayers }, (_, l) => [
-    g.input(forwardNames.pastKey(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
-    g.input(forwardNames.pastValue(l), "float32", ["batch", c.numKvHeads, "past", c.headDim]),
-  ]).flat()
+  const past = pastInputs(g, model.slots)
   const temperature = g.input("temperature", "float32", ["batch"])
   const topK = g.input("top_k", "int64", ["batch"])
   const topP = g.input("top_p", "float32", ["batch"])
   const uniforms = g.input("uniform", "float32", ["steps", "batch"])
   const banned = g.input(names.banned, "int64", ["batch", "banned"])
   const bannedBias = g.input(names.bannedBias, "float32", ["steps", "batch", "banned"])
-  const weights = source(g)
-  // the adapter's matrices are initializers of the outer graph, read by the loop body like the weights
-  const linearHook = adapter ? adapterHook(g, adapter) : undefined
+  const head = model.prepare(g)
   const trips = g.shapeOf(uniforms, 0, 1)
+  const statNames: string[] = []
   const outs = g.loop(g.reshape(trips, []), null, [token, mask, ...past], (sub, iter, [tok, m, ...kv]) => {
-    const out = decoder(sub, c, ckpt.weights, weights, {
-      ids: sub.unsqueeze(tok, [1]),
-      mask: m,
-      past: Array.from({ length: c.numLayers }, (_, l) => ({ key: kv[2 * l], value: kv[2 * l + 1] })),
-    }, linearHook ? { linearHook } : {})
-    const last = sub.gather(out.hidden, sub.constant("int64", [], [-1]), 1)
-    const logits = logitsOf(sub, out, sub.gemm(last, out.lmHead, null, { transB: true })) // no per-step transpose of an outer weight
-    const bias = sub.scatterElements(sub.zerosLike(logits), banned, sub.gather(bannedBias, iter, 0), 1)
-    const s = sampleTokens(sub, sub.add(logits, bias), { temperature, topK, topP, uniform: sub.gather(uniforms, iter, 0) }, c.vocabSize, logits)
+    const h = head(sub, sub.unsqueeze(tok, [1]), m, kv)
+    const bias = sub.scatterElements(sub.zerosLike(h.logits), banned, sub.gather(bannedBias, iter, 0), 1)
+    const s = sampleTokens(sub, sub.add(h.logits, bias), { temperature, topK, topP, uniform: sub.gather(uniforms, iter, 0) }, h.vocab, h.logits)
     const grown = sub.concat([m, sub.unsqueeze(sub.constantOfShape(sub.shapeOf(tok), 1, "int64"), [1])], 1)
-    return { carried: [s.token, grown, ...out.present.flatMap((p) => [p.key, p.value])], scans: [s.token, s.logProb] }
+    const stats = h.stats?.(s.token) ?? []
+    statNames.push(...stats.map(([n]) => n))
+    return { carried: [s.token, grown, ...h.present], scans: [s.token, s.logProb, ...stats.map(([, v]) => v)] }
   })
-  const L = 2 + 2 * c.numLayers
+  const L = 2 + model.slots.length
   g.outputAs(loopNames.tokens, outs[L])
   g.outputAs(loopNames.logProbs, outs[L + 1])
+  statNames.forEach((stat, i) => g.outputAs(stat, outs[L + 2 + i]))
   g.outputAs(loopNames.nextToken, outs[0])
   g.outputAs(loopNames.mask, outs[1])
-  for (let l = 0; l < c.numLayers; l++) {
-    g.outputAs(forwardNames.presentKey(l), outs[2 + 2 * l])
-    g.outputAs(forwardNames.presentValue(l), outs[3 + 2 * l])
-  }
+  model.slots.forEach((slot, i) => g.outputAs(slot.present, outs[2 + i]))
   return g
 }
 
 const fail = (message: string) => new GenerationError({ message })
 
+/** One KV-cache tensor pair of a step graph: its past input, present output and per-head shape. */
+export interface CacheSlot {
+  readonly past: string
+  readonly present: string
+  readonly kvHeads: number
+  readonly headDim: number
+}
+
+/** The cache slots of one model: past_key_values.{l}.key|value, each name prefixed by `prefix`. */
+export const cacheSlots = (ckpt: Checkpoint, prefix = ""): CacheSlot[] =>
+  Array.from({ length: ckpt.config.numLayers }, (_, l) => [
+    { past: prefix + forwardNames.pastKey(l), present: prefix + forwardNames.presentKey(l) },
+    { past: prefix + forwardNames.pastValue(l), present: prefix + forwardNames.presentValue(l) },
+  ])
+    .flat()
+    .map((n) => ({ ...n, kvHeads: ckpt.config.numKvHeads, headDim: ckpt.config.headDim }))
+
+/**
+ * What the host decode loop needs from compiled step graphs: buildStepGraph's inputs and outputs
+ * (with these cache names), the decode-loop session when stepsPerRun > 1, and the limits requests
+ * are checked against. `stats` names the statistics outputs of both graphs (StepHead.stats), recorded
+ * per generated token into Generation.stats.
+ */
+export interface StepModel {
+  readonly session: Session
+  readonly loopSession: Session | undefined
+  readonly stepsPerRun: number
+  readonly cache: ReadonlyArray<CacheSlot>
+  readonly vocabSize: number
+  readonly context: { readonly length: number; readonly why: string }
+  readonly eosTokenIds: ReadonlyArray<number>
+  readonly padTokenId: number
+  readonly stats: ReadonlyArray<string>
+}
+
 /** Checks one request against the model; returns the problem or undefined. */
-const problem = (r: GenerationRequest, i: number, ckpt: Checkpoint, hasTokenizer: boolean): string | undefined => {
-  const c = ckpt.config
+const problem = (r: GenerationRequest, i: number, model: StepModel, hasTokenizer: boolean): string | undefined => {
   const where = `generation request ${i}`
   if (r.prompt.length === 0) return `${where}: the prompt is empty (give at least one token, e.g. bos)`
-  const bad = r.prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= c.vocabSize)
-  if (bad !== undefined) return `${where}: prompt token ${bad} is outside the vocabulary [0, ${c.vocabSize})`
+  const bad = r.prompt.find((t) => !Number.isInteger(t) || t < 0 || t >= model.vocabSize)
+  if (bad !== undefined) return `${where}: prompt token ${bad} is outside the vocabulary [0, ${model.vocabSize})`
   if (!Number.isInteger(r.maxNewTokens) || r.maxNewTokens < 1) return `${where}: maxNewTokens must be a positive integer, got ${r.maxNewTokens}`
   if ((r.minNewTokens ?? 0) > r.maxNewTokens) return `${where}: minNewTokens ${r.minNewTokens} exceeds maxNewTokens ${r.maxNewTokens}`
-  const context = contextLength(c)
+  const context = model.context
   if (r.prompt.length + r.maxNewTokens > context.length)
     return `${where}: prompt (${r.prompt.length}) + maxNewTokens (${r.maxNewTokens}) exceeds the model's context length ${context.length} (${context.why})`
   if (!((r.temperature ?? 1) >= 0)) return `${where}: temperature must be >= 0, got ${r.temperature}`
@@ -230,9 +297,16 @@ interface Row {
   readonly stopIds: ReadonlyArray<number>
   readonly tokens: number[]
   readonly logProbs: number[]
+  readonly stats: Record<string, number[]>
   text: string | undefined
   finish: FinishReason | undefined
 }
+
+/** Session options from GeneratorOptions. */
+export const sessionOptions = (options: Pick<GeneratorOptions, "device" | "intraOpThreads">) => ({
+  ...(options.device ? { device: options.device } : {}),
+  ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}),
+})
 
 export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effect.Effect<Generator, GenerationError> =>
   Effect.gen(function* () {
@@ -242,168 +316,178 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
     if (!Number.isInteger(stepsPerRun) || stepsPerRun < 1) return yield* Effect.fail(fail(`stepsPerRun must be a positive integer, got ${stepsPerRun}`))
     const open = (g: Graph, name: string) =>
       Effect.mapError(
-        Effect.flatMap(writeGraph(g, placement, name), (file) =>
-          createSession(file, { ...(options.device ? { device: options.device } : {}), ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}) }),
-        ),
+        Effect.flatMap(writeGraph(g, placement, name), (file) => createSession(file, sessionOptions(options))),
         (e) => fail(e.message),
       )
     if (options.adapter) yield* Effect.mapError(checkAdapterModules(ckpt, options.adapter), (e) => fail(e.message))
-    const session = yield* open(buildStepGraph(ckpt, (g) => externalWeights(g, placement), options.adapter), "generation-step")
-    const loopSession =
-      stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(ckpt, (g) => externalWeights(g, placement), options.adapter), "generation-decode-loop") : undefined
-    const tokenizer = options.tokenizer
-    const pad = BigInt(c.padTokenId ?? c.eosTokenIds[0] ?? 0)
-    const emptyPast = (b: number) => new ort.Tensor("float32", new Float32Array(0), [b, c.numKvHeads, 0, c.headDim])
-
-    /** Applies the stop rules to a row after it got `token`. */
-    const advance = (row: Row, token: number, logProb: number) => {
-      row.tokens.push(token)
-      row.logProbs.push(logProb)
-      const stops = row.request.stopStrings ?? []
-      if (tokenizer) {
-        const body = row.stopIds.includes(token) ? row.tokens.slice(0, -1) : row.tokens
-        row.text = tokenizer.decode(body, { skipSpecialTokens: true })
-      }
-      if (row.stopIds.includes(token)) row.finish = "stop_token"
-      else if (stops.length > 0 && row.text !== undefined) {
-        const at = stops.map((s) => row.text!.indexOf(s)).reduce((m, i) => (i >= 0 ? Math.min(m, i) : m), Infinity)
-        if (Number.isFinite(at)) {
-          row.text = row.text.slice(0, at)
-          row.finish = "stop_string"
-        }
-      }
-      if (!row.finish && row.tokens.length >= row.request.maxNewTokens) row.finish = "length"
+    const graphModel = checkpointModel(ckpt, (g) => externalWeights(g, placement), options.adapter)
+    const session = yield* open(buildStepGraph(graphModel), "generation-step")
+    const loopSession = stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(graphModel), "generation-decode-loop") : undefined
+    const model: StepModel = {
+      session,
+      loopSession,
+      stepsPerRun,
+      cache: graphModel.slots,
+      vocabSize: c.vocabSize,
+      context: contextLength(c),
+      eosTokenIds: c.eosTokenIds,
+      padTokenId: c.padTokenId ?? c.eosTokenIds[0] ?? 0,
+      stats: [],
     }
+    return { generate: stepGenerate(model, options.tokenizer), session, loopSession }
+  })
 
-    const generateBatch = (requests: ReadonlyArray<GenerationRequest>, cache: boolean) =>
-      Effect.gen(function* () {
-        const B = requests.length
-        const rows: Row[] = requests.map((request) => ({
-          request,
-          stopIds: request.stopTokenIds ?? c.eosTokenIds,
-          tokens: [],
-          logProbs: [],
-          text: undefined,
-          finish: undefined,
-        }))
-        const width = requests.reduce((m, r) => Math.max(m, r.prompt.length), 0)
-        const maxSteps = requests.reduce((m, r) => Math.max(m, r.maxNewTokens), 0)
-        // full left-padded sequences (prompt + generated); the cache path feeds only the newest column
-        const seqs: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(pad), ...r.prompt.map(BigInt)])
-        const maskRows: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(0n), ...r.prompt.map(() => 1n)])
-        const knobs = {
-          temperature: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.temperature ?? 1), [B]),
-          top_k: new ort.Tensor("int64", BigInt64Array.from(requests, (r) => BigInt(r.topK ?? 0)), [B]),
-          top_p: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.topP ?? 1), [B]),
-        }
-        const M = rows.reduce((m, r) => Math.max(m, r.stopIds.length), 1)
-        let past: Record<string, ort.Tensor> = {}
-        const resetPast = () => {
-          past = {}
-          for (let l = 0; l < c.numLayers; l++) {
-            past[forwardNames.pastKey(l)] = emptyPast(B)
-            past[forwardNames.pastValue(l)] = emptyPast(B)
-          }
-        }
-        resetPast()
+/** The batched host decode loop over a StepModel's sessions (see the file header). */
+export const stepGenerate =
+  (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"> | undefined) =>
+  (requests: ReadonlyArray<GenerationRequest>, opts: GenerateOptions = {}): Effect.Effect<Generation[], GenerationError> =>
+    Effect.gen(function* () {
+      for (const [i, r] of requests.entries()) {
+        const p = problem(r, i, model, tokenizer !== undefined)
+        if (p) return yield* Effect.fail(fail(p))
+      }
+      const size = opts.batchSize ?? 16
+      if (!Number.isInteger(size) || size < 1) return yield* Effect.fail(fail(`batchSize must be a positive integer, got ${size}`))
+      const results: Generation[] = []
+      for (let i = 0; i < requests.length; i += size) for (const r of yield* generateBatch(model, tokenizer, requests.slice(i, i + size), opts.cache ?? true)) results.push(r)
+      return results
+    })
 
-        const bannedIds = new BigInt64Array(B * M)
-        // pad a row's list by repeating its first id: duplicates carry the same bias
+/** Applies the stop rules to a row after it got `token`. */
+const advance = (tokenizer: Pick<TextTokenizer, "decode"> | undefined, row: Row, token: number, logProb: number) => {
+  row.tokens.push(token)
+  row.logProbs.push(logProb)
+  const stops = row.request.stopStrings ?? []
+  if (tokenizer) {
+    const body = row.stopIds.includes(token) ? row.tokens.slice(0, -1) : row.tokens
+    row.text = tokenizer.decode(body, { skipSpecialTokens: true })
+  }
+  if (row.stopIds.includes(token)) row.finish = "stop_token"
+  else if (stops.length > 0 && row.text !== undefined) {
+    const at = stops.map((s) => row.text!.indexOf(s)).reduce((m, i) => (i >= 0 ? Math.min(m, i) : m), Infinity)
+    if (Number.isFinite(at)) {
+      row.text = row.text.slice(0, at)
+      row.finish = "stop_string"
+    }
+  }
+  if (!row.finish && row.tokens.length >= row.request.maxNewTokens) row.finish = "length"
+}
+
+const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"> | undefined, requests: ReadonlyArray<GenerationRequest>, cache: boolean) =>
+  Effect.gen(function* () {
+    const { session, loopSession, stepsPerRun } = model
+    const pad = BigInt(model.padTokenId)
+    const B = requests.length
+    const rows: Row[] = requests.map((request) => ({
+      request,
+      stopIds: request.stopTokenIds ?? model.eosTokenIds,
+      tokens: [],
+      logProbs: [],
+      stats: Object.fromEntries(model.stats.map((name) => [name, []])),
+      text: undefined,
+      finish: undefined,
+    }))
+    const width = requests.reduce((m, r) => Math.max(m, r.prompt.length), 0)
+    const maxSteps = requests.reduce((m, r) => Math.max(m, r.maxNewTokens), 0)
+    // full left-padded sequences (prompt + generated); the cache path feeds only the newest column
+    const seqs: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(pad), ...r.prompt.map(BigInt)])
+    const maskRows: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(0n), ...r.prompt.map(() => 1n)])
+    const knobs = {
+      temperature: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.temperature ?? 1), [B]),
+      top_k: new ort.Tensor("int64", BigInt64Array.from(requests, (r) => BigInt(r.topK ?? 0)), [B]),
+      top_p: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.topP ?? 1), [B]),
+    }
+    const M = rows.reduce((m, r) => Math.max(m, r.stopIds.length), 1)
+    let past: Record<string, ort.Tensor> = {}
+    const resetPast = () => {
+      past = {}
+      for (const slot of model.cache) past[slot.past] = new ort.Tensor("float32", new Float32Array(0), [B, slot.kvHeads, 0, slot.headDim])
+    }
+    resetPast()
+
+    const bannedIds = new BigInt64Array(B * M)
+    // pad a row's list by repeating its first id: duplicates carry the same bias
+    rows.forEach((r, b) => {
+      for (let m = 0; m < M; m++) bannedIds[b * M + m] = BigInt(r.stopIds[m] ?? r.stopIds[0] ?? 0)
+    })
+    const banned = new ort.Tensor("int64", bannedIds, [B, M])
+    /** Bias on the stop ids for `steps` steps from now on: -1e9 while a row is below its minimum. */
+    const bannedBias = (steps: number) => {
+      const bias = new Float32Array(steps * B * M)
+      for (let i = 0; i < steps; i++)
         rows.forEach((r, b) => {
-          for (let m = 0; m < M; m++) bannedIds[b * M + m] = BigInt(r.stopIds[m] ?? r.stopIds[0] ?? 0)
+          if (r.tokens.length + i < (r.request.minNewTokens ?? 0)) bias.fill(-1e9, (i * B + b) * M, (i * B + b + 1) * M)
         })
-        const banned = new ort.Tensor("int64", bannedIds, [B, M])
-        /** Bias on the stop ids for `steps` steps from now on: -1e9 while a row is below its minimum. */
-        const bannedBias = (steps: number) => {
-          const bias = new Float32Array(steps * B * M)
-          for (let i = 0; i < steps; i++)
-            rows.forEach((r, b) => {
-              if (r.tokens.length + i < (r.request.minNewTokens ?? 0)) bias.fill(-1e9, (i * B + b) * M, (i * B + b + 1) * M)
-            })
-          return bias
+      return bias
+    }
+    const uniforms = (from: number, steps: number) => {
+      const u = new Float32Array(steps * B)
+      for (let i = 0; i < steps; i++) requests.forEach((r, b) => (u[i * B + b] = requestUniform(r.seed ?? 0, from + i)))
+      return u
+    }
+    const maskTensor = () => {
+      const total = maskRows[0].length
+      return new ort.Tensor("int64", BigInt64Array.from(maskRows.flat()), [B, total])
+    }
+    const takePresent = (out: Record<string, ort.Tensor>) => {
+      for (const slot of model.cache) past[slot.past] = out[slot.present]
+    }
+    /** Hands step outputs to the rows (finished rows are fed padding from now on). */
+    const record = (tokens: BigInt64Array, logProbs: Float32Array, offset: number, stats: Record<string, Float32Array> = {}) =>
+      rows.forEach((r, b) => {
+        const t = r.finish ? pad : tokens[offset + b]
+        if (!r.finish) {
+          for (const [name, values] of Object.entries(stats)) r.stats[name].push(values[offset + b])
+          advance(tokenizer, r, Number(t), logProbs[offset + b])
         }
-        const uniforms = (from: number, steps: number) => {
-          const u = new Float32Array(steps * B)
-          for (let i = 0; i < steps; i++) requests.forEach((r, b) => (u[i * B + b] = requestUniform(r.seed ?? 0, from + i)))
-          return u
-        }
-        const maskTensor = () => {
-          const total = maskRows[0].length
-          return new ort.Tensor("int64", BigInt64Array.from(maskRows.flat()), [B, total])
-        }
-        const takePresent = (out: Record<string, ort.Tensor>) => {
-          for (let l = 0; l < c.numLayers; l++) {
-            past[forwardNames.pastKey(l)] = out[forwardNames.presentKey(l)]
-            past[forwardNames.pastValue(l)] = out[forwardNames.presentValue(l)]
-          }
-        }
-        /** Hands step outputs to the rows (finished rows are fed padding from now on). */
-        const record = (tokens: BigInt64Array, logProbs: Float32Array, offset: number) =>
-          rows.forEach((r, b) => {
-            const t = r.finish ? pad : tokens[offset + b]
-            if (!r.finish) advance(r, Number(t), logProbs[offset + b])
-            seqs[b].push(t)
-            maskRows[b].push(1n)
-          })
-
-        let step = 0
-        while (step < maxSteps && rows.some((r) => !r.finish)) {
-          if (loopSession && cache && step > 0) {
-            const n = Math.min(stepsPerRun, maxSteps - step)
-            const out = yield* Effect.mapError(
-              runSession(loopSession, {
-                [loopNames.token]: new ort.Tensor("int64", BigInt64Array.from(seqs, (s) => s[s.length - 1]), [B]),
-                [forwardNames.mask]: maskTensor(),
-                ...past,
-                ...knobs,
-                uniform: new ort.Tensor("float32", uniforms(step, n), [n, B]),
-                [names.banned]: banned,
-                [names.bannedBias]: new ort.Tensor("float32", bannedBias(n), [n, B, M]),
-              }),
-              (e) => fail(e.message),
-            )
-            takePresent(out)
-            const tokens = out[loopNames.tokens].data as BigInt64Array
-            const logProbs = out[loopNames.logProbs].data as Float32Array
-            for (let i = 0; i < n; i++) record(tokens, logProbs, i * B)
-            step += n
-            continue
-          }
-          const total = seqs[0].length
-          const T = cache && step > 0 ? 1 : total
-          if (!cache) resetPast()
-          const ids = BigInt64Array.from(seqs.flatMap((s) => s.slice(total - T)))
-          const out = yield* Effect.mapError(
-            runSession(session, {
-              [forwardNames.ids]: new ort.Tensor("int64", ids, [B, T]),
-              [forwardNames.mask]: maskTensor(),
-              ...past,
-              ...knobs,
-              uniform: new ort.Tensor("float32", uniforms(step, 1), [B]),
-              [names.banned]: banned,
-              [names.bannedBias]: new ort.Tensor("float32", bannedBias(1), [B, M]),
-            }),
-            (e) => fail(e.message),
-          )
-          if (cache) takePresent(out)
-          record(out[names.token].data as BigInt64Array, out[names.logProb].data as Float32Array, 0)
-          step++
-        }
-        return rows.map((r): Generation => ({ tokens: r.tokens, logProbs: r.logProbs, text: r.text, finishReason: r.finish ?? "length" }))
+        seqs[b].push(t)
+        maskRows[b].push(1n)
       })
 
-    const generate = (requests: ReadonlyArray<GenerationRequest>, opts: GenerateOptions = {}) =>
-      Effect.gen(function* () {
-        for (const [i, r] of requests.entries()) {
-          const p = problem(r, i, ckpt, tokenizer !== undefined)
-          if (p) return yield* Effect.fail(fail(p))
-        }
-        const size = opts.batchSize ?? 16
-        if (!Number.isInteger(size) || size < 1) return yield* Effect.fail(fail(`batchSize must be a positive integer, got ${size}`))
-        const results: Generation[] = []
-        for (let i = 0; i < requests.length; i += size) for (const r of yield* generateBatch(requests.slice(i, i + size), opts.cache ?? true)) results.push(r)
-        return results
-      })
-
-    return { generate, session, loopSession }
+    let step = 0
+    while (step < maxSteps && rows.some((r) => !r.finish)) {
+      if (loopSession && cache && step > 0) {
+        const n = Math.min(stepsPerRun, maxSteps - step)
+        const out = yield* Effect.mapError(
+          runSession(loopSession, {
+            [loopNames.token]: new ort.Tensor("int64", BigInt64Array.from(seqs, (s) => s[s.length - 1]), [B]),
+            [forwardNames.mask]: maskTensor(),
+            ...past,
+            ...knobs,
+            uniform: new ort.Tensor("float32", uniforms(step, n), [n, B]),
+            [names.banned]: banned,
+            [names.bannedBias]: new ort.Tensor("float32", bannedBias(n), [n, B, M]),
+          }),
+          (e) => fail(e.message),
+        )
+        takePresent(out)
+        const tokens = out[loopNames.tokens].data as BigInt64Array
+        const logProbs = out[loopNames.logProbs].data as Float32Array
+        const stats = Object.fromEntries(model.stats.map((name) => [name, out[name].data as Float32Array]))
+        for (let i = 0; i < n; i++) record(tokens, logProbs, i * B, stats)
+        step += n
+        continue
+      }
+      const total = seqs[0].length
+      const T = cache && step > 0 ? 1 : total
+      if (!cache) resetPast()
+      const ids = BigInt64Array.from(seqs.flatMap((s) => s.slice(total - T)))
+      const out = yield* Effect.mapError(
+        runSession(session, {
+          [forwardNames.ids]: new ort.Tensor("int64", ids, [B, T]),
+          [forwardNames.mask]: maskTensor(),
+          ...past,
+          ...knobs,
+          uniform: new ort.Tensor("float32", uniforms(step, 1), [B]),
+          [names.banned]: banned,
+          [names.bannedBias]: new ort.Tensor("float32", bannedBias(1), [B, M]),
+        }),
+        (e) => fail(e.message),
+      )
+      if (cache) takePresent(out)
+      const stats = Object.fromEntries(model.stats.map((name) => [name, out[name].data as Float32Array]))
+      record(out[names.token].data as BigInt64Array, out[names.logProb].data as Float32Array, 0, stats)
+      step++
+    }
+    return rows.map((r): Generation => ({ tokens: r.tokens, logProbs: r.logProbs, stats: r.stats, text: r.text, finishReason: r.finish ?? "length" }))
   })

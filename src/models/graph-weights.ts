@@ -11,12 +11,14 @@
 // the allowed directory is the session config entry
 // `session.model_external_initializers_file_folder_path` (the working directory without it). So:
 //
-//   placeWeights(ckpt, graphDir) -> WeightPlacement
-//     weightsRoot: the deepest directory holding the real paths of all the checkpoint's weight
+//   placeWeights(ckpt | ckpts, graphDir) -> WeightPlacement
+//     weightsRoot: the deepest directory holding the real paths of all the checkpoints' weight
 //     files (the checkpoint directory; for the hub cache, whose snapshot files are symlinks, its
-//     blobs/ directory). Nothing is written next to the weights.
-//   externalWeights(g, placement) -> WeightSource
-//     Each weight becomes an initializer whose location is relative to weightsRoot; fp16/bf16
+//     blobs/ directory; for several checkpoints in one graph, their common ancestor). Nothing is
+//     written next to the weights.
+//   externalWeights(g, placement, prefix?) -> WeightSource
+//     Each weight becomes an initializer whose location is relative to weightsRoot, named
+//     prefix + tensor name (a prefix per model keeps two checkpoints' equal names apart); fp16/bf16
 //     weights get an in-graph Cast to float32; FP8 weights are read as bytes, decoded through a
 //     256-entry table (Gather) and multiplied by their scale tensor, expanded over its blocks.
 //   writeGraph(g, placement, name) -> GraphFile
@@ -52,16 +54,18 @@ const commonDir = (files: readonly string[]): string =>
     return a
   })
 
-/** Where the graph of `ckpt` goes (`graphDir`, created if missing) and where its weights are read from; see the header. */
-export const placeWeights = (ckpt: Checkpoint, graphDir: string): Effect.Effect<WeightPlacement, WeightPlacementError> =>
+/** Where the graph of `ckpt` (or of several checkpoints) goes (`graphDir`, created if missing) and where its weights are read from; see the header. */
+export const placeWeights = (ckpts: Checkpoint | ReadonlyArray<Checkpoint>, graphDir: string): Effect.Effect<WeightPlacement, WeightPlacementError> =>
   Effect.gen(function* () {
-    const real = yield* Effect.forEach(ckpt.tensorFiles, (file) =>
+    const all: ReadonlyArray<Checkpoint> = Array.isArray(ckpts) ? ckpts : [ckpts as Checkpoint]
+    const real = yield* Effect.forEach(all.flatMap((c) => c.tensorFiles), (file) =>
       Effect.try({
         try: () => fs.realpathSync(file),
         catch: (e) => new WeightPlacementError({ file, message: `cannot resolve the weights file ${file}: ${e instanceof Error ? e.message : String(e)}` }),
       }),
     )
-    if (real.length === 0) return yield* Effect.fail(new WeightPlacementError({ file: ckpt.dir, message: `${ckpt.dir}: the checkpoint has no weight files` }))
+    const empty = all.find((c) => c.tensorFiles.length === 0)
+    if (empty) return yield* Effect.fail(new WeightPlacementError({ file: empty.dir, message: `${empty.dir}: the checkpoint has no weight files` }))
     const dir = yield* Effect.try({
       try: () => {
         fs.mkdirSync(graphDir, { recursive: true })
@@ -76,7 +80,7 @@ const graphDType: Partial<Record<SafetensorsDType, DType>> = { F32: "float32", F
 const float8Values: Partial<Record<SafetensorsDType, Float32Array>> = { F8_E4M3: float8E4M3Values, F8_E5M2: float8E5M2Values }
 
 /** Frozen weights as external-data initializers (float32 values; half precision cast in-graph, FP8 dequantized). */
-export const externalWeights = (g: Graph, placement: WeightPlacement) => {
+export const externalWeights = (g: Graph, placement: WeightPlacement, prefix = "") => {
   const made = new Map<string, Value>()
   // block index of every row / column, shared by the weights of equal sizes
   const blockIndices = new Map<string, Value>()
@@ -90,7 +94,7 @@ export const externalWeights = (g: Graph, placement: WeightPlacement) => {
     const dtype = graphDType[ref.dtype]
     if (!dtype) throw new Error(`${ref.file}: ${ref.name}: weights of dtype ${ref.dtype} are not supported (F32, F16, BF16, F8_E4M3, F8_E5M2)`)
     const src = externalSource(placement.weightsRoot, ref.file, ref.fileOffset, ref.byteLength)
-    const init = g.initializer(ref.name, dtype, [...ref.shape], src)
+    const init = g.initializer(prefix + ref.name, dtype, [...ref.shape], src)
     const table = float8Values[ref.dtype]
     if (table === undefined) return dtype === "float32" ? init : g.cast(init, "float32")
     if (ref.scale === undefined) throw new Error(`${ref.file}: ${ref.name}: an FP8 weight without its scale`)

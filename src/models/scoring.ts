@@ -12,9 +12,12 @@
 //     [B, T, k]. With `adapter` (a trained peft.ts LoraAdapter) it scores base + LoRA: the
 //     adapter's matrices become initializers of g (adapters.ts adapterHook); a module that is not a
 //     linear layer of the model throws (peft.ts checkAdapterModules).
-//   scoreContinuations(session, requests, { padId }) -> Effect<ContinuationScore[]>
+//   chunkedRows(g, rows, chunk, tails, body): the chunk loop positionStats runs in, for other
+//     per-position statistics (e.g. over several models' hidden states: ensemble.ts).
+//   scoreContinuations(session, requests, { padId, stats }) -> Effect<ContinuationScore[]>
 //     log p(continuation | context) token by token, batched with left padding; a request's
-//     context must be non-empty (start it with BOS where the model expects one).
+//     context must be non-empty (start it with BOS where the model expects one). `stats` names
+//     further [B, T] outputs of the session to read along the continuation.
 //   perplexity(logProbs) = exp(-mean log p)
 //
 // Numerics: float32 log-softmax per row (max-subtracted by onnxruntime). tailMass =
@@ -48,42 +51,47 @@ export interface PositionStats {
   readonly tailMass: Value
 }
 
-/** `logitSoftcap`: the model's final logit soft-capping (DecoderOutputs.logitSoftcap). */
-export const positionStats = (g: Graph, hidden: Value, lmHead: Value, targets: Value, opts: PositionStatsOptions, logitSoftcap?: number): PositionStats => {
-  const chunk = opts.chunk ?? 128
-  const k = opts.topK
-  const V = lmHead.shape[0]
-  if (!Number.isInteger(k) || k < 1 || (typeof V === "number" && k > V)) throw new Error(`scoring: topK must be an integer in [1, ${V}], got ${k}`)
+/**
+ * Runs `body` on consecutive blocks of `chunk` rows of every one of `rows` (all [N, ...], same N)
+ * inside an ONNX Loop and stacks what it returns: each output [N, ...tails[i]], so only one block's
+ * intermediates (e.g. [chunk x vocab] logits) exist at a time.
+ */
+export const chunkedRows = (g: Graph, rows: ReadonlyArray<Value>, chunk: number, tails: ReadonlyArray<ReadonlyArray<number>>, body: (sub: Graph, blocks: Value[]) => Value[]): Value[] => {
   if (!Number.isInteger(chunk) || chunk < 1) throw new Error(`scoring: chunk must be a positive integer, got ${chunk}`)
-  const n = g.shapeOf(hidden, 0, 1)
+  const n = g.shapeOf(rows[0], 0, 1)
   const c = g.ints([chunk])
   const numChunks = g.div(g.add(n, g.sub(c, g.ints([1]))), c)
   const padAmount = g.sub(g.mul(numChunks, c), n)
   // edge padding: the padded rows are copies of the last one, computed and then dropped
-  const hPad = g.pad(hidden, g.concat([g.ints([0, 0]), padAmount, g.ints([0])], 0), "edge")
-  const tPad = g.pad(targets, g.concat([g.ints([0]), padAmount], 0), "edge")
+  const padded = rows.map((v) => g.pad(v, g.concat([g.ints(new Array<number>(v.rank).fill(0)), padAmount, g.ints(new Array<number>(v.rank - 1).fill(0))], 0), "edge"))
   const outs = g.loop(g.reshape(numChunks, []), null, [], (sub, iter) => {
     const start = sub.mul(sub.reshape(iter, [1]), sub.ints([chunk]))
     const end = sub.add(start, sub.ints([chunk]))
-    const h = sub.slice(hPad, start, end, [0])
-    const t = sub.slice(tPad, start, end, [0])
-    const z = sub.gemm(h, lmHead, null, { transB: true })
-    const logp = sub.logSoftmax(logitSoftcap === undefined ? z : softcap(sub, z, logitSoftcap), -1) // [C, V]
-    const target = sub.squeeze(sub.gatherElements(logp, sub.unsqueeze(t, [1]), 1), [1])
-    const entropy = sub.neg(sub.reduceSum(sub.mul(sub.exp(logp), logp), [1]))
-    const [topLogProbs, topIds] = sub.topK(logp, k, -1)
-    const tail = sub.max(sub.sub(sub.scalar(1), sub.reduceSum(sub.exp(topLogProbs), [1])), sub.scalar(0))
-    return { carried: [], scans: [target, entropy, topLogProbs, topIds, tail] }
+    return { carried: [], scans: body(sub, padded.map((v) => sub.slice(v, start, end, [0]))) }
   })
   // [chunks, chunk, ...] -> first N rows
-  const unchunk = (v: Value, tail: number[]) => g.slice(g.reshape(v, [-1, ...tail]), g.ints([0]), n, [0])
-  return {
-    targetLogProb: unchunk(outs[0], []),
-    entropy: unchunk(outs[1], []),
-    topLogProbs: unchunk(outs[2], [k]),
-    topIds: unchunk(outs[3], [k]),
-    tailMass: unchunk(outs[4], []),
-  }
+  return outs.map((v, i) => g.slice(g.reshape(v, [-1, ...tails[i]]), g.ints([0]), n, [0]))
+}
+
+/** Entropy of each row of log-probabilities logp [N, V]: [N]. */
+export const entropyOf = (g: Graph, logp: Value): Value => g.neg(g.reduceSum(g.mul(g.exp(logp), logp), [1]))
+
+/** Each row's log-probability of its target: logp [N, V], targets int64 [N] -> [N]. */
+export const targetLogProbOf = (g: Graph, logp: Value, targets: Value): Value => g.squeeze(g.gatherElements(logp, g.unsqueeze(targets, [1]), 1), [1])
+
+/** `logitSoftcap`: the model's final logit soft-capping (DecoderOutputs.logitSoftcap). */
+export const positionStats = (g: Graph, hidden: Value, lmHead: Value, targets: Value, opts: PositionStatsOptions, logitSoftcap?: number): PositionStats => {
+  const k = opts.topK
+  const V = lmHead.shape[0]
+  if (!Number.isInteger(k) || k < 1 || (typeof V === "number" && k > V)) throw new Error(`scoring: topK must be an integer in [1, ${V}], got ${k}`)
+  const [targetLogProb, entropy, topLogProbs, topIds, tailMass] = chunkedRows(g, [hidden, targets], opts.chunk ?? 128, [[], [], [k], [k], []], (sub, [h, t]) => {
+    const z = sub.gemm(h, lmHead, null, { transB: true })
+    const logp = sub.logSoftmax(logitSoftcap === undefined ? z : softcap(sub, z, logitSoftcap), -1) // [C, V]
+    const [top, ids] = sub.topK(logp, k, -1)
+    const tail = sub.max(sub.sub(sub.scalar(1), sub.reduceSum(sub.exp(top), [1])), sub.scalar(0))
+    return [targetLogProbOf(sub, logp, t), entropyOf(sub, logp), top, ids, tail]
+  })
+  return { targetLogProb, entropy, topLogProbs, topIds, tailMass }
 }
 
 export const scoringNames = {
@@ -133,13 +141,15 @@ export interface ContinuationScore {
   /** entropy of the model's distribution at each continuation position */
   readonly entropies: number[]
   readonly sum: number
+  /** each of the `stats` outputs asked for ([B, T] like target_logprob), at each continuation position */
+  readonly stats: Readonly<Record<string, number[]>>
 }
 
 /** Scores requests in one batch (left-padded to the longest); see the file header. */
 export const scoreContinuations = (
   session: Session,
   requests: ReadonlyArray<ContinuationRequest>,
-  options: { readonly padId?: number } = {},
+  options: { readonly padId?: number; readonly stats?: ReadonlyArray<string> } = {},
 ): Effect.Effect<ContinuationScore[], RunError | ScoringError> =>
   Effect.suspend((): Effect.Effect<ContinuationScore[], RunError | ScoringError> => {
     if (requests.length === 0) return Effect.succeed([])
@@ -165,15 +175,19 @@ export const scoreContinuations = (
       [forwardNames.mask]: tensor("int64", [B, T], mask),
       [scoringNames.targets]: tensor("int64", [B, T], targets),
     }
-    return Effect.map(runSession(session, feeds, [scoringNames.targetLogProb, scoringNames.entropy]), (out) => {
-      const lp = out[scoringNames.targetLogProb].data as Float32Array
-      const ent = out[scoringNames.entropy].data as Float32Array
-      return requests.map((r, b) => {
-        const from = b * T + T - r.continuation.length
-        const logProbs = Array.from(lp.subarray(from, (b + 1) * T))
-        return { logProbs, entropies: Array.from(ent.subarray(from, (b + 1) * T)), sum: logProbs.reduce((x, y) => x + y, 0) }
-      })
-    })
+    const stats = options.stats ?? []
+    return Effect.map(runSession(session, feeds, [scoringNames.targetLogProb, scoringNames.entropy, ...stats]), (out) =>
+      requests.map((r, b) => {
+        const along = (name: string) => Array.from((out[name].data as Float32Array).subarray(b * T + T - r.continuation.length, (b + 1) * T))
+        const logProbs = along(scoringNames.targetLogProb)
+        return {
+          logProbs,
+          entropies: along(scoringNames.entropy),
+          sum: logProbs.reduce((x, y) => x + y, 0),
+          stats: Object.fromEntries(stats.map((name) => [name, along(name)])),
+        }
+      }),
+    )
   })
 
 /** exp(-mean log p); NaN for no tokens. */

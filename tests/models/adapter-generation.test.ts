@@ -4,12 +4,10 @@
 import { Effect, Exit } from "effect"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import { loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
-import { initLora, loraAdapter } from "../../src/models/adapters.ts"
 import { tinyLlama } from "../../src/models/init.ts"
-import { type LoraAdapter, loraConfigFor, loraTargets, mergeLora } from "../../src/models/peft.ts"
-import { randomCheckpoint, tempDir } from "./forward-helpers.ts"
+import type { LoraAdapter } from "../../src/models/peft.ts"
+import { nonZeroAdapter, randomCheckpoint, tempDir } from "./forward-helpers.ts"
 
 const requests: GenerationRequest[] = [
   { prompt: [1, 5, 9], maxNewTokens: 9, temperature: 0, stopTokenIds: [] },
@@ -19,15 +17,7 @@ const requests: GenerationRequest[] = [
 describe("generation with an adapter", () => {
   it("equals generation from the merged checkpoint (step graph and decode loop); a foreign module is refused", async () => {
     const ckpt = await randomCheckpoint(tinyLlama({ vocabSize: 64, maxPositions: 32 }), { std: 0.3 })
-    const modules = ["q_proj", "v_proj", "down_proj"]
-    const targets = await Effect.runPromise(loraTargets(ckpt, modules))
-    const config = await Effect.runPromise(loraConfigFor(ckpt, { r: 2, loraAlpha: 4, targetModules: modules }))
-    // B = 0 at init: give B random values too, so the adapter changes the model
-    const values = Object.fromEntries(Object.entries(initLora(targets, 2, 7)).map(([k, v]) => [k, v.data.map((x, i) => (k.endsWith(".B") ? Math.sin(i + 1) * 0.5 : x))]))
-    const adapter = loraAdapter(config, targets, values)
-    const mergedDir = tempDir("pipe-adapter-merged-")
-    await Effect.runPromise(mergeLora(ckpt.dir, adapter, mergedDir))
-    const merged = await Effect.runPromise(loadCheckpoint(mergedDir))
+    const { adapter, config, merged } = await nonZeroAdapter(ckpt)
 
     const generate = (c: typeof ckpt, stepsPerRun: number, a?: LoraAdapter) =>
       Effect.runPromise(Effect.flatMap(makeGenerator(c, { graphDir: tempDir("pipe-adapter-gen-"), stepsPerRun, ...(a ? { adapter: a } : {}) }), (g) => g.generate(requests)))

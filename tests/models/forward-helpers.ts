@@ -11,12 +11,32 @@ import { crossEntropy } from "../../src/graph/losses.ts"
 import { type Checkpoint, loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
 import { buildForwardGraph, type ForwardGraphOptions, forwardNames } from "../../src/models/forward.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
+import { initLora, loraAdapter } from "../../src/models/adapters.ts"
 import { type InitOptions, type WeightDType, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { type LoraAdapter, type LoraConfig, loraConfigFor, loraTargets, mergeLora } from "../../src/models/peft.ts"
 import { createSession, runSession, type Session } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { referenceLogits } from "../reference/reference.ts"
 
 export const tempDir = (prefix: string) => fs.mkdtempSync(path.join(tmpdir(), prefix))
+
+/**
+ * A rank-2 LoRA adapter on q_proj, v_proj and down_proj of `ckpt` with non-zero B (PEFT starts B at
+ * 0, which would not change the model), and the checkpoint mergeLora writes with it.
+ */
+export const nonZeroAdapter = (ckpt: Checkpoint): Promise<{ adapter: LoraAdapter; config: LoraConfig; merged: Checkpoint }> =>
+  Effect.runPromise(
+    Effect.gen(function* () {
+      const modules = ["q_proj", "v_proj", "down_proj"]
+      const targets = yield* loraTargets(ckpt, modules)
+      const config = yield* loraConfigFor(ckpt, { r: 2, loraAlpha: 4, targetModules: modules })
+      const values = Object.fromEntries(Object.entries(initLora(targets, 2, 7)).map(([k, v]) => [k, v.data.map((x, i) => (k.endsWith(".B") ? Math.sin(i + 1) * 0.5 : x))]))
+      const adapter = loraAdapter(config, targets, values)
+      const mergedDir = tempDir("pipe-adapter-merged-")
+      yield* mergeLora(ckpt.dir, adapter, mergedDir)
+      return { adapter, config, merged: yield* loadCheckpoint(mergedDir) }
+    }),
+  )
 
 /** A random checkpoint; std 0.2 so attention and MLPs do more than pass the residual through. */
 export const randomCheckpoint = (config: ModelConfig, options: Partial<InitOptions> = {}): Promise<Checkpoint> =>

@@ -7,36 +7,9 @@ import { Graph } from "../../src/graph/index.ts"
 import { requestUniform, sampleTokens, samplingInputs } from "../../src/models/sampling.ts"
 import { tensor, toNumbers } from "../../src/runtime/tensor.ts"
 import { randArray, runGraph } from "../graph/run.ts"
+import { filtered, logSoftmax } from "./sampling-reference.ts"
 
 const V = 40
-
-/** The filtered sampling distribution: temperature, top-k, then top-p on the renormalized top-k. */
-const filtered = (logits: readonly number[], temperature: number, topK: number, topP: number): number[] => {
-  const order = logits.map((_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b)
-  if (temperature === 0) return logits.map((_, i) => (i === order[0] ? 1 : 0))
-  const max = logits[order[0]]
-  const w = logits.map((l) => Math.exp((l - max) / temperature))
-  const k = topK <= 0 ? logits.length : Math.min(topK, logits.length)
-  const top = order.slice(0, k)
-  const massK = top.reduce((s, i) => s + w[i], 0)
-  const kept: number[] = []
-  let before = 0
-  for (const i of top) {
-    if (kept.length > 0 && before >= topP) break
-    kept.push(i)
-    before += w[i] / massK
-  }
-  const total = kept.reduce((s, i) => s + w[i], 0)
-  const p = new Array<number>(logits.length).fill(0)
-  for (const i of kept) p[i] = w[i] / total
-  return p
-}
-
-const logSoftmax = (l: readonly number[]) => {
-  const m = Math.max(...l)
-  const lse = m + Math.log(l.reduce((s, x) => s + Math.exp(x - m), 0))
-  return l.map((x) => x - lse)
-}
 
 const samplerGraph = () => {
   const g = new Graph("sampler")
