@@ -10,7 +10,8 @@
 // - patience: a validation the training can only make worse (KL from the uniform distribution, 0
 //   at the start) stops after `patience` epochs and returns the start parameters;
 // - a NaN in step 4's feeds fails with a TrainingError naming step 4 and the step-2 checkpoint,
-//   which is left byte for byte as it was, and a rerun resumes from it.
+//   which is left byte for byte as it was, and a rerun resumes from it; an infinite gradient norm
+//   with a finite loss fails the same way.
 import { Cause, Effect, Exit } from "effect"
 import * as fs from "node:fs"
 import { tmpdir } from "node:os"
@@ -202,5 +203,17 @@ describe("trainLoop", () => {
     expect(rerun.logs).toContain(`resumed from ${file} at step 2 of 9`)
     expect(rerun.logs.some((l) => l.startsWith("discarded"))).toBe(false)
     expect(result(rerun).state.step).toBe(9)
+  })
+
+  it("an infinite gradient norm fails even when the loss is finite", async () => {
+    // q = (1e38, -1e38, 0, 0, 0) at z = 0: loss = log V x (1e38 - 1e38) = 0, but the gradient is
+    // softmax(z) Σq - q = -q, whose squared norm 2e76 overflows float32
+    const r = await run(tempDir(), {
+      batch: (step) => Effect.succeed({ feeds: { q: tensor("float32", [V], step === 2 ? [1e38, -1e38, 0, 0, 0] : noisyTarget(step)) }, tokens: 1 }),
+    })
+    const error = Exit.isFailure(r.exit) ? Cause.squash(r.exit.cause) : undefined
+    expect(error).toBeInstanceOf(TrainingError)
+    expect((error as TrainingError).message).toMatch(/^training diverged at step 2: loss \S+, gradient norm Infinity \(lower lr\); the last good checkpoint is .*checkpoint\.safetensors \(step 0\)$/)
+    expect(Number.isFinite(Number((error as TrainingError).message.match(/loss (\S+),/)![1]))).toBe(true)
   })
 })
