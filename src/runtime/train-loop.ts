@@ -84,7 +84,7 @@ export interface Validation<E> {
 export interface TrainLoopOptions<E> {
   readonly session: Session
   readonly ctx: Pick<StageContext, "workDir" | "log" | "metric" | "progress">
-  /** the trainable parameters at step 0 (called only when no usable checkpoint exists) */
+  /** the trainable parameters at step 0; on a resume only their names are used (to read the checkpoint) */
   readonly init: () => Effect.Effect<Params, E>
   readonly epochs: number
   readonly stepsPerEpoch: number
@@ -247,6 +247,8 @@ export const trainLoop = <E>(o: TrainLoopOptions<E>): Effect.Effect<TrainLoopRes
     const totalSteps = o.epochs * o.stepsPerEpoch
     const schedule: Schedule = { ...o.schedule, totalSteps }
     const keepBest = val?.keepBest === true
+    for (const [name, n] of [["stepsPerEpoch", o.stepsPerEpoch], ["epochs", o.epochs], ["validation.every", val?.every ?? 1]] as const)
+      if (!Number.isInteger(n) || n < 1) return yield* Effect.fail(new TrainingError({ step: 0, message: `trainLoop: ${name} is ${n}, expected a positive integer` }))
     const when = (step: number) => (step % o.stepsPerEpoch === 0 ? `epoch ${step / o.stepsPerEpoch}` : `step ${step}`)
 
     let p: Progress
