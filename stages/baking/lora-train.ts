@@ -252,33 +252,35 @@ export const loraTrain = stage({
       )
 
       let epochCache: { epoch: number; steps: number[][][] } | undefined
-      const r = yield* trainLoop({
-        session,
-        ctx,
-        init: () =>
-          Effect.succeed(Object.fromEntries(Object.entries(initLora(targets, params.rank, params.seed)).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)]))),
-        epochs: params.epochs,
-        stepsPerEpoch: perEpoch,
-        schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: params.schedule, minRatio: params.minLrRatio },
-        batch: (step, epoch, index) => {
-          if (epochCache?.epoch !== epoch) epochCache = { epoch, steps: epochSteps(train, params.batchSize, params.gradAccum, params.seed, epoch) }
-          return Effect.succeed(stepFeeds(train, teacher, epochCache.steps[index], padId, starts, withDropout ? (m) => dropoutSeed(params.seed, step, m) : undefined))
-        },
-        validation: {
-          metric: "val_kl",
-          label: "validation KL",
-          run: (p) => Effect.map(evaluator.evaluate(validation, p), (v) => v.mean),
-          every: perEpoch,
-          patience: params.earlyStopPatience,
-          divergenceFactor: params.divergenceFactor,
-          startLabel: "the base model",
-          keepBest: params.earlyStopPatience > 0,
-        },
-        checkpointEvery: params.checkpointEvery,
-        divergenceHint: `the adapter would make the model worse than none: lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
-      })
-      yield* evaluator.release
-      yield* releaseSession(session)
+      // the sessions are released whether training succeeds, fails or is interrupted
+      const r = yield* Effect.ensuring(
+        trainLoop({
+          session,
+          ctx,
+          init: () =>
+            Effect.succeed(Object.fromEntries(Object.entries(initLora(targets, params.rank, params.seed)).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)]))),
+          epochs: params.epochs,
+          stepsPerEpoch: perEpoch,
+          schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: params.schedule, minRatio: params.minLrRatio },
+          batch: (step, epoch, index) => {
+            if (epochCache?.epoch !== epoch) epochCache = { epoch, steps: epochSteps(train, params.batchSize, params.gradAccum, params.seed, epoch) }
+            return Effect.succeed(stepFeeds(train, teacher, epochCache.steps[index], padId, starts, withDropout ? (m) => dropoutSeed(params.seed, step, m) : undefined))
+          },
+          validation: {
+            metric: "val_kl",
+            label: "validation KL",
+            run: (p) => Effect.map(evaluator.evaluate(validation, p), (v) => v.mean),
+            every: perEpoch,
+            patience: params.earlyStopPatience,
+            divergenceFactor: params.divergenceFactor,
+            startLabel: "the base model",
+            keepBest: params.earlyStopPatience > 0,
+          },
+          checkpointEvery: params.checkpointEvery,
+          divergenceHint: `the adapter would make the model worse than none: lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
+        }),
+        Effect.andThen(evaluator.release, releaseSession(session)),
+      )
 
       const epochOf = (e: Evaluation) => e.step / perEpoch
       const history = r.history

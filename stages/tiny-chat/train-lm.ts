@@ -81,28 +81,30 @@ export const trainLm = stage({
 
       ctx.log(`${seqs.length} chats, ${perEpoch} steps per epoch, ${perEpoch * params.epochs} steps; ${names.length} tensors, ${refs.reduce((a, r) => a + r.shape.reduce((x, y) => x * y, 1), 0)} parameters`)
       let epochCache: { epoch: number; batches: TrainSequence[][] } | undefined
-      const r = yield* trainLoop({
-        session,
-        ctx,
-        init: () => Effect.sync(() => Object.fromEntries(names.map((n) => [n, toOrt(inputs.init.read(n))]))),
-        epochs: params.epochs,
-        stepsPerEpoch: perEpoch,
-        schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: "cosine", minRatio: params.minLrRatio },
-        batch: (_step, epoch, index) => {
-          if (epochCache?.epoch !== epoch) epochCache = { epoch, batches: epochBatches(seqs, params.batchSize, params.seed, epoch) }
-          const batch = makeBatch(epochCache.batches[index], padId)
-          const dims = [batch.rows, batch.width]
-          return Effect.succeed({
-            feeds: { ids: new ort.Tensor("int64", batch.ids, dims), targets: new ort.Tensor("int64", batch.targets, dims), mask: new ort.Tensor("float32", batch.mask, dims) },
-            tokens: batch.tokens,
-            // tokens through forward and backward, padding included (what the step computes)
-            computedTokens: batch.rows * batch.width,
-          })
-        },
-        checkpointEvery: params.checkpointEvery,
-        divergenceHint: `lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
-      })
-      yield* releaseSession(session)
+      const r = yield* Effect.ensuring(
+        trainLoop({
+          session,
+          ctx,
+          init: () => Effect.sync(() => Object.fromEntries(names.map((n) => [n, toOrt(inputs.init.read(n))]))),
+          epochs: params.epochs,
+          stepsPerEpoch: perEpoch,
+          schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: "cosine", minRatio: params.minLrRatio },
+          batch: (_step, epoch, index) => {
+            if (epochCache?.epoch !== epoch) epochCache = { epoch, batches: epochBatches(seqs, params.batchSize, params.seed, epoch) }
+            const batch = makeBatch(epochCache.batches[index], padId)
+            const dims = [batch.rows, batch.width]
+            return Effect.succeed({
+              feeds: { ids: new ort.Tensor("int64", batch.ids, dims), targets: new ort.Tensor("int64", batch.targets, dims), mask: new ort.Tensor("float32", batch.mask, dims) },
+              tokens: batch.tokens,
+              // tokens through forward and backward, padding included (what the step computes)
+              computedTokens: batch.rows * batch.width,
+            })
+          },
+          checkpointEvery: params.checkpointEvery,
+          divergenceHint: `lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
+        }),
+        releaseSession(session),
+      )
       const tensors = new Map<string, Tensor>()
       for (const n of names) {
         yield* checkFinite(ctx.node, `weight ${n}`, r.params[n].data as Float32Array, r.params[n].dims)
