@@ -12,39 +12,33 @@
 //
 // Batches: per epoch the trajectories are shuffled by (seed, epoch), cut into steps of
 // batchSize x gradAccum, and each step sorted by length (less padding) and cut into micro-batches.
-// Learning rate: linear warmup, then cosine/linear decay to minLrRatio x lr (or constant).
-// Validation: the exact full-vocabulary KL of distill.ts meanPromptedKl on the validation set,
-// before training (epoch 0) and after every epoch. With earlyStopPatience > 0 training stops once
-// validation KL has not improved for that many epochs, and the output is the best-validation
-// epoch's adapter (possibly epoch 0: the base model); with 0 it is the last epoch's.
-// Divergence: a non-finite loss fails at once; a validation KL that is non-finite or above
-// divergenceFactor x the base model's fails the node after that epoch (default 2: the adapter made
-// the model further from the prompted one than doing nothing, e.g. a far too high lr), rather than
-// publishing an adapter that is worse than none.
-// Checkpoints (LoRA matrices, AdamW moments, step, history, best adapter) go to ctx.workDir after
-// every epoch and every checkpointEvery steps, the previous one kept beside it and both carrying a
-// checksum of their tensors; a checkpoint that cannot be read or fails its checksum is moved aside
-// (logged) and training resumes from the previous one, or from the start when neither is usable.
-// A killed run resumes from the checkpoint and, the batch order
-// being a function of (seed, epoch) and the dropout masks of (seed, step, micro-batch) (fed as a
-// seed to src/graph/random.ts's dropout), ends with the same adapter as an uninterrupted run.
-// Metrics per step: loss, lr, grad_norm, tokens_per_s (response tokens trained per second of
-// step time); per epoch: val_kl, train_loss.
+// The loop around the steps is src/runtime/train-loop.ts; this stage supplies:
+// - learning rate: linear warmup, then cosine/linear decay to minLrRatio x lr (or constant);
+// - validation: the exact full-vocabulary KL of distill.ts meanPromptedKl on the validation set,
+//   before training (epoch 0: the base model) and after every epoch. With earlyStopPatience > 0
+//   training stops once validation KL has not improved for that many epochs, and the output is the
+//   best-validation epoch's adapter (possibly epoch 0: the base model); with 0 it is the last epoch's;
+// - divergence: a validation KL above divergenceFactor x the base model's fails the node (default
+//   2: the adapter made the model further from the prompted one than doing nothing, e.g. a far too
+//   high lr), rather than publishing an adapter that is worse than none;
+// - the dropout masks, a function of (seed, step, micro-batch) (fed as a seed to
+//   src/graph/random.ts's dropout), so a killed run resumes to the same adapter as an
+//   uninterrupted one.
+// Checkpoints (every epoch and every checkpointEvery steps, with a checksum, the previous one kept)
+// and metrics (loss, lr, grad_norm, tokens_per_s per step: response tokens per second of step
+// time; val_kl and train_loss per epoch) are the driver's.
 import { Effect, Schema } from "effect"
-import { createHash } from "node:crypto"
-import * as fs from "node:fs"
 import * as path from "node:path"
 import * as ort from "onnxruntime-node"
 import { Directory, stage } from "../../src/engine/index.ts"
-import { type BatchSpec, buildTrainStep, fullForwardKL, Graph, learningRate, type Schedule, topKForwardKL } from "../../src/graph/index.ts"
+import { type BatchSpec, buildTrainStep, fullForwardKL, Graph, topKForwardKL } from "../../src/graph/index.ts"
 import { initLora, loraAdapter, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { hash32 } from "../../src/models/init.ts"
 import { loraConfigFor, loraScale, loraTargets } from "../../src/models/peft.ts"
-import { fromNumbers, readFile, type Tensor, toFloat32, writeFile } from "../../src/models/safetensors.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
 import { createSession, releaseSession } from "../../src/runtime/session.ts"
-import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"
+import { bestOf, type Evaluation, stackMicroBatches, trainLoop } from "../../src/runtime/train-loop.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter, readTeacherLogits, readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, Trajectories, type TrajectorySet } from "./artifacts.ts"
 import { checkTrajectoriesFit, headAtPositions, klEvaluator, padIdOf, pairBatch, pairFeeds, pairInputs, type PairShape, pairShape, teacherRowStarts } from "./distill.ts"
@@ -92,14 +86,6 @@ export const LoraTrainParams = Schema.Struct({
   checkpointEvery: NonNegativeInt,
 })
 export type LoraTrainParams = typeof LoraTrainParams.Type
-
-/** Validation KL after an epoch (epoch 0: before training) and the mean training loss of that epoch. */
-export interface EpochRecord {
-  readonly epoch: number
-  readonly valKl: number
-  readonly trainLoss: number | null
-  readonly step: number
-}
 
 // ------------------------------------------------------------------------------ batches
 
@@ -177,18 +163,6 @@ const microFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, rows: number[
   return feeds
 }
 
-/** Micro-batch feeds stacked on a leading [gradAccum] axis (what buildTrainStep's Loop slices). */
-const stack = (parts: ReadonlyArray<Record<string, ort.Tensor>>): Record<string, ort.Tensor> =>
-  Object.fromEntries(
-    Object.keys(parts[0]).map((name) => {
-      const ts = parts.map((p) => p[name])
-      const n = ts[0].size
-      const data = ts[0].type === "int64" ? new BigInt64Array(n * ts.length) : new Float32Array(n * ts.length)
-      ts.forEach((t, i) => data.set(t.data as never, i * n))
-      return [name, new ort.Tensor(ts[0].type as "int64" | "float32", data, [ts.length, ...ts[0].dims])]
-    }),
-  )
-
 /** The feeds of one optimizer step: micro-batches padded to one shape, KL scaled to the step's
  * token mean; with `seedOf`, micro-batch m's dropout seed is seedOf(m). */
 const stepFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, micro: number[][], padId: number, starts: number[], seedOf?: (m: number) => number) => {
@@ -206,102 +180,8 @@ const stepFeeds = (set: TrajectorySet, teacher: TeacherLogitsSet, micro: number[
         }
   // buildTrainStep averages the micro-batch losses: M / tokens makes the average Σ KL / tokens
   const parts = micro.map((rows, m) => microFeeds(set, teacher, rows, padId, starts, shape, M / tokens, seedOf?.(m)))
-  return { feeds: M === 1 ? parts[0] : stack(parts), tokens }
+  return { feeds: M === 1 ? parts[0] : stackMicroBatches(parts), tokens }
 }
-
-// ------------------------------------------------------------------------------ checkpoints
-
-const CHECKPOINT = "checkpoint.safetensors"
-const PREVIOUS = "checkpoint.previous.safetensors"
-
-interface Progress {
-  readonly state: TrainState
-  readonly best: Readonly<Record<string, ort.Tensor>>
-  readonly history: ReadonlyArray<EpochRecord>
-  /** training step seconds and response tokens so far */
-  readonly seconds: number
-  readonly trainedTokens: number
-  /** running loss of the current epoch: Σ loss x tokens and tokens */
-  readonly epochLoss: number
-  readonly epochTokens: number
-}
-
-const toOrt = (t: Tensor): ort.Tensor => new ort.Tensor("float32", toFloat32(t), [...t.shape])
-const fromOrt = (t: ort.Tensor): Tensor => fromNumbers(t.data as Float32Array, "F32", t.dims)
-
-/** sha256 over the tensors' names and bytes in name order: detects a damaged file that still parses. */
-const checksumOf = (tensors: ReadonlyMap<string, Tensor>): string => {
-  const h = createHash("sha256")
-  for (const name of [...tensors.keys()].sort()) h.update(name).update(tensors.get(name)!.data)
-  return h.digest("hex")
-}
-
-/** Written atomically (writeFile writes a temp file and renames it); the checkpoint it replaces becomes PREVIOUS. */
-const saveCheckpoint = (workDir: string, p: Progress) => {
-  const tensors = new Map<string, Tensor>()
-  for (const k of Object.keys(p.state.params)) {
-    tensors.set(`param/${k}`, fromOrt(p.state.params[k]))
-    tensors.set(`m/${k}`, fromOrt(p.state.m[k]))
-    tensors.set(`v/${k}`, fromOrt(p.state.v[k]))
-    tensors.set(`best/${k}`, fromOrt(p.best[k]))
-  }
-  const { state, best, ...rest } = p
-  const file = path.join(workDir, CHECKPOINT)
-  return Effect.andThen(
-    Effect.try({
-      try: () => fs.existsSync(file) && fs.renameSync(file, path.join(workDir, PREVIOUS)),
-      catch: (e) => new Error(`cannot keep the previous checkpoint ${file}: ${e instanceof Error ? e.message : String(e)}`),
-    }),
-    writeFile(file, tensors, { step: String(state.step), progress: JSON.stringify(rest), checksum: checksumOf(tensors) }),
-  )
-}
-
-const readCheckpoint = (file: string, names: ReadonlyArray<string>): Effect.Effect<Progress, Error> =>
-  Effect.gen(function* () {
-    const c = yield* Effect.mapError(readFile(file), (e) => new Error(e.message))
-    return yield* Effect.try({
-      try: () => {
-        if (c.metadata.checksum !== checksumOf(c.tensors)) throw new Error("its tensors do not match the checksum written with them")
-        const pick = (prefix: string) => {
-          const out: Record<string, ort.Tensor> = {}
-          for (const k of names) {
-            const t = c.tensors.get(`${prefix}/${k}`)
-            if (t === undefined) throw new Error(`missing ${prefix}/${k}`)
-            out[k] = toOrt(t)
-          }
-          return out
-        }
-        const rest = JSON.parse(c.metadata.progress ?? "") as Omit<Progress, "state" | "best">
-        return { ...rest, state: { params: pick("param"), m: pick("m"), v: pick("v"), step: Number(c.metadata.step) }, best: pick("best") }
-      },
-      catch: (e) => new Error(`${file}: not a usable lora-train checkpoint of this run (${e instanceof Error ? e.message : String(e)})`),
-    })
-  })
-
-/**
- * The newest usable checkpoint in `workDir` (undefined when there is none): a damaged one is
- * renamed to `<name>.damaged` (kept for inspection, never read again) and the previous one tried.
- */
-const resumeFrom = (workDir: string, names: ReadonlyArray<string>, log: (line: string) => void): Effect.Effect<{ file: string; progress: Progress } | undefined, Error> =>
-  Effect.gen(function* () {
-    for (const name of [CHECKPOINT, PREVIOUS]) {
-      const file = path.join(workDir, name)
-      if (!fs.existsSync(file)) continue
-      const read = yield* Effect.result(readCheckpoint(file, names))
-      if (read._tag === "Success") return { file, progress: read.success }
-      yield* Effect.try({
-        try: () => fs.renameSync(file, `${file}.damaged`),
-        catch: (e) => new Error(`${read.failure.message}; cannot move it aside (${e instanceof Error ? e.message : String(e)}): delete ${file} to resume from the checkpoint before it`),
-      })
-      log(`discarded a damaged checkpoint, moved to ${file}.damaged: ${read.failure.message}`)
-    }
-    return undefined
-  })
-
-/** The epoch with the lowest validation KL (the earliest on ties). */
-const bestOf = (history: ReadonlyArray<EpochRecord>): EpochRecord => history.reduce((a, b) => (b.valKl < a.valKl ? b : a))
-
-const shouldStop = (history: ReadonlyArray<EpochRecord>, patience: number): boolean => patience > 0 && history[history.length - 1].epoch - bestOf(history).epoch >= patience
 
 // ------------------------------------------------------------------------------ stage
 
@@ -366,104 +246,67 @@ export const loraTrain = stage({
       const starts = teacherRowStarts(train)
       const perEpoch = epochSteps(train, params.batchSize, params.gradAccum, params.seed, 0).length
       if (perEpoch === 0) return yield* Effect.fail(new Error(`${inputs.trajectories.path}: no trajectory has response tokens`))
-      const totalSteps = perEpoch * params.epochs
-      const schedule: Schedule = { peak: params.lr, warmupSteps: params.warmupSteps, totalSteps, decay: params.schedule, minRatio: params.minLrRatio }
-      const names = Object.keys(loraParamSpecs(targets, params.rank))
-
-      // --- start or resume
-      let p: Progress
-      const resumed = yield* resumeFrom(ctx.workDir, names, ctx.log)
-      if (resumed) {
-        p = resumed.progress
-        ctx.log(`resumed from ${resumed.file} at step ${p.state.step} of ${totalSteps}`)
-      } else {
-        const init: Record<string, ort.Tensor> = {}
-        for (const [k, v] of Object.entries(initLora(targets, params.rank, params.seed))) init[k] = new ort.Tensor("float32", v.data, v.shape)
-        const state = initTrainState(init)
-        const base = yield* evaluator.evaluate(validation, state.params)
-        ctx.metric("val_kl", base.mean, 0)
-        ctx.log(`validation KL before training (the base model): ${base.mean.toFixed(4)} nats/token over ${base.tokens} tokens`)
-        p = { state, best: state.params, history: [{ epoch: 0, valKl: base.mean, trainLoss: null, step: 0 }], seconds: 0, trainedTokens: 0, epochLoss: 0, epochTokens: 0 }
-        yield* saveCheckpoint(ctx.workDir, p)
-      }
       ctx.log(
         `${train.trajectories.length} trajectories (${rows} response tokens), teacher ${teacher.mode === "stored" ? `stored top-${teacher.topK}` : "recomputed in the graph"}; ` +
-          `${perEpoch} steps per epoch of ${params.batchSize} x ${params.gradAccum} trajectories, ${totalSteps} steps; LoRA rank ${params.rank} on ${targets.length} layers on ${ctx.device.kind}`,
+          `${perEpoch} steps per epoch of ${params.batchSize} x ${params.gradAccum} trajectories, ${perEpoch * params.epochs} steps; LoRA rank ${params.rank} on ${targets.length} layers on ${ctx.device.kind}`,
       )
-      ctx.progress.total(totalSteps, "steps")
-      ctx.progress.set(p.state.step)
 
       let epochCache: { epoch: number; steps: number[][][] } | undefined
-      while (p.state.step < totalSteps && !shouldStop(p.history, params.earlyStopPatience)) {
-        const step = p.state.step + 1
-        const epoch = Math.floor((step - 1) / perEpoch)
-        if (epochCache?.epoch !== epoch) epochCache = { epoch, steps: epochSteps(train, params.batchSize, params.gradAccum, params.seed, epoch) }
-        const batch = stepFeeds(train, teacher, epochCache.steps[(step - 1) % perEpoch], padId, starts, withDropout ? (m) => dropoutSeed(params.seed, step, m) : undefined)
-        const lr = learningRate(schedule, step)
-        const started = performance.now()
-        const result = yield* Effect.mapError(trainStep(session, p.state, batch.feeds, lr), (e) => new Error(e.message))
-        const elapsed = (performance.now() - started) / 1000
-        if (!Number.isFinite(result.loss)) return yield* Effect.fail(new Error(`training diverged at step ${step}: loss ${result.loss} (lower lr or maxGradNorm)`))
-        ctx.metric("loss", result.loss, step)
-        ctx.metric("lr", lr, step)
-        ctx.metric("grad_norm", result.gradNorm, step)
-        ctx.metric("tokens_per_s", batch.tokens / elapsed, step)
-        p = {
-          ...p,
-          state: result.state,
-          seconds: p.seconds + elapsed,
-          trainedTokens: p.trainedTokens + batch.tokens,
-          epochLoss: p.epochLoss + result.loss * batch.tokens,
-          epochTokens: p.epochTokens + batch.tokens,
-        }
-        if (step % perEpoch === 0) {
-          const val = yield* evaluator.evaluate(validation, p.state.params)
-          const start = p.history[0].valKl
-          if (!Number.isFinite(val.mean) || (params.divergenceFactor > 0 && val.mean > params.divergenceFactor * start))
-            return yield* Effect.fail(
-              new Error(
-                `training diverged: validation KL ${val.mean} after epoch ${epoch + 1} against ${start.toFixed(4)} for the base model ` +
-                  `(${Number.isFinite(val.mean) ? `${(val.mean / start).toFixed(1)}x, above divergenceFactor ${params.divergenceFactor}` : "not finite"}); ` +
-                  `the adapter would make the model worse than none: lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
-              ),
-            )
-          const record: EpochRecord = { epoch: epoch + 1, valKl: val.mean, trainLoss: p.epochLoss / p.epochTokens, step }
-          const improved = val.mean < bestOf(p.history).valKl
-          p = { ...p, history: [...p.history, record], best: improved ? p.state.params : p.best, epochLoss: 0, epochTokens: 0 }
-          ctx.metric("val_kl", val.mean, epoch + 1)
-          ctx.metric("train_loss", record.trainLoss!, epoch + 1)
-          ctx.log(`epoch ${epoch + 1}/${params.epochs}: train loss ${record.trainLoss!.toFixed(4)}, validation KL ${val.mean.toFixed(4)}${improved ? " (best)" : ""}, ${p.seconds.toFixed(1)} s of training steps`)
-          yield* saveCheckpoint(ctx.workDir, p)
-        } else if (params.checkpointEvery > 0 && step % params.checkpointEvery === 0) yield* saveCheckpoint(ctx.workDir, p)
-        ctx.progress.set(step)
-        yield* Effect.yieldNow
-      }
-      yield* evaluator.release
-      yield* releaseSession(session)
+      // the sessions are released whether training succeeds, fails or is interrupted
+      const r = yield* Effect.ensuring(
+        trainLoop({
+          session,
+          ctx,
+          init: () =>
+            Effect.succeed(Object.fromEntries(Object.entries(initLora(targets, params.rank, params.seed)).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)]))),
+          epochs: params.epochs,
+          stepsPerEpoch: perEpoch,
+          schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: params.schedule, minRatio: params.minLrRatio },
+          batch: (step, epoch, index) => {
+            if (epochCache?.epoch !== epoch) epochCache = { epoch, steps: epochSteps(train, params.batchSize, params.gradAccum, params.seed, epoch) }
+            return Effect.succeed(stepFeeds(train, teacher, epochCache.steps[index], padId, starts, withDropout ? (m) => dropoutSeed(params.seed, step, m) : undefined))
+          },
+          validation: {
+            metric: "val_kl",
+            label: "validation KL",
+            run: (p) => Effect.map(evaluator.evaluate(validation, p), (v) => v.mean),
+            every: perEpoch,
+            patience: params.earlyStopPatience,
+            divergenceFactor: params.divergenceFactor,
+            startLabel: "the base model",
+            keepBest: params.earlyStopPatience > 0,
+          },
+          checkpointEvery: params.checkpointEvery,
+          divergenceHint: `the adapter would make the model worse than none: lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
+        }),
+        Effect.andThen(evaluator.release, releaseSession(session)),
+      )
 
-      const best = bestOf(p.history)
-      const last = p.history[p.history.length - 1]
-      const stoppedEarly = p.state.step < totalSteps
-      const useBest = params.earlyStopPatience > 0
-      const output = useBest ? best : last
-      if (stoppedEarly) ctx.log(`early stop after epoch ${last.epoch}: no better validation KL for ${params.earlyStopPatience} epochs`)
-      ctx.log(`output: the adapter of epoch ${output.epoch} (${useBest ? "best validation KL" : "last epoch"}), validation KL ${output.valKl.toFixed(4)} vs ${p.history[0].valKl.toFixed(4)} for the base model`)
-      const values = Object.fromEntries(names.map((n) => [n, (useBest ? p.best : p.state.params)[n].data as Float32Array]))
-      for (const n of names) yield* checkFinite(ctx.node, `adapter ${n}`, values[n], (useBest ? p.best : p.state.params)[n].dims)
+      const epochOf = (e: Evaluation) => e.step / perEpoch
+      const history = r.history
+      const output = r.output!
+      const last = history[history.length - 1]
+      const best = bestOf(history)
+      ctx.log(
+        `output: the adapter of epoch ${epochOf(output)} (${params.earlyStopPatience > 0 ? "best validation KL" : "last epoch"}), validation KL ${output.value.toFixed(4)} vs ${history[0].value.toFixed(4)} for the base model`,
+      )
+      const names = Object.keys(loraParamSpecs(targets, params.rank))
+      const values = Object.fromEntries(names.map((n) => [n, r.params[n].data as Float32Array]))
+      for (const n of names) yield* checkFinite(ctx.node, `adapter ${n}`, values[n], r.params[n].dims)
       const summary = {
-        epochsRun: last.epoch,
-        steps: p.state.step,
-        stoppedEarly,
-        bestEpoch: best.epoch,
-        outputEpoch: output.epoch,
-        valKl: p.history.map((h) => h.valKl),
-        trainLoss: p.history.map((h) => h.trainLoss),
+        epochsRun: epochOf(last),
+        steps: r.state.step,
+        stoppedEarly: r.state.step < r.totalSteps,
+        bestEpoch: epochOf(best),
+        outputEpoch: epochOf(output),
+        valKl: history.map((h) => h.value),
+        trainLoss: history.map((h) => h.trainLoss),
         teacher: teacher.mode,
-        trainedTokens: p.trainedTokens,
+        trainedTokens: r.trainedTokens,
       }
       // run-specific facts go to metrics: inside the adapter they would change its hash on every run
-      ctx.metric("train_seconds", p.seconds)
-      ctx.metric("train_tokens_per_s", p.trainedTokens / Math.max(p.seconds, 1e-9))
+      ctx.metric("train_seconds", r.seconds)
+      ctx.metric("train_tokens_per_s", r.trainedTokens / Math.max(r.seconds, 1e-9))
       return yield* adapterOutput(loraAdapter(config, targets, values), { train_summary: JSON.stringify(summary), train_params: JSON.stringify(params) })
     }),
 })

@@ -1,20 +1,19 @@
 // Stage: full-parameter causal-LM training of a Llama checkpoint on chats, through the project's
 // autodiff (one onnxruntime run = one AdamW step with gradient clipping). The loss is the
 // cross-entropy of the final assistant answer and its closing eos; the prompt (system, user) is
-// context only. Learning rate: linear warmup then cosine decay to `minLrRatio` x peak.
-// Every `checkpointEvery` steps the parameters, AdamW moments and step go to ctx.workDir, so a
-// killed run resumes where it stopped and, the batch order being a function of (seed, epoch),
-// computes the same weights as an uninterrupted one.
+// context only. Learning rate: linear warmup then cosine decay to `minLrRatio` x peak. The loop
+// (checkpoints every `checkpointEvery` steps, resume, divergence check, metrics) is
+// src/runtime/train-loop.ts; the batch order being a function of (seed, epoch), a killed run
+// resumes to the same weights as an uninterrupted one.
 import { Effect, Schema } from "effect"
-import * as fs from "node:fs"
 import * as path from "node:path"
 import * as ort from "onnxruntime-node"
 import { stage } from "../../src/engine/index.ts"
-import { buildTrainStep, crossEntropy, learningRate, type Schedule, serialize } from "../../src/graph/index.ts"
-import { fromNumbers, readFile, type Tensor, toFloat32, writeFile } from "../../src/models/safetensors.ts"
+import { buildTrainStep, crossEntropy, serialize } from "../../src/graph/index.ts"
+import type { Tensor } from "../../src/models/safetensors.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
-import { createSession } from "../../src/runtime/session.ts"
-import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"
+import { createSession, releaseSession } from "../../src/runtime/session.ts"
+import { fromOrt, toOrt, trainLoop } from "../../src/runtime/train-loop.ts"
 import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
 import { rightPaddedDecoder } from "./llama-graph.ts"
 import { batchesPerEpoch, encodeChat, epochBatches, makeBatch, type TrainSequence } from "./chat-batches.ts"
@@ -43,38 +42,6 @@ export const TrainLmParams = Schema.Struct({
   threads: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
 })
 
-const CHECKPOINT = "checkpoint.safetensors"
-
-const toOrt = (t: Tensor): ort.Tensor => new ort.Tensor("float32", toFloat32(t), [...t.shape])
-const fromOrt = (t: ort.Tensor): Tensor => fromNumbers(t.data as Float32Array, "F32", t.dims)
-
-/** Parameters, moments, step, elapsed seconds and per-epoch losses, written atomically (writeFile renames). */
-const saveCheckpoint = (file: string, state: TrainState, seconds: number, epochLosses: ReadonlyArray<number>) => {
-  const tensors = new Map<string, Tensor>()
-  for (const k of Object.keys(state.params)) {
-    tensors.set(`param/${k}`, fromOrt(state.params[k]))
-    tensors.set(`m/${k}`, fromOrt(state.m[k]))
-    tensors.set(`v/${k}`, fromOrt(state.v[k]))
-  }
-  return writeFile(file, tensors, { step: String(state.step), seconds: String(seconds), epoch_losses: JSON.stringify(epochLosses) })
-}
-
-const loadCheckpoint = (file: string, names: ReadonlyArray<string>) =>
-  Effect.gen(function* () {
-    const c = yield* readFile(file)
-    const pick = (prefix: string) => {
-      const out: Record<string, ort.Tensor> = {}
-      for (const k of names) {
-        const t = c.tensors.get(`${prefix}/${k}`)
-        if (t === undefined) throw new Error(`${file}: missing ${prefix}/${k}; delete the file to restart training`)
-        out[k] = toOrt(t)
-      }
-      return out
-    }
-    const state: TrainState = { params: pick("param"), m: pick("m"), v: pick("v"), step: Number(c.metadata.step) }
-    return { state, seconds: Number(c.metadata.seconds), epochLosses: JSON.parse(c.metadata.epoch_losses ?? "[]") as number[] }
-  })
-
 export const trainLm = stage({
   name: "train-lm",
   version: 2, // 2: the training time is a metric, not in the weights' metadata
@@ -95,8 +62,6 @@ export const trainLm = stage({
       if (config.padTokenId === undefined) return yield* Effect.fail(new Error("the model config has no pad_token_id"))
       const padId = config.padTokenId
       const perEpoch = batchesPerEpoch(seqs.length, params.batchSize)
-      const totalSteps = perEpoch * params.epochs
-      const schedule: Schedule = { peak: params.lr, warmupSteps: params.warmupSteps, totalSteps, decay: "cosine", minRatio: params.minLrRatio }
 
       const weights = yield* Effect.mapError(weightsInFile(config, inputs.init.path, inputs.init.header), (e) => new Error(e.message))
       const refs = allWeightRefs(weights)
@@ -114,73 +79,48 @@ export const trainLm = stage({
       })
       const session = yield* createSession(serialize(graph), params.threads > 0 ? { intraOpThreads: params.threads } : {})
 
-      const checkpointFile = path.join(ctx.workDir, CHECKPOINT)
-      let state: TrainState
-      let seconds = 0
-      let epochLosses: number[] = []
-      if (fs.existsSync(checkpointFile)) {
-        const resumed = yield* loadCheckpoint(checkpointFile, names)
-        state = resumed.state
-        seconds = resumed.seconds
-        epochLosses = resumed.epochLosses
-        ctx.log(`resumed from ${checkpointFile} at step ${state.step} of ${totalSteps}`)
-      } else {
-        const init: Record<string, ort.Tensor> = {}
-        for (const n of names) init[n] = toOrt(inputs.init.read(n))
-        state = initTrainState(init)
-      }
-      ctx.log(`${seqs.length} chats, ${perEpoch} steps per epoch, ${totalSteps} steps; ${names.length} tensors, ${refs.reduce((a, r) => a + r.shape.reduce((x, y) => x * y, 1), 0)} parameters`)
-      ctx.progress.total(totalSteps, "steps")
-      ctx.progress.set(state.step)
-
+      ctx.log(`${seqs.length} chats, ${perEpoch} steps per epoch, ${perEpoch * params.epochs} steps; ${names.length} tensors, ${refs.reduce((a, r) => a + r.shape.reduce((x, y) => x * y, 1), 0)} parameters`)
       let epochCache: { epoch: number; batches: TrainSequence[][] } | undefined
-      // a resumed run restarts the running mean of its epoch at the checkpoint
-      let epochLoss = 0
-      let epochTokens = 0
-      while (state.step < totalSteps) {
-        const step = state.step + 1
-        const epoch = Math.floor((step - 1) / perEpoch)
-        if (epochCache?.epoch !== epoch) epochCache = { epoch, batches: epochBatches(seqs, params.batchSize, params.seed, epoch) }
-        const batch = makeBatch(epochCache.batches[(step - 1) % perEpoch], padId)
-        const dims = [batch.rows, batch.width]
-        const lr = learningRate(schedule, step)
-        const started = performance.now()
-        const result = yield* trainStep(
+      const r = yield* Effect.ensuring(
+        trainLoop({
           session,
-          state,
-          { ids: new ort.Tensor("int64", batch.ids, dims), targets: new ort.Tensor("int64", batch.targets, dims), mask: new ort.Tensor("float32", batch.mask, dims) },
-          lr,
-        )
-        const elapsed = (performance.now() - started) / 1000
-        seconds += elapsed
-        state = result.state
-        if (!Number.isFinite(result.loss)) return yield* Effect.fail(new Error(`training diverged at step ${step}: loss ${result.loss} (lower lr or maxGradNorm)`))
-        ctx.metric("loss", result.loss, step)
-        ctx.metric("lr", lr, step)
-        ctx.metric("grad_norm", result.gradNorm, step)
-        // tokens through forward and backward per second, padding included (what the step computes)
-        ctx.metric("tokens_per_s", (batch.rows * batch.width) / elapsed, step)
-        epochLoss += result.loss * batch.tokens
-        epochTokens += batch.tokens
-        if (step % perEpoch === 0) {
-          epochLosses = [...epochLosses, epochLoss / epochTokens]
-          ctx.metric("epoch_loss", epochLoss / epochTokens, epoch + 1)
-          ctx.log(`epoch ${epoch + 1}/${params.epochs}: loss ${(epochLoss / epochTokens).toFixed(4)}, ${seconds.toFixed(0)} s of training so far`)
-          epochLoss = 0
-          epochTokens = 0
-        }
-        if (step % params.checkpointEvery === 0 || step === totalSteps) yield* saveCheckpoint(checkpointFile, state, seconds, epochLosses)
-        ctx.progress.set(step)
-        yield* Effect.yieldNow
-      }
+          ctx,
+          init: () => Effect.sync(() => Object.fromEntries(names.map((n) => [n, toOrt(inputs.init.read(n))]))),
+          epochs: params.epochs,
+          stepsPerEpoch: perEpoch,
+          schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: "cosine", minRatio: params.minLrRatio },
+          batch: (_step, epoch, index) => {
+            if (epochCache?.epoch !== epoch) epochCache = { epoch, batches: epochBatches(seqs, params.batchSize, params.seed, epoch) }
+            const batch = makeBatch(epochCache.batches[index], padId)
+            const dims = [batch.rows, batch.width]
+            return Effect.succeed({
+              feeds: { ids: new ort.Tensor("int64", batch.ids, dims), targets: new ort.Tensor("int64", batch.targets, dims), mask: new ort.Tensor("float32", batch.mask, dims) },
+              tokens: batch.tokens,
+              // tokens through forward and backward, padding included (what the step computes)
+              computedTokens: batch.rows * batch.width,
+            })
+          },
+          checkpointEvery: params.checkpointEvery,
+          divergenceHint: `lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
+        }),
+        releaseSession(session),
+      )
       const tensors = new Map<string, Tensor>()
       for (const n of names) {
-        yield* checkFinite(ctx.node, `weight ${n}`, state.params[n].data as Float32Array, state.params[n].dims)
-        tensors.set(n, fromOrt(state.params[n]))
+        yield* checkFinite(ctx.node, `weight ${n}`, r.params[n].data as Float32Array, r.params[n].dims)
+        tensors.set(n, fromOrt(r.params[n]))
       }
-      ctx.log(`trained ${totalSteps} steps in ${seconds.toFixed(0)} s`)
+      ctx.log(`trained ${r.totalSteps} steps in ${r.seconds.toFixed(0)} s`)
       // a run-specific fact: a metric, never part of the weights' content-hashed metadata
-      ctx.metric("train_seconds", seconds)
-      return { tensors, metadata: { config: inputs.init.metadata.config, train_params: JSON.stringify(params), train_steps: String(totalSteps), epoch_losses: JSON.stringify(epochLosses.map((l) => Number(l.toFixed(4)))) } }
+      ctx.metric("train_seconds", r.seconds)
+      return {
+        tensors,
+        metadata: {
+          config: inputs.init.metadata.config,
+          train_params: JSON.stringify(params),
+          train_steps: String(r.totalSteps),
+          epoch_losses: JSON.stringify(r.epochLosses.map((l) => Number(l.toFixed(4)))),
+        },
+      }
     }),
 })
