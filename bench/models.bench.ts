@@ -21,7 +21,8 @@ import { loadCheckpoint } from "../src/models/checkpoint.ts"
 import { buildForwardGraph, forwardNames } from "../src/models/forward.ts"
 import { type GenerationRequest, makeGenerator } from "../src/models/generate.ts"
 import { placeWeights, writeGraph } from "../src/models/graph-weights.ts"
-import { mulberry32, tinyLlama, writeRandomCheckpoint } from "../src/models/init.ts"
+import { tinyLlama, writeRandomCheckpoint } from "../src/models/init.ts"
+import { mulberry32 } from "../src/core/random.ts"
 import { createSession, runSession } from "../src/runtime/session.ts"
 
 const threads = Math.min(availableParallelism(), 8)

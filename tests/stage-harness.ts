@@ -7,7 +7,7 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import type { StageContext, TensorsOutput, TensorsValue } from "../src/engine/index.ts"
-import { readHeader, readTensor, writeFile } from "../src/models/safetensors.ts"
+import { readHeader, readTensor, writeFile } from "../src/core/safetensors.ts"
 
 export interface Metric {
   readonly name: string

@@ -5,7 +5,7 @@
 //   directory  external directories only (model checkpoints), entering by content hash
 // The `name` is part of the type, so wiring a "Metrics" output into a "Corpus" input does not compile.
 import type { Schema } from "effect"
-import type { SafetensorsHeader, Tensor } from "../models/safetensors.ts"
+import type { SafetensorsHeader, Tensor } from "../core/safetensors.ts"
 
 /** A stored file payload as a consumer sees it (read-only; do not modify the file). */
 export interface FileRef {

@@ -10,7 +10,7 @@ import { canonicalJson, sha256 } from "./hash.ts"
 import type { PlanNode } from "./plan.ts"
 import type { Device, StageContext } from "./stage.ts"
 import type { StorageKind, Store } from "./store.ts"
-import * as Safetensors from "../models/safetensors.ts"
+import * as Safetensors from "../core/safetensors.ts"
 
 /** Everything needed to run one node, serializable so it can cross to a child process. */
 export interface NodeRequest {

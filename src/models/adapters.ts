@@ -26,8 +26,8 @@ import { dropout, type Graph, type Value } from "../graph/index.ts"
 import type { ParamSpec } from "../graph/optim.ts"
 import type { LinearHook } from "./forward.ts"
 import { type LoraAdapter, type LoraConfig, type LoraTarget, loraScale } from "./peft.ts"
-import { fromNumbers, toFloat32 } from "./safetensors.ts"
-import { mulberry32 } from "./init.ts"
+import { fromNumbers, toFloat32 } from "../core/safetensors.ts"
+import { mulberry32 } from "../core/random.ts"
 
 /** Graph input / train-step parameter name of a LoRA matrix. */
 export const loraName = (module: string, which: "A" | "B") => `lora.${module}.${which}`

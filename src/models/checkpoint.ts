@@ -29,7 +29,7 @@ import { gptNeox } from "./config-gpt-neox.ts"
 import { gpt2 } from "./config-gpt2.ts"
 import { llama } from "./config-llama.ts"
 import { phi3 } from "./config-phi3.ts"
-import { readBytes, readHeader, type SafetensorsError, type SafetensorsHeader, type Tensor, type TensorLocation, toFloat64 } from "./safetensors.ts"
+import { readBytes, readHeader, type SafetensorsError, type SafetensorsHeader, type Tensor, type TensorLocation, toFloat64 } from "../core/safetensors.ts"
 
 export * from "./config-architecture.ts"
 

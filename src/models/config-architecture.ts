@@ -9,7 +9,7 @@
 // - RoPE rotates the first `rotaryDim` features of each head with the "rotate_half" pairing
 //   (feature i pairs with i + rotaryDim/2), which is what HF Llama and GPT-NeoX checkpoints use.
 import { Data, Effect, Result, Schema } from "effect"
-import type { SafetensorsDType } from "./safetensors.ts"
+import type { SafetensorsDType } from "../core/safetensors.ts"
 
 /** A checkpoint is malformed or incomplete: missing file, missing tensor, wrong shape, bad config value. */
 export class CheckpointError extends Data.TaggedError("CheckpointError")<{

@@ -33,7 +33,7 @@ import * as path from "node:path"
 import { type DType, externalSource, type Graph, serialize, type Value } from "../graph/index.ts"
 import type { GraphFile } from "../runtime/session.ts"
 import type { Checkpoint, WeightRef } from "./checkpoint.ts"
-import { float8E4M3Values, float8E5M2Values, type SafetensorsDType } from "./safetensors.ts"
+import { float8E4M3Values, float8E5M2Values, type SafetensorsDType } from "../core/safetensors.ts"
 
 export class WeightPlacementError extends Data.TaggedError("WeightPlacementError")<{
   readonly file: string

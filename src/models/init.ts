@@ -9,6 +9,7 @@
 // variance is cheaper to draw at billions of values). Unlike HF's init, biases are drawn the same
 // way and norm scales are 1 + noise (Gemma's (1 + w) norms: w = noise), so tests that compare
 // implementations exercise them.
+import { hash32, mulberry32 } from "../core/random.ts"
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -30,7 +31,7 @@ import {
   type SafetensorsError,
   type StreamedTensor,
   writeFileStreamed,
-} from "./safetensors.ts"
+} from "../core/safetensors.ts"
 
 export type WeightDType = "F32" | "F16" | "BF16"
 
@@ -42,25 +43,6 @@ export interface InitOptions {
   readonly std?: number
   /** Split into shards of at most this many bytes, HF style (default: one model.safetensors). */
   readonly maxShardBytes?: number
-}
-
-/** A 32-bit seed from a string and a seed (FNV-1a over the string). */
-export const hash32 = (s: string, seed: number): number => {
-  let h = (0x811c9dc5 ^ seed) >>> 0
-  for (let i = 0; i < s.length; i++) h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0
-  return h
-}
-
-/** mulberry32: a small, fast, well-mixed 32-bit generator; returns uniforms in [0, 1). */
-export const mulberry32 = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
 }
 
 type Role = "weight" | "bias" | "norm"

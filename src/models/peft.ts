@@ -32,7 +32,7 @@ import {
   toFloat64,
   writeFile,
   writeFileStreamed,
-} from "./safetensors.ts"
+} from "../core/safetensors.ts"
 
 export class PeftError extends Data.TaggedError("PeftError")<{
   readonly file: string

@@ -7,7 +7,7 @@ import * as path from "node:path"
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { Graph, serialize } from "../graph/index.ts"
-import { type Gpu, queryGpus } from "./gpus.ts"
+import { type Gpu, queryGpus } from "../engine/devices.ts"
 import { createSession, cuda } from "./session.ts"
 
 /** The folder holding onnxruntime-node's native binding and libonnxruntime.so.1. */

@@ -12,7 +12,7 @@ import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Data, Effect } from "effect"
-import { readHeader, type SafetensorsDType, type TensorLocation } from "../models/safetensors.ts"
+import { readHeader, type SafetensorsDType, type TensorLocation } from "../core/safetensors.ts"
 
 export class NonFiniteError extends Data.TaggedError("NonFiniteError")<{
   /** the stage (node) or file that produced the tensor */

@@ -5,10 +5,12 @@ import { Data, Effect } from "effect"
 import * as fs from "node:fs"
 import * as ort from "onnxruntime-node"
 
-export type Device = { readonly kind: "cpu" } | { readonly kind: "cuda"; readonly deviceId: number }
+import type { Device } from "../engine/stage.ts"
 
+export type { Device }
 export const cpu: Device = { kind: "cpu" }
-export const cuda = (deviceId: number): Device => ({ kind: "cuda", deviceId })
+/** CUDA device `deviceId` of this process; `gpu` is its physical index when CUDA_VISIBLE_DEVICES remaps it. */
+export const cuda = (deviceId: number, gpu = deviceId): Device => ({ kind: "cuda", deviceId, gpu })
 
 export const describeDevice = (d: Device): string => (d.kind === "cpu" ? "cpu" : `cuda:${d.deviceId}`)
 

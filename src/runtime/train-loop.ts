@@ -26,7 +26,7 @@ import { Data, Effect, Schema } from "effect"
 import * as ort from "onnxruntime-node"
 import type { StageContext } from "../engine/stage.ts"
 import { learningRate, type Schedule } from "../graph/optim.ts"
-import { fromNumbers, readFile, type SafetensorsError, type Tensor, toFloat32, writeFile } from "../models/safetensors.ts"
+import { fromNumbers, readFile, type SafetensorsError, type Tensor, toFloat32, writeFile } from "../core/safetensors.ts"
 import type { RunError, Session } from "./session.ts"
 import { initTrainState, type TrainState, trainStep } from "./train.ts"
 

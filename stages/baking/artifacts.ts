@@ -18,7 +18,7 @@
 import { Effect, Schema } from "effect"
 import { Artifact, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
 import { ADAPTER_CONFIG_METADATA, adapterConfigJson, adapterTensors, type LoraAdapter, readAdapterFile } from "../../src/models/peft.ts"
-import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/models/safetensors.ts"
+import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/core/safetensors.ts"
 
 // ------------------------------------------------------------------------------ questions
 

@@ -30,7 +30,7 @@ import { decoder, type LinearHook, type WeightSource } from "../../src/models/fo
 import { contextLength } from "../../src/models/rope.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { type LoraAdapter, type LoraConfig, type LoraTarget, loraScale, loraTargets } from "../../src/models/peft.ts"
-import { toFloat32 } from "../../src/models/safetensors.ts"
+import { toFloat32 } from "../../src/core/safetensors.ts"
 import { createSession, type Device, releaseSession, runSession } from "../../src/runtime/session.ts"
 import type { TrajectorySet } from "./artifacts.ts"
 import type { OpenModel } from "./model.ts"

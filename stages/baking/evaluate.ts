@@ -16,7 +16,7 @@ import * as path from "node:path"
 import { Directory, type StageContext, stage } from "../../src/engine/index.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { checkFinite, checkFiniteRows } from "../../src/runtime/finite.ts"
-import { hash32 } from "../../src/models/init.ts"
+import { hash32 } from "../../src/core/random.ts"
 import type { LoraAdapter } from "../../src/models/peft.ts"
 import { CheckerSpec, makeChecker } from "../../src/text/behaviours.ts"
 import { mentions } from "../../src/text/synthetic/scoring.ts"
@@ -35,7 +35,7 @@ import {
   type Variant,
 } from "./artifacts.ts"
 import { meanPromptedKl } from "./distill.ts"
-import { type OpenModel, openModel, questionPromptIds, runtimeDevice } from "./model.ts"
+import { type OpenModel, openModel, questionPromptIds } from "./model.ts"
 import { samplingFields } from "./sample-trajectories.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
@@ -71,7 +71,7 @@ const evaluateVariant = (
   Effect.gen(function* () {
     const started = performance.now()
     const check = yield* Effect.mapError(makeChecker(params.checker), (e) => new Error(e.message))
-    const device = runtimeDevice(ctx.device)
+    const device = ctx.device
     const threads = params.threads > 0 ? { intraOpThreads: params.threads } : {}
     const systemPrompt = variant === "prompted" ? validation.systemPrompt : undefined
     const elapsed = () => `${((performance.now() - started) / 1000).toFixed(0)} s`

@@ -34,7 +34,7 @@ import { Directory, stage } from "../../src/engine/index.ts"
 import { type BatchSpec, buildTrainStep, fullForwardKL, Graph, topKForwardKL } from "../../src/graph/index.ts"
 import { initLora, loraAdapter, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { hash32 } from "../../src/models/init.ts"
+import { hash32 } from "../../src/core/random.ts"
 import { loraConfigFor, loraScale, loraTargets } from "../../src/models/peft.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
 import { createSession, releaseSession } from "../../src/runtime/session.ts"
@@ -42,7 +42,7 @@ import { bestOf, type Evaluation, stackMicroBatches, trainLoop } from "../../src
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter, readTeacherLogits, readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, Trajectories, type TrajectorySet } from "./artifacts.ts"
 import { checkTrajectoriesFit, headAtPositions, klEvaluator, padIdOf, pairBatch, pairFeeds, pairInputs, type PairShape, pairShape, teacherRowStarts } from "./distill.ts"
-import { openModel, runtimeDevice } from "./model.ts"
+import { openModel } from "./model.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -213,7 +213,7 @@ export const loraTrain = stage({
         (e) => new Error(e.message),
       )
       const withDropout = params.dropout > 0
-      const device = runtimeDevice(ctx.device)
+      const device = ctx.device
       const threads = params.threads > 0 ? { intraOpThreads: params.threads } : {}
 
       // --- the train-step graph

@@ -4,8 +4,6 @@
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import { type Checkpoint, loadCheckpoint } from "../../src/models/checkpoint.ts"
-import type { Device as EngineDevice } from "../../src/engine/index.ts"
-import type { Device } from "../../src/runtime/session.ts"
 import { chatPromptIds } from "../../src/text/chat-template.ts"
 import { loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts"
 
@@ -47,5 +45,3 @@ export const promptFile = (file: string): string => {
   }
 }
 
-/** The onnxruntime device of the engine's placement. */
-export const runtimeDevice = (d: EngineDevice): Device => (d.kind === "cuda" ? { kind: "cuda", deviceId: d.deviceId } : { kind: "cpu" })

@@ -17,7 +17,7 @@
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
 import { File, stage } from "../../src/engine/index.ts"
-import { hash32 } from "../../src/models/init.ts"
+import { hash32 } from "../../src/core/random.ts"
 import { deriveRng } from "../../src/text/synthetic/random.ts"
 import { type Question, Questions } from "./artifacts.ts"
 

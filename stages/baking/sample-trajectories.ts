@@ -13,10 +13,10 @@ import { Effect, Schema } from "effect"
 import * as path from "node:path"
 import { Directory, stage } from "../../src/engine/index.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
-import { hash32 } from "../../src/models/init.ts"
+import { hash32 } from "../../src/core/random.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { Questions, Trajectories, type Trajectory, trajectoriesOutput } from "./artifacts.ts"
-import { openModel, questionPromptIds, runtimeDevice } from "./model.ts"
+import { openModel, questionPromptIds } from "./model.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -70,7 +70,7 @@ export const sampleTrajectories = stage({
       const generator = yield* Effect.mapError(
         makeGenerator(checkpoint, {
           graphDir: path.join(ctx.workDir, "graph"),
-          device: runtimeDevice(ctx.device),
+          device: ctx.device,
           tokenizer,
           stepsPerRun: params.stepsPerRun,
           ...(params.threads > 0 ? { intraOpThreads: params.threads } : {}),

@@ -22,12 +22,12 @@ import { Directory, stage } from "../../src/engine/index.ts"
 import { Graph } from "../../src/graph/index.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
-import type { Tensor } from "../../src/models/safetensors.ts"
+import type { Tensor } from "../../src/core/safetensors.ts"
 import { positionStats } from "../../src/models/scoring.ts"
 import { createSession, type Device, releaseSession, runSession } from "../../src/runtime/session.ts"
 import { readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, teacherLogitsOutput, Trajectories, type TrajectorySet } from "./artifacts.ts"
 import { checkTrajectoriesFit, headAtPositions, lengthSortedBatches, padIdOf, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "./distill.ts"
-import { type OpenModel, openModel, runtimeDevice } from "./model.ts"
+import { type OpenModel, openModel } from "./model.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 
@@ -138,7 +138,7 @@ export const teacherLogits = stage({
         dtype: params.dtype === "float16" ? "F16" : "F32",
         batchSize: params.batchSize,
         graphDir: path.join(ctx.workDir, "graph"),
-        device: runtimeDevice(ctx.device),
+        device: ctx.device,
         ...(params.threads > 0 ? { threads: params.threads } : {}),
         onBatch: (n) => ctx.progress.advance(n),
       })

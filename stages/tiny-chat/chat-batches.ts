@@ -3,7 +3,7 @@
 import { renderChat } from "../../src/text/tokenizer-builder.ts"
 import type { ChatMessage } from "../../src/text/synthetic/corpus.ts"
 import type { TextTokenizer } from "../../src/text/tokenizer.ts"
-import { mulberry32 } from "../../src/models/init.ts"
+import { mulberry32 } from "../../src/core/random.ts"
 
 export interface TrainSequence {
   readonly ids: ReadonlyArray<number>

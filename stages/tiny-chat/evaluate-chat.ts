@@ -17,7 +17,7 @@ import type { ChatEvalRecord } from "../../src/text/synthetic/corpus.ts"
 import { isCorrectAnswer } from "../../src/text/synthetic/scoring.ts"
 import { renderChat } from "../../src/text/tokenizer-builder.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
-import { hash32 } from "../../src/models/init.ts"
+import { hash32 } from "../../src/core/random.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { ChatCorpusFile, LlamaWeights, materializeModel, readCorpus, TokenizerJson } from "./artifacts.ts"
 

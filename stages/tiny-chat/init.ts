@@ -5,7 +5,7 @@ import * as path from "node:path"
 import { stage } from "../../src/engine/index.ts"
 import { modelConfigJson } from "../../src/models/checkpoint.ts"
 import { tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { readFile } from "../../src/models/safetensors.ts"
+import { readFile } from "../../src/core/safetensors.ts"
 import { LlamaWeights, materializeTokenizer, TokenizerJson } from "./artifacts.ts"
 
 const Positive = Schema.Int.check(Schema.isGreaterThan(0))

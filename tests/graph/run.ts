@@ -3,7 +3,7 @@ import { Effect } from "effect"
 import type * as ort from "onnxruntime-node"
 import { type Graph, serialize } from "../../src/graph/index.ts"
 import { createSession, runSession, type SessionOptions } from "../../src/runtime/session.ts"
-import { mulberry32 } from "../../src/models/init.ts"
+import { mulberry32 } from "../../src/core/random.ts"
 
 export const runGraph = (g: Graph, feeds: Record<string, ort.Tensor>, options: SessionOptions = {}): Promise<Record<string, ort.Tensor>> =>
   Effect.runPromise(Effect.flatMap(createSession(serialize(g), options), (s) => runSession(s, feeds)))

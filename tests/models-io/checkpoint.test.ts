@@ -13,7 +13,7 @@ import {
   weightsInFile,
 } from "../../src/models/checkpoint.ts"
 import { type InitOptions, llama31_8b, tinyGemma2, tinyGemma3, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { readFile, readHeader, writeFile } from "../../src/models/safetensors.ts"
+import { readFile, readHeader, writeFile } from "../../src/core/safetensors.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-ckpt-"))
 const run = <A, E>(e: Effect.Effect<A, E>): A => Effect.runSync(e)

@@ -11,7 +11,7 @@ import { type CheckpointError, loadCheckpoint, readWeightFloat64 } from "../../s
 import { forwardNames } from "../../src/models/forward.ts"
 import { tinyLlama } from "../../src/models/init.ts"
 import { mergeLora } from "../../src/models/peft.ts"
-import { float8E4M3Values, float8E5M2Values, fromNumbers, readFile, type Tensor, toFloat64, writeFile } from "../../src/models/safetensors.ts"
+import { float8E4M3Values, float8E5M2Values, fromNumbers, readFile, type Tensor, toFloat64, writeFile } from "../../src/core/safetensors.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { expectClose, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "../models/forward-helpers.ts"
 import { referenceLogits } from "../reference/reference.ts"

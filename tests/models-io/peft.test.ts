@@ -4,7 +4,8 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadCheckpoint, type ModelConfig, readWeightFloat64 } from "../../src/models/checkpoint.ts"
-import { type InitOptions, mulberry32, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { type InitOptions, tinyGpt2, tinyGptNeox, tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
+import { mulberry32 } from "../../src/core/random.ts"
 import {
   ADAPTER_CONFIG_METADATA,
   adapterConfigJson,
@@ -21,7 +22,7 @@ import {
   readAdapter,
   writeAdapter,
 } from "../../src/models/peft.ts"
-import { fromNumbers, readFile, writeFile } from "../../src/models/safetensors.ts"
+import { fromNumbers, readFile, writeFile } from "../../src/core/safetensors.ts"
 import { referenceLogits } from "../reference/reference.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-peft-"))

@@ -25,7 +25,7 @@ import {
   toFloat64,
   writeFile,
   writeFileStreamed,
-} from "../../src/models/safetensors.ts"
+} from "../../src/core/safetensors.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-st-"))
 

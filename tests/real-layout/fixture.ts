@@ -11,8 +11,9 @@
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { hash32, mulberry32, writeWeightFiles } from "../../src/models/init.ts"
-import { dtypeByteSize, elementCount, float32ToBfloat16, float32ToFloat16, type StreamedTensor } from "../../src/models/safetensors.ts"
+import { writeWeightFiles } from "../../src/models/init.ts"
+import { hash32, mulberry32 } from "../../src/core/random.ts"
+import { dtypeByteSize, elementCount, float32ToBfloat16, float32ToFloat16, type StreamedTensor } from "../../src/core/safetensors.ts"
 import { buildTokenizer } from "../../src/text/tokenizer-builder.ts"
 import { chatTemplateOf, type Family, type TensorEntry } from "./families.ts"
 

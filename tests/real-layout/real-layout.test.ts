@@ -30,7 +30,7 @@ import { allWeightRefs, decoder, forwardNames } from "../../src/models/forward.t
 import { makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { ADAPTER_CONFIG, ADAPTER_WEIGHTS, type LoraConfig, loraConfigFor, loraScale, type LoraTarget, loraTargets, writeAdapter } from "../../src/models/peft.ts"
-import { readHeader } from "../../src/models/safetensors.ts"
+import { readHeader } from "../../src/core/safetensors.ts"
 import { createSession, type Session } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, type TrainState, trainStep } from "../../src/runtime/train.ts"

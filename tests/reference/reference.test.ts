@@ -12,7 +12,7 @@ import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
 import { tinyGemma2, tinyGemma3, tinyGpt2, tinyGptNeox, tinyLlama, tinyPhi3, tinyQwen3, writeConfigFiles, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { fromNumbers, readFile, type Tensor, toFloat64, writeFile } from "../../src/models/safetensors.ts"
+import { fromNumbers, readFile, type Tensor, toFloat64, writeFile } from "../../src/core/safetensors.ts"
 import { activations, erf, referenceForward, referenceLogits, referenceModel, ropeInverseFrequencies, rotate, roundToDtype } from "./reference.ts"
 
 const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), "pipe-ref-"))

@@ -9,7 +9,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { fromNumbers, readFile, type Tensor, writeFile } from "../../src/models/safetensors.ts"
+import { fromNumbers, readFile, type Tensor, writeFile } from "../../src/core/safetensors.ts"
 import { checkFinite, checkFiniteRows, weightVerdict } from "../../src/runtime/finite.ts"
 import { tempDir } from "../models/forward-helpers.ts"
 

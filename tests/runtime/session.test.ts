@@ -34,7 +34,7 @@ describe("sessions", () => {
       // no usable CUDA provider here: a clear error naming the device
       expect(result.failure.message).toMatch(/on cuda:0: .*pipe doctor. tells what is missing for CUDA/)
     } else {
-      expect(result.success.device).toEqual({ kind: "cuda", deviceId: 0 })
+      expect(result.success.device).toEqual({ kind: "cuda", deviceId: 0, gpu: 0 })
     }
   })
 })

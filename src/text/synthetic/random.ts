@@ -1,7 +1,7 @@
 // Seeded pseudo-random numbers for the synthetic corpus. The generator must produce the same bytes
 // for the same seed on every machine and Node version, so it cannot use Math.random; mulberry32 is
 // a small 32-bit generator with a full 2^32 period, good enough for shuffling templates.
-import { hash32, mulberry32 } from "../../models/init.ts"
+import { hash32, mulberry32 } from "../../core/random.ts"
 
 /** A deterministic stream of random choices. */
 export interface Rng {
