@@ -16,9 +16,10 @@
 //              reference answers as a whole word (any case) — forgetting shows up as a drop here.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Directory, type StageContext, stage } from "../../src/engine/index.ts"
+import { Directory, type StageContext, stage, type TensorsValue, type ValueOf } from "../../src/engine/index.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { checkFinite, checkFiniteRows } from "../../src/runtime/finite.ts"
+import type { Device } from "../../src/runtime/session.ts"
 import { hash32 } from "../../src/models/init.ts"
 import type { LoraAdapter } from "../../src/models/peft.ts"
 import { CheckerSpec, makeChecker } from "../../src/text/behaviours.ts"
@@ -69,14 +70,14 @@ const EvaluateParams = Schema.Struct(EvaluateFields)
 const promptsOf = (v: Variant, set: TrajectorySet) => (hasIntervention(v, "SystemPrompt") ? set.teacherPrompts : set.studentPrompts)
 
 /** KL(reference || variant) along the validation trajectories; 0 without a run when both sides are one model on one prompt. */
-const klToReference = (params: EvaluateParams, model: OpenModel, validation: TrajectorySet, adapter: LoraAdapter | undefined, ctx: StageContext) => {
+const klToReference = (params: EvaluateParams, model: OpenModel, validation: TrajectorySet, adapter: LoraAdapter | undefined, ctx: StageContext, device: Device) => {
   const { variant, reference } = params
   if (!adapter && hasIntervention(variant, "SystemPrompt") === hasIntervention(reference, "SystemPrompt"))
     return Effect.succeed({ mean: 0, tokens: responseTokenCount(validation) })
   const pairs = { ...validation, studentPrompts: promptsOf(variant, validation), teacherPrompts: promptsOf(reference, validation) }
   return meanPromptedKl(model, pairs, adapter, {
     graphDir: path.join(ctx.workDir, "kl"),
-    device: runtimeDevice(ctx.device),
+    device,
     batchSize: params.batchSize,
     ...(params.threads > 0 ? { threads: params.threads } : {}),
   })
@@ -101,7 +102,7 @@ const evaluateVariant = (
     const elapsed = () => `${((performance.now() - started) / 1000).toFixed(0)} s`
     ctx.progress.total(3, "parts")
 
-    const kl = yield* klToReference(params, model, validation, adapter, ctx)
+    const kl = yield* klToReference(params, model, validation, adapter, ctx, device)
     const klName = `KL(${reference.name} || ${variant.name})`
     yield* checkFinite(ctx.node, klName, [kl.mean])
     ctx.log(`${klName} = ${kl.mean.toFixed(4)} nats/token over ${kl.tokens} tokens (${elapsed()})`)
@@ -175,15 +176,24 @@ const evaluateVariant = (
 const checkVariant = (node: string, params: EvaluateParams, withAdapter: boolean): Effect.Effect<void, Error> => {
   const { variant, reference } = params
   const problem =
-    hasIntervention(reference, "Lora") ? `the reference variant "${reference.name}" has a Lora intervention; KL is measured against a model without an adapter`
-    : hasIntervention(variant, "Lora") && !withAdapter ? `variant "${variant.name}" has a Lora intervention: evaluate it with evaluate-lora, which takes the adapter`
-    : !hasIntervention(variant, "Lora") && withAdapter ? `variant "${variant.name}" has no Lora intervention, but an adapter was given: add { _tag: "Lora" } to its interventions or use evaluate`
+    hasIntervention(reference, "Lora") ? `params.reference: variant "${reference.name}" has a Lora intervention; KL is measured against a model without an adapter`
+    : hasIntervention(variant, "Lora") && !withAdapter ? `params.variant: variant "${variant.name}" has a Lora intervention: evaluate it with evaluate-lora, which takes the adapter`
+    : !hasIntervention(variant, "Lora") && withAdapter ? `params.variant: variant "${variant.name}" has no Lora intervention, but an adapter was given: add { _tag: "Lora" } to its interventions or use evaluate`
     : undefined
-  return problem === undefined ? Effect.void : Effect.fail(new Error(`${node}: params.variant: ${problem}`))
+  return problem === undefined ? Effect.void : Effect.fail(new Error(`${node}: ${problem}`))
 }
 
-const load = (model: string, validation: Parameters<typeof readTrajectories>[0]) =>
-  Effect.all({ model: openModel(model), validation: readTrajectories(validation) })
+type Inputs = { readonly [K in keyof typeof inputs]: ValueOf<(typeof inputs)[K]> }
+
+/** Both stages: the variant checked against the adapter given (or not), then measured. */
+const run = (params: EvaluateParams, inputs: Inputs, adapterValue: TensorsValue | undefined, ctx: StageContext) =>
+  Effect.gen(function* () {
+    yield* checkVariant(ctx.node, params, adapterValue !== undefined)
+    const model = yield* openModel(inputs.model.path)
+    const validation = yield* readTrajectories(inputs.validation)
+    const adapter = adapterValue === undefined ? undefined : yield* readAdapterArtifact(adapterValue)
+    return yield* evaluateVariant(params, model, validation, inputs.heldout.items, inputs.facts.items, adapter, ctx)
+  })
 
 export const evaluate = stage({
   name: "evaluate",
@@ -195,12 +205,7 @@ export const evaluate = stage({
   inputs,
   output: BakeEvaluationArtifact,
   resources: { gpu: 1, isolate: "process" },
-  run: ({ params, inputs, ctx }) =>
-    Effect.gen(function* () {
-      yield* checkVariant(ctx.node, params, false)
-      const { model, validation } = yield* load(inputs.model.path, inputs.validation)
-      return yield* evaluateVariant(params, model, validation, inputs.heldout.items, inputs.facts.items, undefined, ctx)
-    }),
+  run: ({ params, inputs, ctx }) => run(params, inputs, undefined, ctx),
 })
 
 export const evaluateLora = stage({
@@ -211,11 +216,5 @@ export const evaluateLora = stage({
   inputs: { ...inputs, adapter: BakedAdapter },
   output: BakeEvaluationArtifact,
   resources: { gpu: 1, isolate: "process" },
-  run: ({ params, inputs, ctx }) =>
-    Effect.gen(function* () {
-      yield* checkVariant(ctx.node, params, true)
-      const { model, validation } = yield* load(inputs.model.path, inputs.validation)
-      const adapter = yield* readAdapterArtifact(inputs.adapter)
-      return yield* evaluateVariant(params, model, validation, inputs.heldout.items, inputs.facts.items, adapter, ctx)
-    }),
+  run: ({ params, inputs: { adapter, ...rest }, ctx }) => run(params, rest, adapter, ctx),
 })

@@ -77,6 +77,6 @@ describe("evaluate over named variants", () => {
       'test: params.variant: variant "baked" has a Lora intervention: evaluate it with evaluate-lora, which takes the adapter',
     )
     expect(String(await runLora(variants.base, variants.prompted))).toContain('test: params.variant: variant "base" has no Lora intervention, but an adapter was given')
-    expect(String(await runLora(variants.baked, variants.baked))).toContain('the reference variant "baked" has a Lora intervention; KL is measured against a model without an adapter')
+    expect(String(await runLora(variants.baked, variants.baked))).toContain('test: params.reference: variant "baked" has a Lora intervention; KL is measured against a model without an adapter')
   })
 })
