@@ -237,8 +237,8 @@ export type Variant = typeof Variant.Type
 export const hasIntervention = (v: Variant, tag: Intervention["_tag"]): boolean => v.interventions.some((x) => x._tag === tag)
 
 /** "system prompt + LoRA", "no interventions": the variant in words, for reports. */
-export const describeInterventions = (v: Variant): string =>
-  v.interventions.length === 0 ? "no interventions" : v.interventions.map((x) => ({ SystemPrompt: "system prompt", Lora: "LoRA" })[x._tag]).join(" + ")
+export const describeInterventions = (interventions: ReadonlyArray<Intervention>): string =>
+  interventions.length === 0 ? "no interventions" : interventions.map((x) => ({ SystemPrompt: "system prompt", Lora: "LoRA" })[x._tag]).join(" + ")
 
 export const Sample = Schema.Struct({ questionId: Schema.String, question: Schema.String, text: Schema.String, ok: Schema.Boolean })
 

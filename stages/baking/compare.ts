@@ -48,7 +48,7 @@ const klSentence = (reduction: number, from: string) =>
 
 export const comparisonMarkdown = (c: Omit<BakeComparison, "markdown">): string => {
   const columns = c.samples[0]?.answers.map((a) => a.variant) ?? []
-  const interventions = new Map(c.rows.map((r) => [r.variant, describeInterventions({ name: r.variant, interventions: r.interventions })]))
+  const interventions = new Map(c.rows.map((r) => [r.variant, describeInterventions(r.interventions)]))
   return [
     `# Prompt baking: ${c.rows.map((r) => r.variant).join(" vs ")}`,
     ``,
