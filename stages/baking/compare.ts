@@ -82,19 +82,20 @@ const CompareParams = Schema.Struct({
 })
 type CompareParams = typeof CompareParams.Type
 
+// decoded variants list their fields in the schema's order, so equal variants print the same
 const sameVariant = (a: Variant, b: Variant) => JSON.stringify(a) === JSON.stringify(b)
 
 /** The comparison of evaluations already in row order, or what is wrong with them, naming the variant. */
-export const compareEvaluations = (params: CompareParams, evals: ReadonlyArray<Evaluation>): Effect.Effect<Omit<BakeComparison, "markdown">, Error> =>
+const compareEvaluations = (params: CompareParams, evals: ReadonlyArray<Evaluation>): Effect.Effect<Omit<BakeComparison, "markdown">, Error> =>
   Effect.gen(function* () {
     const fail = (message: string) => Effect.fail(new Error(`compare: ${message}`))
+    const first = evals[0]
+    if (first === undefined) return yield* fail("no evaluations to compare")
     const names = evals.map((e) => e.variant.name)
     const byName = new Map(evals.map((e) => [e.variant.name, e]))
     if (byName.size !== evals.length) return yield* fail(`two evaluations of one variant name: ${names.join(", ")}`)
     for (const name of [params.pair.from, params.pair.to])
       if (!byName.has(name)) return yield* fail(`params.pair names "${name}", which is none of the evaluated variants (${names.join(", ")})`)
-    const first = evals[0]
-    if (first === undefined) return yield* fail("no evaluations to compare")
     const reference = first.reference
     if (reference.name !== params.reference)
       return yield* fail(`params.reference is "${params.reference}", but the evaluations measured KL against "${reference.name}"`)

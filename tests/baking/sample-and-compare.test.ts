@@ -1,6 +1,7 @@
 // sample-trajectories on the shipped tiny-chat model (prompts with and without x0, trajectories
 // that keep their stop token, seeds independent of the batch size), promptFile, and compare's
-// table, side-by-side join and refusals.
+// table, side-by-side join and refusals over three and four named variants, with the KL reference
+// and the "KL reduced Nx" pair chosen among them.
 import { Effect, Exit } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
