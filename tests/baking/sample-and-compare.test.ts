@@ -2,12 +2,12 @@
 // that keep their stop token, seeds independent of the batch size), promptFile, and compare's
 // table, side-by-side join and refusals over three and four named variants, with the KL reference
 // and the "KL reduced Nx" pair chosen among them.
-import { Effect, Exit } from "effect"
+import { Effect, Exit, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { tempDir } from "../models/forward-helpers.ts"
-import { type BakeEvaluation, readTrajectories, type Variant } from "../../stages/baking/artifacts.ts"
+import { type BakeEvaluation, readTrajectories, type Variant, Variant as VariantSchema } from "../../stages/baking/artifacts.ts"
 import { compareStage } from "../../stages/baking/compare.ts"
 import { promptFile } from "../../stages/baking/model.ts"
 import { sampleTrajectories } from "../../stages/baking/sample-trajectories.ts"
@@ -221,5 +221,16 @@ describe("compare", () => {
     expect(compareStage(["base", "prompted"])).toBe(stage)
     expect(compareStage(["prompted", "base"])).not.toBe(stage)
     expect(Object.keys(stage.spec.inputs)).toEqual(["base", "prompted"])
+  })
+})
+
+describe("Variant", () => {
+  const decode = (u: unknown) => Schema.decodeUnknownExit(VariantSchema)(u, { errors: "all" })
+  it("takes a name usable in a table path and each intervention at most once", () => {
+    expect(Exit.isSuccess(decode(variants["prompted+baked"]))).toBe(true)
+    expect(String(decode({ name: "prompted baked", interventions: [] }))).toContain("a variant name of letters, digits and _ . + -")
+    expect(String(decode({ name: "twice", interventions: [{ _tag: "Lora" }, { _tag: "Lora" }] }))).toContain("each intervention at most once")
+    // a tag this version does not know is refused, listing the known ones
+    expect(String(decode({ name: "soft", interventions: [{ _tag: "SoftPrompt" }] }))).toContain(`Expected { readonly "_tag": "SystemPrompt", ... } | { readonly "_tag": "Lora", ... }`)
   })
 })
