@@ -86,9 +86,9 @@ type CompareParams = typeof CompareParams.Type
 const sameVariant = (a: Variant, b: Variant) => JSON.stringify(a) === JSON.stringify(b)
 
 /** The comparison of evaluations already in row order, or what is wrong with them, naming the variant. */
-const compareEvaluations = (params: CompareParams, evals: ReadonlyArray<Evaluation>): Effect.Effect<Omit<BakeComparison, "markdown">, Error> =>
+const compareEvaluations = (node: string, params: CompareParams, evals: ReadonlyArray<Evaluation>): Effect.Effect<Omit<BakeComparison, "markdown">, Error> =>
   Effect.gen(function* () {
-    const fail = (message: string) => Effect.fail(new Error(`compare: ${message}`))
+    const fail = (message: string) => Effect.fail(new Error(`${node}: ${message}`))
     const first = evals[0]
     if (first === undefined) return yield* fail("no evaluations to compare")
     const names = evals.map((e) => e.variant.name)
@@ -148,7 +148,7 @@ const declareCompare = (variants: ReadonlyArray<string>) =>
         const misnamed = evals.find((e, i) => e.variant.name !== params.variants[i])
         if (misnamed)
           return yield* Effect.fail(new Error(`${ctx.node}: input "${params.variants[evals.indexOf(misnamed)]}" is the evaluation of variant "${misnamed.variant.name}"`))
-        const c = yield* compareEvaluations(params, evals)
+        const c = yield* compareEvaluations(ctx.node, params, evals)
         for (const w of c.warnings) ctx.log(`warning: ${w}`)
         return { ...c, markdown: comparisonMarkdown(c) }
       }),

@@ -190,11 +190,11 @@ describe("compare", () => {
     expect(c.markdown).toContain("Validation KL reduced 1.5x from the prompted model; baked behaviour rate is 90.0 points above the base model's.")
     expect(c.samples[0].answers.map((a) => a.variant)).toEqual(["base", "prompted", "baked"])
     expect(String(await runCompare(evals, { reference: "prompted", pair: { from: "prompted", to: "baked" }, samples: 1 }))).toContain(
-      'compare: params.reference is "prompted", but the evaluations measured KL against "base"',
+      'test: params.reference is "prompted", but the evaluations measured KL against "base"',
     )
     // one evaluation measured against another reference: its numbers do not belong in this table
     const mixed = [evals[0], evals[1], evaluation(variants.baked, 0.1, 9, [])]
-    expect(String(await runCompare(mixed, { reference: "base", pair: { from: "prompted", to: "baked" }, samples: 1 }))).toContain('compare: evaluation "baked" measured KL against')
+    expect(String(await runCompare(mixed, { reference: "base", pair: { from: "prompted", to: "baked" }, samples: 1 }))).toContain('test: evaluation "baked" measured KL against')
     // the reference must be among the rows, as the variant KL was measured against
     expect(String(await runCompare([evals[0], evals[2]], { reference: "base", pair: { from: "prompted", to: "baked" }, samples: 1 }))).toContain(
       'the reference variant "base" is none of the evaluated variants (prompted, baked): compare its own evaluation too',
