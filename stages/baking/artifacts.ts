@@ -9,8 +9,9 @@
 //                   mode, no tensors (the training graph runs the prompted model itself).
 //   BakedAdapter    tensors: a LoRA adapter under PEFT tensor names, adapter_config.json in the
 //                   metadata, so `pipe export` and the run folder's adapter/ are directories PEFT loads.
-//   BakeEvaluation  JSON: one model variant's KL, behaviour rate, accuracy and samples.
-//   BakeComparison  JSON: the three variants side by side, with the Markdown report.
+//   BakeEvaluation  JSON: one named model variant's KL to a reference variant, behaviour rate,
+//                   accuracy and samples.
+//   BakeComparison  JSON: any number of evaluations side by side, with the Markdown report.
 //
 // Ragged lists (prompts, responses) are stored flat with offsets: `<name>_ids` I32 [total] and
 // `<name>_offsets` I64 [count + 1]. Response tokens include the stop token when a trajectory
@@ -207,8 +208,37 @@ export const rateOf = (oks: ReadonlyArray<boolean>): Rate => {
   return { rate: oks.length === 0 ? 0 : hits / oks.length, hits, n: oks.length }
 }
 
-export const Variant = Schema.Literals(["base", "prompted", "baked"])
+/**
+ * What a variant changes about the model. A tagged union, so soft prompts and ensembles join as new
+ * tags; the tags are params of the evaluating stage (in its cache key), the data they refer to are
+ * its inputs (content-hashed): the system prompt comes with the validation trajectories (x0, the one
+ * they were sampled under), the LoRA matrices with the stage's adapter input.
+ */
+export const Intervention = Schema.Union([
+  /** the chat prompt carries x0 as its system turn */
+  Schema.TaggedStruct("SystemPrompt", {}),
+  /** the LoRA adapter given as the evaluating stage's `adapter` input */
+  Schema.TaggedStruct("Lora", {}),
+])
+export type Intervention = typeof Intervention.Type
+
+/** A name usable as a stage input name and in a table path (`rows[variant=baked].kl`). */
+export const VariantName = Schema.String.check(Schema.isPattern(/^[A-Za-z0-9_.+-]+$/, { expected: "a variant name of letters, digits and _ . + -" }))
+
+/** A named model variant: the evaluated checkpoint plus its interventions, each tag at most once. */
+export const Variant = Schema.Struct({
+  name: VariantName,
+  interventions: Schema.Array(Intervention).check(
+    Schema.makeFilter((xs: ReadonlyArray<Intervention>) => new Set(xs.map((x) => x._tag)).size === xs.length || "each intervention at most once"),
+  ),
+})
 export type Variant = typeof Variant.Type
+
+export const hasIntervention = (v: Variant, tag: Intervention["_tag"]): boolean => v.interventions.some((x) => x._tag === tag)
+
+/** "system prompt + LoRA", "no interventions": the variant in words, for reports. */
+export const describeInterventions = (interventions: ReadonlyArray<Intervention>): string =>
+  interventions.length === 0 ? "no interventions" : interventions.map((x) => ({ SystemPrompt: "system prompt", Lora: "LoRA" })[x._tag]).join(" + ")
 
 export const Sample = Schema.Struct({ questionId: Schema.String, question: Schema.String, text: Schema.String, ok: Schema.Boolean })
 
@@ -216,9 +246,11 @@ export const BakeEvaluation = Artifact.json(
   "BakeEvaluation",
   Schema.Struct({
     variant: Variant,
-    /** x0 of the experiment (the prompted variant ran with it) */
+    /** the variant KL is measured against (the teacher of the KL) */
+    reference: Variant,
+    /** x0 of the experiment (variants with a SystemPrompt intervention ran with it) */
     systemPrompt: Schema.String,
-    /** mean per-token KL(prompted || variant) over the validation trajectories' response tokens, in nats */
+    /** mean per-token KL(reference || variant) over the validation trajectories' response tokens, in nats */
     kl: Schema.Struct({ mean: Schema.Number, tokens: Schema.Int }),
     /** share of fresh samples on held-out questions that pass the checker */
     behaviour: Rate,
@@ -234,14 +266,19 @@ export const BakeComparison = Artifact.json(
   "BakeComparison",
   Schema.Struct({
     systemPrompt: Schema.String,
-    rows: Schema.Array(Schema.Struct({ variant: Variant, kl: Schema.Number, behaviour: Rate, accuracy: Rate })),
-    /** KL(prompted || base) / KL(prompted || baked) */
+    /** the variant every row's KL is measured against */
+    reference: Variant,
+    /** one row per variant, in the order the comparison was wired */
+    rows: Schema.Array(Schema.Struct({ variant: Schema.String, interventions: Variant.fields.interventions, kl: Schema.Number, behaviour: Rate, accuracy: Rate })),
+    /** the pair "KL reduced Nx" compares: KL(reference || from) / KL(reference || to) */
+    pair: Schema.Struct({ from: Schema.String, to: Schema.String }),
     klReduction: Schema.Number,
-    /** behaviour rate of prompted minus baked, in percentage points */
+    /** behaviour rate of the reference minus the pair's `to`, in percentage points */
     behaviourGap: Schema.Number,
-    /** plain statements of failure, e.g. the baked model further from the prompted one than the base model */
+    /** plain statements of failure, e.g. the pair's `to` further from the reference than its `from` */
     warnings: Schema.Array(Schema.String),
-    samples: Schema.Array(Schema.Struct({ question: Schema.String, prompted: Schema.String, baked: Schema.String, base: Schema.String })),
+    /** answers to the same held-out questions, one per variant: the reference first, then the rows' order */
+    samples: Schema.Array(Schema.Struct({ question: Schema.String, answers: Schema.Array(Schema.Struct({ variant: Schema.String, text: Schema.String })) })),
     markdown: Schema.String,
   }),
 )

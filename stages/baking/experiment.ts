@@ -5,7 +5,7 @@
 //     -> sample-trajectories under x0 (train and validation sets)
 //     -> teacher-logits (the prompted model's top-k + tail along the train trajectories)
 //     -> lora-train (KL(prompted || base + LoRA) over response tokens; validation KL per epoch)
-//     -> evaluate base / prompted / baked -> compare
+//     -> evaluate the variants base / prompted / baked (KL to the prompted model) -> compare
 //
 // Every node has a fixed name, so `--set lora-train.rank=4`, `--set sample_train.n=8`, ... address
 // the same node in both pipelines. Any param may be a sweep; the trajectories and teacher logits
@@ -14,9 +14,9 @@ import { Effect } from "effect"
 import { external, gather, type Node, type PublishWriter } from "../../src/engine/index.ts"
 import { exportAdapter } from "../../src/models/peft.ts"
 import type { CheckerSpec } from "../../src/text/behaviours.ts"
-import type { BakeComparison, BakedAdapter } from "./artifacts.ts"
-import { compare } from "./compare.ts"
-import { evaluate, evaluateBaked } from "./evaluate.ts"
+import type { BakeComparison, BakedAdapter, Variant } from "./artifacts.ts"
+import { compareVariants } from "./compare.ts"
+import { evaluate, evaluateLora } from "./evaluate.ts"
 import { loraTrain } from "./lora-train.ts"
 import { questions } from "./questions.ts"
 import { sweepTable } from "../table.ts"
@@ -65,6 +65,13 @@ export const defaults = {
   readonly [other: string]: unknown
 }
 
+/** The experiment's variants: the model as is, with x0 as its system prompt, and with the trained LoRA. */
+export const variants = {
+  base: { name: "base", interventions: [] },
+  prompted: { name: "prompted", interventions: [{ _tag: "SystemPrompt" }] },
+  baked: { name: "baked", interventions: [{ _tag: "Lora" }] },
+} as const satisfies Record<string, Variant>
+
 export interface BakeOptions {
   /** x0 (promptFile() reads one from a file), or a sweep over several */
   readonly systemPrompt: ParamsOf<typeof sampleTrajectories>["systemPrompt"]
@@ -92,12 +99,13 @@ export const bakeExperiment = (o: BakeOptions): { readonly comparison: Node<type
   const teacher = teacherLogits(d.teacher, { model, trajectories: train })
   const adapter = loraTrain({ ...d.lora, ...o.lora }, { model, trajectories: train, teacher, validation })
 
-  const evaluation = { ...d.evaluation, checker: o.checker }
+  const evaluation = { ...d.evaluation, checker: o.checker, reference: variants.prompted }
   const evalInputs = { model, validation, heldout, facts: heldout }
-  const base = evaluate({ ...evaluation, variant: "base" }, evalInputs, { name: "evaluate_base" })
-  const prompted = evaluate({ ...evaluation, variant: "prompted" }, evalInputs, { name: "evaluate_prompted" })
-  const baked = evaluateBaked(evaluation, { ...evalInputs, adapter }, { name: "evaluate_baked" })
-  return { comparison: compare({ samples: 8 }, { base, prompted, baked }), adapter }
+  const base = evaluate({ ...evaluation, variant: variants.base }, evalInputs, { name: "evaluate_base" })
+  const prompted = evaluate({ ...evaluation, variant: variants.prompted }, evalInputs, { name: "evaluate_prompted" })
+  const baked = evaluateLora({ ...evaluation, variant: variants.baked }, { ...evalInputs, adapter }, { name: "evaluate_baked" })
+  const comparison = compareVariants({ base, prompted, baked }, { reference: "prompted", pair: { from: "base", to: "baked" }, samples: 8 })
+  return { comparison, adapter }
 }
 
 /**
