@@ -203,7 +203,7 @@ describe("one checkpoint with and without a LoRA adapter as two members", () => 
 
     const members: EnsembleMember[] = [
       { name: "large", checkpoint: neox },
-      { name: "tuned", checkpoint: llama, adapter },
+      { name: "tuned", checkpoint: llama, loras: [{ name: "adapter", adapter }] },
       { name: "base", checkpoint: llama },
     ]
     const rule: Rule = { space: "logits", terms: [{ member: "large", weight: 1 }, { member: "tuned", weight: 1 }, { member: "base", weight: -1 }] }
