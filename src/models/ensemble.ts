@@ -257,7 +257,7 @@ const memberModels = (g: Graph, members: ReadonlyArray<EnsembleMember>, placemen
   return members.map((m) => {
     const source = sources.get(m.checkpoint.dir) ?? externalWeights(g, placement, `w${sources.size}.`)
     sources.set(m.checkpoint.dir, source)
-    return { member: m, forward: prepareVariant(g, m, source, `${m.name}.`) }
+    return { member: m, forward: prepareVariant(g, m, source, { prefix: `${m.name}.` }) }
   })
 }
 

@@ -18,16 +18,18 @@
 // padding ends up between the virtual block and the tokens; it is masked out and positions come
 // from the mask, so every row sees the block at 0..K-1 and its own tokens from K on.
 //
-// Values: a frozen intervention's values become initializers of the top-level graph (prepared once,
-// so Loop bodies can use them); a trainable one's come from the `params` record handed to the apply
-// function (buildTrainStep's params), named by variantParams. After training, withTrainedValues
-// turns the trained values back into a (frozen) variant for scoring and generation.
+// Values: in a training graph (PrepareOptions.training) a trainable intervention's values come from
+// the `params` record handed to the apply function (buildTrainStep's params), named by
+// variantParams; every other value (and every value in an inference graph: generation, scoring)
+// becomes an initializer of the top-level graph (prepared once, so Loop bodies can use them).
+// After training, withTrainedValues puts the trained values into the variant.
 import { Data, Effect } from "effect"
 import type { Graph, Value } from "../graph/index.ts"
 import type { ParamSpec } from "../graph/optim.ts"
 import { conditionalSoftPrompt, conditionMlpShapes, loraHook, loraName, type LoraValues } from "./adapters.ts"
-import type { Checkpoint } from "./checkpoint.ts"
-import { decoder, type DecoderOutputs, type LinearHook, tokenEmbeddings, type WeightSource } from "./forward.ts"
+import { type Checkpoint, readWeightFloat64 } from "./checkpoint.ts"
+import { decoder, type DecoderOutputs, gemmaEmbedScale, type LinearHook, tokenEmbeddings, type WeightSource } from "./forward.ts"
+import { mulberry32 } from "./init.ts"
 import { checkAdapterModules, type LoraAdapter, loraScale } from "./peft.ts"
 import { fromNumbers, toFloat32 } from "./safetensors.ts"
 
@@ -177,6 +179,68 @@ export const withTrainedValues = (v: Variant, trained: Readonly<Record<string, A
   }
 }
 
+/**
+ * The input embeddings of `tokens` (inputs_embeds space, as tokenEmbeddings gives them: Gemma 3's
+ * include its sqrt(H) factor), [tokens.length * H] row-major: a soft prompt that starts as those tokens.
+ */
+export const tokenInputEmbeddings = (ckpt: Checkpoint, tokens: ReadonlyArray<number>): Effect.Effect<Float32Array, VariantError> =>
+  Effect.gen(function* () {
+    const c = ckpt.config
+    const bad = tokens.find((t) => !Number.isInteger(t) || t < 0 || t >= c.vocabSize)
+    if (bad !== undefined) return yield* Effect.fail(new VariantError({ message: `soft prompt initial token ${bad} is outside the vocabulary [0, ${c.vocabSize}) of ${ckpt.dir}` }))
+    const { values: table } = yield* Effect.mapError(readWeightFloat64(ckpt.weights.embedTokens), (e) => new VariantError({ message: e.message }))
+    const H = c.hiddenSize
+    const scale = c.gemma?.embedScale === "token_embeddings" ? gemmaEmbedScale(H, ckpt.weights.embedTokens.dtype) : 1
+    return Float32Array.from(tokens.flatMap((t) => Array.from(table.subarray(t * H, (t + 1) * H), (x) => x * scale)))
+  })
+
+/** Where a soft prompt starts: the embeddings of given tokens, or of k tokens drawn uniformly from the vocabulary with `seed`. */
+export type SoftPromptStart = { readonly tokens: ReadonlyArray<number> } | { readonly k: number; readonly seed: number }
+
+const startTokens = (ckpt: Checkpoint, start: SoftPromptStart): number[] => {
+  if ("tokens" in start) return [...start.tokens]
+  const rand = mulberry32(start.seed)
+  return Array.from({ length: start.k }, () => Math.floor(rand() * ckpt.config.vocabSize))
+}
+
+/**
+ * A trainable soft prompt starting at vocabulary embeddings (Lester et al. 2021: initializing from
+ * embeddings of real tokens trains better than random vectors, which sit off the embedding manifold).
+ */
+export const initSoftPrompt = (ckpt: Checkpoint, start: SoftPromptStart): Effect.Effect<SoftPrompt, VariantError> => {
+  const tokens = startTokens(ckpt, start)
+  return Effect.map(tokenInputEmbeddings(ckpt, tokens), (values) => ({ k: tokens.length, values, trainable: true }))
+}
+
+/**
+ * A trainable conditional soft prompt whose output starts at the embeddings of `start` for every
+ * condition: W2 = 0 and b2 = those embeddings (as LoRA starts with B = 0, so training starts at a
+ * known prompt; W2 gets gradient at once and W1 through it), W1 ~ U(-1/sqrt(C), 1/sqrt(C)), b1 = 0.
+ */
+export const initConditionalSoftPrompt = (
+  ckpt: Checkpoint,
+  sizes: { readonly conditionSize: number; readonly hidden: number; readonly seed: number },
+  start: SoftPromptStart,
+): Effect.Effect<ConditionalSoftPrompt, VariantError> => {
+  const tokens = startTokens(ckpt, start)
+  const k = tokens.length
+  const shapes = conditionMlpShapes(sizes.conditionSize, sizes.hidden, k, ckpt.config.hiddenSize)
+  const rand = mulberry32(sizes.seed + 1)
+  const bound = 1 / Math.sqrt(sizes.conditionSize)
+  return Effect.map(tokenInputEmbeddings(ckpt, tokens), (b2) => ({
+    k,
+    conditionSize: sizes.conditionSize,
+    hidden: sizes.hidden,
+    trainable: true,
+    weights: {
+      w1: Float32Array.from({ length: sizes.hidden * sizes.conditionSize }, () => (2 * rand() - 1) * bound),
+      b1: new Float32Array(sizes.hidden),
+      w2: new Float32Array(shapes.w2[0] * shapes.w2[1]),
+      b2,
+    },
+  }))
+}
+
 /** Checks the interventions against the checkpoint (sizes, token ids, adapter modules, names). */
 export const checkVariant = (v: Variant): Effect.Effect<void, VariantError> =>
   Effect.gen(function* () {
@@ -223,16 +287,27 @@ export interface VariantInputs {
 /** DecoderOutputs with `hidden` [B, T, H] at the real tokens only; `present` includes the virtual block. */
 export type VariantForward = (sub: Graph, inputs: VariantInputs, params?: Readonly<Record<string, Value>>) => DecoderOutputs
 
+export interface PrepareOptions {
+  /** before the initializer names (one per model when several share a graph) */
+  readonly prefix?: string
+  /** a training graph: trainable values come from the apply's `params`; otherwise (inference) every value is frozen */
+  readonly training?: boolean
+}
+
 /**
  * Prepares `v` on the top-level graph `g` (frozen values become initializers named
  * `prefix` + variantNames) and returns the forward, applicable in `g` or any subgraph of it.
  * `source` gives the checkpoint's weights. Throws when a trainable value is missing from `params`
  * or a conditional soft prompt gets no condition (graph-building errors; checkVariant first).
  */
-export const prepareVariant = (g: Graph, v: Variant, source: WeightSource, prefix = ""): VariantForward => {
+export const prepareVariant = (g: Graph, v: Variant, source: WeightSource, options: PrepareOptions = {}): VariantForward => {
   const c = v.checkpoint.config
   const w = v.checkpoint.weights
-  const frozen = new Map(values(v).filter((x) => !x.trainable).map((x) => [x.name, g.initializer(prefix + x.name, "float32", x.shape, { kind: "inline", data: x.data })]))
+  const frozen = new Map(
+    values(v)
+      .filter((x) => !(x.trainable && options.training))
+      .map((x) => [x.name, g.initializer((options.prefix ?? "") + x.name, "float32", x.shape, { kind: "inline", data: x.data })]),
+  )
   const K = virtualLength(v)
   return (sub, inputs, params = {}) => {
     const value = (name: string) => {

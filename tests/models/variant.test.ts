@@ -3,6 +3,8 @@
 //   real tokens equal the float64 reference on [soft vectors, MLP(condition) vectors, prefix tokens,
 //   tokens] given as input embeddings, in a left-padded batch (Llama; Gemma 2, which scales
 //   inputs_embeds by sqrt(H));
+// - a soft prompt (or conditional one) initialized at token embeddings equals the prefix of those
+//   tokens (Llama; Gemma 3, whose token embeddings carry the sqrt(H) factor);
 // - a text-prefix variant generates and scores exactly as the checkpoint on prefix + prompt;
 // - a soft-prompted (and a conditionally soft-prompted) variant generates with the KV cache what a
 //   full recompute and the decode loop give, with log-probs equal to the float64 reference; its
@@ -21,10 +23,10 @@ import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.
 import { allWeightRefs, type DecoderOutputs, forwardNames, logitsOf, type WeightSource } from "../../src/models/forward.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { tinyGemma2, tinyLlama } from "../../src/models/init.ts"
+import { tinyGemma2, tinyGemma3, tinyLlama } from "../../src/models/init.ts"
 import { loraConfigFor, loraTargets } from "../../src/models/peft.ts"
 import { buildScoringGraph, scoreContinuations } from "../../src/models/scoring.ts"
-import { checkVariant, prepareVariant, type Variant, variantNames, variantParams, withTrainedValues } from "../../src/models/variant.ts"
+import { checkVariant, initConditionalSoftPrompt, initSoftPrompt, prepareVariant, type Variant, variantNames, variantParams, withTrainedValues } from "../../src/models/variant.ts"
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
@@ -121,6 +123,28 @@ describe("the variant forward", () => {
       const model = referenceModel(ckpt)
       expectClose(rowsOf(out.logits, 0), referenceForward(model, [...virtualInputs(v, conditions[0]), ...seq]).slice(-seq.length), TOL)
       expectClose(rowsOf(out.logits, 1, pad), referenceForward(model, [...virtualInputs(v, conditions[1]), ...short]).slice(-short.length), TOL)
+    })
+})
+
+describe("soft prompt initialization", () => {
+  for (const [name, config] of [
+    ["llama", tinyLlama()],
+    ["gemma 3 (token embeddings carry the sqrt(H) factor)", tinyGemma3()],
+  ] as const)
+    it(`${name}: a soft prompt and a conditional soft prompt started at tokens equal the prefix of those tokens`, async () => {
+      const ckpt = await randomCheckpoint(config)
+      const tokens = [40, 41, 42]
+      const soft = await Effect.runPromise(initSoftPrompt(ckpt, { tokens }))
+      const cond = await Effect.runPromise(initConditionalSoftPrompt(ckpt, { conditionSize: 3, hidden: 5, seed: 1 }, { tokens }))
+      const feeds = { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) }
+      const want = rowsOf((await run(await logitsSession({ checkpoint: ckpt, prefix: tokens }), feeds)).logits, 0)
+      expectClose(rowsOf((await run(await logitsSession({ checkpoint: ckpt, softPrompt: soft }), feeds)).logits, 0), want, TOL)
+      const condFeeds = { ...feeds, [variantNames.condition]: tensor("float32", [1, 3], conditions[0]) }
+      expectClose(rowsOf((await run(await logitsSession({ checkpoint: ckpt, conditionalSoftPrompt: cond }), condFeeds)).logits, 0), want, TOL)
+      // drawn from the vocabulary: k rows, the same for the same seed
+      const drawn = await Effect.runPromise(initSoftPrompt(ckpt, { k: 4, seed: 3 }))
+      expect(drawn.values).toHaveLength(4 * ckpt.config.hiddenSize)
+      expect((await Effect.runPromise(initSoftPrompt(ckpt, { k: 4, seed: 3 }))).values).toEqual(drawn.values)
     })
 })
 
@@ -236,7 +260,7 @@ describe("gradients through the variant forward match finite differences", () =>
       inputs: { ...batch, [variantNames.softPrompt]: { shape: [2, H] } },
       build: (g, x) => {
         const soft: Variant = { ...v, softPrompt: { k: 2, values: new Float32Array(2 * H), trainable: true } }
-        return logits(g, prepareVariant(g, soft, weights(g))(g, { ids: x.ids, mask: x.mask }, x))
+        return logits(g, prepareVariant(g, soft, weights(g), { training: true })(g, { ids: x.ids, mask: x.mask }, x))
       },
     })
     const mlpNames = { w1: variantNames.conditionMlp("w1"), b1: variantNames.conditionMlp("b1"), w2: variantNames.conditionMlp("w2"), b2: variantNames.conditionMlp("b2") }
@@ -256,7 +280,7 @@ describe("gradients through the variant forward match finite differences", () =>
           ...v,
           conditionalSoftPrompt: { k: 2, conditionSize: 3, hidden: 4, weights: { w1: zeros(shapes.w1), b1: zeros(shapes.b1), w2: zeros(shapes.w2), b2: zeros(shapes.b2) }, trainable: true },
         }
-        return logits(g, prepareVariant(g, cond, weights(g))(g, { ids: x.ids, mask: x.mask, condition: x.condition }, x))
+        return logits(g, prepareVariant(g, cond, weights(g), { training: true })(g, { ids: x.ids, mask: x.mask, condition: x.condition }, x))
       },
     })
   })
@@ -283,7 +307,7 @@ describe("training a variant", () => {
       Effect.gen(function* () {
         const placement = yield* placeWeights(ckpt, tempDir("pipe-variant-train-"))
         const g = new Graph("variant_train")
-        const forward = prepareVariant(g, variant, externalWeights(g, placement))
+        const forward = prepareVariant(g, variant, externalWeights(g, placement), { training: true })
         buildTrainStep({
           graph: g,
           params: specs,
