@@ -147,6 +147,12 @@ export const variantParams = (v: Variant): { readonly specs: Record<string, Para
 /** The variant with `trained` (by parameter name) as the values of its trainable interventions, all now frozen. */
 export const withTrainedValues = (v: Variant, trained: Readonly<Record<string, ArrayLike<number>>>): Variant => {
   const get = (name: string, fallback: Float32Array) => (trained[name] ? Float32Array.from(trained[name]) : fallback)
+  const trainedMlp = (w: ConditionMlpValues): ConditionMlpValues => ({
+    w1: get(variantNames.conditionMlp("w1"), w.w1),
+    b1: get(variantNames.conditionMlp("b1"), w.b1),
+    w2: get(variantNames.conditionMlp("w2"), w.w2),
+    b2: get(variantNames.conditionMlp("b2"), w.b2),
+  })
   return {
     ...v,
     loras: v.loras?.map((l) =>
@@ -172,9 +178,7 @@ export const withTrainedValues = (v: Variant, trained: Readonly<Record<string, A
     conditionalSoftPrompt: v.conditionalSoftPrompt && {
       ...v.conditionalSoftPrompt,
       trainable: false,
-      weights: v.conditionalSoftPrompt.trainable
-        ? (Object.fromEntries(mlpKeys.map((key) => [key, get(variantNames.conditionMlp(key), v.conditionalSoftPrompt!.weights[key])])) as unknown as ConditionMlpValues)
-        : v.conditionalSoftPrompt.weights,
+      weights: v.conditionalSoftPrompt.trainable ? trainedMlp(v.conditionalSoftPrompt.weights) : v.conditionalSoftPrompt.weights,
     },
   }
 }
