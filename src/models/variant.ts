@@ -286,6 +286,11 @@ export interface VariantInputs {
   readonly past?: ReadonlyArray<{ readonly key: Value; readonly value: Value }>
   /** float32 [B, C]: needed with a conditional soft prompt */
   readonly condition?: Value
+  /**
+   * Training graphs: dropout on the inputs of the trainable LoRAs (PEFT's lora_dropout), masks drawn
+   * from `seed` (an int64 scalar fed anew each step; adapters.ts loraHook), LoRA i from seed + i * 2^16.
+   */
+  readonly loraDropout?: { readonly rate: number; readonly seed: Value }
 }
 
 /** DecoderOutputs with `hidden` [B, T, H] at the real tokens only; `present` includes the virtual block. */
@@ -319,14 +324,16 @@ export const prepareVariant = (g: Graph, v: Variant, source: WeightSource, optio
       if (!x) throw new Error(`variant of ${v.checkpoint.dir}: no value for trainable "${name}" (pass the train step's params)`)
       return x
     }
-    const hooks: LinearHook[] = (v.loras ?? []).map((l) =>
+    const dropout = inputs.loraDropout
+    const hooks: LinearHook[] = (v.loras ?? []).map((l, i) =>
       loraHook(
         new Map([...l.adapter.modules.keys()].map((module): [string, LoraValues] => [module, { a: value(variantNames.lora(l.name, module, "A")), b: value(variantNames.lora(l.name, module, "B")) }])),
         loraScale(l.adapter.config),
+        dropout && l.trainable && options.training ? { dropout: dropout.rate, seed: sub.add(dropout.seed, sub.scalar(i * 2 ** 16, "int64")) } : {},
       ),
     )
-    const options = hooks.length === 0 ? {} : { linearHook: hooks.slice(1).reduce<LinearHook>((a, b) => (gg, site, x, y) => b(gg, site, x, a(gg, site, x, y)), hooks[0]) }
-    if (K === 0) return decoder(sub, c, w, source, { ids: inputs.ids, mask: inputs.mask, past: inputs.past }, options)
+    const hooked = hooks.length === 0 ? {} : { linearHook: hooks.slice(1).reduce<LinearHook>((a, b) => (gg, site, x, y) => b(gg, site, x, a(gg, site, x, y)), hooks[0]) }
+    if (K === 0) return decoder(sub, c, w, source, { ids: inputs.ids, mask: inputs.mask, past: inputs.past }, hooked)
 
     const H = c.hiddenSize
     // [1, n, H] or [B, n, H] blocks, broadcast to the batch below
@@ -349,7 +356,7 @@ export const prepareVariant = (g: Graph, v: Variant, source: WeightSource, optio
     const fed = sub.slice(virtual, cached, sub.ints([K]), [1])
     const embeds = sub.concat([fed, tokenEmbeddings(sub, c, w, source, inputs.ids)], 1)
     const ones = sub.constantOfShape(sub.concat([sub.shapeOf(inputs.mask, 0, 1), sub.ints([K])], 0), 1, "int64", [inputs.mask.shape[0], K])
-    const out = decoder(sub, c, w, source, { embeds, mask: sub.concat([ones, inputs.mask], 1), past: inputs.past }, options)
+    const out = decoder(sub, c, w, source, { embeds, mask: sub.concat([ones, inputs.mask], 1), past: inputs.past }, hooked)
     return { ...out, hidden: sub.slice(out.hidden, sub.sub(sub.ints([K]), cached), sub.ints([2 ** 31 - 1]), [1]) }
   }
 }

@@ -10,7 +10,8 @@
 //   full recompute and the decode loop give, with log-probs equal to the float64 reference; its
 //   scoring graph likewise;
 // - gradients w.r.t. the soft vectors and the condition MLP's weights match finite differences;
-// - a LoRA and a soft prompt on one variant train together in one train step.
+// - a LoRA and a soft prompt on one variant train together in one train step; LoRA dropout reaches
+//   the trainable LoRAs of a training graph.
 // Tolerances: 1e-4 absolute on O(1) logits / log-probs, as in forward.test.ts (float32 graph vs
 // float64 reference); finite differences: see the gradient test.
 import { Effect, Exit } from "effect"
@@ -34,7 +35,7 @@ import { referenceForward, referenceModel } from "../reference/reference.ts"
 import { gradCheck } from "../graph/gradcheck.ts"
 import { randArray } from "../graph/run.ts"
 import { logSoftmax } from "./sampling-reference.ts"
-import { batchSpec, expectClose, ids, nextTokenLoss, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
+import { batchSpec, expectClose, ids, nextTokenLoss, nonZeroAdapter, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 
@@ -287,6 +288,45 @@ describe("gradients through the variant forward match finite differences", () =>
 })
 
 describe("training a variant", () => {
+  it("LoRA dropout reaches the trainable LoRAs of a training graph: seeded masks, none at rate 0", async () => {
+    const ckpt = await randomCheckpoint(tinyLlama())
+    const { adapter } = await nonZeroAdapter(ckpt)
+    const variant: Variant = { checkpoint: ckpt, loras: [{ name: "a", adapter, trainable: true }, { name: "b", adapter, trainable: true }] }
+    const { specs, initial } = variantParams(variant)
+    const session = (rate: number) =>
+      Effect.runPromise(
+        Effect.gen(function* () {
+          const placement = yield* placeWeights(ckpt, tempDir("pipe-variant-dropout-"))
+          const g = new Graph("dropout")
+          const params = Object.fromEntries(Object.entries(specs).map(([k, spec]) => [k, g.input(k, "float32", spec.shape)]))
+          const seed = g.input("seed", "int64", [])
+          const out = prepareVariant(g, variant, externalWeights(g, placement), { training: true })(
+            g,
+            { ids: g.input(forwardNames.ids, "int64", ["batch", "seq"]), mask: g.input(forwardNames.mask, "int64", ["batch", "seq"]), loraDropout: { rate, seed } },
+            params,
+          )
+          g.outputAs("logits", logitsOf(g, out, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0]))))
+          return yield* createSession(yield* writeGraph(g, placement, "dropout"))
+        }),
+      )
+    const feeds = (s: number) => ({
+      ...Object.fromEntries(Object.entries(initial).map(([k, x]) => [k, tensor("float32", x.shape, x.data)])),
+      seed: tensor("int64", [], [s]),
+      [forwardNames.ids]: ids([seq]),
+      [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)),
+    })
+    const logits = async (rate: number, s: number) => rowsOf((await run(await session(rate), feeds(s))).logits, 0)
+    const distance = (x: Float32Array[], y: Float32Array[]) => Math.max(...x.flatMap((r, i) => Array.from(r, (z, j) => Math.abs(z - y[i][j]))))
+    const plain = { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) }
+    const inference = rowsOf((await run(await logitsSession(variant), plain)).logits, 0)
+    // rate 0: the inference forward of the same variant (where its LoRAs are frozen at these values)
+    expectClose(await logits(0, 1), inference, TOL)
+    const dropped = await logits(0.5, 1)
+    expect(await logits(0.5, 1)).toEqual(dropped)
+    expect(distance(dropped, inference)).toBeGreaterThan(1e-2)
+    expect(distance(await logits(0.5, 2), dropped)).toBeGreaterThan(1e-2)
+  })
+
   it("a LoRA and a soft prompt on one variant train together: both change, the loss drops; the trained variant scores as trained", async () => {
     const ckpt = await randomCheckpoint(tinyLlama())
     const H = ckpt.config.hiddenSize
