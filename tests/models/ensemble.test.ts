@@ -294,6 +294,16 @@ describe("refusals", () => {
     expect(message).toContain(`models "llama" (${llama.dir}) and "other" (${other.dir}) have different tokenizers`)
   })
 
+  it("a member with a conditional soft prompt; a member whose soft prompt does not fit its model", async () => {
+    const conditional = { k: 1, conditionSize: 2, hidden: 2, weights: { w1: new Float32Array(4), b1: new Float32Array(2), w2: new Float32Array(64), b2: new Float32Array(32) } }
+    expect(await failure([{ name: "llama", checkpoint: llama, conditionalSoftPrompt: conditional }, { name: "other", checkpoint: neox }])).toContain(
+      'member "llama" has a conditional soft prompt, which ensembles do not support',
+    )
+    expect(await failure([{ name: "llama", checkpoint: llama, softPrompt: { k: 2, values: new Float32Array(3) } }, { name: "other", checkpoint: neox }])).toContain(
+      `member "llama": variant of ${llama.dir}: soft prompt has 3 values, expected k x hidden size = 2 x 32`,
+    )
+  })
+
   it("a checkpoint with fewer embedding rows than the tokenizer has tokens", async () => {
     const other = await checkpoint(tinyLlama({ ...small, vocabSize: 1000 }), 6)
     expect(await failure(pair(other))).toContain(`model "other" (${other.dir}) has 1000 embedding rows, fewer than the 1024 tokens`)
