@@ -23,6 +23,14 @@
 // variantParams; every other value (and every value in an inference graph: generation, scoring)
 // becomes an initializer of the top-level graph (prepared once, so Loop bodies can use them).
 // After training, withTrainedValues puts the trained values into the variant.
+//
+// API
+//   checkVariant(v)                         sizes, token ids, adapter modules, names (VariantError)
+//   prepareVariant(g, v, source, { prefix?, training? }) -> (sub, { ids, mask, past?, condition?, loraDropout? }, params?) -> DecoderOutputs
+//   variantParams(v) -> { specs, initial }  the trainable values for buildTrainStep / initTrainState
+//   withTrainedValues(v, trained)           the variant with trained values, frozen
+//   initSoftPrompt(ckpt, start), initConditionalSoftPrompt(ckpt, sizes, start)   trainable starts at vocabulary embeddings
+//   virtualLength(v), asVariant(checkpoint | variant, adapter?)
 import { Data, Effect } from "effect"
 import type { Graph, Value } from "../graph/index.ts"
 import type { ParamSpec } from "../graph/optim.ts"
