@@ -12,21 +12,16 @@
 //   initLora(targets, r, seed)            -> host values: A ~ U(-1/sqrt(in), 1/sqrt(in)) (PEFT's
 //                                            kaiming_uniform(a=sqrt(5))), B = 0, so training starts at the base model
 //   loraAdapter(config, targets, values)  -> a peft.ts LoraAdapter (for writeAdapter / mergeLora)
-//   adapterHook(g, adapter)               -> a LinearHook applying a trained adapter whose matrices
-//                                            are inline initializers (inference graphs: generation, scoring)
+// A trained adapter in inference graphs (generation, scoring): a frozen LoRA of a variant.ts Variant.
 //
-// Soft prompts: k embeddings [k, H] (or [B, k, H] from a condition) prepended to the token
-// embeddings, with the attention mask extended by k ones on the left of the real tokens:
-//   prependSoftPrompt(g, prompt, embeds, mask) -> { embeds [B, k+T, H], mask [B, k+T] }
-//   conditionalSoftPrompt(g, condition [B, C], mlp, k, H) -> [B, k, H]
-//     mlp: two layers, tanh between: W1 [hidden, C], b1 [hidden], W2 [k*H, hidden], b2 [k*H]
-// On a left-padded row the padding ends up between prompt and tokens; it is masked out and
-// positions come from the mask, so every row sees prompt positions 0..k-1 then its tokens.
+// Conditional soft prompts: conditionalSoftPrompt(g, condition [B, C], mlp, k, H) -> [B, k, H]
+//   mlp: two layers, tanh between: W1 [hidden, C], b1 [hidden], W2 [k*H, hidden], b2 [k*H]
+// Soft prompts, conditional soft prompts and LoRAs are put together into one model by variant.ts.
 import { dropout, type Graph, type Value } from "../graph/index.ts"
 import type { ParamSpec } from "../graph/optim.ts"
 import type { LinearHook } from "./forward.ts"
-import { type LoraAdapter, type LoraConfig, type LoraTarget, loraScale } from "./peft.ts"
-import { fromNumbers, toFloat32 } from "../core/safetensors.ts"
+import type { LoraAdapter, LoraConfig, LoraTarget } from "./peft.ts"
+import { fromNumbers } from "../core/safetensors.ts"
 import { mulberry32 } from "../core/random.ts"
 
 /** Graph input / train-step parameter name of a LoRA matrix. */
@@ -104,29 +99,7 @@ export const loraAdapter = (config: LoraConfig, targets: ReadonlyArray<LoraTarge
   return { config, modules: new Map(targets.map((t) => [t.module, { a: get(t, "A"), b: get(t, "B") }])) }
 }
 
-/** The adapter applied in an inference graph: its A and B become float32 initializers of `g`. */
-/** `prefix` goes before the initializer names (one per model when several share a graph). */
-export const adapterHook = (g: Graph, adapter: LoraAdapter, prefix = ""): LinearHook => {
-  const modules = new Map<string, LoraValues>()
-  for (const [module, { a, b }] of adapter.modules) {
-    const init = (which: "A" | "B", t: typeof a) => g.initializer(prefix + loraName(module, which), "float32", [...t.shape], { kind: "inline", data: toFloat32(t) })
-    modules.set(module, { a: init("A", a), b: init("B", b) })
-  }
-  return loraHook(modules, loraScale(adapter.config))
-}
-
-// ------------------------------------------------------------------------------ soft prompts
-
-/** Prepends a prompt ([k, H] shared, or [B, k, H] per row) to embeds [B, T, H]; extends mask [B, S]. */
-export const prependSoftPrompt = (g: Graph, prompt: Value, embeds: Value, mask: Value): { embeds: Value; mask: Value } => {
-  const k = prompt.shape[prompt.rank - 2]
-  if (typeof k !== "number") throw new Error("prependSoftPrompt: the prompt length must be static")
-  // [k, H] -> [B, k, H] by broadcasting against zeros [B, 1, 1]
-  const zeros = g.constantOfShape(g.concat([g.shapeOf(embeds, 0, 1), g.ints([1, 1])], 0), 0, "float32", [embeds.shape[0], 1, 1])
-  const batched = prompt.rank === 3 ? prompt : g.add(g.unsqueeze(prompt, [0]), zeros)
-  const ones = g.constantOfShape(g.concat([g.shapeOf(mask, 0, 1), g.ints([k])], 0), 1, "int64", [mask.shape[0], k])
-  return { embeds: g.concat([batched, embeds], 1), mask: g.concat([ones, mask], 1) }
-}
+// --------------------------------------------------------------------- conditional soft prompts
 
 export interface ConditionMlp {
   /** [hidden, C] */

@@ -3,9 +3,10 @@
 //
 //   makeEnsemble({ members, rule, klPairs?, graphDir, device?, intraOpThreads?, tokenizer?, chunk?, stepsPerRun? })
 //     -> Ensemble { generate(requests, options), score(requests) }
-//   members: { name, checkpoint, adapter? }: different checkpoints sharing a tokenizer (any mix
-//     of architectures), or one checkpoint with different LoRA adapters (its weights are read
-//     once and shared). Names are [A-Za-z0-9_-]+; they prefix the member's graph names.
+//   members: variant.ts Variants with a name: different checkpoints sharing a tokenizer (any mix
+//     of architectures), or one checkpoint with different interventions (LoRAs, soft prompts, a
+//     text prefix; its weights are read once and shared). Conditional soft prompts are not
+//     supported here. Names are [A-Za-z0-9_-]+; they prefix the member's graph names.
 //   rule, over each member's logits z_m restricted to the tokenizer's vocabulary:
 //     { space: "logits", terms: [{ member, weight, temperature? }] }
 //       log p = log_softmax( Σ_terms weight * log_softmax(z_member / temperature) )
@@ -39,9 +40,7 @@ import { Data, Effect } from "effect"
 import { Graph, type Value } from "../graph/index.ts"
 import { createSession, type Device, type RunError, type Session } from "../runtime/session.ts"
 import { loadTokenizer, type TextTokenizer } from "../text/tokenizer.ts"
-import { adapterHook } from "./adapters.ts"
-import type { Checkpoint } from "./checkpoint.ts"
-import { decoder, type DecoderInputs, forwardNames, logitsOf, type WeightSource } from "./forward.ts"
+import { forwardNames, logitsOf, type WeightSource } from "./forward.ts"
 import {
   buildDecodeLoopGraph,
   buildStepGraph,
@@ -55,18 +54,16 @@ import {
   sessionOptions,
   stepGenerate,
   type StepModelGraph,
+  variantContext,
 } from "./generate.ts"
 import { externalWeights, placeWeights, type WeightPlacement, writeGraph } from "./graph-weights.ts"
-import { checkAdapterModules, type LoraAdapter } from "./peft.ts"
-import { contextLength } from "./rope.ts"
+import { checkVariant, prepareVariant, type Variant } from "./variant.ts"
 import { chunkedRows, type ContinuationRequest, entropyOf, scoreContinuations, type ScoringError, scoringNames, targetLogProbOf } from "./scoring.ts"
 
 export class EnsembleError extends Data.TaggedError("EnsembleError")<{ readonly message: string }> {}
 
-export interface EnsembleMember {
+export interface EnsembleMember extends Variant {
   readonly name: string
-  readonly checkpoint: Checkpoint
-  readonly adapter?: LoraAdapter
 }
 
 export interface LogitTerm {
@@ -192,6 +189,8 @@ const optionsProblem = (o: Pick<EnsembleOptions, "members" | "rule" | "klPairs" 
   if (badName !== undefined) return `member name "${badName}" must match [A-Za-z0-9_-]+ (it prefixes graph input and output names)`
   const twice = names.find((n, i) => names.indexOf(n) !== i)
   if (twice !== undefined) return `member name "${twice}" is used twice`
+  const conditional = o.members.find((m) => m.conditionalSoftPrompt)
+  if (conditional) return `member "${conditional.name}" has a conditional soft prompt, which ensembles do not support (its condition would be one more shared input)`
   const rule = o.rule
   if (rule.terms.length === 0) return "the combination rule has no terms"
   for (const [i, t] of rule.terms.entries()) {
@@ -249,18 +248,16 @@ const statistics = (g: Graph, logp: ReadonlyMap<string, Value>, klPairs: Readonl
 ]
 
 /**
- * Each member's weights and adapter as initializers of the top-level graph `g` (a checkpoint shared
- * by several members is read once), and a function building the member's forward into `g` or a
+ * Each member's weights and frozen interventions as initializers of the top-level graph `g` (a
+ * checkpoint shared by several members is read once), and its variant forward into `g` or a
  * subgraph of it.
  */
 const memberModels = (g: Graph, members: ReadonlyArray<EnsembleMember>, placement: WeightPlacement) => {
   const sources = new Map<string, WeightSource>()
   return members.map((m) => {
-    const c = m.checkpoint
-    const source = sources.get(c.dir) ?? externalWeights(g, placement, `w${sources.size}.`)
-    sources.set(c.dir, source)
-    const options = m.adapter ? { linearHook: adapterHook(g, m.adapter, `${m.name}.`) } : {}
-    return { member: m, forward: (sub: Graph, inputs: DecoderInputs) => decoder(sub, c.config, c.weights, source, inputs, options) }
+    const source = sources.get(m.checkpoint.dir) ?? externalWeights(g, placement, `w${sources.size}.`)
+    sources.set(m.checkpoint.dir, source)
+    return { member: m, forward: prepareVariant(g, m, source, { prefix: `${m.name}.` }) }
   })
 }
 
@@ -335,7 +332,7 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
     const { members } = options
     const klPairs = options.klPairs ?? []
     const V = yield* sharedVocabulary(members)
-    for (const m of members) if (m.adapter) yield* Effect.mapError(checkAdapterModules(m.checkpoint, m.adapter), (e) => fail(`member "${m.name}": ${e.message}`))
+    for (const m of members) yield* Effect.mapError(checkVariant(m), (e) => fail(`member "${m.name}": ${e.message}`))
     const placement = yield* Effect.mapError(
       placeWeights(members.map((m) => m.checkpoint), options.graphDir),
       (e) => fail(e.message),
@@ -352,7 +349,7 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
     const loopSession =
       stepsPerRun > 1 ? yield* open(yield* build(() => buildDecodeLoopGraph(graphModel, "ensemble_decode_loop")), "ensemble-decode-loop") : undefined
     const scoringSession = yield* open(yield* build(() => buildEnsembleScoringGraph(options, placement, V)), "ensemble-scoring")
-    const contexts = members.map((m) => contextLength(m.checkpoint.config))
+    const contexts = members.map(variantContext)
     const first = members[0].checkpoint.config
     const stats = statNames(members, klPairs)
     const generate = stepGenerate(

@@ -35,10 +35,12 @@
 // CPU provider has no bf16 arithmetic). Masked attention uses an additive -1e9 bias, not -inf,
 // so fully masked (padding) query rows stay finite.
 //
-// Sliding-window layers (config.slidingWindow) mask by cache column, as transformers does
-// (kv_idx > q_idx - window on cache positions): with left padding the real tokens of a row are
-// contiguous, so column distance is position distance. The cache keeps every column; a decode
-// step's window is applied by the mask, so prefill, decode and training share one rule.
+// Sliding-window layers (config.slidingWindow) mask by position distance (key position > query
+// position - window, positions from the mask). transformers masks by cache column; the two agree
+// where a row's real tokens are contiguous (plain left padding), and positions stay right where
+// padding sits inside a row (variant.ts: between a soft prompt and the tokens). The cache keeps
+// every column; a decode step's window is applied by the mask, so prefill, decode and training
+// share one rule.
 // Gemma (config.gemma): see GemmaFeatures. Its final logit soft-capping is applied wherever
 // logits are formed from `hidden` and `lmHead`: callers pass DecoderOutputs.logitSoftcap on
 // (LmHead.softcap for the chunked losses, positionStats' logitSoftcap argument, logitsOf).
@@ -215,7 +217,8 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   const zero = g.constant("int64", [], [0])
   const scalarOf = (v: Value) => g.reshape(v, [])
   // positions: cumsum(mask) - 1 clamped at 0, last T columns
-  const positions = inputs.positions ?? g.slice(g.max(g.sub(g.cumSum(mask, 1), one), zero), P, S, [1]) // [B, T]
+  const columnPositions = g.max(g.sub(g.cumSum(mask, 1), one), zero) // [B, S]
+  const positions = inputs.positions ?? g.slice(columnPositions, P, S, [1]) // [B, T]
   if (w.embedPositions) x = g.add(x, g.gather(source(w.embedPositions), positions, 0))
   // key j is visible to query i when it is real and j <= P + i
   const qAbs = g.range(scalarOf(P), scalarOf(S), one) // [T]
@@ -225,10 +228,10 @@ export const decoder = (g: Graph, c: ModelConfig, w: ModelWeights, source: Weigh
   const visible = g.and(causal, real) // [B, T, S]
   const maskBias = (v: Value) => g.unsqueeze(g.where(v, g.scalar(0), g.scalar(-1e9)), [1, 2]) // [B, 1, 1, T, S]
   const bias = maskBias(visible)
-  // sliding-window layers also need key column > query column - window
+  // sliding-window layers also need key position > query position - window
   const window = c.slidingWindow
   const localBias = window
-    ? maskBias(g.and(visible, g.greater(g.unsqueeze(kAbs, [0]), g.unsqueeze(g.sub(qAbs, g.constant("int64", [], [window.size])), [1]))))
+    ? maskBias(g.and(visible, g.greater(g.unsqueeze(columnPositions, [1]), g.unsqueeze(g.sub(positions, g.constant("int64", [], [window.size])), [2]))))
     : bias
   const isLocal = (layer: number) => window?.layers[layer] === true
 

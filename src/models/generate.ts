@@ -1,12 +1,16 @@
 // Batched generation with a KV cache, sampling in-graph (sampling.ts).
 //
-//   makeGenerator(ckpt, { graphDir, device?, intraOpThreads?, tokenizer?, stepsPerRun?, adapter? }) -> Generator
-//     adapter: a PEFT LoRA applied in-graph on top of the weights (adapters.ts adapterHook)
+//   makeGenerator(model, { graphDir, device?, intraOpThreads?, tokenizer?, stepsPerRun?, adapter? }) -> Generator
+//     model: a checkpoint or a variant.ts Variant (LoRAs, soft prompts, a text prefix);
+//     adapter: shorthand for a variant with this one frozen LoRA on the checkpoint
 //   generator.generate(requests, { batchSize?, cache? }) -> Generation[] (in request order)
 //
-// The graphs are built around a StepModelGraph (the model part: one checkpoint via
-// checkpointModel, or several combined: ensemble.ts) and run by the host loop stepGenerate over a
-// StepModel (sessions, cache slot names, limits, names of per-token statistics outputs).
+// The graphs are built around a StepModelGraph (the model part: one variant via variantModel,
+// or several combined: ensemble.ts) and run by the host loop stepGenerate over a StepModel
+// (sessions, cache slot names, limits, names of per-token statistics outputs).
+// A variant's virtual positions (soft prompt, prefix) sit in the KV cache in front of every row;
+// the host loop sees only the real tokens (variant.ts). With a conditional soft prompt every
+// request gives its condition vector (GenerationRequest.condition), fed as input "condition".
 //
 // One "step" graph serves prefill and decode: it takes input_ids [B, T], attention_mask
 // [B, P + T] (left padding), past K/V per layer [B, kvHeads, P, headDim] (P = 0 at prefill: empty
@@ -39,9 +43,9 @@ import { Graph, type Value } from "../graph/index.ts"
 import { createSession, type Device, runSession, type Session } from "../runtime/session.ts"
 import type { TextTokenizer } from "../text/tokenizer.ts"
 import type { Checkpoint } from "./checkpoint.ts"
-import { checkAdapterModules, type LoraAdapter } from "./peft.ts"
-import { adapterHook } from "./adapters.ts"
-import { decoder, type DecoderOutputs, forwardNames, logitsOf, type WeightSource } from "./forward.ts"
+import type { LoraAdapter } from "./peft.ts"
+import { type DecoderOutputs, forwardNames, logitsOf, type WeightSource } from "./forward.ts"
+import { asVariant, checkVariant, prepareVariant, type Variant, variantNames, virtualLength } from "./variant.ts"
 import { externalWeights, placeWeights, writeGraph } from "./graph-weights.ts"
 import { requestUniform, sampleTokens, samplingInputs } from "./sampling.ts"
 import { contextLength } from "./rope.ts"
@@ -66,6 +70,8 @@ export interface GenerationRequest {
   readonly stopTokenIds?: ReadonlyArray<number>
   /** Needs the generator's tokenizer. */
   readonly stopStrings?: ReadonlyArray<string>
+  /** The condition vector of a variant with a conditional soft prompt (its conditionSize numbers). */
+  readonly condition?: ReadonlyArray<number>
 }
 
 export type FinishReason = "stop_token" | "stop_string" | "length"
@@ -109,7 +115,7 @@ export interface GeneratorOptions {
    * dropped, so the results are the same as with 1).
    */
   readonly stepsPerRun?: number
-  /** A trained LoRA adapter applied on top of the checkpoint's weights (not merged into them). */
+  /** A trained LoRA adapter applied on top of the checkpoint's weights (not merged into them); only with a checkpoint as the model. */
   readonly adapter?: LoraAdapter
 }
 
@@ -148,21 +154,25 @@ export interface StepHead {
  */
 export interface StepModelGraph {
   readonly slots: ReadonlyArray<CacheSlot>
-  readonly prepare: (g: Graph) => (sub: Graph, ids: Value, mask: Value, past: ReadonlyArray<Value>) => StepHead
+  /** With a conditional soft prompt: the condition's length (input "condition" [B, C]). */
+  readonly conditionSize?: number
+  readonly prepare: (g: Graph) => (sub: Graph, ids: Value, mask: Value, past: ReadonlyArray<Value>, condition?: Value) => StepHead
 }
 
-/** One checkpoint (plus an optional LoRA adapter) as a StepModelGraph. */
-export const checkpointModel = (ckpt: Checkpoint, source: (g: Graph) => WeightSource, adapter?: LoraAdapter): StepModelGraph => ({
-  slots: cacheSlots(ckpt),
+/** One variant as a StepModelGraph. */
+export const variantModel = (variant: Variant, source: (g: Graph) => WeightSource): StepModelGraph => ({
+  slots: cacheSlots(variant.checkpoint),
+  conditionSize: variant.conditionalSoftPrompt?.conditionSize,
   prepare: (g) => {
-    const weights = source(g)
-    const options = adapter ? { linearHook: adapterHook(g, adapter) } : {}
-    return (sub, ids, mask, past) => {
-      const out = decoder(sub, ckpt.config, ckpt.weights, weights, { ids, mask, past: pastByLayer(past) }, options)
-      return { logits: lastLogits(sub, out), vocab: ckpt.config.vocabSize, present: out.present.flatMap((p) => [p.key, p.value]) }
+    const forward = prepareVariant(g, variant, source(g))
+    return (sub, ids, mask, past, condition) => {
+      const out = forward(sub, { ids, mask, past: pastByLayer(past), condition })
+      return { logits: lastLogits(sub, out), vocab: variant.checkpoint.config.vocabSize, present: out.present.flatMap((p) => [p.key, p.value]) }
     }
   },
 })
+
+const conditionInput = (g: Graph, model: StepModelGraph) => (model.conditionSize === undefined ? undefined : g.input(variantNames.condition, "float32", ["batch", model.conditionSize]))
 
 /** Cache values in slot order (key, value per layer) as DecoderInputs.past. */
 export const pastByLayer = (past: ReadonlyArray<Value>) => Array.from({ length: past.length / 2 }, (_, l) => ({ key: past[2 * l], value: past[2 * l + 1] }))
@@ -183,7 +193,7 @@ export const buildStepGraph = (model: StepModelGraph, name = "generation_step"):
   const knobs = samplingInputs(g, "batch")
   const banned = g.input(names.banned, "int64", ["batch", "banned"])
   const bannedBias = g.input(names.bannedBias, "float32", ["batch", "banned"])
-  const h = model.prepare(g)(g, ids, mask, past)
+  const h = model.prepare(g)(g, ids, mask, past, conditionInput(g, model))
   const constrained = g.add(h.logits, g.scatterElements(g.zerosLike(h.logits), banned, bannedBias, 1))
   const s = sampleTokens(g, constrained, knobs, h.vocab, h.logits)
   g.outputAs(names.token, s.token)
@@ -212,11 +222,12 @@ export const buildDecodeLoopGraph = (model: StepModelGraph, name = "generation_d
   const uniforms = g.input("uniform", "float32", ["steps", "batch"])
   const banned = g.input(names.banned, "int64", ["batch", "banned"])
   const bannedBias = g.input(names.bannedBias, "float32", ["steps", "batch", "banned"])
+  const condition = conditionInput(g, model)
   const head = model.prepare(g)
   const trips = g.shapeOf(uniforms, 0, 1)
   const statNames: string[] = []
   const outs = g.loop(g.reshape(trips, []), null, [token, mask, ...past], (sub, iter, [tok, m, ...kv]) => {
-    const h = head(sub, sub.unsqueeze(tok, [1]), m, kv)
+    const h = head(sub, sub.unsqueeze(tok, [1]), m, kv, condition)
     const bias = sub.scatterElements(sub.zerosLike(h.logits), banned, sub.gather(bannedBias, iter, 0), 1)
     const s = sampleTokens(sub, sub.add(h.logits, bias), { temperature, topK, topP, uniform: sub.gather(uniforms, iter, 0) }, h.vocab, h.logits)
     const grown = sub.concat([m, sub.unsqueeze(sub.constantOfShape(sub.shapeOf(tok), 1, "int64"), [1])], 1)
@@ -269,6 +280,8 @@ export interface StepModel {
   readonly eosTokenIds: ReadonlyArray<number>
   readonly padTokenId: number
   readonly stats: ReadonlyArray<string>
+  /** Each request's condition length, when the graphs take a condition (StepModelGraph.conditionSize). */
+  readonly conditionSize?: number
 }
 
 /** Checks one request against the model; returns the problem or undefined. */
@@ -289,6 +302,10 @@ const problem = (r: GenerationRequest, i: number, model: StepModel, hasTokenizer
   if (!(p >= 0 && p <= 1)) return `${where}: topP must be in [0, 1], got ${r.topP}`
   if ((r.stopStrings?.length ?? 0) > 0 && !hasTokenizer) return `${where}: stop strings need a tokenizer (GeneratorOptions.tokenizer)`
   if (r.stopStrings?.some((s) => s.length === 0)) return `${where}: a stop string is empty`
+  const C = model.conditionSize
+  if (C === undefined && r.condition !== undefined) return `${where}: a condition is given, but the model has no conditional soft prompt`
+  if (C !== undefined && (r.condition?.length !== C || !r.condition.every(Number.isFinite)))
+    return `${where}: the model's conditional soft prompt needs a condition of ${C} finite numbers, got ${r.condition === undefined ? "none" : JSON.stringify(r.condition)}`
   return undefined
 }
 
@@ -308,9 +325,19 @@ export const sessionOptions = (options: Pick<GeneratorOptions, "device" | "intra
   ...(options.intraOpThreads ? { intraOpThreads: options.intraOpThreads } : {}),
 })
 
-export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effect.Effect<Generator, GenerationError> =>
+/** The context left to real tokens after a variant's virtual positions. */
+export const variantContext = (variant: Variant): StepModel["context"] => {
+  const c = contextLength(variant.checkpoint.config)
+  const K = virtualLength(variant)
+  return K === 0 ? c : { length: c.length - K, why: `${c.why}, less the variant's ${K} soft-prompt/prefix positions` }
+}
+
+export const makeGenerator = (target: Checkpoint | Variant, options: GeneratorOptions): Effect.Effect<Generator, GenerationError> =>
   Effect.gen(function* () {
+    const variant = yield* Effect.mapError(asVariant(target, options.adapter), (e) => fail(e.message))
+    const ckpt = variant.checkpoint
     const c = ckpt.config
+    yield* Effect.mapError(checkVariant(variant), (e) => fail(e.message))
     const placement = yield* Effect.mapError(placeWeights(ckpt, options.graphDir), (e) => fail(e.message))
     const stepsPerRun = options.stepsPerRun ?? 1
     if (!Number.isInteger(stepsPerRun) || stepsPerRun < 1) return yield* Effect.fail(fail(`stepsPerRun must be a positive integer, got ${stepsPerRun}`))
@@ -319,8 +346,7 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
         Effect.flatMap(writeGraph(g, placement, name), (file) => createSession(file, sessionOptions(options))),
         (e) => fail(e.message),
       )
-    if (options.adapter) yield* Effect.mapError(checkAdapterModules(ckpt, options.adapter), (e) => fail(e.message))
-    const graphModel = checkpointModel(ckpt, (g) => externalWeights(g, placement), options.adapter)
+    const graphModel = variantModel(variant, (g) => externalWeights(g, placement))
     const session = yield* open(buildStepGraph(graphModel), "generation-step")
     const loopSession = stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(graphModel), "generation-decode-loop") : undefined
     const model: StepModel = {
@@ -329,10 +355,11 @@ export const makeGenerator = (ckpt: Checkpoint, options: GeneratorOptions): Effe
       stepsPerRun,
       cache: graphModel.slots,
       vocabSize: c.vocabSize,
-      context: contextLength(c),
+      context: variantContext(variant),
       eosTokenIds: c.eosTokenIds,
       padTokenId: c.padTokenId ?? c.eosTokenIds[0] ?? 0,
       stats: [],
+      conditionSize: graphModel.conditionSize,
     }
     return { generate: stepGenerate(model, options.tokenizer), session, loopSession }
   })
@@ -396,6 +423,9 @@ const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"
       temperature: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.temperature ?? 1), [B]),
       top_k: new ort.Tensor("int64", BigInt64Array.from(requests, (r) => BigInt(r.topK ?? 0)), [B]),
       top_p: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.topP ?? 1), [B]),
+      ...(model.conditionSize === undefined
+        ? {}
+        : { [variantNames.condition]: new ort.Tensor("float32", Float32Array.from(requests.flatMap((r) => r.condition ?? [])), [B, model.conditionSize]) }),
     }
     const M = rows.reduce((m, r) => Math.max(m, r.stopIds.length), 1)
     let past: Record<string, ort.Tensor> = {}

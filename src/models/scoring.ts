@@ -7,11 +7,12 @@
 //   positionStats(g, hidden [N, H], lmHead [V, H], targets [N] int64, { topK, chunk }, logitSoftcap?)
 //     -> { targetLogProb [N], entropy [N], topLogProbs [N, k], topIds [N, k] int64, tailMass [N] }
 //     Graph function; any target id in [0, V) (use 0 where a position is not scored).
-//   buildScoringGraph(g, ckpt, placement, { topK, chunk, adapter? }) : inputs input_ids,
-//     attention_mask [B, T] (left padding), targets [B, T]; outputs scoringNames.* shaped [B, T] /
-//     [B, T, k]. With `adapter` (a trained peft.ts LoraAdapter) it scores base + LoRA: the
-//     adapter's matrices become initializers of g (adapters.ts adapterHook); a module that is not a
-//     linear layer of the model throws (peft.ts checkAdapterModules).
+//   buildScoringGraph(g, model, placement, { topK, chunk, adapter? }) : inputs input_ids,
+//     attention_mask [B, T] (left padding), targets [B, T] (and condition [B, C] for a variant with
+//     a conditional soft prompt); outputs scoringNames.* shaped [B, T] / [B, T, k]. `model` is a
+//     checkpoint or a variant.ts Variant (its soft prompt / prefix positions are not scored);
+//     `adapter` is shorthand for a checkpoint with that one frozen LoRA. An invalid variant (e.g. an
+//     adapter module that is not a linear layer of the model) throws with checkVariant's message.
 //   chunkedRows(g, rows, chunk, tails, body): the chunk loop positionStats runs in, for other
 //     per-position statistics (e.g. over several models' hidden states: ensemble.ts).
 //   scoreContinuations(session, requests, { padId, stats }) -> Effect<ContinuationScore[]>
@@ -29,10 +30,10 @@ import { type Graph, softcap, type Value } from "../graph/index.ts"
 import { type RunError, runSession, type Session } from "../runtime/session.ts"
 import { tensor } from "../runtime/tensor.ts"
 import type { Checkpoint } from "./checkpoint.ts"
-import { adapterHook } from "./adapters.ts"
-import { decoder, forwardNames } from "./forward.ts"
+import { forwardNames } from "./forward.ts"
 import { externalWeights, type WeightPlacement } from "./graph-weights.ts"
-import { checkAdapterModules, type LoraAdapter } from "./peft.ts"
+import type { LoraAdapter } from "./peft.ts"
+import { asVariant, checkVariant, prepareVariant, type Variant, variantNames } from "./variant.ts"
 
 /** A scoring request that cannot be scored (the message says which and why). */
 export class ScoringError extends Data.TaggedError("ScoringError")<{ readonly message: string }> {}
@@ -109,17 +110,17 @@ export interface ScoringGraphOptions extends PositionStatsOptions {
 }
 
 /** A scoring graph over external weights; see the file header for its inputs and outputs. */
-export const buildScoringGraph = (g: Graph, ckpt: Checkpoint, placement: WeightPlacement, opts: ScoringGraphOptions): void => {
-  const c = ckpt.config
-  const adapter = opts.adapter
-  if (adapter) {
-    const checked = Effect.runSync(Effect.result(checkAdapterModules(ckpt, adapter)))
-    if (checked._tag === "Failure") throw new Error(checked.failure.message)
-  }
+export const buildScoringGraph = (g: Graph, model: Checkpoint | Variant, placement: WeightPlacement, opts: ScoringGraphOptions): void => {
+  const checked = Effect.runSync(Effect.result(Effect.tap(asVariant(model, opts.adapter), checkVariant)))
+  if (checked._tag === "Failure") throw new Error(checked.failure.message)
+  const variant = checked.success
+  const c = variant.checkpoint.config
   const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
   const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
   const targets = g.input(scoringNames.targets, "int64", ["batch", "seq"])
-  const out = decoder(g, c, ckpt.weights, externalWeights(g, placement), { ids, mask }, adapter ? { linearHook: adapterHook(g, adapter) } : {})
+  const cp = variant.conditionalSoftPrompt
+  const condition = cp ? g.input(variantNames.condition, "float32", ["batch", cp.conditionSize]) : undefined
+  const out = prepareVariant(g, variant, externalWeights(g, placement))(g, { ids, mask, condition })
   const s = positionStats(g, g.reshape(out.hidden, [-1, c.hiddenSize]), out.lmHead, g.reshape(targets, [-1]), opts, out.logitSoftcap)
   const bt = g.shapeOf(targets)
   const btk = g.concat([bt, g.ints([opts.topK])], 0)
@@ -133,6 +134,8 @@ export const buildScoringGraph = (g: Graph, ckpt: Checkpoint, placement: WeightP
 export interface ContinuationRequest {
   readonly context: ReadonlyArray<number>
   readonly continuation: ReadonlyArray<number>
+  /** For a variant with a conditional soft prompt: its condition vector (every request gives one). */
+  readonly condition?: ReadonlyArray<number>
 }
 
 export interface ContinuationScore {
@@ -153,8 +156,12 @@ export const scoreContinuations = (
 ): Effect.Effect<ContinuationScore[], RunError | ScoringError> =>
   Effect.suspend((): Effect.Effect<ContinuationScore[], RunError | ScoringError> => {
     if (requests.length === 0) return Effect.succeed([])
-    for (const [i, r] of requests.entries())
+    const C = requests[0].condition?.length
+    for (const [i, r] of requests.entries()) {
       if (r.context.length === 0) return Effect.fail(new ScoringError({ message: `scoring request ${i} has an empty context (start it with the BOS token)` }))
+      if (r.condition?.length !== C)
+        return Effect.fail(new ScoringError({ message: `scoring request ${i}: conditions must be given for all requests or none, all of one length (request 0 has ${C ?? "none"})` }))
+    }
     const seqs = requests.map((r) => [...r.context, ...r.continuation])
     const T = seqs.reduce((m, s) => Math.max(m, s.length), 0) - 1
     const pad = options.padId ?? 0
@@ -174,6 +181,7 @@ export const scoreContinuations = (
       [forwardNames.ids]: tensor("int64", [B, T], ids),
       [forwardNames.mask]: tensor("int64", [B, T], mask),
       [scoringNames.targets]: tensor("int64", [B, T], targets),
+      ...(C === undefined ? {} : { [variantNames.condition]: tensor("float32", [B, C], requests.flatMap((r) => r.condition ?? [])) }),
     }
     const stats = options.stats ?? []
     return Effect.map(runSession(session, feeds, [scoringNames.targetLogProb, scoringNames.entropy, ...stats]), (out) =>

@@ -1,8 +1,7 @@
 // LoRA and soft-prompt hooks of src/models/adapters.ts on random tiny checkpoints:
 // - LoRA with B = 0 is the base model; LoRA with random A, B equals the forward of the checkpoint
 //   that peft.ts mergeLora writes (reference computed in float64 on the merged weights);
-// - a soft prompt equal to the embeddings of some tokens equals the reference on those tokens
-//   prepended (also in a left-padded batch); a conditional soft prompt likewise;
+// (soft prompts and conditional soft prompts: variant.test.ts)
 // - LoRA and full-parameter training through buildTrainStep lower the cross-entropy; a LoRA
 //   student trained against the prompted base model (teacher, same graph and weights) lowers the KL.
 // Tolerance 1e-4 absolute on O(1) logits, as in forward.test.ts.
@@ -13,8 +12,6 @@ import { Graph, serialize } from "../../src/graph/index.ts"
 import { fullForwardKL } from "../../src/graph/losses.ts"
 import { buildTrainStep } from "../../src/graph/optim.ts"
 import {
-  conditionalSoftPrompt,
-  conditionMlpShapes,
   initLora,
   loraAdapter,
   loraFromParams,
@@ -22,7 +19,6 @@ import {
   loraInputs,
   loraName,
   loraParamSpecs,
-  prependSoftPrompt,
 } from "../../src/models/adapters.ts"
 import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { allWeightRefs, buildForwardGraph, decoder, forwardNames, paramWeights } from "../../src/models/forward.ts"
@@ -128,81 +124,6 @@ describe("LoRA dropout", () => {
     expect((await masks(7))[0]).toEqual(a)
     expect((await masks(8))[0]).not.toEqual(a)
     expect(() => loraHook(new Map(), 1, { dropout: 0.1 })).toThrow(/dropout needs a seed input/)
-  })
-})
-
-/** Rows of the token-embedding matrix as a [k, H] prompt. */
-const embeddingRows = async (ckpt: Checkpoint, tokens: number[]) => {
-  const { values } = await Effect.runPromise(readWeightFloat64(ckpt.weights.embedTokens))
-  const H = ckpt.config.hiddenSize
-  return Float32Array.from(tokens.flatMap((t) => Array.from(values.subarray(t * H, (t + 1) * H))))
-}
-
-describe("soft prompts", () => {
-  it("a prompt equal to token embeddings equals the reference with those tokens prepended, also left-padded", async () => {
-    const ckpt = await randomCheckpoint(tinyLlama())
-    const H = ckpt.config.hiddenSize
-    const promptTokens = [40, 41, 42]
-    const session = await Effect.runPromise(
-      Effect.gen(function* () {
-        const placement = yield* placeWeights(ckpt, tempDir("pipe-soft-graph-"))
-        const g = new Graph("soft")
-        const source = externalWeights(g, placement)
-        const prompt = g.input("soft_prompt", "float32", [promptTokens.length, H])
-        const tokenIds = g.input(forwardNames.ids, "int64", ["batch", "seq"])
-        const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
-        const x = prependSoftPrompt(g, prompt, g.gather(source(ckpt.weights.embedTokens), tokenIds, 0), mask)
-        const out = decoder(g, ckpt.config, ckpt.weights, source, { embeds: x.embeds, mask: x.mask })
-        g.outputAs("logits", g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0])))
-        return yield* createSession(yield* writeGraph(g, placement, "soft"))
-      }),
-    )
-    const short = seq.slice(0, 4)
-    const out = await run(session, {
-      soft_prompt: tensor("float32", [promptTokens.length, H], await embeddingRows(ckpt, promptTokens)),
-      [forwardNames.ids]: ids([seq, [0, 0, ...short]]),
-      [forwardNames.mask]: tensor("int64", [2, 6], [1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1]),
-    })
-    expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, [...promptTokens, ...seq]), TOL)
-    expectClose([...rowsOf(out.logits, 1, 0, 3), ...rowsOf(out.logits, 1, 5)], referenceLogits(ckpt.dir, [...promptTokens, ...short]), TOL)
-  })
-
-  it("a conditional prompt is the MLP of the condition (W2 = 0, b2 = embeddings gives those tokens)", async () => {
-    const ckpt = await randomCheckpoint(tinyGpt2())
-    const H = ckpt.config.hiddenSize
-    const k = 2
-    const shapes = conditionMlpShapes(3, 5, k, H)
-    const session = await Effect.runPromise(
-      Effect.gen(function* () {
-        const placement = yield* placeWeights(ckpt, tempDir("pipe-cond-graph-"))
-        const g = new Graph("cond")
-        const source = externalWeights(g, placement)
-        const cond = g.input("condition", "float32", ["batch", 3])
-        const mlp = { w1: g.input("w1", "float32", shapes.w1), b1: g.input("b1", "float32", shapes.b1), w2: g.input("w2", "float32", shapes.w2), b2: g.input("b2", "float32", shapes.b2) }
-        const tokenIds = g.input(forwardNames.ids, "int64", ["batch", "seq"])
-        const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
-        const x = prependSoftPrompt(g, conditionalSoftPrompt(g, cond, mlp, k, H), g.gather(source(ckpt.weights.embedTokens), tokenIds, 0), mask)
-        const out = decoder(g, ckpt.config, ckpt.weights, source, { embeds: x.embeds, mask: x.mask })
-        g.outputAs("logits", g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0])))
-        return yield* createSession(yield* writeGraph(g, placement, "cond"))
-      }),
-    )
-    const feeds = (w2: Float32Array) => ({
-      condition: tensor("float32", [1, 3], [0.3, -1, 2]),
-      w1: tensor("float32", shapes.w1, randomValues(15, 1)),
-      b1: tensor("float32", shapes.b1, randomValues(5, 2)),
-      w2: tensor("float32", shapes.w2, w2),
-      [forwardNames.ids]: ids([seq]),
-      [forwardNames.mask]: ones(seq.length),
-    })
-    const b2 = (n: number) => tensor("float32", shapes.b2, n === 0 ? new Float32Array(k * H) : randomValues(k * H, 9))
-    const promptTokens = [50, 51]
-    const out = await run(session, { ...feeds(new Float32Array(k * H * 5)), b2: tensor("float32", shapes.b2, await embeddingRows(ckpt, promptTokens)) })
-    expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, [...promptTokens, ...seq]), TOL)
-    // with W2 != 0 the condition reaches the logits
-    const a = rowsOf((await run(session, { ...feeds(randomValues(k * H * 5, 3)), b2: b2(0) })).logits, 0)
-    const b = rowsOf((await run(session, { ...feeds(randomValues(k * H * 5, 3)), b2: b2(0), condition: tensor("float32", [1, 3], [1, 1, 1]) })).logits, 0)
-    expect(Math.max(...a.flatMap((row, i) => Array.from(row, (x, j) => Math.abs(x - b[i][j]))))).toBeGreaterThan(1e-3)
   })
 })
 

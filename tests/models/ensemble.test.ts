@@ -3,7 +3,8 @@
 // one graph, against a float64 reference of the combined distribution built from
 // tests/reference/reference.ts logits: greedy and seeded generation, KV-cache decode against full
 // recompute, scoring, per-member log-probs / entropies / KL; the tokenizer-identity refusal; one
-// checkpoint with and without a LoRA adapter as two members (proxy tuning).
+// checkpoint with and without a LoRA adapter as two members (proxy tuning); one checkpoint with a
+// soft prompt, with a text prefix and plain as three members (their virtual positions in the caches).
 //
 // Tolerance 1e-4 absolute on log-probs, entropies and KL: the graph runs in float32, where a
 // 1024-way log-softmax of O(1..10) logits and the sums over the vocabulary are accurate to ~1e-5.
@@ -203,7 +204,7 @@ describe("one checkpoint with and without a LoRA adapter as two members", () => 
 
     const members: EnsembleMember[] = [
       { name: "large", checkpoint: neox },
-      { name: "tuned", checkpoint: llama, adapter },
+      { name: "tuned", checkpoint: llama, loras: [{ name: "adapter", adapter }] },
       { name: "base", checkpoint: llama },
     ]
     const rule: Rule = { space: "logits", terms: [{ member: "large", weight: 1 }, { member: "tuned", weight: 1 }, { member: "base", weight: -1 }] }
@@ -229,6 +230,51 @@ describe("one checkpoint with and without a LoRA adapter as two members", () => 
   })
 })
 
+describe("members with soft prompts and a text prefix", () => {
+  it("one checkpoint soft-prompted, prefixed and plain: generation (cache = recompute = decode loop) and scoring equal the reference", async () => {
+    const H = llama.config.hiddenSize
+    const soft = Float64Array.from({ length: 2 * H }, (_, i) => Math.sin(i * 0.7) * 0.5)
+    const prefix = [1, 77, 300]
+    const members: EnsembleMember[] = [
+      { name: "soft", checkpoint: llama, softPrompt: { k: 2, values: Float32Array.from(soft) } },
+      { name: "sys", checkpoint: llama, prefix },
+      { name: "base", checkpoint: neox },
+    ]
+    const rule: Rule = { space: "logits", terms: [{ member: "soft", weight: 1 }, { member: "sys", weight: 0.5 }, { member: "base", weight: -0.5 }] }
+    // each member's reference input: its virtual block, then the shared tokens
+    const inputs = new Map<string, (seq: readonly number[]) => Array<number | Float64Array>>([
+      ["soft", (seq) => [soft.subarray(0, H), soft.subarray(H), ...seq]],
+      ["sys", (seq) => [...prefix, ...seq]],
+      ["base", (seq) => [...seq]],
+    ])
+    const models = new Map([["soft", refs.get("llama")!], ["sys", refs.get("llama")!], ["base", refs.get("neox")!]])
+    const at = (seq: readonly number[]) =>
+      referenceCombined(rule, new Map([...models].map(([n, m]) => [n, Array.from(referenceForward(m, inputs.get(n)!(seq)).at(-1)!.subarray(0, V))])))
+    const pairs: Array<[string, string]> = [["soft", "sys"]]
+    const ens = await makeWith(members, rule, pairs)
+    const requests = prompts.map((prompt) => ({ prompt, maxNewTokens: 6, temperature: 0, stopTokenIds: [] }))
+    const cached = await Effect.runPromise(ens.generate(requests))
+    cached.forEach((g, i) => {
+      const seq = [...prompts[i]]
+      g.tokens.forEach((tok, t) => {
+        const { logp, combined } = at(seq)
+        expect(Math.max(...combined) - combined[tok]).toBeLessThan(TOL)
+        expect(Math.abs(g.logProbs[t] - combined[tok])).toBeLessThan(TOL)
+        expectStats(g, t, logp, tok)
+        seq.push(tok)
+      })
+    })
+    expectSame(await Effect.runPromise(ens.generate(requests, { cache: false })), cached)
+    expectSame(await Effect.runPromise((await makeWith(members, rule, pairs, 3)).generate(requests)), cached)
+    const [score] = await Effect.runPromise(ens.score([{ context: [1, 200, 33], continuation: [7, 41, 812] }]))
+    ;[7, 41, 812].forEach((tok, t) => {
+      const { logp, combined } = at([1, 200, 33, 7, 41, 812].slice(0, 3 + t))
+      expect(Math.abs(score.logProbs[t] - combined[tok])).toBeLessThan(TOL)
+      expectStats(score, t, logp, tok)
+    })
+  })
+})
+
 describe("refusals", () => {
   const pair = (other: Checkpoint) => [{ name: "llama", checkpoint: llama }, { name: "other", checkpoint: other }]
   const rule: Rule = { space: "logits", terms: [{ member: "llama", weight: 1 }, { member: "other", weight: 1 }] }
@@ -246,6 +292,16 @@ describe("refusals", () => {
     const other = await checkpoint(tinyLlama({ ...small, vocabSize: V }), 5, JSON.stringify(json))
     const message = await failure(pair(other))
     expect(message).toContain(`models "llama" (${llama.dir}) and "other" (${other.dir}) have different tokenizers`)
+  })
+
+  it("a member with a conditional soft prompt; a member whose soft prompt does not fit its model", async () => {
+    const conditional = { k: 1, conditionSize: 2, hidden: 2, weights: { w1: new Float32Array(4), b1: new Float32Array(2), w2: new Float32Array(64), b2: new Float32Array(32) } }
+    expect(await failure([{ name: "llama", checkpoint: llama, conditionalSoftPrompt: conditional }, { name: "other", checkpoint: neox }])).toContain(
+      'member "llama" has a conditional soft prompt, which ensembles do not support',
+    )
+    expect(await failure([{ name: "llama", checkpoint: llama, softPrompt: { k: 2, values: new Float32Array(3) } }, { name: "other", checkpoint: neox }])).toContain(
+      `member "llama": variant of ${llama.dir}: soft prompt has 3 values, expected k x hidden size = 2 x 32`,
+    )
   })
 
   it("a checkpoint with fewer embedding rows than the tokenizer has tokens", async () => {

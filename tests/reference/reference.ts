@@ -346,19 +346,32 @@ const mlp = (c: ModelConfig, l: LayerParams, x: Vec): Vec => {
 }
 
 /**
- * Logits [seq][vocab] of a model on one sequence of token ids (no padding, positions 0..seq-1).
+ * Logits [seq][vocab] of a model on one sequence (no padding, positions 0..seq-1) of token ids or
+ * input embeddings (HF's inputs_embeds: a vector of hiddenSize numbers, e.g. a soft prompt; Gemma 2
+ * scales these by sqrt(hidden) like its token embeddings, Gemma 3 takes them as they are).
  * The rope types that depend on the sequence length (dynamic, longrope) use the whole sequence's
  * length, unless `ropeLengths` gives, per position, the length of the forward that computed it:
  * what a KV-cache decode does, where cached keys keep the rotation of an earlier, shorter forward.
  */
-export const referenceForward = (model: ReferenceModel, tokenIds: ReadonlyArray<number>, ropeLengths: ReadonlyArray<number> = tokenIds.map(() => tokenIds.length)): Float64Array[] => {
+export const referenceForward = (
+  model: ReferenceModel,
+  tokenIds: ReadonlyArray<number | ArrayLike<number>>,
+  ropeLengths: ReadonlyArray<number> = tokenIds.map(() => tokenIds.length),
+): Float64Array[] => {
   const c = model.config
   if (ropeLengths.length !== tokenIds.length) throw new Error(`${ropeLengths.length} rope lengths for ${tokenIds.length} tokens`)
   const norm = (p: NormParams, x: Vec) => (c.norm.kind === "rms" ? rmsNorm(x, p.w, c.norm.eps, c.gemma !== undefined) : layerNorm(x, p.w, p.b, c.norm.eps))
   const embedScale = c.gemma ? roundToDtype(Math.sqrt(c.hiddenSize), model.embedDtype) : 1
+  const inputScale = c.gemma?.embedScale === "all_inputs" ? embedScale : 1
   let xs = tokenIds.map((id, t) => {
-    if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new Error(`token id ${id} outside the vocabulary of ${c.vocabSize}`)
-    const e = row(model.embedTokens, id).map((v) => v * embedScale)
+    let e: Vec
+    if (typeof id !== "number") {
+      if (id.length !== c.hiddenSize) throw new Error(`input embedding at position ${t} has ${id.length} values, expected ${c.hiddenSize}`)
+      e = Float64Array.from(id, (v) => v * inputScale)
+    } else {
+      if (!Number.isInteger(id) || id < 0 || id >= c.vocabSize) throw new Error(`token id ${id} outside the vocabulary of ${c.vocabSize}`)
+      e = row(model.embedTokens, id).map((v) => v * embedScale)
+    }
     return model.embedPositions ? add(e, row(model.embedPositions, t)) : e
   })
   model.layers.forEach((layer, l) => {
