@@ -17,8 +17,37 @@ export class ExternalInputError extends Data.TaggedError("ExternalInputError")<{
 /** A stored payload no longer matches its hash (or is gone): its producers must be recomputed. */
 export class CorruptArtifact extends Data.TaggedError("CorruptArtifact")<{ readonly hash: string; readonly message: string }> {}
 
-/** A stage failed (its error, a defect, or a crashed child process). */
-export class NodeFailed extends Data.TaggedError("NodeFailed")<{ readonly node: string; readonly message: string }> {}
+/**
+ * A stage failed (its error, a defect, or a crashed child process). `cause` is what the stage failed
+ * with: its typed error itself when it ran in this process, its `describeError` when it ran in a child.
+ */
+export class NodeFailed extends Data.TaggedError("NodeFailed")<{ readonly node: string; readonly message: string; readonly cause?: unknown }> {}
+
+/**
+ * A file's contents do not decode as what it should be (a damaged or foreign artifact, a checkpoint
+ * of another run): `path` is the file, `field` the metadata key or JSON path that is wrong.
+ */
+export class ArtifactError extends Data.TaggedError("ArtifactError")<{ readonly path: string; readonly field: string; readonly message: string }> {}
+
+/** A stage refuses its params or inputs as a whole (they contradict each other); the message says which and why. */
+export class StageError extends Data.TaggedError("StageError")<{ readonly message: string }> {}
+
+/** An error as it crosses a process boundary: its tag, its message and its JSON-safe fields (no stack, no cause chain). */
+export interface ErrorDescription {
+  readonly _tag: string
+  readonly message: string
+  readonly [field: string]: unknown
+}
+
+const jsonSafe = (v: unknown): boolean =>
+  v === null || ["string", "number", "boolean"].includes(typeof v) || (Array.isArray(v) && v.every(jsonSafe))
+
+/** `e` as plain data: a tagged error keeps its tag and scalar fields, anything else becomes {_tag: "Error"}. */
+export const describeError = (e: unknown): ErrorDescription => {
+  const tag = typeof (e as { _tag?: unknown } | null)?._tag === "string" ? (e as { _tag: string })._tag : "Error"
+  const fields = typeof e === "object" && e !== null ? Object.entries(e).filter(([k, v]) => k !== "_tag" && k !== "message" && jsonSafe(v)) : []
+  return { ...Object.fromEntries(fields), _tag: tag, message: errorMessage(e) }
+}
 
 /**
  * A write to the cache or to runs/ failed (disk full, read-only filesystem, permissions). `path` is

@@ -2,7 +2,7 @@
 // same held-out questions side by side. The pipeline publishes the result into the run folder as
 // compare.json and compare.md (the Markdown below) and prints the Markdown at the end.
 import { Effect, Schema } from "effect"
-import { stage } from "../../src/engine/index.ts"
+import { StageError, stage } from "../../src/engine/index.ts"
 import { BakeComparison, BakeEvaluation, type BakeEvaluation as Evaluation, type Rate } from "./artifacts.ts"
 
 const percent = (r: Rate) => `${(100 * r.rate).toFixed(1)}% (${r.hits}/${r.n})`
@@ -60,8 +60,8 @@ export const compare = stage({
     Effect.gen(function* () {
       const evals: ReadonlyArray<Evaluation> = [inputs.base, inputs.prompted, inputs.baked]
       const wrong = evals.find((e, i) => e.variant !== ["base", "prompted", "baked"][i])
-      if (wrong) return yield* Effect.fail(new Error(`compare: inputs must be the base, prompted and baked evaluations in that order; got ${evals.map((e) => e.variant).join(", ")}`))
-      if (new Set(evals.map((e) => e.systemPrompt)).size !== 1) return yield* Effect.fail(new Error("compare: the three evaluations were made for different system prompts"))
+      if (wrong) return yield* Effect.fail(new StageError({ message: `compare: inputs must be the base, prompted and baked evaluations in that order; got ${evals.map((e) => e.variant).join(", ")}` }))
+      if (new Set(evals.map((e) => e.systemPrompt)).size !== 1) return yield* Effect.fail(new StageError({ message: "compare: the three evaluations were made for different system prompts" }))
       const { base, prompted, baked } = inputs
       const byQuestion = (e: Evaluation) => new Map(e.behaviourSamples.map((s) => [s.questionId, s]))
       const [bakedBy, baseBy] = [byQuestion(baked), byQuestion(base)]

@@ -16,6 +16,7 @@ import * as path from "node:path"
 import { Directory, type StageContext, stage } from "../../src/engine/index.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { checkFinite, checkFiniteRows } from "../../src/runtime/finite.ts"
+import { scopedSessions } from "../../src/runtime/session.ts"
 import { hash32 } from "../../src/models/init.ts"
 import type { LoraAdapter } from "../../src/models/peft.ts"
 import { CheckerSpec, makeChecker } from "../../src/text/behaviours.ts"
@@ -67,10 +68,10 @@ const evaluateVariant = (
   facts: ReadonlyArray<Question>,
   adapter: LoraAdapter | undefined,
   ctx: StageContext,
-): Effect.Effect<BakeEvaluation, Error> =>
+) =>
   Effect.gen(function* () {
     const started = performance.now()
-    const check = yield* Effect.mapError(makeChecker(params.checker), (e) => new Error(e.message))
+    const check = yield* makeChecker(params.checker)
     const device = runtimeDevice(ctx.device)
     const threads = params.threads > 0 ? { intraOpThreads: params.threads } : {}
     const systemPrompt = variant === "prompted" ? validation.systemPrompt : undefined
@@ -85,7 +86,7 @@ const evaluateVariant = (
     ctx.log(`KL(prompted || ${variant}) = ${kl.mean.toFixed(4)} nats/token over ${kl.tokens} tokens (${elapsed()})`)
     ctx.progress.advance()
 
-    const generator = yield* Effect.mapError(
+    const generator = yield* scopedSessions(
       makeGenerator(model.checkpoint, {
         graphDir: path.join(ctx.workDir, "generate"),
         device,
@@ -94,13 +95,12 @@ const evaluateVariant = (
         ...threads,
         ...(adapter ? { adapter } : {}),
       }),
-      (e) => new Error(e.message),
     )
     const generate = (what: string, questions: ReadonlyArray<Question>, perQuestion: number, request: (q: Question, j: number) => Omit<GenerationRequest, "prompt">) =>
       Effect.gen(function* () {
         const prompts = yield* Effect.forEach(questions, (q) => questionPromptIds(model.tokenizer, q.text, systemPrompt))
         const requests = questions.flatMap((q, qi) => Array.from({ length: perQuestion }, (_, j) => ({ ...request(q, j), prompt: prompts[qi] })))
-        const outs = yield* Effect.mapError(generator.generate(requests, { batchSize: params.batchSize }), (e) => new Error(e.message))
+        const outs = yield* generator.generate(requests, { batchSize: params.batchSize })
         yield* checkFiniteRows(ctx.node, `${what} log-probs [sample, token]`, outs.map((o) => o.logProbs))
         return outs.map((o, i) => ({ question: questions[Math.floor(i / perQuestion)], text: o.text ?? "" }))
       })
@@ -142,8 +142,8 @@ const evaluateVariant = (
         behaviourOk.filter((_, i) => i % params.samplesPerQuestion === 0),
       ),
       answerSamples: keep(answered, answerOk),
-    }
-  })
+    } satisfies BakeEvaluation
+  }).pipe(Effect.scoped)
 
 const load = (model: string, validation: Parameters<typeof readTrajectories>[0]) =>
   Effect.all({ model: openModel(model), validation: readTrajectories(validation) })
