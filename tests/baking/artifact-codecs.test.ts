@@ -7,7 +7,7 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import type { TensorsOutput } from "../../src/engine/index.ts"
+import type { ArtifactError, TensorsOutput, TensorsValue } from "../../src/engine/index.ts"
 import { fromNumbers, type Tensor } from "../../src/models/safetensors.ts"
 import { readTeacherLogits, readTrajectories, teacherLogitsOutput, trajectoriesOutput, type TrajectorySet } from "../../stages/baking/artifacts.ts"
 import { configOf, readCorpus } from "../../stages/tiny-chat/artifacts.ts"
@@ -44,6 +44,18 @@ const failure = async <A, E>(e: Effect.Effect<A, E>) => {
   return exit.cause.reasons.find((r) => r._tag === "Fail")!.error as E
 }
 
+/** Each case `[what, output, field, message]`: `read` refuses the output with an ArtifactError naming its file and `field`. */
+const refused = (read: (v: TensorsValue) => Effect.Effect<unknown, ArtifactError>, kind: string, cases: ReadonlyArray<[string, Out, string, RegExp]>) => {
+  for (const [what, output, field, message] of cases)
+    it(`${what}: ArtifactError naming the file and ${field}`, async () => {
+      const value = await tensorsValue(output)
+      const err = await failure(read(value))
+      expect(err).toMatchObject({ _tag: "ArtifactError", path: value.path, field })
+      expect(err.message).toContain(`${value.path}: not ${kind}`)
+      expect(err.message).toMatch(message)
+    })
+}
+
 describe("Trajectories metadata and tensors decode with Schema", () => {
   it("reads a valid artifact back unchanged", async () => {
     expect(await Effect.runPromise(readTrajectories(await tensorsValue(valid)))).toEqual(set)
@@ -56,14 +68,7 @@ describe("Trajectories metadata and tensors decode with Schema", () => {
     ["fewer texts than responses", damaged(valid, { texts: JSON.stringify(["now"]) }), "texts", /texts has 1 entries for 2 responses/],
     ["a question index past the questions", damaged(valid, {}, { question_index: fromNumbers([1, 2], "I32", [2]) }), "question_index", /question_index\[1\] is 2, not one of the 2 questions/],
   ]
-  for (const [what, output, field, message] of cases)
-    it(`${what}: ArtifactError naming the file and ${field}`, async () => {
-      const value = await tensorsValue(output)
-      const err = await failure(readTrajectories(value))
-      expect(err).toMatchObject({ _tag: "ArtifactError", path: value.path, field })
-      expect(err.message).toContain(`${value.path}: not a Trajectories artifact`)
-      expect(err.message).toMatch(message)
-    })
+  refused(readTrajectories, "a Trajectories artifact", cases)
 
   it("a foreign tensors file (another artifact type) is refused by its first missing key", async () => {
     const value = await tensorsValue({ tensors: new Map([["w", fromNumbers([1], "F32", [1])]]), metadata: { config: "{}" } })
@@ -96,14 +101,7 @@ describe("TeacherLogits metadata and tensors decode with Schema", () => {
     ["a tensor shorter than rows x top_k", damaged(stored, {}, { top_ids: fromNumbers([3, 1, 0], "I32", [3]) }), "top_ids", /top_ids has 3 values, expected 4 \(rows 2, top_k 2\)/],
     ["a missing tensor", { tensors: new Map([...(stored.tensors as ReadonlyMap<string, Tensor>)].filter(([k]) => k !== "tail_mass")), metadata: stored.metadata! }, "tensors", /tail_mass/],
   ]
-  for (const [what, output, field, message] of cases)
-    it(`${what}: ArtifactError naming the file and ${field}`, async () => {
-      const value = await tensorsValue(output)
-      const err = await failure(readTeacherLogits(value))
-      expect(err).toMatchObject({ _tag: "ArtifactError", path: value.path, field })
-      expect(err.message).toContain(`${value.path}: not a TeacherLogits artifact`)
-      expect(err.message).toMatch(message)
-    })
+  refused(readTeacherLogits, "a TeacherLogits artifact", cases)
 })
 
 describe("tiny-chat files decode with Schema", () => {
