@@ -46,7 +46,8 @@ const jsonSafe = (v: unknown): boolean =>
 export const describeError = (e: unknown): ErrorDescription => {
   const tag = typeof (e as { _tag?: unknown } | null)?._tag === "string" ? (e as { _tag: string })._tag : "Error"
   const fields = typeof e === "object" && e !== null ? Object.entries(e).filter(([k, v]) => k !== "_tag" && k !== "message" && jsonSafe(v)) : []
-  return { ...Object.fromEntries(fields), _tag: tag, message: errorMessage(e) }
+  const message = (e as { message?: unknown } | null)?.message
+  return { ...Object.fromEntries(fields), _tag: tag, message: typeof message === "string" ? message : errorMessage(e) }
 }
 
 /**

@@ -1,7 +1,8 @@
 // Stage failures keep their typed error, and sessions are released however a stage ends:
 // - a stage that opens an onnxruntime session and fails with a RunError (a float32 feed for an
 //   int64 input) fails its node with NodeFailed whose cause is that RunError (in this process the
-//   error itself; from a child process its tag and fields), and leaves no session open;
+//   error itself; from a child process its tag and fields), and leaves no session open; the run's
+//   summary records that cause for each failed node;
 // - the same stage interrupted while it holds the session (the run is stopped) releases it;
 // - the baking stage teacher-logits failing inside onnxruntime (a token id past the vocabulary)
 //   fails with the RunError naming its graph, and leaves no session open.
@@ -19,7 +20,7 @@ import { trajectoriesOutput, type TrajectorySet } from "../../stages/baking/arti
 import { openModel, questionPromptIds } from "../../stages/baking/model.ts"
 import { teacherLogits } from "../../stages/baking/teacher-logits.ts"
 import { stageContext, tensorsValue } from "../stage-harness.ts"
-import { sandbox, until, writePipeline } from "./helpers.ts"
+import { runApi, sandbox, until, writePipeline } from "./helpers.ts"
 
 const src = resolve(import.meta.dirname, "../../src")
 
@@ -41,7 +42,7 @@ const model = () => {
   return serialize(g)
 }
 
-export const withSession = stage({
+const spec = {
   name: "with-session",
   version: 1,
   params: Schema.Struct({ hang: Schema.Boolean }),
@@ -54,9 +55,15 @@ export const withSession = stage({
       const out = yield* runSession(session, { x: tensor("float32", [2], [1, 2]) })
       return Number(out.y.data[0])
     }).pipe(Effect.scoped),
-})
+}
+export const withSession = stage(spec)
+export const inChild = stage({ ...spec, name: "with-session-in-child", resources: { isolate: "process" } })
 
-export default pipeline("sessions", [withSession({ hang: false }, {}, { name: "fails" }), withSession({ hang: true }, {}, { name: "hangs" })])
+export default pipeline("sessions", [
+  withSession({ hang: false }, {}, { name: "fails" }),
+  withSession({ hang: true }, {}, { name: "hangs" }),
+  inChild({ hang: false }, {}, { name: "fails-in-child" }),
+])
 `,
   )
   return { sb, file }
@@ -119,6 +126,21 @@ describe("stage failures keep their typed error; sessions are released", () => {
     expect(err._tag).toBe("NodeFailed")
     expect(err.cause).toMatchObject({ _tag: "RunError", model: "<bytes>" })
     expect(err.message).toMatch(/^running <bytes>: /)
+  }, 60_000)
+
+  it("a run's summary records each failed node's cause, in this process and from a child", async () => {
+    const { sb, file } = pipelineFile()
+    const before = liveSessions()
+    // "hangs" with hang=false is the same call as "fails": planned once
+    const summary = await runApi(sb, file, { overrides: ["hangs.hang=false"] })
+    expect(liveSessions()).toBe(before)
+    expect(summary.status).toBe("failed")
+    expect(summary.nodes.map((n) => n.name).sort()).toEqual(["fails", "fails-in-child"])
+    for (const name of ["fails", "fails-in-child"]) {
+      const outcome = summary.nodes.find((n) => n.name === name)!
+      expect(outcome.status).toBe("failed")
+      expect(outcome.cause).toMatchObject({ _tag: "RunError", model: "<bytes>", message: outcome.error })
+    }
   }, 60_000)
 
   it("teacher-logits failing inside onnxruntime fails with its RunError and leaves no session", async () => {
