@@ -32,20 +32,22 @@ export class ArtifactError extends Data.TaggedError("ArtifactError")<{ readonly 
 /** A stage refuses its params or inputs as a whole (they contradict each other); the message says which and why. */
 export class StageError extends Data.TaggedError("StageError")<{ readonly message: string }> {}
 
-/** An error as it crosses a process boundary: its tag, its message and its JSON-safe fields (no stack, no cause chain). */
+/**
+ * An error as plain data, to cross a process boundary and be recorded in summary.json: its tag, its
+ * message and its scalar fields (file, field, step, node...; no stack, no cause chain, no arrays).
+ */
 export interface ErrorDescription {
   readonly _tag: string
   readonly message: string
-  readonly [field: string]: unknown
+  readonly [field: string]: string | number | boolean | null
 }
 
-const jsonSafe = (v: unknown): boolean =>
-  v === null || ["string", "number", "boolean"].includes(typeof v) || (Array.isArray(v) && v.every(jsonSafe))
+const isScalar = (v: unknown): v is string | number | boolean | null => v === null || ["string", "number", "boolean"].includes(typeof v)
 
 /** `e` as plain data: a tagged error keeps its tag and scalar fields, anything else becomes {_tag: "Error"}. */
 export const describeError = (e: unknown): ErrorDescription => {
   const tag = typeof (e as { _tag?: unknown } | null)?._tag === "string" ? (e as { _tag: string })._tag : "Error"
-  const fields = typeof e === "object" && e !== null ? Object.entries(e).filter(([k, v]) => k !== "_tag" && k !== "message" && jsonSafe(v)) : []
+  const fields = typeof e === "object" && e !== null ? Object.entries(e).filter(([k, v]) => k !== "_tag" && k !== "message" && isScalar(v)) : []
   const message = (e as { message?: unknown } | null)?.message
   return { ...Object.fromEntries(fields), _tag: tag, message: typeof message === "string" ? message : errorMessage(e) }
 }
