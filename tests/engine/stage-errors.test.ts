@@ -12,7 +12,7 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import { join, resolve } from "node:path"
 import { describe, expect, it } from "vitest"
-import { NodeFailed, planFile, Store, type TensorsOutput } from "../../src/engine/index.ts"
+import { NodeFailed, planFile, runPipeline, silentReporter, Store, type TensorsOutput } from "../../src/engine/index.ts"
 import { executeNode, type NodeRequest } from "../../src/engine/execute.ts"
 import { childProcessExecutor } from "../../src/engine/executor.ts"
 import { liveSessions } from "../../src/runtime/session.ts"
@@ -142,6 +142,21 @@ describe("stage failures keep their typed error; sessions are released", () => {
       expect(outcome.cause).toMatchObject({ _tag: "RunError", model: "<bytes>", message: outcome.error })
     }
   }, 60_000)
+
+  it("a pipeline that cannot be planned fails with a PipelineError naming its file, not an untyped throw", async () => {
+    const sb = sandbox()
+    // Infinity passes Schema.Number but has no JSON form, so hashing the params for the cache key throws
+    const file = writePipeline(sb, "unhashable.ts", `
+import { pipeline } from "@engine"
+import { generate, sum } from "@stages"
+export default pipeline("unhashable", [sum({ scale: Infinity }, { numbers: generate({ start: 0, n: 2 }) })])
+`)
+    const store = new Store(sb.cacheDir)
+    const err = await Effect.runPromise(Effect.flip(runPipeline({ store, pipelineFile: file, runsDir: sb.runsDir, reporter: silentReporter })))
+    store.close()
+    expect(err).toMatchObject({ _tag: "PipelineError", file })
+    expect(err.message).toMatch(/planning failed: .*Infinity cannot be hashed as JSON/)
+  })
 
   it("teacher-logits failing inside onnxruntime fails with its RunError and leaves no session", async () => {
     const MODEL = resolve(import.meta.dirname, "../../models/tiny-chat")
