@@ -62,6 +62,13 @@ const sessionOptions = (o: SessionOptions): ort.InferenceSession.SessionOptions 
   }
 }
 
+// Sessions created and not yet released, so tests (and `liveSessions`) can tell that a failed or
+// interrupted stage gave its native memory back.
+const live = new Set<Session>()
+
+/** The sessions of this process that were created and not released yet. */
+export const liveSessions = (): number => live.size
+
 /** Creates a session from model bytes, a self-contained .onnx path, or a GraphFile. */
 export const createSession = (model: Uint8Array | string | GraphFile, options: SessionOptions = {}): Effect.Effect<Session, SessionError> => {
   const device = options.device ?? cpu
@@ -101,13 +108,6 @@ export const runSession = (
     try: () => (fetches ? session.ort.run(feeds, fetches) : session.ort.run(feeds)) as Promise<Record<string, ort.Tensor>>,
     catch: (e) => new RunError({ model: session.model, message: `running ${session.model}: ${e instanceof Error ? e.message : String(e)}` }),
   })
-
-// Sessions created and not yet released, so tests (and `liveSessions`) can tell that a failed or
-// interrupted stage gave its native memory back.
-const live = new Set<Session>()
-
-/** The sessions of this process that were created and not released yet. */
-export const liveSessions = (): number => live.size
 
 /** Releases the session's native memory; releasing one twice (or one already released) does nothing. */
 export const releaseSession = (session: Session): Effect.Effect<void> =>
