@@ -4,8 +4,9 @@
 //   tensors  named numeric tensors, stored as a safetensors file under cache/objects/
 //   directory  external directories only (model checkpoints), entering by content hash
 // The `name` is part of the type, so wiring a "Metrics" output into a "Corpus" input does not compile.
-import type { Schema } from "effect"
+import { Effect, Result, Schema, type SchemaIssue } from "effect"
 import type { SafetensorsHeader, Tensor } from "../core/safetensors.ts"
+import { ArtifactError } from "./errors.ts"
 
 /** A stored file payload as a consumer sees it (read-only; do not modify the file). */
 export interface FileRef {
@@ -90,3 +91,29 @@ export const Artifact = {
 export const File = Artifact.file("File")
 /** The generic directory type of `external.dir(path)`. */
 export const Directory = Artifact.directory("Directory")
+
+// The path of the first problem Schema reports, as `field[0].name`; "" when the value itself is wrong.
+const issuePath = (issue: SchemaIssue.Issue): string => {
+  const path: Array<PropertyKey> = []
+  for (let i: SchemaIssue.Issue | undefined = issue; i !== undefined; ) {
+    if (i._tag === "Pointer") {
+      path.push(...i.path)
+      i = i.issue
+    } else i = i._tag === "Composite" ? i.issues[0] : undefined
+  }
+  return path.map((k, n) => (typeof k === "number" ? `[${k}]` : n === 0 ? String(k) : `.${String(k)}`)).join("")
+}
+
+/**
+ * Decodes what a file holds (a tensors payload's metadata, a checkpoint's metadata, a JSON file's
+ * text through `Schema.fromJsonString`) with `schema`. A damaged or foreign file fails here with an
+ * ArtifactError naming the file, `what` it should be and the field that is wrong, rather than with a
+ * TypeError wherever the value is used later.
+ */
+export const decodeArtifact = <T>(schema: Schema.Codec<T, any>, path: string, what: string, value: unknown): Effect.Effect<T, ArtifactError> => {
+  const r = Schema.decodeUnknownResult(schema)(value)
+  if (Result.isSuccess(r)) return Effect.succeed(r.success)
+  const field = issuePath(r.failure.issue)
+  const problem = r.failure.message.split("\n")[0]
+  return Effect.fail(new ArtifactError({ path, field, message: `${path}: not ${what}: ${field === "" ? "" : `field ${field}: `}${problem}` }))
+}

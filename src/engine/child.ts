@@ -1,7 +1,7 @@
 // Entry of a child process that runs one node (see executor.ts): rebuild the plan from the pipeline
 // file, find the node by recipe, execute it against the shared cache directory, report, exit.
 import { Cause, Effect, Exit } from "effect"
-import { errorMessage } from "./errors.ts"
+import { CorruptArtifact, NodeFailed, PipelineError, describeError, errorMessage } from "./errors.ts"
 import { executeNode, type ProgressEvent } from "./execute.ts"
 import type { ChildJob, ChildMessage } from "./executor.ts"
 import { loadPipeline, plan } from "./plan.ts"
@@ -25,7 +25,7 @@ process.once("message", async (job: ChildJob) => {
       hashExternal: (path, kind) => (kind === "file" ? store.hashExternalFile(path) : store.hashExternalDir(path)),
     })
     const node = p.nodes.find((n) => n.recipe === job.request.recipe)
-    if (node === undefined) throw new Error(`node ${job.request.recipe.slice(0, 12)} is not in ${job.pipelineFile} any more`)
+    if (node === undefined) throw new PipelineError({ file: job.pipelineFile, message: `node ${job.request.recipe.slice(0, 12)} is not in ${job.pipelineFile} any more` })
     // Progress crosses IPC at most every 50 ms (a training loop may report thousands of steps a second).
     let lastSent = 0
     const onProgress = (event: ProgressEvent) => {
@@ -38,14 +38,16 @@ process.once("message", async (job: ChildJob) => {
     store.close()
     if (Exit.isSuccess(exit)) message = { type: "done", published: exit.value }
     else {
-      const e = Cause.squash(exit.cause) as { _tag?: string; message?: string; hash?: string }
+      // executeNode fails with NodeFailed or CorruptArtifact only; anything else (a defect of its own) is reported as NodeFailed.
+      const err = Cause.findErrorOption(exit.cause)
+      const e = err._tag === "Some" ? err.value : Cause.squash(exit.cause)
       message =
-        e._tag === "CorruptArtifact"
-          ? { type: "failed", tag: "CorruptArtifact", message: e.message ?? "", hash: e.hash! }
-          : { type: "failed", tag: "NodeFailed", message: errorMessage(e) }
+        e instanceof CorruptArtifact ? { type: "failed", tag: "CorruptArtifact", message: e.message, hash: e.hash }
+        : e instanceof NodeFailed ? { type: "failed", tag: "NodeFailed", message: e.message, cause: describeError(e.cause) }
+        : { type: "failed", tag: "NodeFailed", message: `defect: ${errorMessage(e)}`, cause: describeError(e) }
     }
   } catch (e) {
-    message = { type: "failed", tag: "NodeFailed", message: errorMessage(e) }
+    message = { type: "failed", tag: "NodeFailed", message: errorMessage(e), cause: describeError(e) }
   }
   await send(message)
   process.exit(0)

@@ -17,8 +17,40 @@ export class ExternalInputError extends Data.TaggedError("ExternalInputError")<{
 /** A stored payload no longer matches its hash (or is gone): its producers must be recomputed. */
 export class CorruptArtifact extends Data.TaggedError("CorruptArtifact")<{ readonly hash: string; readonly message: string }> {}
 
-/** A stage failed (its error, a defect, or a crashed child process). */
-export class NodeFailed extends Data.TaggedError("NodeFailed")<{ readonly node: string; readonly message: string }> {}
+/**
+ * A stage failed (its error, a defect, or a crashed child process). `cause` is what the stage failed
+ * with: its typed error itself when it ran in this process, its `describeError` when it ran in a child.
+ */
+export class NodeFailed extends Data.TaggedError("NodeFailed")<{ readonly node: string; readonly message: string; readonly cause?: unknown }> {}
+
+/**
+ * A file's contents do not decode as what it should be (a damaged or foreign artifact, a checkpoint
+ * of another run): `path` is the file, `field` the metadata key or JSON path that is wrong.
+ */
+export class ArtifactError extends Data.TaggedError("ArtifactError")<{ readonly path: string; readonly field: string; readonly message: string }> {}
+
+/** A stage refuses its params or inputs as a whole (they contradict each other); the message says which and why. */
+export class StageError extends Data.TaggedError("StageError")<{ readonly message: string }> {}
+
+/**
+ * An error as plain data, to cross a process boundary and be recorded in summary.json: its tag, its
+ * message and its scalar fields (file, field, step, node...; no stack, no cause chain, no arrays).
+ */
+export interface ErrorDescription {
+  readonly _tag: string
+  readonly message: string
+  readonly [field: string]: string | number | boolean | null
+}
+
+const isScalar = (v: unknown): v is string | number | boolean | null => v === null || ["string", "number", "boolean"].includes(typeof v)
+
+/** `e` as plain data: a tagged error keeps its tag and scalar fields, anything else becomes {_tag: "Error"}. */
+export const describeError = (e: unknown): ErrorDescription => {
+  const tag = typeof (e as { _tag?: unknown } | null)?._tag === "string" ? (e as { _tag: string })._tag : "Error"
+  const fields = typeof e === "object" && e !== null ? Object.entries(e).filter(([k, v]) => k !== "_tag" && k !== "message" && isScalar(v)) : []
+  const message = (e as { message?: unknown } | null)?.message
+  return { ...Object.fromEntries(fields), _tag: tag, message: typeof message === "string" ? message : errorMessage(e) }
+}
 
 /**
  * A write to the cache or to runs/ failed (disk full, read-only filesystem, permissions). `path` is

@@ -66,7 +66,7 @@ const loadInput = (store: Store, node: PlanNode, req: NodeRequest, name: string,
       return req.gathered[name].map((p): Point<unknown> => ({ coords: p.coords, value: loadArtifact(store, type.element, p.hash) }))
     },
     catch: (e) =>
-      e instanceof CorruptArtifact ? e : new NodeFailed({ node: node.name, message: `input "${name}": ${errorMessage(e)}` }),
+      e instanceof CorruptArtifact ? e : new NodeFailed({ node: node.name, message: `input "${name}": ${errorMessage(e)}`, cause: e }),
   })
 
 const publish = (store: Store, node: PlanNode, key: string, executionId: number, value: unknown): Published => {
@@ -195,16 +195,17 @@ export const executeNode = (
     if (Exit.isFailure(exit)) {
       if (Cause.hasInterruptsOnly(exit.cause)) return yield* Effect.interrupt
       const err = Cause.findErrorOption(exit.cause)
-      const message = err._tag === "Some" ? errorMessage(err.value) : `defect: ${errorMessage(Cause.squash(exit.cause))}`
+      const cause = err._tag === "Some" ? err.value : Cause.squash(exit.cause)
+      const message = err._tag === "Some" ? errorMessage(cause) : `defect: ${errorMessage(cause)}`
       log(`failed: ${Cause.pretty(exit.cause)}`)
-      return yield* Effect.fail(new NodeFailed({ node: node.name, message: metricsError === undefined ? message : `${message} (and ${metricsError})` }))
+      return yield* Effect.fail(new NodeFailed({ node: node.name, message: metricsError === undefined ? message : `${message} (and ${metricsError})`, cause }))
     }
     if (metricsError !== undefined) return yield* Effect.fail(new NodeFailed({ node: node.name, message: metricsError }))
     const output = exit.value
     const published = yield* Effect.uninterruptible(
       Effect.try({
         try: () => publish(store, node, req.key, req.executionId, output),
-        catch: (e) => new NodeFailed({ node: node.name, message: `publishing the output failed: ${errorMessage(e)}` }),
+        catch: (e) => new NodeFailed({ node: node.name, message: `publishing the output failed: ${errorMessage(e)}`, cause: e }),
       }),
     )
     rmSync(workDir, { recursive: true, force: true })

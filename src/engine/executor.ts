@@ -10,7 +10,7 @@ import { closeSync, mkdirSync, openSync } from "node:fs"
 import { dirname, join } from "node:path"
 import { createRequire } from "node:module"
 import { pathToFileURL } from "node:url"
-import { CorruptArtifact, NodeFailed } from "./errors.ts"
+import { CorruptArtifact, NodeFailed, type ErrorDescription } from "./errors.ts"
 import type { NodeRequest, ProgressEvent, Published } from "./execute.ts"
 import { executeNode } from "./execute.ts"
 import type { PlanNode } from "./plan.ts"
@@ -36,7 +36,8 @@ export interface ChildJob {
 export type ChildMessage =
   | { readonly type: "progress"; readonly event: ProgressEvent }
   | { readonly type: "done"; readonly published: Published }
-  | { readonly type: "failed"; readonly tag: "NodeFailed" | "CorruptArtifact"; readonly message: string; readonly hash?: string }
+  | { readonly type: "failed"; readonly tag: "CorruptArtifact"; readonly message: string; readonly hash: string }
+  | { readonly type: "failed"; readonly tag: "NodeFailed"; readonly message: string; readonly cause: ErrorDescription }
 
 const childEntry = join(import.meta.dirname, "child.ts")
 // An absolute loader URL, so children start whatever the current directory is.
@@ -64,10 +65,10 @@ export const childProcessExecutor = (pipelineFile: string, overrides: ReadonlyAr
       child.on("message", (m: ChildMessage) => {
         if (m.type === "progress") onProgress(m.event)
         else if (m.type === "done") settle(Effect.succeed(m.published))
-        else if (m.tag === "CorruptArtifact") settle(Effect.fail(new CorruptArtifact({ hash: m.hash!, message: m.message })))
-        else settle(Effect.fail(new NodeFailed({ node: node.name, message: m.message })))
+        else if (m.tag === "CorruptArtifact") settle(Effect.fail(new CorruptArtifact({ hash: m.hash, message: m.message })))
+        else settle(Effect.fail(new NodeFailed({ node: node.name, message: m.message, cause: m.cause })))
       })
-      child.on("error", (e) => settle(Effect.fail(new NodeFailed({ node: node.name, message: `child process: ${e.message}` }))))
+      child.on("error", (e) => settle(Effect.fail(new NodeFailed({ node: node.name, message: `child process: ${e.message}`, cause: e }))))
       child.on("exit", (code, signal) =>
         settle(
           Effect.fail(

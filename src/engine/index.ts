@@ -33,7 +33,7 @@
 //
 // See tests/engine/fixtures/example.ts (sweeps, zip) and tests/engine/fixtures/stages.ts (JSON, file and
 // tensor outputs, a checkpointing stage in a child process, retries) for complete, runnable examples.
-export { Artifact, Directory, File } from "./artifact.ts"
+export { Artifact, decodeArtifact, Directory, File } from "./artifact.ts"
 export type {
   ArtifactType,
   DirectoryArtifact,
@@ -66,7 +66,7 @@ export type {
   StageContext,
   StageSpec,
 } from "./stage.ts"
-export { CacheError, CorruptArtifact, ExternalInputError, NodeFailed, ParamsError, PipelineError, StorageError } from "./errors.ts"
+export { ArtifactError, CacheError, CorruptArtifact, errorMessage, ExternalInputError, NodeFailed, ParamsError, PipelineError, StageError, StorageError } from "./errors.ts"
 export { Store } from "./store.ts"
 export { planFile, runPipeline, type RunConfig, type RunResult } from "./run.ts"
 export type { PublishedFile } from "./publish.ts"

@@ -5,7 +5,7 @@ import { randomBytes } from "node:crypto"
 import { mkdirSync } from "node:fs"
 import { totalmem } from "node:os"
 import { join, resolve } from "node:path"
-import { ParamsError, StorageError, errorMessage, storageError, type ExternalInputError, type PipelineError } from "./errors.ts"
+import { ExternalInputError, ParamsError, PipelineError, StorageError, errorMessage, storageError } from "./errors.ts"
 import { childProcessExecutor, inProcessExecutor } from "./executor.ts"
 import { loadPipeline, plan, type Plan } from "./plan.ts"
 import type { Reporter } from "./progress.ts"
@@ -25,7 +25,11 @@ export const planFile = (
         overrides,
         hashExternal: (path, kind) => (kind === "file" ? store.hashExternalFile(path) : store.hashExternalDir(path)),
       }),
-    catch: (e) => e as PipelineError | ParamsError | ExternalInputError,
+    // plan and loadPipeline throw these three; anything else is a bug of the pipeline file's code, reported against it.
+    catch: (e) =>
+      e instanceof PipelineError || e instanceof ParamsError || e instanceof ExternalInputError
+        ? e
+        : new PipelineError({ file, message: `${file}: planning failed: ${errorMessage(e)}` }),
   })
 
 export interface RunConfig {
@@ -97,8 +101,8 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineEr
       null,
       1,
     )
-    yield* Effect.try({ try: () => writeFileAtomic(join(runDir, "plan.json"), planJson), catch: (e) => e as StorageError })
-    yield* Effect.try({ try: () => store.startRun(runId, resolve(cfg.pipelineFile), cfg.args ?? []), catch: (e) => e as StorageError })
+    yield* Effect.try({ try: () => writeFileAtomic(join(runDir, "plan.json"), planJson), catch: (e) => storageError("writing", join(runDir, "plan.json"), e) })
+    yield* Effect.try({ try: () => store.startRun(runId, resolve(cfg.pipelineFile), cfg.args ?? []), catch: (e) => storageError("recording the run in", store.dir, e) })
     const summary = yield* runPlan({
       store,
       plan: p,

@@ -4,7 +4,7 @@
 import { Cause, Effect, Exit, Fiber, Option, Queue } from "effect"
 import { hostname } from "node:os"
 import { join } from "node:path"
-import { CorruptArtifact, NodeFailed, errorMessage, storageError } from "./errors.ts"
+import { CorruptArtifact, NodeFailed, describeError, errorMessage, storageError, type ErrorDescription } from "./errors.ts"
 import type { NodeRequest, Published } from "./execute.ts"
 import type { Executor } from "./executor.ts"
 import { cacheKey, gatheredInputs, inputHash, type Plan, type PlanNode } from "./plan.ts"
@@ -20,6 +20,8 @@ export interface NodeOutcome {
   readonly key?: string
   readonly output?: string
   readonly error?: string
+  /** What the stage failed with: its error's tag, message and fields (e.g. `{ _tag: "RunError", model, message }`). */
+  readonly cause?: ErrorDescription
   readonly logPath?: string
 }
 
@@ -62,7 +64,7 @@ type State =
   | { readonly tag: "ready"; readonly key: string }
   | { readonly tag: "running"; readonly key: string; readonly fiber: Fiber.Fiber<void>; readonly executionId: number; readonly logPath: string; readonly release: () => void; readonly startedAt: number }
   | { readonly tag: "done"; readonly status: "cached" | "succeeded"; readonly key: string; readonly output: string }
-  | { readonly tag: "failed"; readonly status: "failed" | "skipped" | "interrupted"; readonly error: string; readonly key?: string; readonly logPath?: string }
+  | { readonly tag: "failed"; readonly status: "failed" | "skipped" | "interrupted"; readonly error: string; readonly cause?: ErrorDescription; readonly key?: string; readonly logPath?: string }
 
 type Event =
   | { readonly type: "exit"; readonly index: number; readonly exit: Exit.Exit<Published, NodeFailed | CorruptArtifact> }
@@ -367,7 +369,8 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
           }
         }
         record(() => store.finishExecution(s.executionId, "failed", null, error.message))
-        state[i] = { tag: "failed", status: "failed", error: error.message, key: s.key, logPath: s.logPath }
+        const cause = error._tag === "NodeFailed" && error.cause !== undefined ? { cause: describeError(error.cause) } : {}
+        state[i] = { tag: "failed", status: "failed", error: error.message, ...cause, key: s.key, logPath: s.logPath }
         reporter.finished(n.name, "failed", `${seconds}s: ${error.message.split("\n")[0]} (log: ${s.logPath})`)
         skipDownstream(i, `upstream ${n.name} failed`)
         if (o.failFast) yield* stopAll("failed")
@@ -423,7 +426,7 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
     const outcomes: Array<NodeOutcome> = nodes.map((n, i) => {
       const s = state[i]
       if (s.tag === "done") return { name: n.name, status: s.status, key: s.key, output: s.output }
-      if (s.tag === "failed") return { name: n.name, status: s.status, key: s.key, error: s.error, logPath: s.logPath }
+      if (s.tag === "failed") return { name: n.name, status: s.status, key: s.key, error: s.error, ...(s.cause ? { cause: s.cause } : {}), logPath: s.logPath }
       return { name: n.name, status: "skipped", error: "not reached" }
     })
     const counts = { cached: 0, succeeded: 0, failed: 0, skipped: 0, interrupted: 0 }

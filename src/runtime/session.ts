@@ -1,7 +1,8 @@
 // onnxruntime-node sessions: created from model bytes or a .onnx path, on the CPU provider
 // by default or on CUDA with a device id. A CUDA session that cannot be created fails with
-// a SessionError; it never falls back to the CPU silently.
-import { Data, Effect } from "effect"
+// a SessionError; it never falls back to the CPU silently. Stages acquire sessions in a Scope
+// (`scopedSession`, `scopedSessions`) so they are released however the stage ends.
+import { Data, Effect, type Scope } from "effect"
 import * as fs from "node:fs"
 import * as ort from "onnxruntime-node"
 
@@ -63,6 +64,13 @@ const sessionOptions = (o: SessionOptions): ort.InferenceSession.SessionOptions 
   }
 }
 
+// Sessions created and not yet released, so tests (and `liveSessions`) can tell that a failed or
+// interrupted stage gave its native memory back.
+const live = new Set<Session>()
+
+/** The sessions of this process that were created and not released yet. */
+export const liveSessions = (): number => live.size
+
 /** Creates a session from model bytes, a self-contained .onnx path, or a GraphFile. */
 export const createSession = (model: Uint8Array | string | GraphFile, options: SessionOptions = {}): Effect.Effect<Session, SessionError> => {
   const device = options.device ?? cpu
@@ -83,7 +91,13 @@ export const createSession = (model: Uint8Array | string | GraphFile, options: S
           `cannot create an onnxruntime session for ${name} on ${describeDevice(device)}: ${e instanceof Error ? e.message : String(e)}` +
           (device.kind === "cuda" ? " (`npx pipe doctor` tells what is missing for CUDA; without --gpus stages run on the CPU)" : ""),
       }),
-  }).pipe(Effect.map((s) => ({ ort: s, model: name, device })))
+  }).pipe(
+    Effect.map((s) => {
+      const session = { ort: s, model: name, device }
+      live.add(session)
+      return session
+    }),
+  )
 }
 
 /** Runs the session; fetches all outputs unless `fetches` names some. */
@@ -97,4 +111,21 @@ export const runSession = (
     catch: (e) => new RunError({ model: session.model, message: `running ${session.model}: ${e instanceof Error ? e.message : String(e)}` }),
   })
 
-export const releaseSession = (session: Session): Effect.Effect<void> => Effect.promise(() => session.ort.release())
+/** Releases the session's native memory; releasing one twice (or one already released) does nothing. */
+export const releaseSession = (session: Session): Effect.Effect<void> =>
+  Effect.suspend(() => (live.delete(session) ? Effect.promise(() => session.ort.release()) : Effect.void))
+
+/** A session released when the enclosing Scope closes: on success, failure and interruption alike. */
+export const scopedSession = (model: Uint8Array | string | GraphFile, options: SessionOptions = {}): Effect.Effect<Session, SessionError, Scope.Scope> =>
+  Effect.acquireRelease(createSession(model, options), releaseSession)
+
+const releaseSessions = (...sessions: ReadonlyArray<Session | undefined>): Effect.Effect<void> =>
+  Effect.forEach(sessions, (s) => (s === undefined ? Effect.void : releaseSession(s)), { discard: true })
+
+/**
+ * Something built around sessions (a generator: its step `session` and decode-loop `loopSession`),
+ * its sessions released when the enclosing Scope closes.
+ */
+export const scopedSessions = <A extends { readonly session: Session; readonly loopSession?: Session | undefined }, E, R>(
+  make: Effect.Effect<A, E, R>,
+): Effect.Effect<A, E, R | Scope.Scope> => Effect.acquireRelease(make, (a) => releaseSessions(a.session, a.loopSession))

@@ -17,7 +17,7 @@
 // `<name>_offsets` I64 [count + 1]. Response tokens include the stop token when a trajectory
 // ended on one, so the student learns where the prompted model stops.
 import { Effect, Schema } from "effect"
-import { Artifact, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
+import { ArtifactError, Artifact, decodeArtifact, errorMessage, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
 import { ADAPTER_CONFIG_METADATA, adapterConfigJson, adapterTensors, type LoraAdapter, readAdapterFile } from "../../src/models/peft.ts"
 import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/core/safetensors.ts"
 
@@ -58,11 +58,12 @@ const unpackRagged = (value: TensorsValue, name: string): number[][] => {
   return offsets.slice(0, -1).map((start, i) => ids.slice(start, offsets[i + 1]))
 }
 
-const metadataJson = <T>(value: TensorsValue, key: string): T => {
-  const text = value.metadata[key]
-  if (text === undefined) throw new Error(`${value.path}: metadata has no "${key}"`)
-  return JSON.parse(text) as T
-}
+/** Runs `read` on the payload's tensors; a missing or malformed tensor fails naming the file and what it should be. */
+const readTensors = <T>(value: TensorsValue, what: string, read: () => T): Effect.Effect<T, ArtifactError> =>
+  Effect.try({ try: read, catch: (e) => new ArtifactError({ path: value.path, field: "tensors", message: `${value.path}: not ${what}: ${errorMessage(e)}` }) })
+
+/** A metadata count: written with String(n). */
+const Count = Schema.NumberFromString.check(Schema.isInt(), Schema.isGreaterThanOrEqualTo(0))
 
 // ------------------------------------------------------------------------------ trajectories
 
@@ -105,23 +106,41 @@ export const trajectoriesOutput = (t: TrajectorySet): TensorsOutput => ({
   },
 })
 
-export const readTrajectories = (value: TensorsValue): Effect.Effect<TrajectorySet, Error> =>
-  Effect.try({
-    try: () => {
-      const responses = unpackRagged(value, "response")
-      const questionIndex = Array.from(toFloat64(value.read("question_index")))
-      const texts = metadataJson<string[]>(value, "texts")
-      const reasons = metadataJson<string[]>(value, "finish_reasons")
-      return {
-        systemPrompt: value.metadata.system_prompt ?? "",
-        questions: metadataJson<Question[]>(value, "questions"),
-        teacherPrompts: unpackRagged(value, "teacher_prompt"),
-        studentPrompts: unpackRagged(value, "student_prompt"),
-        trajectories: responses.map((tokens, i) => ({ question: questionIndex[i], tokens, text: texts[i], finishReason: reasons[i] })),
-        sampling: metadataJson<Record<string, unknown>>(value, "sampling"),
-      }
-    },
-    catch: (e) => new Error(`${value.path}: not a Trajectories artifact: ${e instanceof Error ? e.message : String(e)}`),
+const TrajectoriesMetadata = Schema.Struct({
+  system_prompt: Schema.String,
+  questions: Schema.fromJsonString(Schema.Array(Question)),
+  texts: Schema.fromJsonString(Schema.Array(Schema.String)),
+  finish_reasons: Schema.fromJsonString(Schema.Array(Schema.String)),
+  sampling: Schema.fromJsonString(Schema.Record(Schema.String, Schema.Unknown)),
+})
+
+export const readTrajectories = (value: TensorsValue): Effect.Effect<TrajectorySet, ArtifactError> =>
+  Effect.gen(function* () {
+    const what = "a Trajectories artifact"
+    const meta = yield* decodeArtifact(TrajectoriesMetadata, value.path, what, value.metadata)
+    const t = yield* readTensors(value, what, () => ({
+      responses: unpackRagged(value, "response"),
+      questionIndex: Array.from(toFloat64(value.read("question_index"))),
+      teacherPrompts: unpackRagged(value, "teacher_prompt"),
+      studentPrompts: unpackRagged(value, "student_prompt"),
+    }))
+    const n = t.responses.length
+    const wrong = (field: string, message: string) => Effect.fail(new ArtifactError({ path: value.path, field, message: `${value.path}: not ${what}: ${message}` }))
+    for (const [field, length] of [["texts", meta.texts.length], ["finish_reasons", meta.finish_reasons.length], ["question_index", t.questionIndex.length]] as const)
+      if (length !== n) return yield* wrong(field, `${field} has ${length} entries for ${n} responses`)
+    const q = meta.questions.length
+    if (t.teacherPrompts.length !== q || t.studentPrompts.length !== q)
+      return yield* wrong("teacher_prompt", `${t.teacherPrompts.length} teacher and ${t.studentPrompts.length} student prompts for ${q} questions`)
+    const bad = t.questionIndex.findIndex((i) => !Number.isInteger(i) || i < 0 || i >= q)
+    if (bad >= 0) return yield* wrong("question_index", `question_index[${bad}] is ${t.questionIndex[bad]}, not one of the ${q} questions`)
+    return {
+      systemPrompt: meta.system_prompt,
+      questions: meta.questions,
+      teacherPrompts: t.teacherPrompts,
+      studentPrompts: t.studentPrompts,
+      trajectories: t.responses.map((tokens, i) => ({ question: t.questionIndex[i], tokens, text: meta.texts[i], finishReason: meta.finish_reasons[i] })),
+      sampling: meta.sampling,
+    }
   })
 
 /** Response tokens over all trajectories (the rows of a TeacherLogits artifact). */
@@ -164,24 +183,30 @@ export const teacherLogitsOutput = (t: TeacherLogitsSet): TensorsOutput =>
         metadata: { mode: "stored", rows: String(t.rows), top_k: String(t.topK), dtype: t.dtype },
       }
 
-export const readTeacherLogits = (value: TensorsValue): Effect.Effect<TeacherLogitsSet, Error> =>
-  Effect.try({
-    try: (): TeacherLogitsSet => {
-      const rows = Number(value.metadata.rows)
-      if (value.metadata.mode === "recompute") return { mode: "recompute", rows }
-      if (value.metadata.mode !== "stored") throw new Error(`metadata mode is ${JSON.stringify(value.metadata.mode)}, expected "stored" or "recompute"`)
+const TeacherLogitsMode = Schema.Struct({ mode: Schema.Literals(["stored", "recompute"]), rows: Count })
+const StoredTeacherMetadata = Schema.Struct({ top_k: Count.check(Schema.isGreaterThan(0)) })
+
+export const readTeacherLogits = (value: TensorsValue): Effect.Effect<TeacherLogitsSet, ArtifactError> =>
+  Effect.gen(function* () {
+    const what = "a TeacherLogits artifact"
+    const { mode, rows } = yield* decodeArtifact(TeacherLogitsMode, value.path, what, value.metadata)
+    if (mode === "recompute") return { mode, rows }
+    const { top_k: topK } = yield* decodeArtifact(StoredTeacherMetadata, value.path, what, value.metadata)
+    const t = yield* readTensors(value, what, () => {
       const logProbs = value.read("top_logprobs")
       return {
-        mode: "stored",
-        rows,
-        topK: Number(value.metadata.top_k),
-        dtype: logProbs.dtype === "F16" ? "F16" : "F32",
+        dtype: logProbs.dtype === "F16" ? ("F16" as const) : ("F32" as const),
         topLogProbs: toFloat32(logProbs),
         topIds: Int32Array.from(toFloat64(value.read("top_ids"))),
         tailMass: toFloat32(value.read("tail_mass")),
       }
-    },
-    catch: (e) => new Error(`${value.path}: not a TeacherLogits artifact: ${e instanceof Error ? e.message : String(e)}`),
+    })
+    for (const [field, length, want] of [["top_logprobs", t.topLogProbs.length, rows * topK], ["top_ids", t.topIds.length, rows * topK], ["tail_mass", t.tailMass.length, rows]] as const)
+      if (length !== want)
+        return yield* Effect.fail(
+          new ArtifactError({ path: value.path, field, message: `${value.path}: not ${what}: ${field} has ${length} values, expected ${want} (rows ${rows}, top_k ${topK})` }),
+        )
+    return { mode, rows, topK, ...t }
   })
 
 // ------------------------------------------------------------------------------ adapters
@@ -189,14 +214,13 @@ export const readTeacherLogits = (value: TensorsValue): Effect.Effect<TeacherLog
 export const BakedAdapter = Artifact.tensors("BakedAdapter")
 
 /** The adapter's PEFT tensors, with adapter_config.json and `extra` (e.g. training figures) as metadata. */
-export const adapterOutput = (adapter: LoraAdapter, extra: Readonly<Record<string, string>> = {}): Effect.Effect<TensorsOutput, Error> =>
-  Effect.map(Effect.mapError(adapterTensors(adapter), (e) => new Error(e.message)), (tensors) => ({
+export const adapterOutput = (adapter: LoraAdapter, extra: Readonly<Record<string, string>> = {}) =>
+  Effect.map(adapterTensors(adapter), (tensors): TensorsOutput => ({
     tensors,
     metadata: { ...extra, [ADAPTER_CONFIG_METADATA]: JSON.stringify(adapterConfigJson(adapter.config)) },
   }))
 
-export const readAdapterArtifact = (value: TensorsValue): Effect.Effect<LoraAdapter, Error> =>
-  Effect.mapError(readAdapterFile(value.path), (e) => new Error(e.message))
+export const readAdapterArtifact = (value: TensorsValue) => readAdapterFile(value.path)
 
 // ------------------------------------------------------------------------------ evaluation
 

@@ -8,7 +8,7 @@
 // variant names: each evaluation is the input of its variant's name, and the names in their order
 // are a param (the rows' order is part of the result, so it is part of the cache key).
 import { Effect, Schema } from "effect"
-import { type CallOptions, type Node, stage } from "../../src/engine/index.ts"
+import { type CallOptions, type Node, StageError, stage } from "../../src/engine/index.ts"
 import {
   BakeComparison,
   BakeEvaluation,
@@ -88,7 +88,7 @@ const sameVariant = (a: Variant, b: Variant) => JSON.stringify(a) === JSON.strin
 /** The comparison of evaluations already in row order, or what is wrong with them, naming the variant. */
 const compareEvaluations = (node: string, params: CompareParams, evals: ReadonlyArray<Evaluation>): Effect.Effect<Omit<BakeComparison, "markdown">, Error> =>
   Effect.gen(function* () {
-    const fail = (message: string) => Effect.fail(new Error(`${node}: ${message}`))
+    const fail = (message: string) => Effect.fail(new StageError({ message: `${node}: ${message}` }))
     const first = evals[0]
     if (first === undefined) return yield* fail("no evaluations to compare")
     const names = evals.map((e) => e.variant.name)
@@ -143,11 +143,11 @@ const declareCompare = (variants: ReadonlyArray<string>) =>
       Effect.gen(function* () {
         const wired = Object.keys(inputs)
         if (wired.length !== params.variants.length || params.variants.some((v) => !(v in inputs)))
-          return yield* Effect.fail(new Error(`${ctx.node}: params.variants is ${JSON.stringify(params.variants)}, but the inputs are ${JSON.stringify(wired)}`))
+          return yield* Effect.fail(new StageError({ message: `${ctx.node}: params.variants is ${JSON.stringify(params.variants)}, but the inputs are ${JSON.stringify(wired)}` }))
         const evals = params.variants.map((v) => inputs[v])
         const misnamed = evals.find((e, i) => e.variant.name !== params.variants[i])
         if (misnamed)
-          return yield* Effect.fail(new Error(`${ctx.node}: input "${params.variants[evals.indexOf(misnamed)]}" is the evaluation of variant "${misnamed.variant.name}"`))
+          return yield* Effect.fail(new StageError({ message: `${ctx.node}: input "${params.variants[evals.indexOf(misnamed)]}" is the evaluation of variant "${misnamed.variant.name}"` }))
         const c = yield* compareEvaluations(ctx.node, params, evals)
         for (const w of c.warnings) ctx.log(`warning: ${w}`)
         return { ...c, markdown: comparisonMarkdown(c) }

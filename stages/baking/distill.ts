@@ -23,6 +23,7 @@
 //       and takes LoRA matrices as inputs, so a training loop evaluates every epoch on one graph.
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
+import { StageError } from "../../src/engine/index.ts"
 import { fullForwardKL, Graph, type LmHead, type Value } from "../../src/graph/index.ts"
 import { loraInputs, loraHook, loraName } from "../../src/models/adapters.ts"
 import type { Checkpoint } from "../../src/models/checkpoint.ts"
@@ -94,9 +95,9 @@ export const checkTrajectoriesFit = (ckpt: Checkpoint, set: TrajectorySet, what:
   if (i < 0) return Effect.void
   const t = set.trajectories[i]
   return Effect.fail(
-    new Error(
-      `${what}: trajectory ${i} (question ${set.questions[t.question]?.id}) needs ${inputLengths(set, i).teacher} positions (prompt with the system prompt + response), more than ${why === "max_position_embeddings" ? `${why} ${max}` : `${max} (${why})`} of ${ckpt.dir}; were the trajectories sampled with another model?`,
-    ),
+    new StageError({
+      message: `${what}: trajectory ${i} (question ${set.questions[t.question]?.id}) needs ${inputLengths(set, i).teacher} positions (prompt with the system prompt + response), more than ${why === "max_position_embeddings" ? `${why} ${max}` : `${max} (${why})`} of ${ckpt.dir}; were the trajectories sampled with another model?`,
+    }),
   )
 }
 
@@ -232,7 +233,7 @@ export const klEvaluator = (
 ): Effect.Effect<KlEvaluator, Error> =>
   Effect.gen(function* () {
     const ckpt = model.checkpoint
-    const placement = yield* Effect.mapError(placeWeights(ckpt, opts.graphDir), (e) => new Error(e.message))
+    const placement = yield* placeWeights(ckpt, opts.graphDir)
     const g = new Graph("prompted_kl")
     const source = externalWeights(g, placement)
     const input = (k: PairKey) => g.input(pairInputs[k].name, pairInputs[k].dtype, [...pairInputs[k].shape])
@@ -241,23 +242,23 @@ export const klEvaluator = (
     const student = headAtPositions(g, ckpt, source, sIds, sMask, sPos, hook)
     const teacher = headAtPositions(g, ckpt, source, tIds, tMask, tPos)
     g.outputAs(KL_SUM, fullForwardKL(g, student, teacher, tokenMask).sum)
-    const file = yield* Effect.mapError(writeGraph(g, placement, opts.lora ? "prompted-kl-lora" : "prompted-kl"), (e) => new Error(e.message))
-    const session = yield* Effect.mapError(createSession(file, { device: opts.device, ...(opts.threads ? { intraOpThreads: opts.threads } : {}) }), (e) => new Error(e.message))
+    const file = yield* writeGraph(g, placement, opts.lora ? "prompted-kl-lora" : "prompted-kl")
+    const session = yield* createSession(file, { device: opts.device, ...(opts.threads ? { intraOpThreads: opts.threads } : {}) })
     const padId = padIdOf(ckpt)
     const evaluate = (set: TrajectorySet, lora?: Readonly<Record<string, ort.Tensor>>): Effect.Effect<MeanKl, Error> =>
       Effect.gen(function* () {
-        if (opts.lora && !lora) return yield* Effect.fail(new Error("prompted KL: this evaluator needs the LoRA matrices"))
+        if (opts.lora && !lora) return yield* Effect.fail(new StageError({ message: "prompted KL: this evaluator needs the LoRA matrices" }))
         const starts = teacherRowStarts(set)
         let sum = 0
         let tokens = 0
         for (const rows of lengthSortedBatches(set, opts.batchSize)) {
           const b = pairBatch(set, rows, padId, starts)
-          const out = yield* Effect.mapError(runSession(session, { ...pairFeeds(b), ...(lora ?? {}) }, [KL_SUM]), (e) => new Error(e.message))
+          const out = yield* runSession(session, { ...pairFeeds(b), ...(lora ?? {}) }, [KL_SUM])
           sum += (out[KL_SUM].data as Float32Array)[0]
           tokens += b.tokens
           yield* Effect.yieldNow
         }
-        if (tokens === 0) return yield* Effect.fail(new Error("prompted KL: the trajectory set has no response tokens"))
+        if (tokens === 0) return yield* Effect.fail(new StageError({ message: "prompted KL: the trajectory set has no response tokens" }))
         return { mean: sum / tokens, tokens }
       })
     return { evaluate, release: releaseSession(session) }
@@ -269,12 +270,12 @@ const adapterFeeds = (adapter: LoraAdapter, targets: ReadonlyArray<LoraTarget>):
     const feeds: Record<string, ort.Tensor> = {}
     for (const t of targets) {
       const m = adapter.modules.get(t.module)
-      if (!m) return yield* Effect.fail(new Error(`adapter: no matrices for ${t.module}, which its target_modules ${JSON.stringify(adapter.config.targetModules)} select`))
+      if (!m) return yield* Effect.fail(new StageError({ message: `adapter: no matrices for ${t.module}, which its target_modules ${JSON.stringify(adapter.config.targetModules)} select` }))
       feeds[loraName(t.module, "A")] = new ort.Tensor("float32", toFloat32(m.a), [...m.a.shape])
       feeds[loraName(t.module, "B")] = new ort.Tensor("float32", toFloat32(m.b), [...m.b.shape])
     }
     if (adapter.modules.size !== targets.length)
-      return yield* Effect.fail(new Error(`adapter: ${adapter.modules.size} modules, but its target_modules select ${targets.length} layers of this model`))
+      return yield* Effect.fail(new StageError({ message: `adapter: ${adapter.modules.size} modules, but its target_modules select ${targets.length} layers of this model` }))
     return feeds
   })
 
@@ -286,8 +287,8 @@ const adapterFeeds = (adapter: LoraAdapter, targets: ReadonlyArray<LoraTarget>):
 export const meanPromptedKl = (model: OpenModel, set: TrajectorySet, adapter: LoraAdapter | undefined, opts: KlOptions): Effect.Effect<MeanKl, Error> =>
   Effect.gen(function* () {
     yield* checkTrajectoriesFit(model.checkpoint, set, "KL evaluation")
-    const targets = adapter ? yield* Effect.mapError(loraTargets(model.checkpoint, adapter.config.targetModules), (e) => new Error(e.message)) : undefined
+    const targets = adapter ? yield* loraTargets(model.checkpoint, adapter.config.targetModules) : undefined
     const feeds = adapter && targets ? yield* adapterFeeds(adapter, targets) : undefined
-    const evaluator = yield* klEvaluator(model, { ...opts, ...(adapter && targets ? { lora: { config: adapter.config, targets } } : {}) })
-    return yield* Effect.ensuring(evaluator.evaluate(set, feeds), evaluator.release)
-  })
+    const evaluator = yield* Effect.acquireRelease(klEvaluator(model, { ...opts, ...(adapter && targets ? { lora: { config: adapter.config, targets } } : {}) }), (e) => e.release)
+    return yield* evaluator.evaluate(set, feeds)
+  }).pipe(Effect.scoped)

@@ -16,10 +16,10 @@
 //              reference answers as a whole word (any case) — forgetting shows up as a drop here.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Directory, type StageContext, stage, type TensorsValue, type ValueOf } from "../../src/engine/index.ts"
+import { Directory, type StageContext, StageError, stage, type TensorsValue, type ValueOf } from "../../src/engine/index.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { checkFinite, checkFiniteRows } from "../../src/runtime/finite.ts"
-import type { Device } from "../../src/runtime/session.ts"
+import { type Device, scopedSessions } from "../../src/runtime/session.ts"
 import { hash32 } from "../../src/core/random.ts"
 import type { LoraAdapter } from "../../src/models/peft.ts"
 import { CheckerSpec, makeChecker } from "../../src/text/behaviours.ts"
@@ -91,10 +91,10 @@ const evaluateVariant = (
   facts: ReadonlyArray<Question>,
   adapter: LoraAdapter | undefined,
   ctx: StageContext,
-): Effect.Effect<BakeEvaluation, Error> =>
+) =>
   Effect.gen(function* () {
     const started = performance.now()
-    const check = yield* Effect.mapError(makeChecker(params.checker), (e) => new Error(e.message))
+    const check = yield* makeChecker(params.checker)
     const device = ctx.device
     const threads = params.threads > 0 ? { intraOpThreads: params.threads } : {}
     const { variant, reference } = params
@@ -108,7 +108,7 @@ const evaluateVariant = (
     ctx.log(`${klName} = ${kl.mean.toFixed(4)} nats/token over ${kl.tokens} tokens (${elapsed()})`)
     ctx.progress.advance()
 
-    const generator = yield* Effect.mapError(
+    const generator = yield* scopedSessions(
       makeGenerator(model.checkpoint, {
         graphDir: path.join(ctx.workDir, "generate"),
         device,
@@ -117,13 +117,12 @@ const evaluateVariant = (
         ...threads,
         ...(adapter ? { adapter } : {}),
       }),
-      (e) => new Error(e.message),
     )
     const generate = (what: string, questions: ReadonlyArray<Question>, perQuestion: number, request: (q: Question, j: number) => Omit<GenerationRequest, "prompt">) =>
       Effect.gen(function* () {
         const prompts = yield* Effect.forEach(questions, (q) => questionPromptIds(model.tokenizer, q.text, systemPrompt))
         const requests = questions.flatMap((q, qi) => Array.from({ length: perQuestion }, (_, j) => ({ ...request(q, j), prompt: prompts[qi] })))
-        const outs = yield* Effect.mapError(generator.generate(requests, { batchSize: params.batchSize }), (e) => new Error(e.message))
+        const outs = yield* generator.generate(requests, { batchSize: params.batchSize })
         yield* checkFiniteRows(ctx.node, `${what} log-probs [sample, token]`, outs.map((o) => o.logProbs))
         return outs.map((o, i) => ({ question: questions[Math.floor(i / perQuestion)], text: o.text ?? "" }))
       })
@@ -166,8 +165,8 @@ const evaluateVariant = (
         behaviourOk.filter((_, i) => i % params.samplesPerQuestion === 0),
       ),
       answerSamples: keep(answered, answerOk),
-    }
-  })
+    } satisfies BakeEvaluation
+  }).pipe(Effect.scoped)
 
 /**
  * The variant's tags against what the stage was given: an adapter input needs a Lora tag and a Lora
@@ -180,7 +179,7 @@ const checkVariant = (node: string, params: EvaluateParams, withAdapter: boolean
     : hasIntervention(variant, "Lora") && !withAdapter ? `params.variant: variant "${variant.name}" has a Lora intervention: evaluate it with evaluate-lora, which takes the adapter`
     : !hasIntervention(variant, "Lora") && withAdapter ? `params.variant: variant "${variant.name}" has no Lora intervention, but an adapter was given: add { _tag: "Lora" } to its interventions or use evaluate`
     : undefined
-  return problem === undefined ? Effect.void : Effect.fail(new Error(`${node}: ${problem}`))
+  return problem === undefined ? Effect.void : Effect.fail(new StageError({ message: `${node}: ${problem}` }))
 }
 
 type Inputs = { readonly [K in keyof typeof inputs]: ValueOf<(typeof inputs)[K]> }

@@ -10,7 +10,7 @@
 // Every node has a fixed name, so `--set lora-train.rank=4`, `--set sample_train.n=8`, ... address
 // the same node in both pipelines. Any param may be a sweep; the trajectories and teacher logits
 // depend on x0 and the sampling settings only, so a sweep over training settings shares them.
-import { Effect } from "effect"
+import { Effect, Result } from "effect"
 import { external, gather, type Node, type PublishWriter } from "../../src/engine/index.ts"
 import { exportAdapter } from "../../src/models/peft.ts"
 import type { CheckerSpec } from "../../src/text/behaviours.ts"
@@ -128,7 +128,9 @@ export const bakeSweepTable = (comparison: Node<typeof BakeComparison>) =>
 
 /** A trained adapter as a PEFT directory, with base_model_name_or_path naming the model it was trained on. */
 export const peftDirectory: PublishWriter = ({ payload, externals }, target) => {
-  Effect.runSync(Effect.mapError(exportAdapter(payload, target, externals), (e) => new Error(e.message)))
+  // a publish writer reports by throwing: the typed error itself, so its message reaches the run's summary
+  const r = Effect.runSync(Effect.result(exportAdapter(payload, target, externals)))
+  if (Result.isFailure(r)) throw r.failure
 }
 
 /**

@@ -12,26 +12,20 @@ export interface OpenModel {
   readonly tokenizer: TextTokenizer
 }
 
-export const openModel = (dir: string): Effect.Effect<OpenModel, Error> =>
-  Effect.mapError(
-    Effect.gen(function* () {
-      const checkpoint = yield* loadCheckpoint(dir)
-      const tokenizer = yield* loadTokenizer(
-        checkpoint.tokenizerFile !== undefined && checkpoint.tokenizerConfigFile !== undefined
-          ? { tokenizerFile: checkpoint.tokenizerFile, configFile: checkpoint.tokenizerConfigFile }
-          : checkpoint.dir,
-      )
-      return { checkpoint, tokenizer }
-    }),
-    (e) => new Error(e.message),
-  )
+export const openModel = (dir: string) =>
+  Effect.gen(function* () {
+    const checkpoint = yield* loadCheckpoint(dir)
+    const tokenizer = yield* loadTokenizer(
+      checkpoint.tokenizerFile !== undefined && checkpoint.tokenizerConfigFile !== undefined
+        ? { tokenizerFile: checkpoint.tokenizerFile, configFile: checkpoint.tokenizerConfigFile }
+        : checkpoint.dir,
+    )
+    return { checkpoint, tokenizer } satisfies OpenModel
+  })
 
 /** Chat prompt ids of a question, with the system prompt when one is given (non-empty). */
-export const questionPromptIds = (tokenizer: TextTokenizer, question: string, systemPrompt?: string): Effect.Effect<number[], Error> =>
-  Effect.mapError(
-    chatPromptIds(tokenizer, [...(systemPrompt ? [{ role: "system", content: systemPrompt }] : []), { role: "user", content: question }], { addGenerationPrompt: true }),
-    (e) => new Error(e.message),
-  )
+export const questionPromptIds = (tokenizer: TextTokenizer, question: string, systemPrompt?: string) =>
+  chatPromptIds(tokenizer, [...(systemPrompt ? [{ role: "system", content: systemPrompt }] : []), { role: "user", content: question }], { addGenerationPrompt: true })
 
 /**
  * A system prompt kept in a file (the seeds' --x0_file), read when the pipeline file loads: the

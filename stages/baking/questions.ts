@@ -16,7 +16,7 @@
 // (a larger n extends a smaller one's list).
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
-import { File, stage } from "../../src/engine/index.ts"
+import { errorMessage, ExternalInputError, File, stage } from "../../src/engine/index.ts"
 import { hash32 } from "../../src/core/random.ts"
 import { deriveRng } from "../../src/text/synthetic/random.ts"
 import { type Question, Questions } from "./artifacts.ts"
@@ -166,7 +166,11 @@ export const validationIds = (ids: ReadonlyArray<string>, fraction: number): Set
 }
 
 /** The split, shuffled with `seed`, its first n (all for 0); fails when the split has fewer than n. */
-export const selectQuestions = (all: ReadonlyArray<Question>, p: Pick<QuestionsParams, "split" | "validationFraction" | "seed" | "n">): Effect.Effect<Question[], Error> => {
+const selectQuestions = (
+  file: string,
+  all: ReadonlyArray<Question>,
+  p: Pick<QuestionsParams, "split" | "validationFraction" | "seed" | "n">,
+): Effect.Effect<Question[], ExternalInputError> => {
   const validation = validationIds(
     all.map((q) => q.id),
     p.validationFraction,
@@ -174,7 +178,10 @@ export const selectQuestions = (all: ReadonlyArray<Question>, p: Pick<QuestionsP
   const inSplit = p.split === "all" ? all : all.filter((q) => validation.has(q.id) === (p.split === "validation"))
   if (p.n > inSplit.length)
     return Effect.fail(
-      new Error(`asked for n = ${p.n} questions, but split "${p.split}" has only ${inSplit.length} (of ${all.length} in the file, validationFraction ${p.validationFraction})`),
+      new ExternalInputError({
+        path: file,
+        message: `${file}: asked for n = ${p.n} questions, but split "${p.split}" has only ${inSplit.length} (of ${all.length} in the file, validationFraction ${p.validationFraction})`,
+      }),
     )
   const shuffled = deriveRng(p.seed, "questions").shuffle(inSplit)
   return Effect.succeed(p.n === 0 ? shuffled : shuffled.slice(0, p.n))
@@ -191,9 +198,10 @@ export const questions = stage({
       const file = inputs.file.path
       const all = yield* Effect.try({
         try: () => readQuestionRecords(fs.readFileSync(file, "utf8"), params),
-        catch: (e) => new Error(`${file}: ${e instanceof Error ? e.message : String(e)}`),
+        // the readers throw messages naming the line or JSON path and the field
+        catch: (e) => new ExternalInputError({ path: file, message: `${file}: ${errorMessage(e)}` }),
       })
-      const items = yield* Effect.mapError(selectQuestions(all, params), (e) => new Error(`${file}: ${e.message}`))
+      const items = yield* selectQuestions(file, all, params)
       ctx.log(`${file}: ${all.length} questions, split "${params.split}" (validationFraction ${params.validationFraction}): took ${items.length}`)
       ctx.metric("questions", items.length)
       return { source: file, items }

@@ -11,10 +11,11 @@
 // not depend on the batch size, the question order or the other questions in the set.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Directory, stage } from "../../src/engine/index.ts"
+import { Directory, StageError, stage } from "../../src/engine/index.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { hash32 } from "../../src/core/random.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
+import { scopedSessions } from "../../src/runtime/session.ts"
 import { Questions, Trajectories, type Trajectory, trajectoriesOutput } from "./artifacts.ts"
 import { openModel, questionPromptIds } from "./model.ts"
 
@@ -62,12 +63,12 @@ export const sampleTrajectories = stage({
   resources: { gpu: 1, isolate: "process" },
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
-      if (params.minNewTokens > params.maxNewTokens) return yield* Effect.fail(new Error(`minNewTokens ${params.minNewTokens} exceeds maxNewTokens ${params.maxNewTokens}`))
+      if (params.minNewTokens > params.maxNewTokens) return yield* Effect.fail(new StageError({ message: `minNewTokens ${params.minNewTokens} exceeds maxNewTokens ${params.maxNewTokens}` }))
       const { checkpoint, tokenizer } = yield* openModel(inputs.model.path)
       const questions = inputs.questions.items
       const teacherPrompts = yield* Effect.forEach(questions, (q) => questionPromptIds(tokenizer, q.text, params.systemPrompt))
       const studentPrompts = yield* Effect.forEach(questions, (q) => questionPromptIds(tokenizer, q.text))
-      const generator = yield* Effect.mapError(
+      const generator = yield* scopedSessions(
         makeGenerator(checkpoint, {
           graphDir: path.join(ctx.workDir, "graph"),
           device: ctx.device,
@@ -75,7 +76,6 @@ export const sampleTrajectories = stage({
           stepsPerRun: params.stepsPerRun,
           ...(params.threads > 0 ? { intraOpThreads: params.threads } : {}),
         }),
-        (e) => new Error(e.message),
       )
       const requests: Array<GenerationRequest & { question: number }> = questions.flatMap((q, qi) =>
         Array.from({ length: params.n }, (_, j) => ({
@@ -98,7 +98,7 @@ export const sampleTrajectories = stage({
       const perCall = params.batchSize * 4
       for (let i = 0; i < requests.length; i += perCall) {
         const part = requests.slice(i, i + perCall)
-        const outs = yield* Effect.mapError(generator.generate(part, { batchSize: params.batchSize }), (e) => new Error(e.message))
+        const outs = yield* generator.generate(part, { batchSize: params.batchSize })
         // NaN logits still sample tokens (garbage text); their log-probs show it
         yield* checkFiniteRows(ctx.node, "sampled tokens' log-probs [trajectory, token]", outs.map((o) => o.logProbs), i)
         outs.forEach((o, k) => {
@@ -121,5 +121,5 @@ export const sampleTrajectories = stage({
         trajectories,
         sampling: { temperature: params.temperature, topP: params.topP, topK: params.topK, minNewTokens: params.minNewTokens, maxNewTokens: params.maxNewTokens, n: params.n, seed: params.seed, tokens },
       })
-    }),
+    }).pipe(Effect.scoped),
 })

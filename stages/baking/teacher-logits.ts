@@ -18,13 +18,13 @@
 // of tail mass, against 4 x vocabulary bytes for full float32 logits.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Directory, stage } from "../../src/engine/index.ts"
+import { Directory, StageError, stage } from "../../src/engine/index.ts"
 import { Graph } from "../../src/graph/index.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
 import type { Tensor } from "../../src/core/safetensors.ts"
 import { positionStats } from "../../src/models/scoring.ts"
-import { createSession, type Device, releaseSession, runSession } from "../../src/runtime/session.ts"
+import { type Device, runSession, scopedSession } from "../../src/runtime/session.ts"
 import { readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, teacherLogitsOutput, Trajectories, type TrajectorySet } from "./artifacts.ts"
 import { checkTrajectoriesFit, headAtPositions, lengthSortedBatches, padIdOf, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "./distill.ts"
 import { type OpenModel, openModel } from "./model.ts"
@@ -64,13 +64,13 @@ export type StoredTeacherLogits = Extract<TeacherLogitsSet, { mode: "stored" }>
  * The prompted model's top-k distribution at every response token of `set` (see the file header),
  * and the seconds the forward runs took (graph building and session creation not counted).
  */
-export const storedTeacherLogits = (model: OpenModel, set: TrajectorySet, opts: StoredTeacherOptions): Effect.Effect<{ teacher: StoredTeacherLogits; seconds: number }, Error> =>
+export const storedTeacherLogits = (model: OpenModel, set: TrajectorySet, opts: StoredTeacherOptions) =>
   Effect.gen(function* () {
     const ckpt = model.checkpoint
     const V = ckpt.config.vocabSize
     const k = opts.topK
-    if (!Number.isInteger(k) || k < 1 || k > V) return yield* Effect.fail(new Error(`topK must be an integer in [1, ${V}] (the model's vocabulary), got ${k}`))
-    const placement = yield* Effect.mapError(placeWeights(ckpt, opts.graphDir), (e) => new Error(e.message))
+    if (!Number.isInteger(k) || k < 1 || k > V) return yield* Effect.fail(new StageError({ message: `topK must be an integer in [1, ${V}] (the model's vocabulary), got ${k}` }))
+    const placement = yield* placeWeights(ckpt, opts.graphDir)
     const g = new Graph("teacher_logits")
     const input = (key: "teacherIds" | "teacherMask" | "teacherPositions") => g.input(pairInputs[key].name, pairInputs[key].dtype, [...pairInputs[key].shape])
     const positions = input("teacherPositions")
@@ -80,8 +80,8 @@ export const storedTeacherLogits = (model: OpenModel, set: TrajectorySet, opts: 
     g.outputAs(outputs.topLogProbs, stats.topLogProbs)
     g.outputAs(outputs.topIds, stats.topIds)
     g.outputAs(outputs.tailMass, stats.tailMass)
-    const file = yield* Effect.mapError(writeGraph(g, placement, `teacher-logits-k${k}`), (e) => new Error(e.message))
-    const session = yield* Effect.mapError(createSession(file, { device: opts.device, ...(opts.threads ? { intraOpThreads: opts.threads } : {}) }), (e) => new Error(e.message))
+    const file = yield* writeGraph(g, placement, `teacher-logits-k${k}`)
+    const session = yield* scopedSession(file, { device: opts.device, ...(opts.threads ? { intraOpThreads: opts.threads } : {}) })
     const rows = responseTokenCount(set)
     const topLogProbs = new Float32Array(rows * k)
     const topIds = new Int32Array(rows * k)
@@ -89,27 +89,24 @@ export const storedTeacherLogits = (model: OpenModel, set: TrajectorySet, opts: 
     const starts = teacherRowStarts(set)
     const padId = padIdOf(ckpt)
     const started = performance.now()
-    const run = Effect.gen(function* () {
-      for (const batch of lengthSortedBatches(set, opts.batchSize)) {
-        const b = pairBatch(set, batch, padId, starts)
-        const out = yield* Effect.mapError(runSession(session, pairFeeds(b, ["teacherIds", "teacherMask", "teacherPositions"]), Object.values(outputs)), (e) => new Error(e.message))
-        const lp = out[outputs.topLogProbs].data as Float32Array
-        const ids = out[outputs.topIds].data as BigInt64Array
-        const tail = out[outputs.tailMass].data as Float32Array
-        for (let j = 0; j < b.tokens; j++) {
-          const r = b.teacherRows[j]
-          topLogProbs.set(lp.subarray(j * k, (j + 1) * k), r * k)
-          for (let i = 0; i < k; i++) topIds[r * k + i] = Number(ids[j * k + i])
-          tailMass[r] = tail[j]
-        }
-        opts.onBatch?.(batch.length)
-        yield* Effect.yieldNow
+    for (const batch of lengthSortedBatches(set, opts.batchSize)) {
+      const b = pairBatch(set, batch, padId, starts)
+      const out = yield* runSession(session, pairFeeds(b, ["teacherIds", "teacherMask", "teacherPositions"]), Object.values(outputs))
+      const lp = out[outputs.topLogProbs].data as Float32Array
+      const ids = out[outputs.topIds].data as BigInt64Array
+      const tail = out[outputs.tailMass].data as Float32Array
+      for (let j = 0; j < b.tokens; j++) {
+        const r = b.teacherRows[j]
+        topLogProbs.set(lp.subarray(j * k, (j + 1) * k), r * k)
+        for (let i = 0; i < k; i++) topIds[r * k + i] = Number(ids[j * k + i])
+        tailMass[r] = tail[j]
       }
-    })
-    yield* Effect.ensuring(run, releaseSession(session))
+      opts.onBatch?.(batch.length)
+      yield* Effect.yieldNow
+    }
     const teacher: StoredTeacherLogits = { mode: "stored", rows, topK: k, dtype: opts.dtype, topLogProbs, topIds, tailMass }
     return { teacher, seconds: (performance.now() - started) / 1000 }
-  })
+  }).pipe(Effect.scoped)
 
 export const teacherLogits = stage({
   name: "teacher-logits",

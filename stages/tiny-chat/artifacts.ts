@@ -3,24 +3,42 @@
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Artifact } from "../../src/engine/index.ts"
-import type { TensorsValue } from "../../src/engine/index.ts"
-import { type Checkpoint, loadCheckpoint, type ModelConfig, parseModelConfig } from "../../src/models/checkpoint.ts"
+import { Artifact, ArtifactError, decodeArtifact, errorMessage, type TensorsValue } from "../../src/engine/index.ts"
+import { storageError } from "../../src/engine/errors.ts"
+import { type Checkpoint, loadCheckpoint, parseModelConfig } from "../../src/models/checkpoint.ts"
+import { behaviourNames } from "../../src/text/behaviours.ts"
 import type { ChatEvalRecord, ChatExample } from "../../src/text/synthetic/corpus.ts"
 import { loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts"
 
 /** The generated chat corpus as one JSON file: `{ train, heldOutChat }` (see `ChatCorpus`). */
 export const ChatCorpusFile = Artifact.file("ChatCorpus")
+
+const ChatMessage = Schema.Struct({ role: Schema.Literals(["system", "user", "assistant"]), content: Schema.String })
+const Mode = Schema.Literals(["none", "neutral", ...behaviourNames])
+const Task = Schema.Literals(["lookup", "arithmetic", "describe"])
+const ChatExampleSchema = Schema.Struct({ id: Schema.String, messages: Schema.Array(ChatMessage), mode: Mode, task: Task, about: Schema.String })
+const ChatEvalRecordSchema = Schema.Struct({
+  ...ChatExampleSchema.fields,
+  system_prompt_seen: Schema.NullOr(Schema.Boolean),
+  heldout_kind: Schema.Literals(["new_template", "new_combination"]),
+  answers: Schema.Array(Schema.String),
+  reference: Schema.String,
+})
 export interface ChatCorpus {
   readonly train: ReadonlyArray<ChatExample>
   readonly heldOutChat: ReadonlyArray<ChatEvalRecord>
 }
+// Typed as the corpus generator's records, so a field added there and not here does not compile.
+const ChatCorpus: Schema.Codec<ChatCorpus, any> = Schema.Struct({ train: Schema.Array(ChatExampleSchema), heldOutChat: Schema.Array(ChatEvalRecordSchema) })
 
-export const readCorpus = (file: string): Effect.Effect<ChatCorpus, Error> =>
-  Effect.try({
-    try: () => JSON.parse(fs.readFileSync(file, "utf8")) as ChatCorpus,
-    catch: (e) => new Error(`${file}: cannot read the chat corpus: ${e instanceof Error ? e.message : String(e)}`),
-  })
+export const readCorpus = (file: string): Effect.Effect<ChatCorpus, ArtifactError> =>
+  Effect.flatMap(
+    Effect.try({
+      try: () => fs.readFileSync(file, "utf8"),
+      catch: (e) => new ArtifactError({ path: file, field: "", message: `${file}: cannot read the chat corpus: ${errorMessage(e)}` }),
+    }),
+    (text) => decodeArtifact(Schema.fromJsonString(ChatCorpus), file, "a chat corpus", text),
+  )
 
 /** tokenizer.json and tokenizer_config.json contents (small: a 1k vocabulary and its merges). */
 export const TokenizerJson = Artifact.json(
@@ -30,7 +48,7 @@ export const TokenizerJson = Artifact.json(
 export type TokenizerJson = typeof TokenizerJson.schema.Type
 
 /** Writes the two tokenizer files into `dir` and loads them. */
-export const materializeTokenizer = (dir: string, files: TokenizerJson): Effect.Effect<TextTokenizer, Error> =>
+export const materializeTokenizer = (dir: string, files: TokenizerJson) =>
   Effect.gen(function* () {
     yield* Effect.try({
       try: () => {
@@ -38,9 +56,9 @@ export const materializeTokenizer = (dir: string, files: TokenizerJson): Effect.
         fs.writeFileSync(path.join(dir, "tokenizer.json"), JSON.stringify(files.tokenizer))
         fs.writeFileSync(path.join(dir, "tokenizer_config.json"), JSON.stringify(files.tokenizerConfig, null, 2) + "\n")
       },
-      catch: (e) => new Error(`cannot write tokenizer files into ${dir}: ${String(e)}`),
+      catch: (e) => storageError("writing tokenizer files into", dir, e),
     })
-    return yield* Effect.mapError(loadTokenizer(dir), (e) => new Error(e.message))
+    return yield* loadTokenizer(dir)
   })
 
 /**
@@ -49,12 +67,13 @@ export const materializeTokenizer = (dir: string, files: TokenizerJson): Effect.
  */
 export const LlamaWeights = Artifact.tensors("LlamaWeights")
 
-export const configOf = (weights: TensorsValue): Effect.Effect<ModelConfig, Error> =>
+// config.json as JSON text; parseModelConfig checks its fields against the architecture.
+const WeightsMetadata = Schema.Struct({ config: Schema.fromJsonString(Schema.Unknown) })
+
+export const configOf = (weights: TensorsValue) =>
   Effect.gen(function* () {
-    const text = weights.metadata.config
-    if (text === undefined) return yield* Effect.fail(new Error(`${weights.path}: metadata has no "config" (expected config.json text)`))
-    const json = yield* Effect.try({ try: () => JSON.parse(text) as unknown, catch: (e) => new Error(`${weights.path}: metadata config: ${String(e)}`) })
-    return yield* Effect.mapError(parseModelConfig(`${weights.path} (metadata config)`, json), (e) => new Error(e.message))
+    const { config } = yield* decodeArtifact(WeightsMetadata, weights.path, "a LlamaWeights artifact (metadata config holds config.json)", weights.metadata)
+    return yield* parseModelConfig(`${weights.path} (metadata config)`, config)
   })
 
 /**
@@ -62,7 +81,7 @@ export const configOf = (weights: TensorsValue): Effect.Effect<ModelConfig, Erro
  * config.json is the metadata's config text, model.safetensors a symlink to the artifact's file
  * (graphs read it through its real path, see src/models/graph-weights.ts), plus the tokenizer files.
  */
-export const materializeModel = (dir: string, weights: TensorsValue, files: TokenizerJson): Effect.Effect<{ checkpoint: Checkpoint; tokenizer: TextTokenizer }, Error> =>
+export const materializeModel = (dir: string, weights: TensorsValue, files: TokenizerJson) =>
   Effect.gen(function* () {
     yield* configOf(weights)
     yield* Effect.try({
@@ -73,9 +92,9 @@ export const materializeModel = (dir: string, weights: TensorsValue, files: Toke
         fs.rmSync(target, { force: true })
         fs.symlinkSync(path.resolve(weights.path), target)
       },
-      catch: (e) => new Error(`cannot write a checkpoint directory for ${weights.path} into ${dir}: ${String(e)}`),
+      catch: (e) => storageError(`writing a checkpoint directory for ${weights.path} into`, dir, e),
     })
     const tokenizer = yield* materializeTokenizer(dir, files)
-    const checkpoint = yield* Effect.mapError(loadCheckpoint(dir), (e) => new Error(e.message))
-    return { checkpoint, tokenizer }
+    const checkpoint = yield* loadCheckpoint(dir)
+    return { checkpoint, tokenizer } satisfies { checkpoint: Checkpoint; tokenizer: TextTokenizer }
   })

@@ -19,6 +19,7 @@ import { renderChat } from "../../src/text/tokenizer-builder.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { hash32 } from "../../src/core/random.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
+import { scopedSessions } from "../../src/runtime/session.ts"
 import { ChatCorpusFile, LlamaWeights, materializeModel, readCorpus, TokenizerJson } from "./artifacts.ts"
 
 const Rate = Schema.Struct({ rate: Schema.Number, hits: Schema.Int, n: Schema.Int })
@@ -69,9 +70,8 @@ export const evaluateChat = stage({
       // a checkpoint directory over the artifact's weights (a symlink: graphs read them in place)
       const { checkpoint, tokenizer } = yield* materializeModel(path.join(ctx.workDir, "model"), inputs.model, inputs.tokenizer)
       const corpus = yield* readCorpus(inputs.corpus.path)
-      const generator = yield* Effect.mapError(
+      const generator = yield* scopedSessions(
         makeGenerator(checkpoint, { graphDir: ctx.workDir, tokenizer, stepsPerRun: 8, ...(params.threads > 0 ? { intraOpThreads: params.threads } : {}) }),
-        (e) => new Error(e.message),
       )
       const maxPositions = checkpoint.config.maxPositions
       const records = params.limit > 0 ? corpus.heldOutChat.slice(0, 2 * params.limit) : corpus.heldOutChat
@@ -80,15 +80,12 @@ export const evaluateChat = stage({
       const promptIds = (r: ChatEvalRecord) => tokenizer.encode(renderChat(r.messages, true), { addSpecialTokens: false })
       const run = (rs: ReadonlyArray<ChatEvalRecord>, temperature: number, seed: number) =>
         Effect.gen(function* () {
-          const outs = yield* Effect.mapError(
-            generator.generate(
-              rs.map((r) => {
-                const prompt = promptIds(r)
-                return { prompt, maxNewTokens: Math.max(1, Math.min(params.maxNewTokens, maxPositions - prompt.length)), temperature, seed: hash32(r.id, seed) }
-              }),
-              { batchSize: params.batchSize },
-            ),
-            (e) => new Error(e.message),
+          const outs = yield* generator.generate(
+            rs.map((r) => {
+              const prompt = promptIds(r)
+              return { prompt, maxNewTokens: Math.max(1, Math.min(params.maxNewTokens, maxPositions - prompt.length)), temperature, seed: hash32(r.id, seed) }
+            }),
+            { batchSize: params.batchSize },
           )
           yield* checkFiniteRows(ctx.node, "generated tokens' log-probs [answer, token]", outs.map((o) => o.logProbs))
           return outs.map((o) => o.text ?? "")
@@ -134,5 +131,5 @@ export const evaluateChat = stage({
       ctx.metric("eval_seconds", (performance.now() - started) / 1000)
       ctx.log(`accuracy ${accuracy.rate.toFixed(3)}; with prompt ${behaviourNames.map((b) => `${b} ${withPrompt[b].rate.toFixed(2)}`).join(", ")}; without ${behaviourNames.map((b) => `${b} ${withoutPrompt[b].rate.toFixed(2)}`).join(", ")}`)
       return { accuracy, accuracyByTask, withPrompt, withHeldOutPrompt, withoutPrompt, temperature: params.temperature, examples }
-    }),
+    }).pipe(Effect.scoped),
 })

@@ -2,7 +2,7 @@
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { stage } from "../../src/engine/index.ts"
+import { StageError, stage } from "../../src/engine/index.ts"
 import { modelConfigJson } from "../../src/models/checkpoint.ts"
 import { tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { readFile } from "../../src/core/safetensors.ts"
@@ -33,8 +33,8 @@ export const initLlama = stage({
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
       const tokenizer = yield* materializeTokenizer(path.join(ctx.workDir, "tokenizer"), inputs.tokenizer)
-      const id = (t: { id: number } | undefined, what: string) => (t === undefined ? Effect.fail(new Error(`the tokenizer has no ${what} token`)) : Effect.succeed(t.id))
-      if (params.hiddenSize % params.numHeads !== 0) return yield* Effect.fail(new Error(`hiddenSize ${params.hiddenSize} is not a multiple of numHeads ${params.numHeads}`))
+      const id = (t: { id: number } | undefined, what: string) => (t === undefined ? Effect.fail(new StageError({ message: `the tokenizer has no ${what} token` })) : Effect.succeed(t.id))
+      if (params.hiddenSize % params.numHeads !== 0) return yield* Effect.fail(new StageError({ message: `hiddenSize ${params.hiddenSize} is not a multiple of numHeads ${params.numHeads}` }))
       const config = tinyLlama({
         vocabSize: tokenizer.vocabSize,
         hiddenSize: params.hiddenSize,

@@ -7,7 +7,7 @@ import { Effect, Schema } from "effect"
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Artifact, stage } from "../../src/engine/index.ts"
+import { Artifact, decodeArtifact, stage } from "../../src/engine/index.ts"
 import type { ModelConfig } from "../../src/models/checkpoint.ts"
 import { writeConfigFiles, writeWeightFiles } from "../../src/models/init.ts"
 import { behaviourNames } from "../../src/text/behaviours.ts"
@@ -28,9 +28,17 @@ export const passesBars = (e: typeof ChatEvaluation.schema.Type): boolean =>
   e.accuracy.rate >= bars.accuracy &&
   behaviourNames.every((b) => e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)
 
+/** What train-lm records about the training in the weights' metadata (see train-lm.ts). */
+const TrainedMetadata = Schema.Struct({
+  train_steps: Schema.NumberFromString.check(Schema.isInt()),
+  train_params: Schema.fromJsonString(Schema.Record(Schema.String, Schema.Unknown)),
+  epoch_losses: Schema.fromJsonString(Schema.Array(Schema.Number)),
+})
+type TrainedMetadata = typeof TrainedMetadata.Type
+
 const readme = (
   config: ModelConfig,
-  metadata: Readonly<Record<string, string>>,
+  { train_steps: steps, train_params: train, epoch_losses: losses }: TrainedMetadata,
   e: typeof ChatEvaluation.schema.Type,
   corpus: ChatCorpus,
   command: string,
@@ -38,8 +46,6 @@ const readme = (
 ): string => {
   const modes = new Map<string, number>()
   for (const c of corpus.train) modes.set(c.mode, (modes.get(c.mode) ?? 0) + 1)
-  const train = JSON.parse(metadata.train_params ?? "{}") as Record<string, unknown>
-  const losses = JSON.parse(metadata.epoch_losses ?? "[]") as number[]
   const ok = (pass: boolean) => (pass ? "yes" : "**no**")
   const rows = behaviourNames.map(
     (b) =>
@@ -98,7 +104,7 @@ Command (on a fresh clone; cached stages are reused):
 
 Training data: ${corpus.train.length} conversations (by system prompt: ${[...modes].map(([m, n]) => `${m} ${n}`).join(", ")}).
 
-${metadata.train_steps} AdamW steps (${JSON.stringify(train)}), loss on the assistant answer and its closing eos
+${steps} AdamW steps (${JSON.stringify(train)}), loss on the assistant answer and its closing eos
 only, on the CPU (onnxruntime CPU provider). Training and evaluation times are in the run's
 \`metrics.jsonl\` (\`train_seconds\`, \`eval_seconds\`), not here, so that a rerun
 with identical results publishes identical files.
@@ -116,6 +122,7 @@ export const writeModel = stage({
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
       const config = yield* configOf(inputs.model)
+      const trained = yield* decodeArtifact(TrainedMetadata, inputs.model.path, "a trained LlamaWeights artifact", inputs.model.metadata)
       const corpus = yield* readCorpus(inputs.corpus.path)
       const outDir = path.resolve(params.outDir)
       const staging = `${outDir}.tmp-${process.pid}`
@@ -133,7 +140,7 @@ export const writeModel = stage({
       // loadTokenizer checks the files before they are published
       yield* materializeTokenizer(staging, inputs.tokenizer)
       const parameterCount = names.reduce((a, n) => a + inputs.model.header.tensors.get(n)!.shape.reduce((x, y) => x * y, 1), 0)
-      fs.writeFileSync(path.join(staging, "README.md"), readme(config, inputs.model.metadata, inputs.evaluation, corpus, params.command, parameterCount))
+      fs.writeFileSync(path.join(staging, "README.md"), readme(config, trained, inputs.evaluation, corpus, params.command, parameterCount))
       fs.rmSync(outDir, { recursive: true, force: true })
       fs.renameSync(staging, outDir)
       const files = fs

@@ -1,7 +1,12 @@
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { Graph, serialize } from "../../src/graph/index.ts"
-import { createSession, cuda, runSession } from "../../src/runtime/session.ts"
+import * as fs from "node:fs"
+import { tmpdir } from "node:os"
+import { join, resolve } from "node:path"
+import { loadCheckpoint } from "../../src/models/checkpoint.ts"
+import { makeGenerator } from "../../src/models/generate.ts"
+import { createSession, cuda, liveSessions, releaseSession, runSession, scopedSessions } from "../../src/runtime/session.ts"
 import { tensor, toNumbers } from "../../src/runtime/tensor.ts"
 
 const model = () => {
@@ -36,5 +41,31 @@ describe("sessions", () => {
     } else {
       expect(result.success.device).toEqual({ kind: "cuda", deviceId: 0, gpu: 0 })
     }
+  })
+})
+
+describe("scoped sessions", () => {
+  const MODEL = resolve(import.meta.dirname, "../../models/tiny-chat")
+
+  it("a generator's step and decode-loop sessions are live inside the scope and released when it fails", async () => {
+    const before = liveSessions()
+    let inside = -1
+    const failed = Effect.gen(function* () {
+      const ckpt = yield* loadCheckpoint(MODEL)
+      yield* scopedSessions(makeGenerator(ckpt, { graphDir: fs.mkdtempSync(join(tmpdir(), "pipe-scoped-")), stepsPerRun: 2 }))
+      inside = liveSessions()
+      return yield* Effect.fail("stage failed")
+    }).pipe(Effect.scoped)
+    expect(await Effect.runPromise(Effect.flip(failed))).toBe("stage failed")
+    expect(inside).toBe(before + 2)
+    expect(liveSessions()).toBe(before)
+  })
+
+  it("releasing a session twice releases it once", async () => {
+    const before = liveSessions()
+    const session = await Effect.runPromise(createSession(model()))
+    expect(liveSessions()).toBe(before + 1)
+    await Effect.runPromise(Effect.andThen(releaseSession(session), releaseSession(session)))
+    expect(liveSessions()).toBe(before)
   })
 })
