@@ -24,6 +24,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { Data, Effect, Schema } from "effect"
 import * as ort from "onnxruntime-node"
+import { ArtifactError } from "../engine/errors.ts"
 import type { StageContext } from "../engine/stage.ts"
 import { learningRate, type Schedule } from "../graph/optim.ts"
 import { fromNumbers, readFile, type SafetensorsError, type Tensor, toFloat32, writeFile } from "../core/safetensors.ts"
@@ -197,7 +198,7 @@ const readCheckpoint = (file: string, names: ReadonlyArray<string>, withBest: bo
         if (!Number.isInteger(step) || step < 0) throw new Error(`metadata "step" is ${c.metadata.step}, expected a non-negative integer`)
         return { ...counters, state: { params: pick("param"), m: pick("m"), v: pick("v"), step }, best: withBest ? pick("best") : undefined }
       },
-      catch: (e) => new Error(`${file}: not a usable checkpoint of this run (${messageOf(e)})`),
+      catch: (e) => new ArtifactError({ path: file, field: "checkpoint", message: `${file}: not a usable checkpoint of this run (${messageOf(e)})` }),
     })
   })
 

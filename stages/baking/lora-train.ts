@@ -30,14 +30,14 @@
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
 import * as ort from "onnxruntime-node"
-import { Directory, stage } from "../../src/engine/index.ts"
+import { Directory, StageError, stage } from "../../src/engine/index.ts"
 import { type BatchSpec, buildTrainStep, fullForwardKL, Graph, topKForwardKL } from "../../src/graph/index.ts"
 import { initLora, loraAdapter, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { hash32 } from "../../src/core/random.ts"
 import { loraConfigFor, loraScale, loraTargets } from "../../src/models/peft.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
-import { createSession, releaseSession } from "../../src/runtime/session.ts"
+import { scopedSession } from "../../src/runtime/session.ts"
 import { bestOf, type Evaluation, stackMicroBatches, trainLoop } from "../../src/runtime/train-loop.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter, readTeacherLogits, readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, Trajectories, type TrajectorySet } from "./artifacts.ts"
@@ -204,21 +204,18 @@ export const loraTrain = stage({
       const teacher = yield* readTeacherLogits(inputs.teacher)
       const rows = responseTokenCount(train)
       if (teacher.rows !== rows)
-        return yield* Effect.fail(new Error(`${inputs.teacher.path}: ${teacher.rows} teacher rows, but the training trajectories have ${rows} response tokens (teacher logits of another trajectory set?)`))
+        return yield* Effect.fail(new StageError({ message: `${inputs.teacher.path}: ${teacher.rows} teacher rows, but the training trajectories have ${rows} response tokens (teacher logits of another trajectory set?)` }))
       if (teacher.mode === "stored" && teacher.topK > ckpt.config.vocabSize)
-        return yield* Effect.fail(new Error(`${inputs.teacher.path}: top_k ${teacher.topK} exceeds the model's vocabulary of ${ckpt.config.vocabSize}`))
-      const targets = yield* Effect.mapError(loraTargets(ckpt, params.targetModules), (e) => new Error(e.message))
-      const config = yield* Effect.mapError(
-        loraConfigFor(ckpt, { r: params.rank, loraAlpha: params.alpha, loraDropout: params.dropout, targetModules: params.targetModules, useRslora: params.useRslora }),
-        (e) => new Error(e.message),
-      )
+        return yield* Effect.fail(new StageError({ message: `${inputs.teacher.path}: top_k ${teacher.topK} exceeds the model's vocabulary of ${ckpt.config.vocabSize}` }))
+      const targets = yield* loraTargets(ckpt, params.targetModules)
+      const config = yield* loraConfigFor(ckpt, { r: params.rank, loraAlpha: params.alpha, loraDropout: params.dropout, targetModules: params.targetModules, useRslora: params.useRslora })
       const withDropout = params.dropout > 0
       const device = ctx.device
       const threads = params.threads > 0 ? { intraOpThreads: params.threads } : {}
 
       // --- the train-step graph
       const graphDir = path.join(ctx.workDir, "graph")
-      const placement = yield* Effect.mapError(placeWeights(ckpt, graphDir), (e) => new Error(e.message))
+      const placement = yield* placeWeights(ckpt, graphDir)
       const g = new Graph("lora_train")
       const source = externalWeights(g, placement)
       buildTrainStep({
@@ -238,49 +235,49 @@ export const loraTrain = stage({
           return sub.mul(kl.sum, b[extra.lossScale])
         },
       })
-      const graphFile = yield* Effect.mapError(writeGraph(g, placement, "lora-train-step"), (e) => new Error(e.message))
-      const session = yield* Effect.mapError(createSession(graphFile, { device, ...threads }), (e) => new Error(e.message))
-      const evaluator = yield* klEvaluator(model, { graphDir, device, batchSize: params.validationBatchSize, ...(params.threads > 0 ? { threads: params.threads } : {}), lora: { config, targets } })
+      const graphFile = yield* writeGraph(g, placement, "lora-train-step")
+      // both released when the stage ends: on success, failure and interruption alike
+      const session = yield* scopedSession(graphFile, { device, ...threads })
+      const evaluator = yield* Effect.acquireRelease(
+        klEvaluator(model, { graphDir, device, batchSize: params.validationBatchSize, ...(params.threads > 0 ? { threads: params.threads } : {}), lora: { config, targets } }),
+        (e) => e.release,
+      )
 
       const padId = padIdOf(ckpt)
       const starts = teacherRowStarts(train)
       const perEpoch = epochSteps(train, params.batchSize, params.gradAccum, params.seed, 0).length
-      if (perEpoch === 0) return yield* Effect.fail(new Error(`${inputs.trajectories.path}: no trajectory has response tokens`))
+      if (perEpoch === 0) return yield* Effect.fail(new StageError({ message: `${inputs.trajectories.path}: no trajectory has response tokens` }))
       ctx.log(
         `${train.trajectories.length} trajectories (${rows} response tokens), teacher ${teacher.mode === "stored" ? `stored top-${teacher.topK}` : "recomputed in the graph"}; ` +
           `${perEpoch} steps per epoch of ${params.batchSize} x ${params.gradAccum} trajectories, ${perEpoch * params.epochs} steps; LoRA rank ${params.rank} on ${targets.length} layers on ${ctx.device.kind}`,
       )
 
       let epochCache: { epoch: number; steps: number[][][] } | undefined
-      // the sessions are released whether training succeeds, fails or is interrupted
-      const r = yield* Effect.ensuring(
-        trainLoop({
-          session,
-          ctx,
-          init: () =>
-            Effect.succeed(Object.fromEntries(Object.entries(initLora(targets, params.rank, params.seed)).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)]))),
-          epochs: params.epochs,
-          stepsPerEpoch: perEpoch,
-          schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: params.schedule, minRatio: params.minLrRatio },
-          batch: (step, epoch, index) => {
-            if (epochCache?.epoch !== epoch) epochCache = { epoch, steps: epochSteps(train, params.batchSize, params.gradAccum, params.seed, epoch) }
-            return Effect.succeed(stepFeeds(train, teacher, epochCache.steps[index], padId, starts, withDropout ? (m) => dropoutSeed(params.seed, step, m) : undefined))
-          },
-          validation: {
-            metric: "val_kl",
-            label: "validation KL",
-            run: (p) => Effect.map(evaluator.evaluate(validation, p), (v) => v.mean),
-            every: perEpoch,
-            patience: params.earlyStopPatience,
-            divergenceFactor: params.divergenceFactor,
-            startLabel: "the base model",
-            keepBest: params.earlyStopPatience > 0,
-          },
-          checkpointEvery: params.checkpointEvery,
-          divergenceHint: `the adapter would make the model worse than none: lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
-        }),
-        Effect.andThen(evaluator.release, releaseSession(session)),
-      )
+      const r = yield* trainLoop({
+        session,
+        ctx,
+        init: () =>
+          Effect.succeed(Object.fromEntries(Object.entries(initLora(targets, params.rank, params.seed)).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)]))),
+        epochs: params.epochs,
+        stepsPerEpoch: perEpoch,
+        schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: params.schedule, minRatio: params.minLrRatio },
+        batch: (step, epoch, index) => {
+          if (epochCache?.epoch !== epoch) epochCache = { epoch, steps: epochSteps(train, params.batchSize, params.gradAccum, params.seed, epoch) }
+          return Effect.succeed(stepFeeds(train, teacher, epochCache.steps[index], padId, starts, withDropout ? (m) => dropoutSeed(params.seed, step, m) : undefined))
+        },
+        validation: {
+          metric: "val_kl",
+          label: "validation KL",
+          run: (p) => Effect.map(evaluator.evaluate(validation, p), (v) => v.mean),
+          every: perEpoch,
+          patience: params.earlyStopPatience,
+          divergenceFactor: params.divergenceFactor,
+          startLabel: "the base model",
+          keepBest: params.earlyStopPatience > 0,
+        },
+        checkpointEvery: params.checkpointEvery,
+        divergenceHint: `the adapter would make the model worse than none: lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
+      })
 
       const epochOf = (e: Evaluation) => e.step / perEpoch
       const history = r.history
@@ -308,5 +305,5 @@ export const loraTrain = stage({
       ctx.metric("train_seconds", r.seconds)
       ctx.metric("train_tokens_per_s", r.trainedTokens / Math.max(r.seconds, 1e-9))
       return yield* adapterOutput(loraAdapter(config, targets, values), { train_summary: JSON.stringify(summary), train_params: JSON.stringify(params) })
-    }),
+    }).pipe(Effect.scoped),
 })

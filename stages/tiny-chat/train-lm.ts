@@ -8,11 +8,11 @@
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
 import * as ort from "onnxruntime-node"
-import { stage } from "../../src/engine/index.ts"
+import { errorMessage, StageError, stage } from "../../src/engine/index.ts"
 import { buildTrainStep, crossEntropy, serialize } from "../../src/graph/index.ts"
 import type { Tensor } from "../../src/core/safetensors.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
-import { createSession, releaseSession } from "../../src/runtime/session.ts"
+import { scopedSession } from "../../src/runtime/session.ts"
 import { fromOrt, toOrt, trainLoop } from "../../src/runtime/train-loop.ts"
 import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
 import { rightPaddedDecoder } from "./llama-graph.ts"
@@ -57,13 +57,13 @@ export const trainLm = stage({
       const corpus = yield* readCorpus(inputs.corpus.path)
       const seqs: TrainSequence[] = yield* Effect.try({
         try: () => corpus.train.map((c) => encodeChat(tokenizer, c.messages, params.maxLength)),
-        catch: (e) => new Error(`${inputs.corpus.path}: ${e instanceof Error ? e.message : String(e)}`),
+        catch: (e) => new StageError({ message: `${inputs.corpus.path}: ${errorMessage(e)}` }),
       })
-      if (config.padTokenId === undefined) return yield* Effect.fail(new Error("the model config has no pad_token_id"))
+      if (config.padTokenId === undefined) return yield* Effect.fail(new StageError({ message: `${inputs.init.path}: the model config has no pad_token_id` }))
       const padId = config.padTokenId
       const perEpoch = batchesPerEpoch(seqs.length, params.batchSize)
 
-      const weights = yield* Effect.mapError(weightsInFile(config, inputs.init.path, inputs.init.header), (e) => new Error(e.message))
+      const weights = yield* weightsInFile(config, inputs.init.path, inputs.init.header)
       const refs = allWeightRefs(weights)
       const names = refs.map((r) => r.name)
       const graph = buildTrainStep({
@@ -77,34 +77,32 @@ export const trainLm = stage({
         },
         adamw: { weightDecay: params.weightDecay, maxGradNorm: params.maxGradNorm, beta2: 0.98 },
       })
-      const session = yield* createSession(serialize(graph), params.threads > 0 ? { intraOpThreads: params.threads } : {})
+      // released when the stage ends: on success, failure and interruption alike
+      const session = yield* scopedSession(serialize(graph), params.threads > 0 ? { intraOpThreads: params.threads } : {})
 
       ctx.log(`${seqs.length} chats, ${perEpoch} steps per epoch, ${perEpoch * params.epochs} steps; ${names.length} tensors, ${refs.reduce((a, r) => a + r.shape.reduce((x, y) => x * y, 1), 0)} parameters`)
       let epochCache: { epoch: number; batches: TrainSequence[][] } | undefined
-      const r = yield* Effect.ensuring(
-        trainLoop({
-          session,
-          ctx,
-          init: () => Effect.sync(() => Object.fromEntries(names.map((n) => [n, toOrt(inputs.init.read(n))]))),
-          epochs: params.epochs,
-          stepsPerEpoch: perEpoch,
-          schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: "cosine", minRatio: params.minLrRatio },
-          batch: (_step, epoch, index) => {
-            if (epochCache?.epoch !== epoch) epochCache = { epoch, batches: epochBatches(seqs, params.batchSize, params.seed, epoch) }
-            const batch = makeBatch(epochCache.batches[index], padId)
-            const dims = [batch.rows, batch.width]
-            return Effect.succeed({
-              feeds: { ids: new ort.Tensor("int64", batch.ids, dims), targets: new ort.Tensor("int64", batch.targets, dims), mask: new ort.Tensor("float32", batch.mask, dims) },
-              tokens: batch.tokens,
-              // tokens through forward and backward, padding included (what the step computes)
-              computedTokens: batch.rows * batch.width,
-            })
-          },
-          checkpointEvery: params.checkpointEvery,
-          divergenceHint: `lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
-        }),
-        releaseSession(session),
-      )
+      const r = yield* trainLoop({
+        session,
+        ctx,
+        init: () => Effect.sync(() => Object.fromEntries(names.map((n) => [n, toOrt(inputs.init.read(n))]))),
+        epochs: params.epochs,
+        stepsPerEpoch: perEpoch,
+        schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: "cosine", minRatio: params.minLrRatio },
+        batch: (_step, epoch, index) => {
+          if (epochCache?.epoch !== epoch) epochCache = { epoch, batches: epochBatches(seqs, params.batchSize, params.seed, epoch) }
+          const batch = makeBatch(epochCache.batches[index], padId)
+          const dims = [batch.rows, batch.width]
+          return Effect.succeed({
+            feeds: { ids: new ort.Tensor("int64", batch.ids, dims), targets: new ort.Tensor("int64", batch.targets, dims), mask: new ort.Tensor("float32", batch.mask, dims) },
+            tokens: batch.tokens,
+            // tokens through forward and backward, padding included (what the step computes)
+            computedTokens: batch.rows * batch.width,
+          })
+        },
+        checkpointEvery: params.checkpointEvery,
+        divergenceHint: `lower lr (now ${params.lr}) or maxGradNorm (now ${params.maxGradNorm})`,
+      })
       const tensors = new Map<string, Tensor>()
       for (const n of names) {
         yield* checkFinite(ctx.node, `weight ${n}`, r.params[n].data as Float32Array, r.params[n].dims)
@@ -122,5 +120,5 @@ export const trainLm = stage({
           epoch_losses: JSON.stringify(r.epochLosses.map((l) => Number(l.toFixed(4)))),
         },
       }
-    }),
+    }).pipe(Effect.scoped),
 })
