@@ -38,7 +38,7 @@ import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import { Data, Effect } from "effect"
 import { Graph, type Value } from "../graph/index.ts"
-import { createSession, type Device, type RunError, type Session } from "../runtime/session.ts"
+import { createSession, type Device, releaseSession, type RunError, type Session } from "../runtime/session.ts"
 import { loadTokenizer, type TextTokenizer } from "../text/tokenizer.ts"
 import { forwardNames, logitsOf, type WeightSource } from "./forward.ts"
 import {
@@ -346,9 +346,15 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
     // graph building throws on a checkpoint it cannot express (e.g. a weight dtype): keep the message
     const build = (make: () => Graph) => Effect.try({ try: make, catch: (e) => fail(`building the ensemble graphs: ${e instanceof Error ? e.message : String(e)}`) })
     const stepSession = yield* open(yield* build(() => buildStepGraph(graphModel, "ensemble_step")), "ensemble-step")
-    const loopSession =
-      stepsPerRun > 1 ? yield* open(yield* build(() => buildDecodeLoopGraph(graphModel, "ensemble_decode_loop")), "ensemble-decode-loop") : undefined
-    const scoringSession = yield* open(yield* build(() => buildEnsembleScoringGraph(options, placement, V)), "ensemble-scoring")
+    // a later session that cannot be made must not leave the earlier ones open
+    const { loopSession, scoringSession } = yield* Effect.gen(function* () {
+      const loopSession =
+        stepsPerRun > 1 ? yield* open(yield* build(() => buildDecodeLoopGraph(graphModel, "ensemble_decode_loop")), "ensemble-decode-loop") : undefined
+      const scoringSession = yield* Effect.onError(open(yield* build(() => buildEnsembleScoringGraph(options, placement, V)), "ensemble-scoring"), () =>
+        loopSession ? releaseSession(loopSession) : Effect.void,
+      )
+      return { loopSession, scoringSession }
+    }).pipe(Effect.onError(() => releaseSession(stepSession)))
     const contexts = members.map(variantContext)
     const first = members[0].checkpoint.config
     const stats = statNames(members, klPairs)

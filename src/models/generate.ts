@@ -40,7 +40,7 @@
 import { Data, Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { Graph, type Value } from "../graph/index.ts"
-import { createSession, type Device, runSession, type Session } from "../runtime/session.ts"
+import { createSession, type Device, releaseSession, runSession, type Session } from "../runtime/session.ts"
 import type { TextTokenizer } from "../text/tokenizer.ts"
 import type { Checkpoint } from "./checkpoint.ts"
 import type { LoraAdapter } from "./peft.ts"
@@ -348,7 +348,9 @@ export const makeGenerator = (target: Checkpoint | Variant, options: GeneratorOp
       )
     const graphModel = variantModel(variant, (g) => externalWeights(g, placement))
     const session = yield* open(buildStepGraph(graphModel), "generation-step")
-    const loopSession = stepsPerRun > 1 ? yield* open(buildDecodeLoopGraph(graphModel), "generation-decode-loop") : undefined
+    // a decode-loop session that cannot be made must not leave the step session open
+    const loopSession =
+      stepsPerRun > 1 ? yield* Effect.onError(open(buildDecodeLoopGraph(graphModel), "generation-decode-loop"), () => releaseSession(session)) : undefined
     const model: StepModel = {
       session,
       loopSession,
