@@ -7,14 +7,15 @@ what stages/baking/lora-train.ts builds with teacher "stored":
   the teacher as top-k log-probs + tail mass (src/graph/losses.ts topKForwardKL), summed over
   tokens and multiplied by loss_scale -> backward -> clip_grad_norm_ -> AdamW.step
 
-Usage: /usr/bin/python3 lora_train_torch.py MODEL_DIR SPEC_FILE -> prints one JSON line.
-SPEC_FILE (JSON): {"threads", "reps", "check_steps", "lr", "adamw": {"beta1", "beta2", "eps",
+Usage: /usr/bin/python3 lora_train_torch.py MODEL_DIR SPEC_FILE THREADS. Prints one JSON line (the check),
+then for each line "step" on stdin runs one more step and prints {"seconds": its time}, so the
+TypeScript side can alternate its steps with these ones and both see the same machine load.
+SPEC_FILE (JSON): {"check_steps", "lr", "adamw": {"beta1", "beta2", "eps",
   "weight_decay", "max_grad_norm"}, "lora_scale", "lora": [{"module", "A": {"name", "shape", "data"}, "B": {...}}],
   "batch": {name: {"shape", "data"}}}  (batch names: student_ids, student_mask, student_positions,
   token_mask, top_ids, top_logprobs, tail_mass, loss_scale)
-Output: the loss and gradient norm of each of check_steps steps from the given LoRA matrices on
-the batch, the matrices after the first and after the last of them, and the best-of-reps step
-time.
+The check: the loss and gradient norm of each of check_steps steps from the given LoRA matrices
+on the batch, and the matrices after the first and after the last of them.
 """
 import json
 import os
@@ -24,7 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_torch import Llama, timed  # noqa: E402
+from llama_torch import Llama  # noqa: E402
 
 
 def top_k_forward_kl(lq, top_ids, top_lp, tail, mask):
@@ -74,9 +75,9 @@ class Trainer:
 
 
 def main():
-    model_dir, spec_file = sys.argv[1], sys.argv[2]
+    model_dir, spec_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
     spec = json.load(open(spec_file))
-    torch.set_num_threads(spec["threads"])
+    torch.set_num_threads(threads)
     trainer = Trainer(Llama(model_dir), spec)
 
     params, opt, lora = trainer.fresh()
@@ -85,10 +86,15 @@ def main():
     first = flat()
     steps += [trainer.step(params, opt, lora) for _ in range(spec["check_steps"] - 1)]
     check = {"loss": [s[0] for s in steps], "grad_norm": [s[1] for s in steps], "params_first": first, "params_last": flat()}
-    params, opt, lora = trainer.fresh()
-    seconds = timed(lambda: trainer.step(params, opt, lora), spec["reps"])
     blas = sorted({line.split()[-1] for line in open("/proc/self/maps") if "blas" in line})
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas, "seconds": seconds, "check": check}))
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas, "check": check}), flush=True)
+    params, opt, lora = trainer.fresh()
+    for line in sys.stdin:
+        if line.strip() != "step":
+            raise SystemExit(f"expected 'step' on stdin, got {line.strip()!r}")
+        t0 = time.perf_counter()
+        trainer.step(params, opt, lora)
+        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
 
 
 if __name__ == "__main__":
