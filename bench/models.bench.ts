@@ -10,7 +10,6 @@
 // and reports ours / torch. Same thread count on both sides. A greedy continuation is compared
 // token by token as a check that both sides run the same model. Without torch the comparison is
 // reported as skipped. Writes bench/results/models.json.
-import { spawnSync } from "node:child_process"
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
@@ -24,6 +23,7 @@ import { placeWeights, writeGraph } from "../src/models/graph-weights.ts"
 import { tinyLlama, writeRandomCheckpoint } from "../src/models/init.ts"
 import { mulberry32 } from "../src/core/random.ts"
 import { createSession, runSession } from "../src/runtime/session.ts"
+import { runTorchReference } from "./torch-reference.ts"
 
 const threads = Math.min(availableParallelism(), 8)
 // best of `reps` on both sides: the CI machine is small and shared, the minimum is the least noisy
@@ -91,24 +91,10 @@ try {
   const scoreSeconds = await timed(() => Effect.runPromise(runSession(session, feeds)))
   ours.scoring = { ...scoring, seconds: scoreSeconds, tokens_per_s: n / scoreSeconds }
 
-  // --- reference: PyTorch, run twice because Debian's torch hands matmuls to OpenBLAS, whose
-  // own thread pool fights torch's OpenMP threads on small matrices: once with single-threaded
-  // BLAS (best for decode steps), once with threaded BLAS and one OpenMP thread (best for big
-  // matmuls). Each workload is compared with the faster of the two.
+  // --- reference: PyTorch, once per BLAS setting (torch-reference.ts); each workload is
+  // compared with the faster run
   const spec = { threads, reps, generation, scoring, check_prompt: checkPrompt, check_tokens: checkTokens }
-  const blasSettings = [
-    { OPENBLAS_NUM_THREADS: "1", OMP_NUM_THREADS: String(threads) },
-    { OPENBLAS_NUM_THREADS: String(threads), OMP_NUM_THREADS: "1" },
-  ]
-  const torchRuns: Array<Record<string, unknown>> = []
-  let torchSkipped: string | undefined
-  for (const env of blasSettings) {
-    const py = spawnSync("/usr/bin/python3", [join(import.meta.dirname, "reference", "llama_torch.py"), modelDir, JSON.stringify(spec)], { encoding: "utf8", env: { ...process.env, ...env } })
-    if (py.error) torchSkipped = `cannot run /usr/bin/python3: ${py.error.message}`
-    else if (py.status !== 0) torchSkipped = /No module named 'torch'/.test(py.stderr) ? "torch is not installed for /usr/bin/python3 (apt-get install -y python3-torch)" : `reference exited with ${py.status}: ${py.stderr.trim().split("\n").at(-1)}`
-    else torchRuns.push({ env, ...(JSON.parse(py.stdout.trim().split("\n").at(-1)!) as Record<string, unknown>) })
-    if (torchSkipped) break
-  }
+  const { runs: torchRuns, skipped: torchSkipped } = runTorchReference("llama_torch.py", [modelDir, JSON.stringify(spec)], threads)
   const best = <T extends { tokens_per_s: number }>(pick: (r: Record<string, unknown>) => T): T | undefined =>
     torchRuns.length === 0 ? undefined : torchRuns.map(pick).reduce((a, b) => (b.tokens_per_s > a.tokens_per_s ? b : a))
   const torch = torchRuns[0]

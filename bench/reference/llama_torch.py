@@ -63,24 +63,40 @@ class Llama:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
 
     def rope(self, x, pos):
-        ang = pos[:, None].float() * self.inv_freq[None, :]  # [T, hd/2]
+        ang = pos[..., None].float() * self.inv_freq  # [T, hd/2] or [B, T, hd/2]
         cos, sin = torch.cat([ang.cos(), ang.cos()], -1), torch.cat([ang.sin(), ang.sin()], -1)
+        if pos.dim() == 2:  # per-row positions: broadcast over heads
+            cos, sin = cos[:, None], sin[:, None]
         x1, x2 = x[..., : self.head_dim // 2], x[..., self.head_dim // 2:]
         return x * cos + torch.cat([-x2, x1], -1) * sin
 
-    def forward(self, ids, cache=None):
-        """ids [B, T]; cache: list of (k, v) [B, kv, P, hd] or None. Returns hidden [B, T, H], new cache."""
+    def forward(self, ids, cache=None, mask=None, lora=None):
+        """ids [B, T]; cache: list of (k, v) [B, kv, P, hd] or None. Returns hidden [B, T, H], new cache.
+        mask [B, T] (no cache): 1 = token, 0 = left padding; positions are cumsum(mask) - 1 clamped
+        at 0 and padded keys get a -1e9 score bias, as src/models/forward.ts does.
+        lora: (scale, {module path: (A [r, in], B [out, r])}) adds scale * B A x to those layers."""
         B, T = ids.shape
         P = 0 if cache is None else cache[0][0].shape[2]
-        pos = torch.arange(P, P + T)
         x = self.embed[ids]
         causal = torch.ones(T, P + T, dtype=torch.bool).tril(P)
+        if mask is None:
+            pos = torch.arange(P, P + T)
+        else:
+            pos = (mask.cumsum(1) - 1).clamp(min=0)
+            causal = causal & (mask[:, None, None, :] > 0)  # [B, 1, T, S]
+        scale, adapters = lora if lora is not None else (0.0, {})
+
+        def linear(h, i, name, path):
+            y = h @ self.layers[i][name].T
+            ab = adapters.get(f"model.layers.{i}.{path}")
+            return y if ab is None else y + scale * ((h @ ab[0].T) @ ab[1].T)
+
         new_cache = []
         for i, L in enumerate(self.layers):
             h = self.rms(x, L["in_norm"])
-            q = (h @ L["q"].T).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-            k = (h @ L["k"].T).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-            v = (h @ L["v"].T).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            q = linear(h, i, "q", "self_attn.q_proj").view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+            k = linear(h, i, "k", "self_attn.k_proj").view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+            v = linear(h, i, "v", "self_attn.v_proj").view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
             q, k = self.rope(q, pos), self.rope(k, pos)
             if cache is not None:
                 k = torch.cat([cache[i][0], k], 2)
@@ -89,11 +105,13 @@ class Llama:
             rep = self.n_heads // self.n_kv
             kk, vv = k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
             s = (q @ kk.transpose(-1, -2)) / math.sqrt(self.head_dim)
-            s = s.masked_fill(~causal, float("-inf"))
+            # -1e9 rather than -inf: a fully padded query row stays finite (its output is unused)
+            s = s.masked_fill(~causal, -1e9)
             a = (s.softmax(-1) @ vv).transpose(1, 2).reshape(B, T, -1)
-            x = x + a @ L["o"].T
+            x = x + linear(a, i, "o", "self_attn.o_proj")
             h = self.rms(x, L["post_norm"])
-            x = x + (torch.nn.functional.silu(h @ L["gate"].T) * (h @ L["up"].T)) @ L["down"].T
+            act = torch.nn.functional.silu(linear(h, i, "gate", "mlp.gate_proj")) * linear(h, i, "up", "mlp.up_proj")
+            x = x + linear(act, i, "down", "mlp.down_proj")
         return self.rms(x, self.norm), new_cache
 
     def logits(self, ids):

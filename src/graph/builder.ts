@@ -358,6 +358,8 @@ export class Graph implements GraphIR {
   reduceMax(x: Value, axes?: readonly number[], keepdims = false): Value {
     return this.reduce("ReduceMax", x, axes, keepdims)
   }
+  /** For log-probabilities prefer logSoftmax: onnxruntime's CPU ReduceLogSumExp is not vectorized
+   * and about 10x slower than its LogSoftmax over the same rows (losses.ts). */
   reduceLogSumExp(x: Value, axes?: readonly number[], keepdims = false): Value {
     return this.reduce("ReduceLogSumExp", x, axes, keepdims)
   }

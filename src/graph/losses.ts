@@ -51,8 +51,10 @@ const floatMask = (g: Graph, mask: Value | undefined, like: Value, t: DType): Va
 
 const meanOf = (g: Graph, sum: Value, count: Value): MeanLoss => ({ sum, count, mean: g.div(sum, g.max(count, g.scalarLike(1, count))) })
 
-/** log-softmax row pieces: logits and their log-sum-exp [C, 1] */
-const logNormalizer = (sub: Graph, z: Value): Value => sub.reduceLogSumExp(z, [1], true)
+/** log q [C, V] of a chunk's logits. LogSoftmax rather than z - ReduceLogSumExp(z): onnxruntime's
+ * CPU LogSoftmax is vectorized and about 10x faster than its ReduceLogSumExp on [256, 2048]
+ * (0.22 against 2.3 ms, 1 thread), which made the log-normalizer 6% of a LoRA train step. */
+const logProbs = (sub: Graph, z: Value): Value => sub.logSoftmax(z, 1)
 
 /**
  * Token-level cross-entropy -log q(target) averaged over positions whose mask is non-zero.
@@ -70,8 +72,8 @@ export const crossEntropy = (g: Graph, head: LmHead, targets: Value, mask?: Valu
     perRowShape: [],
     body: (sub, [h, tgt, mk], [w]) => {
       const z = chunkLogits(sub, h, w, t, head.softcap)
-      const zt = sub.gatherElements(z, sub.unsqueeze(tgt, [1]), 1)
-      return sub.mul(sub.squeeze(sub.sub(logNormalizer(sub, z), zt), [1]), mk)
+      const lqt = sub.gatherElements(logProbs(sub, z), sub.unsqueeze(tgt, [1]), 1)
+      return sub.mul(sub.neg(sub.squeeze(lqt, [1])), mk)
     },
   })
   return meanOf(g, sum, g.reduceSum(m))
@@ -103,7 +105,7 @@ export const topKForwardKL = (g: Graph, head: LmHead, teacher: TopKTeacher, mask
     perRowShape: [],
     body: (sub, [h, idx, lp, tail, mk], [w]) => {
       const z = chunkLogits(sub, h, w, t, head.softcap)
-      const lq = sub.sub(sub.gatherElements(z, idx, 1), logNormalizer(sub, z))
+      const lq = sub.gatherElements(logProbs(sub, z), idx, 1)
       const topTerm = sub.reduceSum(sub.mul(sub.exp(lp), sub.sub(lp, lq)), [1])
       // probabilities below this are treated as 0 in the tail term (float32 resolution)
       const tiny = sub.scalar(1e-12, t)
@@ -132,8 +134,8 @@ export const fullForwardKL = (g: Graph, student: LmHead, teacher: FullTeacher, m
     dtype: t,
     perRowShape: [],
     body: (sub, [h, mk, th], [w, tw]) => {
-      const lq = sub.logSoftmax(chunkLogits(sub, h, w, t, student.softcap), 1)
-      const lp = sub.logSoftmax(tw ? chunkLogits(sub, th, tw, t, "weight" in teacher ? teacher.softcap : undefined) : toCompute(sub, th, t), 1)
+      const lq = logProbs(sub, chunkLogits(sub, h, w, t, student.softcap))
+      const lp = logProbs(sub, tw ? chunkLogits(sub, th, tw, t, "weight" in teacher ? teacher.softcap : undefined) : toCompute(sub, th, t))
       return sub.mul(sub.reduceSum(sub.mul(sub.exp(lp), sub.sub(lp, lq)), [1]), mk)
     },
   })
@@ -157,7 +159,7 @@ export const sequenceLogLikelihood = (g: Graph, head: LmHead, targets: Value, se
       const z = chunkLogits(sub, h, w, t, head.softcap)
       const inSegment = sub.equal(sub.unsqueeze(seg, [1]), ids) // [C, S]
       const valid = sub.greaterOrEqual(seg, sub.constant("int64", [], [0]))
-      const lq = sub.sub(sub.gatherElements(z, sub.unsqueeze(sub.where(valid, tgt, sub.zerosLike(tgt)), [1]), 1), logNormalizer(sub, z)) // [C, 1]
+      const lq = sub.gatherElements(logProbs(sub, z), sub.unsqueeze(sub.where(valid, tgt, sub.zerosLike(tgt)), [1]), 1) // [C, 1]
       return sub.where(inSegment, lq, sub.scalar(0, t))
     },
   })
