@@ -1,6 +1,7 @@
 // A model variant: a checkpoint plus interventions, and the one function that turns it into hidden
-// states (and so logits) in a graph. Training graphs, scoring, generation (step and decode-loop
-// graphs) and ensembles all build their model part with prepareVariant.
+// states (and so logits) in a graph. Training graphs (lora-train), the exact KL evaluator
+// (stages/baking/distill.ts), scoring, generation (step and decode-loop graphs) and ensembles all
+// build their model part with prepareVariant.
 //
 // Interventions (any combination; each frozen or trainable):
 //   loras                  LoRA adapters (peft.ts LoraAdapter), applied additively on the linear
@@ -307,7 +308,10 @@ export type VariantForward = (sub: Graph, inputs: VariantInputs, params?: Readon
 export interface PrepareOptions {
   /** before the initializer names (one per model when several share a graph) */
   readonly prefix?: string
-  /** a training graph: trainable values come from the apply's `params`; otherwise (inference) every value is frozen */
+  /**
+   * trainable values come from the apply's `params` (a train step's, or graph inputs fed per run
+   * as distill.ts klEvaluator's are); otherwise (inference) every value is frozen
+   */
   readonly training?: boolean
 }
 

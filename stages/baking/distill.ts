@@ -14,24 +14,27 @@
 //   lengthSortedBatches(set, batchSize)         -> trajectory indices per batch, sorted by length
 //       (stable), trajectories without response tokens left out.
 //   pairInputs / pairFeeds(batch)               -> graph input names and specs, and their feeds.
-//   headAtPositions(g, ckpt, source, ids, mask, positions, hook?) -> LM-head input [tokens, H] of
-//       the teacher (base model) or the student (base model + `hook`, e.g. LoRA).
-//   klEvaluator(model, opts) / meanPromptedKl(model, set, adapter, opts)
-//       -> exact mean per-response-token KL(prompted || student) over the full vocabulary, both
-//       models in one forward-only graph with the base weights as external data, chunked over
-//       tokens (fullForwardKL), summed in float64 on the host. The evaluator keeps its session
-//       and takes LoRA matrices as inputs, so a training loop evaluates every epoch on one graph.
+//   lmHeadAt(g, ckpt, outputs, positions)       -> LM-head input [tokens, H] at those positions of a
+//       decoder's (or a variant's, variant.ts prepareVariant) outputs.
+//   headAtPositions(g, ckpt, source, ids, mask, positions, hook?) -> the same for the base model
+//       (+ `hook`).
+//   klEvaluator(student, opts) / meanPromptedKl(model, set, student, opts)
+//       -> exact mean per-response-token KL(prompted || student) over the full vocabulary, the
+//       student a model variant, the teacher its base checkpoint on the teacher prompt: both in
+//       one forward-only graph with the base weights as external data, chunked over tokens
+//       (fullForwardKL), summed in float64 on the host. The evaluator keeps its session and takes
+//       the student's trainable values as inputs, so a training loop evaluates every epoch on one
+//       graph.
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { StageError } from "../../src/engine/index.ts"
 import { fullForwardKL, Graph, type LmHead, type Value } from "../../src/graph/index.ts"
-import { loraInputs, loraHook, loraName } from "../../src/models/adapters.ts"
 import type { Checkpoint } from "../../src/models/checkpoint.ts"
-import { decoder, type LinearHook, type WeightSource } from "../../src/models/forward.ts"
+import { decoder, type DecoderOutputs, type LinearHook, type WeightSource } from "../../src/models/forward.ts"
 import { contextLength } from "../../src/models/rope.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { type LoraAdapter, type LoraConfig, type LoraTarget, loraScale, loraTargets } from "../../src/models/peft.ts"
-import { toFloat32 } from "../../src/core/safetensors.ts"
+import type { LoraAdapter } from "../../src/models/peft.ts"
+import { asVariant, checkVariant, prepareVariant, type Variant, variantParams } from "../../src/models/variant.ts"
 import { createSession, type Device, releaseSession, runSession } from "../../src/runtime/session.ts"
 import type { TrajectorySet } from "./artifacts.ts"
 import type { OpenModel } from "./model.ts"
@@ -191,14 +194,19 @@ export const pairFeeds = (b: PairBatch, keys: ReadonlyArray<PairKey> = Object.ke
   return Object.fromEntries(keys.map((k) => [pairInputs[k].name, new ort.Tensor(pairInputs[k].dtype, data[k].values, data[k].dims)]))
 }
 
+/** LM-head input [tokens, H] at `positions` (flat row * width + t) of a decoder's outputs. */
+export const lmHeadAt = (g: Graph, ckpt: Checkpoint, out: DecoderOutputs, positions: Value): LmHead => ({
+  hidden: g.gather(g.reshape(out.hidden, [-1, ckpt.config.hiddenSize]), positions, 0),
+  weight: out.lmHead,
+  ...(out.logitSoftcap === undefined ? {} : { softcap: out.logitSoftcap }),
+})
+
 /**
- * LM-head input [tokens, H] at the positions predicting response tokens: the base model, plus
- * `hook` for the student (e.g. LoRA); the prompted teacher is the base model, never adapted.
+ * LM-head input [tokens, H] at the positions predicting response tokens of the base model, plus
+ * `hook` if given (the prompted teacher is the base model, never adapted).
  */
-export const headAtPositions = (g: Graph, ckpt: Checkpoint, source: WeightSource, ids: Value, mask: Value, positions: Value, hook?: LinearHook): LmHead => {
-  const out = decoder(g, ckpt.config, ckpt.weights, source, { ids, mask }, hook ? { linearHook: hook } : {})
-  return { hidden: g.gather(g.reshape(out.hidden, [-1, ckpt.config.hiddenSize]), positions, 0), weight: out.lmHead, ...(out.logitSoftcap === undefined ? {} : { softcap: out.logitSoftcap }) }
-}
+export const headAtPositions = (g: Graph, ckpt: Checkpoint, source: WeightSource, ids: Value, mask: Value, positions: Value, hook?: LinearHook): LmHead =>
+  lmHeadAt(g, ckpt, decoder(g, ckpt.config, ckpt.weights, source, { ids, mask }, hook ? { linearHook: hook } : {}), positions)
 
 // ------------------------------------------------------------------------------ KL evaluation
 
@@ -219,41 +227,51 @@ export interface MeanKl {
 }
 
 export interface KlEvaluator {
-  /** KL over `set` with the student's LoRA matrices keyed by loraName (required when built with `lora`) */
-  readonly evaluate: (set: TrajectorySet, lora?: Readonly<Record<string, ort.Tensor>>) => Effect.Effect<MeanKl, Error>
+  /**
+   * KL over `set`; `values`: the student's trainable values by variant.ts variantParams name
+   * (required when the student has trainable interventions, e.g. the train loop's params)
+   */
+  readonly evaluate: (set: TrajectorySet, values?: Readonly<Record<string, ort.Tensor>>) => Effect.Effect<MeanKl, Error>
   readonly release: Effect.Effect<void>
 }
 
 const KL_SUM = "kl_sum"
 
-/** A forward-only graph of teacher and student; with `lora`, the student's LoRA matrices are inputs. */
-export const klEvaluator = (
-  model: OpenModel,
-  opts: KlOptions & { readonly lora?: { readonly config: LoraConfig; readonly targets: ReadonlyArray<LoraTarget> } },
-): Effect.Effect<KlEvaluator, Error> =>
+/**
+ * A forward-only graph of teacher and student: the student is `student` (variant.ts) on the
+ * student prompts, the teacher its base checkpoint on the teacher prompts (which carry the system
+ * prompt). The student's frozen values are part of the graph; its trainable ones are inputs, fed
+ * per evaluation, so one session serves every epoch of a training run.
+ */
+export const klEvaluator = (student: Variant, opts: KlOptions): Effect.Effect<KlEvaluator, Error> =>
   Effect.gen(function* () {
-    const ckpt = model.checkpoint
+    yield* Effect.mapError(checkVariant(student), (e) => new StageError({ message: `prompted KL: ${e.message}` }))
+    const ckpt = student.checkpoint
     const placement = yield* placeWeights(ckpt, opts.graphDir)
     const g = new Graph("prompted_kl")
     const source = externalWeights(g, placement)
     const input = (k: PairKey) => g.input(pairInputs[k].name, pairInputs[k].dtype, [...pairInputs[k].shape])
     const [sIds, sMask, tIds, tMask, sPos, tPos, tokenMask] = (["studentIds", "studentMask", "teacherIds", "teacherMask", "studentPositions", "teacherPositions", "tokenMask"] as const).map(input)
-    const hook = opts.lora ? loraHook(loraInputs(g, opts.lora.targets, opts.lora.config.r), loraScale(opts.lora.config)) : undefined
-    const student = headAtPositions(g, ckpt, source, sIds, sMask, sPos, hook)
-    const teacher = headAtPositions(g, ckpt, source, tIds, tMask, tPos)
-    g.outputAs(KL_SUM, fullForwardKL(g, student, teacher, tokenMask).sum)
-    const file = yield* writeGraph(g, placement, opts.lora ? "prompted-kl-lora" : "prompted-kl")
+    const specs = variantParams(student).specs
+    const trainable = Object.keys(specs)
+    const params = Object.fromEntries(trainable.map((n) => [n, g.input(n, "float32", specs[n].shape)]))
+    const studentHead = lmHeadAt(g, ckpt, prepareVariant(g, student, source, { training: true })(g, { ids: sIds, mask: sMask }, params), sPos)
+    const teacherHead = lmHeadAt(g, ckpt, prepareVariant(g, { checkpoint: ckpt }, source)(g, { ids: tIds, mask: tMask }), tPos)
+    g.outputAs(KL_SUM, fullForwardKL(g, studentHead, teacherHead, tokenMask).sum)
+    const file = yield* writeGraph(g, placement, trainable.length > 0 ? "prompted-kl-trainable" : "prompted-kl")
     const session = yield* createSession(file, { device: opts.device, ...(opts.threads ? { intraOpThreads: opts.threads } : {}) })
     const padId = padIdOf(ckpt)
-    const evaluate = (set: TrajectorySet, lora?: Readonly<Record<string, ort.Tensor>>): Effect.Effect<MeanKl, Error> =>
+    const evaluate = (set: TrajectorySet, values?: Readonly<Record<string, ort.Tensor>>): Effect.Effect<MeanKl, Error> =>
       Effect.gen(function* () {
-        if (opts.lora && !lora) return yield* Effect.fail(new StageError({ message: "prompted KL: this evaluator needs the LoRA matrices" }))
+        const missing = trainable.filter((n) => !values?.[n])
+        if (missing.length > 0) return yield* Effect.fail(new StageError({ message: `prompted KL: no values for the student's trainable ${missing.join(", ")}` }))
+        const feeds = Object.fromEntries(trainable.map((n) => [n, values![n]]))
         const starts = teacherRowStarts(set)
         let sum = 0
         let tokens = 0
         for (const rows of lengthSortedBatches(set, opts.batchSize)) {
           const b = pairBatch(set, rows, padId, starts)
-          const out = yield* runSession(session, { ...pairFeeds(b), ...(lora ?? {}) }, [KL_SUM])
+          const out = yield* runSession(session, { ...pairFeeds(b), ...feeds }, [KL_SUM])
           sum += (out[KL_SUM].data as Float32Array)[0]
           tokens += b.tokens
           yield* Effect.yieldNow
@@ -264,31 +282,15 @@ export const klEvaluator = (
     return { evaluate, release: releaseSession(session) }
   })
 
-/** The adapter's matrices as evaluator inputs (keyed by loraName), checked against the model's targets. */
-const adapterFeeds = (adapter: LoraAdapter, targets: ReadonlyArray<LoraTarget>): Effect.Effect<Record<string, ort.Tensor>, Error> =>
-  Effect.gen(function* () {
-    const feeds: Record<string, ort.Tensor> = {}
-    for (const t of targets) {
-      const m = adapter.modules.get(t.module)
-      if (!m) return yield* Effect.fail(new StageError({ message: `adapter: no matrices for ${t.module}, which its target_modules ${JSON.stringify(adapter.config.targetModules)} select` }))
-      feeds[loraName(t.module, "A")] = new ort.Tensor("float32", toFloat32(m.a), [...m.a.shape])
-      feeds[loraName(t.module, "B")] = new ort.Tensor("float32", toFloat32(m.b), [...m.b.shape])
-    }
-    if (adapter.modules.size !== targets.length)
-      return yield* Effect.fail(new StageError({ message: `adapter: ${adapter.modules.size} modules, but its target_modules select ${targets.length} layers of this model` }))
-    return feeds
-  })
-
 /**
  * Exact mean per-response-token KL(prompted || student) over the full vocabulary: the student is
- * the base model (+ `adapter`) on the student prompt, the teacher the base model on the teacher
- * prompt. The same measure lora-train validates with.
+ * a variant of the model (or the model with `adapter`, or the model itself) on the student prompt,
+ * the teacher the base model on the teacher prompt. The same measure lora-train validates with.
  */
-export const meanPromptedKl = (model: OpenModel, set: TrajectorySet, adapter: LoraAdapter | undefined, opts: KlOptions): Effect.Effect<MeanKl, Error> =>
+export const meanPromptedKl = (model: OpenModel, set: TrajectorySet, student: Variant | LoraAdapter | undefined, opts: KlOptions): Effect.Effect<MeanKl, Error> =>
   Effect.gen(function* () {
     yield* checkTrajectoriesFit(model.checkpoint, set, "KL evaluation")
-    const targets = adapter ? yield* loraTargets(model.checkpoint, adapter.config.targetModules) : undefined
-    const feeds = adapter && targets ? yield* adapterFeeds(adapter, targets) : undefined
-    const evaluator = yield* Effect.acquireRelease(klEvaluator(model, { ...opts, ...(adapter && targets ? { lora: { config: adapter.config, targets } } : {}) }), (e) => e.release)
-    return yield* evaluator.evaluate(set, feeds)
+    const variant = yield* Effect.mapError(student && "checkpoint" in student ? asVariant(student) : asVariant(model.checkpoint, student), (e) => new StageError({ message: e.message }))
+    const evaluator = yield* Effect.acquireRelease(klEvaluator(variant, opts), (e) => e.release)
+    return yield* evaluator.evaluate(set)
   }).pipe(Effect.scoped)

@@ -1,5 +1,6 @@
-// Stage `lora-train`: bakes a system prompt into a LoRA adapter. The student is the base model +
-// LoRA reading the question without the system prompt; the loss is the forward
+// Stage `lora-train`: bakes a system prompt into a LoRA adapter. The student is a model variant
+// (src/models/variant.ts: the base model + one trainable LoRA, with this stage's dropout) reading
+// the question without the system prompt; the loss is the forward
 // KL(prompted || student) averaged over response tokens:
 //   teacher "stored"     topKForwardKL against the TeacherLogits rows (top-k log-probs + tail mass),
 //                        fed with each batch;
@@ -32,16 +33,17 @@ import * as path from "node:path"
 import * as ort from "onnxruntime-node"
 import { Directory, StageError, stage } from "../../src/engine/index.ts"
 import { type BatchSpec, buildTrainStep, fullForwardKL, Graph, topKForwardKL } from "../../src/graph/index.ts"
-import { initLora, loraAdapter, loraFromParams, loraHook, loraParamSpecs } from "../../src/models/adapters.ts"
+import { initLora, loraAdapter } from "../../src/models/adapters.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { hash32 } from "../../src/core/random.ts"
-import { loraConfigFor, loraScale, loraTargets } from "../../src/models/peft.ts"
+import { loraConfigFor, loraTargets } from "../../src/models/peft.ts"
+import { prepareVariant, type Variant, variantParams, withTrainedValues } from "../../src/models/variant.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
 import { scopedSession } from "../../src/runtime/session.ts"
 import { bestOf, type Evaluation, stackMicroBatches, trainLoop } from "../../src/runtime/train-loop.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter, readTeacherLogits, readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, Trajectories, type TrajectorySet } from "./artifacts.ts"
-import { checkTrajectoriesFit, headAtPositions, klEvaluator, padIdOf, pairBatch, pairFeeds, pairInputs, type PairShape, pairShape, teacherRowStarts } from "./distill.ts"
+import { checkTrajectoriesFit, klEvaluator, lmHeadAt, padIdOf, pairBatch, pairFeeds, pairInputs, type PairShape, pairShape, teacherRowStarts } from "./distill.ts"
 import { openModel } from "./model.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
@@ -213,25 +215,32 @@ export const loraTrain = stage({
       const device = ctx.device
       const threads = params.threads > 0 ? { intraOpThreads: params.threads } : {}
 
+      // the student: the base model plus one trainable LoRA, starting at initLora's values
+      const student: Variant = { checkpoint: ckpt, loras: [{ name: "adapter", adapter: loraAdapter(config, targets, Object.fromEntries(Object.entries(initLora(targets, params.rank, params.seed)).map(([k, v]) => [k, v.data]))), trainable: true }] }
+      const trainable = variantParams(student)
+
       // --- the train-step graph
       const graphDir = path.join(ctx.workDir, "graph")
       const placement = yield* placeWeights(ckpt, graphDir)
       const g = new Graph("lora_train")
       const source = externalWeights(g, placement)
+      const studentForward = prepareVariant(g, student, source, { training: true })
+      const baseForward = prepareVariant(g, { checkpoint: ckpt }, source)
       buildTrainStep({
         graph: g,
-        params: loraParamSpecs(targets, params.rank),
+        params: trainable.specs,
         batch: stepInputs(teacher, withDropout),
         microBatches: params.gradAccum,
         adamw: { weightDecay: params.weightDecay, maxGradNorm: params.maxGradNorm },
         loss: (sub, p, b) => {
-          const hook = loraHook(loraFromParams(targets, p), loraScale(config), withDropout ? { dropout: params.dropout, seed: b[extra.dropoutSeed] } : {})
-          const student = headAtPositions(sub, ckpt, source, b[pairInputs.studentIds.name], b[pairInputs.studentMask.name], b[pairInputs.studentPositions.name], hook)
+          const dropout = withDropout ? { loraDropout: { rate: params.dropout, seed: b[extra.dropoutSeed] } } : {}
+          const out = studentForward(sub, { ids: b[pairInputs.studentIds.name], mask: b[pairInputs.studentMask.name], ...dropout }, p)
+          const head = lmHeadAt(sub, ckpt, out, b[pairInputs.studentPositions.name])
           const mask = b[pairInputs.tokenMask.name]
           const kl =
             teacher.mode === "recompute"
-              ? fullForwardKL(sub, student, headAtPositions(sub, ckpt, source, b[pairInputs.teacherIds.name], b[pairInputs.teacherMask.name], b[pairInputs.teacherPositions.name]), mask)
-              : topKForwardKL(sub, student, { indices: b[extra.topIds], logProbs: b[extra.topLogProbs], tailMass: b[extra.tailMass] }, mask)
+              ? fullForwardKL(sub, head, lmHeadAt(sub, ckpt, baseForward(sub, { ids: b[pairInputs.teacherIds.name], mask: b[pairInputs.teacherMask.name] }), b[pairInputs.teacherPositions.name]), mask)
+              : topKForwardKL(sub, head, { indices: b[extra.topIds], logProbs: b[extra.topLogProbs], tailMass: b[extra.tailMass] }, mask)
           return sub.mul(kl.sum, b[extra.lossScale])
         },
       })
@@ -239,7 +248,7 @@ export const loraTrain = stage({
       // both released when the stage ends: on success, failure and interruption alike
       const session = yield* scopedSession(graphFile, { device, ...threads })
       const evaluator = yield* Effect.acquireRelease(
-        klEvaluator(model, { graphDir, device, batchSize: params.validationBatchSize, ...(params.threads > 0 ? { threads: params.threads } : {}), lora: { config, targets } }),
+        klEvaluator(student, { graphDir, device, batchSize: params.validationBatchSize, ...(params.threads > 0 ? { threads: params.threads } : {}) }),
         (e) => e.release,
       )
 
@@ -256,8 +265,7 @@ export const loraTrain = stage({
       const r = yield* trainLoop({
         session,
         ctx,
-        init: () =>
-          Effect.succeed(Object.fromEntries(Object.entries(initLora(targets, params.rank, params.seed)).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)]))),
+        init: () => Effect.succeed(Object.fromEntries(Object.entries(trainable.initial).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)]))),
         epochs: params.epochs,
         stepsPerEpoch: perEpoch,
         schedule: { peak: params.lr, warmupSteps: params.warmupSteps, decay: params.schedule, minRatio: params.minLrRatio },
@@ -287,7 +295,7 @@ export const loraTrain = stage({
       ctx.log(
         `output: the adapter of epoch ${epochOf(output)} (${params.earlyStopPatience > 0 ? "best validation KL" : "last epoch"}), validation KL ${output.value.toFixed(4)} vs ${history[0].value.toFixed(4)} for the base model`,
       )
-      const names = Object.keys(loraParamSpecs(targets, params.rank))
+      const names = Object.keys(trainable.specs)
       const values = Object.fromEntries(names.map((n) => [n, r.params[n].data as Float32Array]))
       for (const n of names) yield* checkFinite(ctx.node, `adapter ${n}`, values[n], r.params[n].dims)
       const summary = {
@@ -304,6 +312,7 @@ export const loraTrain = stage({
       // run-specific facts go to metrics: inside the adapter they would change its hash on every run
       ctx.metric("train_seconds", r.seconds)
       ctx.metric("train_tokens_per_s", r.trainedTokens / Math.max(r.seconds, 1e-9))
-      return yield* adapterOutput(loraAdapter(config, targets, values), { train_summary: JSON.stringify(summary), train_params: JSON.stringify(params) })
+      const trained = withTrainedValues(student, values).loras![0].adapter
+      return yield* adapterOutput(trained, { train_summary: JSON.stringify(summary), train_params: JSON.stringify(params) })
     }).pipe(Effect.scoped),
 })

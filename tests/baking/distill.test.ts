@@ -4,10 +4,18 @@
 // - meanPromptedKl equals an independent float64 computation (kl-reference.ts) on three trajectories of different lengths, batched two at a
 //   time (so one batch pads); with an adapter, the reference student is the mergeLora checkpoint.
 //   Tolerance 1e-4 relative: float32 logits carry ~1e-6 absolute error, the KLs are O(0.1-1) nats;
-// - with teacher prompt == student prompt and no adapter the KL is ~0 (1e-6 absolute).
+// - with teacher prompt == student prompt and no adapter the KL is ~0 (1e-6 absolute);
+// - klEvaluator on a student variant: a trainable LoRA fed per evaluation gives the frozen one's KL
+//   (same arithmetic, 1e-6 relative) and is refused without its values; a variant whose text
+//   prefix is what the teacher prompt has in front of the student prompt gives ~0 (the virtual
+//   positions sit left of the padding, positions come from the mask; 1e-6 absolute as above, it
+//   measures ~1e-10).
 import { Effect } from "effect"
+import * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
-import { lengthSortedBatches, meanPromptedKl, pairBatch, teacherRowStarts } from "../../stages/baking/distill.ts"
+import { klEvaluator, lengthSortedBatches, meanPromptedKl, pairBatch, teacherRowStarts } from "../../stages/baking/distill.ts"
+import { toFloat32 } from "../../src/core/safetensors.ts"
+import { variantNames } from "../../src/models/variant.ts"
 import { makeSet, MODEL, model, randomAdapter, referenceKl, SYSTEM, tempDir } from "./kl-reference.ts"
 
 const opts = () => ({ graphDir: tempDir("pipe-distill-graph-"), device: { kind: "cpu" } as const, batchSize: 2 })
@@ -75,4 +83,44 @@ describe("meanPromptedKl", () => {
     const error = await Effect.runPromise(Effect.flip(meanPromptedKl(model, long, undefined, opts())))
     expect(error.message).toMatch(/^KL evaluation: trajectory 1 \(question \S+\) needs \d+ positions .* more than max_position_embeddings 128 of /)
   })
+})
+
+describe("klEvaluator", () => {
+  const evaluateWith = (student: Parameters<typeof klEvaluator>[0], set: Awaited<ReturnType<typeof makeSet>>, values?: Record<string, ort.Tensor>) =>
+    Effect.scoped(
+      Effect.gen(function* () {
+        const evaluator = yield* Effect.acquireRelease(klEvaluator(student, opts()), (e) => e.release)
+        return yield* evaluator.evaluate(set, values)
+      }),
+    )
+
+  it("takes a trainable LoRA's values per evaluation, giving the frozen adapter's KL", async () => {
+    const set = await makeSet(SYSTEM)
+    const { adapter } = await randomAdapter()
+    const frozen = await Effect.runPromise(meanPromptedKl(model, set, adapter, opts()))
+    const values = Object.fromEntries(
+      [...adapter.modules].flatMap(([module, m]) =>
+        (["A", "B"] as const).map((which) => {
+          const t = which === "A" ? m.a : m.b
+          return [variantNames.lora("adapter", module, which), new ort.Tensor("float32", toFloat32(t), [...t.shape])]
+        }),
+      ),
+    )
+    const student = { checkpoint: model.checkpoint, loras: [{ name: "adapter", adapter, trainable: true }] }
+    const fed = await Effect.runPromise(evaluateWith(student, set, values))
+    expect(fed.tokens).toBe(frozen.tokens)
+    expect(Math.abs(fed.mean - frozen.mean) / frozen.mean).toBeLessThan(1e-6)
+    const error = await Effect.runPromise(Effect.flip(evaluateWith(student, set)))
+    expect(error.message).toContain("no values for the student's trainable adapter.lora.")
+  }, 60_000)
+
+  it("gives ~0 for a variant whose prefix is what the teacher prompt adds in front", async () => {
+    const set = await makeSet(undefined)
+    const prefix = model.tokenizer.encode("Blue is the colour of the sky.", { addSpecialTokens: false })
+    const prefixed = { ...set, teacherPrompts: set.studentPrompts.map((p) => [...prefix, ...p]) }
+    expect((await Effect.runPromise(meanPromptedKl(model, prefixed, undefined, opts()))).mean).toBeGreaterThan(0.1) // the prefix matters
+    const kl = await Effect.runPromise(evaluateWith({ checkpoint: model.checkpoint, prefix }, prefixed))
+    expect(kl.tokens).toBeGreaterThan(10)
+    expect(Math.abs(kl.mean)).toBeLessThan(1e-6)
+  }, 60_000)
 })
