@@ -44,14 +44,6 @@ export const loraParamSpecs = (targets: ReadonlyArray<LoraTarget>, r: number): R
   return out
 }
 
-export const loraInputs = (g: Graph, targets: ReadonlyArray<LoraTarget>, r: number): Map<string, LoraValues> =>
-  new Map(
-    targets.map((t) => {
-      const s = loraShapes(t, r)
-      return [t.module, { a: g.input(loraName(t.module, "A"), "float32", s.A), b: g.input(loraName(t.module, "B"), "float32", s.B) }]
-    }),
-  )
-
 export const loraFromParams = (targets: ReadonlyArray<LoraTarget>, params: Readonly<Record<string, Value>>): Map<string, LoraValues> =>
   new Map(targets.map((t) => [t.module, { a: params[loraName(t.module, "A")], b: params[loraName(t.module, "B")] }]))
 

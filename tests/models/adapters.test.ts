@@ -16,7 +16,6 @@ import {
   loraAdapter,
   loraFromParams,
   loraHook,
-  loraInputs,
   loraName,
   loraParamSpecs,
 } from "../../src/models/adapters.ts"
@@ -29,7 +28,7 @@ import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
 import { referenceLogits } from "../reference/reference.ts"
-import { batchSpec, expectClose, ids, nextTokenLoss, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
+import { batchSpec, expectClose, ids, loraInputs, nextTokenLoss, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const seq = [1, 7, 3, 60, 12, 5]

@@ -17,7 +17,7 @@ import { Effect, Exit } from "effect"
 import * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
 import { Graph } from "../../src/graph/index.ts"
-import { initLora, loraAdapter, loraHook, loraInputs } from "../../src/models/adapters.ts"
+import { initLora, loraAdapter, loraHook } from "../../src/models/adapters.ts"
 import { type ModelConfig, modelConfigJson, parseModelConfig } from "../../src/models/checkpoint.ts"
 import { buildForwardGraph, forwardNames } from "../../src/models/forward.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
@@ -27,7 +27,7 @@ import { loraConfigFor, loraScale, loraTargets, mergeLora } from "../../src/mode
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { referenceForward, referenceLogits, referenceModel } from "../reference/reference.ts"
-import { expectClose, expectForwardMatchesReference, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
+import { expectClose, expectForwardMatchesReference, forwardSession, ids, loraInputs, randomCheckpoint, rowsOf, run, tempDir } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 const parse = (json: unknown) => Effect.runSync(parseModelConfig("config.json", json))

@@ -11,9 +11,9 @@ import { crossEntropy } from "../../src/graph/losses.ts"
 import { type Checkpoint, loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
 import { buildForwardGraph, type ForwardGraphOptions, forwardNames } from "../../src/models/forward.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
-import { initLora, loraAdapter } from "../../src/models/adapters.ts"
+import { initLora, loraAdapter, loraName, loraShapes, type LoraValues } from "../../src/models/adapters.ts"
 import { type InitOptions, type WeightDType, writeRandomCheckpoint } from "../../src/models/init.ts"
-import { type LoraAdapter, type LoraConfig, loraConfigFor, loraTargets, mergeLora } from "../../src/models/peft.ts"
+import { type LoraAdapter, type LoraConfig, loraConfigFor, type LoraTarget, loraTargets, mergeLora } from "../../src/models/peft.ts"
 import { createSession, runSession, type Session } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { referenceLogits } from "../reference/reference.ts"
@@ -152,3 +152,12 @@ export const expectPaddedForwardMatchesReference = async (ckpt: Checkpoint, seq:
 /** The forward graph of a random checkpoint of `config` on `seq` against the float64 reference. */
 export const expectForwardMatchesReference = async (config: ModelConfig, dtype: WeightDType, seq: number[], tol: number) =>
   expectPaddedForwardMatchesReference(await randomCheckpoint(config, { dtype }), seq, seq.length, tol)
+
+/** LoRA matrices as graph inputs (fed per run), for tests that swap adapters on one session. */
+export const loraInputs = (g: Graph, targets: ReadonlyArray<LoraTarget>, r: number): Map<string, LoraValues> =>
+  new Map(
+    targets.map((t) => {
+      const s = loraShapes(t, r)
+      return [t.module, { a: g.input(loraName(t.module, "A"), "float32", s.A), b: g.input(loraName(t.module, "B"), "float32", s.B) }]
+    }),
+  )
