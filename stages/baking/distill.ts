@@ -18,7 +18,7 @@
 //       decoder's (or a variant's, variant.ts prepareVariant) outputs.
 //   headAtPositions(g, ckpt, source, ids, mask, positions, hook?) -> the same for the base model
 //       (+ `hook`).
-//   klEvaluator(student, opts) / meanPromptedKl(model, set, student, opts)
+//   klEvaluator(student, opts) / meanPromptedKl(model, set, adapter, opts)
 //       -> exact mean per-response-token KL(prompted || student) over the full vocabulary, the
 //       student a model variant, the teacher its base checkpoint on the teacher prompt: both in
 //       one forward-only graph with the base weights as external data, chunked over tokens
@@ -198,7 +198,7 @@ export const pairFeeds = (b: PairBatch, keys: ReadonlyArray<PairKey> = Object.ke
 export const lmHeadAt = (g: Graph, ckpt: Checkpoint, out: DecoderOutputs, positions: Value): LmHead => ({
   hidden: g.gather(g.reshape(out.hidden, [-1, ckpt.config.hiddenSize]), positions, 0),
   weight: out.lmHead,
-  ...(out.logitSoftcap === undefined ? {} : { softcap: out.logitSoftcap }),
+  softcap: out.logitSoftcap,
 })
 
 /**
@@ -284,13 +284,13 @@ export const klEvaluator = (student: Variant, opts: KlOptions): Effect.Effect<Kl
 
 /**
  * Exact mean per-response-token KL(prompted || student) over the full vocabulary: the student is
- * a variant of the model (or the model with `adapter`, or the model itself) on the student prompt,
- * the teacher the base model on the teacher prompt. The same measure lora-train validates with.
+ * the model with `adapter` (or the model itself) on the student prompt (klEvaluator takes any
+ * variant), the teacher the base model on the teacher prompt. The same measure lora-train validates with.
  */
-export const meanPromptedKl = (model: OpenModel, set: TrajectorySet, student: Variant | LoraAdapter | undefined, opts: KlOptions): Effect.Effect<MeanKl, Error> =>
+export const meanPromptedKl = (model: OpenModel, set: TrajectorySet, adapter: LoraAdapter | undefined, opts: KlOptions): Effect.Effect<MeanKl, Error> =>
   Effect.gen(function* () {
     yield* checkTrajectoriesFit(model.checkpoint, set, "KL evaluation")
-    const variant = yield* Effect.mapError(student && "checkpoint" in student ? asVariant(student) : asVariant(model.checkpoint, student), (e) => new StageError({ message: e.message }))
+    const variant = yield* Effect.mapError(asVariant(model.checkpoint, adapter), (e) => new StageError({ message: e.message }))
     const evaluator = yield* Effect.acquireRelease(klEvaluator(variant, opts), (e) => e.release)
     return yield* evaluator.evaluate(set)
   }).pipe(Effect.scoped)

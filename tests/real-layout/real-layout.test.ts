@@ -87,7 +87,7 @@ const loraTrainSession = (ckpt: Checkpoint, targets: ReadonlyArray<LoraTarget>, 
         adamw: { weightDecay: 0 },
         loss: (sub, params, b) => {
           const out = decoder(sub, ckpt.config, ckpt.weights, source, { ids: b.input_ids, mask: b.attention_mask }, { linearHook: loraHook(loraFromParams(targets, params), scale) })
-          return crossEntropy(sub, { hidden: sub.reshape(out.hidden, [-1, H]), weight: out.lmHead, ...(out.logitSoftcap === undefined ? {} : { softcap: out.logitSoftcap }) }, sub.reshape(b.targets, [-1])).mean
+          return crossEntropy(sub, { hidden: sub.reshape(out.hidden, [-1, H]), weight: out.lmHead, softcap: out.logitSoftcap }, sub.reshape(b.targets, [-1])).mean
         },
       })
       return yield* createSession(yield* writeGraph(g, placement, "real_layout_lora"))
