@@ -17,7 +17,7 @@ import { ExternalInputError, ParamsError, PipelineError, errorMessage } from "./
 import { canonicalPoints, pointsHash, type Coordinates, type Gather, type PlannedPoint, type StoredPoint } from "./gather.ts"
 import { canonicalJson, hashJson } from "./hash.ts"
 import { sourceHash } from "./source.ts"
-import type { AnyStage, External, Pipeline, PublishWriter, Source, Template } from "./stage.ts"
+import type { AnyStage, External, Pipeline, PublishWriter, Template } from "./stage.ts"
 import { isPipeline, isSweep, sweep, type Sweep } from "./stage.ts"
 
 /** Every instance of the call `of` (or those of one value of its other sweeps), in canonical order. */

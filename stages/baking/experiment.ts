@@ -13,7 +13,6 @@
 import { Effect, Result } from "effect"
 import { external, gather, type Node, type PublishWriter } from "../../src/engine/index.ts"
 import { exportAdapter } from "../../src/models/peft.ts"
-import type { CheckerSpec } from "../../src/text/behaviours.ts"
 import type { BakeComparison, BakedAdapter, Variant } from "./artifacts.ts"
 import { compareVariants } from "./compare.ts"
 import { evaluate, evaluateLora } from "./evaluate.ts"
