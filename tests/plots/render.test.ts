@@ -14,7 +14,7 @@ describe("renderSvg", () => {
     )
     expect(svg.startsWith("<svg")).toBe(true)
     expect(svg.match(/class="mark-symbol role-mark/g)).toHaveLength(1)
-    expect(svg.match(/role="graphics-symbol"/g)).toHaveLength(values.length)
+    expect(svg.match(/aria-roledescription="point"/g)).toHaveLength(values.length)
     expect(svg).toContain(`aria-label="step: 2; loss: 0.5"`)
   })
 
