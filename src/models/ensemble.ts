@@ -323,6 +323,27 @@ export const buildEnsembleScoringGraph = (o: Pick<EnsembleOptions, "members" | "
   return g
 }
 
+/** Graph output name of a member's full log-probs in buildMemberLogProbsGraph. */
+export const memberLogProbsName = (member: string) => `${member}.logprobs`
+
+/**
+ * Every member's log-softmax over the shared vocabulary at every position, in one graph: inputs
+ * input_ids, attention_mask [B, T] (left padding); outputs memberLogProbsName(m) [B, T, V]. For
+ * combining stored distributions on the host (blend-search tries hundreds of rules on one scoring).
+ */
+export const buildMemberLogProbsGraph = (members: ReadonlyArray<EnsembleMember>, placement: WeightPlacement, V: number): Graph => {
+  const g = new Graph("member_logprobs")
+  const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
+  const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
+  for (const { member, forward } of memberModels(g, members, placement)) {
+    const out = forward(g, { ids, mask })
+    const head = g.slice(out.lmHead, g.ints([0]), g.ints([V]), [0])
+    const z = logitsOf(g, out, g.gemm(g.reshape(out.hidden, [-1, member.checkpoint.config.hiddenSize]), head, null, { transB: true }))
+    g.outputAs(memberLogProbsName(member.name), g.reshape(g.logSoftmax(z, 1), g.concat([g.shapeOf(ids), g.ints([V])], 0)))
+  }
+  return g
+}
+
 export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, EnsembleError> =>
   Effect.gen(function* () {
     const problem = optionsProblem(options)
