@@ -36,7 +36,7 @@
 // Default stop token ids and padding: the first member's.
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
-import { Data, Effect } from "effect"
+import { Data, Effect, type Scope } from "effect"
 import { Graph, type Value } from "../graph/index.ts"
 import { createSession, type Device, releaseSession, type RunError, type Session } from "../runtime/session.ts"
 import { loadTokenizer, type TextTokenizer } from "../text/tokenizer.ts"
@@ -406,3 +406,9 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
         ),
     }
   })
+
+/** makeEnsemble whose sessions are released when the enclosing Scope closes. */
+export const scopedEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, EnsembleError, Scope.Scope> =>
+  Effect.acquireRelease(makeEnsemble(options), (e) =>
+    Effect.forEach([e.stepSession, e.loopSession, e.scoringSession], (s) => (s === undefined ? Effect.void : releaseSession(s)), { discard: true }),
+  )
