@@ -2,21 +2,32 @@
 // maxTokens) and split into validation and test by a seeded shuffle, as seed 003 split its test
 // texts once more so that tuning never sees the final test set.
 //
-// Input: a text file named with --set texts.path=FILE: JSONL with one text per line under `field`
-// (e.g. {"text": "..."}), or a plain .txt whose texts are separated by blank lines (seed 003's
-// fairytales.txt). Texts of fewer than 2 tokens are dropped (nothing to predict).
+// Input: a file named with --set texts.path=FILE (or any file node), told apart by its content: a
+// JSON array of records or object with a `heldOut` array of records (the tiny family's plain
+// corpus), or JSONL with one record per line (it starts with "{"), the text
+// under `field`, optionally filtered on a "genre" field (e.g. "story"); or plain text whose texts
+// are separated by blank lines (seed 003's fairytales.txt). With format "chat" a record is a chat
+// (`messages` and the answer under `field`, as datasets/tiny-chat/heldout-chat.jsonl) rendered
+// with the model's chat template. Sequences of fewer than 2 tokens are dropped.
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
 import { mulberry32 } from "../../src/core/random.ts"
 import { Directory, File, StageError, stage } from "../../src/engine/index.ts"
 import { openModel } from "../baking/model.ts"
+import { type ChatMessage, chatPromptIds } from "../../src/text/chat-template.ts"
+import type { TextTokenizer } from "../../src/text/tokenizer.ts"
 import { type HeldOutSplits, HeldOutTokens, heldOutOutput } from "./artifacts.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 
 export const HeldOutParams = Schema.Struct({
-  /** JSONL: the field holding the text */
+  /** "text": the record's `field` is the text; "chat": the record's `messages` then `field` as the
+   *  assistant's answer, rendered with the model's chat template (proxy tuning on chat data) */
+  format: Schema.Literals(["text", "chat"]),
+  /** the field holding the text (or the answer) */
   field: Schema.String,
+  /** JSON / JSONL: keep only records whose "genre" field is this ("" for all) */
+  genre: Schema.String,
   /** tokens per sequence, BOS included (at most the members' max_position_embeddings) */
   maxTokens: PositiveInt.check(Schema.isGreaterThan(1)),
   /** texts used, after dropping empty ones (0: all) */
@@ -26,27 +37,52 @@ export const HeldOutParams = Schema.Struct({
 })
 export type HeldOutParams = typeof HeldOutParams.Type
 
-/** The texts of `file` (see the file header); a malformed line fails naming the file and line. */
-export const readTexts = (file: string, field: string) =>
+const fail = (file: string, message: string) => new StageError({ message: `held-out texts ${file}: ${message}` })
+const describe = (v: unknown) => (v === undefined ? "missing" : `${JSON.stringify(v)?.slice(0, 40)}`)
+type Rec = Readonly<Record<string, unknown>>
+
+const parseJson = (text: string): unknown => {
+  try {
+    return JSON.parse(text) as unknown
+  } catch {
+    return undefined
+  }
+}
+
+/** The records of `file` (see the file header; a plain text becomes { text }), genre-filtered. */
+export const readRecords = (file: string, genre: string): Effect.Effect<Rec[], StageError> =>
   Effect.gen(function* () {
-    const text = yield* Effect.try({ try: () => fs.readFileSync(file, "utf8"), catch: (e) => new StageError({ message: `held-out texts ${file}: cannot read: ${e instanceof Error ? e.message : String(e)}` }) })
-    if (!file.endsWith(".jsonl"))
-      return text
-        .split(/\n\s*\n/)
-        .map((t) => t.trim())
-        .filter((t) => t.length > 0)
-    return yield* Effect.forEach(
-      text.split("\n").map((line, i) => [line, i] as const).filter(([line]) => line.trim().length > 0),
-      ([line, i]) =>
-        Effect.try({
-          try: () => {
-            const v = (JSON.parse(line) as Record<string, unknown>)[field]
-            if (typeof v !== "string") throw new Error(`field "${field}" is ${v === undefined ? "missing" : `not a string (${JSON.stringify(v)?.slice(0, 40)})`}`)
-            return v
-          },
-          catch: (e) => new StageError({ message: `held-out texts ${file}, line ${i + 1}: ${e instanceof Error ? e.message : String(e)}` }),
-        }),
-    )
+    const text = yield* Effect.try({ try: () => fs.readFileSync(file, "utf8"), catch: (e) => fail(file, `cannot read: ${e instanceof Error ? e.message : String(e)}`) })
+    const records: Array<[unknown, string]> = []
+    const whole = parseJson(text)
+    if (whole !== undefined) {
+      // a one-line JSONL file is a whole JSON object: one record
+      const heldOut = (whole as { heldOut?: unknown } | null)?.heldOut
+      const list: unknown[] = Array.isArray(whole) ? whole : Array.isArray(heldOut) ? heldOut : [whole]
+      list.forEach((r, i) => records.push([r, `record ${i}`]))
+    } else if (text.trimStart().startsWith("{")) {
+      for (const [i, line] of text.split("\n").entries())
+        if (line.trim().length > 0) records.push([yield* Effect.try({ try: () => JSON.parse(line) as unknown, catch: () => fail(file, `line ${i + 1}: not JSON`) }), `line ${i + 1}`])
+    } else text.split(/\n\s*\n/).forEach((t, i) => records.push([{ text: t.trim() }, `text ${i + 1}`]))
+    const out: Rec[] = []
+    for (const [r, where] of records) {
+      if (typeof r !== "object" || r === null || Array.isArray(r)) return yield* Effect.fail(fail(file, `${where}: expected an object, got ${describe(r)}`))
+      const rec = r as Rec
+      if (genre === "" || rec.genre === undefined || rec.genre === genre) out.push(rec)
+    }
+    return out
+  })
+
+/** A record's token ids (see HeldOutParams.format); fails naming the field. */
+const recordIds = (rec: Rec, params: HeldOutParams, tokenizer: TextTokenizer, bos: number | undefined, file: string, i: number) =>
+  Effect.gen(function* () {
+    const value = rec[params.field]
+    if (typeof value !== "string") return yield* Effect.fail(fail(file, `record ${i}: field "${params.field}" should be a string, got ${describe(value)}`))
+    if (params.format === "text") return [...(bos === undefined ? [] : [bos]), ...tokenizer.encode(value, { addSpecialTokens: false })]
+    const messages = rec.messages
+    if (!Array.isArray(messages) || !messages.every((m) => typeof m?.role === "string" && typeof m?.content === "string"))
+      return yield* Effect.fail(fail(file, `record ${i}: field "messages" should be a list of { role, content }, got ${describe(messages)}`))
+    return yield* Effect.mapError(chatPromptIds(tokenizer, [...(messages as ChatMessage[]), { role: "assistant", content: value }], { addGenerationPrompt: false }), (e) => fail(file, `record ${i}: ${e.message}`))
   })
 
 export const heldOut = stage({
@@ -59,10 +95,8 @@ export const heldOut = stage({
     Effect.gen(function* () {
       const { checkpoint, tokenizer } = yield* openModel(inputs.model.path)
       const bos = checkpoint.config.bosTokenId
-      const texts = yield* readTexts(inputs.texts.path, params.field)
-      const seqs = texts
-        .map((t) => [...(bos === undefined ? [] : [bos]), ...tokenizer.encode(t, { addSpecialTokens: false })].slice(0, params.maxTokens))
-        .filter((s) => s.length >= 2)
+      const records = yield* readRecords(inputs.texts.path, params.genre)
+      const seqs = (yield* Effect.forEach(records, (r, i) => recordIds(r, params, tokenizer, bos, inputs.texts.path, i))).map((s) => s.slice(0, params.maxTokens)).filter((s) => s.length >= 2)
       // Fisher-Yates with the seed, then the first share is validation
       const rand = mulberry32(params.seed)
       for (let i = seqs.length - 1; i > 0; i--) {
@@ -75,7 +109,7 @@ export const heldOut = stage({
         return yield* Effect.fail(new StageError({ message: `held-out texts ${inputs.texts.path}: ${used.length} usable texts cannot be split ${params.validationFraction} / ${1 - params.validationFraction} into two non-empty sets` }))
       const splits: HeldOutSplits = { validation: used.slice(0, nVal), test: used.slice(nVal) }
       const count = (s: number[][]) => s.reduce((n, x) => n + x.length - 1, 0)
-      ctx.log(`${texts.length} texts; validation ${splits.validation.length} (${count(splits.validation)} scored tokens), test ${splits.test.length} (${count(splits.test)})`)
+      ctx.log(`${records.length} texts; validation ${splits.validation.length} (${count(splits.validation)} scored tokens), test ${splits.test.length} (${count(splits.test)})`)
       return heldOutOutput(splits)
     }),
 })
