@@ -60,9 +60,9 @@ export const blendExperiment = (o: BlendOptions) => {
 }
 
 /** The run folder's files: `<name>.md` (printed at the end), the two plots, and the JSON behind them. */
-export const publishBlend = (name: string, e: ReturnType<typeof blendExperiment>) => ({
+export const publishBlend = <N extends string>(name: N, e: ReturnType<typeof blendExperiment>) => ({
   publish: {
-    [`${name}.md`]: { from: e.report, as: (r: { markdown: string }) => r.markdown },
+    ...({ [`${name}.md`]: { from: e.report, as: (r: { markdown: string }) => r.markdown } } as Record<`${N}.md`, { from: typeof e.report; as: (r: { markdown: string }) => string }>),
     "perplexity-vs-tokens-back.svg": { from: e.report, as: (r: { tokensBackSvg: string }) => r.tokensBackSvg },
     "validation-perplexity-over-trials.svg": { from: e.report, as: (r: { trialsSvg: string }) => r.trialsSvg },
     "evaluation.json": e.evaluation,
@@ -70,5 +70,5 @@ export const publishBlend = (name: string, e: ReturnType<typeof blendExperiment>
     "search-topk.json": e.searchTopK,
     "samples.json": e.samples,
   },
-  print: [`${name}.md`],
+  print: [`${name}.md` as const],
 })

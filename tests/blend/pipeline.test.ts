@@ -34,7 +34,7 @@ beforeAll(async () => {
     "search.trials=12",
     "search_topk.trials=12",
     "evaluate-blend.maxTokensBack=8",
-    "evaluate-blend.positionsPerBucket=30",
+    "evaluate-blend.positionsPerBucket=16",
     "generate-blend.maxNewTokens=6",
     "generate-blend.samplesPerPrompt=1",
   ]
@@ -61,7 +61,7 @@ describe("pipelines/blend.ts at reduced size", () => {
     const e = JSON.parse(file("evaluation.json")) as BlendEvaluation
     expect(e.buckets.map((b) => b.tokensBack)).toEqual([1, 2, 4, 8, null])
     expect(Object.keys(e.overall).sort()).toEqual(["big", "blend", "blend (top 5)", "tuned", "untuned"])
-    // 18 story texts of 40 tokens: 9 test texts, 39 positions each; bio texts were filtered out
+    // 18 story texts cut to 40 tokens: 9 test texts, 39 positions each; bio texts were filtered out
     expect(e.positions).toBe(9 * 39)
     for (const b of e.buckets) for (const p of Object.values(b.perplexity)) expect(Number.isFinite(p) && p > 1).toBe(true)
     const md = file("blend.md")
@@ -73,5 +73,5 @@ describe("pipelines/blend.ts at reduced size", () => {
 
     const second = await run()
     expect(second.nodes.filter((n) => n.status === "succeeded").map((n) => n.name)).toEqual([])
-  }, 240_000)
+  }, 600_000)
 })
