@@ -36,7 +36,7 @@
 // Default stop token ids and padding: the first member's.
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
-import { Data, Effect } from "effect"
+import { Data, Effect, type Scope } from "effect"
 import { Graph, type Value } from "../graph/index.ts"
 import { createSession, type Device, releaseSession, type RunError, type Session } from "../runtime/session.ts"
 import { loadTokenizer, type TextTokenizer } from "../text/tokenizer.ts"
@@ -323,6 +323,27 @@ export const buildEnsembleScoringGraph = (o: Pick<EnsembleOptions, "members" | "
   return g
 }
 
+/** Graph output name of a member's full log-probs in buildMemberLogProbsGraph. */
+export const memberLogProbsName = (member: string) => `${member}.logprobs`
+
+/**
+ * Every member's log-softmax over the shared vocabulary at every position, in one graph: inputs
+ * input_ids, attention_mask [B, T] (left padding); outputs memberLogProbsName(m) [B, T, V]. For
+ * combining stored distributions on the host (blend-search tries hundreds of rules on one scoring).
+ */
+export const buildMemberLogProbsGraph = (members: ReadonlyArray<EnsembleMember>, placement: WeightPlacement, V: number): Graph => {
+  const g = new Graph("member_logprobs")
+  const ids = g.input(forwardNames.ids, "int64", ["batch", "seq"])
+  const mask = g.input(forwardNames.mask, "int64", ["batch", "seq"])
+  for (const { member, forward } of memberModels(g, members, placement)) {
+    const out = forward(g, { ids, mask })
+    const head = g.slice(out.lmHead, g.ints([0]), g.ints([V]), [0])
+    const z = logitsOf(g, out, g.gemm(g.reshape(out.hidden, [-1, member.checkpoint.config.hiddenSize]), head, null, { transB: true }))
+    g.outputAs(memberLogProbsName(member.name), g.reshape(g.logSoftmax(z, 1), g.concat([g.shapeOf(ids), g.ints([V])], 0)))
+  }
+  return g
+}
+
 export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, EnsembleError> =>
   Effect.gen(function* () {
     const problem = optionsProblem(options)
@@ -385,3 +406,9 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
         ),
     }
   })
+
+/** makeEnsemble whose sessions are released when the enclosing Scope closes. */
+export const scopedEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, EnsembleError, Scope.Scope> =>
+  Effect.acquireRelease(makeEnsemble(options), (e) =>
+    Effect.forEach([e.stepSession, e.loopSession, e.scoringSession], (s) => (s === undefined ? Effect.void : releaseSession(s)), { discard: true }),
+  )

@@ -43,7 +43,7 @@ export type Questions = typeof Questions.schema.Type
 
 // ------------------------------------------------------------------------------ ragged tensors
 
-const packRagged = (name: string, lists: ReadonlyArray<ReadonlyArray<number>>): Array<[string, Tensor]> => {
+export const packRagged = (name: string, lists: ReadonlyArray<ReadonlyArray<number>>): Array<[string, Tensor]> => {
   const offsets = [0]
   for (const l of lists) offsets.push(offsets[offsets.length - 1] + l.length)
   return [
@@ -52,18 +52,18 @@ const packRagged = (name: string, lists: ReadonlyArray<ReadonlyArray<number>>): 
   ]
 }
 
-const unpackRagged = (value: TensorsValue, name: string): number[][] => {
+export const unpackRagged = (value: TensorsValue, name: string): number[][] => {
   const ids = Array.from(toFloat64(value.read(`${name}_ids`)))
   const offsets = Array.from(toFloat64(value.read(`${name}_offsets`)))
   return offsets.slice(0, -1).map((start, i) => ids.slice(start, offsets[i + 1]))
 }
 
 /** Runs `read` on the payload's tensors; a missing or malformed tensor fails naming the file and what it should be. */
-const readTensors = <T>(value: TensorsValue, what: string, read: () => T): Effect.Effect<T, ArtifactError> =>
+export const readTensors = <T>(value: TensorsValue, what: string, read: () => T): Effect.Effect<T, ArtifactError> =>
   Effect.try({ try: read, catch: (e) => new ArtifactError({ path: value.path, field: "tensors", message: `${value.path}: not ${what}: ${errorMessage(e)}` }) })
 
 /** A metadata count: written with String(n). */
-const Count = Schema.NumberFromString.check(Schema.isInt(), Schema.isGreaterThanOrEqualTo(0))
+export const Count = Schema.NumberFromString.check(Schema.isInt(), Schema.isGreaterThanOrEqualTo(0))
 
 // ------------------------------------------------------------------------------ trajectories
 

@@ -1,0 +1,41 @@
+// Proxy tuning (Liu et al. 2024) on the tiny family: tune the big base model at decoding time with
+// the difference between a small chat model and its base, tiny-base-l + α(tiny-chat-s − tiny-base-s),
+// α searched for perplexity on held-out chats (rendered with the chat template), then measured
+// against tiny-chat-l (the same size tuned directly) on greedy held-out chat questions:
+//   gap closed = (acc_proxy − acc_base_l) / (acc_chat_l − acc_base_l)
+//   npx pipe run pipelines/proxy-tune.ts
+// With real local checkpoints sharing a tokenizer (e.g. Llama-2-13b + α(7b-chat − 7b)):
+//   npx pipe run pipelines/proxy-tune.ts --set big.path=/models/Llama-2-13b-hf \
+//     --set tuned.path=/models/Llama-2-7b-chat-hf --set untuned.path=/models/Llama-2-7b-hf \
+//     --set reference.path=/models/Llama-2-13b-chat-hf --gpus 0
+// The run folder gets proxy-tune.md (perplexities, by tokens back, samples) and proxy-chat.md
+// (accuracy, gap closed, behaviour rates), printed at the end, and the two plots.
+import { external, pipeline } from "../src/engine/index.ts"
+import { blendExperiment, publishBlend } from "../stages/blend/experiment.ts"
+import { proxyChat } from "../stages/blend/proxy-chat.ts"
+
+const models = {
+  big: external.dir("models/tiny-base-l", { name: "big" }),
+  tuned: external.dir("models/tiny-chat-s", { name: "tuned" }),
+  untuned: external.dir("models/tiny-base-s", { name: "untuned" }),
+}
+const reference = external.dir("models/tiny-chat-l", { name: "reference" })
+const questions = external.file("datasets/tiny-chat/heldout-chat.jsonl", { name: "questions" })
+
+const experiment = blendExperiment({
+  kind: "proxy",
+  models,
+  // the held-out chats with their reference answers, as the chat models were trained to write them
+  texts: questions,
+  heldOut: { format: "chat", field: "reference" },
+  generate: { chat: true },
+  prompts: ["What age is Kodis?", "Describe the town of Brindle.", "What is 12 plus 7?"],
+})
+const chat = proxyChat({ alphas: [1], limit: 0, maxNewTokens: 48, temperature: 0.7, seed: 0, batchSize: 32, threads: 0 }, { ...models, reference, questions, search: experiment.search })
+
+const published = publishBlend("proxy-tune", experiment)
+export default pipeline(
+  "proxy-tune",
+  { report: experiment.report, chat },
+  { publish: { ...published.publish, "proxy-chat.md": { from: chat, as: (c) => c.markdown }, "proxy-chat.json": chat }, print: [...published.print, "proxy-chat.md"] },
+)

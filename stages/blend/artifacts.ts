@@ -1,0 +1,86 @@
+// Artifacts of the blending experiments (seed 003): held-out token sequences, the members' stored
+// distributions along them, search trials, evaluations, samples.
+import { Effect, Schema } from "effect"
+import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/core/safetensors.ts"
+import { Artifact, type ArtifactError, decodeArtifact, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
+import type { MemberRows } from "../../src/models/blend.ts"
+import { Count, packRagged, readTensors, unpackRagged } from "../baking/artifacts.ts"
+
+// ------------------------------------------------------------------------------ held-out texts
+
+/** Token ids (BOS first) of the validation and test texts. */
+export const HeldOutTokens = Artifact.tensors("HeldOutTokens")
+export interface HeldOutSplits {
+  readonly validation: number[][]
+  readonly test: number[][]
+}
+export type Split = keyof HeldOutSplits
+
+export const heldOutOutput = (s: HeldOutSplits): TensorsOutput => ({ tensors: new Map([...packRagged("validation", s.validation), ...packRagged("test", s.test)]) })
+
+export const readHeldOut = (value: TensorsValue): Effect.Effect<HeldOutSplits, ArtifactError> =>
+  readTensors(value, "a HeldOutTokens artifact", () => ({ validation: unpackRagged(value, "validation"), test: unpackRagged(value, "test") }))
+
+// ------------------------------------------------------------------------------ member distributions
+
+/**
+ * Every member's log-softmax over the vocabulary at every scored position of one split, as
+ * "<member>.logprobs" [rows, vocab] (float16 or float32), with "targets" and "tokens_back" (text
+ * tokens before the target, BOS not counted) [rows] int32.
+ */
+export const MemberLogProbs = Artifact.tensors("MemberLogProbs")
+
+export interface StoredMemberRows extends MemberRows {
+  readonly members: ReadonlyArray<string>
+  readonly tokensBack: Int32Array
+}
+
+export const memberLogProbsOutput = (r: StoredMemberRows, dtype: "F16" | "F32"): TensorsOutput => ({
+  tensors: new Map<string, Tensor>([
+    ...r.members.map((m): [string, Tensor] => [`${m}.logprobs`, fromNumbers(r.logProbs.get(m)!, dtype, [r.rows, r.vocab])]),
+    ["targets", fromNumbers(r.targets, "I32", [r.rows])],
+    ["tokens_back", fromNumbers(r.tokensBack, "I32", [r.rows])],
+  ]),
+  metadata: { members: r.members.join(","), rows: String(r.rows), vocab: String(r.vocab) },
+})
+
+const MemberRowsMetadata = Schema.Struct({ members: Schema.String, rows: Count, vocab: Count })
+
+export const readMemberLogProbs = (value: TensorsValue) =>
+  Effect.gen(function* () {
+    const what = "a MemberLogProbs artifact"
+    const meta = yield* decodeArtifact(MemberRowsMetadata, value.path, what, value.metadata)
+    const members = meta.members.split(",")
+    return yield* readTensors(
+      value,
+      what,
+      (): StoredMemberRows => ({
+        members,
+        rows: meta.rows,
+        vocab: meta.vocab,
+        logProbs: new Map(members.map((m) => [m, toFloat32(value.read(`${m}.logprobs`))])),
+        targets: Int32Array.from(toFloat64(value.read("targets"))),
+        tokensBack: Int32Array.from(toFloat64(value.read("tokens_back"))),
+      }),
+    )
+  })
+
+// ------------------------------------------------------------------------------ search
+
+const Params = Schema.Record(Schema.String, Schema.Number)
+export const SearchTrial = Schema.Struct({ params: Params, perplexity: Schema.Number })
+export type SearchTrial = typeof SearchTrial.Type
+
+export const BlendSearch = Artifact.json(
+  "BlendSearch",
+  Schema.Struct({
+    kind: Schema.Literals(["blend", "proxy"]),
+    /** top-k log-probs per member (seed 003's API), or null for the full vocabulary */
+    topK: Schema.NullOr(Schema.Int),
+    trials: Schema.Array(SearchTrial),
+    best: SearchTrial,
+    /** validation perplexity of each member alone */
+    members: Schema.Record(Schema.String, Schema.Number),
+  }),
+)
+export type BlendSearch = typeof BlendSearch.schema.Type
