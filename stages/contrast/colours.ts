@@ -1,7 +1,8 @@
 // Per-token divergence as coloured text: ANSI (24-bit background colours) for the terminal and a
 // self-contained HTML page (inline CSS, no scripts or fonts from elsewhere) for the run folder.
-// Both use one colour scale: KL 0 is white, `max` (the largest token KL shown, stated in the legend)
-// is red, through yellow; the scale is linear in KL so equal colour steps are equal nats.
+// Both use one colour scale: KL 0 is white, `max` is red, through yellow; linear in KL, so equal
+// colour steps are equal nats. `max` is the 99th percentile of the token KLs shown (stated in the
+// legend as "≥"): a few tokens with KL in the tens of nats would otherwise wash every other token out.
 import type { ContrastText, DivergenceSummary, TopToken } from "./artifacts.ts"
 
 export type Rgb = readonly [number, number, number]
@@ -21,8 +22,11 @@ export const divergenceColour = (d: number, max: number): Rgb => {
   return STOPS[i].map((c, j) => Math.round(c + (STOPS[i + 1][j] - c) * f)) as unknown as Rgb
 }
 
-/** The top of the colour scale for these texts: their largest token KL. */
-export const scaleMax = (texts: ReadonlyArray<ContrastText>): number => texts.reduce((m, t) => t.kl.reduce((a, b) => Math.max(a, b), m), 0)
+/** The top of the colour scale for these texts: the 99th percentile of their token KLs (nearest rank). */
+export const scaleMax = (texts: ReadonlyArray<ContrastText>): number => {
+  const all = texts.flatMap((t) => t.kl).sort((a, b) => a - b)
+  return all.length === 0 ? 0 : all[Math.min(all.length - 1, Math.ceil(0.99 * all.length) - 1)]
+}
 
 const visible = (piece: string) => piece.replaceAll("\n", "\u21b5\n")
 
@@ -31,7 +35,7 @@ export const ansiTexts = (texts: ReadonlyArray<ContrastText>, options: { readonl
   const max = scaleMax(texts)
   const reset = "\x1b[0m"
   const shown = texts.slice(0, options.limit ?? texts.length)
-  const legend = [0, 0.25, 0.5, 0.75, 1].map((f) => `${bg(divergenceColour(f * max, max))}\x1b[30m ${(f * max).toFixed(2)} ${reset}`).join("")
+  const legend = [0, 0.25, 0.5, 0.75, 1].map((f) => `${bg(divergenceColour(f * max, max))}\x1b[30m ${f === 1 ? "≥" : ""}${(f * max).toFixed(2)} ${reset}`).join("")
   const lines = shown.map((t) => {
     const body = t.pieces.map((p, i) => `${bg(divergenceColour(t.kl[i], max))}\x1b[30m${visible(p)}${reset}`).join("")
     return `[${t.klMean.toFixed(3)} nats/token] \x1b[2m${t.prompt}${reset}${body}`
@@ -85,7 +89,7 @@ body { font-family: system-ui, sans-serif; margin: 2em; max-width: 60em; color: 
 </style></head><body>
 <h1>${escapeHtml(options.title)}</h1>
 ${summary}
-<div class="legend"><span>KL(start &#8214; compare) per token:</span><span>0</span><span class="bar"></span><span>${max.toFixed(3)} nats</span></div>
+<div class="legend"><span>KL(start &#8214; compare) per token:</span><span>0</span><span class="bar"></span><span>&ge; ${max.toFixed(3)} nats</span></div>
 <p class="summary">Hover a token for its divergence, its log-probability under each model and each model's top tokens.</p>
 ${items}
 </body></html>

@@ -17,7 +17,7 @@ import { Directory, errorMessage, ExternalInputError, File, stage, StageError } 
 import { hash32 } from "../../src/core/random.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { Questions } from "../baking/artifacts.ts"
-import { ContrastTexts } from "./artifacts.ts"
+import { ContrastTexts, type ContrastTexts as ContrastTextsValue } from "./artifacts.ts"
 import { ansiTexts } from "./colours.ts"
 import { byDivergence, type DecodeRequest, openContrast, summarize } from "./contrast.ts"
 
@@ -168,3 +168,21 @@ export const promptText = stage({
   run: ({ params }) => Effect.succeed({ source: "inline", items: promptItems(params.texts) }),
 })
 
+
+const cell = (s: string) => s.replaceAll("|", "\\|").replaceAll("\n", " ")
+
+/** contrast.md: the divergence summary and the first `rows` texts (in the artifact's order: ranked when sorted). */
+export const contrastReport = (v: ContrastTextsValue, rows = 20): string => {
+  const s = v.summary
+  return [
+    "# Contrastive decoding",
+    "",
+    `${s.texts} texts, ${s.tokens} tokens. Mean KL(start || compare) ${s.meanKl.toFixed(4)} nats/token; the median text ${s.medianTextKl.toFixed(4)}, the top 10% of texts ${s.top10TextKl.toFixed(4)}${s.top10OverMedian === null ? "" : ` (${s.top10OverMedian.toFixed(2)}x the median)`}.`,
+    "",
+    "| rank | KL mean | KL sum | ppl start | ppl compare | prompt | text |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+    ...v.texts.slice(0, rows).map((t, i) => `| ${i + 1} | ${t.klMean.toFixed(4)} | ${t.klSum.toFixed(3)} | ${t.perplexity.start.toFixed(2)} | ${t.perplexity.compare.toFixed(2)} | ${cell(t.prompt)} | ${cell(t.text)} |`),
+    ...(v.texts.length > rows ? ["", `${v.texts.length - rows} more texts in texts.json and contrast.html.`] : []),
+    "",
+  ].join("\n")
+}

@@ -98,7 +98,7 @@ const expectMatchesReference = (s: ContrastSetup, texts: ContrastText[], format:
     })
     expect(Math.abs(t.klSum - t.kl.reduce((x, y) => x + y, 0))).toBeLessThan(1e-9)
     expect(Math.abs(t.klMean - t.klSum / t.kl.length)).toBeLessThan(1e-9)
-    const ppl = (lp: number[]) => Math.exp(-lp.reduce((x, y) => x + y, 0) / lp.length)
+    const ppl = (lp: ReadonlyArray<number>) => Math.exp(-lp.reduce((x, y) => x + y, 0) / lp.length)
     expect(Math.abs(t.perplexity.start - ppl(t.logProbs.start)) / t.perplexity.start).toBeLessThan(1e-9)
   }
 }
