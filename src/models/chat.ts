@@ -35,6 +35,8 @@ export interface CompletionOptions {
   readonly stop?: ReadonlyArray<string>
   /** completions to sample (default 1) */
   readonly n?: number
+  /** cut maxTokens to the room the prompt leaves in the context instead of refusing the request */
+  readonly fitContext?: boolean
 }
 
 export interface Completion {
@@ -85,7 +87,7 @@ export const openLocalModel = (
       Effect.gen(function* () {
         const room = context - ids.length
         if (room < 1) return yield* Effect.fail(new LocalModelError({ message: `the prompt has ${ids.length} tokens; this model's context is ${context} tokens, leaving no room for a completion`, internal: false }))
-        const maxTokens = o.maxTokens ?? room
+        const maxTokens = o.fitContext ? Math.min(o.maxTokens ?? room, room) : (o.maxTokens ?? room)
         if (maxTokens > room)
           return yield* Effect.fail(new LocalModelError({ message: `max_tokens ${maxTokens} + the prompt's ${ids.length} tokens exceed this model's context of ${context} tokens`, internal: false }))
         const seed = o.seed ?? Math.floor(Math.random() * 2 ** 31)

@@ -54,3 +54,57 @@ export const ContrastTexts = Artifact.json(
   }),
 )
 export type ContrastTexts = typeof ContrastTexts.schema.Type
+
+/** A prompt in the divergence search's bank. */
+export const BankEntry = Schema.Struct({
+  text: Schema.String,
+  /** mean over its generations of the mean per-token KL(P_start || P_compare), nats */
+  divergence: Schema.Number,
+  /** cosine distance of its embedding to the nearest bank entry when admitted; null: not measured (seeds, or diversity off) */
+  diversity: Schema.NullOr(Schema.Number),
+  /** the cycle that admitted it; 0 for the seed prompts */
+  cycle: Schema.Int,
+})
+export type BankEntry = typeof BankEntry.Type
+
+/** What one search cycle did (timings are metrics, not part of the artifact). */
+export const CycleReport = Schema.Struct({
+  cycle: Schema.Int,
+  /** assistant requests made, and the replies that were not a usable answer (not a chat completion, or no candidate in it) */
+  requests: Schema.Int,
+  malformedReplies: Schema.Int,
+  /** candidate prompts parsed out of the replies */
+  parsed: Schema.Int,
+  rejected: Schema.Struct({
+    duplicate: Schema.Int,
+    length: Schema.Int,
+    /** the assistant did not answer yes to the criterion (a reply that is neither yes nor no counts here and in malformedCriterion) */
+    criterion: Schema.Int,
+    malformedCriterion: Schema.Int,
+    /** closer than minDiversity to a bank entry */
+    similar: Schema.Int,
+    /** divergence below the admission threshold */
+    divergence: Schema.Int,
+  }),
+  admitted: Schema.Int,
+  /** the admission threshold: the admitQuantile of the bank's divergences before the cycle */
+  threshold: Schema.Number,
+  /** mean divergence of the candidates scored this cycle (0 when none) */
+  candidateMean: Schema.Number,
+  /** mean divergence of the bank after the cycle */
+  bankMean: Schema.Number,
+  bankSize: Schema.Int,
+})
+export type CycleReport = typeof CycleReport.Type
+
+export const SearchBank = Artifact.json(
+  "SearchBank",
+  Schema.Struct({
+    entries: Schema.Array(BankEntry),
+    /** one per cycle so far, in order (none for the seed bank) */
+    cycles: Schema.Array(CycleReport),
+    /** the bank's mean divergence before the first cycle */
+    seedMean: Schema.Number,
+  }),
+)
+export type SearchBank = typeof SearchBank.schema.Type
