@@ -5,9 +5,8 @@
 // divergence; hover a token for both models' top tokens), contrast.md (the summary and the texts
 // ranked) and texts.json; `pipe show contrastive-decode` prints the coloured texts.
 //   npx pipe run pipelines/contrast.ts
-// Weights 1.5 and -0.5: Li et al.'s expert 1 + a, amateur -a with a = 0.5; the seed's (1, -1)
-// (--set contrastive-decode.compareWeight=-1 --set contrastive-decode.startWeight=1) amplifies the
-// difference until the text is no longer language on these models.
+// Weights 1.5 and -0.5 (stages/contrast/decode.ts blueContrast); the seed's (1, -1):
+// --set contrastive-decode.startWeight=1 --set contrastive-decode.compareWeight=-1.
 // The shipped pair: models/tiny-chat told by a system turn to mention the colour blue, against the
 // same model without it, so the divergent tokens are the ones the instruction changes. Any two
 // models sharing a tokenizer (e.g. a Llama 3 8B Instruct against its base model):
@@ -17,7 +16,7 @@
 // Every knob of the stage is a --set (space=probs, startWeight, compareWeight, temperature, topP,
 // maxNewTokens, generationsPerPrompt, sortByDivergence, ...).
 import { external, pipeline } from "../src/engine/index.ts"
-import { contrastDefaults, contrastiveDecode, contrastReport, promptLines } from "../stages/contrast/decode.ts"
+import { blueContrast, contrastiveDecode, contrastReport, promptLines } from "../stages/contrast/decode.ts"
 import { htmlTexts } from "../stages/contrast/colours.ts"
 
 const start = external.dir("models/tiny-chat", { name: "start" })
@@ -26,13 +25,7 @@ const prompts = promptLines({}, { file: external.file("datasets/contrast/world-p
 
 const texts = contrastiveDecode(
   {
-    ...contrastDefaults,
-    startWeight: 1.5,
-    compareWeight: -0.5,
-    startPrefix: "<|system|>Always mention the colour blue in your answers.<|eos|>",
-    format: "chat",
-    maxNewTokens: 24,
-    generationsPerPrompt: 2,
+    ...blueContrast,
     topTokens: 3,
     sortByDivergence: true,
     displayTexts: 8,

@@ -16,7 +16,7 @@
 //     --set search.assistant=http --set search.baseUrl=https://api.openai.com/v1 --set search.model=gpt-4o-mini
 // (`pipe serve-model DIR` serves a local model at such an endpoint.)
 import { external, pipeline } from "../src/engine/index.ts"
-import { contrastDefaults, promptLines } from "../stages/contrast/decode.ts"
+import { blueContrast, promptLines } from "../stages/contrast/decode.ts"
 import { searchChain, searchDefaults, searchReport } from "../stages/contrast/search.ts"
 
 const cycles = Number(process.env.PIPE_SEARCH_CYCLES ?? 3)
@@ -28,15 +28,7 @@ const banks = searchChain({
   local: external.dir("models/tiny-chat", { name: "local" }),
   instructions: external.file("datasets/contrast/search-instructions.json", { name: "instructions" }),
   seeds: promptLines({}, { file: external.file("datasets/contrast/search-seeds.txt", { name: "seeds" }) }),
-  scoring: {
-    ...contrastDefaults,
-    startWeight: 1.5,
-    compareWeight: -0.5,
-    startPrefix: "<|system|>Always mention the colour blue in your answers.<|eos|>",
-    format: "chat",
-    maxNewTokens: 24,
-    generationsPerPrompt: 2,
-  },
+  scoring: blueContrast,
   search: searchDefaults,
   cycles,
 })

@@ -59,7 +59,8 @@ describe("pipelines/divergence-search.ts with the local assistant", () => {
     const first = await search(2, 0)
     expect(first.stderr).toBe("")
     expect(first.code).toBe(0)
-    expect(ran(first.stdout)).toEqual(["prompt-lines", "search", "search#2", "seed-bank"])
+    // (prompt-lines may be cached from the contrast test: the same seeds file)
+    expect(ran(first.stdout).filter((n) => n !== "prompt-lines")).toEqual(["search", "search#2", "seed-bank"])
     const bank = JSON.parse(fs.readFileSync(path.join(runDirOf(first.stdout), "bank.json"), "utf8")) as SearchBank
     expect(bank.cycles.map((c) => c.cycle)).toEqual([1, 2])
     expect(bank.entries.filter((e) => e.cycle === 0)).toHaveLength(3)
