@@ -123,7 +123,10 @@ const divergences = (contrast: Contraster, texts: ReadonlyArray<string>, params:
     if (texts.length === 0) return []
     const requests = decodeRequests(texts, params.generationsPerPrompt, hash32(salt, params.seed))
     const out = yield* contrast.decode(requests, params)
-    return texts.map((_, i) => mean(out.filter((t) => t.promptIndex === i).map((t) => t.klMean)))
+    const scores = texts.map((_, i) => mean(out.filter((t) => t.promptIndex === i).map((t) => t.klMean)))
+    const bad = scores.findIndex((d) => !Number.isFinite(d))
+    if (bad >= 0) return yield* Effect.fail(new StageError({ message: `the divergence of ${JSON.stringify(texts[bad])} is ${scores[bad]}: a model gives non-finite log-probabilities` }))
+    return scores
   })
 
 /** Mean-pooled final hidden states of the local model, one text at a time (no padding to mask). */
