@@ -16,7 +16,7 @@ import { type LocalModel, openLocalModel } from "../../src/models/chat.ts"
 import { serveModel } from "../../src/model-server/server.ts"
 import { SearchBank } from "../../stages/contrast/artifacts.ts"
 import { contrastDefaults } from "../../stages/contrast/decode.ts"
-import { divergenceSearch, searchDefaults } from "../../stages/contrast/search.ts"
+import { divergenceSearch, searchDefaults, type SearchParams } from "../../stages/contrast/search.ts"
 import { tempDir } from "../models/forward-helpers.ts"
 import { stageContext } from "../stage-harness.ts"
 import { tinyChatDir } from "./helpers.ts"
@@ -103,14 +103,14 @@ describe("the model server, called with the openai client", () => {
   })
 })
 
-/** A proxy to the model server answering the i-th request (0-based) with `fault(i)` when it returns one. */
-const faultProxy = async (fault: (i: number) => { status: number; body: string } | undefined) => {
+/** A proxy to the model server answering the i-th request (0-based, with its body) with `fault(i, body)` when it returns one. */
+const faultProxy = async (fault: (i: number, body: string) => { status: number; body: string } | undefined) => {
   let n = 0
   const server = http.createServer((req, res) => {
     const chunks: Buffer[] = []
     req.on("data", (c: Buffer) => chunks.push(c))
     req.on("end", () => {
-      const f = fault(n++)
+      const f = fault(n++, Buffer.concat(chunks).toString())
       if (f) {
         res.writeHead(f.status, { "content-type": "application/json" })
         res.end(f.body)
@@ -133,8 +133,8 @@ describe("the search's HTTP assistant", () => {
     seedMean: 1,
   }
   const instructions = path.join(dir("pipe-instructions-"), "instructions.json")
-  fs.writeFileSync(instructions, JSON.stringify({ request: "Here are some questions:\n{examples}\nAsk one more question like these." }))
-  const cycle = (baseUrl: string, logs: string[], over: Partial<typeof searchDefaults> = {}) =>
+  fs.writeFileSync(instructions, JSON.stringify({ request: "Here are some questions:\n{examples}\nAsk one more question like these.", criterion: "Is this about a person? Answer yes or no.\n{text}" }))
+  const cycle = (baseUrl: string, logs: string[], over: Partial<SearchParams> = {}) =>
     Effect.runPromise(
       Effect.exit(
         divergenceSearch.spec.run({
@@ -180,6 +180,26 @@ describe("the search's HTTP assistant", () => {
     expect(report.requests).toBe(4)
     expect(report.malformedReplies).toBeGreaterThanOrEqual(1)
     expect(report.parsed).toBeGreaterThanOrEqual(1)
+  }, 120_000)
+
+  it("asks the criterion of every candidate: only a yes keeps it, a reply that is neither yes nor no is counted", async () => {
+    // the criterion's replies, in turn: yes, no, something else
+    let asked = 0
+    const replies = ["Yes, it is.", "no", "Perhaps Kodis."]
+    const proxy = await faultProxy((_, body) =>
+      body.includes("Answer yes or no") ? { status: 200, body: JSON.stringify({ choices: [{ index: 0, message: { role: "assistant", content: replies[asked++ % 3] } }] }) } : undefined,
+    )
+    const exit = await cycle(proxy.base, [], { useCriterion: true, requests: 6 })
+    await proxy.close()
+    expect(Exit.isSuccess(exit)).toBe(true)
+    const report = (exit as Exit.Success<typeof SearchBank.schema.Type>).value.cycles[0]
+    const candidates = report.parsed - report.rejected.duplicate - report.rejected.length
+    expect(asked).toBe(candidates)
+    expect(candidates).toBeGreaterThanOrEqual(2)
+    const yes = Math.ceil(candidates / 3)
+    expect(report.rejected.criterion).toBe(candidates - yes)
+    expect(report.rejected.malformedCriterion).toBe(Math.floor(candidates / 3))
+    expect(report.admitted + report.rejected.divergence + report.rejected.similar).toBe(yes)
   }, 120_000)
 
   it("fails the cycle when the server keeps failing, and at once on a 401", async () => {
