@@ -30,7 +30,8 @@ import { prepareVariant, type Variant } from "../../src/models/variant.ts"
 import { createSession, type Device, releaseSession, type Session } from "../../src/runtime/session.ts"
 import { type ContrastText, type DivergenceSummary, type TopToken } from "./artifacts.ts"
 import { chatPromptIds } from "../../src/text/chat-template.ts"
-import { loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts"
+import type { TextTokenizer } from "../../src/text/tokenizer.ts"
+import { openModel } from "../baking/model.ts"
 
 export const START = "start"
 export const COMPARE = "compare"
@@ -130,14 +131,9 @@ export const sharedPromptIds = (tokenizer: TextTokenizer, prompt: string, format
 /** Opens both members (one ensemble graph, and one top-token scorer each); sessions close with the scope. */
 export const openContrast = (setup: ContrastSetup): Effect.Effect<Contraster, StageError, Scope.Scope> =>
   Effect.gen(function* () {
-    const startCkpt = yield* Effect.mapError(loadCheckpoint(setup.start.dir), stageError(`start model ${setup.start.dir}`))
+    const { checkpoint: startCkpt, tokenizer } = yield* Effect.mapError(openModel(setup.start.dir), stageError(`start model ${setup.start.dir}`))
     const compareCkpt =
       setup.compare.dir === setup.start.dir ? startCkpt : yield* Effect.mapError(loadCheckpoint(setup.compare.dir), stageError(`comparison model ${setup.compare.dir}`))
-    const { tokenizerFile, tokenizerConfigFile } = startCkpt
-    const tokenizer = yield* Effect.mapError(
-      loadTokenizer(tokenizerFile !== undefined && tokenizerConfigFile !== undefined ? { tokenizerFile, configFile: tokenizerConfigFile } : startCkpt.dir),
-      stageError("start model tokenizer"),
-    )
     const bos = tokenizer.bos === undefined ? [] : [tokenizer.bos.id]
     const member = (name: string, side: ModelSide, checkpoint: typeof startCkpt): EnsembleMember => ({
       name,

@@ -34,13 +34,12 @@ import { decodeArtifact, Directory, errorMessage, ExternalInputError, File, type
 import { hash32, mulberry32 } from "../../src/core/random.ts"
 import { Graph } from "../../src/graph/index.ts"
 import { openLocalModel } from "../../src/models/chat.ts"
-import { loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { buildForwardGraph, forwardNames } from "../../src/models/forward.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { runSession, scopedSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
-import { loadTokenizer } from "../../src/text/tokenizer.ts"
 import { Questions } from "../baking/artifacts.ts"
+import { openModel } from "../baking/model.ts"
 import { type BankEntry, type CycleReport, SearchBank } from "./artifacts.ts"
 import { type Assistant, httpAssistant, localAssistant } from "./assistant.ts"
 import { type Contraster, openContrast } from "./contrast.ts"
@@ -133,8 +132,7 @@ const divergences = (contrast: Contraster, texts: ReadonlyArray<string>, params:
 const openEmbedder = (dir: string, ctx: StageContext, threads: number): Effect.Effect<(texts: ReadonlyArray<string>) => Effect.Effect<Float64Array[], StageError>, StageError, Scope.Scope> =>
   Effect.gen(function* () {
     const fail = (e: { readonly message: string }) => new StageError({ message: `embedding model ${dir}: ${e.message}` })
-    const ckpt = yield* Effect.mapError(loadCheckpoint(dir), fail)
-    const tokenizer = yield* Effect.mapError(loadTokenizer(dir), fail)
+    const { checkpoint: ckpt, tokenizer } = yield* Effect.mapError(openModel(dir), fail)
     const placement = yield* Effect.mapError(placeWeights([ckpt], path.join(ctx.workDir, "embedder")), fail)
     const g = new Graph("embedder")
     buildForwardGraph(g, ckpt, placement, { output: "hidden" })
