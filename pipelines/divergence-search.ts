@@ -28,7 +28,7 @@ const banks = searchChain({
   local: external.dir("models/tiny-chat", { name: "local" }),
   instructions: external.file("datasets/contrast/search-instructions.json", { name: "instructions" }),
   seeds: promptLines({}, { file: external.file("datasets/contrast/search-seeds.txt", { name: "seeds" }) }),
-  scoring: blueContrast,
+  scoring: { ...blueContrast, includePrompt: false },
   search: searchDefaults,
   cycles,
 })

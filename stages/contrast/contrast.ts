@@ -76,6 +76,11 @@ export interface Sampling {
 export interface Contraster {
   readonly tokenizer: TextTokenizer
   readonly decode: (requests: ReadonlyArray<DecodeRequest>, sampling: Sampling) => Effect.Effect<ContrastText[], StageError>
+  /**
+   * KL(P_start || P_compare) at each of a prompt's own shared tokens after the first (the first has
+   * no shared context to be scored in), teacher-forced: the seed's divergences over the prefix.
+   */
+  readonly promptKl: (prompts: ReadonlyArray<string>, format: Sampling["format"]) => Effect.Effect<number[][], StageError>
 }
 
 const stageError = (what: string) => (e: { readonly message: string }) => new StageError({ message: `${what}: ${e.message}` })
@@ -229,7 +234,15 @@ export const openContrast = (setup: ContrastSetup): Effect.Effect<Contraster, St
           }
         })
       })
-    return { tokenizer, decode }
+    const promptKl = (prompts: ReadonlyArray<string>, format: Sampling["format"]) =>
+      Effect.gen(function* () {
+        const shared = yield* Effect.forEach(prompts, (p) => sharedPromptIds(tokenizer, p, format))
+        const scored = shared.filter((ids) => ids.length > 1)
+        const scores = yield* Effect.mapError(ensemble.score(scored.map((ids) => ({ context: ids.slice(0, 1), continuation: ids.slice(1) }))), stageError("prompt divergence"))
+        let next = 0
+        return shared.map((ids) => (ids.length > 1 ? scores[next++].kl[0].values : []))
+      })
+    return { tokenizer, decode, promptKl }
   })
 
 const chunks = <A>(xs: ReadonlyArray<A>, n: number): A[][] => Array.from({ length: Math.ceil(xs.length / n) }, (_, i) => xs.slice(i * n, (i + 1) * n))

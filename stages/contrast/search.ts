@@ -17,7 +17,8 @@
 //      candidate is kept only on a reply starting with "yes" ("no": rejected; anything else:
 //      rejected and counted malformed).
 //   4. Divergence: generationsPerPrompt contrastive continuations of the candidate (contrast.ts);
-//      its divergence is the mean of their mean per-token KL(P_start || P_compare).
+//      its divergence is the mean of their mean per-token KL(P_start || P_compare) (with
+//      includePrompt, over the candidate's own tokens and the continuation's).
 //   5. With diversity, the candidate's embedding (the local model's final hidden states,
 //      mean-pooled over its tokens) is compared with the bank's: a candidate whose cosine distance
 //      to the nearest entry is below minDiversity is rejected as too similar.
@@ -101,7 +102,12 @@ export const quantile = (xs: ReadonlyArray<number>, q: number): number => {
   return i + 1 < s.length ? s[i] + (s[i + 1] - s[i]) * (x - i) : s[i]
 }
 
-const ScoringParams = Schema.Struct(combinationFields)
+const scoringFields = {
+  ...combinationFields,
+  /** count the prompt's own tokens in its divergence (the seed's include_prefix_in_divergences): mean KL over prompt and continuation tokens */
+  includePrompt: Schema.Boolean,
+}
+const ScoringParams = Schema.Struct(scoringFields)
 type ScoringParams = typeof ScoringParams.Type
 
 const openScorer = (params: ScoringParams, start: string, compare: string, ctx: StageContext) =>
@@ -116,13 +122,14 @@ const openScorer = (params: ScoringParams, start: string, compare: string, ctx: 
     threads: params.threads,
   })
 
-/** Each text's divergence (step 4 of the file header); `salt` keeps different cycles' samples apart. */
+/** Each text's divergence (step 4 of the file header, with includePrompt its own tokens too); `salt` keeps different cycles' samples apart. */
 const divergences = (contrast: Contraster, texts: ReadonlyArray<string>, params: ScoringParams, salt: string) =>
   Effect.gen(function* () {
     if (texts.length === 0) return []
     const requests = decodeRequests(texts, params.generationsPerPrompt, hash32(salt, params.seed))
     const out = yield* contrast.decode(requests, params)
-    const scores = texts.map((_, i) => mean(out.filter((t) => t.promptIndex === i).map((t) => t.klMean)))
+    const prompt = params.includePrompt ? yield* contrast.promptKl(texts, params.format) : texts.map(() => [])
+    const scores = texts.map((_, i) => mean(out.filter((t) => t.promptIndex === i).map((t) => mean([...prompt[i], ...t.kl]))))
     const bad = scores.findIndex((d) => !Number.isFinite(d))
     if (bad >= 0) return yield* Effect.fail(new StageError({ message: `the divergence of ${JSON.stringify(texts[bad])} is ${scores[bad]}: a model gives non-finite log-probabilities` }))
     return scores
@@ -193,7 +200,7 @@ export const divergenceBank = stage({
 })
 
 export const SearchParams = Schema.Struct({
-  ...combinationFields,
+  ...scoringFields,
   /** this cycle's number (1, 2, ...): it seeds the cycle's sampling */
   cycle: PositiveInt,
   /** "local": the `local` model directory; "http": an OpenAI-compatible endpoint */
@@ -361,7 +368,7 @@ export const searchDefaults = {
   diversity: true,
   minDiversity: 0.001,
   admitQuantile: 0.5,
-} as const satisfies Omit<Record<keyof SearchParams, unknown>, keyof typeof combinationFields>
+} as const satisfies Omit<Record<keyof SearchParams, unknown>, keyof typeof scoringFields>
 
 export interface SearchWiring {
   readonly start: Source<typeof Directory>
@@ -372,7 +379,7 @@ export interface SearchWiring {
   /** the combination and scoring knobs, shared by the seed bank and every cycle */
   readonly scoring: ScoringParams
   /** the cycle knobs (cycle excepted) */
-  readonly search: Omit<SearchParams, "cycle" | keyof typeof combinationFields>
+  readonly search: Omit<SearchParams, "cycle" | keyof typeof scoringFields>
   readonly cycles: number
 }
 

@@ -130,6 +130,26 @@ describe("contrastive decoding against the float64 reference", () => {
   }, 120_000)
 })
 
+describe("the prompt's own divergence", () => {
+  it("KL(P_s || P_c) at each shared prompt token after the first, teacher-forced, against the reference", async () => {
+    const s = setup({})
+    const prompts = ["Kodis is a painter who", "x"]
+    const [kls, single] = await Effect.runPromise(Effect.scoped(Effect.flatMap(openContrast(s), (c) => c.promptKl(prompts, "text"))))
+    expect(single).toEqual([])
+    const shared = tokenizer.encode(prompts[0], { addSpecialTokens: false })
+    expect(kls).toHaveLength(shared.length - 1)
+    const start = [1, ...tokenizer.encode(s.start.prefix, { addSpecialTokens: false })]
+    const startLogits = referenceForward(refA, [...start, ...shared])
+    const compareLogits = referenceForward(refB, [1, ...shared])
+    kls.forEach((x, i) => {
+      // position i predicts shared[i + 1]: the logits after shared[0..i] in each model's own sequence
+      const lpS = logSoftmax(Array.from(startLogits[start.length + i].subarray(0, V)))
+      const lpC = logSoftmax(Array.from(compareLogits[1 + i].subarray(0, V)))
+      expect(Math.abs(x - kl(lpS, lpC)), `prompt token ${i + 1}`).toBeLessThan(TOL)
+    })
+  }, 120_000)
+})
+
 describe("summary statistics", () => {
   const text = (klMean: number, kl: number[]): ContrastText => ({
     prompt: "",

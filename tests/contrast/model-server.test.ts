@@ -141,6 +141,7 @@ describe("the search's HTTP assistant", () => {
           params: {
             ...contrastDefaults,
             ...searchDefaults,
+            includePrompt: false,
             maxNewTokens: 6,
             generationsPerPrompt: 1,
             diversity: false,
