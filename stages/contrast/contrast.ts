@@ -33,8 +33,8 @@ import { chatPromptIds } from "../../src/text/chat-template.ts"
 import type { TextTokenizer } from "../../src/text/tokenizer.ts"
 import { openModel } from "../baking/model.ts"
 
-export const START = "start"
-export const COMPARE = "compare"
+const START = "start"
+const COMPARE = "compare"
 
 export interface ModelSide {
   readonly dir: string
@@ -112,7 +112,7 @@ const topTokensSession = (variant: Variant, k: number, graphDir: string, options
   })
 
 /** Each token's text within the whole decoded text (see ContrastText.pieces). */
-export const tokenPieces = (tokenizer: Pick<TextTokenizer, "decode">, tokens: ReadonlyArray<number>): string[] => {
+const tokenPieces = (tokenizer: Pick<TextTokenizer, "decode">, tokens: ReadonlyArray<number>): string[] => {
   const pieces: string[] = []
   let before = ""
   for (let i = 0; i < tokens.length; i++) {
