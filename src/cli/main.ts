@@ -37,6 +37,14 @@ const COMMANDS: Readonly<Record<string, Entry>> = {
     load: () => import("./table.ts"),
   },
   export: { usage: "export <node> <dir>   write a training node's adapter as a PEFT directory (adapter_config.json + adapter_model.safetensors)", load: () => import("./export.ts") },
+  "serve-model": {
+    usage: `serve-model <model-dir>  an OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) over a local model
+      --host H                 address to bind (default 127.0.0.1: the server has no authentication)
+      --port N                 port (default 8000; 0 for any free one)
+      --name NAME              the model id clients name (default the directory's name)
+      --threads N              onnxruntime intra-op threads`,
+    load: () => import("./serve-model.ts"),
+  },
   gc: { usage: "gc                    delete payloads no cache entry refers to, and work directories of interrupted nodes", load: () => import("./gc.ts") },
   doctor: {
     usage: `doctor                execution providers, GPUs, library versions, and what is missing for CUDA

@@ -1,4 +1,7 @@
 // `pipe show <run|node>`: a run's nodes, or a node's latest execution with its last metrics.
+// A stage can give its node a terminal view: a JSON output with a top-level string field `display`
+// (ANSI colours allowed) is printed after the record, colours stripped when stdout is not a
+// terminal or NO_COLOR is set (FORCE_COLOR keeps them).
 import { needOne, out, type Command } from "./args.ts"
 import { duration, latest, readStore, time } from "./records.ts"
 
@@ -30,6 +33,20 @@ export const command: Command = {
     const last = new Map<string, { step: number | null; value: number }>()
     for (const m of store.metricsOf(e.id)) last.set(m.name, m)
     for (const [name, m] of last) out(`metric   ${name} = ${m.value}${m.step === null ? "" : ` (step ${m.step})`}${Number.isFinite(m.value) ? "" : "  (non-finite)"}`)
+    const display = e.output === null ? undefined : displayOf(store.inlineJson(e.output))
+    if (display !== undefined) out(`\n${colour() ? display : stripAnsi(display)}`)
     return 0
   },
 }
+
+/** The `display` field of a JSON output, if it has one. */
+const displayOf = (json: string | undefined): string | undefined => {
+  if (json === undefined) return undefined
+  const value: unknown = JSON.parse(json)
+  return typeof value === "object" && value !== null && "display" in value && typeof value.display === "string" ? value.display : undefined
+}
+
+const colour = () => process.env.FORCE_COLOR !== undefined || (process.env.NO_COLOR === undefined && process.stdout.isTTY === true)
+
+// SGR sequences only: what a display may use
+const stripAnsi = (s: string) => s.replace(/\x1b\[[0-9;]*m/g, "")

@@ -367,6 +367,12 @@ export class Store {
     return artifact.json
   }
 
+  /** The text of an inline JSON artifact, or undefined for a payload artifact, an unknown hash or stored JSON that does not match it (read-only: nothing is invalidated). */
+  inlineJson(hash: string): string | undefined {
+    const json = this.stmts.artifact.get(hash)?.json
+    return json != null && sha256(json) === hash ? json : undefined
+  }
+
   /** Verifies a file payload by streaming it (large weights are not read into memory) and returns its path. */
   verifiedPath(hash: string): { readonly artifact: StoredArtifact; readonly path: string } {
     const artifact = this.stmts.artifact.get(hash)
