@@ -19,7 +19,7 @@ import { Effect, Exit } from "effect"
 import type * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
 import { Graph } from "../../src/graph/index.ts"
-import { buildTrainStep } from "../../src/graph/optim.ts"
+import { buildTrainStep, type TrainStepSpec } from "../../src/graph/optim.ts"
 import { conditionMlpShapes, initLora, loraAdapter } from "../../src/models/adapters.ts"
 import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { allWeightRefs, type DecoderOutputs, forwardNames, logitsOf, type WeightSource } from "../../src/models/forward.ts"
@@ -99,6 +99,32 @@ const logitsSession = (v: Variant) =>
       const out = prepareVariant(g, v, externalWeights(g, placement))(g, { ids, mask, condition })
       g.outputAs("logits", logitsOf(g, out, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0]))))
       return yield* createSession(yield* writeGraph(g, placement, "variant"))
+    }),
+  )
+
+/**
+ * A train-step session for the variant's trainable values: next-token cross-entropy of its forward
+ * on batchSpec's inputs (plus the condition input, with a conditional soft prompt).
+ */
+const trainSession = (v: Variant, step: Pick<TrainStepSpec, "adamw" | "microBatches">) =>
+  Effect.runPromise(
+    Effect.gen(function* () {
+      const placement = yield* placeWeights(v.checkpoint, tempDir("pipe-variant-train-"))
+      const g = new Graph("variant_train")
+      const forward = prepareVariant(g, v, externalWeights(g, placement), { training: true })
+      const loss = nextTokenLoss(v.checkpoint.config.hiddenSize)
+      const cp = v.conditionalSoftPrompt
+      buildTrainStep({
+        graph: g,
+        params: variantParams(v).specs,
+        batch: cp ? { ...batchSpec, [variantNames.condition]: { dtype: "float32", shape: ["batch", cp.conditionSize] } } : batchSpec,
+        ...step,
+        loss: (sub, params, b) => {
+          const out = forward(sub, { ids: b.input_ids, mask: b.attention_mask, condition: b[variantNames.condition] }, params)
+          return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
+        },
+      })
+      return yield* createSession(yield* writeGraph(g, placement, "variant_train"))
     }),
   )
 
@@ -302,36 +328,15 @@ describe("gradients the training driver steps by match finite differences", () =
   // micro-batch or a missing path, errors of O(|g|), fails.
   it("w.r.t. a soft prompt and a conditional soft prompt's MLP, over two micro-batches", async () => {
     const ckpt = await randomCheckpoint(tinyLlama())
-    const H = ckpt.config.hiddenSize
     const start = promptedVariant(ckpt, { soft: true, conditional: true })
     const variant: Variant = { ...start, softPrompt: { ...start.softPrompt!, trainable: true }, conditionalSoftPrompt: { ...start.conditionalSoftPrompt!, trainable: true } }
     const { specs, initial } = variantParams(variant)
     const lr = 1
     const eps = 1
-    const loss = nextTokenLoss(H)
-    const session = await Effect.runPromise(
-      Effect.gen(function* () {
-        const placement = yield* placeWeights(ckpt, tempDir("pipe-variant-fd-"))
-        const g = new Graph("variant_fd")
-        const forward = prepareVariant(g, variant, externalWeights(g, placement), { training: true })
-        buildTrainStep({
-          graph: g,
-          params: specs,
-          batch: { ...batchSpec, [variantNames.condition]: { dtype: "float32", shape: ["batch", 3] } },
-          microBatches: 2,
-          adamw: { beta1: 0, eps, weightDecay: 0 },
-          loss: (sub, params, b) => {
-            const out = forward(sub, { ids: b.input_ids, mask: b.attention_mask, condition: b[variantNames.condition] }, params)
-            return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
-          },
-        })
-        return yield* createSession(yield* writeGraph(g, placement, "variant_fd"))
-      }),
-    )
-    const second = trainBatch()
+    const session = await trainSession(variant, { microBatches: 2, adamw: { beta1: 0, eps, weightDecay: 0 } })
     const feeds = stackMicroBatches([
       { ...trainBatch(), [variantNames.condition]: tensor("float32", [2, 3], conditions.flat()) },
-      { ...second, input_ids: ids([[3, 8, 30, 41, 2, 60], [7, 7, 12, 50, 33, 1]]), [variantNames.condition]: tensor("float32", [2, 3], [-0.4, 1.2, 0.1, 0.9, -1.5, 0.6]) },
+      { ...trainBatch(), input_ids: ids([[3, 8, 30, 41, 2, 60], [7, 7, 12, 50, 33, 1]]), [variantNames.condition]: tensor("float32", [2, 3], [-0.4, 1.2, 0.1, 0.9, -1.5, 0.6]) },
     ])
     const params0 = () => Object.fromEntries(Object.entries(initial).map(([k, x]) => [k, tensor("float32", x.shape, x.data)]))
     const r = await Effect.runPromise(
@@ -428,25 +433,7 @@ describe("training a variant", () => {
     const { specs, initial } = variantParams(variant)
     expect(Object.keys(specs)).toContain(variantNames.softPrompt)
     expect(Object.keys(specs)).toContain(variantNames.lora("tune", targets[0].module, "B"))
-    const loss = nextTokenLoss(H)
-    const session = await Effect.runPromise(
-      Effect.gen(function* () {
-        const placement = yield* placeWeights(ckpt, tempDir("pipe-variant-train-"))
-        const g = new Graph("variant_train")
-        const forward = prepareVariant(g, variant, externalWeights(g, placement), { training: true })
-        buildTrainStep({
-          graph: g,
-          params: specs,
-          batch: batchSpec,
-          adamw: { weightDecay: 0 },
-          loss: (sub, params, b) => {
-            const out = forward(sub, { ids: b.input_ids, mask: b.attention_mask }, params)
-            return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
-          },
-        })
-        return yield* createSession(yield* writeGraph(g, placement, "variant_train"))
-      }),
-    )
+    const session = await trainSession(variant, { adamw: { weightDecay: 0 } })
     let state = initTrainState(Object.fromEntries(Object.entries(initial).map(([k, x]) => [k, tensor("float32", x.shape, x.data)])))
     const losses: number[] = []
     for (let i = 0; i < 30; i++) {
