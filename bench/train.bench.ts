@@ -5,8 +5,9 @@
 //   the step lora-train builds with its defaults (rank 8, alpha 16, all seven linear layers, teacher
 //   "stored" top-32 + tail mass, forward KL summed over response tokens / their count, clipping
 //   at 1, AdamW lr 1e-2; weight decay 0.01 rather than the default 0, so the decay term is
-//   compared too), built here from the same pieces (buildTrainStep, loraHook, headAtPositions,
-//   topKForwardKL), on a left-padded batch of 16 trajectories made by distill.ts pairBatch.
+//   compared too), built here as the stage builds it (the student a model variant with one
+//   trainable LoRA through prepareVariant, lmHeadAt, topKForwardKL, buildTrainStep), on a
+//   left-padded batch of 16 trajectories made by distill.ts pairBatch.
 // Check first: `checkSteps` steps from the initial matrices on both sides must give the same loss
 // and gradient norm per step and the same LoRA matrices after them (tolerances below); the bench
 // fails otherwise. Then `reps` rounds (after `warmup` ones) of one step of ours followed by one
@@ -20,16 +21,17 @@ import { join } from "node:path"
 import { Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { buildTrainStep, Graph, topKForwardKL } from "../src/graph/index.ts"
-import { initLora, loraFromParams, loraHook, loraName, loraParamSpecs } from "../src/models/adapters.ts"
+import { initLora, loraAdapter } from "../src/models/adapters.ts"
 import { loadCheckpoint } from "../src/models/checkpoint.ts"
 import { externalWeights, placeWeights, writeGraph } from "../src/models/graph-weights.ts"
 import { mulberry32 } from "../src/core/random.ts"
 import { tinyLlama, writeRandomCheckpoint } from "../src/models/init.ts"
-import { loraTargets } from "../src/models/peft.ts"
+import { loraConfigFor, loraScale, loraTargets } from "../src/models/peft.ts"
+import { prepareVariant, type Variant, variantNames, variantParams } from "../src/models/variant.ts"
 import { createSession, releaseSession, type Session } from "../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../src/runtime/train.ts"
 import type { TrajectorySet } from "../stages/baking/artifacts.ts"
-import { headAtPositions, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "../stages/baking/distill.ts"
+import { lmHeadAt, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "../stages/baking/distill.ts"
 import { startTorchWorkers } from "./torch-reference.ts"
 
 // one thread compares the kernels alone; more compares how each side spreads a step over cores
@@ -93,7 +95,14 @@ try {
   await Effect.runPromise(writeRandomCheckpoint(modelDir, config, { seed: 1, std: 0.1 }))
   const ckpt = await Effect.runPromise(loadCheckpoint(modelDir))
   const targets = await Effect.runPromise(loraTargets(ckpt, lora.targetModules))
-  const scale = lora.alpha / lora.rank
+  const loraConfig = await Effect.runPromise(loraConfigFor(ckpt, { r: lora.rank, loraAlpha: lora.alpha, loraDropout: 0, targetModules: lora.targetModules, useRslora: false }))
+  // the student as lora-train makes it: the base model plus one trainable LoRA at initLora's values
+  const student: Variant = {
+    checkpoint: ckpt,
+    loras: [{ name: "adapter", adapter: loraAdapter(loraConfig, targets, Object.fromEntries(Object.entries(initLora(targets, lora.rank, lora.seed)).map(([k, v]) => [k, v.data]))), trainable: true }],
+  }
+  const trainable = variantParams(student)
+  const paramName = (module: string, which: "A" | "B") => variantNames.lora("adapter", module, which)
 
   // --- the batch, as lora-train feeds it (teacher "stored")
   const set: TrajectorySet = {
@@ -118,23 +127,23 @@ try {
   // --- ours: lora-train's step graph
   const placement = await Effect.runPromise(placeWeights(ckpt, join(work, "graph")))
   const g = new Graph("lora_train")
-  const source = externalWeights(g, placement)
+  const studentForward = prepareVariant(g, student, externalWeights(g, placement), { training: true })
   const spec = (name: string) => ({ dtype: feeds[name].type as "int64" | "float32", shape: [...feeds[name].dims] })
   buildTrainStep({
     graph: g,
-    params: loraParamSpecs(targets, lora.rank),
+    params: trainable.specs,
     batch: Object.fromEntries(Object.keys(feeds).map((k) => [k, spec(k)])),
     adamw,
     loss: (sub, p, b) => {
-      const hook = loraHook(loraFromParams(targets, p), scale)
-      const student = headAtPositions(sub, ckpt, source, b[pairInputs.studentIds.name], b[pairInputs.studentMask.name], b[pairInputs.studentPositions.name], hook)
-      const kl = topKForwardKL(sub, student, { indices: b.top_ids, logProbs: b.top_logprobs, tailMass: b.tail_mass }, b[pairInputs.tokenMask.name])
+      const out = studentForward(sub, { ids: b[pairInputs.studentIds.name], mask: b[pairInputs.studentMask.name] }, p)
+      const head = lmHeadAt(sub, ckpt, out, b[pairInputs.studentPositions.name])
+      const kl = topKForwardKL(sub, head, { indices: b.top_ids, logProbs: b.top_logprobs, tailMass: b.tail_mass }, b[pairInputs.tokenMask.name])
       return sub.mul(kl.sum, b.loss_scale)
     },
   })
   const file = await Effect.runPromise(writeGraph(g, placement, "lora-train-step"))
   const sessionAt = (threads: number) => Effect.runPromise(createSession(file, { intraOpThreads: threads }))
-  const init = initLora(targets, lora.rank, lora.seed)
+  const init = trainable.initial
   const fresh = () => initTrainState(Object.fromEntries(Object.entries(init).map(([k, v]) => [k, new ort.Tensor("float32", v.data, v.shape)])))
   const step = (session: Session, s: TrainState) => Effect.runPromise(trainStep(session, s, feeds, lr))
 
@@ -158,8 +167,8 @@ try {
     check_steps: checkSteps,
     lr,
     adamw: { beta1: adamw.beta1, beta2: adamw.beta2, eps: adamw.eps, weight_decay: adamw.weightDecay, max_grad_norm: adamw.maxGradNorm },
-    lora_scale: scale,
-    lora: targets.map((t) => ({ module: t.module, A: initJson(loraName(t.module, "A")), B: initJson(loraName(t.module, "B")) })),
+    lora_scale: loraScale(loraConfig),
+    lora: targets.map((t) => ({ module: t.module, A: initJson(paramName(t.module, "A")), B: initJson(paramName(t.module, "B")) })),
     batch: Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, tensorJson(t)])),
   }
   const specFile = join(work, "spec.json")
@@ -174,7 +183,7 @@ try {
     const normRel = Math.max(...c.grad_norm.map((n, i) => rel(ourCheck.grad_norm[i], n)))
     let decayRel = 0
     for (const t of targets) {
-      const k = loraName(t.module, "A")
+      const k = paramName(t.module, "A")
       c.params_first[k].forEach((x, i) => {
         decayRel = Math.max(decayRel, rel(data(ourFirst[k])[i], x))
       })

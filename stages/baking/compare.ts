@@ -86,7 +86,7 @@ type CompareParams = typeof CompareParams.Type
 const sameVariant = (a: Variant, b: Variant) => JSON.stringify(a) === JSON.stringify(b)
 
 /** The comparison of evaluations already in row order, or what is wrong with them, naming the variant. */
-const compareEvaluations = (node: string, params: CompareParams, evals: ReadonlyArray<Evaluation>): Effect.Effect<Omit<BakeComparison, "markdown">, Error> =>
+const compareEvaluations = (node: string, params: CompareParams, evals: ReadonlyArray<Evaluation>): Effect.Effect<Omit<BakeComparison, "markdown">, StageError> =>
   Effect.gen(function* () {
     const fail = (message: string) => Effect.fail(new StageError({ message: `${node}: ${message}` }))
     const first = evals[0]

@@ -32,10 +32,10 @@ import { fullForwardKL, Graph, type LmHead, type Value } from "../../src/graph/i
 import type { Checkpoint } from "../../src/models/checkpoint.ts"
 import { decoder, type DecoderOutputs, type LinearHook, type WeightSource } from "../../src/models/forward.ts"
 import { contextLength } from "../../src/models/rope.ts"
-import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
+import { externalWeights, placeWeights, type WeightPlacementError, writeGraph } from "../../src/models/graph-weights.ts"
 import type { LoraAdapter } from "../../src/models/peft.ts"
 import { asVariant, checkVariant, prepareVariant, type Variant, variantParams } from "../../src/models/variant.ts"
-import { createSession, type Device, releaseSession, runSession } from "../../src/runtime/session.ts"
+import { createSession, type Device, releaseSession, type RunError, runSession, type SessionError } from "../../src/runtime/session.ts"
 import type { TrajectorySet } from "./artifacts.ts"
 import type { OpenModel } from "./model.ts"
 
@@ -92,7 +92,7 @@ const inputLengths = (set: TrajectorySet, i: number) => {
  * Fails when a teacher sequence (prompt with x0 + response, less the last token) is longer than
  * the model's positions: the trajectories were sampled with another model or other settings.
  */
-export const checkTrajectoriesFit = (ckpt: Checkpoint, set: TrajectorySet, what: string): Effect.Effect<void, Error> => {
+export const checkTrajectoriesFit = (ckpt: Checkpoint, set: TrajectorySet, what: string): Effect.Effect<void, StageError> => {
   const { length: max, why } = contextLength(ckpt.config)
   const i = set.trajectories.findIndex((_, k) => inputLengths(set, k).teacher > max)
   if (i < 0) return Effect.void
@@ -231,7 +231,7 @@ export interface KlEvaluator {
    * KL over `set`; `values`: the student's trainable values by variant.ts variantParams name
    * (required when the student has trainable interventions, e.g. the train loop's params)
    */
-  readonly evaluate: (set: TrajectorySet, values?: Readonly<Record<string, ort.Tensor>>) => Effect.Effect<MeanKl, Error>
+  readonly evaluate: (set: TrajectorySet, values?: Readonly<Record<string, ort.Tensor>>) => Effect.Effect<MeanKl, StageError | RunError>
   readonly release: Effect.Effect<void>
 }
 
@@ -243,7 +243,7 @@ const KL_SUM = "kl_sum"
  * prompt). The student's frozen values are part of the graph; its trainable ones are inputs, fed
  * per evaluation, so one session serves every epoch of a training run.
  */
-export const klEvaluator = (student: Variant, opts: KlOptions): Effect.Effect<KlEvaluator, Error> =>
+export const klEvaluator = (student: Variant, opts: KlOptions): Effect.Effect<KlEvaluator, StageError | WeightPlacementError | SessionError> =>
   Effect.gen(function* () {
     yield* Effect.mapError(checkVariant(student), (e) => new StageError({ message: `prompted KL: ${e.message}` }))
     const ckpt = student.checkpoint
@@ -261,7 +261,7 @@ export const klEvaluator = (student: Variant, opts: KlOptions): Effect.Effect<Kl
     const file = yield* writeGraph(g, placement, trainable.length > 0 ? "prompted-kl-trainable" : "prompted-kl")
     const session = yield* createSession(file, { device: opts.device, ...(opts.threads ? { intraOpThreads: opts.threads } : {}) })
     const padId = padIdOf(ckpt)
-    const evaluate = (set: TrajectorySet, values?: Readonly<Record<string, ort.Tensor>>): Effect.Effect<MeanKl, Error> =>
+    const evaluate = (set: TrajectorySet, values?: Readonly<Record<string, ort.Tensor>>): Effect.Effect<MeanKl, StageError | RunError> =>
       Effect.gen(function* () {
         const missing = trainable.filter((n) => !values?.[n])
         if (missing.length > 0) return yield* Effect.fail(new StageError({ message: `prompted KL: no values for the student's trainable ${missing.join(", ")}` }))
@@ -287,7 +287,12 @@ export const klEvaluator = (student: Variant, opts: KlOptions): Effect.Effect<Kl
  * the model with `adapter` (or the model itself) on the student prompt (klEvaluator takes any
  * variant), the teacher the base model on the teacher prompt. The same measure lora-train validates with.
  */
-export const meanPromptedKl = (model: OpenModel, set: TrajectorySet, adapter: LoraAdapter | undefined, opts: KlOptions): Effect.Effect<MeanKl, Error> =>
+export const meanPromptedKl = (
+  model: OpenModel,
+  set: TrajectorySet,
+  adapter: LoraAdapter | undefined,
+  opts: KlOptions,
+): Effect.Effect<MeanKl, StageError | WeightPlacementError | SessionError | RunError> =>
   Effect.gen(function* () {
     yield* checkTrajectoriesFit(model.checkpoint, set, "KL evaluation")
     const variant = yield* Effect.mapError(asVariant(model.checkpoint, adapter), (e) => new StageError({ message: e.message }))

@@ -172,7 +172,7 @@ const evaluateVariant = (
  * The variant's tags against what the stage was given: an adapter input needs a Lora tag and a Lora
  * tag an adapter; the reference runs without one (the KL graph hooks the adapter into the student only).
  */
-const checkVariant = (node: string, params: EvaluateParams, withAdapter: boolean): Effect.Effect<void, Error> => {
+const checkVariant = (node: string, params: EvaluateParams, withAdapter: boolean): Effect.Effect<void, StageError> => {
   const { variant, reference } = params
   const problem =
     hasIntervention(reference, "Lora") ? `params.reference: variant "${reference.name}" has a Lora intervention; KL is measured against a model without an adapter`

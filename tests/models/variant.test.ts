@@ -9,7 +9,8 @@
 // - a soft-prompted (and a conditionally soft-prompted) variant generates with the KV cache what a
 //   full recompute and the decode loop give, with log-probs equal to the float64 reference; its
 //   scoring graph likewise;
-// - gradients w.r.t. the soft vectors and the condition MLP's weights match finite differences;
+// - gradients w.r.t. the soft vectors and the condition MLP's weights match finite differences,
+//   through the variant forward and through one step of the training driver (trainLoop);
 // - a LoRA and a soft prompt on one variant train together in one train step; LoRA dropout reaches
 //   the trainable LoRAs of a training graph.
 // Tolerances: 1e-4 absolute on O(1) logits / log-probs, as in forward.test.ts (float32 graph vs
@@ -18,7 +19,7 @@ import { Effect, Exit } from "effect"
 import type * as ort from "onnxruntime-node"
 import { describe, expect, it } from "vitest"
 import { Graph } from "../../src/graph/index.ts"
-import { buildTrainStep } from "../../src/graph/optim.ts"
+import { buildTrainStep, type TrainStepSpec } from "../../src/graph/optim.ts"
 import { conditionMlpShapes, initLora, loraAdapter } from "../../src/models/adapters.ts"
 import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.ts"
 import { allWeightRefs, type DecoderOutputs, forwardNames, logitsOf, type WeightSource } from "../../src/models/forward.ts"
@@ -31,7 +32,9 @@ import { checkVariant, initConditionalSoftPrompt, initSoftPrompt, prepareVariant
 import { createSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
 import { initTrainState, trainStep } from "../../src/runtime/train.ts"
+import { stackMicroBatches, trainLoop } from "../../src/runtime/train-loop.ts"
 import { referenceForward, referenceModel } from "../reference/reference.ts"
+import { stageContext } from "../stage-harness.ts"
 import { gradCheck } from "../graph/gradcheck.ts"
 import { randArray } from "../graph/run.ts"
 import { logSoftmax } from "./sampling-reference.ts"
@@ -96,6 +99,32 @@ const logitsSession = (v: Variant) =>
       const out = prepareVariant(g, v, externalWeights(g, placement))(g, { ids, mask, condition })
       g.outputAs("logits", logitsOf(g, out, g.matMul(out.hidden, g.transpose(out.lmHead, [1, 0]))))
       return yield* createSession(yield* writeGraph(g, placement, "variant"))
+    }),
+  )
+
+/**
+ * A train-step session for the variant's trainable values: next-token cross-entropy of its forward
+ * on batchSpec's inputs (plus the condition input, with a conditional soft prompt).
+ */
+const trainSession = (v: Variant, step: Pick<TrainStepSpec, "adamw" | "microBatches">) =>
+  Effect.runPromise(
+    Effect.gen(function* () {
+      const placement = yield* placeWeights(v.checkpoint, tempDir("pipe-variant-train-"))
+      const g = new Graph("variant_train")
+      const forward = prepareVariant(g, v, externalWeights(g, placement), { training: true })
+      const loss = nextTokenLoss(v.checkpoint.config.hiddenSize)
+      const cp = v.conditionalSoftPrompt
+      buildTrainStep({
+        graph: g,
+        params: variantParams(v).specs,
+        batch: cp ? { ...batchSpec, [variantNames.condition]: { dtype: "float32", shape: ["batch", cp.conditionSize] } } : batchSpec,
+        ...step,
+        loss: (sub, params, b) => {
+          const out = forward(sub, { ids: b.input_ids, mask: b.attention_mask, condition: b[variantNames.condition] }, params)
+          return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
+        },
+      })
+      return yield* createSession(yield* writeGraph(g, placement, "variant_train"))
     }),
   )
 
@@ -287,6 +316,68 @@ describe("gradients through the variant forward match finite differences", () =>
   })
 })
 
+describe("gradients the training driver steps by match finite differences", () => {
+  // One trainLoop step (the driver every trainer runs) of a variant whose soft prompt and
+  // conditional soft prompt are both trainable, over two micro-batches (the Loop that accumulates
+  // gradients). AdamW with beta1 = 0 moves each element at step 1 by -lr g / (|g| + eps) (optim.ts),
+  // so d = (p0 - p1) / lr gives back g = d eps / (1 - |d|) exactly; it is compared with central
+  // differences of the step's loss (the same session at lr 0). h = 1e-2 on a float32 loss of
+  // about log(64) = 4.2: rounding contributes about 4.2 x 6e-8 / 2e-2 = 1e-5 and the O(h^2)
+  // truncation up to 1e-4 (measured: largest difference 1.0e-4, on W1); the bound 3e-4 + 1e-2 |g|
+  // is a decade under each tensor's largest gradient (asserted; they reach 0.1), so a dropped
+  // micro-batch or a missing path, errors of O(|g|), fails.
+  it("w.r.t. a soft prompt and a conditional soft prompt's MLP, over two micro-batches", async () => {
+    const ckpt = await randomCheckpoint(tinyLlama())
+    const start = promptedVariant(ckpt, { soft: true, conditional: true })
+    const variant: Variant = { ...start, softPrompt: { ...start.softPrompt!, trainable: true }, conditionalSoftPrompt: { ...start.conditionalSoftPrompt!, trainable: true } }
+    const { specs, initial } = variantParams(variant)
+    const lr = 1
+    const eps = 1
+    const session = await trainSession(variant, { microBatches: 2, adamw: { beta1: 0, eps, weightDecay: 0 } })
+    const feeds = stackMicroBatches([
+      { ...trainBatch(), [variantNames.condition]: tensor("float32", [2, 3], conditions.flat()) },
+      { ...trainBatch(), input_ids: ids([[3, 8, 30, 41, 2, 60], [7, 7, 12, 50, 33, 1]]), [variantNames.condition]: tensor("float32", [2, 3], [-0.4, 1.2, 0.1, 0.9, -1.5, 0.6]) },
+    ])
+    const params0 = () => Object.fromEntries(Object.entries(initial).map(([k, x]) => [k, tensor("float32", x.shape, x.data)]))
+    const r = await Effect.runPromise(
+      trainLoop({
+        session,
+        ctx: stageContext(tempDir("pipe-variant-fd-work-")),
+        init: () => Effect.succeed(params0()),
+        epochs: 1,
+        stepsPerEpoch: 1,
+        schedule: { peak: lr, warmupSteps: 0, decay: "constant" },
+        batch: () => Effect.succeed({ feeds, tokens: 24 }),
+        checkpointEvery: 0,
+        divergenceHint: "",
+      }),
+    )
+    const lossAt = async (name: string, i: number, delta: number) => {
+      const p = params0()
+      const data = Float32Array.from(initial[name].data)
+      data[i] += delta
+      p[name] = tensor("float32", initial[name].shape, data)
+      return (await Effect.runPromise(trainStep(session, initTrainState(p), feeds, 0))).loss
+    }
+    const h = 1e-2
+    for (const name of Object.keys(specs)) {
+      let largest = 0
+      const n = initial[name].data.length
+      // every element of the small tensors, 16 spread over the larger ones
+      const picks = n <= 16 ? Array.from({ length: n }, (_, i) => i) : Array.from({ length: 16 }, (_, j) => Math.floor((j * n) / 16 + 3) % n)
+      const trained = r.params[name].data as Float32Array
+      for (const i of picks) {
+        const d = (initial[name].data[i] - trained[i]) / lr
+        const grad = (d * eps) / (1 - Math.abs(d))
+        const fd = ((await lossAt(name, i, h)) - (await lossAt(name, i, -h))) / (2 * h)
+        largest = Math.max(largest, Math.abs(fd))
+        if (Math.abs(grad - fd) > 3e-4 + 1e-2 * Math.abs(fd)) expect.fail(`${name}[${i}]: the driver's step implies gradient ${grad}, finite differences give ${fd}`)
+      }
+      expect(largest, name).toBeGreaterThan(3e-3)
+    }
+  })
+})
+
 describe("training a variant", () => {
   it("LoRA dropout reaches the trainable LoRAs of a training graph: seeded masks, none at rate 0", async () => {
     const ckpt = await randomCheckpoint(tinyLlama())
@@ -342,25 +433,7 @@ describe("training a variant", () => {
     const { specs, initial } = variantParams(variant)
     expect(Object.keys(specs)).toContain(variantNames.softPrompt)
     expect(Object.keys(specs)).toContain(variantNames.lora("tune", targets[0].module, "B"))
-    const loss = nextTokenLoss(H)
-    const session = await Effect.runPromise(
-      Effect.gen(function* () {
-        const placement = yield* placeWeights(ckpt, tempDir("pipe-variant-train-"))
-        const g = new Graph("variant_train")
-        const forward = prepareVariant(g, variant, externalWeights(g, placement), { training: true })
-        buildTrainStep({
-          graph: g,
-          params: specs,
-          batch: batchSpec,
-          adamw: { weightDecay: 0 },
-          loss: (sub, params, b) => {
-            const out = forward(sub, { ids: b.input_ids, mask: b.attention_mask }, params)
-            return loss(sub, out.hidden, out.lmHead, b.targets, b.loss_mask)
-          },
-        })
-        return yield* createSession(yield* writeGraph(g, placement, "variant_train"))
-      }),
-    )
+    const session = await trainSession(variant, { adamw: { weightDecay: 0 } })
     let state = initTrainState(Object.fromEntries(Object.entries(initial).map(([k, x]) => [k, tensor("float32", x.shape, x.data)])))
     const losses: number[] = []
     for (let i = 0; i < 30; i++) {
