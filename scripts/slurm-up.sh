@@ -57,7 +57,8 @@ SlurmctldHost=$NODE
 SlurmUser=$USER_NAME
 SlurmdUser=$USER_NAME
 AuthType=auth/munge
-AuthInfo=socket=$STATE/munge/munge.socket
+# cred_expire is also how long a requeued job waits before it may start again (default 120 s).
+AuthInfo=socket=$STATE/munge/munge.socket,cred_expire=30
 CredType=cred/munge
 StateSaveLocation=$STATE/ctld
 SlurmdSpoolDir=$STATE/spool
@@ -75,6 +76,8 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 SchedulerType=sched/backfill
+# A job whose BeginTime passed (a requeued one) waits for the next periodic pass: every 5 s, not 60.
+SchedulerParameters=sched_interval=5,bf_interval=5
 ReturnToService=2
 # Finished jobs stay in slurmctld (scontrol show job) for an hour: without slurmdbd there is no sacct.
 MinJobAge=3600

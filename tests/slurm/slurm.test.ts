@@ -134,6 +134,7 @@ describe("pipe run --executor slurm", () => {
     const run = startCli(sb, ["run", fixture("train.ts"), "--plain", "--executor", "slurm"], { PIPE_TEST_GATE: gate })
     const first = await trainRunning(sb)
     execFileSync("scontrol", ["requeue", first.job])
+    // Slurm holds a requeued job back for its credential lifetime (cred_expire, 30 s in slurm-up.sh's cluster)
     await until("the requeued job to resume", () => sb.traced().includes("train start step=10"), 240_000)
     writeFileSync(gate, "")
     const done = await run.done
