@@ -84,6 +84,8 @@ MinJobAge=3600
 # Jobs cancelled by a node failure or preemption go back to the queue.
 JobRequeue=1
 KillWait=5
+# Jobs run at the nice value of the process that submitted them (a `nice pipe run` keeps its jobs nice).
+PropagatePrioProcess=1
 # A job that asks for no memory gets its CPUs' share, not the whole node (which would serialize them).
 DefMemPerCPU=$(( MEM_MB / CPUS ))
 NodeName=$NODE CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN

@@ -65,12 +65,18 @@ const checkpointStep = (sb: Sandbox, key: string): number => {
   return existsSync(f) ? (JSON.parse(readFileSync(f, "utf8")) as { step: number }).step : -1
 }
 
-const trainRunning = async (sb: Sandbox) => {
+/** `pipe run` of the train fixture on Slurm; its stage waits after step 10 until `gate` exists. */
+const startTraining = (sb: Sandbox) => startCli(sb, ["run", fixture("train.ts"), "--plain", "--executor", "slurm"], { PIPE_TEST_GATE: join(sb.dir, "gate") })
+
+/** A fresh sandbox and a run of the train fixture whose job has checkpointed step 10 and waits at the gate. */
+const trainingAtGate = async () => {
+  const sb = box()
+  const run = startTraining(sb)
   await until("the train job to reach its gate", () => {
     const s = submittedJob(sb)
     return s !== undefined && checkpointStep(sb, s.key) === 10
   }, 180_000)
-  return submittedJob(sb)!
+  return { sb, run, openGate: () => writeFileSync(join(sb.dir, "gate"), ""), ...submittedJob(sb)! }
 }
 
 describe("pipe run --executor slurm", () => {
@@ -110,18 +116,15 @@ describe("pipe run --executor slurm", () => {
   }, 900_000)
 
   it("resubmits a job cancelled mid-training, which resumes from its checkpoint", async () => {
-    const sb = box()
-    const gate = join(sb.dir, "gate")
-    const run = startCli(sb, ["run", fixture("train.ts"), "--plain", "--executor", "slurm"], { PIPE_TEST_GATE: gate })
-    const first = await trainRunning(sb)
-    execFileSync("scancel", [first.job])
+    const { sb, run, openGate, job } = await trainingAtGate()
+    execFileSync("scancel", [job])
     await until("the resubmitted job to resume", () => sb.traced().includes("train start step=10"), 180_000)
-    writeFileSync(gate, "")
+    openGate()
     const done = await run.done
     expect(done.code, done.stdout + done.stderr).toBe(0)
     expect(sb.traced().filter((l) => l.startsWith("train start"))).toEqual(["train start step=0", "train start step=10"])
     const logs = await cli(sb, ["logs", "train"])
-    expect(logs.stdout).toContain(`Slurm job ${first.job} ended CANCELLED without publishing a result; resubmitting (retry 1 of 2)`)
+    expect(logs.stdout).toContain(`Slurm job ${job} ended CANCELLED without publishing a result; resubmitting (retry 1 of 2)`)
     // the resumed training gives what an uninterrupted local run gives
     const local = box()
     const plain = await cli(local, ["run", fixture("train.ts"), "--plain"])
@@ -129,32 +132,26 @@ describe("pipe run --executor slurm", () => {
   }, 600_000)
 
   it("waits for a job Slurm requeues itself, which resumes from its checkpoint", async () => {
-    const sb = box()
-    const gate = join(sb.dir, "gate")
-    const run = startCli(sb, ["run", fixture("train.ts"), "--plain", "--executor", "slurm"], { PIPE_TEST_GATE: gate })
-    const first = await trainRunning(sb)
-    execFileSync("scontrol", ["requeue", first.job])
+    const { sb, run, openGate, job } = await trainingAtGate()
+    execFileSync("scontrol", ["requeue", job])
     // Slurm holds a requeued job back for its credential lifetime (cred_expire, 30 s in slurm-up.sh's cluster)
     await until("the requeued job to resume", () => sb.traced().includes("train start step=10"), 240_000)
-    writeFileSync(gate, "")
+    openGate()
     const done = await run.done
     expect(done.code, done.stdout + done.stderr).toBe(0)
     // the same job id ran twice: nothing was resubmitted
     expect(sb.traced().filter((l) => l.startsWith("train start"))).toEqual(["train start step=0", "train start step=10"])
     const logs = await cli(sb, ["logs", "train"])
     expect(logs.stdout).not.toContain("resubmitting")
-    expect(logs.stdout).toContain(`--- Slurm job ${first.job}:`)
+    expect(logs.stdout).toContain(`--- Slurm job ${job}:`)
   }, 600_000)
 
   it("a coordinator killed outright leaves its job running; the next run adopts it instead of submitting it again", async () => {
-    const sb = box()
-    const gate = join(sb.dir, "gate")
-    const first = startCli(sb, ["run", fixture("train.ts"), "--plain", "--executor", "slurm"], { PIPE_TEST_GATE: gate })
-    const { job } = await trainRunning(sb)
+    const { sb, run: first, openGate, job } = await trainingAtGate()
     first.child.kill("SIGKILL")
     await first.done
     expect(squeueState(job)).toBe("RUNNING")
-    const second = startCli(sb, ["run", fixture("train.ts"), "--plain", "--executor", "slurm"], { PIPE_TEST_GATE: gate })
+    const second = startTraining(sb)
     await until("the second run to start train", () => second.output().includes("start    train"), 120_000)
     // pipe status names the job computing the node
     await until("the adoption to be recorded", () => {
@@ -163,7 +160,7 @@ describe("pipe run --executor slurm", () => {
     })
     const status = await cli(sb, ["status", fixture("train.ts")])
     expect(status.stdout).toMatch(new RegExp(`train +running as slurm job ${job} RUNNING`))
-    writeFileSync(gate, "")
+    openGate()
     const done = await second.done
     expect(done.code, done.stdout + done.stderr).toBe(0)
     expect(sb.traced().filter((l) => l.startsWith("train start"))).toEqual(["train start step=0"])
@@ -189,10 +186,7 @@ describe("pipe run --executor slurm", () => {
   }, 600_000)
 
   it("Ctrl-C cancels the run's jobs and records them as interrupted", async () => {
-    const sb = box()
-    const gate = join(sb.dir, "gate")
-    const run = startCli(sb, ["run", fixture("train.ts"), "--plain", "--executor", "slurm"], { PIPE_TEST_GATE: gate })
-    const { job } = await trainRunning(sb)
+    const { sb, run, job } = await trainingAtGate()
     run.child.kill("SIGINT")
     const done = await run.done
     expect(done.code).toBe(130)
