@@ -149,18 +149,13 @@ interface Watch {
   arrayDir?: string
 }
 
-export interface SlurmExecutor extends Executor {
-  /** Slurm job ids by cache key, for the nodes being watched now. */
-  readonly jobs: () => ReadonlyMap<string, string>
-}
-
 export const slurmExecutor = (
   store: Store,
   pipelineFile: string,
   overrides: ReadonlyArray<string>,
   externals: ReadonlyArray<PlanExternal>,
   options: SlurmOptions = {},
-): SlurmExecutor => {
+): Executor => {
   const root = join(store.dir, "slurm")
   const retries = options.retries ?? 2
   const minPoll = options.pollMs?.min ?? 250
@@ -443,7 +438,6 @@ export const slurmExecutor = (
 
   return {
     label: "slurm job",
-    jobs: () => new Map([...watches].flatMap(([key, w]) => (w.job === undefined ? [] : [[key, w.job] as const]))),
     run: (node, dispatched) =>
       Effect.callback<Published, NodeFailed | CorruptArtifact>((resume) => {
         // The coordinator has no GPUs of its own to hand out: a GPU stage gets the one Slurm allocates.

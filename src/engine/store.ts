@@ -394,8 +394,9 @@ export class Store extends Payloads {
       const [pidText, host] = name.split(".")[0].split("@")
       const pid = Number(pidText)
       const path = join(this.tmpDir, name)
-      const gone =
-        host !== undefined && host !== shortHost() ? Date.now() - statSync(path).mtimeMs > 86_400_000 : !Number.isInteger(pid) || !pidAlive(pid)
+      const elsewhere = host !== undefined && host !== shortHost()
+      // statSync may race with the job renaming its temp file into place: then it is gone already.
+      const gone = elsewhere ? Date.now() - (statSync(path, { throwIfNoEntry: false })?.mtimeMs ?? 0) > 86_400_000 : !Number.isInteger(pid) || !pidAlive(pid)
       if (gone) rmSync(path, { force: true, recursive: true })
     }
   }
