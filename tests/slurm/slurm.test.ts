@@ -115,16 +115,22 @@ describe("pipe run --executor slurm", () => {
     expect(b.stdout).toMatch(/start +lora-train\S* \(slurm job, cpu\)/)
   }, 900_000)
 
-  it("resubmits a job cancelled mid-training, which resumes from its checkpoint", async () => {
+  /** Interrupts the gated training's job, lets it resume, checks it resumed from step 10; returns the node's log. */
+  const interruptAndResume = async (interrupt: (job: string) => void) => {
     const { sb, run, openGate, job } = await trainingAtGate()
-    execFileSync("scancel", [job])
-    await until("the resubmitted job to resume", () => sb.traced().includes("train start step=10"), 180_000)
+    interrupt(job)
+    // A requeued job waits out its credential lifetime first (cred_expire, 30 s in slurm-up.sh's cluster).
+    await until("the job to resume", () => sb.traced().includes("train start step=10"), 240_000)
     openGate()
     const done = await run.done
     expect(done.code, done.stdout + done.stderr).toBe(0)
     expect(sb.traced().filter((l) => l.startsWith("train start"))).toEqual(["train start step=0", "train start step=10"])
-    const logs = await cli(sb, ["logs", "train"])
-    expect(logs.stdout).toContain(`Slurm job ${job} ended CANCELLED without publishing a result; resubmitting (retry 1 of 2)`)
+    return { sb, done, job, log: (await cli(sb, ["logs", "train"])).stdout }
+  }
+
+  it("resubmits a job cancelled mid-training, which resumes from its checkpoint", async () => {
+    const { sb, done, job, log } = await interruptAndResume((job) => execFileSync("scancel", [job]))
+    expect(log).toContain(`Slurm job ${job} ended CANCELLED without publishing a result; resubmitting (retry 1 of 2)`)
     // the resumed training gives what an uninterrupted local run gives
     const local = box()
     const plain = await cli(local, ["run", fixture("train.ts"), "--plain"])
@@ -132,18 +138,10 @@ describe("pipe run --executor slurm", () => {
   }, 600_000)
 
   it("waits for a job Slurm requeues itself, which resumes from its checkpoint", async () => {
-    const { sb, run, openGate, job } = await trainingAtGate()
-    execFileSync("scontrol", ["requeue", job])
-    // Slurm holds a requeued job back for its credential lifetime (cred_expire, 30 s in slurm-up.sh's cluster)
-    await until("the requeued job to resume", () => sb.traced().includes("train start step=10"), 240_000)
-    openGate()
-    const done = await run.done
-    expect(done.code, done.stdout + done.stderr).toBe(0)
-    // the same job id ran twice: nothing was resubmitted
-    expect(sb.traced().filter((l) => l.startsWith("train start"))).toEqual(["train start step=0", "train start step=10"])
-    const logs = await cli(sb, ["logs", "train"])
-    expect(logs.stdout).not.toContain("resubmitting")
-    expect(logs.stdout).toContain(`--- Slurm job ${job}:`)
+    const { job, log } = await interruptAndResume((job) => execFileSync("scontrol", ["requeue", job]))
+    // the same job ran again: nothing was resubmitted
+    expect(log).not.toContain("resubmitting")
+    expect(log).toContain(`--- Slurm job ${job}:`)
   }, 600_000)
 
   it("a coordinator killed outright leaves its job running; the next run adopts it instead of submitting it again", async () => {
