@@ -24,7 +24,15 @@ const COMMANDS: Readonly<Record<string, Entry>> = {
       --gpu-slots N            GPU stages that may share one GPU at a time (default 1)
       --memory MB              memory budget for the stages' memory hints (default 80% of RAM)
       --fail-fast              stop at the first failure
-      --plain                  plain log lines instead of progress bars`,
+      --plain                  plain log lines instead of progress bars
+      --executor local|slurm   slurm: each node is an sbatch job (cache and project on a shared filesystem);
+                               --jobs then bounds the jobs queued at once (default 64)
+      --slurm-partition P, --slurm-account A, --slurm-qos Q, --slurm-time T, --slurm-constraint C
+      --slurm-option OPT       any further sbatch option, e.g. --slurm-option=--exclusive (repeatable)
+      --slurm-retries N        resubmissions of a job that ends without a result: timeout, preemption, crash (default 2)
+      --slurm-all              in-process stages go to Slurm too (default: they run in the coordinator)
+      --slurm-no-arrays        one job per node instead of one job array per stage dispatched together
+      --slurm-no-gpus          GPU stages ask for no --gres=gpu:1 (a CPU-only partition)`,
     load: () => import("./run.ts"),
   },
   status: { usage: "status <pipeline.ts>  what is cached, what would run, stages whose source changed (takes --set, --rerun)", load: () => import("./status.ts") },

@@ -1,4 +1,6 @@
 // The cache and records a command works on, and how the inspection commands print them.
+import { errorMessage } from "../engine/errors.ts"
+import { slurmJobStates, type JobState } from "../engine/slurm.ts"
 import { openStoreForReading, Store, type ExecutionRow } from "../engine/store.ts"
 import { one, UsageError, type Args } from "./args.ts"
 
@@ -16,4 +18,27 @@ export const latest = (store: Store, node: string): ReadonlyArray<ExecutionRow> 
   const rows = store.executionsOf(node)
   if (rows.length === 0) throw new UsageError(`no execution of a node named "${node}" (use the name shown by pipe show <run>, or a key prefix)`)
   return rows
+}
+
+/**
+ * "slurm job 123 RUNNING" for each execution run as a Slurm job, by execution id: the state is asked of
+ * squeue for those still running (one call), and said to be unknown when slurmctld cannot be asked.
+ */
+export const slurmNotes = async (rows: ReadonlyArray<ExecutionRow>): Promise<Map<number, string>> => {
+  const jobs = rows.filter((e) => e.slurm_job !== null)
+  const running = jobs.filter((e) => e.status === "running").map((e) => e.slurm_job!)
+  let states = new Map<string, JobState>()
+  let unknown = "unknown to slurmctld"
+  if (running.length > 0)
+    try {
+      states = await slurmJobStates(running)
+    } catch (e) {
+      unknown = `state unknown: ${errorMessage(e)}`
+    }
+  const state = (e: ExecutionRow) => {
+    if (e.status !== "running") return ""
+    const s = states.get(e.slurm_job!)
+    return s === undefined ? ` (${unknown})` : ` ${s.state}${s.reason !== "None" && s.reason !== "" ? ` (${s.reason})` : ""}`
+  }
+  return new Map(jobs.map((e) => [e.id, `slurm job ${e.slurm_job}${state(e)}`]))
 }

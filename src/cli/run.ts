@@ -6,13 +6,49 @@ import { basename } from "node:path"
 import { detectGpus, parseGpus } from "../engine/devices.ts"
 import { barReporter, lineReporter } from "../engine/progress.ts"
 import { runPipeline } from "../engine/run.ts"
-import { int, needOne, one, out, UsageError, type Command } from "./args.ts"
+import type { SlurmOptions } from "../engine/slurm.ts"
+import { int, needOne, one, out, UsageError, type Args, type Command } from "./args.ts"
 import { cacheDir, openStore, runsDir } from "./records.ts"
 import { explain } from "./status.ts"
 
+/** Jobs queued or running at once on Slurm unless --jobs says otherwise. */
+const SLURM_JOBS = 64
+
+/** The `--executor slurm` options, or undefined for the local executors. */
+const slurmOptions = (args: Args): SlurmOptions | undefined => {
+  const executor = one(args, "--executor") ?? "local"
+  if (executor !== "local" && executor !== "slurm") throw new UsageError(`--executor expects local or slurm, got ${executor}`)
+  const given = [...args.options.keys(), ...args.flags].filter((o) => o.startsWith("--slurm-"))
+  if (executor === "local") {
+    if (given.length > 0) throw new UsageError(`${given[0]} applies to --executor slurm only`)
+    return undefined
+  }
+  const retries = one(args, "--slurm-retries")
+  if (retries !== undefined && !/^\d+$/.test(retries)) throw new UsageError(`--slurm-retries expects a count (0 or more), got ${retries}`)
+  const text = (name: string, field: keyof SlurmOptions) => {
+    const v = one(args, name)
+    return v === undefined ? {} : { [field]: v }
+  }
+  return {
+    ...text("--slurm-partition", "partition"),
+    ...text("--slurm-account", "account"),
+    ...text("--slurm-qos", "qos"),
+    ...text("--slurm-time", "time"),
+    ...text("--slurm-constraint", "constraint"),
+    sbatch: args.options.get("--slurm-option") ?? [],
+    ...(retries === undefined ? {} : { retries: Number(retries) }),
+    all: args.flags.has("--slurm-all"),
+    arrays: !args.flags.has("--slurm-no-arrays"),
+    gpus: !args.flags.has("--slurm-no-gpus"),
+  }
+}
+
 export const command: Command = {
-  flags: ["--dry-run", "--fail-fast", "--plain"],
-  options: ["--set", "--rerun", "--jobs", "--gpus", "--gpu-slots", "--memory"],
+  flags: ["--dry-run", "--fail-fast", "--plain", "--slurm-all", "--slurm-no-arrays", "--slurm-no-gpus"],
+  options: [
+    "--set", "--rerun", "--jobs", "--gpus", "--gpu-slots", "--memory", "--executor",
+    "--slurm-partition", "--slurm-account", "--slurm-qos", "--slurm-time", "--slurm-constraint", "--slurm-option", "--slurm-retries",
+  ],
   run: async (args, cli) => {
     const file = needOne(args, "a pipeline file")
     const overrides = args.options.get("--set") ?? []
@@ -21,12 +57,15 @@ export const command: Command = {
       await cli.loadTypeScript()
       return explain(openStore(args), file, overrides, rerun, "dry-run")
     }
+    const slurm = slurmOptions(args)
     const gpusText = one(args, "--gpus")
-    const gpus = gpusText === undefined ? detectGpus() : parseGpus(gpusText)
+    // On Slurm the cluster hands out GPUs (--gres), not this machine.
+    const gpus = slurm !== undefined ? [] : gpusText === undefined ? detectGpus() : parseGpus(gpusText)
     if (gpus === undefined) throw new UsageError(`--gpus expects ids like 0,1 or "none", got ${gpusText}`)
-    const jobs = int(args, "--jobs", 1)
+    // On Slurm, --jobs bounds the jobs queued or running at once, and memory is the cluster's to count.
+    const jobs = int(args, "--jobs", slurm === undefined ? 1 : SLURM_JOBS)
     const slotsPerGpu = int(args, "--gpu-slots", 1)
-    const memory = one(args, "--memory") !== undefined ? { memoryMB: int(args, "--memory", 1) } : {}
+    const memory = one(args, "--memory") !== undefined ? { memoryMB: int(args, "--memory", 1) } : slurm !== undefined ? { memoryMB: Number.MAX_SAFE_INTEGER } : {}
     await cli.loadTypeScript()
     // stages (and their child processes) keep per-file checks, e.g. weights' finiteness, under the same cache
     process.env.PIPE_CACHE_DIR = cacheDir(args)
@@ -53,6 +92,7 @@ export const command: Command = {
         ...memory,
         failFast: args.flags.has("--fail-fast"),
         rerun,
+        ...(slurm === undefined ? {} : { slurm }),
         reporter,
         signal: abort.signal,
         args: process.argv.slice(2),

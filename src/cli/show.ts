@@ -3,10 +3,10 @@
 // (ANSI colours allowed) is printed after the record, colours stripped when stdout is not a
 // terminal or NO_COLOR is set (FORCE_COLOR keeps them).
 import { needOne, out, type Command } from "./args.ts"
-import { duration, latest, readStore, time } from "./records.ts"
+import { duration, latest, readStore, slurmNotes, time } from "./records.ts"
 
 export const command: Command = {
-  run: (args) => {
+  run: async (args) => {
     const what = needOne(args, "a run id or a node")
     const store = readStore(args)
     const run = store.run(what)
@@ -15,8 +15,12 @@ export const command: Command = {
       out(`pipeline ${run.pipeline}`)
       out(`args ${JSON.parse(run.args).join(" ")}`)
       if (run.summary) out(`summary ${run.summary}`)
-      for (const e of store.executionsOfRun(run.id))
-        out(`  ${e.status.padEnd(11)} ${duration(e).padStart(8)}  ${e.node}${e.error ? `  ${e.error.split("\n")[0]}` : ""}`)
+      const executions = store.executionsOfRun(run.id)
+      const jobs = await slurmNotes(executions)
+      for (const e of executions) {
+        const job = jobs.get(e.id)
+        out(`  ${e.status.padEnd(11)} ${duration(e).padStart(8)}  ${e.node}${job === undefined ? "" : `  [${job}]`}${e.error ? `  ${e.error.split("\n")[0]}` : ""}`)
+      }
       return 0
     }
     const e = latest(store, what)[0]
@@ -28,6 +32,8 @@ export const command: Command = {
     if (e.unkeyed_params !== "{}") out(`unkeyed  ${e.unkeyed_params}`)
     out(`inputs   ${e.inputs}`)
     out(`output   ${e.output ?? "-"}`)
+    const job = (await slurmNotes([e])).get(e.id)
+    if (job !== undefined) out(`slurm    ${job.slice("slurm ".length)}`)
     if (e.error) out(`error    ${e.error}`)
     out(`log      ${e.log_path}`)
     const last = new Map<string, { step: number | null; value: number }>()

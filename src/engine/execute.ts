@@ -1,5 +1,6 @@
 // Executing one node where it runs (the scheduler's process or a child): read and verify the
-// inputs, run the stage with its context, publish the output. Shared by every executor.
+// inputs, run the stage with its context, publish the output. Shared by every executor (a Slurm job
+// runs it against a NodeStore that leaves the database to the coordinator).
 import { Cause, Effect, Exit, Logger, Schema } from "effect"
 import { appendFileSync, mkdirSync, rmSync } from "node:fs"
 import { dirname } from "node:path"
@@ -42,10 +43,16 @@ export interface ProgressEvent {
   readonly warning?: string
 }
 
+/**
+ * What executing a node needs of the cache: the `Store` itself, or a Slurm job's view of it that never
+ * touches cache.sqlite (slurm-job.ts: inputs' records come from the coordinator, the publish goes back to it).
+ */
+export type NodeStore = Pick<Store, "readJson" | "verifiedPath" | "workDir" | "putBytes" | "putFile" | "commit" | "insertMetrics">
+
 const storageKind = (t: ArtifactType): StorageKind => (t._tag === "json" ? "json" : t._tag === "tensors" ? "tensors" : "file")
 
 /** A stored artifact as a consumer declaring `type` receives it (throws CorruptArtifact when the payload is bad). */
-const loadArtifact = (store: Store, type: ArtifactType, hash: string): unknown => {
+const loadArtifact = (store: NodeStore, type: ArtifactType, hash: string): unknown => {
   if (type._tag === "json") return Schema.decodeUnknownSync(type.schema)(JSON.parse(store.readJson(hash)))
   const { artifact, path } = store.verifiedPath(hash)
   if (type._tag === "tensors") {
@@ -56,7 +63,7 @@ const loadArtifact = (store: Store, type: ArtifactType, hash: string): unknown =
   return { path, hash, size: artifact.size }
 }
 
-const loadInput = (store: Store, node: PlanNode, req: NodeRequest, name: string, hash: string) =>
+const loadInput = (store: NodeStore, node: PlanNode, req: NodeRequest, name: string, hash: string) =>
   Effect.try({
     try: (): unknown => {
       const input = node.inputs.find(([n]) => n === name)![1]
@@ -69,7 +76,7 @@ const loadInput = (store: Store, node: PlanNode, req: NodeRequest, name: string,
       e instanceof CorruptArtifact ? e : new NodeFailed({ node: node.name, message: `input "${name}": ${errorMessage(e)}`, cause: e }),
   })
 
-const publish = (store: Store, node: PlanNode, key: string, executionId: number, value: unknown): Published => {
+const publish = (store: NodeStore, node: PlanNode, key: string, executionId: number, value: unknown): Published => {
   const type = node.stage.spec.output
   const kind = storageKind(type)
   let stored: { hash: string; size: number; json: string | null }
@@ -96,7 +103,7 @@ const publish = (store: Store, node: PlanNode, key: string, executionId: number,
  * payload no longer matches its hash (the scheduler then recomputes the producer), else `NodeFailed`.
  */
 export const executeNode = (
-  store: Store,
+  store: NodeStore,
   node: PlanNode,
   req: NodeRequest,
   onProgress: (e: ProgressEvent) => void,

@@ -3,7 +3,8 @@
 //   inProcess     on the scheduler's thread (pure-TS stages that yield to the event loop)
 //   childProcess  a fresh `node` process per node, pinned to its GPU with CUDA_VISIBLE_DEVICES; it
 //                 imports the pipeline file, finds the node by recipe and publishes its output. A crash
-//                 or OOM there fails that node only. A cluster executor (Slurm) would do the same remotely.
+//                 or OOM there fails that node only.
+//   slurmExecutor an sbatch job per node on a cluster that shares the cache directory (slurm.ts)
 import { Effect } from "effect"
 import { fork } from "node:child_process"
 import { closeSync, mkdirSync, openSync } from "node:fs"
@@ -17,10 +18,13 @@ import type { PlanNode } from "./plan.ts"
 import type { Store } from "./store.ts"
 
 export interface Executor {
+  /** Where it runs a node, as the progress display says it. */
+  readonly label: string
   readonly run: (node: PlanNode, req: NodeRequest, onProgress: (e: ProgressEvent) => void) => Effect.Effect<Published, NodeFailed | CorruptArtifact>
 }
 
 export const inProcessExecutor = (store: Store): Executor => ({
+  label: "in-process",
   run: (node, req, onProgress) => executeNode(store, node, req, onProgress),
 })
 
@@ -47,6 +51,7 @@ const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).h
 const KILL_GRACE_MS = 5_000
 
 export const childProcessExecutor = (pipelineFile: string, overrides: ReadonlyArray<string>, cacheDir: string): Executor => ({
+  label: "child process",
   run: (node, request, onProgress) =>
     Effect.callback<Published, NodeFailed | CorruptArtifact>((resume) => {
       mkdirSync(dirname(request.logPath), { recursive: true })

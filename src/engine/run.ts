@@ -7,6 +7,7 @@ import { totalmem } from "node:os"
 import { join, resolve } from "node:path"
 import { ExternalInputError, ParamsError, PipelineError, StorageError, errorMessage, storageError } from "./errors.ts"
 import { childProcessExecutor, inProcessExecutor } from "./executor.ts"
+import { slurmExecutor, type SlurmOptions } from "./slurm.ts"
 import { loadPipeline, plan, type Plan } from "./plan.ts"
 import type { Reporter } from "./progress.ts"
 import { publishResults, type PublishedFile } from "./publish.ts"
@@ -45,8 +46,18 @@ export interface RunConfig {
   readonly rerun?: ReadonlyArray<string>
   readonly reporter: Reporter
   readonly signal?: AbortSignal
+  /** Run nodes as Slurm jobs (see slurm.ts) instead of child processes. */
+  readonly slurm?: SlurmOptions
   /** The command line, recorded with the run. */
   readonly args?: ReadonlyArray<string>
+}
+
+const executors = (store: Store, cfg: RunConfig, p: Plan) => {
+  const file = resolve(cfg.pipelineFile)
+  const overrides = cfg.overrides ?? []
+  if (cfg.slurm === undefined) return { main: inProcessExecutor(store), process: childProcessExecutor(file, overrides, store.dir) }
+  const slurm = slurmExecutor(store, file, overrides, p.externals, cfg.slurm)
+  return { main: cfg.slurm.all ? slurm : inProcessExecutor(store), process: slurm }
 }
 
 export const newRunId = (): string =>
@@ -114,7 +125,7 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineEr
       memoryMB: cfg.memoryMB ?? Math.floor((totalmem() / 2 ** 20) * 0.8),
       failFast: cfg.failFast ?? false,
       rerun: cfg.rerun ?? [],
-      executors: { main: inProcessExecutor(store), process: childProcessExecutor(resolve(cfg.pipelineFile), overrides, store.dir) },
+      executors: executors(store, cfg, p),
       reporter: cfg.reporter,
       ...(cfg.signal ? { signal: cfg.signal } : {}),
     })

@@ -291,9 +291,8 @@ export const runPlan = (o: SchedulerOptions): Effect.Effect<RunSummary> =>
           logPath,
           metricsPath: join(o.runDir, "metrics.jsonl"),
         }
-        const where = isolation(n)
-        reporter.started(n.name, `${where === "process" ? "child process" : "in-process"}, ${device.kind === "cuda" ? `gpu ${device.gpu}` : "cpu"}`)
-        const executor = where === "process" ? o.executors.process : o.executors.main
+        const executor = isolation(n) === "process" ? o.executors.process : o.executors.main
+        reporter.started(n.name, `${executor.label}, ${device.kind === "cuda" ? `gpu ${device.gpu}` : "cpu"}`)
         const fiber = yield* Effect.forkChild(
           Effect.flatMap(Effect.exit(executor.run(n, req, (e) => (e.warning !== undefined ? warn(`${n.name}: ${e.warning}`) : reporter.progress(n.name, e)))), (exit) =>
             Queue.offer(events, { type: "exit", index: i, exit }),

@@ -1,7 +1,8 @@
 // The cache directory: SQLite (WAL) records plus content-addressed payload files.
 //   <cache>/cache.sqlite       artifacts, cache (key -> artifact), executions, runs, metrics, claims, external_files
 //   <cache>/objects/ab/<hash>  file payloads, named by the sha256 of their bytes
-//   <cache>/tmp/<pid>.<n>      payloads being written (removed at start when their process is gone)
+//   <cache>/tmp/<pid>.<n>      payloads being written (removed at start when their process is gone);
+//                              <pid>@<host>.<n> when written by a cluster job on another machine
 //   <cache>/work/<key>/        scratch and checkpoint directory of a node being computed
 //   <cache>/index/ab/<key>.json  one per cache entry (key, artifact, stage, node; inline JSON values too),
 //                              written atomically at publish: `pipe doctor --cache` rebuilds a lost or
@@ -45,6 +46,8 @@ export interface ExecutionRow {
   readonly device: string
   readonly error: string | null
   readonly log_path: string
+  /** The Slurm job running it (`--executor slurm`), e.g. "1234" or "1230_4" for an array task. */
+  readonly slurm_job: string | null
 }
 
 export interface RunRow {
@@ -173,6 +176,9 @@ const claimLive = (c: ClaimRow, now: number): boolean =>
 
 let tmpCounter = 0
 
+/** This machine's name up to its first dot (temp file names use dots as separators). */
+export const shortHost = (): string => hostname().split(".")[0]
+
 /** What the user can do about a cache database that cannot be opened, by SQLite's error code. */
 const openError = (dbPath: string, readOnly: boolean, e: unknown): Error => {
   if (isDamagedDatabase(e))
@@ -196,12 +202,96 @@ export interface StoreOptions {
   readonly readOnly?: boolean
 }
 
-export class Store {
-  readonly db: Database.Database
-  readonly dbPath: string
+/**
+ * The cache directory's payload files, without its database: objects/, tmp/ and work/. A Slurm job
+ * publishes through this alone (the coordinating `pipe run` is the only writer of cache.sqlite, which
+ * must not be shared over NFS); `Store` adds the database.
+ */
+export class Payloads {
+  readonly dir: string
   readonly objectsDir: string
   readonly tmpDir: string
   readonly workRoot: string
+
+  /** `tempPrefix` starts the names of temp files: the pid (see cleanTemp), and the host for a job elsewhere. */
+  constructor(dir: string, private readonly tempPrefix = String(process.pid)) {
+    this.dir = resolve(dir)
+    this.objectsDir = join(this.dir, "objects")
+    this.tmpDir = join(this.dir, "tmp")
+    this.workRoot = join(this.dir, "work")
+  }
+
+  objectPath(hash: string): string {
+    return join(this.objectsDir, hash.slice(0, 2), hash)
+  }
+
+  workDir(key: string): string {
+    return join(this.workRoot, key)
+  }
+
+  protected tempPath(): string {
+    return join(this.tmpDir, `${this.tempPrefix}.${Date.now()}.${tmpCounter++}`)
+  }
+
+  /** Moves a payload file into objects/ under its hash: fsync the file, rename, fsync the directory. */
+  private adopt(tempFile: string, hash: string): void {
+    const target = this.objectPath(hash)
+    try {
+      mkdirSync(join(this.objectsDir, hash.slice(0, 2)), { recursive: true })
+      fsyncPath(tempFile)
+      renameSync(tempFile, target)
+      fsyncPath(join(this.objectsDir, hash.slice(0, 2)))
+    } catch (e) {
+      throw storageError("storing the payload", target, e)
+    }
+  }
+
+  /** Writes bytes as a payload file; returns its hash and size. A failed write leaves no temp file behind. */
+  putBytes(bytes: Uint8Array): { hash: string; size: number } {
+    const hash = sha256(bytes)
+    const temp = this.tempPath()
+    try {
+      const fd = openSync(temp, "w")
+      try {
+        let off = 0
+        while (off < bytes.byteLength) off += writeSync(fd, bytes, off)
+      } finally {
+        closeSync(fd)
+      }
+      this.adopt(temp, hash)
+    } catch (e) {
+      rmSync(temp, { force: true })
+      throw storageError("writing the payload", temp, e)
+    }
+    return { hash, size: bytes.byteLength }
+  }
+
+  /** Takes a file a stage wrote (moved if inside the cache dir, else copied) as a payload. */
+  putFile(path: string): { hash: string; size: number } {
+    const abs = resolve(path)
+    const st = lstatSync(abs)
+    if (!st.isFile()) throw new Error(`${abs} is not a regular file`)
+    const inCache = !relative(this.dir, abs).startsWith("..")
+    let temp = abs
+    if (!inCache) {
+      temp = this.tempPath()
+      try {
+        copyFileSync(abs, temp)
+      } catch (e) {
+        rmSync(temp, { force: true })
+        throw storageError(`copying ${abs} into the cache as`, temp, e)
+      }
+    }
+    const hash = hashFile(temp)
+    this.adopt(temp, hash)
+    return { hash, size: st.size }
+  }
+
+}
+
+export class Store extends Payloads {
+  readonly db: Database.Database
+  readonly dbPath: string
   readonly indexDir: string
   readonly readOnly: boolean
   private readonly snapshotDir: string | undefined
@@ -209,11 +299,8 @@ export class Store {
   private readonly indexShards = new Set<string>()
   private readonly stmts
 
-  constructor(readonly dir: string, options: StoreOptions = {}) {
-    this.dir = resolve(dir)
-    this.objectsDir = join(this.dir, "objects")
-    this.tmpDir = join(this.dir, "tmp")
-    this.workRoot = join(this.dir, "work")
+  constructor(dir: string, options: StoreOptions = {}) {
+    super(dir)
     this.indexDir = join(this.dir, "index")
     this.dbPath = join(this.dir, "cache.sqlite")
     this.readOnly = options.readOnly ?? false
@@ -240,6 +327,9 @@ export class Store {
       for (const table of ["runs", "claims"])
         if (!this.db.prepare<[], { name: string }>(`PRAGMA table_info(${table})`).all().some((c) => c.name === "pid_start"))
           this.db.exec(`ALTER TABLE ${table} ADD COLUMN pid_start TEXT`)
+      // Caches from before the Slurm executor.
+      if (!this.db.prepare<[], { name: string }>("PRAGMA table_info(executions)").all().some((c) => c.name === "slurm_job"))
+        this.db.exec("ALTER TABLE executions ADD COLUMN slurm_job TEXT")
     } catch (e) {
       this.dropSnapshot()
       throw openError(this.dbPath, this.readOnly, e)
@@ -295,19 +385,19 @@ export class Store {
     rmSync(this.snapshotDir, { recursive: true, force: true })
   }
 
-  objectPath(hash: string): string {
-    return join(this.objectsDir, hash.slice(0, 2), hash)
-  }
-
-  workDir(key: string): string {
-    return join(this.workRoot, key)
-  }
-
-  /** Removes temp files left by processes that no longer exist (a killed run). */
+  /**
+   * Removes temp files left by processes that no longer exist (a killed run). Those of a cluster job on
+   * another host (`<pid>@<host>`) cannot be checked from here: they go once a day old.
+   */
   private cleanTemp(): void {
     for (const name of readdirSync(this.tmpDir)) {
-      const pid = Number(name.split(".")[0])
-      if (!Number.isInteger(pid) || !pidAlive(pid)) rmSync(join(this.tmpDir, name), { force: true, recursive: true })
+      const [pidText, host] = name.split(".")[0].split("@")
+      const pid = Number(pidText)
+      const path = join(this.tmpDir, name)
+      const elsewhere = host !== undefined && host !== shortHost()
+      // statSync may race with the job renaming its temp file into place: then it is gone already.
+      const gone = elsewhere ? Date.now() - (statSync(path, { throwIfNoEntry: false })?.mtimeMs ?? 0) > 86_400_000 : !Number.isInteger(pid) || !pidAlive(pid)
+      if (gone) rmSync(path, { force: true, recursive: true })
     }
   }
 
@@ -357,6 +447,11 @@ export class Store {
     rmSync(this.objectPath(hash), { force: true })
   }
 
+  /** An artifact's record (a Slurm job gets those of its inputs with its request). */
+  artifact(hash: string): StoredArtifact | undefined {
+    return this.stmts.artifact.get(hash)
+  }
+
   /** Reads a JSON artifact's text, verified against its hash. */
   readJson(hash: string): string {
     const artifact = this.stmts.artifact.get(hash)
@@ -383,64 +478,6 @@ export class Store {
       throw new CorruptArtifact({ hash, message: `artifact ${hash.slice(0, 12)}: payload ${path} is missing or does not match its hash; it will be recomputed` })
     }
     return { artifact, path }
-  }
-
-  private tempPath(): string {
-    return join(this.tmpDir, `${process.pid}.${Date.now()}.${tmpCounter++}`)
-  }
-
-  /** Moves a payload file into objects/ under its hash: fsync the file, rename, fsync the directory. */
-  private adopt(tempFile: string, hash: string): void {
-    const target = this.objectPath(hash)
-    try {
-      mkdirSync(join(this.objectsDir, hash.slice(0, 2)), { recursive: true })
-      fsyncPath(tempFile)
-      renameSync(tempFile, target)
-      fsyncPath(join(this.objectsDir, hash.slice(0, 2)))
-    } catch (e) {
-      throw storageError("storing the payload", target, e)
-    }
-  }
-
-  /** Writes bytes as a payload file; returns its hash and size. A failed write leaves no temp file behind. */
-  putBytes(bytes: Uint8Array): { hash: string; size: number } {
-    const hash = sha256(bytes)
-    const temp = this.tempPath()
-    try {
-      const fd = openSync(temp, "w")
-      try {
-        let off = 0
-        while (off < bytes.byteLength) off += writeSync(fd, bytes, off)
-      } finally {
-        closeSync(fd)
-      }
-      this.adopt(temp, hash)
-    } catch (e) {
-      rmSync(temp, { force: true })
-      throw storageError("writing the payload", temp, e)
-    }
-    return { hash, size: bytes.byteLength }
-  }
-
-  /** Takes a file a stage wrote (moved if inside the cache dir, else copied) as a payload. */
-  putFile(path: string): { hash: string; size: number } {
-    const abs = resolve(path)
-    const st = lstatSync(abs)
-    if (!st.isFile()) throw new Error(`${abs} is not a regular file`)
-    const inCache = !relative(this.dir, abs).startsWith("..")
-    let temp = abs
-    if (!inCache) {
-      temp = this.tempPath()
-      try {
-        copyFileSync(abs, temp)
-      } catch (e) {
-        rmSync(temp, { force: true })
-        throw storageError(`copying ${abs} into the cache as`, temp, e)
-      }
-    }
-    const hash = hashFile(temp)
-    this.adopt(temp, hash)
-    return { hash, size: st.size }
   }
 
   /**
@@ -606,11 +643,16 @@ export class Store {
     return this.db.prepare<[string], RunRow>("SELECT id, pipeline, args, status, started_at, ended_at, summary FROM runs WHERE id = ?").get(id)
   }
 
-  startExecution(e: Omit<ExecutionRow, "id" | "output" | "ended_at" | "error" | "status" | "started_at">): number {
+  startExecution(e: Omit<ExecutionRow, "id" | "output" | "ended_at" | "error" | "status" | "started_at" | "slurm_job">): number {
     const r = this.write(() =>
       this.stmts.startExecution.run(e.run_id, e.key, e.recipe, e.node, e.stage, e.version, e.source_hash, e.params, e.unkeyed_params, e.inputs, Date.now(), e.device, e.log_path),
     )
     return Number(r.lastInsertRowid)
+  }
+
+  /** Records the Slurm job that runs an execution (shown by pipe show and pipe status). */
+  setExecutionJob(id: number, job: string): void {
+    this.write(() => this.db.prepare("UPDATE executions SET slurm_job = ? WHERE id = ?").run(job, id))
   }
 
   finishExecution(id: number, status: string, output: string | null, error: string | null): void {
