@@ -99,7 +99,10 @@ export const softPromptEvaluate = stage({
             lengthRatio: valid.length === 0 ? 0 : valid.reduce((a, s) => a + s.ratio, 0) / valid.length,
             meanMoves: scores.reduce((a, s) => a + s.length, 0) / scores.length,
           }
-          ctx.log(`condition ${condition}: ${(100 * score.validity).toFixed(1)}% valid paths, mean length ratio ${score.lengthRatio.toFixed(3)}, ${score.meanMoves.toFixed(1)} moves`)
+          ctx.log(
+            `condition ${condition}: ${(100 * score.validity).toFixed(1)}% valid paths, mean length ratio ${score.lengthRatio.toFixed(3)}, ${score.meanMoves.toFixed(1)} moves; ` +
+              `first rollout ${JSON.stringify(outs[0]?.text)} (${outs[0]?.finishReason})`,
+          )
           rollouts.push(score)
         }
       }
