@@ -99,3 +99,57 @@ export const startTorchWorkers = async (script: string, args: ReadonlyArray<stri
   }
   return { workers }
 }
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const timing = (tokens: number, xs: number[]) => ({ best_seconds: Math.min(...xs), median_seconds: median(xs), tokens_per_s: tokens / Math.min(...xs), median_tokens_per_s: tokens / median(xs) })
+
+export interface AlternateOptions<C> {
+  readonly threads: number
+  /** tokens one training step trains (the tokens/s numerator of both sides) */
+  readonly tokens: number
+  readonly warmup: number
+  readonly reps: number
+  readonly script: string
+  readonly args: ReadonlyArray<string>
+  /** our side on `threads` threads: one training step, and the release of its session */
+  readonly ours: (threads: number) => Promise<{ readonly step: () => Promise<void>; readonly release: () => Promise<void> }>
+  /** compares a torch worker's first line (its check) with ours */
+  readonly check: (first: Record<string, unknown>) => C
+}
+
+/**
+ * Checks each torch worker (one per BLAS setting) with `check`, then times rounds of one step of
+ * ours followed by one step of each torch worker, so that every side sees the same load on a
+ * shared machine; the first `warmup` rounds are not counted. Reports training tokens/s, best and
+ * median, and the ratios ours / torch against the faster BLAS setting (by best time).
+ */
+export const alternateSteps = async <C>(o: AlternateOptions<C>) => {
+  const ours = await o.ours(o.threads)
+  const { workers, skipped } = await startTorchWorkers(o.script, o.args, o.threads)
+  const checks = workers.map((w) => o.check(w.first.check as Record<string, unknown>))
+  const oursTimes: number[] = []
+  const torchTimes: number[][] = workers.map(() => [])
+  for (let round = 0; round < o.warmup + o.reps; round++) {
+    const t0 = performance.now()
+    await ours.step()
+    const seconds = (performance.now() - t0) / 1000
+    if (round >= o.warmup) oursTimes.push(seconds)
+    for (const [i, w] of workers.entries()) {
+      const answer = Number((await w.request("step")).seconds)
+      if (round >= o.warmup) torchTimes[i].push(answer)
+    }
+  }
+  for (const w of workers) w.close()
+  await ours.release()
+  const mine = timing(o.tokens, oursTimes)
+  const torchRuns = workers.map((w, i) => ({ env: w.env, blas: w.first.blas, torch: w.first.torch, ...timing(o.tokens, torchTimes[i]) }))
+  const torch = torchRuns.length === 0 ? undefined : torchRuns.reduce((a, b) => (b.best_seconds < a.best_seconds ? b : a))
+  return {
+    threads: o.threads,
+    ours: mine,
+    torch: torch ? { fastest: torch, runs: torchRuns } : { skipped },
+    ratio_ours_over_torch: torch ? mine.tokens_per_s / torch.tokens_per_s : undefined,
+    ratio_of_medians: torch ? mine.median_tokens_per_s / torch.median_tokens_per_s : undefined,
+    checks,
+  }
+}

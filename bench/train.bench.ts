@@ -30,7 +30,7 @@ import { createSession, releaseSession, type Session } from "../src/runtime/sess
 import { initTrainState, type TrainState, trainStep } from "../src/runtime/train.ts"
 import type { TrajectorySet } from "../stages/baking/artifacts.ts"
 import { headAtPositions, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "../stages/baking/distill.ts"
-import { startTorchWorkers } from "./torch-reference.ts"
+import { alternateSteps } from "./torch-reference.ts"
 
 // one thread compares the kernels alone; more compares how each side spreads a step over cores
 // (on a loaded machine the second figure mostly measures the load)
@@ -202,44 +202,26 @@ try {
       pass: lossRel <= lossRtol && normRel <= lossRtol && decayRel <= decayRtol && updateRel <= updateRtol,
     }
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-  const timing = (xs: number[]) => ({ best_seconds: Math.min(...xs), median_seconds: median(xs), tokens_per_s: batch.tokens / Math.min(...xs), median_tokens_per_s: batch.tokens / median(xs) })
-
-  /** Checks each torch process on `threads` threads against ours, then times rounds of one step
-   * of ours followed by one step of each torch process, so that every side sees the same load;
-   * the first `warmup` rounds are not counted. */
-  const measure = async (threads: number) => {
-    const session = await sessionAt(threads)
-    const { workers, skipped } = await startTorchWorkers("lora_train_torch.py", [modelDir, specFile, String(threads)], threads)
-    const checks = workers.map((w) => compare(w.first.check as TorchCheck))
-    const oursTimes: number[] = []
-    const torchTimes: number[][] = workers.map(() => [])
-    let s = fresh()
-    for (let round = 0; round < warmup + reps; round++) {
-      const t0 = performance.now()
-      s = (await step(session, s)).state
-      const seconds = (performance.now() - t0) / 1000
-      if (round >= warmup) oursTimes.push(seconds)
-      for (const [i, w] of workers.entries()) {
-        const answer = Number((await w.request("step")).seconds)
-        if (round >= warmup) torchTimes[i].push(answer)
-      }
-    }
-    for (const w of workers) w.close()
-    await Effect.runPromise(releaseSession(session))
-    const ours = timing(oursTimes)
-    const torchRuns = workers.map((w, i) => ({ env: w.env, blas: w.first.blas, torch: w.first.torch, ...timing(torchTimes[i]) }))
-    // the faster BLAS setting by best time
-    const torch = torchRuns.length === 0 ? undefined : torchRuns.reduce((a, b) => (b.best_seconds < a.best_seconds ? b : a))
-    return {
+  const measure = (threads: number) =>
+    alternateSteps({
       threads,
-      ours,
-      torch: torch ? { fastest: torch, runs: torchRuns } : { skipped },
-      ratio_ours_over_torch: torch ? ours.tokens_per_s / torch.tokens_per_s : undefined,
-      ratio_of_medians: torch ? ours.median_tokens_per_s / torch.median_tokens_per_s : undefined,
-      checks,
-    }
-  }
+      tokens: batch.tokens,
+      warmup,
+      reps,
+      script: "lora_train_torch.py",
+      args: [modelDir, specFile, String(threads)],
+      ours: async (n) => {
+        const session = await sessionAt(n)
+        let s = fresh()
+        return {
+          step: async () => {
+            s = (await step(session, s)).state
+          },
+          release: () => Effect.runPromise(releaseSession(session)),
+        }
+      },
+      check: (first) => compare(first as TorchCheck),
+    })
   const measured = []
   for (const n of threadCounts) measured.push(await measure(n))
   const checks = measured.flatMap((m) => m.checks)

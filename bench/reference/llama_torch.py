@@ -70,14 +70,19 @@ class Llama:
         x1, x2 = x[..., : self.head_dim // 2], x[..., self.head_dim // 2:]
         return x * cos + torch.cat([-x2, x1], -1) * sin
 
-    def forward(self, ids, cache=None, mask=None, lora=None):
+    def forward(self, ids, cache=None, mask=None, lora=None, prompt=None):
         """ids [B, T]; cache: list of (k, v) [B, kv, P, hd] or None. Returns hidden [B, T, H], new cache.
-        mask [B, T] (no cache): 1 = token, 0 = left padding; positions are cumsum(mask) - 1 clamped
+        mask [B, T] (no cache): 1 = token, 0 = padding; positions are cumsum(mask) - 1 clamped
         at 0 and padded keys get a -1e9 score bias, as src/models/forward.ts does.
-        lora: (scale, {module path: (A [r, in], B [out, r])}) adds scale * B A x to those layers."""
-        B, T = ids.shape
-        P = 0 if cache is None else cache[0][0].shape[2]
+        lora: (scale, {module path: (A [r, in], B [out, r])}) adds scale * B A x to those layers.
+        prompt: soft-prompt vectors [k, H] in front of every row's token embeddings (no cache; mask
+        given): hidden states come back for all k + T positions."""
         x = self.embed[ids]
+        if prompt is not None:
+            x = torch.cat([prompt.expand(ids.shape[0], -1, -1), x], 1)
+            mask = torch.cat([torch.ones(ids.shape[0], prompt.shape[0], dtype=mask.dtype), mask], 1)
+        B, T = x.shape[:2]
+        P = 0 if cache is None else cache[0][0].shape[2]
         causal = torch.ones(T, P + T, dtype=torch.bool).tril(P)
         if mask is None:
             pos = torch.arange(P, P + T)

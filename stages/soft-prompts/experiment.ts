@@ -32,16 +32,17 @@ export const defaults = {
   train: {
     init: "zero",
     hidden: 128,
-    steps: 120,
-    lanes: 8,
-    // the seed's AdamW lr 1e-3 is for billion-parameter models run for thousands of steps; tiny-chat's
-    // embeddings are O(1), so 120 steps need a larger one
+    // sized for a shared 2-core CPU (the whole pipeline in minutes); on a GPU raise both
+    steps: 60,
+    lanes: 4,
+    // the seed's AdamW lr 1e-3 is for large models run for thousands of steps; 60 steps on tiny-chat
+    // need a larger one
     lr: 3e-2,
-    warmupSteps: 10,
+    warmupSteps: 5,
     schedule: "cosine",
     weightDecay: 1e-4,
     maxGradNorm: 1,
-    validateEvery: 40,
+    validateEvery: 20,
     patience: 0,
     seed: 0,
     validationBatchSize: 32,
