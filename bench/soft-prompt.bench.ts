@@ -12,7 +12,7 @@
 // bounds measure float32 noise); the bench fails otherwise. Then alternating steps (torch-reference.ts
 // alternateSteps) at 1 thread and at the machine's count, reported as trained tokens per second.
 // Writes bench/results/soft-prompt.json.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect } from "effect"
@@ -27,7 +27,7 @@ import { createSession, releaseSession } from "../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../src/runtime/train.ts"
 import { shiftedTargets } from "../stages/soft-prompts/examples.ts"
 import { lossBatch, lossBatchSpec, objectiveLoss, promptVariant } from "../stages/soft-prompts/soft-prompt.ts"
-import { alternateSteps } from "./torch-reference.ts"
+import { alternateSteps, alternationLine, finishTrainingBench, modelSizes, ourTrainSteps } from "./torch-reference.ts"
 
 const threadCounts = [...new Set([1, Math.min(availableParallelism(), 8)])]
 const warmup = 2
@@ -132,24 +132,15 @@ try {
         reps,
         script: "soft_prompt_train_torch.py",
         args: [modelDir, specFile, String(threads)],
-        ours: async (n) => {
-          const session = await sessionAt(n)
-          let s = fresh()
-          return {
-            step: async () => {
-              s = (await step(session, s)).state
-            },
-            release: () => Effect.runPromise(releaseSession(session)),
-          }
-        },
-        check: (first) => compare(first as TorchCheck),
+        ours: ourTrainSteps(file, fresh, batch.feeds, lr),
+      check: (first) => compare(first as TorchCheck),
       }),
     )
   const checks = measured.flatMap((m) => m.checks)
   const skipped = measured.map((m) => ("skipped" in m.torch ? m.torch.skipped : undefined)).find((x) => x !== undefined)
   const check = checks.length === 0 ? undefined : { steps: checkSteps, ours: ourCheck, tolerances: { loss_and_grad_norm_rel: lossRtol, last_step_update_rel_frobenius: updateRtol }, pass: checks.every((c) => c.pass) }
   const result = {
-    model: { hidden: config.hiddenSize, layers: config.numLayers, heads: config.numHeads, kvHeads: config.numKvHeads, intermediate: config.intermediateSize, vocab: config.vocabSize },
+    model: modelSizes(config),
     soft_prompt: { k, trainable: k * H },
     batch: { rows, width: batch.computed / rows, scored_tokens: batch.tokens },
     adamw: { lr, ...adamw },
@@ -159,26 +150,13 @@ try {
     check,
     by_threads: measured,
   }
-  const fmt = (x: number | undefined) => (x === undefined ? "-" : x.toFixed(x >= 100 ? 0 : 2))
-  const ms = (x: number | undefined) => (x === undefined ? "-" : (x * 1000).toFixed(0))
   console.log(`soft-prompt train step (k = ${k}) on tiny Llama ${JSON.stringify(result.model)}; batch ${rows} x ${batch.computed / rows} (right-padded), ${batch.tokens} scored tokens`)
   for (const c of checks)
     console.log(
       `check against torch over ${checkSteps} steps: loss rel diff ${c.loss_max_rel_diff.toExponential(1)}, grad norm ${c.grad_norm_max_rel_diff.toExponential(1)} (tol ${lossRtol}); prompt update rel Frobenius ${c.last_step_update_rel_frobenius_diff.toExponential(1)} (tol ${updateRtol}): ${c.pass ? "pass" : "FAIL"}`,
     )
-  for (const m of measured) {
-    const t = "fastest" in m.torch ? m.torch.fastest : undefined
-    console.log(
-      `${m.threads} thread(s): ours ${fmt(m.ours.tokens_per_s)} tok/s (best ${ms(m.ours.best_seconds)} ms/step, median ${ms(m.ours.median_seconds)}), torch ${fmt(t?.tokens_per_s)} tok/s (best ${ms(t?.best_seconds)}, median ${ms(t?.median_seconds)}); ratio ${fmt(m.ratio_ours_over_torch)} of best, ${fmt(m.ratio_of_medians)} of medians (goal >= 1)`,
-    )
-  }
-  if (skipped) console.log(`torch comparison skipped: ${skipped}`)
-  mkdirSync(join(import.meta.dirname, "results"), { recursive: true })
-  writeFileSync(join(import.meta.dirname, "results", "soft-prompt.json"), `${JSON.stringify(result, null, 2)}\n`)
-  if (check && !check.pass) {
-    console.error("the soft-prompt step differs from PyTorch's beyond the tolerances: the timings compare different computations")
-    process.exitCode = 1
-  }
+  for (const m of measured) console.log(alternationLine(m))
+  finishTrainingBench("soft-prompt", "the soft-prompt step", result, skipped)
 } finally {
   rmSync(work, { recursive: true, force: true })
 }

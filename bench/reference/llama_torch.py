@@ -138,6 +138,41 @@ class Llama:
         return torch.cat(out, 1)
 
 
+class SpecTrainer:
+    """Base of the training references' trainers: the frozen model and the JSON spec, whose
+    "batch" entries ({"shape", "data"}) tensor() reads."""
+
+    def __init__(self, model, spec):
+        self.model = model
+        self.spec = spec
+
+    def tensor(self, key, dtype):
+        b = self.spec["batch"][key]
+        return torch.tensor(b["data"], dtype=dtype).reshape(b["shape"])
+
+
+def serve_training(make_trainer, check):
+    """The protocol of the training references (lora_train_torch.py, soft_prompt_train_torch.py):
+    argv MODEL_DIR SPEC_FILE THREADS; make_trainer(Llama, spec) -> (fresh, step) where fresh()
+    gives a new training state and step(state) runs one step returning (loss, grad_norm);
+    check(spec, fresh, step) -> the check dict. Prints {"torch", "threads", "blas", "check"}, then
+    answers each "step" line on stdin with {"seconds": its time}."""
+    model_dir, spec_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    spec = json.load(open(spec_file))
+    torch.set_num_threads(threads)
+    fresh, step = make_trainer(Llama(model_dir), spec)
+    result = check(spec, fresh, step)
+    blas = sorted({line.split()[-1] for line in open("/proc/self/maps") if "blas" in line})
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas, "check": result}), flush=True)
+    state = fresh()
+    for line in sys.stdin:
+        if line.strip() != "step":
+            raise SystemExit(f"expected 'step' on stdin, got {line.strip()!r}")
+        t0 = time.perf_counter()
+        step(state)
+        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+
+
 def timed(fn, reps):
     fn()  # warm-up
     times = []

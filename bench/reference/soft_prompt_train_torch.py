@@ -15,23 +15,19 @@ SPEC_FILE (JSON): {"check_steps", "lr", "adamw": {"beta1", "beta2", "eps", "weig
 The check: the loss and gradient norm of each of check_steps steps from the given prompt on the
 batch, and the prompt after the last of them.
 """
-import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_torch import Llama  # noqa: E402
+from llama_torch import SpecTrainer, serve_training  # noqa: E402
 
 
-class Trainer:
+class Trainer(SpecTrainer):
     def __init__(self, model, spec):
-        self.model = model
-        self.spec = spec
-        b = spec["batch"]
-        t = lambda k, dtype: torch.tensor(b[k]["data"], dtype=dtype).reshape(b[k]["shape"])
+        super().__init__(model, spec)
+        t = self.tensor
         self.ids = t("input_ids", torch.int64)
         self.mask = t("attention_mask", torch.int64)
         self.targets = t("targets", torch.int64).reshape(-1)
@@ -56,25 +52,16 @@ class Trainer:
         return float(loss), float(norm)
 
 
-def main():
-    model_dir, spec_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    spec = json.load(open(spec_file))
-    torch.set_num_threads(threads)
-    trainer = Trainer(Llama(model_dir), spec)
+def check(spec, fresh, step):
+    state = fresh()
+    steps = [step(state) for _ in range(spec["check_steps"])]
+    return {"loss": [s[0] for s in steps], "grad_norm": [s[1] for s in steps], "prompt_last": state[0].detach().reshape(-1).tolist()}
 
-    prompt, opt = trainer.fresh()
-    steps = [trainer.step(prompt, opt) for _ in range(spec["check_steps"])]
-    check = {"loss": [s[0] for s in steps], "grad_norm": [s[1] for s in steps], "prompt_last": prompt.detach().reshape(-1).tolist()}
-    blas = sorted({line.split()[-1] for line in open("/proc/self/maps") if "blas" in line})
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas, "check": check}), flush=True)
-    prompt, opt = trainer.fresh()
-    for line in sys.stdin:
-        if line.strip() != "step":
-            raise SystemExit(f"expected 'step' on stdin, got {line.strip()!r}")
-        t0 = time.perf_counter()
-        trainer.step(prompt, opt)
-        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+
+def make_trainer(model, spec):
+    trainer = Trainer(model, spec)
+    return trainer.fresh, lambda state: trainer.step(*state)
 
 
 if __name__ == "__main__":
-    main()
+    serve_training(make_trainer, check)

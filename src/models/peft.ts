@@ -195,8 +195,8 @@ export const adapterTensors = (adapter: LoraAdapter, file = ADAPTER_WEIGHTS): Ef
     return tensors
   })
 
-/** Reads adapter_config.json and adapter_model.safetensors from a directory. */
-export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> =>
+/** A PEFT directory's file paths and its parsed adapter_config.json (both files must exist). */
+const readAdapterDirectory = (dir: string): Effect.Effect<{ configFile: string; weightsFile: string; json: unknown }, PeftError> =>
   Effect.gen(function* () {
     const configFile = path.join(dir, ADAPTER_CONFIG)
     const weightsFile = path.join(dir, ADAPTER_WEIGHTS)
@@ -205,6 +205,13 @@ export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> 
       try: () => JSON.parse(fs.readFileSync(configFile, "utf8")) as unknown,
       catch: (e) => peftError(configFile, undefined, `invalid JSON: ${e instanceof Error ? e.message : String(e)}`),
     })
+    return { configFile, weightsFile, json }
+  })
+
+/** Reads adapter_config.json and adapter_model.safetensors from a directory. */
+export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> =>
+  Effect.gen(function* () {
+    const { configFile, weightsFile, json } = yield* readAdapterDirectory(dir)
     const config = yield* parseAdapterConfig(configFile, json)
     const contents = yield* Effect.mapError(readFile(weightsFile), fromOther)
     return yield* adapterFromTensors(weightsFile, config, contents.tensors)
@@ -502,13 +509,7 @@ export const writePromptTuning = (dir: string, p: PromptTuning, model: { readonl
  */
 export const readPromptTuning = (dir: string, hiddenSize?: number): Effect.Effect<PromptTuning, PeftError> =>
   Effect.gen(function* () {
-    const configFile = path.join(dir, ADAPTER_CONFIG)
-    const weightsFile = path.join(dir, ADAPTER_WEIGHTS)
-    for (const f of [configFile, weightsFile]) if (!fs.existsSync(f)) return yield* Effect.fail(peftError(f, undefined, "missing"))
-    const json = yield* Effect.try({
-      try: () => JSON.parse(fs.readFileSync(configFile, "utf8")) as unknown,
-      catch: (e) => peftError(configFile, undefined, `invalid JSON: ${e instanceof Error ? e.message : String(e)}`),
-    })
+    const { configFile, weightsFile, json } = yield* readAdapterDirectory(dir)
     const c = yield* Effect.mapError(decodeConfig(PromptTuningConfigJson, configFile, json), fromOther)
     if (c.peft_type !== "PROMPT_TUNING") return yield* Effect.fail(peftError(configFile, "peft_type", `"${c.peft_type}", expected "PROMPT_TUNING"`))
     if (c.task_type != null && c.task_type !== "CAUSAL_LM") return yield* Effect.fail(peftError(configFile, "task_type", `unsupported: "${c.task_type}" (only CAUSAL_LM)`))
