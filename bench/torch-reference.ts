@@ -8,6 +8,11 @@
 //   startTorchWorkers   one live process per setting that answers requests line by line, so a
 //                       bench can alternate its own runs with torch's under the same load
 import { type ChildProcess, spawn, spawnSync } from "node:child_process"
+import { Effect } from "effect"
+import type * as ort from "onnxruntime-node"
+import { createSession, type GraphFile, releaseSession } from "../src/runtime/session.ts"
+import { type TrainState, trainStep } from "../src/runtime/train.ts"
+import { mkdirSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { createInterface } from "node:readline"
 
@@ -99,3 +104,107 @@ export const startTorchWorkers = async (script: string, args: ReadonlyArray<stri
   }
   return { workers }
 }
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
+const timing = (tokens: number, xs: number[]) => ({ best_seconds: Math.min(...xs), median_seconds: median(xs), tokens_per_s: tokens / Math.min(...xs), median_tokens_per_s: tokens / median(xs) })
+
+/** alternateSteps' `ours` for a train-step graph: a session on the given threads stepping from `fresh()` on `feeds` at `lr`. */
+export const ourTrainSteps =
+  (file: GraphFile, fresh: () => TrainState, feeds: Readonly<Record<string, ort.Tensor>>, lr: number) =>
+  async (threads: number) => {
+    const session = await Effect.runPromise(createSession(file, { intraOpThreads: threads }))
+    let s = fresh()
+    return {
+      step: async () => {
+        s = (await Effect.runPromise(trainStep(session, s, feeds, lr))).state
+      },
+      release: () => Effect.runPromise(releaseSession(session)),
+    }
+  }
+
+export interface AlternateOptions<C> {
+  readonly threads: number
+  /** tokens one training step trains (the tokens/s numerator of both sides) */
+  readonly tokens: number
+  readonly warmup: number
+  readonly reps: number
+  readonly script: string
+  readonly args: ReadonlyArray<string>
+  /** our side on `threads` threads: one training step, and the release of its session */
+  readonly ours: (threads: number) => Promise<{ readonly step: () => Promise<void>; readonly release: () => Promise<void> }>
+  /** compares a torch worker's first line (its check) with ours */
+  readonly check: (first: Record<string, unknown>) => C
+}
+
+/**
+ * Checks each torch worker (one per BLAS setting) with `check`, then times rounds of one step of
+ * ours followed by one step of each torch worker, so that every side sees the same load on a
+ * shared machine; the first `warmup` rounds are not counted. Reports training tokens/s, best and
+ * median, and the ratios ours / torch against the faster BLAS setting (by best time).
+ */
+export const alternateSteps = async <C>(o: AlternateOptions<C>) => {
+  const ours = await o.ours(o.threads)
+  const { workers, skipped } = await startTorchWorkers(o.script, o.args, o.threads)
+  const checks = workers.map((w) => o.check(w.first.check as Record<string, unknown>))
+  const oursTimes: number[] = []
+  const torchTimes: number[][] = workers.map(() => [])
+  for (let round = 0; round < o.warmup + o.reps; round++) {
+    const t0 = performance.now()
+    await ours.step()
+    const seconds = (performance.now() - t0) / 1000
+    if (round >= o.warmup) oursTimes.push(seconds)
+    for (const [i, w] of workers.entries()) {
+      const answer = Number((await w.request("step")).seconds)
+      if (round >= o.warmup) torchTimes[i].push(answer)
+    }
+  }
+  for (const w of workers) w.close()
+  await ours.release()
+  const mine = timing(o.tokens, oursTimes)
+  const torchRuns = workers.map((w, i) => ({ env: w.env, blas: w.first.blas, torch: w.first.torch, ...timing(o.tokens, torchTimes[i]) }))
+  const torch = torchRuns.length === 0 ? undefined : torchRuns.reduce((a, b) => (b.best_seconds < a.best_seconds ? b : a))
+  return {
+    threads: o.threads,
+    ours: mine,
+    torch: torch ? { fastest: torch, runs: torchRuns } : { skipped },
+    ratio_ours_over_torch: torch ? mine.tokens_per_s / torch.tokens_per_s : undefined,
+    ratio_of_medians: torch ? mine.median_tokens_per_s / torch.median_tokens_per_s : undefined,
+    checks,
+  }
+}
+
+/**
+ * The end of a training bench: the skip reason if torch was not there, the result in
+ * bench/results/<name>.json, and a failing exit code when the check against torch failed.
+ */
+export const finishTrainingBench = (name: string, what: string, result: { readonly check?: { readonly pass: boolean } }, skipped: string | undefined) => {
+  if (skipped) console.log(`torch comparison skipped: ${skipped}`)
+  mkdirSync(join(import.meta.dirname, "results"), { recursive: true })
+  writeFileSync(join(import.meta.dirname, "results", `${name}.json`), `${JSON.stringify(result, null, 2)}\n`)
+  if (result.check && !result.check.pass) {
+    console.error(`${what} differs from PyTorch's beyond the tolerances: the timings compare different computations`)
+    process.exitCode = 1
+  }
+}
+
+/** One alternateSteps result as a line: tokens/s, step times and the ratios, both sides. */
+export const alternationLine = (m: Awaited<ReturnType<typeof alternateSteps>>): string => {
+  const fmt = (x: number | undefined) => (x === undefined ? "-" : x.toFixed(x >= 100 ? 0 : 2))
+  const ms = (x: number | undefined) => (x === undefined ? "-" : (x * 1000).toFixed(0))
+  const t = "fastest" in m.torch ? m.torch.fastest : undefined
+  return (
+    `${m.threads} thread(s): ours ${fmt(m.ours.tokens_per_s)} tok/s (best ${ms(m.ours.best_seconds)} ms/step, median ${ms(m.ours.median_seconds)}), torch ${fmt(t?.tokens_per_s)} tok/s (best ${ms(t?.best_seconds)}, median ${ms(t?.median_seconds)}); ` +
+    `ratio ${fmt(m.ratio_ours_over_torch)} of best, ${fmt(m.ratio_of_medians)} of medians (goal >= 1)` +
+    (t ? `\n  torch ${String(t.torch)}, fastest with ${JSON.stringify(t.env)}, BLAS ${JSON.stringify(t.blas)}` : "")
+  )
+}
+
+/** The benched model's sizes, as the training benches record them. */
+export const modelSizes = (c: { hiddenSize: number; numLayers: number; numHeads: number; numKvHeads: number; intermediateSize: number; vocabSize: number }) => ({
+  hidden: c.hiddenSize,
+  layers: c.numLayers,
+  heads: c.numHeads,
+  kvHeads: c.numKvHeads,
+  intermediate: c.intermediateSize,
+  vocab: c.vocabSize,
+})

@@ -15,7 +15,7 @@
 // same thread count (1, and the machine's up to 8); reported as response tokens trained per
 // second (lora-train's tokens_per_s), best and median, and the ratio ours / torch (goal >= 1).
 // Without torch the comparison is reported as skipped. Writes bench/results/train.json.
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs"
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs"
 import { availableParallelism, tmpdir } from "node:os"
 import { join } from "node:path"
 import { Effect } from "effect"
@@ -28,11 +28,11 @@ import { mulberry32 } from "../src/core/random.ts"
 import { tinyLlama, writeRandomCheckpoint } from "../src/models/init.ts"
 import { loraConfigFor, loraScale, loraTargets } from "../src/models/peft.ts"
 import { prepareVariant, type Variant, variantNames, variantParams } from "../src/models/variant.ts"
-import { createSession, releaseSession, type Session } from "../src/runtime/session.ts"
+import { createSession, type Session } from "../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../src/runtime/train.ts"
 import type { TrajectorySet } from "../stages/baking/artifacts.ts"
 import { lmHeadAt, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "../stages/baking/distill.ts"
-import { startTorchWorkers } from "./torch-reference.ts"
+import { alternateSteps, alternationLine, finishTrainingBench, modelSizes, ourTrainSteps } from "./torch-reference.ts"
 
 // one thread compares the kernels alone; more compares how each side spreads a step over cores
 // (on a loaded machine the second figure mostly measures the load)
@@ -211,44 +211,17 @@ try {
       pass: lossRel <= lossRtol && normRel <= lossRtol && decayRel <= decayRtol && updateRel <= updateRtol,
     }
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
-  const timing = (xs: number[]) => ({ best_seconds: Math.min(...xs), median_seconds: median(xs), tokens_per_s: batch.tokens / Math.min(...xs), median_tokens_per_s: batch.tokens / median(xs) })
-
-  /** Checks each torch process on `threads` threads against ours, then times rounds of one step
-   * of ours followed by one step of each torch process, so that every side sees the same load;
-   * the first `warmup` rounds are not counted. */
-  const measure = async (threads: number) => {
-    const session = await sessionAt(threads)
-    const { workers, skipped } = await startTorchWorkers("lora_train_torch.py", [modelDir, specFile, String(threads)], threads)
-    const checks = workers.map((w) => compare(w.first.check as TorchCheck))
-    const oursTimes: number[] = []
-    const torchTimes: number[][] = workers.map(() => [])
-    let s = fresh()
-    for (let round = 0; round < warmup + reps; round++) {
-      const t0 = performance.now()
-      s = (await step(session, s)).state
-      const seconds = (performance.now() - t0) / 1000
-      if (round >= warmup) oursTimes.push(seconds)
-      for (const [i, w] of workers.entries()) {
-        const answer = Number((await w.request("step")).seconds)
-        if (round >= warmup) torchTimes[i].push(answer)
-      }
-    }
-    for (const w of workers) w.close()
-    await Effect.runPromise(releaseSession(session))
-    const ours = timing(oursTimes)
-    const torchRuns = workers.map((w, i) => ({ env: w.env, blas: w.first.blas, torch: w.first.torch, ...timing(torchTimes[i]) }))
-    // the faster BLAS setting by best time
-    const torch = torchRuns.length === 0 ? undefined : torchRuns.reduce((a, b) => (b.best_seconds < a.best_seconds ? b : a))
-    return {
+  const measure = (threads: number) =>
+    alternateSteps({
       threads,
-      ours,
-      torch: torch ? { fastest: torch, runs: torchRuns } : { skipped },
-      ratio_ours_over_torch: torch ? ours.tokens_per_s / torch.tokens_per_s : undefined,
-      ratio_of_medians: torch ? ours.median_tokens_per_s / torch.median_tokens_per_s : undefined,
-      checks,
-    }
-  }
+      tokens: batch.tokens,
+      warmup,
+      reps,
+      script: "lora_train_torch.py",
+      args: [modelDir, specFile, String(threads)],
+      ours: ourTrainSteps(file, fresh, feeds, lr),
+      check: (first) => compare(first as TorchCheck),
+    })
   const measured = []
   for (const n of threadCounts) measured.push(await measure(n))
   const checks = measured.flatMap((m) => m.checks)
@@ -258,7 +231,7 @@ try {
       ? undefined
       : { steps: checkSteps, ours: ourCheck, tolerances: { loss_and_grad_norm_rel: lossRtol, first_step_decay_rel: decayRtol, last_step_update_rel_frobenius: updateRtol }, pass: checks.every((c) => c.pass) }
   const result = {
-    model: { hidden: config.hiddenSize, layers: config.numLayers, heads: config.numHeads, kvHeads: config.numKvHeads, intermediate: config.intermediateSize, vocab: config.vocabSize },
+    model: modelSizes(config),
     lora: { ...lora, trainable: Object.values(init).reduce((n, v) => n + v.data.length, 0) },
     batch: { rows: batch.rows, width: batch.studentWidth, response_tokens: batch.tokens, teacher_top_k: topK },
     adamw: { lr, ...adamw },
@@ -268,28 +241,14 @@ try {
     check,
     by_threads: measured,
   }
-  const fmt = (x: number | undefined) => (x === undefined ? "-" : x.toFixed(x >= 100 ? 0 : 2))
   console.log(`LoRA train step (rank ${lora.rank}, ${lora.targetModules.length} modules x ${config.numLayers} layers) on tiny Llama ${JSON.stringify(result.model)}`)
   console.log(`batch ${batch.rows} x ${batch.studentWidth} (left-padded), ${batch.tokens} response tokens, ${reps} alternating rounds after ${warmup}`)
   for (const c of checks)
     console.log(
       `check against torch over ${checkSteps} steps: loss rel diff ${c.loss_max_rel_diff.toExponential(1)}, grad norm ${c.grad_norm_max_rel_diff.toExponential(1)} (tol ${lossRtol}); step 1 A (decay only) ${c.first_step_decay_max_rel_diff.toExponential(1)} (tol ${decayRtol}); LoRA update after step ${checkSteps} rel Frobenius ${c.last_step_update_rel_frobenius_diff.toExponential(1)} (tol ${updateRtol}, max abs ${c.last_step_lora_max_abs_diff.toExponential(1)}): ${c.pass ? "pass" : "FAIL"}`,
     )
-  for (const m of measured) {
-    const t = "fastest" in m.torch ? m.torch.fastest : undefined
-    const ms = (x: number | undefined) => (x === undefined ? "-" : (x * 1000).toFixed(0))
-    console.log(
-      `${m.threads} thread(s): ours ${fmt(m.ours.tokens_per_s)} tok/s (best ${ms(m.ours.best_seconds)} ms/step, median ${ms(m.ours.median_seconds)}), torch ${fmt(t?.tokens_per_s)} tok/s (best ${ms(t?.best_seconds)}, median ${ms(t?.median_seconds)}); ratio ${fmt(m.ratio_ours_over_torch)} of best, ${fmt(m.ratio_of_medians)} of medians (goal >= 1)`,
-    )
-    if (t) console.log(`  torch ${String(t.torch)}, fastest with ${JSON.stringify(t.env)}, BLAS ${JSON.stringify(t.blas)}`)
-  }
-  if (skipped) console.log(`torch comparison skipped: ${skipped}`)
-  mkdirSync(join(import.meta.dirname, "results"), { recursive: true })
-  writeFileSync(join(import.meta.dirname, "results", "train.json"), `${JSON.stringify(result, null, 2)}\n`)
-  if (check && !check.pass) {
-    console.error("the LoRA step differs from PyTorch's beyond the tolerances: the timings compare different computations")
-    process.exitCode = 1
-  }
+  for (const m of measured) console.log(alternationLine(m))
+  finishTrainingBench("train", "the LoRA step", result, skipped)
 } finally {
   rmSync(work, { recursive: true, force: true })
 }

@@ -70,14 +70,19 @@ class Llama:
         x1, x2 = x[..., : self.head_dim // 2], x[..., self.head_dim // 2:]
         return x * cos + torch.cat([-x2, x1], -1) * sin
 
-    def forward(self, ids, cache=None, mask=None, lora=None):
+    def forward(self, ids, cache=None, mask=None, lora=None, prompt=None):
         """ids [B, T]; cache: list of (k, v) [B, kv, P, hd] or None. Returns hidden [B, T, H], new cache.
-        mask [B, T] (no cache): 1 = token, 0 = left padding; positions are cumsum(mask) - 1 clamped
+        mask [B, T] (no cache): 1 = token, 0 = padding; positions are cumsum(mask) - 1 clamped
         at 0 and padded keys get a -1e9 score bias, as src/models/forward.ts does.
-        lora: (scale, {module path: (A [r, in], B [out, r])}) adds scale * B A x to those layers."""
-        B, T = ids.shape
-        P = 0 if cache is None else cache[0][0].shape[2]
+        lora: (scale, {module path: (A [r, in], B [out, r])}) adds scale * B A x to those layers.
+        prompt: soft-prompt vectors [k, H] in front of every row's token embeddings (no cache; mask
+        given): hidden states come back for all k + T positions."""
         x = self.embed[ids]
+        if prompt is not None:
+            x = torch.cat([prompt.expand(ids.shape[0], -1, -1), x], 1)
+            mask = torch.cat([torch.ones(ids.shape[0], prompt.shape[0], dtype=mask.dtype), mask], 1)
+        B, T = x.shape[:2]
+        P = 0 if cache is None else cache[0][0].shape[2]
         causal = torch.ones(T, P + T, dtype=torch.bool).tril(P)
         if mask is None:
             pos = torch.arange(P, P + T)
@@ -131,6 +136,41 @@ class Llama:
             out.append(tok)
             h, cache = self.forward(tok, cache)
         return torch.cat(out, 1)
+
+
+class SpecTrainer:
+    """Base of the training references' trainers: the frozen model and the JSON spec, whose
+    "batch" entries ({"shape", "data"}) tensor() reads."""
+
+    def __init__(self, model, spec):
+        self.model = model
+        self.spec = spec
+
+    def tensor(self, key, dtype):
+        b = self.spec["batch"][key]
+        return torch.tensor(b["data"], dtype=dtype).reshape(b["shape"])
+
+
+def serve_training(make_trainer, check):
+    """The protocol of the training references (lora_train_torch.py, soft_prompt_train_torch.py):
+    argv MODEL_DIR SPEC_FILE THREADS; make_trainer(Llama, spec) -> (fresh, step) where fresh()
+    gives a new training state and step(state) runs one step returning (loss, grad_norm);
+    check(spec, fresh, step) -> the check dict. Prints {"torch", "threads", "blas", "check"}, then
+    answers each "step" line on stdin with {"seconds": its time}."""
+    model_dir, spec_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    spec = json.load(open(spec_file))
+    torch.set_num_threads(threads)
+    fresh, step = make_trainer(Llama(model_dir), spec)
+    result = check(spec, fresh, step)
+    blas = sorted({line.split()[-1] for line in open("/proc/self/maps") if "blas" in line})
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas, "check": result}), flush=True)
+    state = fresh()
+    for line in sys.stdin:
+        if line.strip() != "step":
+            raise SystemExit(f"expected 'step' on stdin, got {line.strip()!r}")
+        t0 = time.perf_counter()
+        step(state)
+        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
 
 
 def timed(fn, reps):

@@ -17,15 +17,13 @@ SPEC_FILE (JSON): {"check_steps", "lr", "adamw": {"beta1", "beta2", "eps",
 The check: the loss and gradient norm of each of check_steps steps from the given LoRA matrices
 on the batch, and the matrices after the first and after the last of them.
 """
-import json
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from llama_torch import Llama  # noqa: E402
+from llama_torch import SpecTrainer, serve_training  # noqa: E402
 
 
 def top_k_forward_kl(lq, top_ids, top_lp, tail, mask):
@@ -38,12 +36,10 @@ def top_k_forward_kl(lq, top_ids, top_lp, tail, mask):
     return (top_term + tail_term) * mask
 
 
-class Trainer:
+class Trainer(SpecTrainer):
     def __init__(self, model, spec):
-        self.model = model
-        self.spec = spec
-        b = spec["batch"]
-        t = lambda k, dtype: torch.tensor(b[k]["data"], dtype=dtype).reshape(b[k]["shape"])
+        super().__init__(model, spec)
+        t = self.tensor
         self.ids = t("student_ids", torch.int64)
         self.mask = t("student_mask", torch.int64)
         self.positions = t("student_positions", torch.int64)
@@ -51,7 +47,7 @@ class Trainer:
         self.top_ids = t("top_ids", torch.int64)
         self.top_lp = t("top_logprobs", torch.float32)
         self.tail = t("tail_mass", torch.float32)
-        self.loss_scale = float(b["loss_scale"]["data"][0])
+        self.loss_scale = float(spec["batch"]["loss_scale"]["data"][0])
 
     def fresh(self):
         """The initial LoRA matrices as leaf tensors and an AdamW over them."""
@@ -74,28 +70,20 @@ class Trainer:
         return float(loss), float(norm)
 
 
-def main():
-    model_dir, spec_file, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    spec = json.load(open(spec_file))
-    torch.set_num_threads(threads)
-    trainer = Trainer(Llama(model_dir), spec)
-
-    params, opt, lora = trainer.fresh()
+def check(spec, fresh, step):
+    state = fresh()
+    params = state[0]
     flat = lambda: {k: v.detach().reshape(-1).tolist() for k, v in params.items()}
-    steps = [trainer.step(params, opt, lora)]
+    steps = [step(state)]
     first = flat()
-    steps += [trainer.step(params, opt, lora) for _ in range(spec["check_steps"] - 1)]
-    check = {"loss": [s[0] for s in steps], "grad_norm": [s[1] for s in steps], "params_first": first, "params_last": flat()}
-    blas = sorted({line.split()[-1] for line in open("/proc/self/maps") if "blas" in line})
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(), "blas": blas, "check": check}), flush=True)
-    params, opt, lora = trainer.fresh()
-    for line in sys.stdin:
-        if line.strip() != "step":
-            raise SystemExit(f"expected 'step' on stdin, got {line.strip()!r}")
-        t0 = time.perf_counter()
-        trainer.step(params, opt, lora)
-        print(json.dumps({"seconds": time.perf_counter() - t0}), flush=True)
+    steps += [step(state) for _ in range(spec["check_steps"] - 1)]
+    return {"loss": [s[0] for s in steps], "grad_norm": [s[1] for s in steps], "params_first": first, "params_last": flat()}
+
+
+def make_trainer(model, spec):
+    trainer = Trainer(model, spec)
+    return trainer.fresh, lambda state: trainer.step(*state)
 
 
 if __name__ == "__main__":
-    main()
+    serve_training(make_trainer, check)

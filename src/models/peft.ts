@@ -29,6 +29,7 @@ import {
   type SafetensorsError,
   type StreamedTensor,
   type Tensor,
+  toFloat32,
   toFloat64,
   writeFile,
   writeFileStreamed,
@@ -194,8 +195,8 @@ export const adapterTensors = (adapter: LoraAdapter, file = ADAPTER_WEIGHTS): Ef
     return tensors
   })
 
-/** Reads adapter_config.json and adapter_model.safetensors from a directory. */
-export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> =>
+/** A PEFT directory's file paths and its parsed adapter_config.json (both files must exist). */
+const readAdapterDirectory = (dir: string): Effect.Effect<{ configFile: string; weightsFile: string; json: unknown }, PeftError> =>
   Effect.gen(function* () {
     const configFile = path.join(dir, ADAPTER_CONFIG)
     const weightsFile = path.join(dir, ADAPTER_WEIGHTS)
@@ -204,6 +205,13 @@ export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> 
       try: () => JSON.parse(fs.readFileSync(configFile, "utf8")) as unknown,
       catch: (e) => peftError(configFile, undefined, `invalid JSON: ${e instanceof Error ? e.message : String(e)}`),
     })
+    return { configFile, weightsFile, json }
+  })
+
+/** Reads adapter_config.json and adapter_model.safetensors from a directory. */
+export const readAdapter = (dir: string): Effect.Effect<LoraAdapter, PeftError> =>
+  Effect.gen(function* () {
+    const { configFile, weightsFile, json } = yield* readAdapterDirectory(dir)
     const config = yield* parseAdapterConfig(configFile, json)
     const contents = yield* Effect.mapError(readFile(weightsFile), fromOther)
     return yield* adapterFromTensors(weightsFile, config, contents.tensors)
@@ -427,3 +435,91 @@ const mergedBytes = (base: Tensor, ref: WeightRef, lora: LoraModuleWeights, scal
     }
   return fromNumbers(w, base.dtype, base.shape).data
 }
+
+// ------------------------------------------------------------------------------ prompt tuning
+//
+// A soft prompt in PEFT's PROMPT_TUNING format (PromptTuningConfig; what
+// PeftModel.from_pretrained loads for a causal LM): adapter_config.json with
+// peft_type "PROMPT_TUNING", num_virtual_tokens k, token_dim H, num_transformer_submodules 1, and
+// adapter_model.safetensors holding `prompt_embeddings` [k, H] in inputs_embeds space (PEFT
+// concatenates them in front of word_embeddings(input_ids), as variant.ts does).
+
+export const PROMPT_EMBEDDINGS = "prompt_embeddings"
+
+export interface PromptTuning {
+  readonly k: number
+  /** [k, H] row-major */
+  readonly values: Float32Array
+  readonly hiddenSize: number
+  readonly baseModelNameOrPath: string | null
+}
+
+const PromptTuningConfigJson = Schema.Struct({
+  peft_type: Schema.String,
+  task_type: Schema.optional(Schema.NullOr(Schema.String)),
+  num_virtual_tokens: Schema.Int.check(Schema.isGreaterThan(0)),
+  token_dim: Schema.Int.check(Schema.isGreaterThan(0)),
+  num_transformer_submodules: Schema.optional(Schema.NullOr(Schema.Int)),
+  base_model_name_or_path: Schema.optional(Schema.NullOr(Schema.String)),
+})
+
+/**
+ * adapter_config.json for a prompt-tuning adapter. prompt_tuning_init is "RANDOM" whatever the
+ * training started from: PEFT re-initialises the prompt before loading the saved one, and "TEXT"
+ * would make it load a tokenizer for an initialisation that is overwritten at once.
+ */
+export const promptTuningConfigJson = (p: PromptTuning, model: { readonly numLayers: number; readonly numHeads: number }): Record<string, unknown> => ({
+  auto_mapping: null,
+  base_model_name_or_path: p.baseModelNameOrPath,
+  inference_mode: true,
+  num_attention_heads: model.numHeads,
+  num_layers: model.numLayers,
+  num_transformer_submodules: 1,
+  num_virtual_tokens: p.k,
+  peft_type: "PROMPT_TUNING",
+  prompt_tuning_init: "RANDOM",
+  prompt_tuning_init_text: null,
+  revision: null,
+  task_type: "CAUSAL_LM",
+  token_dim: p.hiddenSize,
+  tokenizer_kwargs: null,
+  tokenizer_name_or_path: null,
+})
+
+/** Writes a soft prompt as a PEFT prompt-tuning directory (created if needed). */
+export const writePromptTuning = (dir: string, p: PromptTuning, model: { readonly numLayers: number; readonly numHeads: number }): Effect.Effect<void, PeftError> =>
+  Effect.gen(function* () {
+    const configFile = path.join(dir, ADAPTER_CONFIG)
+    if (p.values.length !== p.k * p.hiddenSize)
+      return yield* Effect.fail(peftError(path.join(dir, ADAPTER_WEIGHTS), PROMPT_EMBEDDINGS, `has ${p.values.length} values, expected k x hidden size = ${p.k} x ${p.hiddenSize}`))
+    yield* Effect.try({
+      try: () => {
+        fs.mkdirSync(dir, { recursive: true })
+        fs.writeFileSync(configFile, JSON.stringify(promptTuningConfigJson(p, model), null, 2) + "\n")
+      },
+      catch: (e) => peftError(configFile, undefined, `cannot write: ${String(e)}`),
+    })
+    const tensors = new Map([[PROMPT_EMBEDDINGS, fromNumbers(p.values, "F32", [p.k, p.hiddenSize])]])
+    yield* Effect.mapError(writeFile(path.join(dir, ADAPTER_WEIGHTS), tensors, { format: "pt" }), fromOther)
+  })
+
+/**
+ * Reads a PEFT prompt-tuning directory; with `hiddenSize`, the prompt must fit a model of that
+ * hidden size. Encoder-decoder prompts (num_transformer_submodules 2) and other PEFT types are refused.
+ */
+export const readPromptTuning = (dir: string, hiddenSize?: number): Effect.Effect<PromptTuning, PeftError> =>
+  Effect.gen(function* () {
+    const { configFile, weightsFile, json } = yield* readAdapterDirectory(dir)
+    const c = yield* Effect.mapError(decodeConfig(PromptTuningConfigJson, configFile, json), fromOther)
+    if (c.peft_type !== "PROMPT_TUNING") return yield* Effect.fail(peftError(configFile, "peft_type", `"${c.peft_type}", expected "PROMPT_TUNING"`))
+    if (c.task_type != null && c.task_type !== "CAUSAL_LM") return yield* Effect.fail(peftError(configFile, "task_type", `unsupported: "${c.task_type}" (only CAUSAL_LM)`))
+    if ((c.num_transformer_submodules ?? 1) !== 1)
+      return yield* Effect.fail(peftError(configFile, "num_transformer_submodules", `unsupported: ${c.num_transformer_submodules} (only 1: decoder-only models)`))
+    if (hiddenSize !== undefined && c.token_dim !== hiddenSize) return yield* Effect.fail(peftError(configFile, "token_dim", `${c.token_dim}, but the model's hidden size is ${hiddenSize}`))
+    const contents = yield* Effect.mapError(readFile(weightsFile), fromOther)
+    const t = contents.tensors.get(PROMPT_EMBEDDINGS)
+    if (t === undefined) return yield* Effect.fail(peftError(weightsFile, PROMPT_EMBEDDINGS, `missing (tensors: ${[...contents.tensors.keys()].join(", ") || "none"})`))
+    if (t.shape.length !== 2 || t.shape[0] !== c.num_virtual_tokens || t.shape[1] !== c.token_dim)
+      return yield* Effect.fail(peftError(weightsFile, PROMPT_EMBEDDINGS, `shape [${t.shape.join(", ")}], expected [num_virtual_tokens, token_dim] = [${c.num_virtual_tokens}, ${c.token_dim}]`))
+    return { k: c.num_virtual_tokens, values: toFloat32(t), hiddenSize: c.token_dim, baseModelNameOrPath: c.base_model_name_or_path ?? null }
+  })

@@ -8,8 +8,8 @@ import type * as ort from "onnxruntime-node"
 import { expect } from "vitest"
 import { Graph, type Value } from "../../src/graph/index.ts"
 import { crossEntropy } from "../../src/graph/losses.ts"
-import { type Checkpoint, loadCheckpoint, type ModelConfig } from "../../src/models/checkpoint.ts"
-import { buildForwardGraph, type ForwardGraphOptions, forwardNames } from "../../src/models/forward.ts"
+import { type Checkpoint, loadCheckpoint, type ModelConfig, readWeightFloat64 } from "../../src/models/checkpoint.ts"
+import { allWeightRefs, buildForwardGraph, type ForwardGraphOptions, forwardNames, type WeightSource } from "../../src/models/forward.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { initLora, loraAdapter, loraName, loraShapes, type LoraValues } from "../../src/models/adapters.ts"
 import { type InitOptions, type WeightDType, writeRandomCheckpoint } from "../../src/models/init.ts"
@@ -161,3 +161,16 @@ export const loraInputs = (g: Graph, targets: ReadonlyArray<LoraTarget>, r: numb
       return [t.module, { a: g.input(loraName(t.module, "A"), "float32", s.A), b: g.input(loraName(t.module, "B"), "float32", s.B) }]
     }),
   )
+
+/** The checkpoint's weights as float32 constants (gradCheck serializes its graphs without weight files). */
+export const constantWeights = async (ckpt: Checkpoint): Promise<(g: Graph) => WeightSource> => {
+  const loaded = new Map<string, { shape: number[]; values: Float64Array }>()
+  for (const ref of allWeightRefs(ckpt.weights)) {
+    const { shape, values } = await Effect.runPromise(readWeightFloat64(ref))
+    loaded.set(ref.name, { shape: [...shape], values })
+  }
+  return (g) => (ref) => {
+    const w = loaded.get(ref.name)!
+    return g.constant("float32", w.shape, Array.from(w.values))
+  }
+}

@@ -21,8 +21,8 @@ import { describe, expect, it } from "vitest"
 import { Graph } from "../../src/graph/index.ts"
 import { buildTrainStep, type TrainStepSpec } from "../../src/graph/optim.ts"
 import { conditionMlpShapes, initLora, loraAdapter } from "../../src/models/adapters.ts"
-import { type Checkpoint, readWeightFloat64 } from "../../src/models/checkpoint.ts"
-import { allWeightRefs, type DecoderOutputs, forwardNames, logitsOf, type WeightSource } from "../../src/models/forward.ts"
+import type { Checkpoint } from "../../src/models/checkpoint.ts"
+import { type DecoderOutputs, forwardNames, logitsOf } from "../../src/models/forward.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { externalWeights, placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { tinyGemma2, tinyGemma3, tinyLlama } from "../../src/models/init.ts"
@@ -38,7 +38,7 @@ import { stageContext } from "../stage-harness.ts"
 import { gradCheck } from "../graph/gradcheck.ts"
 import { randArray } from "../graph/run.ts"
 import { logSoftmax } from "./sampling-reference.ts"
-import { batchSpec, expectClose, ids, nextTokenLoss, nonZeroAdapter, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
+import { batchSpec, constantWeights, expectClose, ids, nextTokenLoss, nonZeroAdapter, randomCheckpoint, rowsOf, run, tempDir, trainBatch } from "./forward-helpers.ts"
 
 const TOL = 1e-4
 
@@ -256,19 +256,6 @@ describe("soft-prompted generation and scoring", () => {
     expect(String(await Effect.runPromiseExit(checkVariant({ checkpoint: ckpt, prefix: [70] })))).toMatch(/prefix token 70 is outside the vocabulary \[0, 64\)/)
   })
 })
-
-/** The checkpoint's weights as float32 constants (gradCheck serializes its graphs without weight files). */
-const constantWeights = async (ckpt: Checkpoint): Promise<(g: Graph) => WeightSource> => {
-  const loaded = new Map<string, { shape: number[]; values: Float64Array }>()
-  for (const ref of allWeightRefs(ckpt.weights)) {
-    const { shape, values } = await Effect.runPromise(readWeightFloat64(ref))
-    loaded.set(ref.name, { shape: [...shape], values })
-  }
-  return (g) => (ref) => {
-    const w = loaded.get(ref.name)!
-    return g.constant("float32", w.shape, Array.from(w.values))
-  }
-}
 
 describe("gradients through the variant forward match finite differences", () => {
   // float32 graph (the decoder computes in float32): h = 1e-2 puts the float32 rounding of a loss

@@ -1,0 +1,138 @@
+// The soft-prompt experiment as one wiring (pipelines/soft-prompts.ts), with defaults sized for the
+// shipped models/tiny-chat on a 2-core CPU (the whole pipeline in minutes):
+//
+//   chat-texts (the model's own chats; their answers as plain text)
+//     -> text-examples (next token; skip 1; the answers for detuning)
+//   repetition-examples, pathfinding-examples
+//     -> soft-prompt-train (k swept) -> soft-prompt-evaluate -> soft-prompt-report (gathered over k)
+//
+// Every node has a fixed name: `--set train_repetition.steps=400`, `--set 'train_own.k=sweep([0, 8])'`.
+// Models are named externals (`--set model.path=DIR`, `chat.path`, `base.path`).
+import { Effect, Result } from "effect"
+import { external, gather, type Node, type PublishWriter, sweep } from "../../src/engine/index.ts"
+import { readHeader, readTensor } from "../../src/core/safetensors.ts"
+import { loadCheckpoint } from "../../src/models/checkpoint.ts"
+import { baseModelName, writePromptTuning } from "../../src/models/peft.ts"
+import { chatTexts, pathfindingExamples, repetitionExamples, textExamples } from "./data.ts"
+import { softPromptEvaluate } from "./evaluate.ts"
+import type { Examples } from "./examples.ts"
+import { softPromptReport } from "./report.ts"
+import { readSoftPrompt } from "./soft-prompt.ts"
+import { softPromptTrain } from "./train.ts"
+
+type ParamsOf<S extends (params: any, ...rest: any[]) => unknown> = Parameters<S>[0]
+
+export const defaults = {
+  ks: [0, 1, 4, 16, 64],
+  split: { train: 256, validation: 32, test: 64, seed: 0 },
+  /** chats are up to ~60 tokens; 64 leaves room for k = 64 within tiny-chat's 128 positions */
+  length: 64,
+  repetition: { text: "meowster jones", length: 32, train: 64, validation: 16, test: 32, seed: 0 },
+  pathfinding: { size: 5, wallDensity: 0.25, minOptimal: 3, maxMoves: 14, detourFraction: 0.5, greed: 0.6, train: 512, validation: 32, test: 64, seed: 0 },
+  train: {
+    init: "zero",
+    hidden: 128,
+    // sized for a shared 2-core CPU (the whole pipeline in minutes); on a GPU raise both
+    steps: 60,
+    lanes: 4,
+    // the seed's AdamW lr 1e-3 is for large models run for thousands of steps; 60 steps on tiny-chat
+    // need a larger one
+    lr: 3e-2,
+    warmupSteps: 5,
+    schedule: "cosine",
+    weightDecay: 1e-4,
+    maxGradNorm: 1,
+    validateEvery: 20,
+    patience: 0,
+    seed: 0,
+    validationBatchSize: 32,
+    threads: 0,
+    checkpointEvery: 20,
+  },
+  evaluate: { conditions: [1, 0.5], maxNewTokens: 20, batchSize: 32, threads: 0 },
+} as const satisfies {
+  readonly train: Omit<ParamsOf<typeof softPromptTrain>, "k">
+  readonly evaluate: Omit<ParamsOf<typeof softPromptEvaluate>, "model">
+  readonly [other: string]: unknown
+}
+
+/** Train over k and evaluate: the nodes are named `train_<name>` and `evaluate_<name>`. */
+const curve = (name: string, label: string, model: ReturnType<typeof external.dir>, data: Node<typeof Examples>) => {
+  const prompt = softPromptTrain({ ...defaults.train, k: sweep([...defaults.ks]) }, { model, data }, { name: `train_${name}` })
+  const evaluation = softPromptEvaluate({ ...defaults.evaluate, model: label }, { model, data, prompt }, { name: `evaluate_${name}` })
+  return { prompt, evaluation }
+}
+
+export const softPromptExperiment = () => {
+  const model = external.dir("models/tiny-chat", { name: "model" })
+  // detuning: a chat model and the base model it was tuned from (the shipped model stands in for both
+  // until a base/chat pair is given: --set chat.path=... --set base.path=...)
+  const chat = external.dir("models/tiny-chat", { name: "chat" })
+  const base = external.dir("models/tiny-chat", { name: "base" })
+  const d = defaults
+
+  const own = chatTexts({ count: 400, seed: 0, format: "chat" }, {}, { name: "own_texts" })
+  // base-domain text for detuning: plain statements about the world, without the chat around them
+  const baseTexts = chatTexts({ count: 400, seed: 1, format: "answers" }, {}, { name: "base_texts" })
+  const ownExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model, texts: own }, { name: "own_examples" })
+  const skipExamples = textExamples({ ...d.split, skip: 1, length: d.length }, { model, texts: own }, { name: "skip_examples" })
+  const detuneExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model: chat, texts: baseTexts }, { name: "detuning_examples" })
+  const repeatExamples = repetitionExamples(d.repetition, { model }, { name: "repetition_examples" })
+  const pathExamples = pathfindingExamples(d.pathfinding, { model }, { name: "pathfinding_examples" })
+
+  const autoregressive = curve("own", "model", model, ownExamples)
+  const skip = curve("skip", "model", model, skipExamples)
+  const repetition = curve("repetition", "model", model, repeatExamples)
+  const detuning = curve("detuning", "chat", chat, detuneExamples)
+  const pathfinding = curve("pathfinding", "model", model, pathExamples)
+  const baseK0 = softPromptTrain({ ...d.train, k: 0 }, { model: base, data: detuneExamples }, { name: "train_detuning_base" })
+  const detuningBase = softPromptEvaluate({ ...d.evaluate, model: "base" }, { model: base, data: detuneExamples, prompt: baseK0 }, { name: "evaluate_detuning_base" })
+
+  const report = softPromptReport(
+    { title: "Soft prompts for evaluation: test loss against k" },
+    {
+      autoregressive: gather(autoregressive.evaluation),
+      skip: gather(skip.evaluation),
+      repetition: gather(repetition.evaluation),
+      detuning: gather(detuning.evaluation),
+      detuningBase,
+      pathfinding: gather(pathfinding.evaluation),
+    },
+  )
+  return { report, prompts: { own: autoregressive.prompt, skip: skip.prompt, repetition: repetition.prompt, detuning: detuning.prompt } }
+}
+
+/**
+ * A trained plain soft prompt as a PEFT prompt-tuning directory (base_model_name_or_path: the model
+ * it was trained on). k = 0 has no prompt and writes nothing.
+ */
+export const promptTuningDirectory: PublishWriter = ({ payload, externals }, target) => {
+  const r = Effect.runSync(
+    Effect.result(
+      Effect.gen(function* () {
+        const header = yield* readHeader(payload)
+        const prompt = yield* readSoftPrompt({ path: payload, metadata: header.metadata, read: (n) => Effect.runSync(readTensor(header, n)) })
+        if (prompt.kind !== "plain") return
+        const dir = Object.values(externals)[0]
+        const ckpt = yield* loadCheckpoint(dir)
+        yield* writePromptTuning(target, { k: prompt.k, values: prompt.values, hiddenSize: ckpt.config.hiddenSize, baseModelNameOrPath: baseModelName(dir) }, ckpt.config)
+      }),
+    ),
+  )
+  // a publish writer reports by throwing: the typed error itself, so its message reaches the run's summary
+  if (Result.isFailure(r)) throw r.failure
+}
+
+export const publishSoftPrompts = (experiment: ReturnType<typeof softPromptExperiment>) =>
+  ({
+    publish: {
+      "soft-prompts.md": { from: experiment.report, as: (r: { markdown: string }) => r.markdown },
+      "soft-prompts.svg": { from: experiment.report, as: (r: { svg: string }) => r.svg },
+      "soft-prompts.json": { from: experiment.report, as: ({ markdown: _, svg: __, ...rest }: { markdown: string; svg: string }) => rest },
+      "prompt-own": { from: experiment.prompts.own, write: promptTuningDirectory },
+      "prompt-skip": { from: experiment.prompts.skip, write: promptTuningDirectory },
+      "prompt-repetition": { from: experiment.prompts.repetition, write: promptTuningDirectory },
+      "prompt-detuning": { from: experiment.prompts.detuning, write: promptTuningDirectory },
+    },
+    print: ["soft-prompts.md"],
+  }) as const
