@@ -66,3 +66,23 @@ export const evaluateText = stage({
       return { overall, byKind: groups("kind"), byGenre: groups("genre") }
     }).pipe(Effect.scoped),
 })
+
+/** Perplexity before and after a tuning, overall and per genre, as a Markdown table. */
+export const comparePerplexity = stage({
+  name: "compare-perplexity",
+  version: 1,
+  params: Schema.Struct({ before: Schema.String, after: Schema.String }),
+  inputs: { before: TextEvaluation, after: TextEvaluation },
+  output: Artifact.json("PerplexityComparison", Schema.Struct({ markdown: Schema.String })),
+  run: ({ params, inputs }) =>
+    Effect.sync(() => {
+      const row = (label: string, b: Perplexity, a: Perplexity) => `| ${label} | ${b.perplexity.toFixed(3)} | ${a.perplexity.toFixed(3)} | ${(100 * (a.perplexity / b.perplexity - 1)).toFixed(1)}% |`
+      const genres = Object.keys(inputs.before.byGenre).filter((g) => g in inputs.after.byGenre)
+      return {
+        markdown: `| held-out documents | ${params.before} | ${params.after} | change |
+| --- | --- | --- | --- |
+${[row("all", inputs.before.overall, inputs.after.overall), ...genres.map((g) => row(g, inputs.before.byGenre[g], inputs.after.byGenre[g]))].join("\n")}
+`,
+      }
+    }),
+})

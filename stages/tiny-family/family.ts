@@ -49,31 +49,42 @@ export const familyModels = (size: FamilySize, recipe: FamilyRecipe = familyReci
   const init = initLlama(
     { hiddenSize: shape.hiddenSize, numLayers: shape.numLayers, numHeads: shape.numHeads, intermediateSize: shape.intermediateSize, maxPositions: maxLength, tiedEmbeddings: true, std: 0.02, seed: 0 },
     { tokenizer },
+    { name: `init-${size}` },
   )
   const common = { batchSize: 32, warmupSteps: 50, minLrRatio: 0.05, weightDecay: 0.01, maxGradNorm: 1, maxLength, seed: 0, checkpointEvery: 20, threads: recipe.threads }
-  const base = trainText({ ...common, epochs: recipe.pretrainEpochs, lr: shape.pretrainLr, genres: [] }, { texts: plain, tokenizer, init })
-  const chatModel = trainLm({ ...common, epochs: recipe.sftEpochs, lr: shape.sftLr }, { corpus: chat, tokenizer, init: base })
+  const base = trainText({ ...common, epochs: recipe.pretrainEpochs, lr: shape.pretrainLr, genres: [] }, { texts: plain, tokenizer, init }, { name: `pretrain-${size}` })
+  const chatModel = trainLm({ ...common, epochs: recipe.sftEpochs, lr: shape.sftLr }, { corpus: chat, tokenizer, init: base }, { name: `sft-${size}` })
   return { chat, plain, tokenizer, base, chatModel }
 }
 
 export const familyCommand = "npx tsx src/cli/main.ts run pipelines/tiny-family.ts"
 
 /** The evaluations of one trained model (base or chat) of the family. */
-const evaluations = (model: ReturnType<typeof familyModels>["base"], m: ReturnType<typeof familyModels>, samplesPerPrompt: number, threads: number) => ({
-  text: evaluateText({ batchSize: 32, threads }, { model, tokenizer: m.tokenizer, texts: m.plain }),
-  chat: evaluateChat({ temperature: 1, maxNewTokens: 72, limit: 0, seed: 0, samplesPerPrompt, batchSize: 64, threads }, { model, tokenizer: m.tokenizer, corpus: m.chat }),
-  picks: evaluatePicks({ corpus: familyChatOptions, samples: 1000, temperature: 1, maxNewTokens: 16, seed: 0, batchSize: 100, threads }, { model, tokenizer: m.tokenizer }),
+/** The evaluations of one trained model (base or chat) of the family; `name` prefixes the calls' names
+ *  (`base-s-text`, `base-s-chat`, `base-s-picks`: --set base-s-picks.samples=200). */
+const evaluations = (name: string, model: ReturnType<typeof familyModels>["base"], m: ReturnType<typeof familyModels>, samplesPerPrompt: number, threads: number) => ({
+  text: evaluateText({ batchSize: 32, threads }, { model, tokenizer: m.tokenizer, texts: m.plain }, { name: `${name}-text` }),
+  chat: evaluateChat(
+    { temperature: 1, maxNewTokens: 72, limit: 0, seed: 0, samplesPerPrompt, batchSize: 64, threads },
+    { model, tokenizer: m.tokenizer, corpus: m.chat },
+    { name: `${name}-chat` },
+  ),
+  picks: evaluatePicks(
+    { corpus: familyChatOptions, samples: 1000, temperature: 1, maxNewTokens: 16, seed: 0, batchSize: 100, threads },
+    { model, tokenizer: m.tokenizer },
+    { name: `${name}-picks` },
+  ),
 })
 
 /** Both models of a size, evaluated and published as models/tiny-base-<size> and models/tiny-chat-<size>. */
 export const familyPublished = (size: FamilySize, recipe: FamilyRecipe = familyRecipe) => {
   const m = familyModels(size, recipe)
   // the base is sampled once per behaviour prompt: its behaviour rates only show it has none
-  const baseEval = evaluations(m.base, m, 1, recipe.threads)
-  const chatEval = evaluations(m.chatModel, m, 4, recipe.threads)
+  const baseEval = evaluations(`base-${size}`, m.base, m, 1, recipe.threads)
+  const chatEval = evaluations(`chat-${size}`, m.chatModel, m, 4, recipe.threads)
   const baseName = `tiny-base-${size}`
   const chatName = `tiny-chat-${size}`
-  const base = writeFamilyModel({ outDir: `models/${baseName}`, name: baseName, kind: "base", startedFrom: "random initialization", command: familyCommand }, { model: m.base, tokenizer: m.tokenizer, ...baseEval })
-  const chat = writeFamilyModel({ outDir: `models/${chatName}`, name: chatName, kind: "chat", startedFrom: `models/${baseName}`, command: familyCommand }, { model: m.chatModel, tokenizer: m.tokenizer, ...chatEval })
+  const base = writeFamilyModel({ outDir: `models/${baseName}`, name: baseName, kind: "base", startedFrom: "random initialization", command: familyCommand }, { model: m.base, tokenizer: m.tokenizer, ...baseEval }, { name: `write-base-${size}` })
+  const chat = writeFamilyModel({ outDir: `models/${chatName}`, name: chatName, kind: "chat", startedFrom: `models/${baseName}`, command: familyCommand }, { model: m.chatModel, tokenizer: m.tokenizer, ...chatEval }, { name: `write-chat-${size}` })
   return { models: m, baseEval, chatEval, base, chat }
 }

@@ -1,21 +1,16 @@
-// Stages: causal-LM training on plain documents, the loss on every token (bos + text + eos, one
-// document per row, right-padded; rows of similar length are batched together, see
+// Stage train-text: causal-LM training on plain documents, the loss on every token (bos + text +
+// eos, one document per row, right-padded; rows of similar length are batched together, see
 // chat-batches.ts). The trainer is train-lm's (checkpoints, resume, schedule, clipping, NaN check).
-//   train-text   from weights made in the pipeline (init-llama, or another training stage): the
-//                pretraining of tiny-base-s / tiny-base-l;
-//   tune-domain  from any Hugging Face checkpoint directory (an external input, e.g.
-//                models/tiny-base-s or a local Llama), on the documents of some genres only: the
-//                small "tuned" model of proxy tuning and logit blending. The weights it returns are
-//                float32 under the checkpoint's tensor names with its config.json in the metadata;
-//                the tokenizer is the checkpoint's (see checkpointDir in ../tiny-chat/artifacts.ts).
+// It pretrains tiny-base-s / tiny-base-l from init-llama, and through `tuneDomain` fine-tunes any
+// Hugging Face checkpoint directory on the documents of some genres.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Directory, StageError, stage } from "../../src/engine/index.ts"
-import { loadCheckpoint, weightsInFile } from "../../src/models/checkpoint.ts"
-import { loadTokenizer } from "../../src/text/tokenizer.ts"
+import { type Directory, type Source, StageError, stage } from "../../src/engine/index.ts"
+import { weightsInFile } from "../../src/models/checkpoint.ts"
 import { configOf, LlamaWeights, materializeTokenizer, TokenizerJson } from "../tiny-chat/artifacts.ts"
 import { encodeDocument } from "../tiny-chat/chat-batches.ts"
 import { encodeAll, trainCausalLm, trainedMetadata, TrainLmParams } from "../tiny-chat/train-lm.ts"
+import { checkpointTokenizer, importCheckpoint } from "./import-checkpoint.ts"
 import { GenreFilter, ofGenres, PlainCorpusFile, readPlainCorpus } from "./plain-corpus.ts"
 
 export const TrainTextParams = Schema.Struct({
@@ -51,21 +46,15 @@ export const trainText = stage({
     }).pipe(Effect.scoped),
 })
 
-export const tuneDomain = stage({
-  name: "tune-domain",
-  version: 1,
-  params: TrainTextParams,
-  unkeyed: ["checkpointEvery", "threads"],
-  inputs: { model: Directory, texts: PlainCorpusFile },
-  output: LlamaWeights,
-  resources: { isolate: "process" },
-  run: ({ params, inputs, ctx }) =>
-    Effect.gen(function* () {
-      const checkpoint = yield* loadCheckpoint(inputs.model.path)
-      const tokenizer = yield* loadTokenizer(checkpoint.dir)
-      const docs = yield* documents(inputs.texts.path, params.genres)
-      const seqs = yield* encodeAll(inputs.texts.path, docs, (d) => encodeDocument(tokenizer, d.text, params.maxLength))
-      const { tensors, result } = yield* trainCausalLm(params, ctx, { config: checkpoint.config, weights: checkpoint.weights, source: checkpoint.dir }, seqs, `documents (${params.genres.join(", ") || "all genres"})`)
-      return { tensors, metadata: trainedMetadata(JSON.stringify(checkpoint.rawConfig), params, result) }
-    }).pipe(Effect.scoped),
-})
+/**
+ * Tunes the checkpoint directory `model` (an external input) on the documents of `params.genres`:
+ * the small "tuned" model of proxy tuning and logit blending. Returns the tuned weights, the
+ * untuned ones and the checkpoint's tokenizer, as the evaluation and writing stages take them
+ * (materializeModel in ../tiny-chat/artifacts.ts makes a checkpoint directory of them).
+ */
+export const tuneDomain = (params: typeof TrainTextParams.Type, inputs: { readonly model: Source<typeof Directory>; readonly texts: Source<typeof PlainCorpusFile> }, name = "tune-domain") => {
+  const base = importCheckpoint({}, { model: inputs.model }, { name: `${name}-import` })
+  const tokenizer = checkpointTokenizer({}, { model: inputs.model }, { name: `${name}-tokenizer` })
+  const tuned = trainText(params, { texts: inputs.texts, tokenizer, init: base }, { name })
+  return { base, tokenizer, tuned }
+}
