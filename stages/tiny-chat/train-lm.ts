@@ -9,7 +9,8 @@
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
 import * as ort from "onnxruntime-node"
-import { errorMessage, type StageContext, StageError, stage } from "../../src/engine/index.ts"
+import { errorMessage, type StageContext, StageError, stage, type TensorsValue } from "../../src/engine/index.ts"
+import type { TextTokenizer } from "../../src/text/tokenizer.ts"
 import { buildTrainStep, crossEntropy, serialize } from "../../src/graph/index.ts"
 import type { Tensor } from "../../src/core/safetensors.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
@@ -121,6 +122,28 @@ export const trainedMetadata = (config: string, params: typeof TrainLmParams.Typ
   epoch_losses: JSON.stringify(r.epochLosses.map((l) => Number(l.toFixed(4)))),
 })
 
+/**
+ * The run of a training stage whose init is a LlamaWeights artifact: the tokenizer files are
+ * materialised in the work dir, `sequences` encodes the training data with them, and the trained
+ * weights come back with their config and training record in the metadata.
+ */
+export const trainFromWeights = <E>(
+  params: typeof TrainLmParams.Type,
+  ctx: StageContext,
+  init: TensorsValue,
+  tokenizerFiles: TokenizerJson,
+  sequences: (tokenizer: TextTokenizer) => Effect.Effect<ReadonlyArray<TrainSequence>, E>,
+  what: string,
+) =>
+  Effect.gen(function* () {
+    const config = yield* configOf(init)
+    const tokenizer = yield* materializeTokenizer(path.join(ctx.workDir, "tokenizer"), tokenizerFiles)
+    const seqs = yield* sequences(tokenizer)
+    const weights = yield* weightsInFile(config, init.path, init.header)
+    const { tensors, result } = yield* trainCausalLm(params, ctx, { config, weights, source: init.path }, seqs, what)
+    return { tensors, metadata: trainedMetadata(init.metadata.config!, params, result) }
+  })
+
 /** Encodes sequences, turning an encoding error (a too long one) into a StageError naming `file`. */
 export const encodeAll = <A>(file: string, items: ReadonlyArray<A>, encode: (a: A) => TrainSequence) =>
   Effect.try({ try: () => items.map(encode), catch: (e) => new StageError({ message: `${file}: ${errorMessage(e)}` }) })
@@ -134,13 +157,12 @@ export const trainLm = stage({
   output: LlamaWeights,
   resources: { isolate: "process" },
   run: ({ params, inputs, ctx }) =>
-    Effect.gen(function* () {
-      const config = yield* configOf(inputs.init)
-      const tokenizer = yield* materializeTokenizer(path.join(ctx.workDir, "tokenizer"), inputs.tokenizer)
-      const corpus = yield* readCorpus(inputs.corpus.path)
-      const seqs = yield* encodeAll(inputs.corpus.path, corpus.train, (c) => encodeChat(tokenizer, c.messages, params.maxLength))
-      const weights = yield* weightsInFile(config, inputs.init.path, inputs.init.header)
-      const { tensors, result } = yield* trainCausalLm(params, ctx, { config, weights, source: inputs.init.path }, seqs, "chats")
-      return { tensors, metadata: trainedMetadata(inputs.init.metadata.config!, params, result) }
-    }).pipe(Effect.scoped),
+    trainFromWeights(
+      params,
+      ctx,
+      inputs.init,
+      inputs.tokenizer,
+      (tokenizer) => Effect.flatMap(readCorpus(inputs.corpus.path), (corpus) => encodeAll(inputs.corpus.path, corpus.train, (c) => encodeChat(tokenizer, c.messages, params.maxLength))),
+      "chats",
+    ).pipe(Effect.scoped),
 })

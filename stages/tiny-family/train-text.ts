@@ -4,12 +4,10 @@
 // It pretrains tiny-base-s / tiny-base-l from init-llama, and through `tuneDomain` fine-tunes any
 // Hugging Face checkpoint directory on the documents of some genres.
 import { Effect, Schema } from "effect"
-import * as path from "node:path"
 import { type Directory, type Source, StageError, stage } from "../../src/engine/index.ts"
-import { weightsInFile } from "../../src/models/checkpoint.ts"
-import { configOf, LlamaWeights, materializeTokenizer, TokenizerJson } from "../tiny-chat/artifacts.ts"
+import { LlamaWeights, TokenizerJson } from "../tiny-chat/artifacts.ts"
 import { encodeDocument } from "../tiny-chat/chat-batches.ts"
-import { encodeAll, trainCausalLm, trainedMetadata, TrainLmParams } from "../tiny-chat/train-lm.ts"
+import { encodeAll, trainFromWeights, TrainLmParams } from "../tiny-chat/train-lm.ts"
 import { checkpointTokenizer, importCheckpoint } from "./import-checkpoint.ts"
 import { GenreFilter, ofGenres, PlainCorpusFile, readPlainCorpus } from "./plain-corpus.ts"
 
@@ -35,15 +33,14 @@ export const trainText = stage({
   output: LlamaWeights,
   resources: { isolate: "process" },
   run: ({ params, inputs, ctx }) =>
-    Effect.gen(function* () {
-      const config = yield* configOf(inputs.init)
-      const tokenizer = yield* materializeTokenizer(path.join(ctx.workDir, "tokenizer"), inputs.tokenizer)
-      const docs = yield* documents(inputs.texts.path, params.genres)
-      const seqs = yield* encodeAll(inputs.texts.path, docs, (d) => encodeDocument(tokenizer, d.text, params.maxLength))
-      const weights = yield* weightsInFile(config, inputs.init.path, inputs.init.header)
-      const { tensors, result } = yield* trainCausalLm(params, ctx, { config, weights, source: inputs.init.path }, seqs, "documents")
-      return { tensors, metadata: trainedMetadata(inputs.init.metadata.config!, params, result) }
-    }).pipe(Effect.scoped),
+    trainFromWeights(
+      params,
+      ctx,
+      inputs.init,
+      inputs.tokenizer,
+      (tokenizer) => Effect.flatMap(documents(inputs.texts.path, params.genres), (docs) => encodeAll(inputs.texts.path, docs, (d) => encodeDocument(tokenizer, d.text, params.maxLength))),
+      "documents",
+    ).pipe(Effect.scoped),
 })
 
 /**
