@@ -32,7 +32,7 @@ export interface FamilyRecipe {
   readonly sftEpochs: number
   readonly threads: number
 }
-export const familyRecipe: FamilyRecipe = { pretrainEpochs: 20, sftEpochs: 15, threads: 1 }
+export const familyRecipe: FamilyRecipe = { pretrainEpochs: 6, sftEpochs: 15, threads: 1 }
 
 export const maxLength = 128
 

