@@ -10,7 +10,7 @@ import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
-import { toFloat32, type Tensor } from "../../src/core/safetensors.ts"
+import type { Tensor } from "../../src/core/safetensors.ts"
 import { loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { defaultCorpusOptions } from "../../src/text/synthetic/corpus.ts"
 import { defaultPlainCorpusOptions } from "../../src/text/synthetic/plain.ts"
@@ -19,7 +19,7 @@ import { chatCorpus } from "../../stages/tiny-chat/corpus.ts"
 import { plainCorpus } from "../../stages/tiny-family/plain-corpus.ts"
 import { familyTokenizer } from "../../stages/tiny-family/tokenizer.ts"
 import { trainText } from "../../stages/tiny-family/train-text.ts"
-import { stageContext, tensorsValue } from "../stage-harness.ts"
+import { maxDifferences, stageContext, tensorsValue } from "../stage-harness.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const world = { people: 3, pets: 2, gadgets: 2, towns: 2 }
@@ -136,13 +136,7 @@ describe("pipelines/tiny-family-s.ts and tiny-stories.ts at reduced size", () =>
     if (!Exit.isSuccess(whole) || !Exit.isSuccess(resumed)) throw new Error("training failed")
     const a = (whole.value as { tensors: ReadonlyMap<string, Tensor> }).tensors
     const b = (resumed.value as { tensors: ReadonlyMap<string, Tensor> }).tensors
-    for (const [name, t] of a) {
-      const x = toFloat32(t)
-      const y = toFloat32(b.get(name)!)
-      // the same float32 computations in the same order (as train-lm's resume test): 1e-6
-      let max = 0
-      for (let i = 0; i < x.length; i++) max = Math.max(max, Math.abs(x[i] - y[i]))
-      expect(max, name).toBeLessThan(1e-6)
-    }
+    // the same float32 computations in the same order (as train-lm's resume test): 1e-6
+    for (const [name, max] of Object.entries(maxDifferences(a, b))) expect(max, name).toBeLessThan(1e-6)
   }, 120_000)
 })
