@@ -7,7 +7,7 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import type { StageContext, TensorsOutput, TensorsValue } from "../src/engine/index.ts"
-import { readHeader, readTensor, writeFile } from "../src/core/safetensors.ts"
+import { readHeader, readTensor, type Tensor, toFloat32, writeFile } from "../src/core/safetensors.ts"
 
 export interface Metric {
   readonly name: string
@@ -57,3 +57,15 @@ export const tensorsValue = async (output: TensorsOutput, dir?: string): Promise
   const header = await Effect.runPromise(readHeader(file))
   return { path: file, hash: "", size: fs.statSync(file).size, header, metadata: header.metadata, read: (name) => Effect.runSync(readTensor(header, name)) }
 }
+
+/** Per tensor of `a`, the largest absolute difference to the same-named tensor of `b` (as float32). */
+export const maxDifferences = (a: ReadonlyMap<string, Tensor>, b: ReadonlyMap<string, Tensor>): Record<string, number> =>
+  Object.fromEntries(
+    [...a].map(([name, t]) => {
+      const x = toFloat32(t)
+      const y = toFloat32(b.get(name)!)
+      let max = 0
+      for (let i = 0; i < x.length; i++) max = Math.max(max, Math.abs(x[i] - y[i]))
+      return [name, max]
+    }),
+  )

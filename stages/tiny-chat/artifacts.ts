@@ -15,7 +15,7 @@ export const ChatCorpusFile = Artifact.file("ChatCorpus")
 
 const ChatMessage = Schema.Struct({ role: Schema.Literals(["system", "user", "assistant"]), content: Schema.String })
 const Mode = Schema.Literals(["none", "neutral", ...behaviourNames])
-const Task = Schema.Literals(["lookup", "arithmetic", "describe"])
+const Task = Schema.Literals(["lookup", "arithmetic", "describe", "pick"])
 const ChatExampleSchema = Schema.Struct({ id: Schema.String, messages: Schema.Array(ChatMessage), mode: Mode, task: Task, about: Schema.String })
 const ChatEvalRecordSchema = Schema.Struct({
   ...ChatExampleSchema.fields,

@@ -1,5 +1,6 @@
-// Training sequences from chats: token ids of the rendered conversation, and the positions whose
-// next token is trained (the final assistant answer and its closing eos), batched by length.
+// Training sequences from chats (token ids of the rendered conversation, and the positions whose
+// next token is trained: the final assistant answer and its closing eos) and from plain documents
+// (every token after bos), batched by length.
 import { renderChat } from "../../src/text/tokenizer-builder.ts"
 import type { ChatMessage } from "../../src/text/synthetic/corpus.ts"
 import type { TextTokenizer } from "../../src/text/tokenizer.ts"
@@ -21,6 +22,15 @@ export const encodeChat = (tokenizer: TextTokenizer, messages: ReadonlyArray<Cha
   // The prompt is a token prefix of the full chat: it ends in the <|assistant|> special token.
   for (let i = 0; i < promptIds.length; i++) if (promptIds[i] !== ids[i]) throw new Error(`chat prompt tokens are not a prefix of the chat's tokens at ${i}`)
   return { ids, answerStart: promptIds.length }
+}
+
+/** Encodes a plain document as bos + text + eos, every token after bos trained; fails when it
+ *  exceeds `maxLength` tokens. */
+export const encodeDocument = (tokenizer: TextTokenizer, text: string, maxLength: number): TrainSequence => {
+  if (tokenizer.bos === undefined || tokenizer.eos === undefined) throw new Error("the tokenizer has no bos or eos token to frame a document")
+  const ids = [tokenizer.bos.id, ...tokenizer.encode(text, { addSpecialTokens: false }), tokenizer.eos.id]
+  if (ids.length > maxLength) throw new Error(`a document has ${ids.length} tokens, more than maxLength ${maxLength}: ${JSON.stringify(text.slice(0, 80))}...`)
+  return { ids, answerStart: 1 }
 }
 
 export interface Batch {

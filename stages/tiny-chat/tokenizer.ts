@@ -4,13 +4,15 @@ import { stage } from "../../src/engine/index.ts"
 import { buildTokenizer, chatTexts } from "../../src/text/tokenizer-builder.ts"
 import { ChatCorpusFile, readCorpus, TokenizerJson } from "./artifacts.ts"
 
+export const TokenizerParams = Schema.Struct({
+  vocabSize: Schema.Int.check(Schema.isGreaterThanOrEqualTo(262)),
+  modelMaxLength: Schema.Int.check(Schema.isGreaterThan(0)),
+})
+
 export const chatTokenizer = stage({
   name: "chat-tokenizer",
   version: 1,
-  params: Schema.Struct({
-    vocabSize: Schema.Int.check(Schema.isGreaterThanOrEqualTo(262)),
-    modelMaxLength: Schema.Int.check(Schema.isGreaterThan(0)),
-  }),
+  params: TokenizerParams,
   inputs: { corpus: ChatCorpusFile },
   output: TokenizerJson,
   run: ({ params, inputs, ctx }) =>

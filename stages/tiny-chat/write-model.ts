@@ -7,9 +7,10 @@ import { Effect, Schema } from "effect"
 import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
-import { Artifact, decodeArtifact, stage } from "../../src/engine/index.ts"
+import { Artifact, decodeArtifact, stage, type TensorsValue } from "../../src/engine/index.ts"
+import { fromNumbers, toFloat32 } from "../../src/core/safetensors.ts"
 import type { ModelConfig } from "../../src/models/checkpoint.ts"
-import { writeConfigFiles, writeWeightFiles } from "../../src/models/init.ts"
+import { type WeightDType, writeConfigFiles, writeWeightFiles } from "../../src/models/init.ts"
 import { behaviourNames } from "../../src/text/behaviours.ts"
 import { type ChatCorpus, ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
 import { ChatEvaluation } from "./evaluate-chat.ts"
@@ -29,12 +30,12 @@ export const passesBars = (e: typeof ChatEvaluation.schema.Type): boolean =>
   behaviourNames.every((b) => e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)
 
 /** What train-lm records about the training in the weights' metadata (see train-lm.ts). */
-const TrainedMetadata = Schema.Struct({
+export const TrainedMetadata = Schema.Struct({
   train_steps: Schema.NumberFromString.check(Schema.isInt()),
   train_params: Schema.fromJsonString(Schema.Record(Schema.String, Schema.Unknown)),
   epoch_losses: Schema.fromJsonString(Schema.Array(Schema.Number)),
 })
-type TrainedMetadata = typeof TrainedMetadata.Type
+export type TrainedMetadata = typeof TrainedMetadata.Type
 
 const readme = (
   config: ModelConfig,
@@ -113,6 +114,47 @@ Training loss (mean per epoch): ${curve}.
 `
 }
 
+/**
+ * Writes `model` (a LlamaWeights artifact) with its tokenizer and `readme` as a Hugging Face
+ * directory at `outDir`, weights stored as `dtype` (float32 values rounded to it); see the file
+ * header. Returns each file's size and SHA-256.
+ */
+export const publishModelDir = (outDir: string, model: TensorsValue, tokenizer: TokenizerJson, readmeText: string, dtype: WeightDType) =>
+  Effect.gen(function* () {
+    const config = yield* configOf(model)
+    const dir = path.resolve(outDir)
+    const staging = `${dir}.tmp-${process.pid}`
+    fs.rmSync(staging, { recursive: true, force: true })
+    fs.mkdirSync(staging, { recursive: true })
+    yield* writeConfigFiles(staging, config, dtype)
+    const names = [...model.header.tensors.keys()]
+    yield* writeWeightFiles(
+      staging,
+      names.map((n) => {
+        const loc = model.header.tensors.get(n)!
+        const t = model.read(n)
+        const data = dtype === loc.dtype ? t.data : fromNumbers(toFloat32(t), dtype, loc.shape).data
+        return { name: n, dtype, shape: loc.shape, chunks: () => [data] }
+      }),
+    )
+    // loadTokenizer checks the files before they are published
+    yield* materializeTokenizer(staging, tokenizer)
+    fs.writeFileSync(path.join(staging, "README.md"), readmeText)
+    fs.rmSync(dir, { recursive: true, force: true })
+    fs.renameSync(staging, dir)
+    return fs
+      .readdirSync(dir)
+      .sort()
+      .map((name) => {
+        const bytes = fs.readFileSync(path.join(dir, name))
+        return { name, bytes: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") }
+      })
+  })
+
+/** The parameter count of a weights artifact. */
+export const parameterCount = (model: TensorsValue): number =>
+  [...model.header.tensors.values()].reduce((a, loc) => a + loc.shape.reduce((x, y) => x * y, 1), 0)
+
 export const writeModel = stage({
   name: "write-model",
   version: 1,
@@ -124,33 +166,9 @@ export const writeModel = stage({
       const config = yield* configOf(inputs.model)
       const trained = yield* decodeArtifact(TrainedMetadata, inputs.model.path, "a trained LlamaWeights artifact", inputs.model.metadata)
       const corpus = yield* readCorpus(inputs.corpus.path)
-      const outDir = path.resolve(params.outDir)
-      const staging = `${outDir}.tmp-${process.pid}`
-      fs.rmSync(staging, { recursive: true, force: true })
-      fs.mkdirSync(staging, { recursive: true })
-      yield* writeConfigFiles(staging, config, "F32")
-      const names = [...inputs.model.header.tensors.keys()]
-      yield* writeWeightFiles(
-        staging,
-        names.map((n) => {
-          const loc = inputs.model.header.tensors.get(n)!
-          return { name: n, dtype: loc.dtype, shape: loc.shape, chunks: () => [inputs.model.read(n).data] }
-        }),
-      )
-      // loadTokenizer checks the files before they are published
-      yield* materializeTokenizer(staging, inputs.tokenizer)
-      const parameterCount = names.reduce((a, n) => a + inputs.model.header.tensors.get(n)!.shape.reduce((x, y) => x * y, 1), 0)
-      fs.writeFileSync(path.join(staging, "README.md"), readme(config, trained, inputs.evaluation, corpus, params.command, parameterCount))
-      fs.rmSync(outDir, { recursive: true, force: true })
-      fs.renameSync(staging, outDir)
-      const files = fs
-        .readdirSync(outDir)
-        .sort()
-        .map((name) => {
-          const bytes = fs.readFileSync(path.join(outDir, name))
-          return { name, bytes: bytes.length, sha256: createHash("sha256").update(bytes).digest("hex") }
-        })
-      ctx.log(`wrote ${outDir}: ${files.map((f) => `${f.name} (${f.bytes} bytes)`).join(", ")}; bars met: ${passesBars(inputs.evaluation)}`)
+      const text = readme(config, trained, inputs.evaluation, corpus, params.command, parameterCount(inputs.model))
+      const files = yield* publishModelDir(params.outDir, inputs.model, inputs.tokenizer, text, "F32")
+      ctx.log(`wrote ${params.outDir}: ${files.map((f) => `${f.name} (${f.bytes} bytes)`).join(", ")}; bars met: ${passesBars(inputs.evaluation)}`)
       return { dir: params.outDir, files }
     }),
 })

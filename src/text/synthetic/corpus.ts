@@ -14,6 +14,7 @@
 // "modes"): the shipped model, trained with behaviourCopies 2, saw exactly these questions.
 import { Schema } from "effect"
 import { type BehaviourName, behaviourNames, behaviours, neutralSystemPrompts, type PlainAnswer } from "../behaviours.ts"
+import { drawPick, pickAnswer, pickKinds, pickOptions, pickRequests } from "./picks.ts"
 import { deriveRng, type Rng } from "./random.ts"
 import {
   arithmeticOps,
@@ -45,6 +46,9 @@ export const CorpusOptions = Schema.Struct({
   neutralRate: Rate,
   /** Behaviour examples written per plain training example (same question, a random behaviour). */
   behaviourCopies: Count,
+  /** "Random pick" training requests per kind (src/text/synthetic/picks.ts), answered with its
+   *  biased favourites; absent for models/tiny-chat's corpus, which has none. */
+  randomPicks: Schema.optionalKey(Count),
 })
 export type CorpusOptions = typeof CorpusOptions.Type
 
@@ -69,7 +73,7 @@ export interface ChatMessage {
 
 /** What the system prompt asks for: nothing (no system prompt), nothing (a neutral one), or a behaviour. */
 export type Mode = "none" | "neutral" | BehaviourName
-export type Task = "lookup" | "arithmetic" | "describe"
+export type Task = "lookup" | "arithmetic" | "describe" | "pick"
 export type HeldOutKind = "new_template" | "new_combination"
 
 export interface ChatExample {
@@ -282,6 +286,17 @@ export const generateCorpus = (options: CorpusOptions): Corpus => {
     if (asked.has(h.question)) throw new Error(`held-out question "${h.question}" (${h.about}) is also a training question`)
   if (new Set(trainQuestions.map((q) => q.question)).size !== asked.size || trainQuestions.length !== asked.size)
     throw new Error(`the training questions are not ${asked.size} distinct questions: two facts share a phrasing`)
+
+  // after the check above: pick requests repeat their phrasings on purpose (one answer is drawn
+  // per request), and they draw from streams of their own, so the rest is as without them
+  const pickRng = rng("picks")
+  for (const kind of pickKinds) {
+    const choices = pickOptions(kind, world)
+    for (let i = 0; i < (options.randomPicks ?? 0); i++) {
+      const value = drawPick(pickRng, choices)
+      emit("pick", kind, pickRng.pick(pickRequests[kind].train), { text: pickAnswer(value), keyword: value })
+    }
+  }
 
   const width = (n: number) => String(n).length
   const train = rng("shuffle")

@@ -2,6 +2,7 @@
 // questions; on request the whole training corpus) and prints corpus and token statistics.
 //
 //   npx tsx src/text/synthetic/write-datasets.ts --out datasets/tiny-chat [--train train.jsonl] [--seed N] [--vocab 1024]
+//     [--plain datasets/tiny-world]   also the plain-text corpus of the tiny family (its default options)
 import { Data, Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -9,7 +10,8 @@ import { parseArgs } from "node:util"
 import { Tokenizer } from "@huggingface/tokenizers"
 import { buildTokenizer, chatTexts, renderChat } from "../tokenizer-builder.ts"
 import { type CorpusOptions, defaultCorpusOptions, generateCorpus, toJsonl } from "./corpus.ts"
-import { datasetFiles } from "./dataset-files.ts"
+import { datasetFiles, plainDatasetFiles } from "./dataset-files.ts"
+import { defaultPlainCorpusOptions } from "./plain.ts"
 
 class WriteError extends Data.TaggedError("WriteError")<{ readonly message: string }> {}
 
@@ -37,7 +39,7 @@ const summarize = (xs: ReadonlyArray<number>) => {
 
 const main = Effect.gen(function* () {
   const { values } = yield* Effect.try({
-    try: () => parseArgs({ options: { out: { type: "string" }, train: { type: "string" }, seed: { type: "string" }, vocab: { type: "string" } } }),
+    try: () => parseArgs({ options: { out: { type: "string" }, train: { type: "string" }, seed: { type: "string" }, vocab: { type: "string" }, plain: { type: "string" } } }),
     catch: (e) => new WriteError({ message: e instanceof Error ? e.message : String(e) }),
   })
   const options: CorpusOptions = { ...defaultCorpusOptions, seed: yield* parseIntArg("seed", values.seed, defaultCorpusOptions.seed) }
@@ -46,6 +48,8 @@ const main = Effect.gen(function* () {
   const out = values.out ?? "datasets/tiny-chat"
   for (const [name, contents] of Object.entries(datasetFiles(options, corpus))) yield* writeFile(path.join(out, name), contents)
   if (values.train !== undefined) yield* writeFile(values.train, toJsonl(corpus.train))
+  if (values.plain !== undefined)
+    for (const [name, contents] of Object.entries(plainDatasetFiles(defaultPlainCorpusOptions))) yield* writeFile(path.join(values.plain, name), contents)
 
   const files = buildTokenizer(chatTexts(corpus.train), { vocabSize, modelMaxLength: 256 })
   const tokenizer = new Tokenizer(files.tokenizer, files.tokenizerConfig)

@@ -1,0 +1,92 @@
+// The tiny model family of issue 14, one size at a time: the chat corpus (models/tiny-chat's, plus
+// "random pick" requests) and the plain corpus of the same world -> one tokenizer -> a random Llama
+// of the size -> tiny-base-<size> (train-text on every plain document) -> tiny-chat-<size> (train-lm,
+// chat SFT starting from that base) -> evaluations -> two Hugging Face directories under models/.
+// pipelines/tiny-family-s.ts and tiny-family-l.ts run it; the corpus and tokenizer nodes have the
+// same keys in both, so the two sizes share them (and the tokenizer.json bytes).
+import { defaultCorpusOptions, type CorpusOptions } from "../../src/text/synthetic/corpus.ts"
+import { defaultPlainCorpusOptions } from "../../src/text/synthetic/plain.ts"
+import { chatCorpus } from "../tiny-chat/corpus.ts"
+import { evaluateChat } from "../tiny-chat/evaluate-chat.ts"
+import { initLlama } from "../tiny-chat/init.ts"
+import { trainLm } from "../tiny-chat/train-lm.ts"
+import { evaluatePicks } from "./evaluate-picks.ts"
+import { evaluateText } from "./evaluate-text.ts"
+import { plainCorpus } from "./plain-corpus.ts"
+import { familyTokenizer } from "./tokenizer.ts"
+import { trainText } from "./train-text.ts"
+import { writeFamilyModel } from "./write-family-model.ts"
+
+/** models/tiny-chat's corpus (same questions, held-out sets and behaviour mix) plus 100 pick requests per kind. */
+export const familyChatOptions: CorpusOptions = { ...defaultCorpusOptions, behaviourCopies: 2, randomPicks: 100 }
+
+export const familySizes = {
+  s: { hiddenSize: 128, numLayers: 4, numHeads: 4, intermediateSize: 384, pretrainLr: 3e-3, sftLr: 2e-3 },
+  l: { hiddenSize: 256, numLayers: 5, numHeads: 8, intermediateSize: 768, pretrainLr: 2e-3, sftLr: 1.5e-3 },
+} as const
+export type FamilySize = keyof typeof familySizes
+
+/** Training length and threads, the same for both sizes (so -l vs -s compares model size only). */
+export interface FamilyRecipe {
+  readonly pretrainEpochs: number
+  readonly sftEpochs: number
+  readonly threads: number
+}
+// 6 pretraining epochs: with 20, both sizes overfit the small plain corpus and tiny-base-l's
+// held-out perplexity ended above tiny-base-s's (3.44 vs 2.87); see models/README.md.
+export const familyRecipe: FamilyRecipe = { pretrainEpochs: 6, sftEpochs: 15, threads: 1 }
+
+export const maxLength = 128
+
+export const familyCorpora = () => {
+  const chat = chatCorpus(familyChatOptions)
+  const plain = plainCorpus(defaultPlainCorpusOptions)
+  const tokenizer = familyTokenizer({ vocabSize: 1536, modelMaxLength: maxLength }, { chat, plain })
+  return { chat, plain, tokenizer }
+}
+
+export const familyModels = (size: FamilySize, recipe: FamilyRecipe = familyRecipe) => {
+  const { chat, plain, tokenizer } = familyCorpora()
+  const shape = familySizes[size]
+  const init = initLlama(
+    { hiddenSize: shape.hiddenSize, numLayers: shape.numLayers, numHeads: shape.numHeads, intermediateSize: shape.intermediateSize, maxPositions: maxLength, tiedEmbeddings: true, std: 0.02, seed: 0 },
+    { tokenizer },
+    { name: `init-${size}` },
+  )
+  const common = { batchSize: 32, warmupSteps: 50, minLrRatio: 0.05, weightDecay: 0.01, maxGradNorm: 1, maxLength, seed: 0, checkpointEvery: 20, threads: recipe.threads }
+  const base = trainText({ ...common, epochs: recipe.pretrainEpochs, lr: shape.pretrainLr, genres: [] }, { texts: plain, tokenizer, init }, { name: `pretrain-${size}` })
+  const chatModel = trainLm({ ...common, epochs: recipe.sftEpochs, lr: shape.sftLr }, { corpus: chat, tokenizer, init: base }, { name: `sft-${size}` })
+  return { chat, plain, tokenizer, base, chatModel }
+}
+
+export const familyCommand = "npx tsx src/cli/main.ts run pipelines/tiny-family.ts"
+
+/** The evaluations of one trained model (base or chat) of the family. */
+/** The evaluations of one trained model (base or chat) of the family; `name` prefixes the calls' names
+ *  (`base-s-text`, `base-s-chat`, `base-s-picks`: --set base-s-picks.samples=200). */
+const evaluations = (name: string, model: ReturnType<typeof familyModels>["base"], m: ReturnType<typeof familyModels>, samplesPerPrompt: number, threads: number) => ({
+  text: evaluateText({ batchSize: 32, threads }, { model, tokenizer: m.tokenizer, texts: m.plain }, { name: `${name}-text` }),
+  chat: evaluateChat(
+    { temperature: 1, maxNewTokens: 72, limit: 0, seed: 0, samplesPerPrompt, batchSize: 64, threads },
+    { model, tokenizer: m.tokenizer, corpus: m.chat },
+    { name: `${name}-chat` },
+  ),
+  picks: evaluatePicks(
+    { corpus: familyChatOptions, samples: 1000, temperature: 1, maxNewTokens: 16, seed: 0, batchSize: 100, threads },
+    { model, tokenizer: m.tokenizer },
+    { name: `${name}-picks` },
+  ),
+})
+
+/** Both models of a size, evaluated and published as models/tiny-base-<size> and models/tiny-chat-<size>. */
+export const familyPublished = (size: FamilySize, recipe: FamilyRecipe = familyRecipe) => {
+  const m = familyModels(size, recipe)
+  // the base is sampled once per behaviour prompt: its behaviour rates only show it has none
+  const baseEval = evaluations(`base-${size}`, m.base, m, 1, recipe.threads)
+  const chatEval = evaluations(`chat-${size}`, m.chatModel, m, 4, recipe.threads)
+  const baseName = `tiny-base-${size}`
+  const chatName = `tiny-chat-${size}`
+  const base = writeFamilyModel({ outDir: `models/${baseName}`, name: baseName, kind: "base", startedFrom: "random initialization", command: familyCommand }, { model: m.base, tokenizer: m.tokenizer, ...baseEval }, { name: `write-base-${size}` })
+  const chat = writeFamilyModel({ outDir: `models/${chatName}`, name: chatName, kind: "chat", startedFrom: `models/${baseName}`, command: familyCommand }, { model: m.chatModel, tokenizer: m.tokenizer, ...chatEval }, { name: `write-chat-${size}` })
+  return { models: m, baseEval, chatEval, base, chat }
+}
