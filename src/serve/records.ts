@@ -9,6 +9,7 @@ import { canonicalJson } from "../engine/hash.ts"
 import { type ExecutionRow, openStoreForReading, type RunRow, type Store } from "../engine/store.ts"
 import { curveMetricNames, hasTrainingCurve, lineChart, type MetricPoint, type Series, stepSeries, trainingCurve } from "../plots/charts.ts"
 import type { ChartSpec } from "../plots/render.ts"
+import type { NodeProgress } from "../engine/progress.ts"
 
 /** A node's state on the run page: the scheduler's outcome once the run is over, else what the records say so far. */
 export type NodeState = "cached" | "running" | "succeeded" | "failed" | "skipped" | "interrupted" | "pending"
@@ -28,6 +29,14 @@ interface PlanFile {
     readonly coords?: Readonly<Record<string, unknown>>
     readonly inputs: Readonly<Record<string, string | ReadonlyArray<string>>>
   }>
+}
+
+interface NodeRecord {
+  readonly state: NodeState
+  readonly key?: string
+  readonly error?: string
+  readonly execution?: ExecutionRow
+  readonly progress?: { readonly value: number; readonly total: number; readonly unit: string }
 }
 
 interface SummaryFile {
@@ -86,16 +95,24 @@ export class Records {
     return plan
   }
 
-  /** Node states of a run: the final outcomes from summary.json, else its executions so far (other nodes pending). */
-  private states(run: RunRow): Map<string, { state: NodeState; key?: string; error?: string; execution?: ExecutionRow }> {
-    const executions = new Map(this.store().executionsOfRun(run.id).map((e) => [e.node, e]))
-    const summary = readJsonFile<SummaryFile>(join(this.runDir(run.id), "summary.json"))
-    const states = new Map<string, { state: NodeState; key?: string; error?: string; execution?: ExecutionRow }>()
+  /**
+   * Node states of a run: the final outcomes from summary.json once the run is over; while it works,
+   * progress.json (cached, running with its progress, done) and its executions so far; other nodes
+   * are pending.
+   */
+  private states(run: RunRow): Map<string, NodeRecord> {
+    const dir = this.runDir(run.id)
+    const summary = readJsonFile<SummaryFile>(join(dir, "summary.json"))
+    const progress = summary === undefined ? readJsonFile<Readonly<Record<string, NodeProgress>>>(join(dir, "progress.json")) : undefined
+    const states = new Map<string, NodeRecord>()
+    for (const [name, p] of Object.entries(progress ?? {}))
+      states.set(name, { state: p.state === "waiting" ? "pending" : p.state, ...(p.total !== undefined && p.value !== undefined ? { progress: { value: p.value, total: p.total, unit: p.unit ?? "" } } : {}) })
     for (const n of summary?.nodes ?? []) states.set(n.name, { state: n.status, ...(n.key ? { key: n.key } : {}), ...(n.error ? { error: n.error } : {}) })
-    for (const [name, e] of executions) {
-      const known = states.get(name)
-      const state = known?.state ?? (e.status as NodeState)
-      states.set(name, { state, key: e.key, ...(e.error ? { error: e.error } : {}), execution: e })
+    for (const e of this.store().executionsOfRun(run.id)) {
+      const known = states.get(e.node)
+      // the database is written before progress.json: a node it has finished is finished
+      const state = summary !== undefined ? (known?.state ?? (e.status as NodeState)) : e.status === "running" ? (known?.state ?? "running") : (e.status as NodeState)
+      states.set(e.node, { ...known, state, key: e.key, ...(e.error ? { error: e.error } : {}), execution: e })
     }
     return states
   }
@@ -142,7 +159,7 @@ export class Records {
         state: s?.state ?? (run.status === "running" ? "pending" : "skipped"),
         error: s?.error?.split("\n")[0] ?? null,
         seconds: e === undefined ? null : ((e.ended_at ?? now) - e.started_at) / 1000,
-        progress: e?.status === "running" ? this.progress(e) : null,
+        progress: s?.state === "running" ? (s.progress ?? null) : null,
       }
     })
     return {
@@ -158,22 +175,20 @@ export class Records {
     }
   }
 
-  /** A running node's progress: the last step it recorded a metric at (metrics reach the database in batches). */
-  private progress(e: ExecutionRow): { step: number } | null {
-    const steps = this.store().metricsOf(e.id).flatMap((m) => (m.step === null ? [] : [m.step]))
-    return steps.length === 0 ? null : { step: Math.max(...steps) }
-  }
-
-  /** The files the run published (from summary.json once it is written), by kind for the page. */
-  private files(id: string) {
+  /** The files the run published (from summary.json once it is written) and its training curves, by kind for the page. */
+  private files(id: string): ReadonlyArray<PublishedEntry> {
     const summary = readJsonFile<SummaryFile>(join(this.runDir(id), "summary.json"))
     const base = this.runDir(id)
-    return (summary?.published ?? []).map((p): PublishedEntry => {
+    const curves = join(base, "curves")
+    const curveFiles = existsSync(curves)
+      ? readdirSync(curves).sort().map((f): PublishedEntry => ({ file: f, node: f.replace(/\.svg$/, ""), path: `curves/${f}`, kind: "svg" }))
+      : []
+    return [...(summary?.published ?? []).map((p): PublishedEntry => {
       if (p.path === undefined) return { file: p.file, node: p.node, error: p.error ?? "not written" }
       const rel = relative(base, p.path)
       const dir = existsSync(p.path) && statSync(p.path).isDirectory()
       return { file: p.file, node: p.node, path: rel, kind: dir ? "dir" : kindOf(rel), ...(dir ? { entries: readdirSync(p.path).sort() } : {}) }
-    })
+    }), ...curveFiles]
   }
 
   /** The execution that made a node's value in a run: its own execution there, else the cached entry's producer. */

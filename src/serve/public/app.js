@@ -196,8 +196,8 @@ const layout = (nodes) => {
   return { pos, groups, width: BOX.pad * 2 + columns.length * (BOX.w + BOX.gapX) - BOX.gapX, height: height + BOX.pad }
 }
 
-const nodeTitle = (n) =>
-  `${n.name}\n${n.state}${n.seconds !== null ? `, ${seconds(n.seconds)}` : ""}${n.progress ? `, step ${n.progress.step}` : ""}${n.error ? `\n${n.error}` : ""}`
+const progressText = (p) => (p ? ` ${p.value}/${p.total} ${p.unit}`.trimEnd() : "")
+const nodeTitle = (n) => `${n.name}\n${n.state}${n.seconds !== null ? `, ${seconds(n.seconds)}` : ""}${progressText(n.progress)}${n.error ? `\n${n.error}` : ""}`
 
 const dagView = (run) => {
   const { pos, groups, width, height } = layout(run.nodes)
@@ -229,7 +229,7 @@ const dagView = (run) => {
       if (e === undefined) continue
       e.g.setAttribute("class", `dag-node state-${n.state}`)
       e.g.setAttribute("data-state", n.state)
-      e.detail.textContent = `${n.state}${n.seconds !== null ? ` ${seconds(n.seconds)}` : ""}${n.progress ? `, step ${n.progress.step}` : ""}`
+      e.detail.textContent = `${n.state}${n.seconds !== null ? ` ${seconds(n.seconds)}` : ""}${progressText(n.progress)}`
       e.title.textContent = nodeTitle(n)
     }
   }
