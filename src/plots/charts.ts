@@ -93,7 +93,12 @@ export const rateBars = (
   encoding: {
     x: { field: "group", type: "nominal", title: null, sort: [...new Set(rows.map((r) => r.group))], axis: { labelAngle: 0 } },
     xOffset: { field: "measure", type: "nominal", sort: [...new Set(rows.map((r) => r.measure))] },
-    y: { field: "value", type: "quantitative", title: o.y, scale: { domain: [0, 1] }, axis: { format: "%" } },
+    y: { field: "value", type: "quantitative", title: o.y, scale: { domain: [0, 1] }, axis: { format: ".0%" } },
     color: { field: "measure", type: "nominal", title: null, sort: [...new Set(rows.map((r) => r.measure))] },
+    tooltip: [
+      { field: "group", type: "nominal" },
+      { field: "measure", type: "nominal" },
+      { field: "value", type: "quantitative", title: o.y, format: ".1%" },
+    ],
   },
 })

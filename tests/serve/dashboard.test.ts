@@ -56,15 +56,16 @@ const pass = (result: { code: number | null; stdout: string; stderr: string }) =
 const FILL = { succeeded: "rgb(22, 163, 74)", cached: "rgb(148, 163, 184)", running: "rgb(245, 158, 11)", failed: "rgb(220, 38, 38)" }
 
 beforeAll(async () => {
+  // blue (its model stages in child processes) takes a while; the example runs go on beside it
+  const blue = cli(sb, ["run", bluePipelineFile, "--plain", ...[...smallBlue(tinyChat), "lora-train.epochs=2"].flatMap((s) => ["--set", s])])
   pass(await cli(sb, ["run", fixture("example.ts"), "--plain"]))
   pass(await cli(sb, ["run", fixture("example.ts"), "--plain", "--set", "modulo.mod=5"]))
-  const blue = pass(await cli(sb, ["run", bluePipelineFile, "--plain", ...[...smallBlue(tinyChat), "lora-train.epochs=2"].flatMap((s) => ["--set", s])]))
-  expect(blue).toContain("training curves: 1 in")
+  expect(pass(await blue)).toContain("training curves: 1 in")
   server = startCli(sb, ["serve", "--port", "0"])
   await until("pipe serve to listen", () => /http:\/\/127\.0\.0\.1:\d+/.test(server.output()), 60_000)
   base = server.output().match(/http:\/\/127\.0\.0\.1:\d+/)![0]
   browser = await launchBrowser()
-}, 300_000)
+}, 900_000) // minutes on a loaded 2-core machine: each of blue's model stages starts a process
 
 afterAll(async () => {
   await browser?.close()
