@@ -21,6 +21,7 @@ const shots = path.join(sb.dir, "screenshots")
 fs.mkdirSync(shots)
 
 let server: ReturnType<typeof startCli>
+let live: ReturnType<typeof startCli> | undefined
 let base = ""
 let browser: Browser
 const errors: Array<string> = []
@@ -68,6 +69,9 @@ beforeAll(async () => {
 }, 900_000) // minutes on a loaded 2-core machine: each of blue's model stages starts a process
 
 afterAll(async () => {
+  // a failed check must not leave the gated run waiting
+  fs.writeFileSync(gate, "")
+  live?.child.kill("SIGKILL")
   await browser?.close()
   server?.child.kill("SIGINT")
   await server?.done
@@ -159,7 +163,7 @@ describe("pipe serve in a browser", () => {
 
   it("follows a live run without reloading: a running node and its progress, then its end", async () => {
     const before = fs.readdirSync(sb.runsDir).length
-    const live = startCli(sb, ["run", fixture("train.ts"), "--plain"], { PIPE_TEST_GATE: gate, PIPE_TEST_STEPS: "20" })
+    live = startCli(sb, ["run", fixture("train.ts"), "--plain"], { PIPE_TEST_GATE: gate, PIPE_TEST_STEPS: "20" })
     await until("the training run to appear", () => fs.readdirSync(sb.runsDir).length === before + 1)
     const id = fs.readdirSync(sb.runsDir).sort().at(-1)!
     // waits at the gate half-way: running, 10 of 20 steps
