@@ -48,7 +48,7 @@ export const lineChart = (series: ReadonlyArray<Series>, o: LineChartOptions): C
   encoding: {
     x: { field: "x", type: "quantitative", title: o.x },
     y: { field: "y", type: "quantitative", title: o.y, scale: o.logY === true ? { type: "log" } : { zero: false } },
-    color: { field: "series", type: "nominal", title: null, sort: series.map((s) => s.name) },
+    color: { field: "series", type: "nominal", title: null, sort: series.map((s) => s.name), legend: { labelLimit: 400 } },
   },
 })
 

@@ -272,7 +272,14 @@ const runView = async (id) => {
   const files = h("section", { id: "files" })
   const setHead = (r) =>
     head.replaceChildren(badge(r.status), ` ${r.pipeline} · started ${time(r.startedAt)} · ${seconds(((r.endedAt ?? Date.now()) - r.startedAt) / 1000)} · `, h("code", {}, r.args.join(" ")))
-  const setFiles = (r) => files.replaceChildren(h("h2", {}, "Published results"), ...(r.files.length === 0 ? [h("p", { class: "muted" }, r.status === "running" ? "written when the run ends" : "none")] : r.files.map((f) => fileView(r.id, f))))
+  // plots and prose first, raw data after
+  const order = ["svg", "markdown", "html", "csv", "json", "text", "dir", "binary"]
+  const rank = (f) => (f.error ? order.length : order.indexOf(f.kind))
+  const setFiles = (r) =>
+    files.replaceChildren(
+      h("h2", {}, "Published results"),
+      ...(r.files.length === 0 ? [h("p", { class: "muted" }, r.status === "running" ? "written when the run ends" : "none")] : [...r.files].sort((a, b) => rank(a) - rank(b)).map((f) => fileView(r.id, f))),
+    )
   setHead(run)
   setFiles(run)
   show(h("h1", {}, `Run ${run.id}`), head, h("h2", {}, "Graph"), legend(), h("div", { class: "dag" }, dag.svg), files)
