@@ -9,7 +9,7 @@
 // in blue.ts, --set model.path=DIR points it at a real local HF checkpoint.
 import { pipeline, sweep, zip } from "../src/engine/index.ts"
 import { behaviours } from "../src/text/behaviours.ts"
-import { bakeExperiment, bakeSweepTable, peftDirectory } from "../stages/baking/experiment.ts"
+import { bakeExperiment, bakeSweepTable, peftDirectory, publishBakePlots } from "../stages/baking/experiment.ts"
 import { publishTable } from "../stages/table.ts"
 
 // the system prompt and the checker that recognises its behaviour vary together
@@ -21,9 +21,13 @@ const prompts = zip({
 const experiment = bakeExperiment({ ...prompts, lora: { rank: sweep([4, 16]), lr: sweep([3e-3, 1e-2]) } })
 const table = bakeSweepTable(experiment.comparison)
 
-// one table for the sweep, and each point's adapter as a PEFT directory (adapter[<point>]/)
+// one table for the sweep; each point's plots (kl-per-epoch[<point>].svg, behaviour[<point>].svg) and
+// adapter as a PEFT directory (adapter[<point>]/)
 export default pipeline(
   "bake-sweep",
-  { table },
-  { publish: { ...publishTable(table, "sweep"), adapter: { from: experiment.adapter, write: peftDirectory } }, print: ["sweep.md"] },
+  { table, plots: experiment.plots },
+  {
+    publish: { ...publishTable(table, "sweep"), ...publishBakePlots(experiment), adapter: { from: experiment.adapter, write: peftDirectory } },
+    print: ["sweep.md"],
+  },
 )

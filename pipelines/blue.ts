@@ -7,7 +7,7 @@
 //   npx pipe run pipelines/blue.ts --set model.path=/models/Meta-Llama-3-8B-Instruct --gpus 0
 // The wiring and the defaults are in stages/baking/experiment.ts; every node can be tuned with
 // --set (e.g. --set lora-train.rank=4, --set sample_train.n=8). The run folder gets compare.md
-// and compare.json, and the table is printed at the end.
+// and compare.json, the plots kl-per-epoch.svg and behaviour.svg, and the table is printed at the end.
 import { pipeline } from "../src/engine/index.ts"
 import { behaviours } from "../src/text/behaviours.ts"
 import { bakeExperiment, publishBake } from "../stages/baking/experiment.ts"

@@ -44,6 +44,12 @@ const COMMANDS: Readonly<Record<string, Entry>> = {
     usage: "table <run|pipeline.ts> [node]  a sweep as a table: coordinates x values and metrics [--columns a,b] [--sort -a,b] [--format md|csv|json] [--set ...]",
     load: () => import("./table.ts"),
   },
+  serve: {
+    usage: `serve                 the dashboard: runs, live DAGs, logs, metric charts, published results, comparisons
+      --host H                 address to listen on (default 127.0.0.1: this machine only)
+      --port P                 port (default 8765; 0 for any free one)`,
+    load: () => import("./serve.ts"),
+  },
   export: { usage: "export <node> <dir>   write a training node's adapter as a PEFT directory (adapter_config.json + adapter_model.safetensors)", load: () => import("./export.ts") },
   "serve-model": {
     usage: `serve-model <model-dir>  an OpenAI-compatible server (/v1/chat/completions, /v1/completions, /v1/models) over a local model

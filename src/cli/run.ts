@@ -2,10 +2,11 @@
 // failures with their logs, and the files the pipeline asks to print.
 import { Cause, Effect, Exit } from "effect"
 import { readFileSync } from "node:fs"
-import { basename } from "node:path"
+import { basename, join } from "node:path"
 import { detectGpus, parseGpus } from "../engine/devices.ts"
 import { barReporter, lineReporter } from "../engine/progress.ts"
 import { runPipeline } from "../engine/run.ts"
+import { errorMessage } from "../engine/errors.ts"
 import type { SlurmOptions } from "../engine/slurm.ts"
 import { int, needOne, one, out, UsageError, type Args, type Command } from "./args.ts"
 import { cacheDir, openStore, runsDir } from "./records.ts"
@@ -112,6 +113,12 @@ export const command: Command = {
       for (const f of failures) out(`  ${f.name}: ${f.error?.split("\n")[0]}\n    log: ${f.logPath}`)
     }
     for (const f of s.published) if ("error" in f) out(`publish failed: ${f.error}`)
+    // the training nodes' curves: drawn from the records just written, so a failure to draw one is
+    // said but leaves the run's outcome as it is
+    const { writeTrainingCurves } = await import("../plots/curves.ts")
+    const curves = await Effect.runPromiseExit(writeTrainingCurves(store, s.nodes, s.runDir))
+    if (Exit.isFailure(curves)) out(`warning: training curves not drawn: ${errorMessage(Cause.squash(curves.cause))}`)
+    else if (curves.value.length > 0) out(`training curves: ${curves.value.length} in ${join(s.runDir, "curves")}`)
     out(`records: ${s.runDir}`)
     // The files the pipeline asks to print, each instance under a heading when its call is swept.
     for (const f of s.published) {

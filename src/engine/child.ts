@@ -17,6 +17,7 @@ const send = (m: ChildMessage) => new Promise<void>((resolve) => process.send!(m
 
 process.once("message", async (job: ChildJob) => {
   let message: ChildMessage
+  let heldTimer: ReturnType<typeof setTimeout> | undefined
   try {
     const store = new Store(job.cacheDir)
     const pipeline = await loadPipeline(job.pipelineFile)
@@ -27,14 +28,23 @@ process.once("message", async (job: ChildJob) => {
     const node = p.nodes.find((n) => n.recipe === job.request.recipe)
     if (node === undefined) throw new PipelineError({ file: job.pipelineFile, message: `node ${job.request.recipe.slice(0, 12)} is not in ${job.pipelineFile} any more` })
     // Progress crosses IPC at most every 50 ms (a training loop may report thousands of steps a second).
+    // The latest event held back is sent when the interval is over: a node that pauses after a burst
+    // (waiting, validating) shows where it is, not where it was 50 ms before.
     let lastSent = 0
-    const onProgress = (event: ProgressEvent) => {
-      const now = Date.now()
-      if (event.total === undefined && event.warning === undefined && now - lastSent < 50) return
-      lastSent = now
+    let held: ProgressEvent | undefined
+    const sendProgress = (event: ProgressEvent) => {
+      lastSent = Date.now()
+      held = undefined
       process.send!({ type: "progress", event } satisfies ChildMessage)
     }
+    const onProgress = (event: ProgressEvent) => {
+      const wait = 50 - (Date.now() - lastSent)
+      if (event.total !== undefined || event.warning !== undefined || wait <= 0) return sendProgress(event)
+      if (held === undefined) heldTimer = setTimeout(() => held !== undefined && sendProgress(held), wait)
+      held = event
+    }
     const exit = await Effect.runPromiseExit(executeNode(store, node, job.request, onProgress))
+    clearTimeout(heldTimer) // the outcome follows; progress held back is moot
     store.close()
     if (Exit.isSuccess(exit)) message = { type: "done", published: exit.value }
     else {

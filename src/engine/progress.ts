@@ -109,3 +109,68 @@ export const barReporter = (): Reporter => {
     close: () => multi.stop(),
   }
 }
+
+/** What runs/<id>/progress.json holds while a run works: each node's state so far and its progress. */
+export interface NodeProgress {
+  readonly state: "cached" | "running" | "waiting" | "succeeded" | "failed" | "skipped" | "interrupted"
+  readonly value?: number
+  readonly total?: number
+  readonly unit?: string
+}
+
+/**
+ * Passes every event to `inner` and keeps runs/<id>/progress.json up to date (node -> NodeProgress,
+ * rewritten whole at most every `everyMs`, a change never left unwritten longer than that), so a
+ * reader such as `pipe serve` sees which nodes are cached, running (and how far along) or done while
+ * the run goes on. `flush` writes what is pending at once (the run's end). A file that cannot be
+ * written is given up on: the run's own records (SQLite, summary.json) are what counts.
+ */
+export const recordingReporter = (
+  inner: Reporter,
+  file: string,
+  write: (file: string, text: string) => void,
+  everyMs = 500,
+): { readonly reporter: Reporter; readonly flush: () => void } => {
+  const nodes = new Map<string, NodeProgress>()
+  let timer: ReturnType<typeof setTimeout> | undefined
+  let failed = false
+  const flush = () => {
+    if (timer !== undefined) clearTimeout(timer)
+    timer = undefined
+    if (failed) return
+    try {
+      write(file, JSON.stringify(Object.fromEntries(nodes)))
+    } catch {
+      failed = true
+    }
+  }
+  const set = (node: string, p: NodeProgress) => {
+    nodes.set(node, p)
+    // a thousand cached nodes found at once make one write, not a thousand
+    if (timer === undefined) timer = setTimeout(flush, everyMs).unref()
+  }
+  const reporter: Reporter = {
+    ...inner,
+    cached: (node) => {
+      inner.cached(node)
+      set(node, { state: "cached" })
+    },
+    started: (node, where) => {
+      inner.started(node, where)
+      set(node, { state: "running" })
+    },
+    progress: (node, e) => {
+      inner.progress(node, e)
+      set(node, { ...(nodes.get(node) ?? { state: "running" }), value: e.value, ...(e.total !== undefined ? { total: e.total } : {}), ...(e.unit !== undefined ? { unit: e.unit } : {}) })
+    },
+    finished: (node, status, detail) => {
+      inner.finished(node, status, detail)
+      set(node, { ...nodes.get(node), state: status })
+    },
+    waiting: (node, owner) => {
+      inner.waiting(node, owner)
+      set(node, { state: "waiting" })
+    },
+  }
+  return { reporter, flush }
+}

@@ -18,6 +18,9 @@ export type PublishedFile =
 /** Longest file name written; names of swept instances with long string values are cut there. */
 const MAX_NAME = 200
 
+/** A node's display name made safe as a file name (sweep coordinates keep their `[a=1,b=2]`). */
+export const fileSafe = (name: string): string => name.replace(/[/\\:*?"<>|\x00-\x1f]/g, "_")
+
 /**
  * `compare.md` for the instance `compare[rank=8]` of a swept call is `compare[rank=8].md`: the part of
  * the display name after the call's name goes before the extension, made safe for file systems.
@@ -25,7 +28,7 @@ const MAX_NAME = 200
 const instanceFile = (file: string, node: PlanNode): string => {
   const ext = extname(file)
   const stem = file.slice(0, file.length - ext.length)
-  const suffix = node.name.slice(node.label.length).replace(/[/\\:*?"<>|\x00-\x1f]/g, "_")
+  const suffix = fileSafe(node.name.slice(node.label.length))
   const name = `${stem}${suffix}${ext}`
   return name.length <= MAX_NAME ? name : `${stem}${suffix.slice(0, MAX_NAME - stem.length - ext.length - 9)}~${node.recipe.slice(0, 8)}${ext}`
 }

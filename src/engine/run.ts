@@ -9,7 +9,7 @@ import { ExternalInputError, ParamsError, PipelineError, StorageError, errorMess
 import { childProcessExecutor, inProcessExecutor } from "./executor.ts"
 import { slurmExecutor, type SlurmOptions } from "./slurm.ts"
 import { loadPipeline, plan, type Plan } from "./plan.ts"
-import type { Reporter } from "./progress.ts"
+import { recordingReporter, type Reporter } from "./progress.ts"
 import { publishResults, type PublishedFile } from "./publish.ts"
 import { runPlan, type RunSummary } from "./scheduler.ts"
 import { writeFileAtomic, type Store } from "./store.ts"
@@ -114,6 +114,8 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineEr
     )
     yield* Effect.try({ try: () => writeFileAtomic(join(runDir, "plan.json"), planJson), catch: (e) => storageError("writing", join(runDir, "plan.json"), e) })
     yield* Effect.try({ try: () => store.startRun(runId, resolve(cfg.pipelineFile), cfg.args ?? []), catch: (e) => storageError("recording the run in", store.dir, e) })
+    // runs/<id>/progress.json: which nodes are cached, running and how far, for readers of a live run
+    const progress = recordingReporter(cfg.reporter, join(runDir, "progress.json"), (file, text) => writeFileAtomic(file, text))
     const summary = yield* runPlan({
       store,
       plan: p,
@@ -126,9 +128,10 @@ export const runPipeline = (cfg: RunConfig): Effect.Effect<RunResult, PipelineEr
       failFast: cfg.failFast ?? false,
       rerun: cfg.rerun ?? [],
       executors: executors(store, cfg, p),
-      reporter: cfg.reporter,
+      reporter: progress.reporter,
       ...(cfg.signal ? { signal: cfg.signal } : {}),
     })
+    progress.flush()
     const published = publishResults(store, p, summary.nodes, runDir)
     const publishErrors = published.filter((f) => "error" in f)
     // Records that could not be written: the run fails (its nodes keep their own outcomes).

@@ -299,7 +299,7 @@ export interface Pipeline {
 }
 
 /** Files the engine itself writes into a run folder. */
-const RESERVED = new Set(["plan.json", "summary.json", "metrics.jsonl", "logs"])
+const RESERVED = new Set(["plan.json", "summary.json", "metrics.jsonl", "progress.json", "logs", "curves"])
 
 /**
  * `export default pipeline("blue", { report, samples })`: a pipeline file's default export. Options

@@ -4,7 +4,8 @@
 // feeds and, optionally, a validation; the driver does everything around the steps:
 // - learning rate per step from a Schedule (warmup, cosine/linear decay);
 // - metrics per step (loss, lr, grad_norm, tokens_per_s), per epoch (epoch_loss: the mean loss over
-//   the epoch's tokens) and per validation (the validation's metric, train_loss since the last one);
+//   the epoch's tokens) and per validation (the validation's metric, train_loss since the last one,
+//   both at the optimizer step validated after; the one before training at step 0);
 // - a NaN or infinite loss or gradient norm fails at once with a TrainingError naming the step; the
 //   update of that step is never checkpointed, so the last good checkpoint stays as it was;
 // - validation before training (the reference for divergence, and a candidate "best") and every
@@ -330,8 +331,9 @@ export const trainLoop = <E>(o: TrainLoopOptions<E>): Effect.Effect<TrainLoopRes
         const improved = value < bestOf(p.history).value
         const history = [...p.history, record]
         p = { ...p, history, best: keepBest && improved ? p.state.params : p.best, periodLoss: 0, periodTokens: 0 }
-        ctx.metric(val.metric, value, history.length - 1)
-        ctx.metric("train_loss", record.trainLoss!, history.length - 1)
+        // at the optimizer step, as the per-step loss: one x axis for a training curve
+        ctx.metric(val.metric, value, step)
+        ctx.metric("train_loss", record.trainLoss!, step)
         ctx.log(`${when(step)}: ${val.label} ${value.toFixed(4)}${improved ? " (best)" : ""}`)
         if (early && p.stopped === null && val.patience > 0 && history.length - 1 - history.indexOf(bestOf(history)) >= val.patience)
           p = { ...p, stopped: `no better ${val.label} for ${val.patience} validations` }

@@ -6,6 +6,7 @@
 //     -> teacher-logits (the prompted model's top-k + tail along the train trajectories)
 //     -> lora-train (KL(prompted || base + LoRA) over response tokens; validation KL per epoch)
 //     -> evaluate the variants base / prompted / baked (KL to the prompted model) -> compare
+//     -> bake-plots (KL per epoch and behaviour rates as SVG)
 //
 // Every node has a fixed name, so `--set lora-train.rank=4`, `--set sample_train.n=8`, ... address
 // the same node in both pipelines. Any param may be a sweep; the trajectories and teacher logits
@@ -17,6 +18,7 @@ import type { BakeComparison, BakedAdapter, Variant } from "./artifacts.ts"
 import { compareVariants } from "./compare.ts"
 import { evaluate, evaluateLora } from "./evaluate.ts"
 import { loraTrain } from "./lora-train.ts"
+import { bakePlots, type BakePlots } from "./plots.ts"
 import { questions } from "./questions.ts"
 import { sweepTable } from "../table.ts"
 import { sampleTrajectories } from "./sample-trajectories.ts"
@@ -82,7 +84,9 @@ export interface BakeOptions {
 
 /** The experiment's nodes, ending in the comparison. The model and question files are named
  *  externals: `--set model.path=DIR`, `--set train_file.path=...`, `--set heldout_file.path=...`. */
-export const bakeExperiment = (o: BakeOptions): { readonly comparison: Node<typeof BakeComparison>; readonly adapter: Node<typeof BakedAdapter> } => {
+export const bakeExperiment = (
+  o: BakeOptions,
+): { readonly comparison: Node<typeof BakeComparison>; readonly adapter: Node<typeof BakedAdapter>; readonly plots: Node<typeof BakePlots> } => {
   const model = external.dir("models/tiny-chat", { name: "model" })
   const trainFile = external.file("datasets/tiny-chat/train-squad.jsonl", { name: "train_file" })
   const heldoutFile = external.file("datasets/tiny-chat/heldout-squad.jsonl", { name: "heldout_file" })
@@ -104,7 +108,8 @@ export const bakeExperiment = (o: BakeOptions): { readonly comparison: Node<type
   const prompted = evaluate({ ...evaluation, variant: variants.prompted }, evalInputs, { name: "evaluate_prompted" })
   const baked = evaluateLora({ ...evaluation, variant: variants.baked }, { ...evalInputs, adapter }, { name: "evaluate_baked" })
   const comparison = compareVariants({ base, prompted, baked }, { reference: "prompted", pair: { from: "base", to: "baked" }, samples: 8 })
-  return { comparison, adapter }
+  const plots = bakePlots({}, { comparison, adapter })
+  return { comparison, adapter, plots }
 }
 
 /**
@@ -132,15 +137,24 @@ export const peftDirectory: PublishWriter = ({ payload, externals }, target) => 
   if (Result.isFailure(r)) throw r.failure
 }
 
+/** The plots as SVG files: kl-per-epoch.svg and behaviour.svg (one per instance of a sweep). */
+export const publishBakePlots = (experiment: ReturnType<typeof bakeExperiment>) =>
+  ({
+    "kl-per-epoch.svg": { from: experiment.plots, as: (p: BakePlots) => p.klPerEpoch },
+    "behaviour.svg": { from: experiment.plots, as: (p: BakePlots) => p.behaviour },
+  }) as const
+
 /**
  * Pipeline options that write compare.json and compare.md into the run folder and print the table,
- * and write the trained adapter as a PEFT directory `adapter/` (one per instance of a sweep).
+ * the plots (publishBakePlots), and the trained adapter as a PEFT directory `adapter/` (one per
+ * instance of a sweep).
  */
 export const publishBake = (experiment: ReturnType<typeof bakeExperiment>) =>
   ({
     publish: {
       "compare.json": experiment.comparison,
       "compare.md": { from: experiment.comparison, as: (c: BakeComparison) => c.markdown },
+      ...publishBakePlots(experiment),
       adapter: { from: experiment.adapter, write: peftDirectory },
     },
     print: ["compare.md"],

@@ -34,7 +34,12 @@ describe("pipelines/bake-sweep.ts on a reduced sweep", () => {
       const s = await Effect.runPromise(runPipeline({ store, pipelineFile, overrides: reduced, runsDir: sb.runsDir, reporter: silentReporter }))
       expect(s.nodes.filter((n) => n.status !== "succeeded")).toEqual([])
       // one table for the sweep, and each of the 4 points' adapters as a PEFT directory
-      expect(s.published.filter((f) => "path" in f).map((f) => f.file).sort()).toEqual(["adapter", "adapter", "adapter", "adapter", "sweep.csv", "sweep.json", "sweep.md"])
+      const four = (file: string) => [file, file, file, file]
+      expect(s.published.filter((f) => "path" in f).map((f) => f.file).sort()).toEqual([...four("adapter"), ...four("behaviour.svg"), ...four("kl-per-epoch.svg"), "sweep.csv", "sweep.json", "sweep.md"])
+      // each point's plots, named by its coordinates
+      const plots = s.published.flatMap((f) => ("path" in f && f.file.endsWith(".svg") ? [f.path] : []))
+      for (const p of plots) expect(fs.readFileSync(p, "utf8").startsWith("<svg")).toBe(true)
+      expect(new Set(plots.map((p) => path.basename(p))).size).toBe(8)
       const adapters = s.published.filter((f) => "path" in f && f.file === "adapter").map((f) => ("path" in f ? f.path : ""))
       for (const dir of adapters) expect(fs.readdirSync(dir).sort()).toEqual(["adapter_config.json", "adapter_model.safetensors"])
       expect(s.published.find((f) => f.file === "sweep.md")).toMatchObject({ print: true })

@@ -77,7 +77,7 @@ describe("pipelines/blue.ts at reduced size", () => {
     expect(ran(recomputed)).toEqual(["evaluate_base", "lora-train", "sample_train", "sample_validation"])
 
     const third = await run([...fast, "lora-train.rank=4"])
-    expect(ran(third)).toEqual(["compare", "evaluate_baked", "lora-train"])
+    expect(ran(third)).toEqual(["bake-plots", "compare", "evaluate_baked", "lora-train"])
   }, 480_000)
 
   it("resumes lora-train from its checkpoint after the run is killed", async () => {
@@ -100,7 +100,7 @@ describe("pipelines/blue.ts at reduced size", () => {
 
     const resumed = await run([...fast, "lora-train.rank=2", "lora-train.epochs=30", "lora-train.checkpointEvery=5"])
     expect(resumed.status).toBe("succeeded")
-    expect(ran(resumed)).toEqual(["compare", "evaluate_baked", "lora-train"])
+    expect(ran(resumed)).toEqual(["bake-plots", "compare", "evaluate_baked", "lora-train"])
     const logs = path.join(resumed.runDir, "logs")
     const log = fs.readFileSync(path.join(logs, fs.readdirSync(logs).find((f) => f.startsWith("lora-train."))!), "utf8")
     expect(log).toMatch(/resumed from .*checkpoint\.safetensors at step [1-9]\d* of 300/)

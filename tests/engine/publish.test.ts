@@ -159,6 +159,7 @@ describe("publishing into the run folder", () => {
     expect(readdirSync(s.runDir).filter((f) => f !== "logs").sort()).toEqual([
       "metrics.jsonl",
       "plan.json",
+      "progress.json",
       "report[sum.scale=1,title=a_b,fail=false].txt",
       "report[sum.scale=2,title=a_b,fail=false].txt",
       "summary.json",
