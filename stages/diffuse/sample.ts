@@ -1,0 +1,148 @@
+// Stages `diffuse-sample` (the model as it is) and `diffuse-sample-lora` (with a trained adapter):
+// n generations per prompt of a set, with the shared KV-cache generator (src/models/generate.ts,
+// in-graph sampling), batched. Sample j of a prompt continues its response prefix j mod (number
+// of prefixes) and uses the seed hash32("<prompt id>/<j>", seed): its tokens do not depend on the
+// batch size or on the other prompts, and the untuned and tuned models draw with the same uniforms.
+// Generation stops at the chat template's end-of-turn token (contexts.ts) or the model's eos
+// tokens, or at maxNewTokens; an answer counts as a target only when it ended with the end-of-turn
+// token (the sequence the training scored). Defaults of the seed: temperature 1, top-p 1, n 1000.
+//
+// The output keeps each distinct answer with its count (lossless for every metric, and small).
+import { Effect, Schema } from "effect"
+import * as path from "node:path"
+import { Artifact, Directory, type FileRef, type StageContext, StageError, stage, type TensorsValue } from "../../src/engine/index.ts"
+import { hash32 } from "../../src/core/random.ts"
+import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
+import { asVariant } from "../../src/models/variant.ts"
+import { checkFiniteRows } from "../../src/runtime/finite.ts"
+import { scopedSessions } from "../../src/runtime/session.ts"
+import { BakedAdapter, readAdapterArtifact } from "../baking/artifacts.ts"
+import { openModel } from "../baking/model.ts"
+import { samplingFields } from "../baking/sample-trajectories.ts"
+import { diffuseContexts, endOfTurnId } from "./contexts.ts"
+import { DiffusePrompts } from "./prompts.ts"
+
+export const DiffuseSampleParams = Schema.Struct({
+  /** how the report names this model, e.g. "untuned", "tuned" */
+  label: Schema.String.check(Schema.isMinLength(1)),
+  /** generations per prompt */
+  n: Schema.Int.check(Schema.isGreaterThan(0)),
+  ...samplingFields,
+})
+export type DiffuseSampleParams = typeof DiffuseSampleParams.Type
+
+export const Answer = Schema.Struct({
+  /** the generated text without the stop token */
+  text: Schema.String,
+  /** ended with the end-of-turn token (not another eos, not cut at maxNewTokens) */
+  terminated: Schema.Boolean,
+  count: Schema.Int,
+})
+export type Answer = typeof Answer.Type
+
+export const DiffuseSamples = Artifact.json(
+  "DiffuseSamples",
+  Schema.Struct({
+    label: Schema.String,
+    n: Schema.Int,
+    /** per prompt of the set, in order: its distinct answers, most frequent first */
+    prompts: Schema.Array(Schema.Struct({ id: Schema.String, answers: Schema.Array(Answer) })),
+  }),
+)
+export type DiffuseSamples = typeof DiffuseSamples.schema.Type
+
+/** Distinct answers with their counts, most frequent first (ties by text), as the artifact keeps them. */
+export const tally = (answers: ReadonlyArray<{ readonly text: string; readonly terminated: boolean }>): Answer[] => {
+  const counts = new Map<string, Answer>()
+  for (const a of answers) {
+    const key = `${a.terminated ? 1 : 0}${a.text}`
+    const prev = counts.get(key)
+    counts.set(key, { text: a.text, terminated: a.terminated, count: (prev?.count ?? 0) + 1 })
+  }
+  return [...counts.values()].sort((a, b) => b.count - a.count || (a.text < b.text ? -1 : a.text > b.text ? 1 : Number(a.terminated) - Number(b.terminated)))
+}
+
+const unkeyed = ["batchSize", "threads", "stepsPerRun"] as const
+
+const run = (params: DiffuseSampleParams, model: FileRef, set: DiffusePrompts, adapterValue: TensorsValue | undefined, ctx: StageContext) =>
+  Effect.gen(function* () {
+    const { checkpoint, tokenizer } = yield* openModel(model.path)
+    const adapter = adapterValue === undefined ? undefined : yield* readAdapterArtifact(adapterValue)
+    const variant = yield* Effect.mapError(asVariant(checkpoint, adapter), (e) => new StageError({ message: e.message }))
+    const contexts = yield* diffuseContexts(tokenizer, set.prompts)
+    const eot = yield* endOfTurnId(tokenizer)
+    const stops = [...new Set([eot, ...checkpoint.config.eosTokenIds])]
+    const generator = yield* scopedSessions(
+      makeGenerator(variant, {
+        graphDir: path.join(ctx.workDir, "graph"),
+        device: ctx.device,
+        tokenizer,
+        stepsPerRun: params.stepsPerRun,
+        ...(params.threads > 0 ? { intraOpThreads: params.threads } : {}),
+      }),
+    )
+    const contextsOf = set.prompts.map((_, p) => contexts.filter((c) => c.prompt === p))
+    // request r samples prompt owner[r]
+    const owner: number[] = []
+    const requests: GenerationRequest[] = set.prompts.flatMap((p, pi) =>
+      Array.from({ length: params.n }, (_, j) => {
+        owner.push(pi)
+        const cs = contextsOf[pi]
+        return {
+          prompt: cs[j % cs.length].ids,
+          maxNewTokens: params.maxNewTokens,
+          temperature: params.temperature,
+          topK: params.topK,
+          topP: params.topP,
+          seed: hash32(`${p.id}/${j}`, params.seed),
+          stopTokenIds: stops,
+        }
+      }),
+    )
+    ctx.log(`${params.label}: ${set.prompts.length} prompts x ${params.n} = ${requests.length} generations (T ${params.temperature}, top-p ${params.topP}, <= ${params.maxNewTokens} tokens) on ${ctx.device.kind}`)
+    ctx.progress.total(requests.length, "generations")
+    const started = performance.now()
+    let tokens = 0
+    const answers: Array<Array<{ text: string; terminated: boolean }>> = set.prompts.map(() => [])
+    // several batches per call, so progress moves while batches stay full
+    const perCall = params.batchSize * 4
+    for (let i = 0; i < requests.length; i += perCall) {
+      const part = requests.slice(i, i + perCall)
+      const outs = yield* generator.generate(part, { batchSize: params.batchSize })
+      yield* checkFiniteRows(ctx.node, "sampled tokens' log-probs [generation, token]", outs.map((o) => o.logProbs), i)
+      outs.forEach((o, k) => {
+        tokens += o.tokens.length
+        answers[owner[i + k]].push({ text: o.text ?? "", terminated: o.tokens[o.tokens.length - 1] === eot })
+      })
+      ctx.progress.advance(part.length)
+      yield* Effect.yieldNow
+    }
+    const seconds = (performance.now() - started) / 1000
+    ctx.metric("sampled_tokens", tokens)
+    ctx.metric("sampling_tokens_per_s", tokens / seconds)
+    ctx.metric("sampling_seconds", seconds)
+    ctx.log(`sampled ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / seconds).toFixed(0)} tokens/s)`)
+    return { label: params.label, n: params.n, prompts: set.prompts.map((p, pi) => ({ id: p.id, answers: tally(answers[pi]) })) } satisfies DiffuseSamples
+  }).pipe(Effect.scoped)
+
+export const diffuseSample = stage({
+  name: "diffuse-sample",
+  version: 1,
+  params: DiffuseSampleParams,
+  unkeyed: [...unkeyed],
+  inputs: { model: Directory, prompts: DiffusePrompts },
+  output: DiffuseSamples,
+  resources: { gpu: 1, isolate: "process" },
+  run: ({ params, inputs, ctx }) => run(params, inputs.model, inputs.prompts, undefined, ctx),
+})
+
+export const diffuseSampleLora = stage({
+  name: "diffuse-sample-lora",
+  version: 1,
+  params: DiffuseSampleParams,
+  unkeyed: [...unkeyed],
+  inputs: { model: Directory, prompts: DiffusePrompts, adapter: BakedAdapter },
+  output: DiffuseSamples,
+  resources: { gpu: 1, isolate: "process" },
+  run: ({ params, inputs, ctx }) => run(params, inputs.model, inputs.prompts, inputs.adapter, ctx),
+})
