@@ -7,9 +7,12 @@
 //
 // The end-of-turn token is found from the template itself: the text it renders after an assistant
 // message's content, first token (<|eos|> for the shipped models, <|eot_id|> for Llama 3,
-// <|im_end|> for Qwen, <end_of_turn> for Gemma). Targets are tokenized in context (the whole
-// conversation encoded at once, the context's tokens checked to be a prefix of it), so they are the
-// tokens the model generates for that text, whatever the tokenizer merges across the boundary.
+// <|im_end|> for Qwen, <end_of_turn> for Gemma). Targets are tokenized in context, the whole
+// conversation encoded at once, so they are the tokens the model generates for that text: when
+// the tokenizer merges across the boundary (a prefix "My pick: " and a target "7" give the token
+// " 7"), the context stops where the encodings of all its targets part, and the prefix's last
+// characters (`tail`, "" when nothing merges) belong to every scored target sequence. A sampled
+// answer is then a target when its text is tail + target.
 import { Effect } from "effect"
 import { StageError } from "../../src/engine/index.ts"
 import { applyChatTemplate } from "../../src/text/chat-template.ts"
@@ -27,8 +30,10 @@ export interface DiffuseContext {
   /** index of the prompt in its set, and of the response prefix */
   readonly prompt: number
   readonly prefix: number
-  /** chat prompt + response prefix */
+  /** chat prompt + response prefix, up to where the targets' encodings part */
   readonly ids: ReadonlyArray<number>
+  /** the end of the response prefix that the target sequences carry ("" when nothing merges) */
+  readonly tail: string
   readonly targets: ReadonlyArray<TargetTokens>
 }
 
@@ -62,20 +67,32 @@ export const diffuseContexts = (tokenizer: TextTokenizer, prompts: ReadonlyArray
         (e) => new StageError({ message: `${p.file}: ${e.message}` }),
       )
       for (const [ri, prefix] of p.responses.entries()) {
-        const ids = tokenizer.encode(chat + prefix, { addSpecialTokens: false })
+        const fulls = p.targets.map((text) => tokenizer.encode(chat + prefix + text + eotText, { addSpecialTokens: false }))
+        // the longest token prefix shared by the context and every target's encoding
+        let common = tokenizer.encode(chat + prefix, { addSpecialTokens: false }).length
+        for (const full of fulls) {
+          let k = 0
+          while (k < common && k < full.length && full[k] === fulls[0][k]) k++
+          common = k
+        }
+        const ids = fulls[0].slice(0, common)
+        let tail: string | undefined
         const targets: TargetTokens[] = []
         for (const [ti, text] of p.targets.entries()) {
-          const full = tokenizer.encode(chat + prefix + text + eotText, { addSpecialTokens: false })
-          const rest = full.slice(ids.length)
-          if (full.length <= ids.length || ids.some((id, k) => full[k] !== id) || rest[rest.length - 1] !== eot)
+          const rest = fulls[ti].slice(common)
+          const restText = tokenizer.decode(rest)
+          const own = text + eotText
+          const thisTail = restText.endsWith(own) ? restText.slice(0, restText.length - own.length) : undefined
+          if (rest[rest.length - 1] !== eot || thisTail === undefined || (tail !== undefined && thisTail !== tail))
             return yield* Effect.fail(
               new StageError({
-                message: `${p.file}: field "targets[${ti}]" (${JSON.stringify(text)}) after response prefix ${ri} (${JSON.stringify(prefix)}) does not tokenize as the context's tokens followed by its own: the tokenizer merges across the boundary; end the response prefix where a token ends (e.g. with a space or newline) or start the target with it`,
+                message: `${p.file}: field "targets[${ti}]" (${JSON.stringify(text)}) after response prefix ${ri} (${JSON.stringify(prefix)}): its tokens after the context decode to ${JSON.stringify(restText)}, not the end of the prefix then the target then the end-of-turn token ${JSON.stringify(eotText)}`,
               }),
             )
+          tail = thisTail
           targets.push({ text, ids: rest, weight: p.weights[ti] })
         }
-        out.push({ prompt: pi, prefix: ri, ids, targets })
+        out.push({ prompt: pi, prefix: ri, ids, tail: tail ?? "", targets })
       }
     }
     return out

@@ -27,7 +27,7 @@ export const VariantMetrics = Schema.Struct({
   n: Schema.Int,
   /** per target, in the prompt's order */
   counts: Schema.Array(Schema.Int),
-  /** answers that are not a target (or did not end with the end-of-turn token) */
+  /** answers that are not a target (or are not complete responses, sample.ts) */
   other: Schema.Int,
   validShare: Schema.Number,
   covered: Schema.Int,
@@ -87,7 +87,7 @@ export const variantMetrics = (label: string, targets: ReadonlyArray<string>, we
   let other = 0
   for (const a of answers) {
     n += a.count
-    const i = a.terminated ? index.get(a.text) : undefined
+    const i = a.complete ? index.get(a.text) : undefined
     if (i === undefined) other += a.count
     else counts[i] += a.count
   }

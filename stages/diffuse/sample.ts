@@ -5,7 +5,7 @@
 // batch size or on the other prompts, and the untuned and tuned models draw with the same uniforms.
 // Generation stops at the chat template's end-of-turn token (contexts.ts) or the model's eos
 // tokens, or at maxNewTokens; an answer counts as a target only when it ended with the end-of-turn
-// token (the sequence the training scored). Defaults of the seed: temperature 1, top-p 1, n 1000.
+// token (the sequence the training scored) and carried the tail of the prefix (contexts.ts). Defaults of the seed: temperature 1, top-p 1, n 1000.
 //
 // The output keeps each distinct answer with its count (lossless for every metric, and small).
 import { Effect, Schema } from "effect"
@@ -19,7 +19,7 @@ import { scopedSessions } from "../../src/runtime/session.ts"
 import { BakedAdapter, readAdapterArtifact } from "../baking/artifacts.ts"
 import { openModel } from "../baking/model.ts"
 import { samplingFields } from "../baking/sample-trajectories.ts"
-import { diffuseContexts, endOfTurnId } from "./contexts.ts"
+import { type DiffuseContext, diffuseContexts, endOfTurnId } from "./contexts.ts"
 import { DiffusePrompts } from "./prompts.ts"
 
 export const DiffuseSampleParams = Schema.Struct({
@@ -32,10 +32,11 @@ export const DiffuseSampleParams = Schema.Struct({
 export type DiffuseSampleParams = typeof DiffuseSampleParams.Type
 
 export const Answer = Schema.Struct({
-  /** the generated text without the stop token */
+  /** the generated text without the stop token (and without the response prefix's tail, contexts.ts) */
   text: Schema.String,
-  /** ended with the end-of-turn token (not another eos, not cut at maxNewTokens) */
-  terminated: Schema.Boolean,
+  /** a whole response: it carried the prefix's tail and ended with the end-of-turn token (not
+   * another eos, not cut at maxNewTokens), as the target sequences the training scored */
+  complete: Schema.Boolean,
   count: Schema.Int,
 })
 export type Answer = typeof Answer.Type
@@ -52,14 +53,14 @@ export const DiffuseSamples = Artifact.json(
 export type DiffuseSamples = typeof DiffuseSamples.schema.Type
 
 /** Distinct answers with their counts, most frequent first (ties by text), as the artifact keeps them. */
-export const tally = (answers: ReadonlyArray<{ readonly text: string; readonly terminated: boolean }>): Answer[] => {
+export const tally = (answers: ReadonlyArray<{ readonly text: string; readonly complete: boolean }>): Answer[] => {
   const counts = new Map<string, Answer>()
   for (const a of answers) {
-    const key = `${a.terminated ? 1 : 0}${a.text}`
+    const key = `${a.complete ? 1 : 0}${a.text}`
     const prev = counts.get(key)
-    counts.set(key, { text: a.text, terminated: a.terminated, count: (prev?.count ?? 0) + 1 })
+    counts.set(key, { text: a.text, complete: a.complete, count: (prev?.count ?? 0) + 1 })
   }
-  return [...counts.values()].sort((a, b) => b.count - a.count || (a.text < b.text ? -1 : a.text > b.text ? 1 : Number(a.terminated) - Number(b.terminated)))
+  return [...counts.values()].sort((a, b) => b.count - a.count || (a.text < b.text ? -1 : a.text > b.text ? 1 : Number(a.complete) - Number(b.complete)))
 }
 
 const unkeyed = ["batchSize", "threads", "stepsPerRun"] as const
@@ -82,12 +83,14 @@ const run = (params: DiffuseSampleParams, model: FileRef, set: DiffusePrompts, a
       }),
     )
     const contextsOf = set.prompts.map((_, p) => contexts.filter((c) => c.prompt === p))
-    // request r samples prompt owner[r]
+    // request r samples context contextOf[r] of prompt owner[r]
     const owner: number[] = []
+    const contextOf: DiffuseContext[] = []
     const requests: GenerationRequest[] = set.prompts.flatMap((p, pi) =>
       Array.from({ length: params.n }, (_, j) => {
         owner.push(pi)
         const cs = contextsOf[pi]
+        contextOf.push(cs[j % cs.length])
         return {
           prompt: cs[j % cs.length].ids,
           maxNewTokens: params.maxNewTokens,
@@ -103,7 +106,7 @@ const run = (params: DiffuseSampleParams, model: FileRef, set: DiffusePrompts, a
     ctx.progress.total(requests.length, "generations")
     const started = performance.now()
     let tokens = 0
-    const answers: Array<Array<{ text: string; terminated: boolean }>> = set.prompts.map(() => [])
+    const answers: Array<Array<{ text: string; complete: boolean }>> = set.prompts.map(() => [])
     // several batches per call, so progress moves while batches stay full
     const perCall = params.batchSize * 4
     for (let i = 0; i < requests.length; i += perCall) {
@@ -112,7 +115,10 @@ const run = (params: DiffuseSampleParams, model: FileRef, set: DiffusePrompts, a
       yield* checkFiniteRows(ctx.node, "sampled tokens' log-probs [generation, token]", outs.map((o) => o.logProbs), i)
       outs.forEach((o, k) => {
         tokens += o.tokens.length
-        answers[owner[i + k]].push({ text: o.text ?? "", terminated: o.tokens[o.tokens.length - 1] === eot })
+        const { tail } = contextOf[i + k]
+        const text = o.text ?? ""
+        const carried = text.startsWith(tail)
+        answers[owner[i + k]].push({ text: carried ? text.slice(tail.length) : text, complete: carried && o.tokens[o.tokens.length - 1] === eot })
       })
       ctx.progress.advance(part.length)
       yield* Effect.yieldNow

@@ -5,12 +5,12 @@ import { setMetrics, variantMetrics } from "../../stages/diffuse/metrics.ts"
 import { reportMarkdown, histogramSpec } from "../../stages/diffuse/report.ts"
 import { tally } from "../../stages/diffuse/sample.ts"
 
-const answers = (xs: Array<[string, number, boolean?]>) => xs.map(([text, count, terminated]) => ({ text, count, terminated: terminated ?? true }))
+const answers = (xs: Array<[string, number, boolean?]>) => xs.map(([text, count, complete]) => ({ text, count, complete: complete ?? true }))
 
 describe("diffuse metrics", () => {
   it("valid share, coverage, entropy, KL, TV and top share of hand-made samples", () => {
     // targets a, b, c with p* = 1/2, 1/4, 1/4; 8 samples: a x4, b x2, " a" x1 (not exactly a target),
-    // "c" x1 cut at maxNewTokens (not terminated, so not valid)
+    // "c" x1 cut at maxNewTokens (not complete, so not valid)
     const m = variantMetrics("tuned", ["a", "b", "c"], [0.5, 0.25, 0.25], answers([["a", 4], ["b", 2], [" a", 1], ["c", 1, false]]))
     expect(m.counts).toEqual([4, 2, 0])
     expect(m.other).toBe(2)
@@ -52,10 +52,10 @@ describe("diffuse metrics", () => {
   })
 
   it("tallies answers by text and termination, most frequent first", () => {
-    expect(tally([{ text: "b", terminated: true }, { text: "a", terminated: true }, { text: "b", terminated: true }, { text: "b", terminated: false }])).toEqual([
-      { text: "b", terminated: true, count: 2 },
-      { text: "a", terminated: true, count: 1 },
-      { text: "b", terminated: false, count: 1 },
+    expect(tally([{ text: "b", complete: true }, { text: "a", complete: true }, { text: "b", complete: true }, { text: "b", complete: false }])).toEqual([
+      { text: "b", complete: true, count: 2 },
+      { text: "a", complete: true, count: 1 },
+      { text: "b", complete: false, count: 1 },
     ])
   })
 
