@@ -71,6 +71,13 @@ const run = (params: DiffuseSampleParams, model: FileRef, set: DiffusePrompts, a
     const adapter = adapterValue === undefined ? undefined : yield* readAdapterArtifact(adapterValue)
     const variant = yield* Effect.mapError(asVariant(checkpoint, adapter), (e) => new StageError({ message: e.message }))
     const contexts = yield* diffuseContexts(tokenizer, set.prompts)
+    const longest = contexts.flatMap((c) => c.targets.map((t) => ({ c, t }))).reduce((a, b) => (b.t.ids.length > a.t.ids.length ? b : a))
+    if (longest.t.ids.length > params.maxNewTokens)
+      return yield* Effect.fail(
+        new StageError({
+          message: `${set.prompts[longest.c.prompt].file}: target ${JSON.stringify(longest.t.text)} takes ${longest.t.ids.length} tokens with the end-of-turn token, more than maxNewTokens ${params.maxNewTokens}: it could never be sampled; raise maxNewTokens`,
+        }),
+      )
     const eot = yield* endOfTurnId(tokenizer)
     const stops = [...new Set([eot, ...checkpoint.config.eosTokenIds])]
     const generator = yield* scopedSessions(

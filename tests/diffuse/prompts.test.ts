@@ -37,8 +37,11 @@ describe("diffuse prompt files", () => {
     const numbers = train.prompts[1]
     expect(numbers.weights).toEqual(Array(10).fill(0.1))
     expect(targetEntropy(numbers.weights)).toBeCloseTo(Math.log(10), 12)
-    // the seed's B(10, 0.2) example with its weights: H = 1.6219 nats (sum over its 11 weights)
+    // the seed's B(10, 0.2) weights: H = 1.6219 nats; the verbatim seed file has the same
     expect(targetEntropy(train.prompts[0].weights)).toBeCloseTo(1.621929, 5)
+    const seed = Effect.runSync(readPromptSet(path.join(repo, "datasets/diffuse/seed/binomial-braces.json")))
+    expect(seed.prompts[0].weights).toEqual(train.prompts[0].weights)
+    expect(seed.prompts[0].targets[3]).toBe("{3}")
     const test = Effect.runSync(readPromptSet(path.join(repo, "datasets/diffuse/test")))
     expect(test.prompts.length).toBeGreaterThanOrEqual(3)
     // held-out prompts are worded differently from every training prompt
