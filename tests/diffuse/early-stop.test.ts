@@ -9,6 +9,7 @@ import { afterAll, describe, expect, it } from "vitest"
 import { readAdapterFile } from "../../src/models/peft.ts"
 import type { DiffusePrompts } from "../../stages/diffuse/prompts.ts"
 import { diffuseTrain, TRAIN_SUMMARY, type TrainSummary } from "../../stages/diffuse/train.ts"
+import type { TensorsOutput } from "../../src/engine/index.ts"
 import { stageContext, tensorsValue } from "../stage-harness.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
@@ -30,7 +31,7 @@ describe("diffuse-train early stopping", () => {
       warmupSteps: 0, schedule: "constant" as const, minLrRatio: 1, weightDecay: 0, eps: 1e-5, maxGradNorm: 1, earlyStop: true, gamma: 0.5, seed: 0, threads: 1, checkpointEvery: 0,
     }
     const logs: string[] = []
-    const out = await Effect.runPromise(diffuseTrain.spec.run({ params, inputs: { model: { path: modelDir, hash: "", size: 0 }, prompts }, ctx: stageContext(path.join(dir, "work"), { logs }) }) as never)
+    const out = (await Effect.runPromise(diffuseTrain.spec.run({ params, inputs: { model: { path: modelDir, hash: "", size: 0 }, prompts }, ctx: stageContext(path.join(dir, "work"), { logs }) }) as never)) as TensorsOutput
     const adapter = await tensorsValue(out)
     const summary = JSON.parse(adapter.metadata[TRAIN_SUMMARY]) as TrainSummary
     expect(summary.optimalLoss).toBeCloseTo(Math.log(2), 12)
