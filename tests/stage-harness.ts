@@ -57,3 +57,14 @@ export const tensorsValue = async (output: TensorsOutput, dir?: string): Promise
   const header = await Effect.runPromise(readHeader(file))
   return { path: file, hash: "", size: fs.statSync(file).size, header, metadata: header.metadata, read: (name) => Effect.runSync(readTensor(header, name)) }
 }
+
+/** The step recorded in the training checkpoint of any node in `cacheDir`/work (its metadata), 0 when there is none yet. */
+export const checkpointStepIn = (cacheDir: string): number => {
+  const work = path.join(cacheDir, "work")
+  for (const key of fs.existsSync(work) ? fs.readdirSync(work) : []) {
+    const file = path.join(work, key, "checkpoint.safetensors")
+    const header = fs.existsSync(file) ? Effect.runSync(Effect.option(readHeader(file))) : undefined
+    if (header?._tag === "Some") return Number(header.value.metadata.step)
+  }
+  return 0
+}

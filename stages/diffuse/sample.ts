@@ -14,11 +14,10 @@ import { Artifact, Directory, type FileRef, type StageContext, StageError, stage
 import { hash32 } from "../../src/core/random.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { asVariant } from "../../src/models/variant.ts"
-import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { scopedSessions } from "../../src/runtime/session.ts"
 import { BakedAdapter, readAdapterArtifact } from "../baking/artifacts.ts"
 import { openModel } from "../baking/model.ts"
-import { samplingFields } from "../baking/sample-trajectories.ts"
+import { generateAll, samplingFields } from "../baking/sample-trajectories.ts"
 import { type DiffuseContext, diffuseContexts, endOfTurnId } from "./contexts.ts"
 import { DiffusePrompts } from "./prompts.ts"
 
@@ -110,31 +109,14 @@ const run = (params: DiffuseSampleParams, model: FileRef, set: DiffusePrompts, a
       }),
     )
     ctx.log(`${params.label}: ${set.prompts.length} prompts x ${params.n} = ${requests.length} generations (T ${params.temperature}, top-p ${params.topP}, <= ${params.maxNewTokens} tokens) on ${ctx.device.kind}`)
-    ctx.progress.total(requests.length, "generations")
-    const started = performance.now()
-    let tokens = 0
+    const { generations } = yield* generateAll(generator, requests, params.batchSize, ctx, "generation")
     const answers: Array<Array<{ text: string; complete: boolean }>> = set.prompts.map(() => [])
-    // several batches per call, so progress moves while batches stay full
-    const perCall = params.batchSize * 4
-    for (let i = 0; i < requests.length; i += perCall) {
-      const part = requests.slice(i, i + perCall)
-      const outs = yield* generator.generate(part, { batchSize: params.batchSize })
-      yield* checkFiniteRows(ctx.node, "sampled tokens' log-probs [generation, token]", outs.map((o) => o.logProbs), i)
-      outs.forEach((o, k) => {
-        tokens += o.tokens.length
-        const { tail } = contextOf[i + k]
-        const text = o.text ?? ""
-        const carried = text.startsWith(tail)
-        answers[owner[i + k]].push({ text: carried ? text.slice(tail.length) : text, complete: carried && o.tokens[o.tokens.length - 1] === eot })
-      })
-      ctx.progress.advance(part.length)
-      yield* Effect.yieldNow
-    }
-    const seconds = (performance.now() - started) / 1000
-    ctx.metric("sampled_tokens", tokens)
-    ctx.metric("sampling_tokens_per_s", tokens / seconds)
-    ctx.metric("sampling_seconds", seconds)
-    ctx.log(`sampled ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / seconds).toFixed(0)} tokens/s)`)
+    generations.forEach((o, r) => {
+      const { tail } = contextOf[r]
+      const text = o.text ?? ""
+      const carried = text.startsWith(tail)
+      answers[owner[r]].push({ text: carried ? text.slice(tail.length) : text, complete: carried && o.tokens[o.tokens.length - 1] === eot })
+    })
     return { label: params.label, n: params.n, prompts: set.prompts.map((p, pi) => ({ id: p.id, answers: tally(answers[pi]) })) } satisfies DiffuseSamples
   }).pipe(Effect.scoped)
 

@@ -34,6 +34,7 @@ import { stackMicroBatches, trainLoop } from "../../src/runtime/train-loop.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter } from "../baking/artifacts.ts"
 import { padIdOf } from "../baking/distill.ts"
+import { optimizerFields } from "../baking/lora-train.ts"
 import { openModel } from "../baking/model.ts"
 import { checkRowsFit, rowFeeds, rowInputs, rowLogLikelihoods, rowShape, type TargetRow, targetRows } from "./batches.ts"
 import { type DiffuseContext, diffuseContexts } from "./contexts.ts"
@@ -53,14 +54,9 @@ export const DiffuseTrainParams = Schema.Struct({
   passes: PositiveInt,
   /** targets per micro-batch */
   batchSize: PositiveInt,
-  lr: Positive,
-  warmupSteps: NonNegativeInt,
-  schedule: Schema.Literals(["cosine", "linear", "constant"]),
-  minLrRatio: Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1 })),
-  weightDecay: NonNegative,
+  ...optimizerFields,
   /** AdamW epsilon */
   eps: Positive,
-  maxGradNorm: Positive,
   /** stop at the first pass whose loss is <= optimal · (1 + gamma) */
   earlyStop: Schema.Boolean,
   gamma: NonNegative,

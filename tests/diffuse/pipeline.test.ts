@@ -8,9 +8,9 @@ import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
 import { readAdapter } from "../../src/models/peft.ts"
-import { readHeader } from "../../src/core/safetensors.ts"
 import type { DiffuseReport } from "../../stages/diffuse/report.ts"
 import { sandbox, startCli, until } from "../engine/helpers.ts"
+import { checkpointStepIn } from "../stage-harness.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const pipelineFile = path.join(repo, "pipelines/diffuse.ts")
@@ -77,16 +77,7 @@ describe("pipelines/diffuse.ts at reduced size", () => {
     // a new key (more passes), checkpoints every 3 steps, so the kill lands between checkpoints
     const longer = [...small, "diffuse-train.passes=40", "diffuse-train.checkpointEvery=3"]
     const killed = startCli(sb, ["run", pipelineFile, "--plain", ...longer.flatMap((o) => ["--set", o])])
-    const work = path.join(sb.cacheDir, "work")
-    const checkpointStep = () => {
-      for (const key of fs.existsSync(work) ? fs.readdirSync(work) : []) {
-        const file = path.join(work, key, "checkpoint.safetensors")
-        const header = fs.existsSync(file) ? Effect.runSync(Effect.option(readHeader(file))) : undefined
-        if (header?._tag === "Some") return Number(header.value.metadata.step)
-      }
-      return 0
-    }
-    await until("a diffuse-train checkpoint after some steps", () => checkpointStep() > 0, 300_000)
+    await until("a diffuse-train checkpoint after some steps", () => checkpointStepIn(sb.cacheDir) > 0, 300_000)
     killed.child.kill("SIGKILL")
     expect((await killed.done).signal).toBe("SIGKILL")
 
