@@ -69,3 +69,14 @@ export const maxDifferences = (a: ReadonlyMap<string, Tensor>, b: ReadonlyMap<st
       return [name, max]
     }),
   )
+
+/** The step recorded in the training checkpoint of any node in `cacheDir`/work (its metadata), 0 when there is none yet. */
+export const checkpointStepIn = (cacheDir: string): number => {
+  const work = path.join(cacheDir, "work")
+  for (const key of fs.existsSync(work) ? fs.readdirSync(work) : []) {
+    const file = path.join(work, key, "checkpoint.safetensors")
+    const header = fs.existsSync(file) ? Effect.runSync(Effect.option(readHeader(file))) : undefined
+    if (header?._tag === "Some") return Number(header.value.metadata.step)
+  }
+  return 0
+}

@@ -51,6 +51,19 @@ const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
 const NonNegative = Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0))
 const Positive = Schema.Finite.check(Schema.isGreaterThan(0))
 
+/** The learning-rate schedule and AdamW knobs every LoRA trainer takes. */
+export const optimizerFields = {
+  /** peak learning rate */
+  lr: Positive,
+  warmupSteps: NonNegativeInt,
+  schedule: Schema.Literals(["cosine", "linear", "constant"]),
+  /** final learning rate as a fraction of the peak (cosine and linear) */
+  minLrRatio: Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1 })),
+  weightDecay: NonNegative,
+  /** clip the global gradient norm to this */
+  maxGradNorm: Positive,
+}
+
 export const LoraTrainParams = Schema.Struct({
   rank: PositiveInt,
   alpha: Positive,
@@ -65,15 +78,7 @@ export const LoraTrainParams = Schema.Struct({
   batchSize: PositiveInt,
   /** micro-batches per optimizer step (the step sees batchSize x gradAccum trajectories) */
   gradAccum: PositiveInt,
-  /** peak learning rate */
-  lr: Positive,
-  warmupSteps: NonNegativeInt,
-  schedule: Schema.Literals(["cosine", "linear", "constant"]),
-  /** final learning rate as a fraction of the peak (cosine and linear) */
-  minLrRatio: Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 1 })),
-  weightDecay: NonNegative,
-  /** clip the global gradient norm to this */
-  maxGradNorm: Positive,
+  ...optimizerFields,
   /** LoRA initialization, batch order and dropout */
   seed: NonNegativeInt,
   /** 0 = off; else stop after this many epochs without a better validation KL and output the best epoch */

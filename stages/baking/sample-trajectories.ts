@@ -11,8 +11,8 @@
 // not depend on the batch size, the question order or the other questions in the set.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Directory, StageError, stage } from "../../src/engine/index.ts"
-import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
+import { Directory, type StageContext, StageError, stage } from "../../src/engine/index.ts"
+import { type Generation, type GenerationRequest, type Generator, makeGenerator } from "../../src/models/generate.ts"
 import { hash32 } from "../../src/core/random.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { scopedSessions } from "../../src/runtime/session.ts"
@@ -53,6 +53,37 @@ export const SampleParams = Schema.Struct({
   ...samplingFields,
 })
 
+/**
+ * Runs `requests` through the generator, `batchSize` at a time and several batches per call (so
+ * progress moves while batches stay full); fails on non-finite sampled log-probs (NaN logits still
+ * sample tokens, garbage text, which their log-probs show) naming the `row` ("trajectory", ...);
+ * records the sampling metrics. Generations are in request order.
+ */
+export const generateAll = (generator: Generator, requests: ReadonlyArray<GenerationRequest>, batchSize: number, ctx: StageContext, row: string) =>
+  Effect.gen(function* () {
+    ctx.progress.total(requests.length, "generations")
+    const started = performance.now()
+    let tokens = 0
+    const generations: Generation[] = []
+    const perCall = batchSize * 4
+    for (let i = 0; i < requests.length; i += perCall) {
+      const outs = yield* generator.generate(requests.slice(i, i + perCall), { batchSize })
+      yield* checkFiniteRows(ctx.node, `sampled tokens' log-probs [${row}, token]`, outs.map((o) => o.logProbs), i)
+      for (const o of outs) {
+        tokens += o.tokens.length
+        generations.push(o)
+      }
+      ctx.progress.advance(outs.length)
+      yield* Effect.yieldNow
+    }
+    const seconds = (performance.now() - started) / 1000
+    ctx.metric("sampled_tokens", tokens)
+    ctx.metric("sampling_tokens_per_s", tokens / seconds)
+    ctx.metric("sampling_seconds", seconds)
+    ctx.log(`sampled ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / seconds).toFixed(0)} tokens/s)`)
+    return { generations, tokens }
+  })
+
 export const sampleTrajectories = stage({
   name: "sample-trajectories",
   version: 2, // 2: the timing is a metric, not in the content-hashed metadata
@@ -90,29 +121,8 @@ export const sampleTrajectories = stage({
         })),
       )
       ctx.log(`${questions.length} questions x ${params.n} = ${requests.length} trajectories on ${ctx.device.kind}, system prompt ${JSON.stringify(params.systemPrompt)}`)
-      ctx.progress.total(requests.length, "trajectories")
-      const started = performance.now()
-      let tokens = 0
-      const trajectories: Trajectory[] = []
-      // several batches per call, so progress moves while keeping batches full
-      const perCall = params.batchSize * 4
-      for (let i = 0; i < requests.length; i += perCall) {
-        const part = requests.slice(i, i + perCall)
-        const outs = yield* generator.generate(part, { batchSize: params.batchSize })
-        // NaN logits still sample tokens (garbage text); their log-probs show it
-        yield* checkFiniteRows(ctx.node, "sampled tokens' log-probs [trajectory, token]", outs.map((o) => o.logProbs), i)
-        outs.forEach((o, k) => {
-          tokens += o.tokens.length
-          trajectories.push({ question: part[k].question, tokens: o.tokens, text: o.text ?? "", finishReason: o.finishReason })
-        })
-        ctx.progress.advance(part.length)
-        yield* Effect.yieldNow
-      }
-      const seconds = (performance.now() - started) / 1000
-      ctx.metric("sampled_tokens", tokens)
-      ctx.metric("sampling_tokens_per_s", tokens / seconds)
-      ctx.metric("sampling_seconds", seconds)
-      ctx.log(`sampled ${tokens} tokens in ${seconds.toFixed(1)} s (${(tokens / seconds).toFixed(0)} tokens/s)`)
+      const { generations, tokens } = yield* generateAll(generator, requests, params.batchSize, ctx, "trajectory")
+      const trajectories: Trajectory[] = generations.map((o, k) => ({ question: requests[k].question, tokens: o.tokens, text: o.text ?? "", finishReason: o.finishReason }))
       return trajectoriesOutput({
         systemPrompt: params.systemPrompt,
         questions,

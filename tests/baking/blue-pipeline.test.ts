@@ -10,9 +10,9 @@ import { afterAll, describe, expect, it } from "vitest"
 import { exportNode } from "../../src/cli/export.ts"
 import { Store } from "../../src/engine/index.ts"
 import { readAdapter } from "../../src/models/peft.ts"
-import { readHeader } from "../../src/core/safetensors.ts"
 import type { BakeComparison } from "../../stages/baking/artifacts.ts"
 import { cli, sandbox, startCli, until } from "../engine/helpers.ts"
+import { checkpointStepIn } from "../stage-harness.ts"
 import { bluePipelineFile as pipelineFile, runBlue } from "./blue-run.ts"
 
 const tinyChat = path.resolve(import.meta.dirname, "../../models/tiny-chat")
@@ -84,17 +84,7 @@ describe("pipelines/blue.ts at reduced size", () => {
     // a longer training (rank 2 is a new key), so the kill lands between checkpoints
     const args = ["run", pipelineFile, "--plain", ...[...fast, "lora-train.rank=2", "lora-train.epochs=30", "lora-train.checkpointEvery=5"].flatMap((o) => ["--set", o])]
     const killed = startCli(sb, args)
-    const work = path.join(sb.cacheDir, "work")
-    // the step recorded in lora-train's checkpoint (its metadata), 0 when there is none yet
-    const checkpointStep = () => {
-      for (const key of fs.existsSync(work) ? fs.readdirSync(work) : []) {
-        const file = path.join(work, key, "checkpoint.safetensors")
-        const header = fs.existsSync(file) ? Effect.runSync(Effect.option(readHeader(file))) : undefined
-        if (header?._tag === "Some") return Number(header.value.metadata.step)
-      }
-      return 0
-    }
-    await until("a lora-train checkpoint after some steps", () => checkpointStep() > 0, 120_000)
+    await until("a lora-train checkpoint after some steps", () => checkpointStepIn(sb.cacheDir) > 0, 120_000)
     killed.child.kill("SIGKILL")
     expect((await killed.done).signal).toBe("SIGKILL")
 
