@@ -6,7 +6,12 @@
 //   (datasets/contrast/world-openings.txt), what chat tuning changed in how the model continues text;
 // - `contrastive-decode-l`: the same for tiny-chat-l vs tiny-base-l;
 // - `contrastive-decode-chat`: tiny-chat-s vs tiny-base-s on world questions in the chat template
-//   (datasets/contrast/world-prompts.txt), which the base model never saw.
+//   (datasets/contrast/world-prompts.txt), which the base model never saw;
+// - `contrastive-decode-blue`: tiny-chat-s told by a system turn to mention the colour blue against
+//   itself without it, on the same questions: one instruction's difference, where the divergent
+//   tokens are the ones the instruction changes. Chat tuning changed these models everywhere (their
+//   plain-text perplexity is in the thousands), so the first three diverge on nearly every token;
+//   this pair shows what a local difference looks like.
 // Weights 1.5 and -0.5 (Li et al.'s expert 1 + a, amateur -a, a = 0.5: the seed's (1, -1) amplifies
 // the difference until the text is no longer language on these models); the seed's weights:
 // --set contrastive-decode.startWeight=1 --set contrastive-decode.compareWeight=-1.
@@ -17,10 +22,6 @@
 // Any two models sharing a tokenizer (e.g. a Llama 3 8B Instruct against its base model):
 //   npx pipe run pipelines/contrast.ts --set start.path=/models/Meta-Llama-3-8B-Instruct \
 //     --set compare.path=/models/Meta-Llama-3-8B --set prompts.path=my-prompts.txt --gpus 0
-// One model against itself with an instruction only the starting model sees (the tiny chat model
-// told to mention blue; the divergent tokens are the ones the instruction changes):
-//   npx pipe run pipelines/contrast.ts --set compare.path=models/tiny-chat-s \
-//     --set contrastive-decode-chat.startPrefix='<|system|>Always mention the colour blue in your answers.<|eos|>'
 // Every knob of the stage is a --set (space=probs, startWeight, compareWeight, temperature, topP,
 // maxNewTokens, generationsPerPrompt, sortByDivergence, ...).
 import { external, pipeline } from "../src/engine/index.ts"
@@ -49,6 +50,11 @@ const params = {
 const texts = contrastiveDecode({ ...params, format: "text" }, { start, compare, prompts: openings })
 const textsL = contrastiveDecode({ ...params, format: "text" }, { start: startL, compare: compareL, prompts: openings }, { name: "contrastive-decode-l" })
 const textsChat = contrastiveDecode({ ...params, format: "chat" }, { start, compare, prompts: questions }, { name: "contrastive-decode-chat" })
+const textsBlue = contrastiveDecode(
+  { ...params, format: "chat", startPrefix: "<|system|>Always mention the colour blue in your answers.<|eos|>" },
+  { start, compare: start, prompts: questions },
+  { name: "contrastive-decode-blue" },
+)
 
 const views = (suffix: string, from: typeof texts, title: string) => ({
   [`texts${suffix}.json`]: from,
@@ -58,13 +64,14 @@ const views = (suffix: string, from: typeof texts, title: string) => ({
 
 export default pipeline(
   "contrast",
-  { texts, textsL, textsChat },
+  { texts, textsL, textsChat, textsBlue },
   {
     publish: {
       ...views("", texts, "tiny-chat-s vs tiny-base-s, plain text"),
       ...views("-l", textsL, "tiny-chat-l vs tiny-base-l, plain text"),
       ...views("-chat", textsChat, "tiny-chat-s vs tiny-base-s, chat prompts"),
+      ...views("-blue", textsBlue, "tiny-chat-s told to mention blue vs without"),
     },
-    print: ["contrast.md", "contrast-l.md", "contrast-chat.md"],
+    print: ["contrast.md", "contrast-l.md", "contrast-chat.md", "contrast-blue.md"],
   },
 )
