@@ -22,6 +22,8 @@
 // Any two models sharing a tokenizer (e.g. a Llama 3 8B Instruct against its base model):
 //   npx pipe run pipelines/contrast.ts --set start.path=/models/Meta-Llama-3-8B-Instruct \
 //     --set compare.path=/models/Meta-Llama-3-8B --set prompts.path=my-prompts.txt --gpus 0
+// (`start` and `compare` feed the -s pairs; `start_l` and `compare_l` the -l one; the blue pair's
+// system turn is written in the tiny chat template: --set contrastive-decode-blue.startPrefix=...)
 // Every knob of the stage is a --set (space=probs, startWeight, compareWeight, temperature, topP,
 // maxNewTokens, generationsPerPrompt, sortByDivergence, ...).
 import { external, pipeline } from "../src/engine/index.ts"
