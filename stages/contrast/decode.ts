@@ -85,22 +85,6 @@ export const contrastDefaults = {
   threads: 0,
 } as const satisfies Record<keyof typeof combinationFields, unknown>
 
-/**
- * The shipped pipelines' pair: models/tiny-chat told by a system turn to mention blue (start) against
- * itself without it (compare), on chat prompts, with Li et al.'s expert 1 + a, amateur -a weights
- * (a = 0.5): the seed's (1, -1) amplifies the difference until the text is no longer language on
- * these models. For two other models set startPrefix '' (and format text for base models).
- */
-export const blueContrast = {
-  ...contrastDefaults,
-  startWeight: 1.5,
-  compareWeight: -0.5,
-  startPrefix: "<|system|>Always mention the colour blue in your answers.<|eos|>",
-  format: "chat",
-  maxNewTokens: 24,
-  generationsPerPrompt: 2,
-} as const
-
 /** The decode requests of prompts x generations (see the file header for the seeds). */
 export const decodeRequests = (prompts: ReadonlyArray<string>, n: number, seed: number): DecodeRequest[] =>
   prompts.flatMap((prompt, i) => Array.from({ length: n }, (_, j) => ({ prompt, promptIndex: i, sample: j, seed: hash32(`${i}/${j}`, seed) })))

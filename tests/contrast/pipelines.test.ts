@@ -1,7 +1,8 @@
 // pipelines/contrast.ts and pipelines/divergence-search.ts end to end through real `pipe`
-// processes at reduced size on the shipped tiny chat model (the local assistant included):
-// - contrast: texts sorted by divergence, the HTML view in the run folder, `pipe show` printing the
-//   coloured texts (ANSI with FORCE_COLOR, plain with NO_COLOR);
+// processes at reduced size on the shipped tiny family (the local assistant included):
+// - contrast: its four pairs each writing their texts, texts sorted by divergence, the HTML view in
+//   the run folder, `pipe show` printing the coloured texts (ANSI with FORCE_COLOR, plain with
+//   NO_COLOR);
 // - the search for two cycles: every candidate accounted for, the rerun fully cached, a third
 //   cycle reusing the first two, and a run killed during cycle 2 resuming at cycle 2.
 import * as fs from "node:fs"
@@ -23,15 +24,18 @@ const ran = (stdout: string) => [...stdout.matchAll(/^\S+ succeeded (\S+) /gm)].
 
 describe("pipelines/contrast.ts", () => {
   it("sorts the texts by divergence, writes the HTML view and shows the coloured texts", async () => {
+    const pairs = ["contrastive-decode", "contrastive-decode-l", "contrastive-decode-chat", "contrastive-decode-blue"]
     const run = await cli(sb, [
       "run", path.join(repo, "pipelines/contrast.ts"), "--plain",
-      "--set", `prompts.path=${seeds}`, "--set", "contrastive-decode.maxNewTokens=8", "--set", "contrastive-decode.generationsPerPrompt=2",
+      "--set", `prompts.path=${seeds}`, "--set", `questions.path=${seeds}`,
+      ...pairs.flatMap((n) => ["--set", `${n}.maxNewTokens=8`, "--set", `${n}.generationsPerPrompt=2`]),
     ])
     expect(run.stderr).toBe("")
     expect(run.code).toBe(0)
     const dir = runDirOf(run.stdout)
     const out = JSON.parse(fs.readFileSync(path.join(dir, "texts.json"), "utf8")) as ContrastTexts
     expect(out.texts).toHaveLength(6)
+    for (const suffix of ["-l", "-chat", "-blue"]) expect((JSON.parse(fs.readFileSync(path.join(dir, `texts${suffix}.json`), "utf8")) as ContrastTexts).texts).toHaveLength(6)
     const means = out.texts.map((t) => t.klMean)
     expect(means).toEqual([...means].sort((a, b) => b - a))
     const html = fs.readFileSync(path.join(dir, "contrast.html"), "utf8")
