@@ -11,12 +11,12 @@
 // The run folder gets proxy-tune.md (perplexities, by tokens back, samples) and proxy-chat.md
 // (accuracy, gap closed, behaviour rates), printed at the end, and the two plots.
 import { external, pipeline } from "../src/engine/index.ts"
-import { blendExperiment, publishBlend } from "../stages/blend/experiment.ts"
+import { blendExperiment, memberInputs, publishBlend, tunedFromDirectory } from "../stages/blend/experiment.ts"
 import { proxyChat } from "../stages/blend/proxy-chat.ts"
 
 const models = {
   big: external.dir("models/tiny-base-l", { name: "big" }),
-  tuned: external.dir("models/tiny-chat-s", { name: "tuned" }),
+  tuned: tunedFromDirectory(external.dir("models/tiny-chat-s", { name: "tuned" })),
   untuned: external.dir("models/tiny-base-s", { name: "untuned" }),
 }
 const reference = external.dir("models/tiny-chat-l", { name: "reference" })
@@ -31,7 +31,7 @@ const experiment = blendExperiment({
   generate: { chat: true },
   prompts: ["What age is Kodis?", "Describe the town of Brindle.", "What is 12 plus 7?"],
 })
-const chat = proxyChat({ alphas: [1], limit: 0, maxNewTokens: 48, temperature: 0.7, seed: 0, batchSize: 32, threads: 0 }, { ...models, reference, questions, search: experiment.search })
+const chat = proxyChat({ alphas: [1], limit: 0, maxNewTokens: 48, temperature: 0.7, seed: 0, batchSize: 32, threads: 0 }, { ...memberInputs(models), reference, questions, search: experiment.search })
 
 const published = publishBlend("proxy-tune", experiment)
 export default pipeline(

@@ -1,7 +1,7 @@
-// pipelines/blend.ts end to end at reduced size on three random Llamas sharing a tokenizer
-// (tests/blend/fixture.ts), every member and the texts pointed elsewhere with --set, as a user
-// points them at real checkpoints: every node runs, the report, the plots and the JSON land in the
-// run folder, and a second run is fully cached.
+// pipelines/blend.ts end to end at reduced size on random Llamas sharing a tokenizer
+// (tests/blend/fixture.ts), big, untuned and the texts pointed elsewhere with --set, as a user points
+// them at real checkpoints, the small tuned member tuned by the pipeline from untuned: every node
+// runs, the report, the plots and the JSON land in the run folder, and a second run is fully cached.
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -27,9 +27,12 @@ beforeAll(async () => {
   fs.writeFileSync(textsFile, JSON.stringify({ train: [], heldOut: texts }))
   overrides = [
     `big.path=${fx.dirs.big}`,
-    `tuned.path=${fx.dirs.tuned}`,
     `untuned.path=${fx.dirs.untuned}`,
     `texts.path=${textsFile}`,
+    // the small tuned member is the untuned one tuned by the pipeline on a reduced corpus's stories
+    "plain-corpus.storiesPerPerson=2",
+    "tune-domain.epochs=1",
+    "tune-domain.maxLength=40",
     "held-out.maxTokens=40",
     "search.trials=12",
     "search_topk.trials=12",
