@@ -28,6 +28,9 @@ const experiment = blendExperiment({
   // the held-out chats with their reference answers, as the chat models were trained to write them
   texts: questions,
   heldOut: { format: "chat", field: "reference" },
+  // α is one parameter: TPE settles it in a few dozen trials (seed 003's 100 were for three
+  // temperatures), and a trial over the ~400 validation chats costs seconds on CPU
+  search: { trials: 30 },
   generate: { chat: true },
   prompts: ["What age is Kodis?", "Describe the town of Brindle.", "What is 12 plus 7?"],
 })

@@ -46,6 +46,7 @@ export interface BlendOptions {
   readonly texts: Source<FileArtifact<string>>
   readonly prompts: ReadonlyArray<string>
   readonly heldOut?: Partial<ParamsOf<typeof heldOut>>
+  readonly search?: Partial<Omit<ParamsOf<typeof blendSearch>, "kind" | "topK">>
   readonly generate?: Partial<Omit<ParamsOf<typeof generateBlend>, "prompts">>
 }
 
@@ -69,8 +70,8 @@ export const blendExperiment = (o: BlendOptions) => {
   const split = heldOut({ ...d.heldOut, ...o.heldOut }, { texts: o.texts, model: o.models.big })
   const validation = scoreMembers({ ...d.score, split: "validation" }, { ...members, heldOut: split }, { name: "score_validation" })
   const test = scoreMembers({ ...d.score, split: "test" }, { ...members, heldOut: split }, { name: "score_test" })
-  const search = blendSearch({ ...d.search, kind: o.kind }, { validation }, { name: "search" })
-  const searchTopK = blendSearch({ ...d.search, kind: o.kind, topK: d.topK }, { validation }, { name: "search_topk" })
+  const search = blendSearch({ ...d.search, ...o.search, kind: o.kind }, { validation }, { name: "search" })
+  const searchTopK = blendSearch({ ...d.search, ...o.search, kind: o.kind, topK: d.topK }, { validation }, { name: "search_topk" })
   const evaluation = evaluateBlend(d.evaluate, { ...members, heldOut: split, test, search, searchTopK })
   const samples = generateBlend({ ...d.generate, ...o.generate, prompts: [...o.prompts] }, { ...members, search })
   const report = reportBlend({}, { search, searchTopK, evaluation, samples })
