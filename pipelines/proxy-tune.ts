@@ -11,12 +11,12 @@
 // The run folder gets proxy-tune.md (perplexities, by tokens back, samples) and proxy-chat.md
 // (accuracy, gap closed, behaviour rates), printed at the end, and the two plots.
 import { external, pipeline } from "../src/engine/index.ts"
-import { blendExperiment, publishBlend } from "../stages/blend/experiment.ts"
+import { blendExperiment, memberInputs, publishBlend, tunedFromDirectory } from "../stages/blend/experiment.ts"
 import { proxyChat } from "../stages/blend/proxy-chat.ts"
 
 const models = {
   big: external.dir("models/tiny-base-l", { name: "big" }),
-  tuned: external.dir("models/tiny-chat-s", { name: "tuned" }),
+  tuned: tunedFromDirectory(external.dir("models/tiny-chat-s", { name: "tuned" })),
   untuned: external.dir("models/tiny-base-s", { name: "untuned" }),
 }
 const reference = external.dir("models/tiny-chat-l", { name: "reference" })
@@ -28,10 +28,14 @@ const experiment = blendExperiment({
   // the held-out chats with their reference answers, as the chat models were trained to write them
   texts: questions,
   heldOut: { format: "chat", field: "reference" },
+  // α is one parameter: TPE settles it in a few dozen trials (seed 003's 100 were for three
+  // temperatures), and a trial over the ~400 validation chats costs seconds on CPU
+  search: { trials: 30 },
   generate: { chat: true },
   prompts: ["What age is Kodis?", "Describe the town of Brindle.", "What is 12 plus 7?"],
 })
-const chat = proxyChat({ alphas: [1], limit: 0, maxNewTokens: 48, temperature: 0.7, seed: 0, batchSize: 32, threads: 0 }, { ...models, reference, questions, search: experiment.search })
+// α = 1 (the paper's) and above: the perplexity-searched α is a poor guide to answers here (README)
+const chat = proxyChat({ alphas: [1, 1.5, 2], limit: 0, maxNewTokens: 48, temperature: 0.7, seed: 0, batchSize: 32, threads: 0 }, { ...memberInputs(models), reference, questions, search: experiment.search })
 
 const published = publishBlend("proxy-tune", experiment)
 export default pipeline(

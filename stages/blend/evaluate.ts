@@ -11,14 +11,14 @@
 //                  them (evenly spaced, at most positionsPerBucket), the same in every bucket.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Artifact, Directory, StageError, stage } from "../../src/engine/index.ts"
-import { blendRoles, blendRule, ruleLogProbs } from "../../src/models/blend.ts"
+import { Artifact, StageError, stage } from "../../src/engine/index.ts"
+import { blendRule, ruleLogProbs } from "../../src/models/blend.ts"
 import { type EnsembleMember, scopedEnsemble } from "../../src/models/ensemble.ts"
 import { type ContinuationRequest, perplexity } from "../../src/models/scoring.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import type { Device } from "../../src/runtime/session.ts"
 import { BlendSearch, HeldOutTokens, MemberLogProbs, readHeldOut, readMemberLogProbs, type StoredMemberRows } from "./artifacts.ts"
-import { checkFits, openMembers } from "./members.ts"
+import { blendMemberInputs, blendMembers, checkFits, openMembers } from "./members.ts"
 
 const Perplexities = Schema.Record(Schema.String, Schema.Number)
 export const Bucket = Schema.Struct({
@@ -85,7 +85,7 @@ export const evaluateBlend = stage({
     threads: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
   }),
   unkeyed: ["batchSize", "threads"],
-  inputs: { big: Directory, tuned: Directory, untuned: Directory, heldOut: HeldOutTokens, test: MemberLogProbs, search: BlendSearch, searchTopK: BlendSearch },
+  inputs: { ...blendMemberInputs, heldOut: HeldOutTokens, test: MemberLogProbs, search: BlendSearch, searchTopK: BlendSearch },
   output: BlendEvaluation,
   resources: { gpu: 1, isolate: "process" },
   run: ({ params, inputs, ctx }) =>
@@ -93,7 +93,7 @@ export const evaluateBlend = stage({
       const { search, searchTopK } = inputs
       if (search.topK !== null || searchTopK.topK === null || search.kind !== searchTopK.kind)
         return yield* Effect.fail(new StageError({ message: `evaluate-blend: "search" must be a full-vocabulary search and "searchTopK" a top-k one of the same kind (got ${search.kind} top ${search.topK}, ${searchTopK.kind} top ${searchTopK.topK})` }))
-      const { members } = yield* openMembers(Object.fromEntries(blendRoles.map((r) => [r, inputs[r]])))
+      const { members } = yield* openMembers(blendMembers(inputs), ctx.workDir)
       const seqs = (yield* readHeldOut(inputs.heldOut)).test
       yield* checkFits(members, seqs, "test sequence")
       const rows = yield* readMemberLogProbs(inputs.test)

@@ -4,10 +4,13 @@
 //   held-out ─► score-members (validation) ─► blend-search (full vocabulary) ─┬─► evaluate-blend ─► report-blend
 //           └─► score-members (test) ──────► blend-search (top-k) ───────────┘   generate-blend ──┘
 //
-// The members are directory nodes (`external.dir(..., { name: "big" })`, so `--set big.path=DIR`
-// points them at any local HF checkpoints that share a tokenizer).
+// big and untuned are directory nodes (`external.dir(..., { name: "big" })`, so `--set big.path=DIR`
+// points them at any local HF checkpoints that share a tokenizer); the small tuned member is weights
+// and tokenizer files, tuned by the pipeline (tuneDomain) or imported from a directory.
 import type { Directory, FileArtifact, Source } from "../../src/engine/index.ts"
 import type { BlendKind } from "../../src/models/blend.ts"
+import { checkpointTokenizer, importCheckpoint } from "../tiny-family/import-checkpoint.ts"
+import type { LlamaWeights, TokenizerJson } from "../tiny-chat/artifacts.ts"
 import { blendSearch } from "./blend-search.ts"
 import { evaluateBlend } from "./evaluate.ts"
 import { generateBlend } from "./generate.ts"
@@ -37,24 +40,40 @@ export const blendDefaults = {
 
 export interface BlendOptions {
   readonly kind: BlendKind
-  readonly models: { readonly big: Source<typeof Directory>; readonly tuned: Source<typeof Directory>; readonly untuned: Source<typeof Directory> }
+  /** `tuned` as weights and tokenizer files: tuneDomain's output, or tunedFromDirectory(dir) */
+  readonly models: { readonly big: Source<typeof Directory>; readonly tuned: TunedMember; readonly untuned: Source<typeof Directory> }
   /** the held-out texts (any file node; see stages/blend/held-out.ts for the formats) */
   readonly texts: Source<FileArtifact<string>>
   readonly prompts: ReadonlyArray<string>
   readonly heldOut?: Partial<ParamsOf<typeof heldOut>>
+  readonly search?: Partial<Omit<ParamsOf<typeof blendSearch>, "kind" | "topK">>
   readonly generate?: Partial<Omit<ParamsOf<typeof generateBlend>, "prompts">>
 }
 
+export interface TunedMember {
+  readonly weights: Source<typeof LlamaWeights>
+  readonly tokenizer: Source<typeof TokenizerJson>
+}
+
+/** The small tuned member from a checkpoint directory (an already tuned model, e.g. a chat model). */
+export const tunedFromDirectory = (dir: Source<typeof Directory>): TunedMember => ({
+  weights: importCheckpoint({}, { model: dir }, { name: "tuned-import" }),
+  tokenizer: checkpointTokenizer({}, { model: dir }, { name: "tuned-tokenizer" }),
+})
+
+/** The inputs of the stages taking the three members (blendMemberInputs in members.ts). */
+export const memberInputs = (m: BlendOptions["models"]) => ({ big: m.big, tuned: m.tuned.weights, tunedTokenizer: m.tuned.tokenizer, untuned: m.untuned })
+
 export const blendExperiment = (o: BlendOptions) => {
   const d = blendDefaults
-  const { big, tuned, untuned } = o.models
-  const split = heldOut({ ...d.heldOut, ...o.heldOut }, { texts: o.texts, model: big })
-  const validation = scoreMembers({ ...d.score, split: "validation" }, { ...o.models, heldOut: split }, { name: "score_validation" })
-  const test = scoreMembers({ ...d.score, split: "test" }, { ...o.models, heldOut: split }, { name: "score_test" })
-  const search = blendSearch({ ...d.search, kind: o.kind }, { validation }, { name: "search" })
-  const searchTopK = blendSearch({ ...d.search, kind: o.kind, topK: d.topK }, { validation }, { name: "search_topk" })
-  const evaluation = evaluateBlend(d.evaluate, { big, tuned, untuned, heldOut: split, test, search, searchTopK })
-  const samples = generateBlend({ ...d.generate, ...o.generate, prompts: [...o.prompts] }, { big, tuned, untuned, search })
+  const members = memberInputs(o.models)
+  const split = heldOut({ ...d.heldOut, ...o.heldOut }, { texts: o.texts, model: o.models.big })
+  const validation = scoreMembers({ ...d.score, split: "validation" }, { ...members, heldOut: split }, { name: "score_validation" })
+  const test = scoreMembers({ ...d.score, split: "test" }, { ...members, heldOut: split }, { name: "score_test" })
+  const search = blendSearch({ ...d.search, ...o.search, kind: o.kind }, { validation }, { name: "search" })
+  const searchTopK = blendSearch({ ...d.search, ...o.search, kind: o.kind, topK: d.topK }, { validation }, { name: "search_topk" })
+  const evaluation = evaluateBlend(d.evaluate, { ...members, heldOut: split, test, search, searchTopK })
+  const samples = generateBlend({ ...d.generate, ...o.generate, prompts: [...o.prompts] }, { ...members, search })
   const report = reportBlend({}, { search, searchTopK, evaluation, samples })
   return { search, searchTopK, evaluation, samples, report }
 }

@@ -5,15 +5,15 @@
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
 import { hash32 } from "../../src/core/random.ts"
-import { Artifact, Directory, stage } from "../../src/engine/index.ts"
-import { blendRoles, blendRule } from "../../src/models/blend.ts"
+import { Artifact, stage } from "../../src/engine/index.ts"
+import { blendRule } from "../../src/models/blend.ts"
 import { scopedEnsemble } from "../../src/models/ensemble.ts"
 import { type GenerationRequest, makeGenerator } from "../../src/models/generate.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { scopedSessions } from "../../src/runtime/session.ts"
 import { openModel, questionPromptIds } from "../baking/model.ts"
 import { BlendSearch } from "./artifacts.ts"
-import { openMembers, sharedContext } from "./members.ts"
+import { blendMemberInputs, blendMembers, openMembers, sharedContext } from "./members.ts"
 
 export const BlendSamples = Artifact.json(
   "BlendSamples",
@@ -37,12 +37,12 @@ export const generateBlend = stage({
   version: 1,
   params: GenerateBlendParams,
   unkeyed: ["threads"],
-  inputs: { big: Directory, tuned: Directory, untuned: Directory, search: BlendSearch },
+  inputs: { ...blendMemberInputs, search: BlendSearch },
   output: BlendSamples,
   resources: { gpu: 1, isolate: "process" },
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
-      const { members } = yield* openMembers(Object.fromEntries(blendRoles.map((r) => [r, inputs[r]])))
+      const { members } = yield* openMembers(blendMembers(inputs), ctx.workDir)
       const { tokenizer } = yield* openModel(inputs.big.path)
       const bos = members[0].checkpoint.config.bosTokenId
       const limit = sharedContext(members)

@@ -1,19 +1,41 @@
-// The models a blend combines, opened from their directories: the three roles of seed 003 (big,
-// small tuned, small untuned; for proxy tuning the small chat model and its base) and optional
-// references, checked to share one tokenizer (ensemble.ts sharedVocabulary: a mismatch is refused
-// naming both models).
+// The models a blend combines: the three roles of seed 003 (big, small tuned, small untuned; for
+// proxy tuning the small chat model and its base) and optional references, checked to share one
+// tokenizer (ensemble.ts sharedVocabulary: a mismatch is refused naming both models). Every member
+// is a checkpoint directory except the small tuned one, which comes as weights and tokenizer files:
+// the blending pipeline tunes it itself (tuneDomain), and an engine stage cannot output a directory;
+// a tuned checkpoint directory enters through importCheckpoint / checkpointTokenizer
+// (tunedFromDirectory in experiment.ts).
 import { Effect } from "effect"
-import type { FileRef } from "../../src/engine/index.ts"
-import { StageError } from "../../src/engine/index.ts"
+import * as path from "node:path"
+import { Directory, type FileRef, StageError, type TensorsValue } from "../../src/engine/index.ts"
 import { loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { type EnsembleMember, sharedVocabulary } from "../../src/models/ensemble.ts"
+import { LlamaWeights, materializeModel, TokenizerJson } from "../tiny-chat/artifacts.ts"
+
+/** The three members as stage inputs. */
+export const blendMemberInputs = { big: Directory, tuned: LlamaWeights, tunedTokenizer: TokenizerJson, untuned: Directory } as const
+
+/** A member: a checkpoint directory, or weights with their tokenizer files (made a directory under the stage's work dir). */
+export type MemberSource = FileRef | { readonly weights: TensorsValue; readonly tokenizer: TokenizerJson }
+
+/** The three members of a stage taking `blendMemberInputs`, by role, in blendRoles order. */
+export const blendMembers = (inputs: { readonly big: FileRef; readonly tuned: TensorsValue; readonly tunedTokenizer: TokenizerJson; readonly untuned: FileRef }) => ({
+  big: inputs.big,
+  tuned: { weights: inputs.tuned, tokenizer: inputs.tunedTokenizer },
+  untuned: inputs.untuned,
+})
+
+const openMember = (name: string, source: MemberSource, workDir: string) =>
+  "weights" in source
+    ? Effect.map(materializeModel(path.join(workDir, `member-${name}`), source.weights, source.tokenizer), (m) => m.checkpoint)
+    : loadCheckpoint(source.path)
 
 /** Members named by their role, in the order given; fails on a load error or a tokenizer mismatch. */
-export const openMembers = (dirs: Readonly<Record<string, FileRef>>) =>
+export const openMembers = (sources: Readonly<Record<string, MemberSource>>, workDir: string) =>
   Effect.gen(function* () {
-    const members = yield* Effect.forEach(Object.entries(dirs), ([name, dir]) =>
+    const members = yield* Effect.forEach(Object.entries(sources), ([name, source]) =>
       Effect.map(
-        Effect.mapError(loadCheckpoint(dir.path), (e) => new StageError({ message: `model "${name}": ${e.message}` })),
+        Effect.mapError(openMember(name, source, workDir), (e) => new StageError({ message: `model "${name}": ${e.message}` })),
         (checkpoint): EnsembleMember => ({ name, checkpoint }),
       ),
     )

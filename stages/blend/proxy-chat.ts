@@ -25,7 +25,7 @@ import { Rate, rateOf } from "../baking/artifacts.ts"
 import { openModel } from "../baking/model.ts"
 import { markdown } from "../../src/engine/table.ts"
 import { BlendSearch } from "./artifacts.ts"
-import { openMembers, sharedContext } from "./members.ts"
+import { blendMemberInputs, blendMembers, openMembers, sharedContext } from "./members.ts"
 
 const Row = Schema.Struct({
   model: Schema.String,
@@ -83,13 +83,13 @@ export const proxyChat = stage({
     threads: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
   }),
   unkeyed: ["batchSize", "threads"],
-  inputs: { big: Directory, tuned: Directory, untuned: Directory, reference: Directory, questions: File, search: BlendSearch },
+  inputs: { ...blendMemberInputs, reference: Directory, questions: File, search: BlendSearch },
   output: ProxyChatEvaluation,
   resources: { gpu: 1, isolate: "process" },
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
       if (inputs.search.kind !== "proxy") return yield* Effect.fail(new StageError({ message: `proxy-chat: the search input is a "${inputs.search.kind}" search, not a proxy-tuning one` }))
-      const { members } = yield* openMembers({ big: inputs.big, tuned: inputs.tuned, untuned: inputs.untuned, reference: inputs.reference })
+      const { members } = yield* openMembers({ ...blendMembers(inputs), reference: inputs.reference }, ctx.workDir)
       const [big, tuned, , reference] = members
       const { tokenizer } = yield* openModel(inputs.big.path)
       const records = yield* readChatRecords(inputs.questions.path)

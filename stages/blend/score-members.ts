@@ -8,15 +8,14 @@
 // perplexity by ~0.2% at most; float32 when that matters.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Directory, stage } from "../../src/engine/index.ts"
+import { stage } from "../../src/engine/index.ts"
 import { buildMemberLogProbsGraph, type EnsembleMember, memberLogProbsName } from "../../src/models/ensemble.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
 import { type Device, runSession, scopedSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
-import { blendRoles } from "../../src/models/blend.ts"
 import { HeldOutTokens, MemberLogProbs, memberLogProbsOutput, readHeldOut, type StoredMemberRows } from "./artifacts.ts"
-import { checkFits, openMembers } from "./members.ts"
+import { blendMemberInputs, blendMembers, checkFits, openMembers } from "./members.ts"
 
 export interface ScoreOptions {
   readonly graphDir: string
@@ -75,12 +74,12 @@ export const scoreMembers = stage({
     threads: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
   }),
   unkeyed: ["batchSize", "threads"],
-  inputs: { big: Directory, tuned: Directory, untuned: Directory, heldOut: HeldOutTokens },
+  inputs: { ...blendMemberInputs, heldOut: HeldOutTokens },
   output: MemberLogProbs,
   resources: { gpu: 1, isolate: "process" },
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
-      const { members, vocab } = yield* openMembers(Object.fromEntries(blendRoles.map((r) => [r, inputs[r]])))
+      const { members, vocab } = yield* openMembers(blendMembers(inputs), ctx.workDir)
       const seqs = (yield* readHeldOut(inputs.heldOut))[params.split]
       const started = performance.now()
       const rows = yield* scoreMemberRows(members, vocab, seqs, {

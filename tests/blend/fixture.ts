@@ -10,6 +10,8 @@ import { tinyLlama, writeRandomCheckpoint } from "../../src/models/init.ts"
 import { referenceForward, referenceModel, type ReferenceModel } from "../reference/reference.ts"
 import { logSoftmax } from "../models/sampling-reference.ts"
 import { tempDir } from "../models/forward-helpers.ts"
+import { stageContext, tensorsValue } from "../stage-harness.ts"
+import { checkpointTokenizer, importCheckpoint } from "../../stages/tiny-family/import-checkpoint.ts"
 
 export const V = 1024
 export const tokenizerDir = path.resolve(import.meta.dirname, "../../models/tiny-chat")
@@ -62,3 +64,10 @@ export const sequences = (lengths: ReadonlyArray<number>, seed: number): number[
 
 /** The float64 reference log-softmax (first V logits) at every position of `seq`. */
 export const referenceLogProbs = (model: ReferenceModel, seq: ReadonlyArray<number>): number[][] => referenceForward(model, seq).map((row) => logSoftmax(Array.from(row.subarray(0, V))))
+
+/** The small tuned member as the blend stages take it (weights and tokenizer files), imported from `dir` by the pipeline's own stages. */
+export const tunedInputs = async (dir: string) => {
+  const run = <S extends typeof importCheckpoint | typeof checkpointTokenizer>(s: S) =>
+    Effect.runPromise(s.spec.run({ params: {}, inputs: { model: { path: dir, hash: "", size: 0 } }, ctx: stageContext(tempDir("pipe-blend-import-")) }) as Effect.Effect<any, any>)
+  return { tuned: await tensorsValue(await run(importCheckpoint)), tunedTokenizer: await run(checkpointTokenizer) }
+}

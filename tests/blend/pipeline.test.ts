@@ -1,7 +1,7 @@
-// pipelines/blend.ts end to end at reduced size on three random Llamas sharing a tokenizer
-// (tests/blend/fixture.ts), every member and the texts pointed elsewhere with --set, as a user
-// points them at real checkpoints: every node runs, the report, the plots and the JSON land in the
-// run folder, and a second run is fully cached.
+// pipelines/blend.ts end to end at reduced size on random Llamas sharing a tokenizer
+// (tests/blend/fixture.ts), big, untuned and the texts pointed elsewhere with --set, as a user points
+// them at real checkpoints, the small tuned member tuned by the pipeline from untuned: every node
+// runs, the report, the plots and the JSON land in the run folder, and a second run is fully cached.
 import { Effect } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
 import type { BlendEvaluation } from "../../stages/blend/evaluate.ts"
 import { sandbox } from "../engine/helpers.ts"
-import { type BlendFixture, blendFixture } from "./fixture.ts"
+import { type BlendFixture, blendFixture, randomCheckpoint } from "./fixture.ts"
 
 const pipelineFile = path.resolve(import.meta.dirname, "../../pipelines/blend.ts")
 const sb = sandbox()
@@ -23,13 +23,21 @@ beforeAll(async () => {
     genre: i % 4 === 3 ? "bio" : "story",
     text: Array.from({ length: 30 }, (_, t) => words[(i * 7 + t * t * 3 + t) % words.length]).join(" "),
   }))
+  // tune-domain pads its batches and refuses a story longer than a row (the corpus' stories run to
+  // ~140 tokens with the fixture's tiny-chat tokenizer)
+  const untuned = path.join(fx.root, "untuned-trainable")
+  fs.mkdirSync(untuned)
+  await randomCheckpoint(untuned, { ...fx.members[2].checkpoint.config, maxPositions: 256, padTokenId: 0 }, 7)
   const textsFile = path.join(fx.root, "plain.json")
   fs.writeFileSync(textsFile, JSON.stringify({ train: [], heldOut: texts }))
   overrides = [
     `big.path=${fx.dirs.big}`,
-    `tuned.path=${fx.dirs.tuned}`,
-    `untuned.path=${fx.dirs.untuned}`,
+    `untuned.path=${untuned}`,
     `texts.path=${textsFile}`,
+    // the small tuned member is the untuned one tuned by the pipeline on a reduced corpus's stories
+    "plain-corpus.storiesPerPerson=2",
+    "tune-domain.epochs=1",
+    "tune-domain.maxLength=256",
     "held-out.maxTokens=40",
     "search.trials=12",
     "search_topk.trials=12",

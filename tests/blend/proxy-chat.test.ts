@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { proxyChat } from "../../stages/blend/proxy-chat.ts"
 import { tempDir } from "../models/forward-helpers.ts"
 import { stageContext } from "../stage-harness.ts"
-import { type BlendFixture, blendFixture, randomCheckpoint } from "./fixture.ts"
+import { type BlendFixture, blendFixture, randomCheckpoint, tunedInputs } from "./fixture.ts"
 
 let fx: BlendFixture
 let questions: string
@@ -31,7 +31,7 @@ describe("proxy-chat", () => {
     const exit = await Effect.runPromiseExit(
       proxyChat.spec.run({
         params: { alphas: [0], limit: 3, maxNewTokens: 6, temperature: 0.7, seed: 0, batchSize: 4, threads: 0 },
-        inputs: { big: ref(fx.dirs.big), tuned: ref(fx.dirs.tuned), untuned: ref(fx.dirs.untuned), reference: ref(path.join(fx.root, "reference")), questions: ref(questions), search },
+        inputs: { big: ref(fx.dirs.big), ...(await tunedInputs(fx.dirs.tuned)), untuned: ref(fx.dirs.untuned), reference: ref(path.join(fx.root, "reference")), questions: ref(questions), search },
         ctx: stageContext(tempDir("pipe-proxy-chat-")),
       }) as Effect.Effect<any, any>,
     )

@@ -151,7 +151,7 @@ describe("members", () => {
     fs.mkdirSync(dir)
     await randomCheckpoint(dir, fx.members[1].checkpoint.config, 9, JSON.stringify(other))
     const ref = (p: string) => ({ path: p, hash: "", size: 0 })
-    const exit = await Effect.runPromiseExit(openMembers({ big: ref(fx.dirs.big), tuned: ref(dir), untuned: ref(fx.dirs.untuned) }))
+    const exit = await Effect.runPromiseExit(openMembers({ big: ref(fx.dirs.big), tuned: ref(dir), untuned: ref(fx.dirs.untuned) }, tempDir("pipe-blend-members-")))
     const message = String(Exit.isFailure(exit) && exit.cause)
     expect(message).toMatch(/different tokenizers/)
     expect(message).toContain(fx.dirs.big)
