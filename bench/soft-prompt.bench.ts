@@ -27,7 +27,7 @@ import { createSession, releaseSession } from "../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../src/runtime/train.ts"
 import { shiftedTargets } from "../stages/soft-prompts/examples.ts"
 import { lossBatch, lossBatchSpec, objectiveLoss, promptVariant } from "../stages/soft-prompts/soft-prompt.ts"
-import { alternateSteps, alternationLine, finishTrainingBench, modelSizes, ourTrainSteps } from "./torch-reference.ts"
+import { alternateSteps, alternationLine, finishTrainingBench, modelSizes, ourTrainSteps, type StepFigures, stepAgreement, updateDifference } from "./torch-reference.ts"
 
 const threadCounts = [...new Set([1, Math.min(availableParallelism(), 8)])]
 const warmup = 2
@@ -101,18 +101,10 @@ try {
     }),
   )
 
-  type TorchCheck = { loss: number[]; grad_norm: number[]; prompt_last: number[] }
-  const rel = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30)
+  type TorchCheck = StepFigures & { prompt_last: number[] }
   const compare = (c: TorchCheck) => {
-    const lossRel = Math.max(...c.loss.map((l, i) => rel(ourCheck.loss[i], l)))
-    const normRel = Math.max(...c.grad_norm.map((n, i) => rel(ourCheck.grad_norm[i], n)))
-    let diff2 = 0
-    let update2 = 0
-    c.prompt_last.forEach((x, i) => {
-      diff2 += (ourLast[i] - x) ** 2
-      update2 += (x - start[i]) ** 2
-    })
-    const updateRel = Math.sqrt(diff2 / update2)
+    const { lossRel, normRel } = stepAgreement(ourCheck, c)
+    const updateRel = updateDifference([{ ours: ourLast, torch: c.prompt_last, start }]).rel
     return {
       torch: { loss: c.loss, grad_norm: c.grad_norm },
       loss_max_rel_diff: lossRel,

@@ -122,6 +122,37 @@ export const ourTrainSteps =
     }
   }
 
+/** |a − b| relative to b: how far our figure is from PyTorch's. */
+export const relDiff = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30)
+
+/** Losses and gradient norms of the check steps, ours or PyTorch's, step by step. */
+export type StepFigures = { loss: number[]; grad_norm: number[] }
+
+/** The largest relative differences of the check steps' losses and gradient norms. */
+export const stepAgreement = (ours: StepFigures, torch: StepFigures) => ({
+  lossRel: torch.loss.reduce((m, l, i) => Math.max(m, relDiff(ours.loss[i], l)), 0),
+  normRel: torch.grad_norm.reduce((m, n, i) => Math.max(m, relDiff(ours.grad_norm[i], n)), 0),
+})
+
+/**
+ * How far the two sides' trained values land apart after the last check step, over every trained
+ * tensor: ‖ours − torch‖ / ‖torch − start‖ (relative to the size of the update itself, so a tiny
+ * update is not hidden by large weights) and the largest absolute difference.
+ */
+export const updateDifference = (tensors: Iterable<{ readonly ours: ArrayLike<number>; readonly torch: ArrayLike<number>; readonly start: ArrayLike<number> }>) => {
+  let diff2 = 0
+  let update2 = 0
+  let maxAbs = 0
+  for (const { ours, torch, start } of tensors)
+    for (let i = 0; i < torch.length; i++) {
+      const d = ours[i] - torch[i]
+      diff2 += d * d
+      update2 += (torch[i] - start[i]) ** 2
+      maxAbs = Math.max(maxAbs, Math.abs(d))
+    }
+  return { rel: Math.sqrt(diff2 / update2), maxAbs }
+}
+
 export interface AlternateOptions<C> {
   readonly threads: number
   /** tokens one training step trains (the tokens/s numerator of both sides) */

@@ -32,7 +32,7 @@ import { createSession, type Session } from "../src/runtime/session.ts"
 import { initTrainState, type TrainState, trainStep } from "../src/runtime/train.ts"
 import type { TrajectorySet } from "../stages/baking/artifacts.ts"
 import { lmHeadAt, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "../stages/baking/distill.ts"
-import { alternateSteps, alternationLine, finishTrainingBench, modelSizes, ourTrainSteps } from "./torch-reference.ts"
+import { alternateSteps, alternationLine, finishTrainingBench, modelSizes, ourTrainSteps, relDiff, type StepFigures, stepAgreement, updateDifference } from "./torch-reference.ts"
 
 // one thread compares the kernels alone; more compares how each side spreads a step over cores
 // (on a loaded machine the second figure mostly measures the load)
@@ -175,32 +175,20 @@ try {
   writeFileSync(specFile, JSON.stringify(torchSpec))
 
   // --- the check, against each torch process
-  type TorchCheck = { loss: number[]; grad_norm: number[]; params_first: Record<string, number[]>; params_last: Record<string, number[]> }
-  const rel = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(b), 1e-30)
+  type TorchCheck = StepFigures & { params_first: Record<string, number[]>; params_last: Record<string, number[]> }
   const data = (t: ort.Tensor) => t.data as Float32Array
   const compare = (c: TorchCheck) => {
-    const lossRel = Math.max(...c.loss.map((l, i) => rel(ourCheck.loss[i], l)))
-    const normRel = Math.max(...c.grad_norm.map((n, i) => rel(ourCheck.grad_norm[i], n)))
+    const { lossRel, normRel } = stepAgreement(ourCheck, c)
     let decayRel = 0
     for (const t of targets) {
       const k = paramName(t.module, "A")
       c.params_first[k].forEach((x, i) => {
-        decayRel = Math.max(decayRel, rel(data(ourFirst[k])[i], x))
+        decayRel = Math.max(decayRel, relDiff(data(ourFirst[k])[i], x))
       })
     }
-    let diff2 = 0
-    let update2 = 0
-    let maxAbs = 0
-    for (const [k, theirs] of Object.entries(c.params_last)) {
-      const p0 = init[k].data
-      theirs.forEach((x, i) => {
-        const d = data(ourLast[k])[i] - x
-        diff2 += d * d
-        update2 += (x - p0[i]) ** 2
-        maxAbs = Math.max(maxAbs, Math.abs(d))
-      })
-    }
-    const updateRel = Math.sqrt(diff2 / update2)
+    const { rel: updateRel, maxAbs } = updateDifference(
+      Object.entries(c.params_last).map(([k, theirs]) => ({ ours: data(ourLast[k]), torch: theirs, start: init[k].data })),
+    )
     return {
       torch: { loss: c.loss, grad_norm: c.grad_norm },
       loss_max_rel_diff: lossRel,
