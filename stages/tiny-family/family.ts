@@ -1,7 +1,8 @@
 // The tiny model family of issue 14, one size at a time: the chat corpus (models/tiny-chat's, plus
 // "random pick" requests) and the plain corpus of the same world -> one tokenizer -> a random Llama
-// of the size -> tiny-base-<size> (train-text on every plain document) -> tiny-chat-<size> (train-lm,
-// chat SFT starting from that base) -> evaluations -> two Hugging Face directories under models/.
+// of the size -> tiny-base-<size> (train-text on every plain document) -> tiny-chat-<size> (train-chat,
+// chat SFT starting from that base, with a share of plain documents) -> evaluations -> two Hugging
+// Face directories under models/.
 // pipelines/tiny-family-s.ts and tiny-family-l.ts run it; the corpus and tokenizer nodes have the
 // same keys in both, so the two sizes share them (and the tokenizer.json bytes).
 import { defaultCorpusOptions, type CorpusOptions } from "../../src/text/synthetic/corpus.ts"
@@ -9,11 +10,11 @@ import { defaultPlainCorpusOptions } from "../../src/text/synthetic/plain.ts"
 import { chatCorpus } from "../tiny-chat/corpus.ts"
 import { evaluateChat } from "../tiny-chat/evaluate-chat.ts"
 import { initLlama } from "../tiny-chat/init.ts"
-import { trainLm } from "../tiny-chat/train-lm.ts"
 import { evaluatePicks } from "./evaluate-picks.ts"
 import { evaluateText } from "./evaluate-text.ts"
 import { plainCorpus } from "./plain-corpus.ts"
 import { familyTokenizer } from "./tokenizer.ts"
+import { trainChat } from "./train-chat.ts"
 import { trainText } from "./train-text.ts"
 import { writeFamilyModel } from "./write-family-model.ts"
 
@@ -21,7 +22,7 @@ import { writeFamilyModel } from "./write-family-model.ts"
 export const familyChatOptions: CorpusOptions = { ...defaultCorpusOptions, behaviourCopies: 2, randomPicks: 100 }
 
 export const familySizes = {
-  s: { hiddenSize: 128, numLayers: 4, numHeads: 4, intermediateSize: 384, pretrainLr: 3e-3, sftLr: 2e-3 },
+  s: { hiddenSize: 96, numLayers: 4, numHeads: 4, intermediateSize: 256, pretrainLr: 3e-3, sftLr: 2e-3 },
   l: { hiddenSize: 256, numLayers: 5, numHeads: 8, intermediateSize: 768, pretrainLr: 2e-3, sftLr: 1.5e-3 },
 } as const
 export type FamilySize = keyof typeof familySizes
@@ -30,11 +31,13 @@ export type FamilySize = keyof typeof familySizes
 export interface FamilyRecipe {
   readonly pretrainEpochs: number
   readonly sftEpochs: number
+  /** plain documents mixed into the chat SFT, as a fraction of the chats (see train-chat.ts) */
+  readonly plainShare: number
   readonly threads: number
 }
-// 6 pretraining epochs: with 20, both sizes overfit the small plain corpus and tiny-base-l's
-// held-out perplexity ended above tiny-base-s's (3.44 vs 2.87); see models/README.md.
-export const familyRecipe: FamilyRecipe = { pretrainEpochs: 6, sftEpochs: 15, threads: 1 }
+// 6 pretraining epochs: on the first, 3x smaller plain corpus 20 epochs overfit both sizes and
+// tiny-base-l's held-out perplexity ended above tiny-base-s's (3.44 vs 2.87); see models/README.md.
+export const familyRecipe: FamilyRecipe = { pretrainEpochs: 6, sftEpochs: 15, plainShare: 0.1, threads: 1 }
 
 export const maxLength = 128
 
@@ -55,13 +58,12 @@ export const familyModels = (size: FamilySize, recipe: FamilyRecipe = familyReci
   )
   const common = { batchSize: 32, warmupSteps: 50, minLrRatio: 0.05, weightDecay: 0.01, maxGradNorm: 1, maxLength, seed: 0, checkpointEvery: 20, threads: recipe.threads }
   const base = trainText({ ...common, epochs: recipe.pretrainEpochs, lr: shape.pretrainLr, genres: [] }, { texts: plain, tokenizer, init }, { name: `pretrain-${size}` })
-  const chatModel = trainLm({ ...common, epochs: recipe.sftEpochs, lr: shape.sftLr }, { corpus: chat, tokenizer, init: base }, { name: `sft-${size}` })
+  const chatModel = trainChat({ ...common, epochs: recipe.sftEpochs, lr: shape.sftLr, plainShare: recipe.plainShare }, { corpus: chat, texts: plain, tokenizer, init: base }, { name: `sft-${size}` })
   return { chat, plain, tokenizer, base, chatModel }
 }
 
 export const familyCommand = "npx tsx src/cli/main.ts run pipelines/tiny-family.ts"
 
-/** The evaluations of one trained model (base or chat) of the family. */
 /** The evaluations of one trained model (base or chat) of the family; `name` prefixes the calls' names
  *  (`base-s-text`, `base-s-chat`, `base-s-picks`: --set base-s-picks.samples=200). */
 const evaluations = (name: string, model: ReturnType<typeof familyModels>["base"], m: ReturnType<typeof familyModels>, samplesPerPrompt: number, threads: number) => ({

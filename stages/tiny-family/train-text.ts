@@ -17,7 +17,8 @@ export const TrainTextParams = Schema.Struct({
   genres: GenreFilter,
 })
 
-const documents = (file: string, genres: ReadonlyArray<string>) =>
+/** The training documents of `genres` (all when empty); none is an error naming the file. */
+export const documents = (file: string, genres: ReadonlyArray<string>) =>
   Effect.gen(function* () {
     const docs = ofGenres((yield* readPlainCorpus(file)).train, genres)
     if (docs.length === 0) return yield* Effect.fail(new StageError({ message: `${file}: no training document of genre ${genres.join(", ")}` }))

@@ -129,11 +129,11 @@ export const defaultPlainCorpusOptions: PlainCorpusOptions = {
   pets: 12,
   gadgets: 12,
   towns: 8,
-  biosPerEntity: 8,
-  townDocsPerTown: 8,
-  encyclopediaPerEntity: 2,
-  storiesPerPerson: 40,
-  arithmeticPages: 300,
+  biosPerEntity: 16,
+  townDocsPerTown: 16,
+  encyclopediaPerEntity: 4,
+  storiesPerPerson: 100,
+  arithmeticPages: 900,
 }
 
 /** The phrasing index reserved for held-out combinations, per fact id `Name.attribute`. */

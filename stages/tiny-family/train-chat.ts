@@ -1,0 +1,48 @@
+// Stage train-chat: the family's chat SFT. Chats as train-lm trains them (the loss on the final
+// answer) plus a fixed, seeded share of the plain corpus's documents (the loss on every token), so
+// that the chat model keeps most of its base's plain-text ability, as released chat models do: a
+// chat model whose plain-text perplexity has exploded makes contrastive decoding and chat->base
+// detuning measure that collapse and nothing else. The trainer is train-lm's.
+import { Effect, Schema } from "effect"
+import { stage } from "../../src/engine/index.ts"
+import { deriveRng } from "../../src/text/synthetic/random.ts"
+import { ChatCorpusFile, LlamaWeights, readCorpus, TokenizerJson } from "../tiny-chat/artifacts.ts"
+import { encodeChat, encodeDocument } from "../tiny-chat/chat-batches.ts"
+import { encodeAll, trainFromWeights, TrainLmParams } from "../tiny-chat/train-lm.ts"
+import { PlainCorpusFile } from "./plain-corpus.ts"
+import { documents } from "./train-text.ts"
+
+export const TrainChatParams = Schema.Struct({
+  ...TrainLmParams.fields,
+  /** plain documents mixed in, as a fraction of the number of training chats (at most all of them) */
+  plainShare: Schema.Finite.check(Schema.isGreaterThanOrEqualTo(0)),
+})
+
+export const trainChat = stage({
+  name: "train-chat",
+  version: 1,
+  params: TrainChatParams,
+  unkeyed: ["checkpointEvery", "threads"],
+  inputs: { corpus: ChatCorpusFile, texts: PlainCorpusFile, tokenizer: TokenizerJson, init: LlamaWeights },
+  output: LlamaWeights,
+  resources: { isolate: "process" },
+  run: ({ params, inputs, ctx }) =>
+    trainFromWeights(
+      params,
+      ctx,
+      inputs.init,
+      inputs.tokenizer,
+      (tokenizer) =>
+        Effect.gen(function* () {
+          const chats = (yield* readCorpus(inputs.corpus.path)).train
+          const docs = yield* documents(inputs.texts.path, [])
+          const mixed = deriveRng(params.seed, "train-chat-plain").sample(docs, Math.min(docs.length, Math.round(params.plainShare * chats.length)))
+          ctx.log(`${chats.length} chats and ${mixed.length} plain documents`)
+          return [
+            ...(yield* encodeAll(inputs.corpus.path, chats, (c) => encodeChat(tokenizer, c.messages, params.maxLength))),
+            ...(yield* encodeAll(inputs.texts.path, mixed, (d) => encodeDocument(tokenizer, d.text, params.maxLength))),
+          ]
+        }),
+      "chats and documents",
+    ).pipe(Effect.scoped),
+})
