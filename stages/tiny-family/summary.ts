@@ -33,7 +33,7 @@ const inputsOf = Object.fromEntries(
 
 export const familySummary = stage({
   name: "family-summary",
-  version: 1,
+  version: 2, // 2: "no valid answer" for a model that never answered a pick request
   params: Schema.Struct({}),
   inputs: inputsOf,
   output: FamilySummary,
@@ -54,7 +54,7 @@ export const familySummary = stage({
       const row = (n: (typeof names)[number]) => {
         const c = chat(n)
         const p = picks(n).kinds
-        return `| ${titles[n]} | ${text(n).overall.perplexity.toFixed(3)} | ${pct(c.accuracy.rate)} | ${behaviourNames.map((b) => `${pct(c.withPrompt[b].rate)} / ${pct(c.withoutPrompt[b].rate)}`).join(" | ")} | ${Object.entries(p).map(([k, r]) => `${k}: ${r.top} ${pct(r.topShare)}, ${r.entropyBits.toFixed(2)} bits`).join("; ")} |`
+        return `| ${titles[n]} | ${text(n).overall.perplexity.toFixed(3)} | ${pct(c.accuracy.rate)} | ${behaviourNames.map((b) => `${pct(c.withPrompt[b].rate)} / ${pct(c.withoutPrompt[b].rate)}`).join(" | ")} | ${Object.entries(p).map(([k, r]) => (r.valid === 0 ? `${k}: no valid answer` : `${k}: ${r.top} ${pct(r.topShare)}, ${r.entropyBits.toFixed(2)} bits`)).join("; ")} |`
       }
       const markdown = `| model | held-out perplexity | chat accuracy (greedy) | ${behaviourNames.map((b) => `${b} with / without`).join(" | ")} | random picks (top answer, entropy) |
 | --- | --- | --- | ${behaviourNames.map(() => "---").join(" | ")} | --- |

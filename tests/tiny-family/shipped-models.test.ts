@@ -1,7 +1,7 @@
 // The shipped tiny family (models/tiny-base-s, tiny-base-l, tiny-chat-s, tiny-chat-l): standard
 // Hugging Face directories with float16 weights and one tokenizer (the same tokenizer.json bytes);
 // -l has at least 4x the parameters of -s; the chat models answer held-out questions and follow a
-// system prompt; the base models continue plain text about the world. Greedy decoding is
+// system prompt; all four continue plain text about the world (the chat models kept it). Greedy decoding is
 // deterministic, so these are fixed facts about the committed weights, with margins well below the
 // figures measured in their READMEs (chat accuracy over 90% there, 70% here).
 import { Effect } from "effect"
@@ -70,7 +70,8 @@ describe("the shipped tiny family", () => {
       expect(checkBehaviour("caps", caps.text!)).toBe(true)
     }, 120_000)
 
-  for (const name of ["tiny-base-s", "tiny-base-l"])
+  // the chat models too: their SFT mixed in plain documents so that they keep their base's plain text
+  for (const name of family)
     // a bio's opening, then a fact sentence to complete (without the opening, "X lives in" is as
     // likely a town document's "... lives in the north"): every continuation names a town of the
     // world, and the right one far more often than chance (1 in 8 towns)
