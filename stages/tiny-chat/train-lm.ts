@@ -144,6 +144,24 @@ export const trainFromWeights = <E>(
     return { tensors, metadata: trainedMetadata(init.metadata.config!, params, result) }
   })
 
+/**
+ * What train-lm, train-text and train-chat share as stages: the run (train the `init` weights on the
+ * sequences that `sequences` encodes from the stage's inputs), the unkeyed params, the output and
+ * the process isolation. Each declares its own stage, so the source file hashed for it is its own.
+ */
+export const trainingStage = {
+  unkeyed: ["checkpointEvery", "threads"] as const,
+  output: LlamaWeights,
+  resources: { isolate: "process" } as const,
+  run:
+    <P extends typeof TrainLmParams.Type, I extends { readonly init: TensorsValue; readonly tokenizer: TokenizerJson }, E>(
+      what: string,
+      sequences: (params: P, inputs: I, tokenizer: TextTokenizer) => Effect.Effect<ReadonlyArray<TrainSequence>, E>,
+    ) =>
+    ({ params, inputs, ctx }: { readonly params: P; readonly inputs: I; readonly ctx: StageContext }) =>
+      trainFromWeights(params, ctx, inputs.init, inputs.tokenizer, (tokenizer) => sequences(params, inputs, tokenizer), what).pipe(Effect.scoped),
+}
+
 /** Encodes sequences, turning an encoding error (a too long one) into a StageError naming `file`. */
 export const encodeAll = <A>(file: string, items: ReadonlyArray<A>, encode: (a: A) => TrainSequence) =>
   Effect.try({ try: () => items.map(encode), catch: (e) => new StageError({ message: `${file}: ${errorMessage(e)}` }) })
@@ -152,17 +170,9 @@ export const trainLm = stage({
   name: "train-lm",
   version: 2, // 2: the training time is a metric, not in the weights' metadata
   params: TrainLmParams,
-  unkeyed: ["checkpointEvery", "threads"],
   inputs: { corpus: ChatCorpusFile, tokenizer: TokenizerJson, init: LlamaWeights },
-  output: LlamaWeights,
-  resources: { isolate: "process" },
-  run: ({ params, inputs, ctx }) =>
-    trainFromWeights(
-      params,
-      ctx,
-      inputs.init,
-      inputs.tokenizer,
-      (tokenizer) => Effect.flatMap(readCorpus(inputs.corpus.path), (corpus) => encodeAll(inputs.corpus.path, corpus.train, (c) => encodeChat(tokenizer, c.messages, params.maxLength))),
-      "chats",
-    ).pipe(Effect.scoped),
+  ...trainingStage,
+  run: trainingStage.run("chats", (params, inputs, tokenizer) =>
+    Effect.flatMap(readCorpus(inputs.corpus.path), (corpus) => encodeAll(inputs.corpus.path, corpus.train, (c) => encodeChat(tokenizer, c.messages, params.maxLength))),
+  ),
 })

@@ -8,7 +8,7 @@ import { stage } from "../../src/engine/index.ts"
 import { deriveRng } from "../../src/text/synthetic/random.ts"
 import { ChatCorpusFile, LlamaWeights, readCorpus, TokenizerJson } from "../tiny-chat/artifacts.ts"
 import { encodeChat, encodeDocument } from "../tiny-chat/chat-batches.ts"
-import { encodeAll, trainFromWeights, TrainLmParams } from "../tiny-chat/train-lm.ts"
+import { encodeAll, trainingStage, TrainLmParams } from "../tiny-chat/train-lm.ts"
 import { PlainCorpusFile } from "./plain-corpus.ts"
 import { documents } from "./train-text.ts"
 
@@ -22,27 +22,17 @@ export const trainChat = stage({
   name: "train-chat",
   version: 1,
   params: TrainChatParams,
-  unkeyed: ["checkpointEvery", "threads"],
   inputs: { corpus: ChatCorpusFile, texts: PlainCorpusFile, tokenizer: TokenizerJson, init: LlamaWeights },
-  output: LlamaWeights,
-  resources: { isolate: "process" },
-  run: ({ params, inputs, ctx }) =>
-    trainFromWeights(
-      params,
-      ctx,
-      inputs.init,
-      inputs.tokenizer,
-      (tokenizer) =>
-        Effect.gen(function* () {
-          const chats = (yield* readCorpus(inputs.corpus.path)).train
-          const docs = yield* documents(inputs.texts.path, [])
-          const mixed = deriveRng(params.seed, "train-chat-plain").sample(docs, Math.min(docs.length, Math.round(params.plainShare * chats.length)))
-          ctx.log(`${chats.length} chats and ${mixed.length} plain documents`)
-          return [
-            ...(yield* encodeAll(inputs.corpus.path, chats, (c) => encodeChat(tokenizer, c.messages, params.maxLength))),
-            ...(yield* encodeAll(inputs.texts.path, mixed, (d) => encodeDocument(tokenizer, d.text, params.maxLength))),
-          ]
-        }),
-      "chats and documents",
-    ).pipe(Effect.scoped),
+  ...trainingStage,
+  run: trainingStage.run("chats and documents", (params, inputs, tokenizer) =>
+    Effect.gen(function* () {
+      const chats = (yield* readCorpus(inputs.corpus.path)).train
+      const docs = yield* documents(inputs.texts.path, [])
+      const mixed = deriveRng(params.seed, "train-chat-plain").sample(docs, Math.min(docs.length, Math.round(params.plainShare * chats.length)))
+      return [
+        ...(yield* encodeAll(inputs.corpus.path, chats, (c) => encodeChat(tokenizer, c.messages, params.maxLength))),
+        ...(yield* encodeAll(inputs.texts.path, mixed, (d) => encodeDocument(tokenizer, d.text, params.maxLength))),
+      ]
+    }),
+  ),
 })

@@ -7,7 +7,7 @@ import { Effect, Schema } from "effect"
 import { type Directory, type Source, StageError, stage } from "../../src/engine/index.ts"
 import { LlamaWeights, TokenizerJson } from "../tiny-chat/artifacts.ts"
 import { encodeDocument } from "../tiny-chat/chat-batches.ts"
-import { encodeAll, trainFromWeights, TrainLmParams } from "../tiny-chat/train-lm.ts"
+import { encodeAll, trainingStage, TrainLmParams } from "../tiny-chat/train-lm.ts"
 import { checkpointTokenizer, importCheckpoint } from "./import-checkpoint.ts"
 import { GenreFilter, ofGenres, PlainCorpusFile, readPlainCorpus } from "./plain-corpus.ts"
 
@@ -29,19 +29,11 @@ export const trainText = stage({
   name: "train-text",
   version: 1,
   params: TrainTextParams,
-  unkeyed: ["checkpointEvery", "threads"],
   inputs: { texts: PlainCorpusFile, tokenizer: TokenizerJson, init: LlamaWeights },
-  output: LlamaWeights,
-  resources: { isolate: "process" },
-  run: ({ params, inputs, ctx }) =>
-    trainFromWeights(
-      params,
-      ctx,
-      inputs.init,
-      inputs.tokenizer,
-      (tokenizer) => Effect.flatMap(documents(inputs.texts.path, params.genres), (docs) => encodeAll(inputs.texts.path, docs, (d) => encodeDocument(tokenizer, d.text, params.maxLength))),
-      "documents",
-    ).pipe(Effect.scoped),
+  ...trainingStage,
+  run: trainingStage.run("documents", (params, inputs, tokenizer) =>
+    Effect.flatMap(documents(inputs.texts.path, params.genres), (docs) => encodeAll(inputs.texts.path, docs, (d) => encodeDocument(tokenizer, d.text, params.maxLength))),
+  ),
 })
 
 /**
