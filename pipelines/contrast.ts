@@ -16,7 +16,8 @@
 // the difference until the text is no longer language on these models); the seed's weights:
 // --set contrastive-decode.startWeight=1 --set contrastive-decode.compareWeight=-1.
 // The run folder gets, per pair, contrast*.html (the texts coloured by divergence; hover a token
-// for both models' top tokens), contrast*.md (the summary and the texts ranked) and texts*.json;
+// for both models' top tokens), contrast*.md (the summary and the texts ranked), divergence*.svg
+// (the histogram of the texts' mean per-token KL, the median and the top-10% mean marked) and texts*.json;
 // `pipe show contrastive-decode` prints the coloured texts.
 //   npx pipe run pipelines/contrast.ts
 // Any two models sharing a tokenizer (e.g. a Llama 3 8B Instruct against its base model):
@@ -29,6 +30,7 @@
 import { external, pipeline } from "../src/engine/index.ts"
 import { contrastDefaults, contrastiveDecode, contrastReport, promptLines } from "../stages/contrast/decode.ts"
 import { htmlTexts } from "../stages/contrast/colours.ts"
+import { divergencePlot } from "../stages/contrast/plot.ts"
 import type { ContrastTexts } from "../stages/contrast/artifacts.ts"
 
 const start = external.dir("models/tiny-chat-s", { name: "start" })
@@ -62,6 +64,7 @@ const views = (suffix: string, from: typeof texts, title: string) => ({
   [`texts${suffix}.json`]: from,
   [`contrast${suffix}.md`]: { from, as: contrastReport },
   [`contrast${suffix}.html`]: { from, as: (v: ContrastTexts) => htmlTexts(v.texts, { title: `Contrastive decoding, ${title}: KL(start || compare) per token`, summary: v.summary }) },
+  [`divergence${suffix}.svg`]: divergencePlot({ label: title }, { texts: from }, { name: `divergence-plot${suffix}` }),
 })
 
 export default pipeline(
