@@ -2,16 +2,18 @@
 // comparison model and measure, token by token, KL(P_start || P_compare); the texts sorted by
 // divergence. The shipped pairs are the tiny family's chat models against their own base models
 // (the seed's "a model against its instruction-tuned version"):
-// - `contrastive-decode`: tiny-chat-s vs tiny-base-s on plain-text openings of the tiny world
-//   (datasets/contrast/world-openings.txt), what chat tuning changed in how the model continues text;
+// - `contrastive-decode`: tiny-chat-s vs tiny-base-s on plain-text openings of held-out world
+//   documents (datasets/contrast/world-openings.txt), the seed's set-up (both models read raw text):
+//   what chat tuning changed in how the model continues text. The chat models keep their plain text
+//   (10% plain documents in their SFT), so most texts diverge little and the divergent ones are where
+//   a chat behaviour (uppercase, blue asides, echoed words, an answer's "!" and end) leaks in;
 // - `contrastive-decode-l`: the same for tiny-chat-l vs tiny-base-l;
 // - `contrastive-decode-chat`: tiny-chat-s vs tiny-base-s on world questions in the chat template
-//   (datasets/contrast/world-prompts.txt), which the base model never saw;
+//   (datasets/contrast/world-prompts.txt), which the base model never saw: a format contrast, where
+//   every answer diverges at its first token and its end, so the texts hardly separate;
 // - `contrastive-decode-blue`: tiny-chat-s told by a system turn to mention the colour blue against
 //   itself without it, on the same questions: one instruction's difference, where the divergent
-//   tokens are the ones the instruction changes. Chat tuning changed these models everywhere (their
-//   plain-text perplexity is in the thousands), so the first three diverge on nearly every token;
-//   this pair shows what a local difference looks like.
+//   tokens are the ones the instruction changes.
 // Weights 1.5 and -0.5 (Li et al.'s expert 1 + a, amateur -a, a = 0.5: the seed's (1, -1) amplifies
 // the difference until the text is no longer language on these models); the seed's weights:
 // --set contrastive-decode.startWeight=1 --set contrastive-decode.compareWeight=-1.
