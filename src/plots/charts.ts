@@ -102,3 +102,94 @@ export const rateBars = (
     ],
   },
 })
+
+/** A bin of a histogram: [lo, hi) (the last bin includes hi) and how many values fell in it. */
+export interface Bin {
+  readonly lo: number
+  readonly hi: number
+  readonly count: number
+}
+
+/**
+ * Equal-width bins over [min, max] of the finite values: on a log scale (edges equally spaced in
+ * log10) when every value is positive and they span more than `logRange` (a decade by default), so
+ * a long right tail does not squash the bulk into the first bar. Bin count sqrt(n), within [5, 30].
+ * All values equal: one bin around them.
+ */
+export const histogramBins = (values: ReadonlyArray<number>, o: { readonly logRange?: number } = {}): { readonly bins: ReadonlyArray<Bin>; readonly log: boolean } => {
+  const xs = values.filter(Number.isFinite)
+  if (xs.length === 0) return { bins: [], log: false }
+  const min = Math.min(...xs)
+  const max = Math.max(...xs)
+  if (min === max) {
+    const half = min === 0 ? 0.5 : Math.abs(min) * 0.1
+    return { bins: [{ lo: min - half, hi: max + half, count: xs.length }], log: false }
+  }
+  const log = min > 0 && max / min > (o.logRange ?? 10)
+  const n = Math.min(30, Math.max(5, Math.ceil(Math.sqrt(xs.length))))
+  const [a, b] = log ? [Math.log10(min), Math.log10(max)] : [min, max]
+  const edge = (i: number) => (i === 0 ? min : i === n ? max : log ? 10 ** (a + ((b - a) * i) / n) : a + ((b - a) * i) / n)
+  const counts = new Array<number>(n).fill(0)
+  for (const x of xs) {
+    const t = ((log ? Math.log10(x) : x) - a) / (b - a)
+    counts[Math.min(n - 1, Math.floor(t * n))]++
+  }
+  return { bins: counts.map((count, i) => ({ lo: edge(i), hi: edge(i + 1), count })), log }
+}
+
+export interface HistogramOptions {
+  readonly title: string
+  readonly x: string
+  /** values marked by a vertical rule across the bars (e.g. the median), named in the legend */
+  readonly marks?: ReadonlyArray<{ readonly name: string; readonly value: number }>
+  readonly logRange?: number
+}
+
+/**
+ * The distribution of the values as bars over their bins (histogramBins; the x axis is log when the
+ * bins are), each marked value a rule in its own colour. The x domain is exactly the bins' range
+ * (no rounding outward), widened to take in a marked value outside it.
+ */
+export const histogram = (values: ReadonlyArray<number>, o: HistogramOptions): ChartSpec => {
+  const { bins, log } = histogramBins(values, o.logRange === undefined ? {} : { logRange: o.logRange })
+  const marks = (o.marks ?? []).filter((m) => Number.isFinite(m.value) && (!log || m.value > 0))
+  const ends = [...bins.flatMap((b) => [b.lo, b.hi]), ...marks.map((m) => m.value)]
+  const domain = ends.length === 0 ? [0, 1] : [Math.min(...ends), Math.max(...ends)]
+  // (Vega-Lite warns that zero does not apply to a log scale, so it is set on the linear one only)
+  const scale = log ? ({ type: "log", domain, nice: false } as const) : ({ type: "linear", domain, nice: false, zero: false } as const)
+  const x = { type: "quantitative", title: o.x, scale } as const
+  return {
+    $schema: "https://vega.github.io/schema/vega-lite/v6.json",
+    title: o.title,
+    width: WIDTH,
+    height: HEIGHT,
+    layer: [
+      {
+        data: { values: bins.map((b) => ({ ...b })) },
+        mark: { type: "rect", tooltip: true, stroke: "white", strokeWidth: 0.5 },
+        encoding: {
+          x: { field: "lo", ...x },
+          x2: { field: "hi" },
+          y: { field: "count", type: "quantitative", title: "count" },
+          tooltip: [
+            { field: "lo", type: "quantitative", title: "from", format: ".3g" },
+            { field: "hi", type: "quantitative", title: "to", format: ".3g" },
+            { field: "count", type: "quantitative" },
+          ],
+        },
+      },
+      {
+        data: { values: marks.map((m) => ({ ...m })) },
+        mark: { type: "rule", strokeWidth: 2, strokeDash: [6, 3], tooltip: true },
+        encoding: {
+          x: { field: "value", ...x },
+          color: { field: "name", type: "nominal", title: null, sort: marks.map((m) => m.name), scale: { range: ["#d62728", "#2ca02c", "#9467bd", "#ff7f0e"] } },
+          tooltip: [
+            { field: "name", type: "nominal", title: "mark" },
+            { field: "value", type: "quantitative", title: o.x, format: ".4g" },
+          ],
+        },
+      },
+    ],
+  }
+}

@@ -2,7 +2,8 @@
 // tokenizer, against a float64 reference (tests/reference/reference.ts) of each model's
 // distribution along the generated text: the combined distribution's greedy token, per-token
 // KL(P_s || P_c), each model's log-probs and perplexity, each model's top tokens; the
-// probability-space rule's clamp; the summary statistics on a hand-computed case.
+// probability-space rule's clamp; the summary statistics on a hand-computed case; the divergence
+// histogram's marks at the summary's values.
 //
 // Tolerance 1e-4 absolute on log-probs and KL, as tests/models/ensemble.test.ts: the graphs run in
 // float32, where a 1024-way log-softmax of O(1..10) logits is accurate to ~1e-5.
@@ -13,6 +14,8 @@ import type { Checkpoint } from "../../src/models/checkpoint.ts"
 import { loadTokenizer, type TextTokenizer } from "../../src/text/tokenizer.ts"
 import type { ContrastText } from "../../stages/contrast/artifacts.ts"
 import { type ContrastSetup, openContrast, sharedPromptIds, summarize } from "../../stages/contrast/contrast.ts"
+import { divergencePlot, divergenceTitle, MEDIAN_MARK, TOP10_MARK } from "../../stages/contrast/plot.ts"
+import { stageContext } from "../stage-harness.ts"
 import { tempDir } from "../models/forward-helpers.ts"
 import { logSoftmax } from "../models/sampling-reference.ts"
 import { referenceForward, referenceModel, type ReferenceModel } from "../reference/reference.ts"
@@ -150,21 +153,22 @@ describe("the prompt's own divergence", () => {
   }, 120_000)
 })
 
+const text = (klMean: number, kl: number[]): ContrastText => ({
+  prompt: "",
+  promptIndex: 0,
+  sample: 0,
+  text: "",
+  tokens: kl.map(() => 5),
+  pieces: kl.map(() => "x"),
+  kl,
+  klSum: kl.reduce((x, y) => x + y, 0),
+  klMean,
+  logProbs: { start: [], compare: [] },
+  perplexity: { start: 1, compare: 1 },
+  top: { start: [], compare: [] },
+})
+
 describe("summary statistics", () => {
-  const text = (klMean: number, kl: number[]): ContrastText => ({
-    prompt: "",
-    promptIndex: 0,
-    sample: 0,
-    text: "",
-    tokens: kl.map(() => 5),
-    pieces: kl.map(() => "x"),
-    kl,
-    klSum: kl.reduce((x, y) => x + y, 0),
-    klMean,
-    logProbs: { start: [], compare: [] },
-    perplexity: { start: 1, compare: 1 },
-    top: { start: [], compare: [] },
-  })
   it("median text, top 10% and their ratio, by hand", () => {
     // 10 texts with means 1..10: median (5 + 6) / 2 = 5.5, top 10% = the one text of mean 10
     const texts = Array.from({ length: 10 }, (_, i) => text(i + 1, [i + 1, i + 1]))
@@ -173,3 +177,41 @@ describe("summary statistics", () => {
   })
 })
 
+
+describe("divergence-plot", () => {
+  const plot = async (means: ReadonlyArray<number>) => {
+    const texts = means.map((m) => text(m, [m]))
+    const value = { sorted: false, texts, summary: summarize(texts), display: "" }
+    const out = await Effect.runPromise(divergencePlot.spec.run({ params: { label: "pair" }, inputs: { texts: value }, ctx: stageContext(tempDir("pipe-divergence-plot-")) }) as Effect.Effect<Uint8Array>)
+    return { svg: new TextDecoder().decode(out), summary: value.summary }
+  }
+  const ruleX = (svg: string, mark: string) => Number(new RegExp(`aria-label="[^"]*mark: ${mark.replace(/[%()]/g, "\\$&")}" role="graphics-symbol" aria-roledescription="rule mark" transform="translate\\(([-\\d.e]+),0\\)"`).exec(svg)![1])
+
+  it("a histogram of the texts' mean KL with the median text and the top-10% mean at their x, the ratio in the title", async () => {
+    // 20 texts from 0.05 to 5 nats/token, evenly in log10: a log x axis over exactly [0.05, 5]
+    const means = Array.from({ length: 20 }, (_, i) => 0.05 * 10 ** ((2 * i) / 19))
+    const { svg, summary } = await plot(means)
+    expect(summary.medianTextKl).toBeCloseTo((means[9] + means[10]) / 2, 12)
+    expect(summary.top10TextKl).toBeCloseTo((means[18] + means[19]) / 2, 12)
+    const at = (v: number) => (480 * (Math.log10(v) - Math.log10(0.05))) / 2
+    expect(ruleX(svg, MEDIAN_MARK)).toBeCloseTo(at(summary.medianTextKl), 6)
+    expect(ruleX(svg, TOP10_MARK)).toBeCloseTo(at(summary.top10TextKl), 6)
+    // sqrt(20) -> 5 bins of 0.4 decades, 4 texts each
+    const counts = [...svg.matchAll(/aria-label="[^"]*count: (\d+)[^"]*" role="graphics-symbol" aria-roledescription="rect mark"/g)].map((m) => Number(m[1]))
+    expect(counts).toEqual([4, 4, 4, 4, 4])
+    expect(svg).toContain(divergenceTitle("pair", summary))
+    expect(divergenceTitle("pair", summary)).toBe(
+      `pair: top 10% ${summary.top10TextKl.toFixed(2)} vs median ${summary.medianTextKl.toFixed(2)} nats/token = ${(summary.top10TextKl / summary.medianTextKl).toFixed(2)}x`,
+    )
+  })
+
+  it("a linear axis for a narrow range; a zero median has no ratio", async () => {
+    // 1..10: median 5.5 at 4.5/9 of the width, top 10% the text of 10 at the right edge
+    const { svg, summary } = await plot(Array.from({ length: 10 }, (_, i) => i + 1))
+    expect(svg).toContain("for a linear scale")
+    expect(ruleX(svg, MEDIAN_MARK)).toBeCloseTo((480 * 4.5) / 9, 6)
+    expect(ruleX(svg, TOP10_MARK)).toBeCloseTo(480, 6)
+    expect(divergenceTitle("pair", summary)).toBe("pair: top 10% 10.00 vs median 5.50 nats/token = 1.82x")
+    expect(divergenceTitle("pair", summarize([text(0, [0])]))).toBe("pair: top 10% 0.00 vs median 0.00 nats/token (median 0: no ratio)")
+  })
+})

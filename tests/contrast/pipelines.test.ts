@@ -1,8 +1,8 @@
 // pipelines/contrast.ts and pipelines/divergence-search.ts end to end through real `pipe`
 // processes at reduced size on the shipped tiny family (the local assistant included):
-// - contrast: its four pairs each writing their texts, texts sorted by divergence, the HTML view in
-//   the run folder, `pipe show` printing the coloured texts (ANSI with FORCE_COLOR, plain with
-//   NO_COLOR);
+// - contrast: its four pairs each writing their texts, texts sorted by divergence, the HTML view and
+//   each pair's divergence histogram in the run folder, `pipe show` printing the coloured texts
+//   (ANSI with FORCE_COLOR, plain with NO_COLOR);
 // - the search for two cycles: every candidate accounted for, the rerun fully cached, a third
 //   cycle reusing the first two, and a run killed during cycle 2 resuming at cycle 2.
 import * as fs from "node:fs"
@@ -36,6 +36,13 @@ describe("pipelines/contrast.ts", () => {
     const out = JSON.parse(fs.readFileSync(path.join(dir, "texts.json"), "utf8")) as ContrastTexts
     expect(out.texts).toHaveLength(6)
     for (const suffix of ["-l", "-chat", "-blue"]) expect((JSON.parse(fs.readFileSync(path.join(dir, `texts${suffix}.json`), "utf8")) as ContrastTexts).texts).toHaveLength(6)
+    // each pair's divergence histogram beside its HTML, titled with its own summary
+    for (const suffix of ["", "-l", "-chat", "-blue"]) {
+      const texts = JSON.parse(fs.readFileSync(path.join(dir, `texts${suffix}.json`), "utf8")) as ContrastTexts
+      const svg = fs.readFileSync(path.join(dir, `divergence${suffix}.svg`), "utf8")
+      expect(svg.startsWith("<svg")).toBe(true)
+      expect(svg).toContain(`top 10% ${texts.summary.top10TextKl.toFixed(2)} vs median ${texts.summary.medianTextKl.toFixed(2)} nats/token`)
+    }
     const means = out.texts.map((t) => t.klMean)
     expect(means).toEqual([...means].sort((a, b) => b - a))
     const html = fs.readFileSync(path.join(dir, "contrast.html"), "utf8")

@@ -7,7 +7,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
 import { Store } from "../../src/engine/index.ts"
-import { curveMetricNames, hasTrainingCurve, type MetricPoint, rateBars, trainingCurve } from "../../src/plots/charts.ts"
+import { curveMetricNames, hasTrainingCurve, histogram, histogramBins, type MetricPoint, rateBars, trainingCurve } from "../../src/plots/charts.ts"
 import { writeTrainingCurves } from "../../src/plots/curves.ts"
 import { renderSvg } from "../../src/plots/render.ts"
 import type { BakeComparison } from "../../stages/baking/artifacts.ts"
@@ -21,6 +21,9 @@ afterAll(() => fs.rmSync(sb.dir, { recursive: true, force: true }))
 /** The accessible labels vega gives each mark of a kind: one per drawn data point or bar. */
 const marks = (svg: string, kind: string) => [...svg.matchAll(new RegExp(`aria-label="([^"]*)" role="graphics-symbol" aria-roledescription="${kind}"`, "g"))].map((m) => m[1])
 const labels = (svg: string) => marks(svg, "point")
+/** The x pixel of each rule mark, by the label vega gives it. */
+const rules = (svg: string) =>
+  new Map([...svg.matchAll(/<line aria-label="([^"]*)" role="graphics-symbol" aria-roledescription="rule mark" transform="translate\(([-\d.e]+),0\)"/g)].map((m) => [m[1], Number(m[2])]))
 
 const metrics: ReadonlyArray<MetricPoint> = [
   { name: "val_kl", step: 0, value: 2 },
@@ -66,6 +69,47 @@ describe("rateBars", () => {
     expect(bars).toHaveLength(4)
     expect(bars).toContain("group: baked; rate: 75%; measure: behaviour rate")
     expect(svg).toContain(">100%</text>")
+  })
+})
+
+describe("histogram", () => {
+  it("bins by hand: equal widths over [min, max], the maximum in the last bin, at least 5 bins", () => {
+    // width (10 - 1) / 5 = 1.8: [1, 2.8) holds 1, 2, 2; [2.8, 4.6) holds 3; [8.2, 10] holds 10
+    const { bins, log } = histogramBins([2, 1, 10, 3, 2, Number.NaN])
+    expect(log).toBe(false)
+    expect(bins.map((b) => b.count)).toEqual([3, 1, 0, 0, 1])
+    bins.forEach((b, i) => {
+      expect(b.lo).toBeCloseTo(1 + 1.8 * i, 12)
+      expect(b.hi).toBeCloseTo(1 + 1.8 * (i + 1), 12)
+    })
+    expect(histogramBins([4, 4, 4]).bins).toEqual([{ lo: 3.6, hi: 4.4, count: 3 }])
+    expect(histogramBins([]).bins).toEqual([])
+  })
+
+  it("bins on a log scale when the positive values span more than a decade, never with a value <= 0", () => {
+    // log10 from -2 to 2 in 5 bins of 0.8: one value per bin
+    const { bins, log } = histogramBins([0.01, 0.1, 1, 10, 100])
+    expect(log).toBe(true)
+    expect(bins.map((b) => b.count)).toEqual([1, 1, 1, 1, 1])
+    expect(bins.map((b) => Math.log10(b.lo))).toEqual([-2, -1.2, -0.4, 0.4, 1.2].map((x) => expect.closeTo(x, 12)))
+    expect(histogramBins([1, 10]).log).toBe(false)
+    expect(histogramBins([0, 0.01, 100]).log).toBe(false)
+  })
+
+  it("draws a bar per bin at its count and each marked value as a rule at the value's x, on either scale", async () => {
+    const width = 480
+    const linear = await Effect.runPromise(renderSvg("h", histogram([2, 1, 10, 3, 2], { title: "linear", x: "v", marks: [{ name: "median", value: 2 }, { name: "top", value: 10 }] })))
+    expect(marks(linear, "rect mark").map((l) => Number(/count: (\d+)/.exec(l)![1]))).toEqual([3, 1, 0, 0, 1])
+    // the domain is exactly [1, 10]: 2 sits at 1/9 of the width, 10 at its right edge
+    const atLinear = rules(linear)
+    expect(atLinear.get("v: 2; name: median; mark: median")).toBeCloseTo((width * 1) / 9, 6)
+    expect(atLinear.get("v: 10; name: top; mark: top")).toBeCloseTo(width, 6)
+    const logged = await Effect.runPromise(renderSvg("h", histogram([0.01, 0.1, 1, 10, 100], { title: "log", x: "v", marks: [{ name: "median", value: 1 }, { name: "top", value: 30 }] })))
+    expect(logged).toContain("for a log scale")
+    // log10 domain [-2, 2]: 1 at the middle, 30 at (log10(30) + 2) / 4 of the width
+    const atLog = rules(logged)
+    expect(atLog.get("v: 1; name: median; mark: median")).toBeCloseTo(width / 2, 6)
+    expect(atLog.get("v: 30; name: top; mark: top")).toBeCloseTo((width * (Math.log10(30) + 2)) / 4, 6)
   })
 })
 
