@@ -1,6 +1,7 @@
 // Proxy tuning (Liu et al. 2024) on the tiny family: tune the big base model at decoding time with
 // the difference between a small chat model and its base, tiny-base-l + α(tiny-chat-s − tiny-base-s),
-// α searched for perplexity on held-out chats (rendered with the chat template), then measured
+// α searched for perplexity on the answers of held-out chats (rendered with the chat template, the
+// answer's tokens scored: stages/blend/held-out.ts), then measured
 // against tiny-chat-l (the same size tuned directly) on greedy held-out chat questions:
 //   gap closed = (acc_proxy − acc_base_l) / (acc_chat_l − acc_base_l)
 //   npx pipe run pipelines/proxy-tune.ts
