@@ -8,23 +8,41 @@ import { Count, packRagged, readTensors, unpackRagged } from "../baking/artifact
 
 // ------------------------------------------------------------------------------ held-out texts
 
-/** Token ids (BOS first) of the validation and test texts. */
+/** Token ids (BOS first) of the validation and test texts, and where each one's scored targets start. */
 export const HeldOutTokens = Artifact.tensors("HeldOutTokens")
+export interface HeldOutSplit {
+  readonly ids: number[][]
+  /** per sequence, the index of the first target token scored: 1 for a plain text (every token
+   *  after BOS), the first token of the assistant's answer for a rendered chat */
+  readonly scoredFrom: number[]
+}
 export interface HeldOutSplits {
-  readonly validation: number[][]
-  readonly test: number[][]
+  readonly validation: HeldOutSplit
+  readonly test: HeldOutSplit
 }
 export type Split = keyof HeldOutSplits
 
-export const heldOutOutput = (s: HeldOutSplits): TensorsOutput => ({ tensors: new Map([...packRagged("validation", s.validation), ...packRagged("test", s.test)]) })
+const packSplit = (name: Split, s: HeldOutSplit): Array<[string, Tensor]> => [...packRagged(name, s.ids), [`${name}_scored_from`, fromNumbers(s.scoredFrom, "I32", [s.scoredFrom.length])]]
+const unpackSplit = (value: TensorsValue, name: Split): HeldOutSplit => {
+  const ids = unpackRagged(value, name)
+  const scoredFrom = Array.from(toFloat64(value.read(`${name}_scored_from`)))
+  if (scoredFrom.length !== ids.length) throw new Error(`${name}_scored_from has ${scoredFrom.length} entries for ${ids.length} sequences`)
+  return { ids, scoredFrom }
+}
+
+export const heldOutOutput = (s: HeldOutSplits): TensorsOutput => ({ tensors: new Map([...packSplit("validation", s.validation), ...packSplit("test", s.test)]) })
 
 export const readHeldOut = (value: TensorsValue): Effect.Effect<HeldOutSplits, ArtifactError> =>
-  readTensors(value, "a HeldOutTokens artifact", () => ({ validation: unpackRagged(value, "validation"), test: unpackRagged(value, "test") }))
+  readTensors(value, "a HeldOutTokens artifact", () => ({ validation: unpackSplit(value, "validation"), test: unpackSplit(value, "test") }))
+
+/** Target positions scored in a split: sum over sequences of length − scoredFrom. */
+export const scoredCount = (s: HeldOutSplit) => s.ids.reduce((n, x, i) => n + x.length - s.scoredFrom[i], 0)
 
 // ------------------------------------------------------------------------------ member distributions
 
 /**
- * Every member's log-softmax over the vocabulary at every scored position of one split, as
+ * Every member's log-softmax over the vocabulary at every scored position of one split (see
+ * HeldOutSplit.scoredFrom), as
  * "<member>.logprobs" [rows, vocab] (float16 or float32), with "targets" and "tokens_back" (text
  * tokens before the target, BOS not counted) [rows] int32.
  */

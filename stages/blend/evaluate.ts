@@ -1,13 +1,13 @@
 // Stage `evaluate`: test perplexity of every member and of the blend at the searched parameters.
 //
-//   overall        every test position with its full context, from the stored test rows
+//   overall        every scored test position (held-out.ts) with its full context, from the stored test rows
 //                  (score-members): each member, the blend, and the top-k blend at the top-k
 //                  search's own best parameters (what full-vocabulary blending gains);
 //   by tokens back the same target tokens scored with 1, 2, 4, ... maxTokensBack tokens of context
 //                  and with the full context, run in one ensemble graph with the blend rule
 //                  (ensemble.ts: the members' own log-probs come with it): each model sees BOS and
 //                  only the last c tokens, so the curve shows what each model makes of c tokens.
-//                  The targets are the test positions with at least maxTokensBack tokens before
+//                  The targets are the scored test positions with at least maxTokensBack tokens before
 //                  them (evenly spaced, at most positionsPerBucket), the same in every bucket.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
@@ -17,7 +17,7 @@ import { type EnsembleMember, scopedEnsemble } from "../../src/models/ensemble.t
 import { type ContinuationRequest, perplexity } from "../../src/models/scoring.ts"
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import type { Device } from "../../src/runtime/session.ts"
-import { BlendSearch, HeldOutTokens, MemberLogProbs, readHeldOut, readMemberLogProbs, type StoredMemberRows } from "./artifacts.ts"
+import { BlendSearch, type HeldOutSplit, HeldOutTokens, MemberLogProbs, readHeldOut, readMemberLogProbs, type StoredMemberRows } from "./artifacts.ts"
 import { blendMemberInputs, blendMembers, checkFits, openMembers } from "./members.ts"
 
 const Perplexities = Schema.Record(Schema.String, Schema.Number)
@@ -50,10 +50,10 @@ export const tokensBackBuckets = (maxTokensBack: number): number[] => {
   return [...out, maxTokensBack]
 }
 
-/** (text, index of the target token) with at least `minBack` text tokens before it, evenly thinned to `limit` (0: all). */
-export const bucketTargets = (seqs: ReadonlyArray<ReadonlyArray<number>>, minBack: number, limit: number) => {
+/** (text, index of the target token) of the scored targets with at least `minBack` text tokens before them, evenly thinned to `limit` (0: all). */
+export const bucketTargets = (split: HeldOutSplit, minBack: number, limit: number) => {
   // target j has j - 1 text tokens before it (position 0 is BOS)
-  const all = seqs.flatMap((s, i) => s.map((_, j) => [i, j] as const).filter(([, j]) => j - 1 >= minBack))
+  const all = split.ids.flatMap((s, i) => s.map((_, j) => [i, j] as const).filter(([, j]) => j >= split.scoredFrom[i] && j - 1 >= minBack))
   if (limit === 0 || all.length <= limit) return all
   return Array.from({ length: limit }, (_, k) => all[Math.floor((k * all.length) / limit)])
 }
@@ -75,7 +75,7 @@ const overallPerplexities = (rows: StoredMemberRows, kind: "blend" | "proxy", pa
 
 export const evaluateBlend = stage({
   name: "evaluate-blend",
-  version: 1,
+  version: 2,
   params: Schema.Struct({
     maxTokensBack: Schema.Int.check(Schema.isGreaterThan(0)),
     /** targets per context bucket (0: every eligible test position) */
@@ -94,17 +94,17 @@ export const evaluateBlend = stage({
       if (search.topK !== null || searchTopK.topK === null || search.kind !== searchTopK.kind)
         return yield* Effect.fail(new StageError({ message: `evaluate-blend: "search" must be a full-vocabulary search and "searchTopK" a top-k one of the same kind (got ${search.kind} top ${search.topK}, ${searchTopK.kind} top ${searchTopK.topK})` }))
       const { members } = yield* openMembers(blendMembers(inputs), ctx.workDir)
-      const seqs = (yield* readHeldOut(inputs.heldOut)).test
-      yield* checkFits(members, seqs, "test sequence")
+      const test = (yield* readHeldOut(inputs.heldOut)).test
+      yield* checkFits(members, test.ids, "test sequence")
       const rows = yield* readMemberLogProbs(inputs.test)
       const topK = { k: searchTopK.topK, params: searchTopK.best.params }
       const overall = overallPerplexities(rows, search.kind, search.best.params, topK)
       ctx.log(`overall test perplexity over ${rows.rows} positions: ${Object.entries(overall).map(([k, v]) => `${k} ${v.toFixed(3)}`).join(", ")}`)
 
-      const targets = bucketTargets(seqs, params.maxTokensBack, params.positionsPerBucket)
+      const targets = bucketTargets(test, params.maxTokensBack, params.positionsPerBucket)
       if (targets.length === 0)
-        return yield* Effect.fail(new StageError({ message: `evaluate-blend: no test position has ${params.maxTokensBack} tokens before it; lower maxTokensBack or raise held-out.maxTokens` }))
-      const buckets = yield* scoreBuckets(members, search.kind, search.best.params, seqs, targets, tokensBackBuckets(params.maxTokensBack), {
+        return yield* Effect.fail(new StageError({ message: `evaluate-blend: no scored test position has ${params.maxTokensBack} tokens before it; lower maxTokensBack or raise held-out.maxTokens` }))
+      const buckets = yield* scoreBuckets(members, search.kind, search.best.params, test.ids, targets, tokensBackBuckets(params.maxTokensBack), {
         graphDir: path.join(ctx.workDir, "graph"),
         batchSize: params.batchSize,
         threads: params.threads,

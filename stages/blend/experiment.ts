@@ -47,6 +47,7 @@ export interface BlendOptions {
   readonly prompts: ReadonlyArray<string>
   readonly heldOut?: Partial<ParamsOf<typeof heldOut>>
   readonly search?: Partial<Omit<ParamsOf<typeof blendSearch>, "kind" | "topK">>
+  readonly evaluate?: Partial<ParamsOf<typeof evaluateBlend>>
   readonly generate?: Partial<Omit<ParamsOf<typeof generateBlend>, "prompts">>
 }
 
@@ -72,7 +73,7 @@ export const blendExperiment = (o: BlendOptions) => {
   const test = scoreMembers({ ...d.score, split: "test" }, { ...members, heldOut: split }, { name: "score_test" })
   const search = blendSearch({ ...d.search, ...o.search, kind: o.kind }, { validation }, { name: "search" })
   const searchTopK = blendSearch({ ...d.search, ...o.search, kind: o.kind, topK: d.topK }, { validation }, { name: "search_topk" })
-  const evaluation = evaluateBlend(d.evaluate, { ...members, heldOut: split, test, search, searchTopK })
+  const evaluation = evaluateBlend({ ...d.evaluate, ...o.evaluate }, { ...members, heldOut: split, test, search, searchTopK })
   const samples = generateBlend({ ...d.generate, ...o.generate, prompts: [...o.prompts] }, { ...members, search })
   const report = reportBlend({}, { search, searchTopK, evaluation, samples })
   return { search, searchTopK, evaluation, samples, report }

@@ -8,7 +8,11 @@
 // under `field`, optionally filtered on a "genre" field (e.g. "story"); or plain text whose texts
 // are separated by blank lines (seed 003's fairytales.txt). With format "chat" a record is a chat
 // (`messages` and the answer under `field`, as datasets/tiny-chat/heldout-chat.jsonl) rendered
-// with the model's chat template. Sequences of fewer than 2 tokens are dropped.
+// with the model's chat template, and only the answer's tokens (through the end-of-turn token) are
+// scored: the system and user turns are the question, not what a chat model is tuned to write, and a
+// base model is lost on them, so a search over every token would tune the blend for the prompt.
+// Plain texts are scored on every token after BOS. Sequences with no scored target left after the
+// cut to maxTokens are dropped.
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
 import { mulberry32 } from "../../src/core/random.ts"
@@ -16,7 +20,7 @@ import { Directory, File, StageError, stage } from "../../src/engine/index.ts"
 import { openModel } from "../baking/model.ts"
 import { type ChatMessage, chatPromptIds } from "../../src/text/chat-template.ts"
 import type { TextTokenizer } from "../../src/text/tokenizer.ts"
-import { type HeldOutSplits, HeldOutTokens, heldOutOutput } from "./artifacts.ts"
+import { type HeldOutSplit, type HeldOutSplits, HeldOutTokens, heldOutOutput, scoredCount } from "./artifacts.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 
@@ -73,21 +77,28 @@ export const readRecords = (file: string, genre: string): Effect.Effect<Rec[], S
     return out
   })
 
-/** A record's token ids (see HeldOutParams.format); fails naming the field. */
+/** A record's token ids and the index of its first scored target (see HeldOutParams.format); fails naming the field. */
 const recordIds = (rec: Rec, params: HeldOutParams, tokenizer: TextTokenizer, bos: number | undefined, file: string, i: number) =>
   Effect.gen(function* () {
     const value = rec[params.field]
     if (typeof value !== "string") return yield* Effect.fail(fail(file, `record ${i}: field "${params.field}" should be a string, got ${describe(value)}`))
-    if (params.format === "text") return [...(bos === undefined ? [] : [bos]), ...tokenizer.encode(value, { addSpecialTokens: false })]
+    if (params.format === "text") return { ids: [...(bos === undefined ? [] : [bos]), ...tokenizer.encode(value, { addSpecialTokens: false })], scoredFrom: 1 }
     const messages = rec.messages
     if (!Array.isArray(messages) || !messages.every((m) => typeof m?.role === "string" && typeof m?.content === "string"))
       return yield* Effect.fail(fail(file, `record ${i}: field "messages" should be a list of { role, content }, got ${describe(messages)}`))
-    return yield* Effect.mapError(chatPromptIds(tokenizer, [...(messages as ChatMessage[]), { role: "assistant", content: value }], { addGenerationPrompt: false }), (e) => fail(file, `record ${i}: ${e.message}`))
+    const render = (chat: ChatMessage[], addGenerationPrompt: boolean) => Effect.mapError(chatPromptIds(tokenizer, chat, { addGenerationPrompt }), (e) => fail(file, `record ${i}: ${e.message}`))
+    const prompt = yield* render(messages as ChatMessage[], true)
+    const ids = yield* render([...(messages as ChatMessage[]), { role: "assistant", content: value }], false)
+    // the answer starts where the generation prompt ends; a template or tokenizer that renders the
+    // prompt differently inside the whole chat leaves no such boundary, so it is refused
+    if (!prompt.every((t, k) => ids[k] === t))
+      return yield* Effect.fail(fail(file, `record ${i}: the rendered chat does not start with its generation prompt's ${prompt.length} tokens, so the answer's first token cannot be found`))
+    return { ids, scoredFrom: prompt.length }
   })
 
 export const heldOut = stage({
   name: "held-out",
-  version: 1,
+  version: 2,
   params: HeldOutParams,
   inputs: { texts: File, model: Directory },
   output: HeldOutTokens,
@@ -96,7 +107,9 @@ export const heldOut = stage({
       const { checkpoint, tokenizer } = yield* openModel(inputs.model.path)
       const bos = checkpoint.config.bosTokenId
       const records = yield* readRecords(inputs.texts.path, params.genre)
-      const seqs = (yield* Effect.forEach(records, (r, i) => recordIds(r, params, tokenizer, bos, inputs.texts.path, i))).map((s) => s.slice(0, params.maxTokens)).filter((s) => s.length >= 2)
+      const all = (yield* Effect.forEach(records, (r, i) => recordIds(r, params, tokenizer, bos, inputs.texts.path, i))).map((s) => ({ ids: s.ids.slice(0, params.maxTokens), scoredFrom: s.scoredFrom }))
+      const seqs = all.filter((s) => s.ids.length > s.scoredFrom)
+      if (seqs.length < all.length) ctx.log(`${all.length - seqs.length} texts dropped: nothing left to score within maxTokens ${params.maxTokens}`)
       // Fisher-Yates with the seed, then the first share is validation
       const rand = mulberry32(params.seed)
       for (let i = seqs.length - 1; i > 0; i--) {
@@ -107,9 +120,9 @@ export const heldOut = stage({
       const nVal = Math.round(used.length * params.validationFraction)
       if (nVal === 0 || nVal === used.length)
         return yield* Effect.fail(new StageError({ message: `held-out texts ${inputs.texts.path}: ${used.length} usable texts cannot be split ${params.validationFraction} / ${1 - params.validationFraction} into two non-empty sets` }))
-      const splits: HeldOutSplits = { validation: used.slice(0, nVal), test: used.slice(nVal) }
-      const count = (s: number[][]) => s.reduce((n, x) => n + x.length - 1, 0)
-      ctx.log(`${records.length} texts; validation ${splits.validation.length} (${count(splits.validation)} scored tokens), test ${splits.test.length} (${count(splits.test)})`)
+      const split = (s: typeof used): HeldOutSplit => ({ ids: s.map((x) => x.ids), scoredFrom: s.map((x) => x.scoredFrom) })
+      const splits: HeldOutSplits = { validation: split(used.slice(0, nVal)), test: split(used.slice(nVal)) }
+      ctx.log(`${records.length} texts; validation ${nVal} (${scoredCount(splits.validation)} scored tokens), test ${used.length - nVal} (${scoredCount(splits.test)})`)
       return heldOutOutput(splits)
     }),
 })

@@ -53,7 +53,7 @@ export const reportMarkdown = (search: BlendSearch, searchTopK: BlendSearch, e: 
     "",
     markdown(searches).trimEnd(),
     "",
-    `## Test perplexity (full context, ${e.positions} positions; blend at ${paramsText(e.params)})`,
+    `## Test perplexity (full context, ${e.positions} scored positions; blend at ${paramsText(e.params)})`,
     "",
     markdown(overall).trimEnd(),
     "",
@@ -71,7 +71,7 @@ export const reportMarkdown = (search: BlendSearch, searchTopK: BlendSearch, e: 
 
 export const reportBlend = stage({
   name: "report-blend",
-  version: 1,
+  version: 2,
   params: Schema.Struct({}),
   inputs: { search: BlendSearchArtifact, searchTopK: BlendSearchArtifact, evaluation: BlendEvaluation, samples: BlendSamples },
   output: BlendReport,

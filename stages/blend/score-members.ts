@@ -1,5 +1,5 @@
-// Stage `score-members`: every member's full next-token distribution along one split of the
-// held-out texts, computed in one multi-model graph (ensemble.ts buildMemberLogProbsGraph: the
+// Stage `score-members`: every member's full next-token distribution at the scored positions of one
+// split of the held-out texts (every token after BOS of a plain text, a chat's answer: see held-out.ts), computed in one multi-model graph (ensemble.ts buildMemberLogProbsGraph: the
 // members' forwards side by side, a checkpoint shared by two members read once) and stored as
 // float16 or float32 tensors, so blend-search can try hundreds of rules without running a model.
 //
@@ -14,7 +14,7 @@ import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
 import { type Device, runSession, scopedSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
-import { HeldOutTokens, MemberLogProbs, memberLogProbsOutput, readHeldOut, type StoredMemberRows } from "./artifacts.ts"
+import { type HeldOutSplit, HeldOutTokens, MemberLogProbs, memberLogProbsOutput, readHeldOut, scoredCount, type StoredMemberRows } from "./artifacts.ts"
 import { blendMemberInputs, blendMembers, checkFits, openMembers } from "./members.ts"
 
 export interface ScoreOptions {
@@ -24,14 +24,15 @@ export interface ScoreOptions {
   readonly threads?: number
 }
 
-/** The members' log-probs at every position of `seqs` predicting its next token, in text order. */
-export const scoreMemberRows = (members: ReadonlyArray<EnsembleMember>, vocab: number, seqs: ReadonlyArray<ReadonlyArray<number>>, opts: ScoreOptions) =>
+/** The members' log-probs predicting each scored target of `split` (from its scoredFrom on), in text order. */
+export const scoreMemberRows = (members: ReadonlyArray<EnsembleMember>, vocab: number, split: HeldOutSplit, opts: ScoreOptions) =>
   Effect.gen(function* () {
+    const seqs = split.ids
     yield* checkFits(members, seqs, "held-out sequence")
     const placement = yield* placeWeights(members.map((m) => m.checkpoint), opts.graphDir)
     const file = yield* writeGraph(buildMemberLogProbsGraph(members, placement, vocab), placement, "member-logprobs")
     const session = yield* scopedSession(file, { device: opts.device, ...(opts.threads ? { intraOpThreads: opts.threads } : {}) })
-    const rows = seqs.reduce((n, s) => n + s.length - 1, 0)
+    const rows = scoredCount(split)
     const logProbs = new Map(members.map((m) => [m.name, new Float32Array(rows * vocab)]))
     const targets = new Int32Array(rows)
     const tokensBack = new Int32Array(rows)
@@ -48,14 +49,13 @@ export const scoreMemberRows = (members: ReadonlyArray<EnsembleMember>, vocab: n
       const out = yield* runSession(session, { input_ids: tensor("int64", [B, T], ids), attention_mask: tensor("int64", [B, T], mask) }, members.map((m) => memberLogProbsName(m.name)))
       batch.forEach((s, b) => {
         const padding = T - s.length
-        for (let j = 1; j < s.length; j++) {
+        for (let j = split.scoredFrom[start + b]; j < s.length; j++, row++) {
           // position padding + j - 1 predicts token j
           const at = (b * T + padding + j - 1) * vocab
-          for (const m of members) logProbs.get(m.name)!.set((out[memberLogProbsName(m.name)].data as Float32Array).subarray(at, at + vocab), (row + j - 1) * vocab)
-          targets[row + j - 1] = s[j]
-          tokensBack[row + j - 1] = j - 1
+          for (const m of members) logProbs.get(m.name)!.set((out[memberLogProbsName(m.name)].data as Float32Array).subarray(at, at + vocab), row * vocab)
+          targets[row] = s[j]
+          tokensBack[row] = j - 1
         }
-        row += s.length - 1
       })
       yield* Effect.yieldNow
     }
@@ -64,7 +64,7 @@ export const scoreMemberRows = (members: ReadonlyArray<EnsembleMember>, vocab: n
 
 export const scoreMembers = stage({
   name: "score-members",
-  version: 1,
+  version: 2,
   params: Schema.Struct({
     split: Schema.Literals(["validation", "test"]),
     dtype: Schema.Literals(["float16", "float32"]),
@@ -80,9 +80,9 @@ export const scoreMembers = stage({
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
       const { members, vocab } = yield* openMembers(blendMembers(inputs), ctx.workDir)
-      const seqs = (yield* readHeldOut(inputs.heldOut))[params.split]
+      const split = (yield* readHeldOut(inputs.heldOut))[params.split]
       const started = performance.now()
-      const rows = yield* scoreMemberRows(members, vocab, seqs, {
+      const rows = yield* scoreMemberRows(members, vocab, split, {
         graphDir: path.join(ctx.workDir, "graph"),
         device: ctx.device,
         batchSize: params.batchSize,

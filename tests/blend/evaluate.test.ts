@@ -24,15 +24,17 @@ describe("context buckets", () => {
     expect(tokensBackBuckets(8)).toEqual([1, 2, 4, 8])
     expect(tokensBackBuckets(12)).toEqual([1, 2, 4, 8, 12])
     expect(tokensBackBuckets(1)).toEqual([1])
-    const seqs = [[1, 5, 6, 7, 8], [1, 9], [1, 3, 4, 5, 6, 7, 8]]
+    const ids = [[1, 5, 6, 7, 8], [1, 9], [1, 3, 4, 5, 6, 7, 8]]
     // target j has j - 1 text tokens before it
-    expect(bucketTargets(seqs, 3, 0)).toEqual([[0, 4], [2, 4], [2, 5], [2, 6]])
-    expect(bucketTargets(seqs, 3, 2)).toEqual([[0, 4], [2, 5]])
+    expect(bucketTargets({ ids, scoredFrom: [1, 1, 1] }, 3, 0)).toEqual([[0, 4], [2, 4], [2, 5], [2, 6]])
+    expect(bucketTargets({ ids, scoredFrom: [1, 1, 1] }, 3, 2)).toEqual([[0, 4], [2, 5]])
+    // only scored targets (a chat's answer from scoredFrom on)
+    expect(bucketTargets({ ids, scoredFrom: [1, 1, 5] }, 3, 0)).toEqual([[0, 4], [2, 5], [2, 6]])
   })
 
   it("truncate the context each model sees: member and blend perplexities per bucket equal the float64 reference", async () => {
     const seqs = sequences([12, 18, 9], 4)
-    const targets = bucketTargets(seqs, 4, 0)
+    const targets = bucketTargets({ ids: seqs, scoredFrom: seqs.map(() => 1) }, 4, 0)
     const params = { T_b: 0.8, T_t: 1.5, T_u: 2 }
     const buckets = await Effect.runPromise(
       scoreBuckets(fx.members, "blend", params, seqs, targets, [1, 2, 4], { graphDir: tempDir("pipe-blend-eval-"), batchSize: 7, threads: 0, device: { kind: "cpu" }, node: "test" }),

@@ -5,6 +5,7 @@ import * as fs from "node:fs"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
 import { readHeldOut } from "../../stages/blend/artifacts.ts"
+import { openModel } from "../../stages/baking/model.ts"
 import { heldOut, type HeldOutParams, readRecords } from "../../stages/blend/held-out.ts"
 import { tempDir } from "../models/forward-helpers.ts"
 import { stageContext, tensorsValue } from "../stage-harness.ts"
@@ -53,9 +54,9 @@ describe("held-out texts", () => {
     const texts = Array.from({ length: 10 }, (_, i) => ({ text: `What age is Kodis? Kodis is ${20 + i} years old and lives in a town by the river.` }))
     const file = write("t.jsonl", texts.map((t) => JSON.stringify(t)).join("\n"))
     const s = await run(file)
-    expect(s.validation).toHaveLength(5)
-    expect(s.test).toHaveLength(5)
-    for (const seq of [...s.validation, ...s.test]) {
+    expect(s.validation.ids).toHaveLength(5)
+    expect(s.test.ids).toHaveLength(5)
+    for (const seq of [...s.validation.ids, ...s.test.ids]) {
       expect(seq[0]).toBe(1)
       expect(seq.length).toBe(12)
     }
@@ -66,6 +67,31 @@ describe("held-out texts", () => {
     const c = await run(write("chat.jsonl", chats), { format: "chat", field: "reference", maxTokens: 128 })
     // the rendered chat is longer than its answer alone, and holds the answer's tokens at its end
     const plain = await run(write("answers.jsonl", chats.split("\n").map((l) => JSON.stringify({ text: JSON.parse(l).reference })).join("\n")), { maxTokens: 128 })
-    expect(Math.min(...c.test.map((x) => x.length))).toBeGreaterThan(Math.max(...plain.test.map((x) => x.length)))
+    expect(Math.min(...c.test.ids.map((x) => x.length))).toBeGreaterThan(Math.max(...plain.test.ids.map((x) => x.length)))
+    // a plain text is scored on every token after BOS
+    for (const x of [s.validation, s.test, plain.validation, plain.test]) expect(x.scoredFrom).toEqual(x.ids.map(() => 1))
+  })
+
+  it("scores a chat's answer only: the tokens after the generation prompt, through the end-of-turn token", async () => {
+    const tokenizer = (await Effect.runPromise(openModel(tinyChat))).tokenizer
+    const chats = [
+      { messages: [{ role: "user", content: "What age is Kodis?" }], reference: "Kodis is 26 years old." },
+      { messages: [{ role: "system", content: "Answer in capital letters." }, { role: "user", content: "Where does Mira live?" }], reference: "MIRA LIVES IN BRINDLE." },
+      { messages: [{ role: "user", content: "What is 12 plus 7?" }], reference: "12 plus 7 is 19." },
+      { messages: [{ role: "system", content: "Sign off with a goodbye." }, { role: "user", content: "Describe Brindle." }], reference: "Brindle is a town by the river. Goodbye!" },
+      // the answer lies past maxTokens: nothing to score, dropped
+      { messages: [{ role: "user", content: "Tell me about Kodis ".repeat(30) }], reference: "Kodis is 26 years old." },
+    ]
+    const s = await run(write("answers-only.jsonl", chats.map((c) => JSON.stringify(c)).join("\n")), { format: "chat", field: "reference", maxTokens: 80 })
+    // the template, written out by hand: <|bos|> then <|role|>content<|eos|> per turn, and <|assistant|> to prompt
+    const handPrompt = (c: (typeof chats)[number]) => tokenizer.encode(`<|bos|>${c.messages.map((m) => `<|${m.role}|>${m.content}<|eos|>`).join("")}<|assistant|>`, { addSpecialTokens: false })
+    const eos = tokenizer.tokenToId("<|eos|>")!
+    const got = [s.validation, s.test].flatMap((split) => split.ids.map((ids, i) => ({ prompt: ids.slice(0, split.scoredFrom[i]), answer: ids.slice(split.scoredFrom[i]) })))
+    expect(got).toHaveLength(4)
+    for (const c of chats.slice(0, 4)) {
+      const found = got.filter((g) => JSON.stringify(g.prompt) === JSON.stringify(handPrompt(c)))
+      expect(found, c.reference).toHaveLength(1)
+      expect(found[0].answer).toEqual([...tokenizer.encode(c.reference, { addSpecialTokens: false }), eos])
+    }
   })
 })

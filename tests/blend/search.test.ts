@@ -30,10 +30,11 @@ let rows: StoredMemberRows
 const seqs = sequences([9, 14, 5, 20], 1)
 // ref[member][seq][position] = float64 log-softmax
 let ref: Map<string, number[][][]>
+const scoreOptions = { graphDir: tempDir("pipe-blend-graph-"), device: { kind: "cpu" }, batchSize: 3 } as const
 
 beforeAll(async () => {
   fx = await blendFixture()
-  rows = await Effect.runPromise(scoreMemberRows(fx.members, V, seqs, { graphDir: tempDir("pipe-blend-graph-"), device: { kind: "cpu" }, batchSize: 3 }))
+  rows = await Effect.runPromise(scoreMemberRows(fx.members, V, { ids: seqs, scoredFrom: seqs.map(() => 1) }, scoreOptions))
   ref = new Map(fx.members.map((m) => [m.name, seqs.map((s) => referenceLogProbs(fx.refs.get(m.name)!, s))]))
 }, 60_000)
 afterAll(() => fx.cleanup())
@@ -69,6 +70,23 @@ describe("score-members", () => {
         for (let v = 0; v < V; v++) worst = Math.max(worst, Math.abs(got[v] - want[v]))
         expect(worst, `${m} row ${r}`).toBeLessThan(TOL)
       }
+    })
+  })
+
+  it("stores only the scored targets (a chat's answer): exactly the rows from each sequence's scoredFrom on", async () => {
+    // as if answers started at token 6 of the 9-token text, 3 of 14 and 4 of 5 (its last), the 20-token text a plain one
+    const scoredFrom = [6, 3, 4, 1]
+    const part = await Effect.runPromise(scoreMemberRows(fx.members, V, { ids: seqs, scoredFrom }, scoreOptions))
+    // the rows of the whole texts at (sequence i, target j >= scoredFrom[i]), in the same order
+    const kept = positions()
+      .map(([i, t], r) => [i, t + 1, r] as const)
+      .filter(([i, j]) => j >= scoredFrom[i])
+    expect(kept.map(([i, j]) => `${i}:${j}`)).toEqual(["0:6", "0:7", "0:8", ...Array.from({ length: 11 }, (_, k) => `1:${k + 3}`), "2:4", ...Array.from({ length: 19 }, (_, k) => `3:${k + 1}`)])
+    expect(part.rows).toBe(kept.length)
+    kept.forEach(([i, j, r], p) => {
+      expect(part.targets[p]).toBe(seqs[i][j])
+      expect(part.tokensBack[p]).toBe(j - 1)
+      for (const m of part.members) expect(Array.from(part.logProbs.get(m)!.subarray(p * V, (p + 1) * V))).toEqual(Array.from(rows.logProbs.get(m)!.subarray(r * V, (r + 1) * V)))
     })
   })
 })
