@@ -23,7 +23,7 @@ export const RolloutScore = Schema.Struct({
   tasks: Schema.Int,
   /** share of rollouts that are valid paths */
   validity: Schema.Number,
-  /** share of rollouts whose moves all stay on free cells, the goal reached or not */
+  /** share of rollouts with at least one move and every move on a free cell, the goal reached or not */
   legal: Schema.Number,
   /** mean optimal / length over the valid rollouts (0 when none is valid) */
   lengthRatio: Schema.Number,
@@ -51,7 +51,7 @@ export type SoftPromptEvaluation = typeof SoftPromptEvaluation.schema.Type
 
 export const softPromptEvaluate = stage({
   name: "soft-prompt-evaluate",
-  version: 2,
+  version: 3,
   params: Schema.Struct({
     /** the model's name in reports ("tiny-chat", "tiny-base-s", ...) */
     model: Schema.String,
@@ -101,7 +101,8 @@ export const softPromptEvaluate = stage({
             condition,
             tasks: scores.length,
             validity: valid.length / scores.length,
-            legal: scores.filter((s) => s.legal).length / scores.length,
+            // an empty rollout stays on free cells trivially: only paths with moves count
+            legal: scores.filter((s) => s.legal && s.length > 0).length / scores.length,
             lengthRatio: valid.length === 0 ? 0 : valid.reduce((a, s) => a + s.ratio, 0) / valid.length,
             meanMoves: scores.reduce((a, s) => a + s.length, 0) / scores.length,
             meanOptimal: data.tasks.reduce((a, t) => a + t.optimal, 0) / data.tasks.length,

@@ -119,7 +119,7 @@ export const softPromptReport = stage({
         .filter((e) => e.rollouts.length > 0)
         .sort((a, b) => a.k - b.k)
       const rolloutLines = [
-        "| k | condition (length ratio asked) | valid paths | legal moves only | mean length ratio (valid) | mean moves (optimal) |",
+        "| k | condition (length ratio asked) | valid paths | legal moves only (at least one) | mean length ratio (valid) | mean moves (optimal) |",
         "| --- | --- | --- | --- | --- | --- |",
         ...rollouts.flatMap((e) =>
           e.rollouts.map(
