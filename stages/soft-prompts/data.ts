@@ -4,7 +4,7 @@
 // them.
 //
 //   text-examples         next-token (skip = 0) or skip-s targets on a JSON Lines text set: lines
-//                         {"text"} (every token after the first scored; other fields ignored, so the
+//                         {"text"} (BOS + text, every token after BOS scored; other fields ignored, so the
 //                         family's corpus datasets/tiny-world/*.jsonl reads as is) or
 //                         {"prompt", "completion"} (the completion scored, the prompt context)
 //   repetition-examples   a fixed string repeated to the sample length, windows at every phase
@@ -43,7 +43,7 @@ const decodeLine = Schema.decodeUnknownResult(Schema.fromJsonString(TextLine))
 
 export const textExamples = stage({
   name: "text-examples",
-  version: 2,
+  version: 3,
   params: Schema.Struct({
     /** 0: next-token targets; s > 0: the token s + 1 ahead */
     skip: NonNegativeInt,
@@ -58,15 +58,21 @@ export const textExamples = stage({
       const { checkpoint, tokenizer } = yield* openModel(inputs.model.path)
       const file = inputs.texts.path
       const text = yield* Effect.try({ try: () => fs.readFileSync(file, "utf8"), catch: (e) => new StageError({ message: `${file}: cannot read: ${String(e)}` }) })
+      const bos = checkpoint.config.bosTokenId
       const examples: Example[] = []
       for (const [i, line] of text.split("\n").entries()) {
         if (line.trim() === "") continue
         const r = decodeLine(line)
         if (r._tag === "Failure") return yield* Effect.fail(new StageError({ message: `${file}:${i + 1}: expected {"text": ...} or {"prompt": ..., "completion": ...}: ${r.failure.message}` }))
         const v = r.success
-        // a plain text starts as the tokenizer starts a text (BOS where it adds one); a prompt is
-        // taken as written (a rendered chat prompt carries its own special tokens)
-        const [context, scored] = "text" in v ? [[], tokenizer.encode(v.text, { addSpecialTokens: true })] : [tokenizer.encode(v.prompt, { addSpecialTokens: false }), tokenizer.encode(v.completion, { addSpecialTokens: false })]
+        // a plain text starts with the model's BOS, as pretraining framed every document (the
+        // family's tokenizer adds none itself, add_bos_token false: without it tiny-base-s's loss
+        // on its own corpus rose and one soft-prompt vector won 10% back by standing in for it);
+        // a prompt is taken as written (a rendered chat prompt carries its own special tokens)
+        const [context, scored] =
+          "text" in v
+            ? [[], [...(bos === undefined ? [] : [bos]), ...tokenizer.encode(v.text, { addSpecialTokens: false })]]
+            : [tokenizer.encode(v.prompt, { addSpecialTokens: false }), tokenizer.encode(v.completion, { addSpecialTokens: false })]
         const ids = [...context, ...scored].slice(0, params.length)
         // "text": the first token has no context to be predicted from
         const scoredFrom = "text" in v ? 1 : context.length

@@ -150,6 +150,8 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
     const ckpt = await Effect.runPromise(loadCheckpoint(model))
     const ref = referenceModel(ckpt)
     const { splits } = await Effect.runPromise(readExamples(data))
+    // the 26 {"text"} lines start with BOS (id 1), as pretraining frames a document; the 14 prompt lines as written
+    expect([...splits.train, ...splits.validation, ...splits.test].filter((x) => x.ids[0] === 1).length).toBe(26)
     let nll = 0
     let n = 0
     for (const x of splits.test) {
