@@ -6,8 +6,10 @@
 // rollouts per condition value). The data of an objective is prepared once and shared by its k
 // sweep; with --gpus the trainings spread over the devices:
 //   npx pipe run pipelines/soft-prompts.ts [--gpus 0,1]
-// Models are named externals: --set model.path=DIR (autoregressive, skip, repetition,
-// pathfinding), --set chat.path=DIR and --set base.path=DIR (detuning). The run folder gets
+// Models and the text are named externals: --set model.path=DIR (autoregressive, skip, repetition,
+// pathfinding; default models/tiny-base-s), --set chat.path=DIR and --set base.path=DIR (detuning;
+// tiny-chat-s and tiny-base-s), --set corpus.path=FILE (the base's own text and the detuning text;
+// datasets/tiny-world/train.jsonl). The run folder gets
 // soft-prompts.md (printed at the end), soft-prompts.json, soft-prompts.svg and, per trained plain
 // prompt, a PEFT prompt-tuning directory prompt[<point>]/. Defaults: stages/soft-prompts/experiment.ts.
 import { pipeline } from "../src/engine/index.ts"

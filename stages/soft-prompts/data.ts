@@ -3,23 +3,17 @@
 // tokenizer. They depend on the objective and the model's tokenizer only, so a sweep over k shares
 // them.
 //
-//   chat-texts            the synthetic chat corpus the shipped tiny-chat model was trained on, as
-//                         JSON Lines {"prompt", "completion"} (the model's own distribution: the
-//                         answer and its eos are scored, the chat prompt is context), or its
-//                         answers alone as plain text {"text"}
 //   text-examples         next-token (skip = 0) or skip-s targets on a JSON Lines text set: lines
-//                         {"text"} (every token after the first scored) or {"prompt", "completion"}
+//                         {"text"} (BOS + text, every token after BOS scored; other fields ignored, so the
+//                         family's corpus datasets/tiny-world/*.jsonl reads as is) or
+//                         {"prompt", "completion"} (the completion scored, the prompt context)
 //   repetition-examples   a fixed string repeated to the sample length, windows at every phase
 //   pathfinding-examples  generated grids and paths (pathfinding.ts), condition = length ratio
 import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
-import * as path from "node:path"
 import { Directory, File, StageError, stage } from "../../src/engine/index.ts"
 import { hash32 } from "../../src/core/random.ts"
-import { defaultCorpusOptions, generateCorpus } from "../../src/text/synthetic/corpus.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
-import { renderChat } from "../../src/text/tokenizer-builder.ts"
-import { padIdOf } from "../baking/distill.ts"
 import { openModel } from "../baking/model.ts"
 import { type Example, type ExampleSet, Examples, examplesOutput, rolloutTask, type RolloutTask, shiftedTargets, type Split } from "./examples.ts"
 import { gridText, movesText, type PathfindingOptions, pathTasks } from "./pathfinding.ts"
@@ -42,38 +36,6 @@ const cut = <T>(items: ReadonlyArray<T>, p: { train: number; validation: number;
   test: items.slice(p.train + p.validation, p.train + p.validation + p.test),
 })
 
-// ------------------------------------------------------------------------------ chat-texts
-
-export const chatTexts = stage({
-  name: "chat-texts",
-  version: 1,
-  params: Schema.Struct({
-    count: PositiveInt,
-    seed: NonNegativeInt,
-    /** "chat": {"prompt", "completion"} (the chat as the model was trained on it); "answers": {"text"},
-     * the assistant's answer alone as plain text (world facts without the chat around them) */
-    format: Schema.Literals(["chat", "answers"]),
-  }),
-  inputs: {},
-  output: File,
-  run: ({ params, ctx }) =>
-    Effect.gen(function* () {
-      const chats = generateCorpus(defaultCorpusOptions).train
-      if (params.count > chats.length) return yield* Effect.fail(new StageError({ message: `chat-texts: count ${params.count} is more than the corpus's ${chats.length} chats` }))
-      const picked = makeRng(hash32("chat-texts", params.seed)).shuffle([...chats]).slice(0, params.count)
-      const lines = picked.map((c) => {
-        if (params.format === "answers") return JSON.stringify({ text: c.messages[c.messages.length - 1].content })
-        const prompt = renderChat(c.messages.slice(0, -1), true)
-        const full = renderChat(c.messages, false)
-        return JSON.stringify({ prompt, completion: full.slice(prompt.length) })
-      })
-      const file = path.join(ctx.workDir, "chats.jsonl")
-      fs.writeFileSync(file, lines.join("\n") + "\n")
-      ctx.log(`${picked.length} of ${chats.length} training chats of the synthetic corpus`)
-      return { path: file }
-    }),
-})
-
 // ------------------------------------------------------------------------------ text-examples
 
 const TextLine = Schema.Union([Schema.Struct({ text: Schema.String }), Schema.Struct({ prompt: Schema.String, completion: Schema.String })])
@@ -81,7 +43,7 @@ const decodeLine = Schema.decodeUnknownResult(Schema.fromJsonString(TextLine))
 
 export const textExamples = stage({
   name: "text-examples",
-  version: 1,
+  version: 3,
   params: Schema.Struct({
     /** 0: next-token targets; s > 0: the token s + 1 ahead */
     skip: NonNegativeInt,
@@ -96,15 +58,21 @@ export const textExamples = stage({
       const { checkpoint, tokenizer } = yield* openModel(inputs.model.path)
       const file = inputs.texts.path
       const text = yield* Effect.try({ try: () => fs.readFileSync(file, "utf8"), catch: (e) => new StageError({ message: `${file}: cannot read: ${String(e)}` }) })
+      const bos = checkpoint.config.bosTokenId
       const examples: Example[] = []
       for (const [i, line] of text.split("\n").entries()) {
         if (line.trim() === "") continue
         const r = decodeLine(line)
         if (r._tag === "Failure") return yield* Effect.fail(new StageError({ message: `${file}:${i + 1}: expected {"text": ...} or {"prompt": ..., "completion": ...}: ${r.failure.message}` }))
         const v = r.success
-        // a plain text starts as the tokenizer starts a text (BOS where it adds one); a prompt is
-        // taken as written (a rendered chat prompt carries its own special tokens)
-        const [context, scored] = "text" in v ? [[], tokenizer.encode(v.text, { addSpecialTokens: true })] : [tokenizer.encode(v.prompt, { addSpecialTokens: false }), tokenizer.encode(v.completion, { addSpecialTokens: false })]
+        // a plain text starts with the model's BOS, as pretraining framed every document (the
+        // family's tokenizer adds none itself, add_bos_token false: without it tiny-base-s's loss
+        // on its own corpus rose and one soft-prompt vector won 10% back by standing in for it);
+        // a prompt is taken as written (a rendered chat prompt carries its own special tokens)
+        const [context, scored] =
+          "text" in v
+            ? [[], [...(bos === undefined ? [] : [bos]), ...tokenizer.encode(v.text, { addSpecialTokens: false })]]
+            : [tokenizer.encode(v.prompt, { addSpecialTokens: false }), tokenizer.encode(v.completion, { addSpecialTokens: false })]
         const ids = [...context, ...scored].slice(0, params.length)
         // "text": the first token has no context to be predicted from
         const scoredFrom = "text" in v ? 1 : context.length
@@ -117,7 +85,7 @@ export const textExamples = stage({
       const shuffled = makeRng(hash32("text-examples", params.seed)).shuffle(examples)
       const set: ExampleSet = { objective: params.skip === 0 ? "next token" : `skip ${params.skip}`, conditionSize: 0, splits: cut(shuffled, params), tasks: [] }
       ctx.log(`${examples.length} texts from ${file}; ${set.objective} targets, ${params.train}/${params.validation}/${params.test} train/validation/test`)
-      return examplesOutput(set, padIdOf(checkpoint))
+      return examplesOutput(set, checkpoint)
     }),
 })
 
@@ -125,7 +93,7 @@ export const textExamples = stage({
 
 export const repetitionExamples = stage({
   name: "repetition-examples",
-  version: 1,
+  version: 2,
   params: Schema.Struct({
     /** the string to repeat ("meowster jones" in the seed) */
     text: Schema.String.check(Schema.isMinLength(1)),
@@ -151,7 +119,7 @@ export const repetitionExamples = stage({
         return { ids, targets: shiftedTargets(ids, 0, 1) }
       })
       ctx.log(`"${params.text}" repeated: ${unit} tokens per repeat, ${params.length}-token windows`)
-      return examplesOutput({ objective: `repeat "${params.text}"`, conditionSize: 0, splits: cut(examples, params), tasks: [] }, padIdOf(checkpoint))
+      return examplesOutput({ objective: `repeat "${params.text}"`, conditionSize: 0, splits: cut(examples, params), tasks: [] }, checkpoint)
     }),
 })
 
@@ -159,7 +127,7 @@ export const repetitionExamples = stage({
 
 export const pathfindingExamples = stage({
   name: "pathfinding-examples",
-  version: 1,
+  version: 2,
   params: Schema.Struct({
     size: Schema.Int.check(Schema.isBetween({ minimum: 2, maximum: 16 })),
     wallDensity: Probability,
@@ -191,6 +159,6 @@ export const pathfindingExamples = stage({
         `${tasks.length} ${params.size}x${params.size} grids, longest example ${longest} tokens; ` +
           `${ratios.filter((r) => r === 1).length} optimal paths, mean length ratio ${(ratios.reduce((a, b) => a + b, 0) / ratios.length).toFixed(3)}`,
       )
-      return examplesOutput({ objective: "pathfinding", conditionSize: 1, splits: cut(examples, params), tasks: testTasks }, padIdOf(checkpoint))
+      return examplesOutput({ objective: "pathfinding", conditionSize: 1, splits: cut(examples, params), tasks: testTasks }, checkpoint)
     }),
 })

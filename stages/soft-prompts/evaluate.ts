@@ -12,7 +12,7 @@ import { makeGenerator } from "../../src/models/generate.ts"
 import { scopedSessions } from "../../src/runtime/session.ts"
 import { padIdOf } from "../baking/distill.ts"
 import { openModel } from "../baking/model.ts"
-import { Examples, readExamples } from "./examples.ts"
+import { checkTokenizer, Examples, readExamples } from "./examples.ts"
 import { parseMoves, scorePath } from "./pathfinding.ts"
 import { kOf, lossEvaluator, promptVariant, readSoftPrompt, SoftPrompt } from "./soft-prompt.ts"
 
@@ -23,10 +23,14 @@ export const RolloutScore = Schema.Struct({
   tasks: Schema.Int,
   /** share of rollouts that are valid paths */
   validity: Schema.Number,
+  /** share of rollouts with at least one move and every move on a free cell, the goal reached or not */
+  legal: Schema.Number,
   /** mean optimal / length over the valid rollouts (0 when none is valid) */
   lengthRatio: Schema.Number,
   /** mean moves per rollout */
   meanMoves: Schema.Number,
+  /** mean optimal (BFS) length of the tasks: meanMoves / meanOptimal is the length asked for's effect even where no rollout is valid */
+  meanOptimal: Schema.Number,
 })
 export type RolloutScore = typeof RolloutScore.Type
 
@@ -47,7 +51,7 @@ export type SoftPromptEvaluation = typeof SoftPromptEvaluation.schema.Type
 
 export const softPromptEvaluate = stage({
   name: "soft-prompt-evaluate",
-  version: 1,
+  version: 3,
   params: Schema.Struct({
     /** the model's name in reports ("tiny-chat", "tiny-base-s", ...) */
     model: Schema.String,
@@ -66,6 +70,7 @@ export const softPromptEvaluate = stage({
     Effect.gen(function* () {
       const { checkpoint: ckpt, tokenizer } = yield* openModel(inputs.model.path)
       const data = yield* readExamples(inputs.data)
+      yield* checkTokenizer(data, ckpt, "soft-prompt-evaluate")
       const prompt = yield* readSoftPrompt(inputs.prompt)
       if (prompt.kind === "conditional" && prompt.conditionSize !== data.conditionSize)
         return yield* Effect.fail(new StageError({ message: `${inputs.prompt.path}: a soft prompt for ${prompt.conditionSize}-number conditions, but the examples have ${data.conditionSize}` }))
@@ -96,11 +101,14 @@ export const softPromptEvaluate = stage({
             condition,
             tasks: scores.length,
             validity: valid.length / scores.length,
+            // an empty rollout stays on free cells trivially: only paths with moves count
+            legal: scores.filter((s) => s.legal && s.length > 0).length / scores.length,
             lengthRatio: valid.length === 0 ? 0 : valid.reduce((a, s) => a + s.ratio, 0) / valid.length,
             meanMoves: scores.reduce((a, s) => a + s.length, 0) / scores.length,
+            meanOptimal: data.tasks.reduce((a, t) => a + t.optimal, 0) / data.tasks.length,
           }
           ctx.log(
-            `condition ${condition}: ${(100 * score.validity).toFixed(1)}% valid paths, mean length ratio ${score.lengthRatio.toFixed(3)}, ${score.meanMoves.toFixed(1)} moves; ` +
+            `condition ${condition}: ${(100 * score.validity).toFixed(1)}% valid paths, ${(100 * score.legal).toFixed(1)}% legal, mean length ratio ${score.lengthRatio.toFixed(3)}, ${score.meanMoves.toFixed(1)} moves (optimal ${score.meanOptimal.toFixed(1)}); ` +
               `first rollout ${JSON.stringify(outs[0]?.text)} (${outs[0]?.finishReason})`,
           )
           rollouts.push(score)

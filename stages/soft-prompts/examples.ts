@@ -15,10 +15,16 @@
 // Artifact (tensors): per split ("train", "validation", "test") `<split>.ids` and `<split>.targets`
 // I32 [n, width] (right-padded: ids with the pad id, targets with -1), `<split>.lengths` I32 [n],
 // and with conditions `<split>.conditions` F32 [n, C]. Metadata: `objective` (a description),
-// `condition_size`, and for pathfinding `tasks`: the test split's grids for rollouts.
+// `condition_size`, `tokenizer` (sha256 of the tokenizer.json the ids come from, "" when the model
+// had none: training and evaluation refuse a model with another tokenizer, so a base model is never
+// scored on a chat model's ids in another vocabulary), and for pathfinding `tasks`: the test split's
+// grids for rollouts.
 import { Effect, Schema } from "effect"
-import { Artifact, ArtifactError, decodeArtifact, errorMessage, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
+import { Artifact, ArtifactError, decodeArtifact, errorMessage, StageError, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
 import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/core/safetensors.ts"
+import { hashFile } from "../../src/engine/hash.ts"
+import type { Checkpoint } from "../../src/models/checkpoint.ts"
+import { padIdOf } from "../baking/distill.ts"
 import type { PathTask } from "./pathfinding.ts"
 
 export const Examples = Artifact.tensors("SoftPromptExamples")
@@ -68,11 +74,16 @@ export const rolloutTask = (task: PathTask, prompt: ReadonlyArray<number>): Roll
 
 const Metadata = Schema.Struct({
   objective: Schema.String,
+  tokenizer: Schema.String,
   condition_size: Schema.NumberFromString.check(Schema.isInt(), Schema.isGreaterThanOrEqualTo(0)),
   tasks: Schema.fromJsonString(Schema.Array(RolloutTask)),
 })
 
-export const examplesOutput = (set: ExampleSet, padId: number): TensorsOutput => {
+const tokenizerIdentity = (ckpt: Checkpoint): string => (ckpt.tokenizerFile === undefined ? "" : hashFile(ckpt.tokenizerFile))
+
+/** The examples of `set`, tokenized with `ckpt`'s tokenizer (padded with its pad id). */
+export const examplesOutput = (set: ExampleSet, ckpt: Checkpoint): TensorsOutput => {
+  const padId = padIdOf(ckpt)
   const tensors = new Map<string, Tensor>()
   for (const split of splits) {
     const xs = set.splits[split]
@@ -88,15 +99,27 @@ export const examplesOutput = (set: ExampleSet, padId: number): TensorsOutput =>
     tensors.set(`${split}.lengths`, fromNumbers(xs.map((x) => x.ids.length), "I32", [xs.length]))
     if (set.conditionSize > 0) tensors.set(`${split}.conditions`, fromNumbers(xs.flatMap((x) => x.condition ?? []), "F32", [xs.length, set.conditionSize]))
   }
-  return { tensors, metadata: { objective: set.objective, condition_size: String(set.conditionSize), tasks: JSON.stringify(set.tasks) } }
+  return { tensors, metadata: { objective: set.objective, condition_size: String(set.conditionSize), tokenizer: tokenizerIdentity(ckpt), tasks: JSON.stringify(set.tasks) } }
 }
 
-export const readExamples = (value: TensorsValue): Effect.Effect<ExampleSet, ArtifactError> =>
+/** Fails unless `ckpt` has the tokenizer the examples were made with (unknown on either side passes). */
+export const checkTokenizer = (data: ExampleSet & { readonly tokenizer: string }, ckpt: Checkpoint, stage: string): Effect.Effect<void, StageError> => {
+  const own = tokenizerIdentity(ckpt)
+  return data.tokenizer === "" || own === "" || own === data.tokenizer
+    ? Effect.void
+    : Effect.fail(
+        new StageError({
+          message: `${stage}: the examples (${data.objective}) were tokenized with another tokenizer than ${ckpt.dir}'s (tokenizer.json sha256 ${data.tokenizer.slice(0, 12)}… vs ${own.slice(0, 12)}…); make them with this model`,
+        }),
+      )
+}
+
+export const readExamples = (value: TensorsValue): Effect.Effect<ExampleSet & { readonly tokenizer: string }, ArtifactError> =>
   Effect.gen(function* () {
     const meta = yield* decodeArtifact(Metadata, value.path, "a SoftPromptExamples artifact", value.metadata)
     const C = meta.condition_size
     return yield* Effect.try({
-      try: (): ExampleSet => {
+      try: (): ExampleSet & { readonly tokenizer: string } => {
         const read = (split: Split): Example[] => {
           const ids = value.read(`${split}.ids`)
           const [n, width] = ids.shape
@@ -110,7 +133,7 @@ export const readExamples = (value: TensorsValue): Effect.Effect<ExampleSet, Art
             ...(conditions ? { condition: Array.from(conditions.subarray(i * C, (i + 1) * C)) } : {}),
           }))
         }
-        return { objective: meta.objective, conditionSize: C, splits: { train: read("train"), validation: read("validation"), test: read("test") }, tasks: meta.tasks }
+        return { objective: meta.objective, tokenizer: meta.tokenizer, conditionSize: C, splits: { train: read("train"), validation: read("validation"), test: read("test") }, tasks: meta.tasks }
       },
       catch: (e) => new ArtifactError({ path: value.path, field: "tensors", message: `${value.path}: not a SoftPromptExamples artifact: ${errorMessage(e)}` }),
     })

@@ -1,19 +1,27 @@
-// The soft-prompt experiment as one wiring (pipelines/soft-prompts.ts), with defaults sized for the
-// shipped models/tiny-chat on a 2-core CPU (the whole pipeline in minutes):
+// The soft-prompt experiment as one wiring (pipelines/soft-prompts.ts) on the tiny family, with
+// defaults sized for a 2-core CPU:
 //
-//   chat-texts (the model's own chats; their answers as plain text)
-//     -> text-examples (next token; skip 1; the answers for detuning)
+//   the plain corpus (datasets/tiny-world/train.jsonl)
+//     -> text-examples (next token and skip 1 with tiny-base-s; next token with tiny-chat-s's tokenizer for detuning)
 //   repetition-examples, pathfinding-examples
 //     -> soft-prompt-train (k swept) -> soft-prompt-evaluate -> soft-prompt-report (gathered over k)
 //
+// Which model runs what: own distribution, skip 1, repetition and pathfinding on tiny-base-s, the
+// base model trained on exactly that plain corpus (so "own distribution" has no distribution gap
+// at all, the seed's flat-row premise; the chat model saw the corpus only as a 10% share of its SFT);
+// detuning on the pair: tiny-chat-s with a soft prompt on the plain corpus, against tiny-base-s's own
+// loss there. The -s size keeps the sweep (~21 trainings) within minutes of CPU; its 128 positions
+// bound k + sample length (64 + 64).
+//
 // Every node has a fixed name: `--set train_repetition.steps=400`, `--set 'train_own.k=sweep([0, 8])'`.
-// Models are named externals (`--set model.path=DIR`, `chat.path`, `base.path`).
+// Models and the corpus are named externals (`--set model.path=DIR`, `chat.path`, `base.path`,
+// `corpus.path=FILE`: JSON Lines with {"text"} or {"prompt", "completion"} lines).
 import { Effect, Result } from "effect"
 import { external, gather, type Node, type PublishWriter, sweep } from "../../src/engine/index.ts"
 import { readHeader, readTensor } from "../../src/core/safetensors.ts"
 import { loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { baseModelName, writePromptTuning } from "../../src/models/peft.ts"
-import { chatTexts, pathfindingExamples, repetitionExamples, textExamples } from "./data.ts"
+import { pathfindingExamples, repetitionExamples, textExamples } from "./data.ts"
 import { softPromptEvaluate } from "./evaluate.ts"
 import type { Examples } from "./examples.ts"
 import { softPromptReport } from "./report.ts"
@@ -24,31 +32,42 @@ type ParamsOf<S extends (params: any, ...rest: any[]) => unknown> = Parameters<S
 
 export const defaults = {
   ks: [0, 1, 4, 16, 64],
-  split: { train: 256, validation: 32, test: 64, seed: 0 },
-  /** chats are up to ~60 tokens; 64 leaves room for k = 64 within tiny-chat's 128 positions */
+  // 128 test documents (~7,000 scored tokens): the loss of a k is compared with k = 0's on the same documents
+  split: { train: 1024, validation: 64, test: 128, seed: 0 },
+  /** the corpus's documents are up to 95 tokens, cut to 64: room for k = 64 within the family's 128 positions */
   length: 64,
-  repetition: { text: "meowster jones", length: 32, train: 64, validation: 16, test: 32, seed: 0 },
+  // The seed's "meowster jones" is common sub-words in Pythia's 50k vocabulary, but 8 fragments the
+  // family's 1536-token tokenizer never outputs in its corpus (tiny-base-s: ~15 nats each, still on
+  // the 4th repeat; a soft prompt gets them to 6.4 and stalls there at every k). The family's own
+  // words in an order no document has are what "unnatural but producible" means for this vocabulary.
+  repetition: { text: "painter Binwick soup green", length: 32, train: 64, validation: 16, test: 32, seed: 0 },
   pathfinding: { size: 5, wallDensity: 0.25, minOptimal: 3, maxMoves: 14, detourFraction: 0.5, greed: 0.6, train: 512, validation: 32, test: 64, seed: 0 },
   train: {
     init: "zero",
     hidden: 128,
-    // sized for a shared 2-core CPU (the whole pipeline in minutes); on a GPU raise both
-    steps: 60,
-    lanes: 4,
-    // the seed's AdamW lr 1e-3 is for large models run for thousands of steps; 60 steps on tiny-chat
-    // need a larger one
-    lr: 3e-2,
-    warmupSteps: 5,
+    // sized for a shared 2-core CPU; the seed ran 1024 steps x 32 lanes (2048 x 256 for
+    // pathfinding) on a GPU. Zero vectors are dead positions under RMSNorm (key and value 0 in every
+    // layer) that dilute every attention softmax, and undoing that takes steps: on tiny-base-s's own
+    // corpus k = 64 starts +104% above k = 0, ends +14.6% after 240 steps and +10.6% after 1000
+    // (k = 16: +37%, +3.6%, +2.5%)
+    steps: 240,
+    lanes: 8,
+    // the seed's AdamW lr 1e-3 is for thousands of steps; 1e-2 and 3e-2 end within 1% of each other
+    // after 240 steps (k = 64, own corpus), 1e-2 lower
+    lr: 1e-2,
+    warmupSteps: 10,
     schedule: "cosine",
     weightDecay: 1e-4,
     maxGradNorm: 1,
-    validateEvery: 20,
+    validateEvery: 40,
     patience: 0,
     seed: 0,
     validationBatchSize: 32,
     threads: 0,
-    checkpointEvery: 20,
+    checkpointEvery: 40,
   },
+  /** pathfinding has to learn the task itself (the family never saw a grid): twice the steps */
+  pathfindingSteps: 480,
   evaluate: { conditions: [1, 0.5], maxNewTokens: 20, batchSize: 32, threads: 0 },
 } as const satisfies {
   readonly train: Omit<ParamsOf<typeof softPromptTrain>, "k">
@@ -57,26 +76,24 @@ export const defaults = {
 }
 
 /** Train over k and evaluate: the nodes are named `train_<name>` and `evaluate_<name>`. */
-const curve = (name: string, label: string, model: ReturnType<typeof external.dir>, data: Node<typeof Examples>) => {
-  const prompt = softPromptTrain({ ...defaults.train, k: sweep([...defaults.ks]) }, { model, data }, { name: `train_${name}` })
+const curve = (name: string, label: string, model: ReturnType<typeof external.dir>, data: Node<typeof Examples>, steps: number = defaults.train.steps) => {
+  const prompt = softPromptTrain({ ...defaults.train, steps, k: sweep([...defaults.ks]) }, { model, data }, { name: `train_${name}` })
   const evaluation = softPromptEvaluate({ ...defaults.evaluate, model: label }, { model, data, prompt }, { name: `evaluate_${name}` })
   return { prompt, evaluation }
 }
 
 export const softPromptExperiment = () => {
-  const model = external.dir("models/tiny-chat", { name: "model" })
-  // detuning: a chat model and the base model it was tuned from (the shipped model stands in for both
-  // until a base/chat pair is given: --set chat.path=... --set base.path=...)
-  const chat = external.dir("models/tiny-chat", { name: "chat" })
-  const base = external.dir("models/tiny-chat", { name: "base" })
+  const model = external.dir("models/tiny-base-s", { name: "model" })
+  // detuning: a chat model and the base model it was tuned from
+  const chat = external.dir("models/tiny-chat-s", { name: "chat" })
+  const base = external.dir("models/tiny-base-s", { name: "base" })
+  // the base's pretraining corpus: its own distribution, and the base-domain text of detuning
+  const corpus = external.file("datasets/tiny-world/train.jsonl", { name: "corpus" })
   const d = defaults
 
-  const own = chatTexts({ count: 400, seed: 0, format: "chat" }, {}, { name: "own_texts" })
-  // base-domain text for detuning: plain statements about the world, without the chat around them
-  const baseTexts = chatTexts({ count: 400, seed: 1, format: "answers" }, {}, { name: "base_texts" })
-  const ownExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model, texts: own }, { name: "own_examples" })
-  const skipExamples = textExamples({ ...d.split, skip: 1, length: d.length }, { model, texts: own }, { name: "skip_examples" })
-  const detuneExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model: chat, texts: baseTexts }, { name: "detuning_examples" })
+  const ownExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model, texts: corpus }, { name: "own_examples" })
+  const skipExamples = textExamples({ ...d.split, skip: 1, length: d.length }, { model, texts: corpus }, { name: "skip_examples" })
+  const detuneExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model: chat, texts: corpus }, { name: "detuning_examples" })
   const repeatExamples = repetitionExamples(d.repetition, { model }, { name: "repetition_examples" })
   const pathExamples = pathfindingExamples(d.pathfinding, { model }, { name: "pathfinding_examples" })
 
@@ -84,7 +101,7 @@ export const softPromptExperiment = () => {
   const skip = curve("skip", "model", model, skipExamples)
   const repetition = curve("repetition", "model", model, repeatExamples)
   const detuning = curve("detuning", "chat", chat, detuneExamples)
-  const pathfinding = curve("pathfinding", "model", model, pathExamples)
+  const pathfinding = curve("pathfinding", "model", model, pathExamples, d.pathfindingSteps)
   const baseK0 = softPromptTrain({ ...d.train, k: 0 }, { model: base, data: detuneExamples }, { name: "train_detuning_base" })
   const detuningBase = softPromptEvaluate({ ...d.evaluate, model: "base" }, { model: base, data: detuneExamples, prompt: baseK0 }, { name: "evaluate_detuning_base" })
 

@@ -90,6 +90,8 @@ export const movesText = (path: ReadonlyArray<Move>): string => path.map((m) => 
 export interface PathScore {
   /** every move stays on free cells and the path ends on the goal */
   readonly valid: boolean
+  /** every move stays on free cells (the goal reached or not) */
+  readonly legal: boolean
   readonly length: number
   /** optimal / length for a valid path, 0 otherwise */
   readonly ratio: number
@@ -102,11 +104,11 @@ export const scorePath = (g: Grid, optimal: number, path: ReadonlyArray<Move>): 
   let at = g.start
   for (const [i, m] of path.entries()) {
     const next = step(at, m)
-    if (!free(g, next)) return { valid: false, length: path.length, ratio: 0, problem: `move ${i + 1} (${m}) runs into ${inside(g, next) ? "a wall" : "the edge"}` }
+    if (!free(g, next)) return { valid: false, legal: false, length: path.length, ratio: 0, problem: `move ${i + 1} (${m}) runs into ${inside(g, next) ? "a wall" : "the edge"}` }
     at = next
   }
-  if (at.row !== g.goal.row || at.col !== g.goal.col) return { valid: false, length: path.length, ratio: 0, problem: "the path does not end on the goal" }
-  return { valid: true, length: path.length, ratio: path.length === 0 ? 1 : optimal / path.length, problem: null }
+  if (at.row !== g.goal.row || at.col !== g.goal.col) return { valid: false, legal: true, length: path.length, ratio: 0, problem: "the path does not end on the goal" }
+  return { valid: true, legal: true, length: path.length, ratio: path.length === 0 ? 1 : optimal / path.length, problem: null }
 }
 
 /**

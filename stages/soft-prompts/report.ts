@@ -80,7 +80,7 @@ const plotSpec = (curves: ReadonlyArray<Curve>) => ({
 
 export const softPromptReport = stage({
   name: "soft-prompt-report",
-  version: 1,
+  version: 2,
   params: Schema.Struct({ title: Schema.String }),
   inputs: {
     autoregressive: gathered(SoftPromptEvaluation),
@@ -119,9 +119,13 @@ export const softPromptReport = stage({
         .filter((e) => e.rollouts.length > 0)
         .sort((a, b) => a.k - b.k)
       const rolloutLines = [
-        "| k | condition (length ratio asked) | valid paths | mean length ratio (valid) | mean moves |",
-        "| --- | --- | --- | --- | --- |",
-        ...rollouts.flatMap((e) => e.rollouts.map((r) => `| ${e.k} | ${r.condition} | ${(100 * r.validity).toFixed(1)}% (${r.tasks} grids) | ${r.lengthRatio.toFixed(3)} | ${r.meanMoves.toFixed(1)} |`)),
+        "| k | condition (length ratio asked) | valid paths | legal moves only (at least one) | mean length ratio (valid) | mean moves (optimal) |",
+        "| --- | --- | --- | --- | --- | --- |",
+        ...rollouts.flatMap((e) =>
+          e.rollouts.map(
+            (r) => `| ${e.k} | ${r.condition} | ${(100 * r.validity).toFixed(1)}% (${r.tasks} grids) | ${(100 * r.legal).toFixed(1)}% | ${r.lengthRatio.toFixed(3)} | ${r.meanMoves.toFixed(1)} (${r.meanOptimal.toFixed(1)}) |`,
+          ),
+        ),
       ]
       const markdown = [
         `## ${params.title}`,

@@ -29,7 +29,7 @@ import { trainLoop } from "../../src/runtime/train-loop.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { padIdOf } from "../baking/distill.ts"
 import { openModel } from "../baking/model.ts"
-import { Examples, readExamples } from "./examples.ts"
+import { checkTokenizer, Examples, readExamples } from "./examples.ts"
 import { lossBatch, lossBatchSpec, lossEvaluator, objectiveLoss, promptVariant, SoftPrompt, softPromptOutput, type SoftPromptValue, withValues } from "./soft-prompt.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
@@ -90,6 +90,7 @@ export const softPromptTrain = stage({
     Effect.gen(function* () {
       const { checkpoint: ckpt, tokenizer } = yield* openModel(inputs.model.path)
       const data = yield* readExamples(inputs.data)
+      yield* checkTokenizer(data, ckpt, "soft-prompt-train")
       const H = ckpt.config.hiddenSize
       const C = data.conditionSize
       const longest = data.splits.train.concat(data.splits.validation).reduce((m, x) => Math.max(m, x.ids.length), 0)

@@ -3,7 +3,7 @@
 // Bellman-Ford relaxation over the free cells and a hand-made grid; paths are valid, end on the
 // goal, and their length ratio is what the condition says; generation is a function of the seed.
 import { describe, expect, it } from "vitest"
-import { distancesTo, type Grid, gridText, movesText, parseMoves, type PathfindingOptions, pathTasks, scorePath } from "../../stages/soft-prompts/pathfinding.ts"
+import { distancesTo, type Grid, type Move, gridText, movesText, parseMoves, type PathfindingOptions, pathTasks, scorePath } from "../../stages/soft-prompts/pathfinding.ts"
 
 const options: PathfindingOptions = { size: 5, wallDensity: 0.3, minOptimal: 3, maxMoves: 14, detourFraction: 0.5, greed: 0.6 }
 
@@ -70,10 +70,11 @@ describe("pathfinding tasks", () => {
     expect(relaxedDistance(g)).toBe(7)
     const best = parseMoves(movesText(["south", "south", "south", "east", "east", "east", "north"]))
     expect(best.rest).toBe("")
-    expect(scorePath(g, 7, best.path)).toEqual({ valid: true, length: 7, ratio: 1, problem: null })
+    expect(scorePath(g, 7, best.path)).toEqual({ valid: true, legal: true, length: 7, ratio: 1, problem: null })
     expect(scorePath(g, 7, ["east", "east"]).problem).toBe("move 2 (east) runs into a wall")
     expect(scorePath(g, 7, ["north"]).problem).toBe("move 1 (north) runs into the edge")
     expect(scorePath(g, 7, ["south"]).problem).toBe("the path does not end on the goal")
+    expect([["east", "east"], ["north"], ["south"]].map((p) => scorePath(g, 7, p as Move[]).legal)).toEqual([false, false, true])
     expect(parseMoves(" south east blue north")).toEqual({ path: ["south", "east"], rest: "blue north" })
   })
 })

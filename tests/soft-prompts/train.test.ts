@@ -5,7 +5,8 @@
 //   targets;
 // - on the shipped models/tiny-chat, training lowers the validation loss, and a run killed after a
 //   checkpoint and resumed ends with the prompt an uninterrupted run gives (plain and conditional);
-// - the trained prompt published as a PEFT prompt-tuning directory reads back as trained.
+// - the trained prompt published as a PEFT prompt-tuning directory reads back as trained;
+// - examples made with another tokenizer are refused.
 import { Effect, Exit } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
@@ -149,6 +150,8 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
     const ckpt = await Effect.runPromise(loadCheckpoint(model))
     const ref = referenceModel(ckpt)
     const { splits } = await Effect.runPromise(readExamples(data))
+    // the 26 {"text"} lines start with BOS (id 1), as pretraining frames a document; the 14 prompt lines as written
+    expect([...splits.train, ...splits.validation, ...splits.test].filter((x) => x.ids[0] === 1).length).toBe(26)
     let nll = 0
     let n = 0
     for (const x of splits.test) {
@@ -164,6 +167,14 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
     // float32 graph against float64: ~1e-6 relative per log-prob, 1e-5 on the mean leaves a margin
     expect(Math.abs(result.testLoss - nll / n)).toBeLessThan(1e-5 * (nll / n))
     expect(result.rollouts).toEqual([])
+  })
+
+  it("refuses examples tokenized with another model's tokenizer (a base model scored on a chat model's ids)", async () => {
+    // models/tiny-base-s has the family tokenizer (1536 tokens), the random model tiny-chat's (1024)
+    const data = await skipData(path.join(repo, "models/tiny-base-s"))
+    const exit = await Effect.runPromiseExit(softPromptTrain.spec.run({ params: trainParams, inputs: { model: directory(await modelDir()), data }, ctx: stageContext(dir("mismatch")) }))
+    expect(Exit.isFailure(exit)).toBe(true)
+    expect(String(exit)).toContain("were tokenized with another tokenizer than")
   })
 
   for (const [name, data] of [
