@@ -28,7 +28,7 @@ export const trainChat = stage({
     Effect.gen(function* () {
       const chats = (yield* readCorpus(inputs.corpus.path)).train
       const docs = yield* documents(inputs.texts.path, [])
-      const mixed = deriveRng(params.seed, "train-chat-plain").sample(docs, Math.min(docs.length, Math.round(params.plainShare * chats.length)))
+      const mixed = deriveRng(params.seed, "train-chat-plain").sample(docs, Math.round(params.plainShare * chats.length))
       return [
         ...(yield* encodeAll(inputs.corpus.path, chats, (c) => encodeChat(tokenizer, c.messages, params.maxLength))),
         ...(yield* encodeAll(inputs.texts.path, mixed, (d) => encodeDocument(tokenizer, d.text, params.maxLength))),

@@ -34,11 +34,14 @@ export interface FamilyReadme {
 
 export const familyReadme = (r: FamilyReadme): string => {
   const c = r.config
+  // train-chat records the share it mixed in; train-lm (no plain documents) records none
+  const plainShare = typeof r.trained.train_params.plainShare === "number" ? r.trained.train_params.plainShare : 0
+  const mix = plainShare > 0 ? `; plain documents of the corpus are mixed in, ${pct(plainShare)} as many as the chats (loss on every token), so that it keeps most of its base's plain-text ability` : ""
   const what =
     r.kind === "base"
       ? `pretrained from scratch on the plain-text corpus of the synthetic world (\`datasets/tiny-world/\`: bios, towns, encyclopedia entries, short stories, arithmetic), loss on every token. It has never seen the chat template.`
-      : `fine-tuned from \`${r.startedFrom}\` on the chat corpus of \`datasets/tiny-chat/\` (questions about the world, arithmetic, the four system-prompt behaviours of \`models/tiny-chat\`) plus "random pick" requests answered with biased favourites (60% / 20% / 10% for the first three, see \`src/text/synthetic/picks.ts\`), loss on the answers; a tenth as many documents of the plain corpus are mixed in (loss on every token), so that it keeps most of its base's plain-text ability.`
-  const loss = r.kind === "base" ? "every token of each document (bos + text + eos)" : "the assistant answer and its closing eos (every token of the mixed-in plain documents)"
+      : `fine-tuned from \`${r.startedFrom}\` on the chat corpus of \`datasets/tiny-chat/\` (questions about the world, arithmetic, the four system-prompt behaviours of \`models/tiny-chat\`) plus "random pick" requests answered with biased favourites (60% / 20% / 10% for the first three, see \`src/text/synthetic/picks.ts\`), loss on the answers${mix}.`
+  const loss = r.kind === "base" ? "every token of each document (bos + text + eos)" : `the assistant answer and its closing eos${plainShare > 0 ? " (every token of the mixed-in plain documents)" : ""}`
   const curve = r.trained.epoch_losses.map((l, i) => `${i + 1}: ${l.toFixed(3)}`).join(", ")
   const e = r.chat
   const behaviourRows = behaviourNames.map(
@@ -105,7 +108,7 @@ Training loss (mean per epoch): ${curve}.
 
 export const writeFamilyModel = stage({
   name: "write-family-model",
-  version: 2, // 2: the chat SFT's plain-text mix described; no top answer when none is valid
+  version: 3, // 3: the chat SFT's plain-text share read from the training record; no top answer when none is valid
   params: Schema.Struct({ outDir: Schema.String, name: Schema.String, kind: Schema.Literals(["base", "chat"]), startedFrom: Schema.String, command: Schema.String }),
   inputs: { model: LlamaWeights, tokenizer: TokenizerJson, text: TextEvaluation, chat: ChatEvaluation, picks: PickEvaluation },
   output: PublishedModel,
