@@ -45,6 +45,9 @@ export const stageContext = (workDir: string, options: StageContextOptions = {})
   },
 })
 
+/** A file or directory input as `spec.run` receives it (a direct call needs no hash or size). */
+export const inputRef = (p: string) => ({ path: p, hash: "", size: 0 })
+
 /** `output` as a consumer receives it: tensors are written to `dir`/tensors.safetensors (a fresh
  *  temporary directory by default); a path output is read where it is. */
 export const tensorsValue = async (output: TensorsOutput, dir?: string): Promise<TensorsValue> => {

@@ -8,7 +8,7 @@ import * as path from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { proxyChat } from "../../stages/blend/proxy-chat.ts"
 import { tempDir } from "../models/forward-helpers.ts"
-import { stageContext } from "../stage-harness.ts"
+import { inputRef, stageContext } from "../stage-harness.ts"
 import { type BlendFixture, blendFixture, randomCheckpoint, tunedInputs } from "./fixture.ts"
 
 let fx: BlendFixture
@@ -23,7 +23,6 @@ beforeAll(async () => {
 }, 60_000)
 afterAll(() => fx.cleanup())
 
-const ref = (p: string) => ({ path: p, hash: "", size: 0 })
 const search = { kind: "proxy" as const, topK: null, trials: [], best: { params: { alpha: 0.5 }, perplexity: 1 }, members: {} }
 
 describe("proxy-chat", () => {
@@ -31,7 +30,7 @@ describe("proxy-chat", () => {
     const exit = await Effect.runPromiseExit(
       proxyChat.spec.run({
         params: { alphas: [0], limit: 3, maxNewTokens: 6, temperature: 0.7, seed: 0, batchSize: 4, threads: 0 },
-        inputs: { big: ref(fx.dirs.big), ...(await tunedInputs(fx.dirs.tuned)), untuned: ref(fx.dirs.untuned), reference: ref(path.join(fx.root, "reference")), questions: ref(questions), search },
+        inputs: { big: inputRef(fx.dirs.big), ...(await tunedInputs(fx.dirs.tuned)), untuned: inputRef(fx.dirs.untuned), reference: inputRef(path.join(fx.root, "reference")), questions: inputRef(questions), search },
         ctx: stageContext(tempDir("pipe-proxy-chat-")),
       }) as Effect.Effect<any, any>,
     )

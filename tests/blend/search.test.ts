@@ -21,7 +21,7 @@ import { openMembers } from "../../stages/blend/members.ts"
 import { scoreMemberRows } from "../../stages/blend/score-members.ts"
 import { logSoftmax } from "../models/sampling-reference.ts"
 import { tempDir } from "../models/forward-helpers.ts"
-import { stageContext, tensorsValue } from "../stage-harness.ts"
+import { inputRef, stageContext, tensorsValue } from "../stage-harness.ts"
 import { type BlendFixture, blendFixture, randomCheckpoint, referenceLogProbs, sequences, V } from "./fixture.ts"
 
 const TOL = 1e-4
@@ -168,8 +168,7 @@ describe("members", () => {
     const dir = path.join(fx.root, "foreign")
     fs.mkdirSync(dir)
     await randomCheckpoint(dir, fx.members[1].checkpoint.config, 9, JSON.stringify(other))
-    const ref = (p: string) => ({ path: p, hash: "", size: 0 })
-    const exit = await Effect.runPromiseExit(openMembers({ big: ref(fx.dirs.big), tuned: ref(dir), untuned: ref(fx.dirs.untuned) }, tempDir("pipe-blend-members-")))
+    const exit = await Effect.runPromiseExit(openMembers({ big: inputRef(fx.dirs.big), tuned: inputRef(dir), untuned: inputRef(fx.dirs.untuned) }, tempDir("pipe-blend-members-")))
     const message = String(Exit.isFailure(exit) && exit.cause)
     expect(message).toMatch(/different tokenizers/)
     expect(message).toContain(fx.dirs.big)

@@ -28,7 +28,7 @@ import { gradCheck } from "../graph/gradcheck.ts"
 import { constantWeights, tempDir } from "../models/forward-helpers.ts"
 import { logSoftmax } from "../models/sampling-reference.ts"
 import { referenceForward, referenceModel } from "../reference/reference.ts"
-import { stageContext, tensorsValue } from "../stage-harness.ts"
+import { inputRef, stageContext, tensorsValue } from "../stage-harness.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const root = tempDir("pipe-soft-prompts-")
@@ -49,26 +49,25 @@ const modelDir = (() => {
       return d
     })())
 })()
-const directory = (p: string) => ({ path: p, hash: "", size: 0 })
 
 const texts = () => {
   const file = path.join(dir("texts"), "texts.jsonl")
   const words = ["Kodis lives in Binwick.", "Seven plus five is twelve.", "The lamp is made of brass.", "Mira likes soup and bread."]
   const lines = Array.from({ length: 40 }, (_, i) => (i % 3 === 0 ? { prompt: `Q${i}: `, completion: words[i % 4] } : { text: `${words[i % 4]} ${words[(i + 1) % 4]}` }))
   fs.writeFileSync(file, lines.map((l) => JSON.stringify(l)).join("\n") + "\n")
-  return { path: file, hash: "", size: 0 }
+  return inputRef(file)
 }
 
 const shipped = path.join(repo, "models/tiny-chat")
 
 const skipData = async (model: string) => {
-  const out = await Effect.runPromise(textExamples.spec.run({ params: { skip: 1, length: 24, train: 24, validation: 8, test: 8, seed: 0 }, inputs: { model: directory(model), texts: texts() }, ctx: stageContext(dir("skip-data")) }))
+  const out = await Effect.runPromise(textExamples.spec.run({ params: { skip: 1, length: 24, train: 24, validation: 8, test: 8, seed: 0 }, inputs: { model: inputRef(model), texts: texts() }, ctx: stageContext(dir("skip-data")) }))
   return tensorsValue(out as TensorsOutput, dir("skip-data-out"))
 }
 
 const pathData = async (model: string) => {
   const params = { size: 4, wallDensity: 0.2, minOptimal: 2, maxMoves: 8, detourFraction: 0.5, greed: 0.6, train: 24, validation: 8, test: 6, seed: 0 }
-  const out = await Effect.runPromise(pathfindingExamples.spec.run({ params, inputs: { model: directory(model) }, ctx: stageContext(dir("path-data")) }))
+  const out = await Effect.runPromise(pathfindingExamples.spec.run({ params, inputs: { model: inputRef(model) }, ctx: stageContext(dir("path-data")) }))
   return tensorsValue(out as TensorsOutput, dir("path-data-out"))
 }
 
@@ -145,8 +144,8 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
   it("k = 0 is the plain model: the test loss equals the float64 reference's mean NLL of the skip-1 targets", async () => {
     const model = await modelDir()
     const data = await skipData(model)
-    const prompt = await tensorsValue((await Effect.runPromise(softPromptTrain.spec.run({ params: { ...trainParams, k: 0 }, inputs: { model: directory(model), data }, ctx: stageContext(dir("k0")) }))) as TensorsOutput)
-    const result = await Effect.runPromise(softPromptEvaluate.spec.run({ params: evaluateParams, inputs: { model: directory(model), data, prompt }, ctx: stageContext(dir("k0-eval")) }))
+    const prompt = await tensorsValue((await Effect.runPromise(softPromptTrain.spec.run({ params: { ...trainParams, k: 0 }, inputs: { model: inputRef(model), data }, ctx: stageContext(dir("k0")) }))) as TensorsOutput)
+    const result = await Effect.runPromise(softPromptEvaluate.spec.run({ params: evaluateParams, inputs: { model: inputRef(model), data, prompt }, ctx: stageContext(dir("k0-eval")) }))
     const ckpt = await Effect.runPromise(loadCheckpoint(model))
     const ref = referenceModel(ckpt)
     const { splits } = await Effect.runPromise(readExamples(data))
@@ -172,7 +171,7 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
   it("refuses examples tokenized with another model's tokenizer (a base model scored on a chat model's ids)", async () => {
     // models/tiny-base-s has the family tokenizer (1536 tokens), the random model tiny-chat's (1024)
     const data = await skipData(path.join(repo, "models/tiny-base-s"))
-    const exit = await Effect.runPromiseExit(softPromptTrain.spec.run({ params: trainParams, inputs: { model: directory(await modelDir()), data }, ctx: stageContext(dir("mismatch")) }))
+    const exit = await Effect.runPromiseExit(softPromptTrain.spec.run({ params: trainParams, inputs: { model: inputRef(await modelDir()), data }, ctx: stageContext(dir("mismatch")) }))
     expect(Exit.isFailure(exit)).toBe(true)
     expect(String(exit)).toContain("were tokenized with another tokenizer than")
   })
@@ -186,7 +185,7 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
       const model = shipped
       const examples = await data(model)
       const train = (workDir: string, logs: string[], stopAt?: number) =>
-        Effect.runPromiseExit(softPromptTrain.spec.run({ params: trainParams, inputs: { model: directory(model), data: examples }, ctx: stageContext(workDir, { logs, stopAt }) }))
+        Effect.runPromiseExit(softPromptTrain.spec.run({ params: trainParams, inputs: { model: inputRef(model), data: examples }, ctx: stageContext(workDir, { logs, stopAt }) }))
       const logs: string[] = []
       const whole = await train(dir(`${name}-whole`), logs)
       if (!Exit.isSuccess(whole)) throw new Error(String(whole))
@@ -212,7 +211,7 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
       }
 
       const prompt = await tensorsValue(whole.value as TensorsOutput)
-      const evaluation = await Effect.runPromise(softPromptEvaluate.spec.run({ params: evaluateParams, inputs: { model: directory(model), data: examples, prompt }, ctx: stageContext(dir(`${name}-eval`)) }))
+      const evaluation = await Effect.runPromise(softPromptEvaluate.spec.run({ params: evaluateParams, inputs: { model: inputRef(model), data: examples, prompt }, ctx: stageContext(dir(`${name}-eval`)) }))
       expect(evaluation.k).toBe(4)
       if (name.startsWith("conditional")) {
         expect(evaluation.rollouts.map((r) => [r.condition, r.tasks])).toEqual([

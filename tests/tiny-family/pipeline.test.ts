@@ -19,7 +19,7 @@ import { chatCorpus } from "../../stages/tiny-chat/corpus.ts"
 import { plainCorpus } from "../../stages/tiny-family/plain-corpus.ts"
 import { familyTokenizer } from "../../stages/tiny-family/tokenizer.ts"
 import { trainText } from "../../stages/tiny-family/train-text.ts"
-import { maxDifferences, stageContext, tensorsValue } from "../stage-harness.ts"
+import { inputRef, maxDifferences, stageContext, tensorsValue } from "../stage-harness.ts"
 
 const repo = path.resolve(import.meta.dirname, "../..")
 const world = { people: 3, pets: 2, gadgets: 2, towns: 2 }
@@ -114,7 +114,7 @@ describe("pipelines/tiny-family-s.ts and tiny-stories.ts at reduced size", () =>
       return path.join(dir, name)
     }
     const ctx = (name: string) => stageContext(scratch(name))
-    const fileOf = (o: unknown) => ({ path: (o as { path: string }).path, hash: "", size: 0 })
+    const fileOf = (o: unknown) => inputRef((o as { path: string }).path)
     const plain = fileOf(await Effect.runPromise(plainCorpus.spec.run({ params: { ...defaultPlainCorpusOptions, ...world, ...smallPlain }, inputs: {}, ctx: ctx("plain") })))
     const chat = fileOf(await Effect.runPromise(chatCorpus.spec.run({ params: { ...defaultCorpusOptions, ...world, arithmeticPerOp: 3 }, inputs: {}, ctx: ctx("chat") })))
     const tokenizer = await Effect.runPromise(familyTokenizer.spec.run({ params: { vocabSize: 300, modelMaxLength: 128 }, inputs: { chat, plain }, ctx: ctx("tokenizer") }))
