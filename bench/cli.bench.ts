@@ -59,7 +59,7 @@ const cases: ReadonlyArray<Case> = [
   { name: "node -e 0", args: ["-e", "0"], expect: "" },
   { name: "pipe --help", args: [pipe, "--help"], expect: "usage: pipe", goalMs: 300 },
   { name: "pipe ls", args: [pipe, "ls"], expect: "succeeded", goalMs: 300 },
-  { name: "pipe status pipelines/blue.ts", args: [pipe, "status", "pipelines/blue.ts"], expect: "11 nodes", goalMs: 1000 },
+  { name: "pipe status pipelines/blue.ts", args: [pipe, "status", "pipelines/blue.ts"], expect: "12 nodes", goalMs: 1000 },
   { name: `pipe run (${nodes} nodes cached)`, args: [pipe, "run", sweep, "--plain", "--gpus", "none"], expect: `${nodes} cached`, goalMs: 1500 },
   { name: "npx pipe --help", args: ["npx", "pipe", "--help"], expect: "usage: pipe" },
   { name: "tsx src/cli/main.ts --help", args: ["--import", "tsx", join(repo, "src/cli/main.ts"), "--help"], expect: "usage: pipe" },

@@ -84,7 +84,7 @@ MinJobAge=3600
 # Jobs cancelled by a node failure or preemption go back to the queue.
 JobRequeue=1
 KillWait=5
-# Jobs run at the nice value of the process that submitted them (a `nice pipe run` keeps its jobs nice).
+# Jobs run at the nice value of the process that submitted them (so "nice pipe run" keeps its jobs nice; no backquotes here: this heredoc expands them).
 PropagatePrioProcess=1
 # A job that asks for no memory gets its CPUs' share, not the whole node (which would serialize them).
 DefMemPerCPU=$(( MEM_MB / CPUS ))
