@@ -1,6 +1,6 @@
 // The cache and records a command works on, and how the inspection commands print them.
 import { errorMessage } from "../engine/errors.ts"
-import { slurmJobStates, type JobState } from "../engine/slurm.ts"
+import type { JobState } from "../engine/slurm.ts"
 import { openStoreForReading, Store, type ExecutionRow } from "../engine/store.ts"
 import { one, UsageError, type Args } from "./args.ts"
 
@@ -31,6 +31,8 @@ export const slurmNotes = async (rows: ReadonlyArray<ExecutionRow>): Promise<Map
   let unknown = "unknown to slurmctld"
   if (running.length > 0)
     try {
+      // loaded here, not at the top: the executor pulls in all of effect, which `pipe ls` never needs
+      const { slurmJobStates } = await import("../engine/slurm.ts")
       states = await slurmJobStates(running)
     } catch (e) {
       unknown = `state unknown: ${errorMessage(e)}`
