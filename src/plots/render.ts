@@ -3,8 +3,7 @@
 // dashboard's page, so a plot in a run folder and its live chart never disagree.
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
-import * as vega from "vega"
-import { compile, type TopLevelSpec } from "vega-lite"
+import type { TopLevelSpec } from "vega-lite"
 
 export type ChartSpec = TopLevelSpec
 
@@ -15,6 +14,9 @@ export class PlotError extends Data.TaggedError("PlotError")<{ readonly chart: s
 export const renderSvg = (chart: string, spec: ChartSpec): Effect.Effect<string, PlotError> =>
   Effect.tryPromise({
     try: async () => {
+      // loaded on the first chart, not with the module: every pipeline that wires a plot stage imports
+      // this file, and vega + vega-lite would otherwise weigh on `pipe status` and every child process
+      const [vega, { compile }] = await Promise.all([import("vega"), import("vega-lite")])
       const view = new vega.View(vega.parse(compile(spec).spec), { renderer: "none" })
       try {
         return await view.toSVG()
