@@ -137,6 +137,9 @@ export interface TokenizerBuildOptions {
   readonly vocabSize: number
   /** Written as `model_max_length` in tokenizer_config.json. */
   readonly modelMaxLength: number
+  /** Encoding a text starts it with bos (as Llama's tokenizers do: what a model pretrained on
+   *  bos-framed documents expects from `tokenizer(text)`); absent or false: encoding adds nothing. */
+  readonly addBosToken?: boolean
 }
 
 export interface TokenizerFiles {
@@ -158,6 +161,16 @@ const addedToken = (content: string, id: number) => ({
   special: true,
 })
 
+const byteLevelProcessor = { type: "ByteLevel", add_prefix_space: true, trim_offsets: false, use_regex: true }
+const bosPiece = { SpecialToken: { id: specialTokens.bos, type_id: 0 } }
+/** Llama 3's form: bos before the text (and before each text of a pair). */
+const bosTemplate = {
+  type: "TemplateProcessing",
+  single: [bosPiece, { Sequence: { id: "A", type_id: 0 } }],
+  pair: [bosPiece, { Sequence: { id: "A", type_id: 0 } }, { SpecialToken: { id: specialTokens.bos, type_id: 1 } }, { Sequence: { id: "B", type_id: 1 } }],
+  special_tokens: { [specialTokens.bos]: { id: specialTokens.bos, ids: [specialTokenList.indexOf(specialTokens.bos)], tokens: [specialTokens.bos] } },
+}
+
 /** Learns a byte-level BPE from `texts` (which may contain the special-token strings, e.g. chats
  *  rendered with `renderChat`) and returns the two tokenizer files. Deterministic in `texts`. */
 export const buildTokenizer = (texts: Iterable<string>, options: TokenizerBuildOptions): TokenizerFiles => {
@@ -176,7 +189,7 @@ export const buildTokenizer = (texts: Iterable<string>, options: TokenizerBuildO
     added_tokens: specialTokenList.map((t, id) => addedToken(t, id)),
     normalizer: null,
     pre_tokenizer: { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true },
-    post_processor: { type: "ByteLevel", add_prefix_space: true, trim_offsets: false, use_regex: true },
+    post_processor: options.addBosToken === true ? { type: "Sequence", processors: [byteLevelProcessor, bosTemplate] } : byteLevelProcessor,
     decoder: { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true },
     model: {
       type: "BPE",
@@ -199,8 +212,8 @@ export const buildTokenizer = (texts: Iterable<string>, options: TokenizerBuildO
     pad_token: specialTokens.pad,
     unk_token: null,
     additional_special_tokens: [specialTokens.system, specialTokens.user, specialTokens.assistant],
-    // The chat template writes the bos token itself; encoding adds nothing.
-    add_bos_token: false,
+    // The chat template writes the bos token itself: render it, then encode without special tokens.
+    add_bos_token: options.addBosToken === true,
     add_eos_token: false,
     clean_up_tokenization_spaces: false,
     model_max_length: options.modelMaxLength,

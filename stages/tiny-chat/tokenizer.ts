@@ -7,6 +7,8 @@ import { ChatCorpusFile, readCorpus, TokenizerJson } from "./artifacts.ts"
 export const TokenizerParams = Schema.Struct({
   vocabSize: Schema.Int.check(Schema.isGreaterThanOrEqualTo(262)),
   modelMaxLength: Schema.Int.check(Schema.isGreaterThan(0)),
+  /** encoding a text starts it with bos (buildTokenizer's option); absent: it adds nothing */
+  addBosToken: Schema.optionalKey(Schema.Boolean),
 })
 
 export const chatTokenizer = stage({

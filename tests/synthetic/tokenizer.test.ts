@@ -193,6 +193,28 @@ describe("writeTokenizerFiles", () => {
     }
   })
 
+  it("with addBosToken, encoding starts a text with bos (in @huggingface/tokenizers and the project's loader), and a chat prompt still has one", async () => {
+    const withBos = buildTokenizer(chatTexts(corpus.train), { vocabSize: 1024, modelMaxLength: 256, addBosToken: true })
+    expect(withBos.tokenizer.model).toEqual(files.tokenizer.model)
+    const raw = new Tokenizer(withBos.tokenizer, withBos.tokenizerConfig)
+    const text = "Where does Kodis live?"
+    expect(raw.encode(text).ids).toEqual([withBos.specialTokenIds.bos, ...tokenizer.encode(text).ids])
+    expect(raw.encode(text, { add_special_tokens: false }).ids).toEqual(tokenizer.encode(text).ids)
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pipe-tok-bos-"))
+    try {
+      await Effect.runPromise(writeTokenizerFiles(dir, withBos))
+      const loaded = await Effect.runPromise(loadTokenizer(dir))
+      expect([loaded.addsBos, loaded.addsEos]).toEqual([true, false])
+      expect(loaded.encode(text)).toEqual(raw.encode(text).ids)
+      const r = corpus.heldOutChat[0]
+      const ids = await Effect.runPromise(chatPromptIds(loaded, r.messages, { addGenerationPrompt: true }))
+      expect(ids).toEqual(tokenizer.encode(renderChat(r.messages, true)).ids)
+      expect(ids.filter((id) => id === withBos.specialTokenIds.bos)).toHaveLength(1)
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
   it("reports the path when it cannot write", async () => {
     const file = path.join(os.tmpdir(), `pipe-tok-file-${process.pid}`)
     fs.writeFileSync(file, "")
