@@ -33,6 +33,29 @@ export const encodeDocument = (tokenizer: TextTokenizer, text: string, maxLength
   return { ids, answerStart: 1 }
 }
 
+/**
+ * Documents (encodeDocument's bos + text + eos) packed into rows of at most `maxLength` tokens:
+ * the documents in a seeded order, each row as many whole documents as fit, every token after the
+ * row's first trained (so a document's bos is predicted from the end of the one before). A model
+ * pretrained this way has read text before a bos, as real LMs (and the seed's Pythia) have, so a
+ * prefix in front of a document (a soft prompt, a previous document) is not outside everything it
+ * saw; it also wastes less compute on padding.
+ */
+export const packDocuments = (docs: ReadonlyArray<TrainSequence>, maxLength: number, seed: number): TrainSequence[] => {
+  const rows: TrainSequence[] = []
+  let row: number[] = []
+  for (const doc of shuffle([...docs], mulberry32(seed >>> 0))) {
+    if (doc.ids.length > maxLength) throw new Error(`a document has ${doc.ids.length} tokens, more than maxLength ${maxLength}`)
+    if (row.length + doc.ids.length > maxLength) {
+      rows.push({ ids: row, answerStart: 1 })
+      row = []
+    }
+    row = row.concat(doc.ids)
+  }
+  if (row.length > 0) rows.push({ ids: row, answerStart: 1 })
+  return rows
+}
+
 export interface Batch {
   /** [rows, width] right-padded ids, targets (ids shifted left) and loss mask, row-major. */
   readonly ids: BigInt64Array

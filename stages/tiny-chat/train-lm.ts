@@ -155,11 +155,11 @@ export const trainingStage = {
   resources: { isolate: "process" } as const,
   run:
     <P extends typeof TrainLmParams.Type, I extends { readonly init: TensorsValue; readonly tokenizer: TokenizerJson }, E>(
-      what: string,
+      what: string | ((params: P) => string),
       sequences: (params: P, inputs: I, tokenizer: TextTokenizer) => Effect.Effect<ReadonlyArray<TrainSequence>, E>,
     ) =>
     ({ params, inputs, ctx }: { readonly params: P; readonly inputs: I; readonly ctx: StageContext }) =>
-      trainFromWeights(params, ctx, inputs.init, inputs.tokenizer, (tokenizer) => sequences(params, inputs, tokenizer), what).pipe(Effect.scoped),
+      trainFromWeights(params, ctx, inputs.init, inputs.tokenizer, (tokenizer) => sequences(params, inputs, tokenizer), typeof what === "string" ? what : what(params)).pipe(Effect.scoped),
 }
 
 /** Encodes sequences, turning an encoding error (a too long one) into a StageError naming `file`. */

@@ -1,12 +1,12 @@
 // Stage train-text: causal-LM training on plain documents, the loss on every token (bos + text +
-// eos, one document per row, right-padded; rows of similar length are batched together, see
-// chat-batches.ts). The trainer is train-lm's (checkpoints, resume, schedule, clipping, NaN check).
+// eos, one document per row, right-padded, rows of similar length batched together; or with `pack`
+// several whole documents to a row, see chat-batches.ts). The trainer is train-lm's (checkpoints, resume, schedule, clipping, NaN check).
 // It pretrains tiny-base-s / tiny-base-l from init-llama, and through `tuneDomain` fine-tunes any
 // Hugging Face checkpoint directory on the documents of some genres.
 import { Effect, Schema } from "effect"
 import { type Directory, type Source, StageError, stage } from "../../src/engine/index.ts"
 import { LlamaWeights, TokenizerJson } from "../tiny-chat/artifacts.ts"
-import { encodeDocument } from "../tiny-chat/chat-batches.ts"
+import { encodeDocument, packDocuments } from "../tiny-chat/chat-batches.ts"
 import { encodeAll, trainingStage, TrainLmParams } from "../tiny-chat/train-lm.ts"
 import { checkpointTokenizer, importCheckpoint } from "./import-checkpoint.ts"
 import { GenreFilter, ofGenres, PlainCorpusFile, readPlainCorpus } from "./plain-corpus.ts"
@@ -15,6 +15,8 @@ export const TrainTextParams = Schema.Struct({
   ...TrainLmParams.fields,
   /** genres of the corpus to train on; empty: all */
   genres: GenreFilter,
+  /** documents packed several to a row (packDocuments) instead of one per row; absent: one per row */
+  pack: Schema.optionalKey(Schema.Boolean),
 })
 
 /** The training documents of `genres` (all when empty); none is an error naming the file. */
@@ -31,8 +33,12 @@ export const trainText = stage({
   params: TrainTextParams,
   inputs: { texts: PlainCorpusFile, tokenizer: TokenizerJson, init: LlamaWeights },
   ...trainingStage,
-  run: trainingStage.run("documents", (params, inputs, tokenizer) =>
-    Effect.flatMap(documents(inputs.texts.path, params.genres), (docs) => encodeAll(inputs.texts.path, docs, (d) => encodeDocument(tokenizer, d.text, params.maxLength))),
+  run: trainingStage.run((params) => (params.pack === true ? "rows of packed documents" : "documents"), (params, inputs, tokenizer) =>
+    Effect.gen(function* () {
+      const docs = yield* documents(inputs.texts.path, params.genres)
+      const seqs = yield* encodeAll(inputs.texts.path, docs, (d) => encodeDocument(tokenizer, d.text, params.maxLength))
+      return params.pack === true ? packDocuments(seqs, params.maxLength, params.seed) : seqs
+    }),
   ),
 })
 

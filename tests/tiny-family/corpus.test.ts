@@ -12,6 +12,7 @@ import { defaultPlainCorpusOptions, generatePlainCorpus, plainGenres } from "../
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { entropyBits } from "../../stages/tiny-family/evaluate-picks.ts"
 import { familyChatOptions } from "../../stages/tiny-family/family.ts"
+import { packDocuments, type TrainSequence } from "../../stages/tiny-chat/chat-batches.ts"
 
 const plain = generatePlainCorpus(defaultPlainCorpusOptions)
 const sentences = (text: string) => text.split(/(?<=[.!?]) /)
@@ -47,6 +48,39 @@ describe("plain corpus", () => {
     const trainShapes = new Set([...trainSentences].map(mask))
     const shapes = combos.flatMap((d) => sentences(d.text).slice(1).map(mask))
     expect(shapes.filter((s) => trainShapes.has(s)).length / shapes.length).toBeGreaterThan(0.95)
+  })
+})
+
+describe("packed pretraining rows", () => {
+  // documents as encodeDocument frames them: bos, a distinct run of ids, eos
+  const docs: TrainSequence[] = Array.from({ length: 200 }, (_, i) => ({ ids: [1, ...Array.from({ length: 5 + ((i * 37) % 60) }, (_, t) => 10 + i * 100 + t), 2], answerStart: 1 }))
+  const docOf = (id: number) => Math.floor((id - 10) / 100)
+
+  it("every document once and whole, rows within the length, filled in order, every token after the row's first trained", () => {
+    const rows = packDocuments(docs, 128, 7)
+    const seen: number[] = []
+    for (const [r, row] of rows.entries()) {
+      expect(row.ids.length).toBeLessThanOrEqual(128)
+      expect(row.answerStart).toBe(1)
+      expect(row.ids[0]).toBe(1)
+      // split back at bos: each piece is one whole document
+      const pieces = row.ids.join(",").split(/(?:^|,)1,/).filter((p) => p !== "").map((p) => p.split(",").map(Number))
+      for (const piece of pieces) {
+        const d = docOf(piece[0])
+        expect([1, ...piece]).toEqual(docs[d].ids)
+        seen.push(d)
+      }
+      // a row closes only when the next document does not fit
+      if (r + 1 < rows.length) expect(row.ids.length + docs[docOf(rows[r + 1].ids[1])].ids.length).toBeGreaterThan(128)
+    }
+    expect(seen.sort((a, b) => a - b)).toEqual(docs.map((_, i) => i))
+    expect(rows.length).toBeLessThan(docs.length / 1.5)
+  })
+
+  it("the order is a function of the seed", () => {
+    expect(packDocuments(docs, 128, 7)).toEqual(packDocuments(docs, 128, 7))
+    expect(packDocuments(docs, 128, 8)).not.toEqual(packDocuments(docs, 128, 7))
+    expect(() => packDocuments([{ ids: Array(130).fill(5), answerStart: 1 }], 128, 0)).toThrow(/130 tokens, more than maxLength 128/)
   })
 })
 
