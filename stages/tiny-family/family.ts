@@ -22,7 +22,7 @@ import { writeFamilyModel } from "./write-family-model.ts"
 export const familyChatOptions: CorpusOptions = { ...defaultCorpusOptions, behaviourCopies: 2, randomPicks: 100 }
 
 export const familySizes = {
-  s: { hiddenSize: 96, numLayers: 4, numHeads: 4, intermediateSize: 256, pretrainLr: 3e-3, sftLr: 2e-3 },
+  s: { hiddenSize: 64, numLayers: 4, numHeads: 4, intermediateSize: 192, pretrainLr: 3e-3, sftLr: 2e-3 },
   l: { hiddenSize: 256, numLayers: 5, numHeads: 8, intermediateSize: 768, pretrainLr: 2e-3, sftLr: 1.5e-3 },
 } as const
 export type FamilySize = keyof typeof familySizes
@@ -33,18 +33,20 @@ export interface FamilyRecipe {
   readonly sftEpochs: number
   /** plain documents mixed into the chat SFT, as a fraction of the chats (see train-chat.ts) */
   readonly plainShare: number
+  /** pretraining packs documents several to a row (packDocuments in ../tiny-chat/chat-batches.ts) */
+  readonly pack: boolean
   readonly threads: number
 }
 // 6 pretraining epochs: on the first, 3x smaller plain corpus 20 epochs overfit both sizes and
 // tiny-base-l's held-out perplexity ended above tiny-base-s's (3.44 vs 2.87); see models/README.md.
-export const familyRecipe: FamilyRecipe = { pretrainEpochs: 6, sftEpochs: 15, plainShare: 0.1, threads: 1 }
+export const familyRecipe: FamilyRecipe = { pretrainEpochs: 10, sftEpochs: 15, plainShare: 0.1, pack: true, threads: 1 }
 
 export const maxLength = 128
 
 export const familyCorpora = () => {
   const chat = chatCorpus(familyChatOptions)
   const plain = plainCorpus(defaultPlainCorpusOptions)
-  const tokenizer = familyTokenizer({ vocabSize: 1536, modelMaxLength: maxLength }, { chat, plain })
+  const tokenizer = familyTokenizer({ vocabSize: 1536, modelMaxLength: maxLength, addBosToken: true }, { chat, plain })
   return { chat, plain, tokenizer }
 }
 
@@ -57,7 +59,7 @@ export const familyModels = (size: FamilySize, recipe: FamilyRecipe = familyReci
     { name: `init-${size}` },
   )
   const common = { batchSize: 32, warmupSteps: 50, minLrRatio: 0.05, weightDecay: 0.01, maxGradNorm: 1, maxLength, seed: 0, checkpointEvery: 20, threads: recipe.threads }
-  const base = trainText({ ...common, epochs: recipe.pretrainEpochs, lr: shape.pretrainLr, genres: [] }, { texts: plain, tokenizer, init }, { name: `pretrain-${size}` })
+  const base = trainText({ ...common, epochs: recipe.pretrainEpochs, lr: shape.pretrainLr, genres: [], pack: recipe.pack }, { texts: plain, tokenizer, init }, { name: `pretrain-${size}` })
   const chatModel = trainChat({ ...common, epochs: recipe.sftEpochs, lr: shape.sftLr, plainShare: recipe.plainShare }, { corpus: chat, texts: plain, tokenizer, init: base }, { name: `sft-${size}` })
   return { chat, plain, tokenizer, base, chatModel }
 }

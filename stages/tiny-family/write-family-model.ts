@@ -37,9 +37,10 @@ export const familyReadme = (r: FamilyReadme): string => {
   // train-chat records the share it mixed in; train-lm (no plain documents) records none
   const plainShare = typeof r.trained.train_params.plainShare === "number" ? r.trained.train_params.plainShare : 0
   const mix = plainShare > 0 ? `; plain documents of the corpus are mixed in, ${pct(plainShare)} as many as the chats (loss on every token), so that it keeps most of its base's plain-text ability` : ""
+  const packed = r.trained.train_params.pack === true ? `, documents packed several to a ${r.trained.train_params.maxLength}-token row (so it has read text before a bos, as real pretrained models have)` : ""
   const what =
     r.kind === "base"
-      ? `pretrained from scratch on the plain-text corpus of the synthetic world (\`datasets/tiny-world/\`: bios, towns, encyclopedia entries, short stories, arithmetic), loss on every token. It has never seen the chat template.`
+      ? `pretrained from scratch on the plain-text corpus of the synthetic world (\`datasets/tiny-world/\`: bios, towns, encyclopedia entries, short stories, arithmetic), loss on every token${packed}. It has never seen the chat template.`
       : `fine-tuned from \`${r.startedFrom}\` on the chat corpus of \`datasets/tiny-chat/\` (questions about the world, arithmetic, the four system-prompt behaviours of \`models/tiny-chat\`) plus "random pick" requests answered with biased favourites (60% / 20% / 10% for the first three, see \`src/text/synthetic/picks.ts\`), loss on the answers${mix}.`
   const loss = r.kind === "base" ? "every token of each document (bos + text + eos)" : `the assistant answer and its closing eos${plainShare > 0 ? " (every token of the mixed-in plain documents)" : ""}`
   const curve = r.trained.epoch_losses.map((l, i) => `${i + 1}: ${l.toFixed(3)}`).join(", ")
@@ -58,7 +59,7 @@ itself on CPU: ${what}
 
 Standard Hugging Face layout: \`config.json\`, \`generation_config.json\`, \`model.safetensors\` (float16;
 the loader casts to float32 on the CPU), \`tokenizer.json\` (byte-level BPE, ${c.vocabSize} tokens, the same
-bytes in all four family models), \`tokenizer_config.json\` (chat template; pad 0, bos 1, eos 2).
+bytes in all four family models), \`tokenizer_config.json\` (chat template; pad 0, bos 1, eos 2; encoding a text starts it with bos, as pretraining did: render a chat with the template, then encode it without special tokens).
 Chat format: \`<|bos|><|system|>SYSTEM<|eos|><|user|>QUESTION<|eos|><|assistant|>ANSWER<|eos|>\`.
 
 ## Architecture
@@ -108,7 +109,7 @@ Training loss (mean per epoch): ${curve}.
 
 export const writeFamilyModel = stage({
   name: "write-family-model",
-  version: 3, // 3: the chat SFT's plain-text share read from the training record; no top answer when none is valid
+  version: 4, // 4: packed pretraining and the tokenizer's bos on encode stated; 3: the chat SFT's plain-text share read from the training record
   params: Schema.Struct({ outDir: Schema.String, name: Schema.String, kind: Schema.Literals(["base", "chat"]), startedFrom: Schema.String, command: Schema.String }),
   inputs: { model: LlamaWeights, tokenizer: TokenizerJson, text: TextEvaluation, chat: ChatEvaluation, picks: PickEvaluation },
   output: PublishedModel,

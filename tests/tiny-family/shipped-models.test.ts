@@ -40,7 +40,7 @@ const parameters = (name: string) =>
   Effect.map(readHeader(path.join(dirOf(name), "model.safetensors")), (h) => [...h.tensors.values()].reduce((a, t) => a + t.shape.reduce((x, y) => x * y, 1), 0))
 
 describe("the shipped tiny family", () => {
-  it("four HF directories, float16, one tokenizer (same bytes), -l at least 4x -s, under 60 MB with models/tiny-chat", async () => {
+  it("four HF directories, float16, one tokenizer (same bytes, bos on encode), -l at least 4x -s, under 60 MB with models/tiny-chat", async () => {
     const tokenizerBytes = family.map((n) => fs.readFileSync(path.join(dirOf(n), "tokenizer.json")))
     for (const b of tokenizerBytes) expect(b.equals(tokenizerBytes[0])).toBe(true)
     for (const name of family) {
@@ -48,6 +48,9 @@ describe("the shipped tiny family", () => {
       expect(ckpt.config.hfArchitecture).toBe("LlamaForCausalLM")
       expect(ckpt.weights.embedTokens.dtype).toBe("F16")
       expect([tokenizer.pad?.id, tokenizer.bos?.id, tokenizer.eos?.id]).toEqual([0, 1, 2])
+      // pretraining framed every document with bos: encoding a text adds it, as Llama's tokenizers do
+      expect(tokenizer.addsBos).toBe(true)
+      expect(tokenizer.encode("Kodis")[0]).toBe(1)
       expect(tokenizer.vocabSize).toBe(ckpt.config.vocabSize)
     }
     for (const size of ["s", "l"]) expect(await Effect.runPromise(parameters(`tiny-chat-${size}`))).toBe(await Effect.runPromise(parameters(`tiny-base-${size}`)))
