@@ -13,7 +13,8 @@ export const SoftPromptReport = Artifact.json(
   Schema.Struct({
     /** per objective and model: the test loss at each k */
     curves: Schema.Array(Schema.Struct({ objective: Schema.String, model: Schema.String, points: Schema.Array(Schema.Struct({ k: Schema.Int, testLoss: Schema.Number })) })),
-    detuning: Schema.Struct({ base: Schema.Number, chatAtZero: Schema.Number, chatBest: Schema.Number, gapAtZero: Schema.Number, gapBest: Schema.Number }),
+    /** chatAtZero and gapAtZero are null when the detuning sweep has no k = 0 */
+    detuning: Schema.Struct({ base: Schema.Number, chatAtZero: Schema.NullOr(Schema.Number), chatBest: Schema.Number, gapAtZero: Schema.NullOr(Schema.Number), gapBest: Schema.Number }),
     markdown: Schema.String,
     svg: Schema.String,
   }),
@@ -80,7 +81,7 @@ const plotSpec = (curves: ReadonlyArray<Curve>) => ({
 
 export const softPromptReport = stage({
   name: "soft-prompt-report",
-  version: 2,
+  version: 3, // 3: no k = 0 in the detuning sweep reports the best prompt's gap alone (was NaN, unpublishable)
   params: Schema.Struct({ title: Schema.String }),
   inputs: {
     autoregressive: gathered(SoftPromptEvaluation),
@@ -108,12 +109,14 @@ export const softPromptReport = stage({
 
       const chat = values(inputs.detuning)
       const base = inputs.detuningBase.testLoss
-      const chatAtZero = chat.find((e) => e.k === 0)?.testLoss ?? Number.NaN
+      const chatAtZero = chat.find((e) => e.k === 0)?.testLoss ?? null
       const chatBest = Math.min(...chat.map((e) => e.testLoss))
-      const detuning = { base, chatAtZero, chatBest, gapAtZero: chatAtZero / base - 1, gapBest: chatBest / base - 1 }
+      const detuning = { base, chatAtZero, chatBest, gapAtZero: chatAtZero === null ? null : chatAtZero / base - 1, gapBest: chatBest / base - 1 }
       const detuningText =
         `Chat model (${chat[0]?.model ?? "?"}) against the base model (${inputs.detuningBase.model}) on base-domain text: ` +
-        `${pct(detuning.gapAtZero)} at k = 0, ${pct(detuning.gapBest)} with the best soft prompt (base ${fmt(base)}, chat ${fmt(chatAtZero)} -> ${fmt(chatBest)}).`
+        (chatAtZero === null
+          ? `${pct(detuning.gapBest)} with the best soft prompt (base ${fmt(base)}, chat ${fmt(chatBest)}; k = 0 is not in the sweep).`
+          : `${pct(chatAtZero / base - 1)} at k = 0, ${pct(detuning.gapBest)} with the best soft prompt (base ${fmt(base)}, chat ${fmt(chatAtZero)} -> ${fmt(chatBest)}).`)
 
       const rollouts = values(inputs.pathfinding)
         .filter((e) => e.rollouts.length > 0)
