@@ -107,7 +107,7 @@ describe("pipelines/tiny-family-s.ts and tiny-stories.ts at reduced size", () =>
     expect(after).toBeLessThan(before)
   }, 400_000)
 
-  it("train-text resumes from its checkpoint to the same weights as an uninterrupted run", async () => {
+  it("train-text on packed rows (the family's pretraining) resumes from its checkpoint to the same weights as an uninterrupted run", async () => {
     const dir = fs.mkdtempSync(path.join(tmpdir(), "train-text-resume-"))
     const scratch = (name: string) => {
       fs.mkdirSync(path.join(dir, name), { recursive: true })
@@ -124,10 +124,12 @@ describe("pipelines/tiny-family-s.ts and tiny-stories.ts at reduced size", () =>
       ),
       dir,
     )
-    const params = { epochs: 2, batchSize: 8, lr: 0.01, warmupSteps: 2, minLrRatio: 0.1, weightDecay: 0.01, maxGradNorm: 1, maxLength: 256, seed: 0, checkpointEvery: 3, threads: 1, genres: ["story", "bio"] as const }
+    const params = { epochs: 2, batchSize: 8, lr: 0.01, warmupSteps: 2, minLrRatio: 0.1, weightDecay: 0.01, maxGradNorm: 1, maxLength: 256, seed: 0, checkpointEvery: 3, threads: 1, genres: ["story", "bio"] as const, pack: true }
     const train = (workDir: string, logs: string[], stopAt?: number) =>
       Effect.runPromiseExit(trainText.spec.run({ params: { ...params, genres: [...params.genres] }, inputs: { texts: plain, tokenizer, init }, ctx: stageContext(workDir, { logs, stopAt }) }))
-    const whole = await train(scratch("whole"), [])
+    const wholeLogs: string[] = []
+    const whole = await train(scratch("whole"), wholeLogs)
+    expect(wholeLogs.some((l) => / rows of packed documents, /.test(l))).toBe(true)
     const resumedDir = scratch("resumed")
     expect(Exit.isFailure(await train(resumedDir, [], 6))).toBe(true)
     const logs: string[] = []
