@@ -24,6 +24,8 @@ export interface FamilyReadme {
   readonly kind: "base" | "chat"
   readonly startedFrom: string
   readonly command: string
+  /** the tokenizer's add_bos_token: encoding a text starts it with bos */
+  readonly addsBos: boolean
   readonly config: ModelConfig
   readonly parameters: number
   readonly trained: TrainedMetadata
@@ -59,7 +61,7 @@ itself on CPU: ${what}
 
 Standard Hugging Face layout: \`config.json\`, \`generation_config.json\`, \`model.safetensors\` (float16;
 the loader casts to float32 on the CPU), \`tokenizer.json\` (byte-level BPE, ${c.vocabSize} tokens, the same
-bytes in all four family models), \`tokenizer_config.json\` (chat template; pad 0, bos 1, eos 2; encoding a text starts it with bos, as pretraining did: render a chat with the template, then encode it without special tokens).
+bytes in all four family models), \`tokenizer_config.json\` (chat template; pad 0, bos 1, eos 2${r.addsBos ? "; encoding a text starts it with bos, as pretraining did: render a chat with the template, then encode it without special tokens" : ""}).
 Chat format: \`<|bos|><|system|>SYSTEM<|eos|><|user|>QUESTION<|eos|><|assistant|>ANSWER<|eos|>\`.
 
 ## Architecture
@@ -117,7 +119,8 @@ export const writeFamilyModel = stage({
     Effect.gen(function* () {
       const config = yield* configOf(inputs.model)
       const trained = yield* decodeArtifact(TrainedMetadata, inputs.model.path, "a trained LlamaWeights artifact", inputs.model.metadata)
-      const text = familyReadme({ ...params, config, parameters: parameterCount(inputs.model), trained, text: inputs.text, chat: inputs.chat, picks: inputs.picks })
+      const addsBos = inputs.tokenizer.tokenizerConfig.add_bos_token === true
+      const text = familyReadme({ ...params, addsBos, config, parameters: parameterCount(inputs.model), trained, text: inputs.text, chat: inputs.chat, picks: inputs.picks })
       const files = yield* publishModelDir(params.outDir, inputs.model, inputs.tokenizer, text, "F16")
       ctx.log(`wrote ${params.outDir}: ${files.map((f) => `${f.name} (${f.bytes} bytes)`).join(", ")}`)
       return { dir: params.outDir, files }
