@@ -111,12 +111,13 @@ export const softPromptReport = stage({
       const base = inputs.detuningBase.testLoss
       const chatAtZero = chat.find((e) => e.k === 0)?.testLoss ?? null
       const chatBest = Math.min(...chat.map((e) => e.testLoss))
-      const detuning = { base, chatAtZero, chatBest, gapAtZero: chatAtZero === null ? null : chatAtZero / base - 1, gapBest: chatBest / base - 1 }
+      const gap = (chatLoss: number) => chatLoss / base - 1
+      const detuning = { base, chatAtZero, chatBest, gapAtZero: chatAtZero === null ? null : gap(chatAtZero), gapBest: gap(chatBest) }
       const detuningText =
         `Chat model (${chat[0]?.model ?? "?"}) against the base model (${inputs.detuningBase.model}) on base-domain text: ` +
         (chatAtZero === null
-          ? `${pct(detuning.gapBest)} with the best soft prompt (base ${fmt(base)}, chat ${fmt(chatBest)}; k = 0 is not in the sweep).`
-          : `${pct(chatAtZero / base - 1)} at k = 0, ${pct(detuning.gapBest)} with the best soft prompt (base ${fmt(base)}, chat ${fmt(chatAtZero)} -> ${fmt(chatBest)}).`)
+          ? `${pct(gap(chatBest))} with the best soft prompt (base ${fmt(base)}, chat ${fmt(chatBest)}; k = 0 is not in the sweep).`
+          : `${pct(gap(chatAtZero))} at k = 0, ${pct(gap(chatBest))} with the best soft prompt (base ${fmt(base)}, chat ${fmt(chatAtZero)} -> ${fmt(chatBest)}).`)
 
       const rollouts = values(inputs.pathfinding)
         .filter((e) => e.rollouts.length > 0)
