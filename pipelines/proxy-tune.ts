@@ -38,7 +38,7 @@ const experiment = blendExperiment({
   generate: { chat: true },
   prompts: ["What age is Kodis?", "Describe the town of Brindle.", "What is 12 plus 7?"],
 })
-// α = 1 (the paper's) and above, beside the searched α (on the family 1.17, the best of them: README)
+// α = 1 (the paper's) and above, beside the searched α (on the family 1.045, close to α = 1: README)
 const chat = proxyChat({ alphas: [1, 1.5, 2], limit: 0, maxNewTokens: 48, temperature: 0.7, seed: 0, batchSize: 32, threads: 0 }, { ...memberInputs(models), reference, questions, search: experiment.search })
 
 const published = publishBlend("proxy-tune", experiment)

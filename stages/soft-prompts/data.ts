@@ -65,9 +65,9 @@ export const textExamples = stage({
         const r = decodeLine(line)
         if (r._tag === "Failure") return yield* Effect.fail(new StageError({ message: `${file}:${i + 1}: expected {"text": ...} or {"prompt": ..., "completion": ...}: ${r.failure.message}` }))
         const v = r.success
-        // a plain text starts with the model's BOS, as pretraining framed every document (the
-        // family's tokenizer adds none itself, add_bos_token false: without it tiny-base-s's loss
-        // on its own corpus rose and one soft-prompt vector won 10% back by standing in for it);
+        // a plain text starts with the model's BOS, as pretraining framed every document, whether or
+        // not the tokenizer adds one itself (the first family's did not: without BOS tiny-base-s's
+        // loss on its own corpus rose and one soft-prompt vector won 10% back by standing in for it);
         // a prompt is taken as written (a rendered chat prompt carries its own special tokens)
         const [context, scored] =
           "text" in v

@@ -53,8 +53,8 @@ export const defaults = {
     // 0.3% of k = 0 at every k
     steps: 240,
     lanes: 8,
-    // the seed's AdamW lr 1e-3 is for thousands of steps; 1e-2 and 3e-2 end within 1% of each other
-    // after 240 steps (k = 64, own corpus), 1e-2 lower
+    // the seed's AdamW lr 1e-3 is for thousands of steps; on the previous family 1e-2 and 3e-2 ended
+    // within 1% of each other after 240 steps (k = 64, own corpus), 1e-2 lower
     lr: 1e-2,
     warmupSteps: 10,
     schedule: "cosine",
