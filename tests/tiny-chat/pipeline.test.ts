@@ -6,11 +6,10 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
+import { epochLosses, runMetrics, runRepoPipeline } from "../pipeline-harness.ts"
 import { loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { loadTokenizer } from "../../src/text/tokenizer.ts"
 
-const repo = path.resolve(import.meta.dirname, "../..")
 
 const small = [
   "chat-corpus.people=3",
@@ -37,25 +36,12 @@ describe("pipelines/tiny-chat.ts at reduced size", () => {
   it("trains (loss goes down), evaluates and writes a loadable HF directory", async () => {
     const dir = fs.mkdtempSync(path.join(tmpdir(), "tiny-chat-"))
     const outDir = path.join(dir, "model")
-    const store = new Store(path.join(dir, "cache"))
-    const summary = await Effect.runPromise(
-      runPipeline({
-        store,
-        pipelineFile: path.join(repo, "pipelines/tiny-chat.ts"),
-        overrides: [...small, `write-model.outDir=${outDir}`],
-        runsDir: path.join(dir, "runs"),
-        reporter: silentReporter,
-      }),
-    ).finally(() => store.close())
+    const summary = await runRepoPipeline(dir, "pipelines/tiny-chat.ts", [...small, `write-model.outDir=${outDir}`])
     expect(summary.nodes.filter((n) => n.status === "failed")).toEqual([])
     expect(summary.status).toBe("succeeded")
 
-    const metrics = fs
-      .readFileSync(path.join(dir, "runs", summary.runId, "metrics.jsonl"), "utf8")
-      .trim()
-      .split("\n")
-      .map((l) => JSON.parse(l) as { node: string; name: string; step: number; value: number })
-    const epochLoss = metrics.filter((m) => m.name === "epoch_loss").sort((a, b) => a.step - b.step).map((m) => m.value)
+    const metrics = runMetrics(dir, summary.runId)
+    const epochLoss = epochLosses(metrics, () => true)
     expect(epochLoss).toHaveLength(4)
     // from ~ln(400) = 6 at random init; a few epochs on a tiny corpus must cut it well down
     expect(epochLoss[3]).toBeLessThan(0.75 * epochLoss[0])

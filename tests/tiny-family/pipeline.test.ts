@@ -9,7 +9,6 @@ import * as fs from "node:fs"
 import { tmpdir } from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "vitest"
-import { runPipeline, silentReporter, Store } from "../../src/engine/index.ts"
 import type { Tensor } from "../../src/core/safetensors.ts"
 import { loadCheckpoint } from "../../src/models/checkpoint.ts"
 import { defaultCorpusOptions } from "../../src/text/synthetic/corpus.ts"
@@ -19,30 +18,18 @@ import { chatCorpus } from "../../stages/tiny-chat/corpus.ts"
 import { plainCorpus } from "../../stages/tiny-family/plain-corpus.ts"
 import { familyTokenizer } from "../../stages/tiny-family/tokenizer.ts"
 import { trainText } from "../../stages/tiny-family/train-text.ts"
+import { epochLosses, runMetrics, runRepoPipeline } from "../pipeline-harness.ts"
 import { inputRef, maxDifferences, stageContext, tensorsValue } from "../stage-harness.ts"
 
-const repo = path.resolve(import.meta.dirname, "../..")
 const world = { people: 3, pets: 2, gadgets: 2, towns: 2 }
 const worldSets = (node: string) => Object.entries(world).map(([k, v]) => `${node}.${k}=${v}`)
 const smallPlain = { biosPerEntity: 2, townDocsPerTown: 2, encyclopediaPerEntity: 1, storiesPerPerson: 6, arithmeticPages: 10 }
-
-const metricsOf = (dir: string, runId: string) =>
-  fs
-    .readFileSync(path.join(dir, "runs", runId, "metrics.jsonl"), "utf8")
-    .trim()
-    .split("\n")
-    .map((l) => JSON.parse(l) as { node: string; name: string; step: number; value: number })
-
-const run = (dir: string, file: string, overrides: ReadonlyArray<string>) => {
-  const store = new Store(path.join(dir, "cache"))
-  return Effect.runPromise(runPipeline({ store, pipelineFile: path.join(repo, file), overrides, runsDir: path.join(dir, "runs"), reporter: silentReporter })).finally(() => store.close())
-}
 
 describe("pipelines/tiny-family-s.ts and tiny-stories.ts at reduced size", () => {
   it("pretrains, fine-tunes, evaluates and publishes both models; tunes the base on stories", async () => {
     const dir = fs.mkdtempSync(path.join(tmpdir(), "tiny-family-"))
     const out = (name: string) => path.join(dir, name)
-    const summary = await run(dir, "pipelines/tiny-family-s.ts", [
+    const summary = await runRepoPipeline(dir, "pipelines/tiny-family-s.ts", [
       ...worldSets("chat-corpus"),
       "chat-corpus.arithmeticPerOp=4",
       "chat-corpus.randomPicks=10",
@@ -70,9 +57,9 @@ describe("pipelines/tiny-family-s.ts and tiny-stories.ts at reduced size", () =>
     expect(summary.nodes.filter((n) => n.status === "failed")).toEqual([])
     expect(summary.status).toBe("succeeded")
 
-    const metrics = metricsOf(dir, summary.runId)
+    const metrics = runMetrics(dir, summary.runId)
     for (const node of ["pretrain-s", "sft-s"]) {
-      const epochLoss = metrics.filter((m) => m.node.startsWith(node) && m.name === "epoch_loss").sort((a, b) => a.step - b.step).map((m) => m.value)
+      const epochLoss = epochLosses(metrics, (n) => n.startsWith(node))
       expect(epochLoss, node).toHaveLength(3)
       expect(epochLoss[2], node).toBeLessThan(epochLoss[0])
     }
@@ -90,7 +77,7 @@ describe("pipelines/tiny-family-s.ts and tiny-stories.ts at reduced size", () =>
     }
 
     // tuneDomain on the published base: stories only, a few epochs at a high rate
-    const stories = await run(dir, "pipelines/tiny-stories.ts", [
+    const stories = await runRepoPipeline(dir, "pipelines/tiny-stories.ts", [
       `model.path=${out("tiny-base-s")}`,
       ...worldSets("plain-corpus"),
       ...Object.entries(smallPlain).map(([k, v]) => `plain-corpus.${k}=${v}`),
@@ -99,7 +86,7 @@ describe("pipelines/tiny-family-s.ts and tiny-stories.ts at reduced size", () =>
       "tune-domain.maxLength=256",
     ])
     expect(stories.status).toBe("succeeded")
-    const perplexity = metricsOf(dir, stories.runId).filter((m) => m.name === "heldout_perplexity")
+    const perplexity = runMetrics(dir, stories.runId).filter((m) => m.name === "heldout_perplexity")
     expect(perplexity).toHaveLength(2)
     const table = fs.readFileSync(path.join(dir, "runs", stories.runId, "perplexity.md"), "utf8")
     const storyRow = table.split("\n").find((l) => l.startsWith("| story |"))!
