@@ -16,7 +16,8 @@ import { hash32 } from "../../src/core/random.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { openModel } from "../baking/model.ts"
 import { type Example, type ExampleSet, Examples, examplesOutput, rolloutTask, type RolloutTask, shiftedTargets, type Split } from "./examples.ts"
-import { gridText, movesText, type PathfindingOptions, pathTasks } from "./pathfinding.ts"
+import { type Grid, gridText, movesText, type PathfindingOptions, pathTasks } from "./pathfinding.ts"
+import type { TextTokenizer } from "../../src/text/tokenizer.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -125,18 +126,26 @@ export const repetitionExamples = stage({
 
 // ------------------------------------------------------------------------------ pathfinding-examples
 
+/** The grid generator's options as stage params (pathfinding.ts PathfindingOptions). */
+export const PathfindingParams = {
+  size: Schema.Int.check(Schema.isBetween({ minimum: 2, maximum: 16 })),
+  wallDensity: Probability,
+  minOptimal: PositiveInt,
+  maxMoves: PositiveInt,
+  detourFraction: Probability,
+  greed: Probability,
+}
+
+/** What a model reads before it writes the moves: bos (when it has one) and the grid's text. */
+export const gridPrompt = (tokenizer: TextTokenizer, bos: number | undefined, grid: Grid): number[] => [
+  ...(bos === undefined ? [] : [bos]),
+  ...tokenizer.encode(gridText(grid), { addSpecialTokens: false }),
+]
+
 export const pathfindingExamples = stage({
   name: "pathfinding-examples",
   version: 2,
-  params: Schema.Struct({
-    size: Schema.Int.check(Schema.isBetween({ minimum: 2, maximum: 16 })),
-    wallDensity: Probability,
-    minOptimal: PositiveInt,
-    maxMoves: PositiveInt,
-    detourFraction: Probability,
-    greed: Probability,
-    ...SplitSizes,
-  }),
+  params: Schema.Struct({ ...PathfindingParams, ...SplitSizes }),
   inputs: { model: Directory },
   output: Examples,
   run: ({ params, inputs, ctx }) =>
@@ -148,7 +157,7 @@ export const pathfindingExamples = stage({
       const tasks = pathTasks(options, params.train + params.validation + params.test, params.seed)
       const testTasks: RolloutTask[] = []
       const examples = tasks.map((task, i): Example => {
-        const prompt = [...(c.bosTokenId === undefined ? [] : [c.bosTokenId]), ...tokenizer.encode(gridText(task.grid), { addSpecialTokens: false })]
+        const prompt = gridPrompt(tokenizer, c.bosTokenId, task.grid)
         const ids = [...prompt, ...tokenizer.encode(movesText(task.path), { addSpecialTokens: false }), c.eosTokenIds[0]]
         if (i >= params.train + params.validation) testTasks.push(rolloutTask(task, prompt))
         return { ids, targets: shiftedTargets(ids, 0, prompt.length), condition: [task.ratio] }

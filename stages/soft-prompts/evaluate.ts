@@ -1,7 +1,7 @@
 // Stage `soft-prompt-evaluate`: a trained soft prompt (or k = 0, the model itself) on held-out
 // data: the objective's mean loss per scored token on the test split, the same loss training
-// minimises (soft-prompt.ts). With pathfinding tasks in the examples it also rolls out greedy paths
-// on the test grids for each condition value asked for and scores them (pathfinding.ts scorePath):
+// minimises (soft-prompt.ts). With pathfinding tasks in the examples it also rolls out paths on the
+// test grids for each condition value asked for, greedy and sampled (rollouts.ts), and scores them:
 // validity (reaches the goal without running into a wall or the edge, moves only) and the mean
 // length ratio optimal / length of the valid ones. At k = 0 the condition reaches nothing, so every
 // condition value gives the model's own paths.
@@ -13,24 +13,15 @@ import { scopedSessions } from "../../src/runtime/session.ts"
 import { padIdOf } from "../baking/distill.ts"
 import { openModel } from "../baking/model.ts"
 import { checkTokenizer, Examples, readExamples } from "./examples.ts"
-import { parseMoves, scorePath } from "./pathfinding.ts"
+import { Decoding, describeRollouts, rollOut, RolloutStats } from "./rollouts.ts"
 import { kOf, lossEvaluator, promptVariant, readSoftPrompt, SoftPrompt } from "./soft-prompt.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 
 export const RolloutScore = Schema.Struct({
+  /** the condition value asked for */
   condition: Schema.Number,
-  tasks: Schema.Int,
-  /** share of rollouts that are valid paths */
-  validity: Schema.Number,
-  /** share of rollouts with at least one move and every move on a free cell, the goal reached or not */
-  legal: Schema.Number,
-  /** mean optimal / length over the valid rollouts (0 when none is valid) */
-  lengthRatio: Schema.Number,
-  /** mean moves per rollout */
-  meanMoves: Schema.Number,
-  /** mean optimal (BFS) length of the tasks: meanMoves / meanOptimal is the length asked for's effect even where no rollout is valid */
-  meanOptimal: Schema.Number,
+  ...RolloutStats.fields,
 })
 export type RolloutScore = typeof RolloutScore.Type
 
@@ -51,12 +42,14 @@ export type SoftPromptEvaluation = typeof SoftPromptEvaluation.schema.Type
 
 export const softPromptEvaluate = stage({
   name: "soft-prompt-evaluate",
-  version: 3,
+  version: 4,
   params: Schema.Struct({
     /** the model's name in reports ("tiny-chat", "tiny-base-s", ...) */
     model: Schema.String,
     /** condition values to roll out pathfinding tasks under (ignored without tasks) */
     conditions: Schema.Array(Schema.Finite),
+    /** how pathfinding tasks are rolled out: each decoding under each condition */
+    decodings: Schema.Array(Decoding),
     /** longest rollout in tokens */
     maxNewTokens: PositiveInt,
     batchSize: PositiveInt,
@@ -86,33 +79,12 @@ export const softPromptEvaluate = stage({
       const rollouts = []
       if (data.tasks.length > 0) {
         const generator = yield* scopedSessions(makeGenerator(variant, { graphDir: path.join(ctx.workDir, "generate"), device: ctx.device, tokenizer, ...(params.threads > 0 ? { intraOpThreads: params.threads } : {}) }))
-        for (const condition of params.conditions) {
-          const outs = yield* generator.generate(
-            data.tasks.map((t) => ({ prompt: t.prompt, maxNewTokens: params.maxNewTokens, temperature: 0, ...(prompt.kind === "conditional" ? { condition: [condition] } : {}) })),
-            { batchSize: params.batchSize },
-          )
-          const scores = outs.map((o, i) => {
-            const { path: moves, rest } = parseMoves(o.text ?? "")
-            const s = scorePath(data.tasks[i], data.tasks[i].optimal, moves)
-            return { ...s, valid: s.valid && rest === "" && o.finishReason === "stop_token" }
-          })
-          const valid = scores.filter((s) => s.valid)
-          const score: RolloutScore = {
-            condition,
-            tasks: scores.length,
-            validity: valid.length / scores.length,
-            // an empty rollout stays on free cells trivially: only paths with moves count
-            legal: scores.filter((s) => s.legal && s.length > 0).length / scores.length,
-            lengthRatio: valid.length === 0 ? 0 : valid.reduce((a, s) => a + s.ratio, 0) / valid.length,
-            meanMoves: scores.reduce((a, s) => a + s.length, 0) / scores.length,
-            meanOptimal: data.tasks.reduce((a, t) => a + t.optimal, 0) / data.tasks.length,
+        for (const condition of params.conditions)
+          for (const decoding of params.decodings) {
+            const r = yield* rollOut(generator, data.tasks, decoding, { maxNewTokens: params.maxNewTokens, batchSize: params.batchSize, seed: 0, ...(prompt.kind === "conditional" ? { condition: [condition] } : {}) })
+            ctx.log(`condition ${condition}, ${describeRollouts(r.stats)}; first rollout ${JSON.stringify(r.first.text)} (${r.first.finishReason})`)
+            rollouts.push({ condition, ...r.stats })
           }
-          ctx.log(
-            `condition ${condition}: ${(100 * score.validity).toFixed(1)}% valid paths, ${(100 * score.legal).toFixed(1)}% legal, mean length ratio ${score.lengthRatio.toFixed(3)}, ${score.meanMoves.toFixed(1)} moves (optimal ${score.meanOptimal.toFixed(1)}); ` +
-              `first rollout ${JSON.stringify(outs[0]?.text)} (${outs[0]?.finishReason})`,
-          )
-          rollouts.push(score)
-        }
       }
       return { model: params.model, objective: data.objective, k: kOf(prompt), testLoss: test.mean, testTokens: test.tokens, rollouts }
     }).pipe(Effect.scoped),

@@ -6,16 +6,18 @@
 //   repetition-examples, pathfinding-examples
 //     -> soft-prompt-train (k swept) -> soft-prompt-evaluate -> soft-prompt-report (gathered over k)
 //
-// Which model runs what: own distribution, skip 1, repetition and pathfinding on tiny-base-s, the
-// base model trained on exactly that plain corpus (so "own distribution" has no distribution gap
-// at all, the seed's flat-row premise; the chat model saw the corpus only as a 10% share of its SFT);
-// detuning on the pair: tiny-chat-s with a soft prompt on the plain corpus, against tiny-base-s's own
-// loss there. The -s size keeps the sweep (~21 trainings) within minutes of CPU; its 128 positions
+// Which model runs what: own distribution, skip 1 and repetition on tiny-base-s, the base model
+// trained on exactly that plain corpus (so "own distribution" has no distribution gap at all, the
+// seed's flat-row premise; the chat model saw the corpus only as a 10% share of its SFT); detuning
+// on the pair: tiny-chat-s with a soft prompt on the plain corpus, against tiny-base-s's own loss
+// there; pathfinding on tiny-navigator-s, tiny-base-s tuned on unlabelled paths of both qualities
+// (navigator.ts, pipelines/tiny-navigator.ts), so that the conditional prompt picks a quality of a
+// skill the model has rather than teach the skill. The -s size keeps the sweep (~21 trainings) within minutes of CPU; its 128 positions
 // bound k + sample length (64 + 64).
 //
 // Every node has a fixed name: `--set train_repetition.steps=400`, `--set 'train_own.k=sweep([0, 8])'`.
 // Models and the corpus are named externals (`--set model.path=DIR`, `chat.path`, `base.path`,
-// `corpus.path=FILE`: JSON Lines with {"text"} or {"prompt", "completion"} lines).
+// `navigator.path`, `corpus.path=FILE`: JSON Lines with {"text"} or {"prompt", "completion"} lines).
 import { Effect, Result } from "effect"
 import { external, gather, type Node, type PublishWriter, sweep } from "../../src/engine/index.ts"
 import { readHeader, readTensor } from "../../src/core/safetensors.ts"
@@ -30,6 +32,9 @@ import { softPromptTrain } from "./train.ts"
 
 type ParamsOf<S extends (params: any, ...rest: any[]) => unknown> = Parameters<S>[0]
 
+/** The grids of the pathfinding objective, and of the navigator's training corpus (navigator.ts). */
+export const grids = { size: 5, wallDensity: 0.25, minOptimal: 3, maxMoves: 14, detourFraction: 0.5, greed: 0.6 } as const
+
 export const defaults = {
   ks: [0, 1, 4, 16, 64],
   // 128 test documents (~7,000 scored tokens): the loss of a k is compared with k = 0's on the same documents
@@ -41,7 +46,7 @@ export const defaults = {
   // the 4th repeat; a soft prompt gets them to 6.4 and stalls there at every k). The family's own
   // words in an order no document has are what "unnatural but producible" means for this vocabulary.
   repetition: { text: "painter Binwick soup green", length: 32, train: 64, validation: 16, test: 32, seed: 0 },
-  pathfinding: { size: 5, wallDensity: 0.25, minOptimal: 3, maxMoves: 14, detourFraction: 0.5, greed: 0.6, train: 512, validation: 32, test: 64, seed: 0 },
+  pathfinding: { ...grids, train: 4096, validation: 64, test: 256, seed: 0 },
   train: {
     init: "zero",
     hidden: 128,
@@ -67,12 +72,15 @@ export const defaults = {
     threads: 0,
     checkpointEvery: 40,
   },
-  /** what an objective changes in `train`: pathfinding has to learn the task itself (the family
-   *  never saw a grid), and repetition drives a loss of ~12 nats towards 0 (k = 16 on tiny-base-s:
-   *  1.46 after 240 steps at 1e-2, still falling; 1.04 after 600; 0.82 after 240 at 3e-2; 0.52
-   *  after 480 at 3e-2) */
-  objectiveTrain: { pathfinding: { steps: 480 }, repetition: { steps: 480, lr: 3e-2 } },
-  evaluate: { conditions: [1, 0.5], maxNewTokens: 20, batchSize: 32, threads: 0 },
+  /** what an objective changes in `train`. Repetition drives a loss of ~12 nats towards 0 (k = 16
+   *  on tiny-base-s: 1.46 after 240 steps at 1e-2, still falling; 1.04 after 600; 0.82 after 240 at
+   *  3e-2; 0.52 after 480 at 3e-2). Pathfinding's condition is worth little loss (a path's quality
+   *  shows in a few of its moves and its length) and the navigator, pretrained on packed rows, reads
+   *  little of what comes before its bos: after 480 steps x 8 lanes at 1e-2 the prompt had changed
+   *  nothing (k = 16: test loss 0.7272 against 0.7276 at k = 0, sampled paths the same under both
+   *  conditions); 2000 x 16 at 3e-2 gives 0.7178 and paths that differ by condition */
+  objectiveTrain: { pathfinding: { steps: 2000, lanes: 16, lr: 3e-2 }, repetition: { steps: 480, lr: 3e-2 } },
+  evaluate: { conditions: [1, 0.5], decodings: [{ temperature: 0, samples: 1 }, { temperature: 1, samples: 4 }], maxNewTokens: 20, batchSize: 32, threads: 0 },
 } as const satisfies {
   readonly train: Omit<ParamsOf<typeof softPromptTrain>, "k">
   readonly evaluate: Omit<ParamsOf<typeof softPromptEvaluate>, "model">
@@ -80,7 +88,7 @@ export const defaults = {
 }
 
 /** Train over k and evaluate: the nodes are named `train_<name>` and `evaluate_<name>`. */
-const curve = (name: string, label: string, model: ReturnType<typeof external.dir>, data: Node<typeof Examples>, train: { readonly steps?: number; readonly lr?: number } = {}) => {
+const curve = (name: string, label: string, model: ReturnType<typeof external.dir>, data: Node<typeof Examples>, train: { readonly steps?: number; readonly lanes?: number; readonly lr?: number } = {}) => {
   const prompt = softPromptTrain({ ...defaults.train, ...train, k: sweep([...defaults.ks]) }, { model, data }, { name: `train_${name}` })
   const evaluation = softPromptEvaluate({ ...defaults.evaluate, model: label }, { model, data, prompt }, { name: `evaluate_${name}` })
   return { prompt, evaluation }
@@ -91,6 +99,8 @@ export const softPromptExperiment = () => {
   // detuning: a chat model and the base model it was tuned from
   const chat = external.dir("models/tiny-chat-s", { name: "chat" })
   const base = external.dir("models/tiny-base-s", { name: "base" })
+  // pathfinding: a model that can find paths (navigator.ts)
+  const navigator = external.dir("models/tiny-navigator-s", { name: "navigator" })
   // the base's pretraining corpus: its own distribution, and the base-domain text of detuning
   const corpus = external.file("datasets/tiny-world/train.jsonl", { name: "corpus" })
   const d = defaults
@@ -99,13 +109,13 @@ export const softPromptExperiment = () => {
   const skipExamples = textExamples({ ...d.split, skip: 1, length: d.length }, { model, texts: corpus }, { name: "skip_examples" })
   const detuneExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model: chat, texts: corpus }, { name: "detuning_examples" })
   const repeatExamples = repetitionExamples(d.repetition, { model }, { name: "repetition_examples" })
-  const pathExamples = pathfindingExamples(d.pathfinding, { model }, { name: "pathfinding_examples" })
+  const pathExamples = pathfindingExamples(d.pathfinding, { model: navigator }, { name: "pathfinding_examples" })
 
   const autoregressive = curve("own", "model", model, ownExamples)
   const skip = curve("skip", "model", model, skipExamples)
   const repetition = curve("repetition", "model", model, repeatExamples, d.objectiveTrain.repetition)
   const detuning = curve("detuning", "chat", chat, detuneExamples)
-  const pathfinding = curve("pathfinding", "model", model, pathExamples, d.objectiveTrain.pathfinding)
+  const pathfinding = curve("pathfinding", "navigator", navigator, pathExamples, d.objectiveTrain.pathfinding)
   const baseK0 = softPromptTrain({ ...d.train, k: 0 }, { model: base, data: detuneExamples }, { name: "train_detuning_base" })
   const detuningBase = softPromptEvaluate({ ...d.evaluate, model: "base" }, { model: base, data: detuneExamples, prompt: baseK0 }, { name: "evaluate_detuning_base" })
 

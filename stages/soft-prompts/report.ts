@@ -81,7 +81,7 @@ const plotSpec = (curves: ReadonlyArray<Curve>) => ({
 
 export const softPromptReport = stage({
   name: "soft-prompt-report",
-  version: 3, // 3: no k = 0 in the detuning sweep reports the best prompt's gap alone (was NaN, unpublishable)
+  version: 4, // 4: rollouts by decoding (greedy and sampled); 3: no k = 0 in the detuning sweep reports the best prompt's gap alone (was NaN, unpublishable)
   params: Schema.Struct({ title: Schema.String }),
   inputs: {
     autoregressive: gathered(SoftPromptEvaluation),
@@ -123,11 +123,13 @@ export const softPromptReport = stage({
         .filter((e) => e.rollouts.length > 0)
         .sort((a, b) => a.k - b.k)
       const rolloutLines = [
-        "| k | condition (length ratio asked) | valid paths | legal moves only (at least one) | mean length ratio (valid) | mean moves (optimal) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| k | condition (length ratio asked) | decoding | valid paths | legal moves only (at least one) | mean length ratio (valid) | mean moves (optimal) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
         ...rollouts.flatMap((e) =>
           e.rollouts.map(
-            (r) => `| ${e.k} | ${r.condition} | ${(100 * r.validity).toFixed(1)}% (${r.tasks} grids) | ${(100 * r.legal).toFixed(1)}% | ${r.lengthRatio.toFixed(3)} | ${r.meanMoves.toFixed(1)} (${r.meanOptimal.toFixed(1)}) |`,
+            (r) =>
+              `| ${e.k} | ${r.condition} | ${r.temperature === 0 ? "greedy" : `T = ${r.temperature}, ${r.rollouts / r.tasks} per grid`} | ${(100 * r.validity).toFixed(1)}% (${r.rollouts} paths, ${r.tasks} grids) | ` +
+              `${(100 * r.legal).toFixed(1)}% | ${r.lengthRatio.toFixed(3)} | ${r.meanMoves.toFixed(1)} (${r.meanOptimal.toFixed(1)}) |`,
           ),
         ),
       ]
@@ -139,7 +141,7 @@ export const softPromptReport = stage({
         ...sections.flatMap((s) => [s, ""]),
         detuningText,
         "",
-        "### Pathfinding rollouts (greedy, test grids)",
+        "### Pathfinding rollouts (test grids; a detour has no likeliest move of its own, so the condition shows in sampled paths)",
         "",
         ...rolloutLines,
         "",

@@ -9,10 +9,17 @@ import { generatePlainCorpus, type PlainCorpus, PlainCorpusOptions, plainGenres 
 /** `{ train, heldOut }` documents as one JSON file. */
 export const PlainCorpusFile = Artifact.file("PlainCorpus")
 
-const Genre = Schema.Literals(plainGenres)
+/** The genres a corpus file may hold: the world's, and "pathfinding" (grids and paths written as
+ *  text, the corpus that teaches tiny-base-s to navigate: stages/soft-prompts/navigator.ts). */
+export const corpusGenres = [...plainGenres, "pathfinding"] as const
+const Genre = Schema.Literals(corpusGenres)
 const Document = Schema.Struct({ id: Schema.String, genre: Genre, text: Schema.String })
-export type PlainTexts = Omit<PlainCorpus, "world">
-// Typed as the generator's records, so a field added there and not here does not compile.
+type CorpusDocument = Omit<PlainCorpus["train"][number], "genre"> & { readonly genre: (typeof corpusGenres)[number] }
+export interface PlainTexts {
+  readonly train: ReadonlyArray<CorpusDocument>
+  readonly heldOut: ReadonlyArray<CorpusDocument & Pick<PlainCorpus["heldOut"][number], "heldout_kind">>
+}
+// Typed as the generator's records (with the wider genre), so a field added there and not here does not compile.
 const PlainTexts: Schema.Codec<PlainTexts, any> = Schema.Struct({
   train: Schema.Array(Document),
   heldOut: Schema.Array(Schema.Struct({ ...Document.fields, heldout_kind: Schema.Literals(["new_document", "new_combination"]) })),

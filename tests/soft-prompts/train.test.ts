@@ -90,7 +90,7 @@ const trainParams: SoftPromptTrainParams = {
   checkpointEvery: 2,
 }
 
-const evaluateParams = { model: "random", conditions: [1, 0.5], maxNewTokens: 6, batchSize: 8, threads: 1 }
+const evaluateParams = { model: "random", conditions: [1, 0.5], decodings: [{ temperature: 0, samples: 1 }, { temperature: 1, samples: 3 }], maxNewTokens: 6, batchSize: 8, threads: 1 }
 
 describe("the objective's loss", () => {
   // float32 graph: h = 1e-2 and 2e-3 relative to 1 + |grad| as in tests/models/variant.test.ts (the
@@ -214,9 +214,12 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
       const evaluation = await Effect.runPromise(softPromptEvaluate.spec.run({ params: evaluateParams, inputs: { model: inputRef(model), data: examples, prompt }, ctx: stageContext(dir(`${name}-eval`)) }))
       expect(evaluation.k).toBe(4)
       if (name.startsWith("conditional")) {
-        expect(evaluation.rollouts.map((r) => [r.condition, r.tasks])).toEqual([
-          [1, 6],
-          [0.5, 6],
+        // each condition greedy (one path per grid) and sampled (three per grid)
+        expect(evaluation.rollouts.map((r) => [r.condition, r.temperature, r.tasks, r.rollouts])).toEqual([
+          [1, 0, 6, 6],
+          [1, 1, 6, 18],
+          [0.5, 0, 6, 6],
+          [0.5, 1, 6, 18],
         ])
         return
       }
