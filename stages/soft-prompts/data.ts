@@ -14,10 +14,10 @@ import * as fs from "node:fs"
 import { Directory, File, StageError, stage } from "../../src/engine/index.ts"
 import { hash32 } from "../../src/core/random.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
+import type { TextTokenizer } from "../../src/text/tokenizer.ts"
 import { openModel } from "../baking/model.ts"
 import { type Example, type ExampleSet, Examples, examplesOutput, rolloutTask, type RolloutTask, shiftedTargets, type Split } from "./examples.ts"
 import { type Grid, gridText, movesText, type PathfindingOptions, pathTasks } from "./pathfinding.ts"
-import type { TextTokenizer } from "../../src/text/tokenizer.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))

@@ -11,7 +11,7 @@ export const PlainCorpusFile = Artifact.file("PlainCorpus")
 
 /** The genres a corpus file may hold: the world's, and "pathfinding" (grids and paths written as
  *  text, the corpus that teaches tiny-base-s to navigate: stages/soft-prompts/navigator.ts). */
-export const corpusGenres = [...plainGenres, "pathfinding"] as const
+const corpusGenres = [...plainGenres, "pathfinding"] as const
 const Genre = Schema.Literals(corpusGenres)
 const Document = Schema.Struct({ id: Schema.String, genre: Genre, text: Schema.String })
 type CorpusDocument = Omit<PlainCorpus["train"][number], "genre"> & { readonly genre: (typeof corpusGenres)[number] }
