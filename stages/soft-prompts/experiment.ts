@@ -12,8 +12,8 @@
 // on the pair: tiny-chat-s with a soft prompt on the plain corpus, against tiny-base-s's own loss
 // there; pathfinding on tiny-navigator-s, tiny-base-s tuned on unlabelled paths of both qualities
 // (navigator.ts, pipelines/tiny-navigator.ts), so that the conditional prompt picks a quality of a
-// skill the model has rather than teach the skill. The -s size keeps the sweep (~21 trainings) within minutes of CPU; its 128 positions
-// bound k + sample length (64 + 64).
+// skill the model has rather than teach the skill. The -s size keeps the sweep (~21 trainings)
+// within minutes of CPU; its 128 positions bound k + sample length (64 + 64).
 //
 // Every node has a fixed name: `--set train_repetition.steps=400`, `--set 'train_own.k=sweep([0, 8])'`.
 // Models and the corpus are named externals (`--set model.path=DIR`, `chat.path`, `base.path`,

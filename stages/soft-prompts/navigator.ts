@@ -16,20 +16,23 @@ import * as path from "node:path"
 import { Artifact, decodeArtifact, stage } from "../../src/engine/index.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { scopedSessions } from "../../src/runtime/session.ts"
-import { configOf, LlamaWeights, materializeModel, TokenizerJson } from "../tiny-chat/artifacts.ts"
-import { parameterCount, PublishedModel, publishModelDir, TrainedMetadata } from "../tiny-chat/write-model.ts"
+import { LlamaWeights, materializeModel, TokenizerJson } from "../tiny-chat/artifacts.ts"
+import { epochLossCurve, parameterCount, PublishedModel, publishModelDir, TrainedMetadata } from "../tiny-chat/write-model.ts"
 import { PlainCorpusFile, type PlainTexts } from "../tiny-family/plain-corpus.ts"
 import { gridPrompt, PathfindingParams } from "./data.ts"
 import { rolloutTask } from "./examples.ts"
 import { gridText, movesText, pathTasks } from "./pathfinding.ts"
-import { Decoding, describeRollouts, rollOut, RolloutStats } from "./rollouts.ts"
+import { Decoding, decodingLabel, describeRollouts, rollOut, RolloutStats } from "./rollouts.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
+
+/** A set of grids: the generator's options, how many and from which seed. */
+const GridSet = { ...PathfindingParams, count: PositiveInt, seed: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)) }
 
 export const pathfindingCorpus = stage({
   name: "pathfinding-corpus",
   version: 1,
-  params: Schema.Struct({ ...PathfindingParams, count: PositiveInt, seed: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)) }),
+  params: Schema.Struct(GridSet),
   inputs: {},
   output: PlainCorpusFile,
   run: ({ params, ctx }) =>
@@ -48,8 +51,8 @@ export const pathfindingCorpus = stage({
 export const NavigatorEvaluation = Artifact.json(
   "NavigatorEvaluation",
   Schema.Struct({
-    /** the grids' generator options, count and seed */
-    grids: Schema.Record(Schema.String, Schema.Unknown),
+    /** the held-out grids rolled out */
+    grids: Schema.Struct(GridSet),
     rollouts: Schema.Array(RolloutStats),
   }),
 )
@@ -58,10 +61,8 @@ export const evaluateNavigator = stage({
   name: "evaluate-navigator",
   version: 1,
   params: Schema.Struct({
-    ...PathfindingParams,
     /** held-out grids: a seed the training corpus does not use */
-    count: PositiveInt,
-    seed: Schema.Int.check(Schema.isGreaterThanOrEqualTo(0)),
+    ...GridSet,
     decodings: Schema.Array(Decoding),
     maxNewTokens: PositiveInt,
     batchSize: PositiveInt,
@@ -99,7 +100,7 @@ export const navigatorReadme = (r: {
 }) => {
   const rows = r.evaluation.rollouts.map(
     (s) =>
-      `| ${s.temperature === 0 ? "greedy" : `sampled, T = ${s.temperature}, ${s.rollouts / s.tasks} per grid`} | ${pct(s.validity)} | ${pct(s.legal)} | ${s.lengthRatio.toFixed(3)} | ${s.meanMoves.toFixed(1)} (${s.meanOptimal.toFixed(1)}) |`,
+      `| ${decodingLabel(s)} | ${pct(s.validity)} | ${pct(s.legal)} | ${s.lengthRatio.toFixed(3)} | ${s.meanMoves.toFixed(1)} (${s.meanOptimal.toFixed(1)}) |`,
   )
   const g = r.evaluation.grids
   return `# ${r.name}
@@ -139,8 +140,8 @@ Command (on a fresh clone; cached stages are reused):
 
     ${r.command}
 
-${r.trained.train_steps} AdamW steps (${JSON.stringify(r.trained.train_params)}), loss on every token of each document, documents packed several to a row.
-Training loss (mean per epoch): ${r.trained.epoch_losses.map((l, i) => `${i + 1}: ${l.toFixed(3)}`).join(", ")}.
+${r.trained.train_steps} AdamW steps (${JSON.stringify(r.trained.train_params)}), loss on every token of each document, ${r.trained.train_params.pack === true ? "documents packed several to a row" : "one document per row"}.
+Training loss (mean per epoch): ${epochLossCurve(r.trained)}.
 `
 }
 
@@ -152,7 +153,6 @@ export const writeNavigator = stage({
   output: PublishedModel,
   run: ({ params, inputs, ctx }) =>
     Effect.gen(function* () {
-      yield* configOf(inputs.model)
       const trained = yield* decodeArtifact(TrainedMetadata, inputs.model.path, "a trained LlamaWeights artifact", inputs.model.metadata)
       const text = navigatorReadme({ ...params, parameters: parameterCount(inputs.model), trained, evaluation: inputs.evaluation })
       const files = yield* publishModelDir(params.outDir, inputs.model, inputs.tokenizer, text, "F16")

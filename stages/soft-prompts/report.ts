@@ -7,6 +7,7 @@ import { Effect, Schema } from "effect"
 import { Artifact, gathered, type Point, stage } from "../../src/engine/index.ts"
 import { renderSvg } from "../../src/plots/render.ts"
 import { type SoftPromptEvaluation as Evaluation, SoftPromptEvaluation } from "./evaluate.ts"
+import { decodingLabel } from "./rollouts.ts"
 
 export const SoftPromptReport = Artifact.json(
   "SoftPromptReport",
@@ -128,7 +129,7 @@ export const softPromptReport = stage({
         ...rollouts.flatMap((e) =>
           e.rollouts.map(
             (r) =>
-              `| ${e.k} | ${r.condition} | ${r.temperature === 0 ? "greedy" : `T = ${r.temperature}, ${r.rollouts / r.tasks} per grid`} | ${(100 * r.validity).toFixed(1)}% (${r.rollouts} paths, ${r.tasks} grids) | ` +
+              `| ${e.k} | ${r.condition} | ${decodingLabel(r)} | ${(100 * r.validity).toFixed(1)}% (${r.rollouts} paths, ${r.tasks} grids) | ` +
               `${(100 * r.legal).toFixed(1)}% | ${r.lengthRatio.toFixed(3)} | ${r.meanMoves.toFixed(1)} (${r.meanOptimal.toFixed(1)}) |`,
           ),
         ),

@@ -84,7 +84,10 @@ export const rollOut = (
     return { stats, first: { text: outs[0]?.text, finishReason: outs[0]?.finishReason } }
   })
 
+/** How the paths were decoded, as logs, reports and READMEs name it: "greedy", "sampled, T = 1, 4 per grid". */
+export const decodingLabel = (s: RolloutStats) => (s.temperature === 0 ? "greedy" : `sampled, T = ${s.temperature}, ${s.rollouts / s.tasks} per grid`)
+
 /** One log line of a rollout's figures. */
 export const describeRollouts = (s: RolloutStats) =>
-  `${s.temperature === 0 ? "greedy" : `sampled at T=${s.temperature}`}: ${(100 * s.validity).toFixed(1)}% valid paths, ${(100 * s.legal).toFixed(1)}% legal, ` +
+  `${decodingLabel(s)}: ${(100 * s.validity).toFixed(1)}% valid paths, ${(100 * s.legal).toFixed(1)}% legal, ` +
   `mean length ratio ${s.lengthRatio.toFixed(3)}, ${s.meanMoves.toFixed(1)} moves (optimal ${s.meanOptimal.toFixed(1)}) over ${s.rollouts} rollouts`

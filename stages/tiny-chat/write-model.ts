@@ -37,9 +37,13 @@ export const TrainedMetadata = Schema.Struct({
 })
 export type TrainedMetadata = typeof TrainedMetadata.Type
 
+/** The training loss per epoch as READMEs print it: "1: 0.905, 2: 0.658, ...". */
+export const epochLossCurve = ({ epoch_losses: losses }: TrainedMetadata): string =>
+  losses.length === 0 ? "(not recorded)" : losses.map((l, i) => `${i + 1}: ${l.toFixed(3)}`).join(", ")
+
 const readme = (
   config: ModelConfig,
-  { train_steps: steps, train_params: train, epoch_losses: losses }: TrainedMetadata,
+  trained: TrainedMetadata,
   e: typeof ChatEvaluation.schema.Type,
   corpus: ChatCorpus,
   command: string,
@@ -52,7 +56,7 @@ const readme = (
     (b) =>
       `| ${b} | ${pct(e.withPrompt[b].rate)} (${e.withPrompt[b].hits}/${e.withPrompt[b].n}) | ${pct(e.withHeldOutPrompt[b].rate)} (${e.withHeldOutPrompt[b].hits}/${e.withHeldOutPrompt[b].n}) | ${pct(e.withoutPrompt[b].rate)} (${e.withoutPrompt[b].hits}/${e.withoutPrompt[b].n}) | ${ok(e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)} |`,
   )
-  const curve = losses.length === 0 ? "(not recorded)" : losses.map((l, i) => `${i + 1}: ${l.toFixed(3)}`).join(", ")
+  const curve = epochLossCurve(trained)
   return `# tiny-chat: the embedded default model
 
 A ${(params / 1e6).toFixed(2)}M-parameter \`LlamaForCausalLM\` trained from scratch by \`pipe\` itself
@@ -105,7 +109,7 @@ Command (on a fresh clone; cached stages are reused):
 
 Training data: ${corpus.train.length} conversations (by system prompt: ${[...modes].map(([m, n]) => `${m} ${n}`).join(", ")}).
 
-${steps} AdamW steps (${JSON.stringify(train)}), loss on the assistant answer and its closing eos
+${trained.train_steps} AdamW steps (${JSON.stringify(trained.train_params)}), loss on the assistant answer and its closing eos
 only, on the CPU (onnxruntime CPU provider). Training and evaluation times are in the run's
 \`metrics.jsonl\` (\`train_seconds\`, \`eval_seconds\`), not here, so that a rerun
 with identical results publishes identical files.

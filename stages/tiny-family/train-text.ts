@@ -1,6 +1,7 @@
 // Stage train-text: causal-LM training on plain documents, the loss on every token (bos + text +
 // eos, one document per row, right-padded, rows of similar length batched together; or with `pack`
-// several whole documents to a row, see chat-batches.ts). The trainer is train-lm's (checkpoints, resume, schedule, clipping, NaN check).
+// several whole documents to a row, see chat-batches.ts). The trainer is train-lm's (checkpoints,
+// resume, schedule, clipping, NaN check).
 // It pretrains tiny-base-s / tiny-base-l from init-llama, and through `tuneDomain` fine-tunes any
 // Hugging Face checkpoint directory on the documents of some genres.
 import { Effect, Schema } from "effect"

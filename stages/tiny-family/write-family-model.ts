@@ -12,7 +12,7 @@ import { behaviourNames } from "../../src/text/behaviours.ts"
 import { favouriteShares } from "../../src/text/synthetic/picks.ts"
 import { configOf, LlamaWeights, TokenizerJson } from "../tiny-chat/artifacts.ts"
 import { ChatEvaluation } from "../tiny-chat/evaluate-chat.ts"
-import { bars, parameterCount, PublishedModel, publishModelDir, TrainedMetadata } from "../tiny-chat/write-model.ts"
+import { bars, epochLossCurve, parameterCount, PublishedModel, publishModelDir, TrainedMetadata } from "../tiny-chat/write-model.ts"
 import { PickEvaluation } from "./evaluate-picks.ts"
 import { TextEvaluation } from "./evaluate-text.ts"
 
@@ -45,7 +45,7 @@ export const familyReadme = (r: FamilyReadme): string => {
       ? `pretrained from scratch on the plain-text corpus of the synthetic world (\`datasets/tiny-world/\`: bios, towns, encyclopedia entries, short stories, arithmetic), loss on every token${packed}. It has never seen the chat template.`
       : `fine-tuned from \`${r.startedFrom}\` on the chat corpus of \`datasets/tiny-chat/\` (questions about the world, arithmetic, the four system-prompt behaviours of \`models/tiny-chat\`) plus "random pick" requests answered with biased favourites (60% / 20% / 10% for the first three, see \`src/text/synthetic/picks.ts\`), loss on the answers${mix}.`
   const loss = r.kind === "base" ? "every token of each document (bos + text + eos)" : `the assistant answer and its closing eos${plainShare > 0 ? " (every token of the mixed-in plain documents)" : ""}`
-  const curve = r.trained.epoch_losses.map((l, i) => `${i + 1}: ${l.toFixed(3)}`).join(", ")
+  const curve = epochLossCurve(r.trained)
   const e = r.chat
   const behaviourRows = behaviourNames.map(
     (b) => `| ${b} | ${rate(e.withPrompt[b])} | ${rate(e.withHeldOutPrompt[b])} | ${rate(e.withoutPrompt[b])} | ${e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt ? "yes" : "no"} |`,

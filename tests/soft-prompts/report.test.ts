@@ -52,7 +52,7 @@ describe("soft-prompt-report", () => {
     expect(r.markdown).toContain("| model | 0.5000 | 0.5100 | +0.0% |")
     expect(r.markdown).toContain("+50.0% at k = 0, +40.0% with the best soft prompt (base 0.5000, chat 0.7500 -> 0.7000)")
     expect(r.markdown).toContain("| 16 | 0.5 | greedy | 50.0% (8 paths, 8 grids) | 50.0% | 1.000 | 5.0 (4.5) |")
-    expect(r.markdown).toContain("| 16 | 0.5 | T = 1, 4 per grid | 25.0% (32 paths, 8 grids) | 50.0% | 0.800 | 5.0 (4.5) |")
+    expect(r.markdown).toContain("| 16 | 0.5 | sampled, T = 1, 4 per grid | 25.0% (32 paths, 8 grids) | 50.0% | 0.800 | 5.0 (4.5) |")
   })
 
   it("without k = 0 in the detuning sweep, reports the best prompt's gap alone", async () => {
