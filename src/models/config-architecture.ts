@@ -88,6 +88,11 @@ export type Positions =
   | { readonly kind: "learned" }
   | { readonly kind: "rope"; readonly theta: number; readonly rotaryDim: number; readonly scaling: RopeScaling }
 
+/** The id padding positions get: pad_token_id, else the first eos, else 0. Padding is masked out of
+ *  attention and of every loss, so any id is right; many checkpoints (Llama 3, Qwen 2.5) have no
+ *  pad_token_id in config.json. */
+export const paddingId = (c: { readonly padTokenId: number | undefined; readonly eosTokenIds: ReadonlyArray<number> }): number => c.padTokenId ?? c.eosTokenIds[0] ?? 0
+
 export interface ModelConfig {
   readonly family: Family
   /** The `architectures[0]` string of config.json. */

@@ -59,6 +59,7 @@ import {
 import { externalWeights, placeWeights, type WeightPlacement, writeGraph } from "./graph-weights.ts"
 import { checkVariant, prepareVariant, type Variant } from "./variant.ts"
 import { chunkedRows, type ContinuationRequest, entropyOf, scoreContinuations, type ScoringError, scoringNames, targetLogProbOf } from "./scoring.ts"
+import { paddingId } from "./config-architecture.ts"
 
 export class EnsembleError extends Data.TaggedError("EnsembleError")<{ readonly message: string }> {}
 
@@ -388,12 +389,12 @@ export const makeEnsemble = (options: EnsembleOptions): Effect.Effect<Ensemble, 
         vocabSize: V,
         context: contexts.reduce((a, b) => (b.length < a.length ? b : a)),
         eosTokenIds: first.eosTokenIds,
-        padTokenId: first.padTokenId ?? first.eosTokenIds[0] ?? 0,
+        padTokenId: paddingId(first),
         stats,
       },
       options.tokenizer,
     )
-    const padId = first.padTokenId ?? first.eosTokenIds[0] ?? 0
+    const padId = paddingId(first)
     return {
       vocabSize: V,
       stepSession,

@@ -49,6 +49,7 @@ import { asVariant, checkVariant, prepareVariant, type Variant, variantNames, vi
 import { externalWeights, placeWeights, writeGraph } from "./graph-weights.ts"
 import { requestUniform, sampleTokens, samplingInputs } from "./sampling.ts"
 import { contextLength } from "./rope.ts"
+import { paddingId } from "./config-architecture.ts"
 
 export class GenerationError extends Data.TaggedError("GenerationError")<{
   readonly message: string
@@ -359,7 +360,7 @@ export const makeGenerator = (target: Checkpoint | Variant, options: GeneratorOp
       vocabSize: c.vocabSize,
       context: variantContext(variant),
       eosTokenIds: c.eosTokenIds,
-      padTokenId: c.padTokenId ?? c.eosTokenIds[0] ?? 0,
+      padTokenId: paddingId(c),
       stats: [],
       conditionSize: graphModel.conditionSize,
     }

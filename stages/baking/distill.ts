@@ -38,6 +38,7 @@ import { asVariant, checkVariant, prepareVariant, type Variant, variantParams } 
 import { createSession, type Device, releaseSession, type RunError, runSession, type SessionError } from "../../src/runtime/session.ts"
 import type { TrajectorySet } from "./artifacts.ts"
 import type { OpenModel } from "./model.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 // ------------------------------------------------------------------------------ batches
 
@@ -163,7 +164,6 @@ export const lengthSortedBatches = (set: TrajectorySet, batchSize: number): numb
 }
 
 /** The model's padding id (any id works: padded positions are masked out). */
-export const padIdOf = (ckpt: Checkpoint): number => ckpt.config.padTokenId ?? ckpt.config.eosTokenIds[0] ?? 0
 
 // ------------------------------------------------------------------------------ graph pieces
 
@@ -260,7 +260,7 @@ export const klEvaluator = (student: Variant, opts: KlOptions): Effect.Effect<Kl
     g.outputAs(KL_SUM, fullForwardKL(g, studentHead, teacherHead, tokenMask).sum)
     const file = yield* writeGraph(g, placement, trainable.length > 0 ? "prompted-kl-trainable" : "prompted-kl")
     const session = yield* createSession(file, { device: opts.device, ...(opts.threads ? { intraOpThreads: opts.threads } : {}) })
-    const padId = padIdOf(ckpt)
+    const padId = paddingId(ckpt.config)
     const evaluate = (set: TrajectorySet, values?: Readonly<Record<string, ort.Tensor>>): Effect.Effect<MeanKl, StageError | RunError> =>
       Effect.gen(function* () {
         const missing = trainable.filter((n) => !values?.[n])

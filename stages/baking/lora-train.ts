@@ -43,8 +43,9 @@ import { scopedSession } from "../../src/runtime/session.ts"
 import { bestOf, type Evaluation, stackMicroBatches, trainLoop } from "../../src/runtime/train-loop.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter, readTeacherLogits, readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, Trajectories, type TrajectorySet } from "./artifacts.ts"
-import { checkTrajectoriesFit, klEvaluator, lmHeadAt, padIdOf, pairBatch, pairFeeds, pairInputs, type PairShape, pairShape, teacherRowStarts } from "./distill.ts"
+import { checkTrajectoriesFit, klEvaluator, lmHeadAt, pairBatch, pairFeeds, pairInputs, type PairShape, pairShape, teacherRowStarts } from "./distill.ts"
 import { openModel } from "./model.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -257,7 +258,7 @@ export const loraTrain = stage({
         (e) => e.release,
       )
 
-      const padId = padIdOf(ckpt)
+      const padId = paddingId(ckpt.config)
       const starts = teacherRowStarts(train)
       const perEpoch = epochSteps(train, params.batchSize, params.gradAccum, params.seed, 0).length
       if (perEpoch === 0) return yield* Effect.fail(new StageError({ message: `${inputs.trajectories.path}: no trajectory has response tokens` }))

@@ -26,8 +26,9 @@ import type { Tensor } from "../../src/core/safetensors.ts"
 import { positionStats } from "../../src/models/scoring.ts"
 import { type Device, runSession, scopedSession } from "../../src/runtime/session.ts"
 import { readTrajectories, responseTokenCount, TeacherLogits, type TeacherLogitsSet, teacherLogitsOutput, Trajectories, type TrajectorySet } from "./artifacts.ts"
-import { checkTrajectoriesFit, headAtPositions, lengthSortedBatches, padIdOf, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "./distill.ts"
+import { checkTrajectoriesFit, headAtPositions, lengthSortedBatches, pairBatch, pairFeeds, pairInputs, teacherRowStarts } from "./distill.ts"
 import { type OpenModel, openModel } from "./model.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 
@@ -87,7 +88,7 @@ export const storedTeacherLogits = (model: OpenModel, set: TrajectorySet, opts: 
     const topIds = new Int32Array(rows * k)
     const tailMass = new Float32Array(rows)
     const starts = teacherRowStarts(set)
-    const padId = padIdOf(ckpt)
+    const padId = paddingId(ckpt.config)
     const started = performance.now()
     for (const batch of lengthSortedBatches(set, opts.batchSize)) {
       const b = pairBatch(set, batch, padId, starts)

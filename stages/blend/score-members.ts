@@ -16,6 +16,7 @@ import { type Device, runSession, scopedSession } from "../../src/runtime/sessio
 import { tensor } from "../../src/runtime/tensor.ts"
 import { type HeldOutSplit, HeldOutTokens, MemberLogProbs, memberLogProbsOutput, readHeldOut, scoredCount, type StoredMemberRows } from "./artifacts.ts"
 import { blendMemberInputs, blendMembers, checkFits, openMembers } from "./members.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 export interface ScoreOptions {
   readonly graphDir: string
@@ -37,7 +38,7 @@ export const scoreMemberRows = (members: ReadonlyArray<EnsembleMember>, vocab: n
     const targets = new Int32Array(rows)
     const tokensBack = new Int32Array(rows)
     const first = members[0].checkpoint.config
-    const pad = first.padTokenId ?? first.eosTokenIds[0] ?? 0
+    const pad = paddingId(first)
     let row = 0
     for (let start = 0; start < seqs.length; start += opts.batchSize) {
       const batch = seqs.slice(start, start + opts.batchSize)

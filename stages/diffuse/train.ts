@@ -33,12 +33,12 @@ import { createSession, type Device, releaseSession, runSession, scopedSession }
 import { stackMicroBatches, trainLoop } from "../../src/runtime/train-loop.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
 import { adapterOutput, BakedAdapter } from "../baking/artifacts.ts"
-import { padIdOf } from "../baking/distill.ts"
 import { optimizerFields } from "../baking/lora-train.ts"
 import { openModel } from "../baking/model.ts"
 import { checkRowsFit, rowFeeds, rowInputs, rowLogLikelihoods, rowShape, type TargetRow, targetRows } from "./batches.ts"
 import { type DiffuseContext, diffuseContexts } from "./contexts.ts"
 import { DiffusePrompts, targetEntropy } from "./prompts.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -135,7 +135,7 @@ export const lossEvaluator = (
     g.outputAs(LOG_LIKELIHOODS, rowLogLikelihoods(g, ckpt, forward, batch, o.batchSize, params))
     const file = yield* writeGraph(g, placement, trainable.length > 0 ? "diffuse-loss-trainable" : "diffuse-loss")
     const session = yield* createSession(file, { device: o.device, ...(o.threads ? { intraOpThreads: o.threads } : {}) })
-    const padId = padIdOf(ckpt)
+    const padId = paddingId(ckpt.config)
     const evaluate = (values?: Readonly<Record<string, ort.Tensor>>) =>
       Effect.gen(function* () {
         const missing = trainable.filter((n) => !values?.[n])
@@ -238,7 +238,7 @@ export const diffuseTrain = stage({
       )
       ctx.metric("optimal_loss", optimal)
 
-      const padId = padIdOf(ckpt)
+      const padId = paddingId(ckpt.config)
       const computedPerPass = byContext.reduce((n, rs) => n + stepFeeds(rs, M, params.batchSize, padId).computed, 0)
       const r = yield* trainLoop({
         session,

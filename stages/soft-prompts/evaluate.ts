@@ -10,11 +10,11 @@ import * as path from "node:path"
 import { Artifact, Directory, StageError, stage } from "../../src/engine/index.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { scopedSessions } from "../../src/runtime/session.ts"
-import { padIdOf } from "../baking/distill.ts"
 import { openModel } from "../baking/model.ts"
 import { checkTokenizer, Examples, readExamples } from "./examples.ts"
 import { Decoding, describeRollouts, rollOut, RolloutStats } from "./rollouts.ts"
 import { kOf, lossEvaluator, promptVariant, readSoftPrompt, SoftPrompt } from "./soft-prompt.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 
@@ -70,7 +70,7 @@ export const softPromptEvaluate = stage({
       const variant = promptVariant(ckpt, prompt, false)
       const graphDir = path.join(ctx.workDir, "graph")
       const evaluator = yield* Effect.acquireRelease(
-        lossEvaluator(variant, { graphDir, device: ctx.device, batchSize: params.batchSize, threads: params.threads, padId: padIdOf(ckpt), conditionSize: data.conditionSize }),
+        lossEvaluator(variant, { graphDir, device: ctx.device, batchSize: params.batchSize, threads: params.threads, padId: paddingId(ckpt.config), conditionSize: data.conditionSize }),
         (e) => e.release,
       )
       const test = yield* evaluator.evaluate(data.splits.test)

@@ -24,8 +24,8 @@ import { Artifact, ArtifactError, decodeArtifact, errorMessage, StageError, type
 import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/core/safetensors.ts"
 import { hashFile } from "../../src/engine/hash.ts"
 import type { Checkpoint } from "../../src/models/checkpoint.ts"
-import { padIdOf } from "../baking/distill.ts"
 import type { PathTask } from "./pathfinding.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 export const Examples = Artifact.tensors("SoftPromptExamples")
 
@@ -83,7 +83,7 @@ const tokenizerIdentity = (ckpt: Checkpoint): string => (ckpt.tokenizerFile === 
 
 /** The examples of `set`, tokenized with `ckpt`'s tokenizer (padded with its pad id). */
 export const examplesOutput = (set: ExampleSet, ckpt: Checkpoint): TensorsOutput => {
-  const padId = padIdOf(ckpt)
+  const padId = paddingId(ckpt.config)
   const tensors = new Map<string, Tensor>()
   for (const split of splits) {
     const xs = set.splits[split]

@@ -27,10 +27,10 @@ import { checkFinite } from "../../src/runtime/finite.ts"
 import { scopedSession } from "../../src/runtime/session.ts"
 import { trainLoop } from "../../src/runtime/train-loop.ts"
 import { makeRng } from "../../src/text/synthetic/random.ts"
-import { padIdOf } from "../baking/distill.ts"
 import { openModel } from "../baking/model.ts"
 import { checkTokenizer, Examples, readExamples } from "./examples.ts"
 import { lossBatch, lossBatchSpec, lossEvaluator, objectiveLoss, promptVariant, SoftPrompt, softPromptOutput, type SoftPromptValue, withValues } from "./soft-prompt.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 const PositiveInt = Schema.Int.check(Schema.isGreaterThan(0))
 const NonNegativeInt = Schema.Int.check(Schema.isGreaterThanOrEqualTo(0))
@@ -137,7 +137,7 @@ export const softPromptTrain = stage({
       })
       const threads = params.threads > 0 ? { intraOpThreads: params.threads } : {}
       const session = yield* scopedSession(yield* writeGraph(g, placement, "soft-prompt-train-step"), { device: ctx.device, ...threads })
-      const padId = padIdOf(ckpt)
+      const padId = paddingId(ckpt.config)
       const evaluator = yield* Effect.acquireRelease(
         lossEvaluator(variant, { graphDir, device: ctx.device, batchSize: params.validationBatchSize, threads: params.threads, padId, conditionSize: C }),
         (e) => e.release,

@@ -19,7 +19,7 @@ import { fromOrt, toOrt, trainLoop, type TrainLoopResult } from "../../src/runti
 import { ChatCorpusFile, configOf, LlamaWeights, materializeTokenizer, readCorpus, TokenizerJson } from "./artifacts.ts"
 import { rightPaddedDecoder } from "./llama-graph.ts"
 import { batchesPerEpoch, encodeChat, epochBatches, makeBatch, type TrainSequence } from "./chat-batches.ts"
-import { type ModelConfig, type ModelWeights, readWeight, weightsInFile } from "../../src/models/checkpoint.ts"
+import { type ModelConfig, type ModelWeights, paddingId, readWeight, weightsInFile } from "../../src/models/checkpoint.ts"
 import { allWeightRefs, paramWeights } from "../../src/models/forward.ts"
 
 const Positive = Schema.Int.check(Schema.isGreaterThan(0))
@@ -60,8 +60,7 @@ export interface TrainableModel {
 export const trainCausalLm = (params: typeof TrainLmParams.Type, ctx: StageContext, model: TrainableModel, seqs: ReadonlyArray<TrainSequence>, what: string) =>
   Effect.gen(function* () {
     const { config, weights } = model
-    if (config.padTokenId === undefined) return yield* Effect.fail(new StageError({ message: `${model.source}: the model config has no pad_token_id` }))
-    const padId = config.padTokenId
+    const padId = paddingId(config)
     const perEpoch = batchesPerEpoch(seqs.length, params.batchSize)
     const refs = allWeightRefs(weights)
     const names = refs.map((r) => r.name)
