@@ -24,11 +24,20 @@ export const encodeChat = (tokenizer: TextTokenizer, messages: ReadonlyArray<Cha
   return { ids, answerStart: promptIds.length }
 }
 
-/** Encodes a plain document as bos + text + eos, every token after bos trained; fails when it
+/**
+ * A plain document's tokens: bos + text + eos, or text + eos for a tokenizer without a bos token
+ * (Qwen's: its `tokenizer(text)` adds nothing). The first token is context only (bos, or the text's
+ * first token), every later one is trained or scored. Fails without an eos token.
+ */
+export const documentIds = (tokenizer: TextTokenizer, text: string): number[] => {
+  if (tokenizer.eos === undefined) throw new Error("the tokenizer has no eos token to end a document")
+  return [...(tokenizer.bos === undefined ? [] : [tokenizer.bos.id]), ...tokenizer.encode(text, { addSpecialTokens: false }), tokenizer.eos.id]
+}
+
+/** Encodes a plain document (documentIds), every token after the first trained; fails when it
  *  exceeds `maxLength` tokens. */
 export const encodeDocument = (tokenizer: TextTokenizer, text: string, maxLength: number): TrainSequence => {
-  if (tokenizer.bos === undefined || tokenizer.eos === undefined) throw new Error("the tokenizer has no bos or eos token to frame a document")
-  const ids = [tokenizer.bos.id, ...tokenizer.encode(text, { addSpecialTokens: false }), tokenizer.eos.id]
+  const ids = documentIds(tokenizer, text)
   if (ids.length > maxLength) throw new Error(`a document has ${ids.length} tokens, more than maxLength ${maxLength}: ${JSON.stringify(text.slice(0, 80))}...`)
   return { ids, answerStart: 1 }
 }

@@ -1,7 +1,7 @@
 // Stage: held-out perplexity of a model on the plain corpus's held-out documents (whole documents
 // never trained on, and bios stating known facts in phrasings never used for them in training).
-// Each document is scored as it is trained: bos + text + eos, every token after bos, teacher-forced
-// (src/models/scoring.ts). Perplexity = exp(total negative log-likelihood / total tokens), overall,
+// Each document is scored as it is trained (documentIds: bos + text + eos, text + eos for a tokenizer
+// without bos), every token after the first, teacher-forced (src/models/scoring.ts). Perplexity = exp(total negative log-likelihood / total tokens), overall,
 // per held-out kind and per genre.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
@@ -12,7 +12,9 @@ import { buildScoringGraph, scoreContinuations } from "../../src/models/scoring.
 import { checkFiniteRows } from "../../src/runtime/finite.ts"
 import { scopedSession } from "../../src/runtime/session.ts"
 import { LlamaWeights, materializeModel, TokenizerJson } from "../tiny-chat/artifacts.ts"
+import { documentIds } from "../tiny-chat/chat-batches.ts"
 import { PlainCorpusFile, readPlainCorpus } from "./plain-corpus.ts"
+import { paddingId } from "../../src/models/checkpoint.ts"
 
 const Perplexity = Schema.Struct({ perplexity: Schema.Number, nll: Schema.Number, tokens: Schema.Int, documents: Schema.Int })
 type Perplexity = typeof Perplexity.Type
@@ -41,20 +43,21 @@ export const evaluateText = stage({
     Effect.gen(function* () {
       const { checkpoint, tokenizer } = yield* materializeModel(path.join(ctx.workDir, "model"), inputs.model, inputs.tokenizer)
       const { heldOut } = yield* readPlainCorpus(inputs.texts.path)
-      if (tokenizer.bos === undefined || tokenizer.eos === undefined) return yield* Effect.fail(new StageError({ message: "the tokenizer has no bos or eos token to frame a document" }))
+      if (tokenizer.eos === undefined) return yield* Effect.fail(new StageError({ message: "the tokenizer has no eos token to end a document" }))
       const placement = yield* placeWeights(checkpoint, path.join(ctx.workDir, "graph"))
       const g = new Graph("heldout_perplexity")
       buildScoringGraph(g, checkpoint, placement, { topK: 1, chunk: 256 })
       const session = yield* scopedSession(yield* writeGraph(g, placement, "scoring"), params.threads > 0 ? { intraOpThreads: params.threads } : {})
-      const bos = tokenizer.bos.id
-      const eos = tokenizer.eos.id
       const rows: Array<{ nll: number; tokens: number; kind: string; genre: string }> = []
       for (let i = 0; i < heldOut.length; i += params.batchSize) {
         const docs = heldOut.slice(i, i + params.batchSize)
         const scores = yield* scoreContinuations(
           session,
-          docs.map((d) => ({ context: [bos], continuation: [...tokenizer.encode(d.text, { addSpecialTokens: false }), eos] })),
-          { padId: checkpoint.config.padTokenId ?? 0 },
+          docs.map((d) => {
+            const ids = documentIds(tokenizer, d.text)
+            return { context: ids.slice(0, 1), continuation: ids.slice(1) }
+          }),
+          { padId: paddingId(checkpoint.config) },
         )
         yield* checkFiniteRows(ctx.node, "held-out log-probs [document, token]", scores.map((s) => s.logProbs))
         scores.forEach((s, j) => rows.push({ nll: -s.sum, tokens: s.logProbs.length, kind: docs[j].heldout_kind, genre: docs[j].genre }))
