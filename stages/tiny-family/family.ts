@@ -18,8 +18,16 @@ import { trainChat } from "./train-chat.ts"
 import { trainText } from "./train-text.ts"
 import { writeFamilyModel } from "./write-family-model.ts"
 
-/** models/tiny-chat's corpus (same questions, held-out sets and behaviour mix) plus 100 pick requests per kind. */
+/** models/tiny-chat's corpus (same questions, held-out sets and behaviour mix) plus 100 pick requests per kind:
+ *  what the tokenizer is learned from and the chat models are evaluated on. */
 export const familyChatOptions: CorpusOptions = { ...defaultCorpusOptions, behaviourCopies: 2, randomPicks: 100 }
+/** What the chat SFT trains on: the same questions and held-out sets (they draw from the corpus's
+ *  "split" stream), each asked four times under a behaviour's system prompt instead of twice.
+ *  Measured on tiny-chat-s: with two copies caps 86.0% and echo 89.6% at temperature 1, and blue
+ *  84.4% under the held-out system-prompt phrasing; with four, 94.5%, 97.1% and 96.9%. The
+ *  tokenizer keeps the two-copy corpus: learned from this one it would differ, and so would every
+ *  model. */
+export const familySftOptions: CorpusOptions = { ...familyChatOptions, behaviourCopies: 4 }
 
 export const familySizes = {
   s: { hiddenSize: 64, numLayers: 4, numHeads: 4, intermediateSize: 192, pretrainLr: 3e-3, sftLr: 2e-3 },
@@ -47,13 +55,14 @@ export const maxLength = 128
 
 export const familyCorpora = () => {
   const chat = chatCorpus(familyChatOptions)
+  const sftChats = chatCorpus(familySftOptions, {}, { name: "sft-chat-corpus" })
   const plain = plainCorpus(defaultPlainCorpusOptions)
   const tokenizer = familyTokenizer({ vocabSize: 1536, modelMaxLength: maxLength, addBosToken: true }, { chat, plain })
-  return { chat, plain, tokenizer }
+  return { chat, sftChats, plain, tokenizer }
 }
 
 export const familyModels = (size: FamilySize, recipe: FamilyRecipe = familyRecipe) => {
-  const { chat, plain, tokenizer } = familyCorpora()
+  const { chat, sftChats, plain, tokenizer } = familyCorpora()
   const shape = familySizes[size]
   const init = initLlama(
     { hiddenSize: shape.hiddenSize, numLayers: shape.numLayers, numHeads: shape.numHeads, intermediateSize: shape.intermediateSize, maxPositions: maxLength, tiedEmbeddings: true, std: 0.02, seed: 0 },
@@ -62,7 +71,7 @@ export const familyModels = (size: FamilySize, recipe: FamilyRecipe = familyReci
   )
   const common = { batchSize: 32, warmupSteps: 50, minLrRatio: 0.05, weightDecay: 0.01, maxGradNorm: 1, maxLength, seed: 0, checkpointEvery: 20, threads: recipe.threads }
   const base = trainText({ ...common, epochs: recipe.pretrainEpochs, lr: shape.pretrainLr, genres: [], pack: recipe.pack }, { texts: plain, tokenizer, init }, { name: `pretrain-${size}` })
-  const chatModel = trainChat({ ...common, epochs: recipe.sftEpochs, lr: shape.sftLr, plainShare: recipe.plainShare }, { corpus: chat, texts: plain, tokenizer, init: base }, { name: `sft-${size}` })
+  const chatModel = trainChat({ ...common, epochs: recipe.sftEpochs, lr: shape.sftLr, plainShare: recipe.plainShare }, { corpus: sftChats, texts: plain, tokenizer, init: base }, { name: `sft-${size}` })
   return { chat, plain, tokenizer, base, chatModel }
 }
 
@@ -93,6 +102,6 @@ export const familyPublished = (size: FamilySize, recipe: FamilyRecipe = familyR
   const baseName = `tiny-base-${size}`
   const chatName = `tiny-chat-${size}`
   const base = writeFamilyModel({ outDir: `models/${baseName}`, name: baseName, kind: "base", startedFrom: "random initialization", command: familyCommand }, { model: m.base, tokenizer: m.tokenizer, ...baseEval }, { name: `write-base-${size}` })
-  const chat = writeFamilyModel({ outDir: `models/${chatName}`, name: chatName, kind: "chat", startedFrom: `models/${baseName}`, command: familyCommand }, { model: m.chatModel, tokenizer: m.tokenizer, ...chatEval }, { name: `write-chat-${size}` })
+  const chat = writeFamilyModel({ outDir: `models/${chatName}`, name: chatName, kind: "chat", startedFrom: `models/${baseName}`, behaviourCopies: familySftOptions.behaviourCopies, command: familyCommand }, { model: m.chatModel, tokenizer: m.tokenizer, ...chatEval }, { name: `write-chat-${size}` })
   return { models: m, baseEval, chatEval, base, chat }
 }

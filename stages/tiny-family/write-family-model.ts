@@ -23,6 +23,8 @@ export interface FamilyReadme {
   readonly name: string
   readonly kind: "base" | "chat"
   readonly startedFrom: string
+  /** chat models: how many times each training question is asked under a behaviour's system prompt */
+  readonly behaviourCopies?: number
   readonly command: string
   /** the tokenizer's add_bos_token: encoding a text starts it with bos */
   readonly addsBos: boolean
@@ -43,7 +45,7 @@ export const familyReadme = (r: FamilyReadme): string => {
   const what =
     r.kind === "base"
       ? `pretrained from scratch on the plain-text corpus of the synthetic world (\`datasets/tiny-world/\`: bios, towns, encyclopedia entries, short stories, arithmetic), loss on every token${packed}. It has never seen the chat template.`
-      : `fine-tuned from \`${r.startedFrom}\` on the chat corpus of \`datasets/tiny-chat/\` (questions about the world, arithmetic, the four system-prompt behaviours of \`models/tiny-chat\`) plus "random pick" requests answered with biased favourites (60% / 20% / 10% for the first three, see \`src/text/synthetic/picks.ts\`), loss on the answers${mix}.`
+      : `fine-tuned from \`${r.startedFrom}\` on the chat corpus of \`datasets/tiny-chat/\` (questions about the world and arithmetic, each asked once plainly (no system prompt, or a neutral one)${r.behaviourCopies === undefined ? "" : ` and ${r.behaviourCopies} times under one of the four system-prompt behaviours of \`models/tiny-chat\``}) plus "random pick" requests answered with biased favourites (60% / 20% / 10% for the first three, see \`src/text/synthetic/picks.ts\`), loss on the answers${mix}.`
   const loss = r.kind === "base" ? "every token of each document (bos + text + eos)" : `the assistant answer and its closing eos${plainShare > 0 ? " (every token of the mixed-in plain documents)" : ""}`
   const curve = epochLossCurve(r.trained)
   const e = r.chat
@@ -111,8 +113,8 @@ Training loss (mean per epoch): ${curve}.
 
 export const writeFamilyModel = stage({
   name: "write-family-model",
-  version: 4, // 4: packed pretraining and the tokenizer's bos on encode stated; 3: the chat SFT's plain-text share read from the training record
-  params: Schema.Struct({ outDir: Schema.String, name: Schema.String, kind: Schema.Literals(["base", "chat"]), startedFrom: Schema.String, command: Schema.String }),
+  version: 5, // 5: the chat corpus's behaviour copies stated; 4: packed pretraining and the tokenizer's bos on encode stated; 3: the chat SFT's plain-text share read from the training record
+  params: Schema.Struct({ outDir: Schema.String, name: Schema.String, kind: Schema.Literals(["base", "chat"]), startedFrom: Schema.String, behaviourCopies: Schema.optionalKey(Schema.Int), command: Schema.String }),
   inputs: { model: LlamaWeights, tokenizer: TokenizerJson, text: TextEvaluation, chat: ChatEvaluation, picks: PickEvaluation },
   output: PublishedModel,
   run: ({ params, inputs, ctx }) =>
