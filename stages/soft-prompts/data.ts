@@ -4,7 +4,8 @@
 // them.
 //
 //   text-examples         next-token (skip = 0) or skip-s targets on a JSON Lines text set: lines
-//                         {"text"} (BOS + text, every token after BOS scored; other fields ignored, so the
+//                         {"text"} (BOS + text, every token after BOS scored; or, with `bos: false`, the
+//                         text alone, every token after its first scored; other fields ignored, so the
 //                         family's corpus datasets/tiny-world/*.jsonl reads as is) or
 //                         {"prompt", "completion"} (the completion scored, the prompt context)
 //   repetition-examples   a fixed string repeated to the sample length, windows at every phase
@@ -44,10 +45,16 @@ const decodeLine = Schema.decodeUnknownResult(Schema.fromJsonString(TextLine))
 
 export const textExamples = stage({
   name: "text-examples",
-  version: 3,
+  version: 4, // 4: `bos`
   params: Schema.Struct({
     /** 0: next-token targets; s > 0: the token s + 1 ahead */
     skip: NonNegativeInt,
+    /**
+     * a {"text"} line starts with the model's BOS (true), as pretraining framed each document, or is
+     * the text alone (false): a soft prompt then sits right before the text's first token, where
+     * BOS would be, with nothing between them (the first token, predicted by neither, is not scored)
+     */
+    bos: Schema.Boolean,
     /** longest sample in tokens (longer texts are cut) */
     length: PositiveInt,
     ...SplitSizes,
@@ -66,13 +73,13 @@ export const textExamples = stage({
         const r = decodeLine(line)
         if (r._tag === "Failure") return yield* Effect.fail(new StageError({ message: `${file}:${i + 1}: expected {"text": ...} or {"prompt": ..., "completion": ...}: ${r.failure.message}` }))
         const v = r.success
-        // a plain text starts with the model's BOS, as pretraining framed every document, whether or
-        // not the tokenizer adds one itself (the first family's did not: without BOS tiny-base-s's
-        // loss on its own corpus rose and one soft-prompt vector won 10% back by standing in for it);
-        // a prompt is taken as written (a rendered chat prompt carries its own special tokens)
+        // with `bos`, a plain text starts with the model's BOS whether or not the tokenizer adds one
+        // itself (the first family's did not: without BOS tiny-base-s's loss on its own corpus rose
+        // and one soft-prompt vector won 10% back by standing in for it); a prompt is taken as
+        // written (a rendered chat prompt carries its own special tokens)
         const [context, scored] =
           "text" in v
-            ? [[], [...(bos === undefined ? [] : [bos]), ...tokenizer.encode(v.text, { addSpecialTokens: false })]]
+            ? [[], [...(params.bos && bos !== undefined ? [bos] : []), ...tokenizer.encode(v.text, { addSpecialTokens: false })]]
             : [tokenizer.encode(v.prompt, { addSpecialTokens: false }), tokenizer.encode(v.completion, { addSpecialTokens: false })]
         const ids = [...context, ...scored].slice(0, params.length)
         // "text": the first token has no context to be predicted from

@@ -47,6 +47,13 @@ export const defaults = {
   // words in an order no document has are what "unnatural but producible" means for this vocabulary.
   repetition: { text: "painter Binwick soup green", length: 32, train: 64, validation: 16, test: 32, seed: 0 },
   pathfinding: { ...grids, train: 4096, validation: 64, test: 256, seed: 0 },
+  // Detuning scores the texts without bos, so the prompt sits right before the text as the seed's
+  // does (it inserts its prompt at a random position inside each sample, never with a bos between
+  // it and the text that follows). In front of a bos it can do little: a model pretrained on
+  // packed rows learns that nothing before a bos bears on what follows, and the chat tune leaves
+  // that reset intact. tiny-chat-s against tiny-base-s: with bos, +14.9% at k = 0 and +13.4% with
+  // the best prompt; without, +18.7% at k = 0 and +0.5% at k = 16
+  detuningBos: false,
   train: {
     init: "zero",
     hidden: 128,
@@ -105,9 +112,9 @@ export const softPromptExperiment = () => {
   const corpus = external.file("datasets/tiny-world/train.jsonl", { name: "corpus" })
   const d = defaults
 
-  const ownExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model, texts: corpus }, { name: "own_examples" })
-  const skipExamples = textExamples({ ...d.split, skip: 1, length: d.length }, { model, texts: corpus }, { name: "skip_examples" })
-  const detuneExamples = textExamples({ ...d.split, skip: 0, length: d.length }, { model: chat, texts: corpus }, { name: "detuning_examples" })
+  const ownExamples = textExamples({ ...d.split, skip: 0, bos: true, length: d.length }, { model, texts: corpus }, { name: "own_examples" })
+  const skipExamples = textExamples({ ...d.split, skip: 1, bos: true, length: d.length }, { model, texts: corpus }, { name: "skip_examples" })
+  const detuneExamples = textExamples({ ...d.split, skip: 0, bos: d.detuningBos, length: d.length }, { model: chat, texts: corpus }, { name: "detuning_examples" })
   const repeatExamples = repetitionExamples(d.repetition, { model }, { name: "repetition_examples" })
   const pathExamples = pathfindingExamples(d.pathfinding, { model: navigator }, { name: "pathfinding_examples" })
 

@@ -60,10 +60,11 @@ const texts = () => {
 
 const shipped = path.join(repo, "models/tiny-chat")
 
-const skipData = async (model: string) => {
-  const out = await Effect.runPromise(textExamples.spec.run({ params: { skip: 1, length: 24, train: 24, validation: 8, test: 8, seed: 0 }, inputs: { model: inputRef(model), texts: texts() }, ctx: stageContext(dir("skip-data")) }))
-  return tensorsValue(out as TensorsOutput, dir("skip-data-out"))
+const textData = async (model: string, params: { skip: number; bos: boolean }, name: string) => {
+  const out = await Effect.runPromise(textExamples.spec.run({ params: { ...params, length: 24, train: 24, validation: 8, test: 8, seed: 0 }, inputs: { model: inputRef(model), texts: texts() }, ctx: stageContext(dir(name)) }))
+  return tensorsValue(out as TensorsOutput, dir(`${name}-out`))
 }
+const skipData = (model: string) => textData(model, { skip: 1, bos: true }, "skip-data")
 
 const pathData = async (model: string) => {
   const params = { size: 4, wallDensity: 0.2, minOptimal: 2, maxMoves: 8, detourFraction: 0.5, greed: 0.6, train: 24, validation: 8, test: 6, seed: 0 }
@@ -166,6 +167,25 @@ describe("soft-prompt-train and soft-prompt-evaluate", () => {
     // float32 graph against float64: ~1e-6 relative per log-prob, 1e-5 on the mean leaves a margin
     expect(Math.abs(result.testLoss - nll / n)).toBeLessThan(1e-5 * (nll / n))
     expect(result.rollouts).toEqual([])
+  })
+
+  it("text-examples with bos: false: each text line without its BOS, scored from its second token (what the prompt then stands right before)", async () => {
+    const model = await modelDir()
+    const withBos = await Effect.runPromise(readExamples(await textData(model, { skip: 0, bos: true }, "bos-data")))
+    const without = await Effect.runPromise(readExamples(await textData(model, { skip: 0, bos: false }, "no-bos-data")))
+    const all = (set: typeof withBos) => [...set.splits.train, ...set.splits.validation, ...set.splits.test]
+    const scored = (x: { targets: ReadonlyArray<number> }) => x.targets.filter((t) => t >= 0)
+    // the same lines in the same order (the shuffle depends on the seed and the count only)
+    const pairs = all(withBos).map((x, i) => [x, all(without)[i]] as const)
+    const texts = pairs.filter(([x]) => x.ids[0] === 1)
+    expect(texts).toHaveLength(26)
+    for (const [x, y] of texts) {
+      expect(y.ids).toEqual(x.ids.slice(1))
+      // with BOS every text token is scored; without, all but the first
+      expect(scored(y)).toEqual(scored(x).slice(1))
+    }
+    // prompt lines are taken as written either way
+    for (const [x, y] of pairs.filter(([x]) => x.ids[0] !== 1)) expect(y).toEqual(x)
   })
 
   it("refuses examples tokenized with another model's tokenizer (a base model scored on a chat model's ids)", async () => {
