@@ -163,8 +163,6 @@ export const lengthSortedBatches = (set: TrajectorySet, batchSize: number): numb
   return out
 }
 
-/** The model's padding id (any id works: padded positions are masked out). */
-
 // ------------------------------------------------------------------------------ graph pieces
 
 /** Names and specs of the batch inputs (distinct symbolic dims: onnxruntime equates equal names). */

@@ -1,11 +1,12 @@
 // Stage: held-out perplexity of a model on the plain corpus's held-out documents (whole documents
 // never trained on, and bios stating known facts in phrasings never used for them in training).
-// Each document is scored as it is trained (documentIds: bos + text + eos, text + eos for a tokenizer
-// without bos), every token after the first, teacher-forced (src/models/scoring.ts). Perplexity = exp(total negative log-likelihood / total tokens), overall,
-// per held-out kind and per genre.
+// Each document is scored as it is trained (documentIds: bos + text + eos, text + eos for a
+// tokenizer without bos), every token after the first, teacher-forced (src/models/scoring.ts).
+// Perplexity = exp(total negative log-likelihood / total tokens), overall, per held-out kind and
+// per genre.
 import { Effect, Schema } from "effect"
 import * as path from "node:path"
-import { Artifact, StageError, stage } from "../../src/engine/index.ts"
+import { Artifact, errorMessage, StageError, stage } from "../../src/engine/index.ts"
 import { Graph } from "../../src/graph/index.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { buildScoringGraph, scoreContinuations } from "../../src/models/scoring.ts"
@@ -43,7 +44,12 @@ export const evaluateText = stage({
     Effect.gen(function* () {
       const { checkpoint, tokenizer } = yield* materializeModel(path.join(ctx.workDir, "model"), inputs.model, inputs.tokenizer)
       const { heldOut } = yield* readPlainCorpus(inputs.texts.path)
-      if (tokenizer.eos === undefined) return yield* Effect.fail(new StageError({ message: "the tokenizer has no eos token to end a document" }))
+      // every document framed first, so a tokenizer without eos fails before any graph is built
+      const framed = yield* Effect.try({
+        try: () => heldOut.map((d) => documentIds(tokenizer, d.text)),
+        catch: (e) => new StageError({ message: errorMessage(e) }),
+      })
+      const padId = paddingId(checkpoint.config)
       const placement = yield* placeWeights(checkpoint, path.join(ctx.workDir, "graph"))
       const g = new Graph("heldout_perplexity")
       buildScoringGraph(g, checkpoint, placement, { topK: 1, chunk: 256 })
@@ -53,11 +59,8 @@ export const evaluateText = stage({
         const docs = heldOut.slice(i, i + params.batchSize)
         const scores = yield* scoreContinuations(
           session,
-          docs.map((d) => {
-            const ids = documentIds(tokenizer, d.text)
-            return { context: ids.slice(0, 1), continuation: ids.slice(1) }
-          }),
-          { padId: paddingId(checkpoint.config) },
+          framed.slice(i, i + params.batchSize).map((ids) => ({ context: ids.slice(0, 1), continuation: ids.slice(1) })),
+          { padId },
         )
         yield* checkFiniteRows(ctx.node, "held-out log-probs [document, token]", scores.map((s) => s.logProbs))
         scores.forEach((s, j) => rows.push({ nll: -s.sum, tokens: s.logProbs.length, kind: docs[j].heldout_kind, genre: docs[j].genre }))
