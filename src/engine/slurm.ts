@@ -23,7 +23,7 @@
 // on the cache adopts them (the claim of the dead run goes stale, then submitted.json names the job).
 import { Effect } from "effect"
 import { execFile } from "node:child_process"
-import { appendFileSync, existsSync, mkdirSync, readFileSync, rmSync, symlinkSync } from "node:fs"
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs"
 import { createRequire } from "node:module"
 import { join } from "node:path"
 import { pathToFileURL } from "node:url"
@@ -121,6 +121,29 @@ export const slurmJobStates = async (ids: ReadonlyArray<string>): Promise<Map<st
     if (id && state) states.set(id, { state, reason: reason ?? "" })
   }
   return states
+}
+
+/**
+ * Cache keys whose Slurm job may still be computing in its work dir: a job directory with
+ * submitted.json and no result.json whose job squeue does not report finished (or forgotten). A
+ * coordinator killed outright leaves such jobs running until the next run adopts them, so `pipe gc`
+ * must keep their work dirs. When squeue cannot be asked, every such key is kept and `unasked` says why.
+ */
+export const runningSlurmJobs = async (cacheDir: string): Promise<{ readonly keys: ReadonlySet<string>; readonly unasked?: string }> => {
+  const root = join(cacheDir, "slurm")
+  if (!existsSync(root)) return { keys: new Set() }
+  const submitted = new Map<string, string>() // job id -> key
+  for (const key of readdirSync(root)) {
+    const files = jobFiles(join(root, key))
+    if (key === "arrays" || !existsSync(files.submitted) || existsSync(files.result)) continue
+    submitted.set((JSON.parse(readFileSync(files.submitted, "utf8")) as { job: string }).job, key)
+  }
+  try {
+    const states = await slurmJobStates([...submitted.keys()])
+    return { keys: new Set([...submitted].filter(([job]) => states.has(job) && !TERMINAL.has(states.get(job)!.state)).map(([, key]) => key)) }
+  } catch (e) {
+    return { keys: new Set(submitted.values()), unasked: errorMessage(e) }
+  }
 }
 
 const shellQuote = (s: string) => `'${s.replaceAll("'", `'\\''`)}'`

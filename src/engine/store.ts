@@ -761,10 +761,10 @@ export class Store extends Payloads {
 
   /**
    * Deletes payload files and artifact rows no cache entry refers to, and the work directories of nodes
-   * that were interrupted (none a live run has claimed). Refuses (CacheError) when the database looks
-   * like it lost its entries. Returns what was freed.
+   * that were interrupted (none a live run has claimed, none in `keep`: keys whose job still runs without
+   * a coordinator). Refuses (CacheError) when the database looks like it lost its entries. Returns what was freed.
    */
-  gc(): { files: number; workDirs: number; bytes: number } {
+  gc(keep: ReadonlySet<string> = new Set()): { files: number; workDirs: number; bytes: number } {
     const payloads = payloadFiles(this.objectsDir)
     const refusal = this.gcRefusal(payloads)
     if (refusal !== undefined) throw new CacheError({ path: this.dbPath, message: refusal })
@@ -787,7 +787,7 @@ export class Store extends Payloads {
     const claimed = this.liveClaims()
     let workDirs = 0
     for (const key of readdirSync(this.workRoot)) {
-      if (claimed.has(key)) continue
+      if (claimed.has(key) || keep.has(key)) continue
       const dir = join(this.workRoot, key)
       bytes += du(dir)
       rmSync(dir, { recursive: true, force: true })

@@ -250,6 +250,32 @@ describe("small items", () => {
     store.close()
   })
 
+  it("gc keeps the work directory of a submitted Slurm job while it cannot tell that the job is over", async () => {
+    // a coordinator killed outright leaves job.json + submitted.json and the job computing in work/<key>
+    const store = new Store(sb.cacheDir)
+    const running = "c".repeat(64)
+    const finished = "d".repeat(64)
+    for (const key of [running, finished]) {
+      mkdirSync(store.workDir(key), { recursive: true })
+      writeFileSync(join(store.workDir(key), "checkpoint.bin"), new Uint8Array(1000))
+      mkdirSync(join(sb.cacheDir, "slurm", key), { recursive: true })
+      writeFileSync(join(sb.cacheDir, "slurm", key, "submitted.json"), JSON.stringify({ job: key === running ? "41" : "42" }))
+    }
+    writeFileSync(join(sb.cacheDir, "slurm", finished, "result.json"), "{}") // its job is done: the work dir can go
+    store.close()
+    // no controller to ask (the real-cluster case is in tests/slurm): squeue fails as it does when
+    // slurmctld is down, so the job may still be running
+    const bin = join(sb.dir, "bin")
+    mkdirSync(bin)
+    writeFileSync(join(bin, "squeue"), "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n", { mode: 0o755 })
+    const gc = await cli(sb, ["gc"], { PATH: `${bin}:${process.env.PATH}` })
+    expect(gc.code, gc.stderr).toBe(0)
+    expect(gc.stdout).toContain("and 1 work directories of interrupted nodes")
+    expect(gc.stdout).toMatch(/kept the work directories of 1 submitted Slurm jobs whose state squeue cannot give \(squeue: slurm_load_jobs error: Unable to contact slurm controller \(connect failure\)\)$/m)
+    expect(existsSync(join(sb.cacheDir, "work", running, "checkpoint.bin"))).toBe(true)
+    expect(existsSync(join(sb.cacheDir, "work", finished))).toBe(false)
+  })
+
   it("a cache this user cannot write: ls, show and status work, run names the path", async (ctx) => {
     try {
       execFileSync("runuser", ["-u", "nobody", "--", "true"], { stdio: "pipe" })

@@ -1,7 +1,7 @@
 // `pipe run --executor slurm` against a real single-machine Slurm cluster (scripts/slurm-up.sh brings
 // it up, or finds it up; these tests fail, never skip, when it cannot start): the same results and
 // cache keys as the local executors, a job cancelled mid-training resubmitted and resumed from its
-// checkpoint, a job requeued by Slurm waited for, a killed coordinator's job adopted by the next run,
+// checkpoint, a job requeued by Slurm waited for, a killed coordinator's job kept by gc and adopted by the next run,
 // a failing or crashing job failing its node with its log's tail, Ctrl-C cancelling the jobs.
 import { execFileSync } from "node:child_process"
 import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
@@ -145,10 +145,14 @@ describe("pipe run --executor slurm", () => {
   }, 600_000)
 
   it("a coordinator killed outright leaves its job running; the next run adopts it instead of submitting it again", async () => {
-    const { sb, run: first, openGate, job } = await trainingAtGate()
+    const { sb, run: first, openGate, job, key } = await trainingAtGate()
     first.child.kill("SIGKILL")
     await first.done
     expect(squeueState(job)).toBe("RUNNING")
+    // gc between the runs leaves the running job's work dir (its checkpoint) alone
+    const gc = await cli(sb, ["gc"])
+    expect(gc.stdout).toContain("kept the work directories of 1 Slurm jobs still running")
+    expect(checkpointStep(sb, key)).toBe(10)
     const second = startTraining(sb)
     await until("the second run to start train", () => second.output().includes("start    train"), 120_000)
     // pipe status names the job computing the node
