@@ -110,8 +110,11 @@ export const sortRows = (t: Table, keys: ReadonlyArray<string>): Table => {
 
 // ---- rendering -----------------------------------------------------------------------------------
 
+/** A 0..1 rate as a percentage: 0.9774 -> "97.7%". */
+export const percent = (rate: number, digits = 1): string => `${(100 * rate).toFixed(digits)}%`
+
 const number = (v: number, f: ColumnFormat): string => {
-  if (f.percent) return `${(100 * v).toFixed(f.digits ?? 1)}%`
+  if (f.percent) return percent(v, f.digits)
   if (f.digits !== undefined) return v.toFixed(f.digits)
   // four significant digits unless the value is an integer: a table is for comparing, not for copying
   return Number.isInteger(v) ? String(v) : String(Number(v.toPrecision(4)))

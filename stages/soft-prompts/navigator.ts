@@ -14,6 +14,7 @@ import { Effect, Schema } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Artifact, decodeArtifact, stage } from "../../src/engine/index.ts"
+import { percent } from "../../src/engine/table.ts"
 import { makeGenerator } from "../../src/models/generate.ts"
 import { scopedSessions } from "../../src/runtime/session.ts"
 import { LlamaWeights, materializeModel, TokenizerJson } from "../tiny-chat/artifacts.ts"
@@ -88,7 +89,6 @@ export const evaluateNavigator = stage({
     }).pipe(Effect.scoped),
 })
 
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`
 
 export const navigatorReadme = (r: {
   readonly name: string
@@ -100,7 +100,7 @@ export const navigatorReadme = (r: {
 }) => {
   const rows = r.evaluation.rollouts.map(
     (s) =>
-      `| ${decodingLabel(s)} | ${pct(s.validity)} | ${pct(s.legal)} | ${s.lengthRatio.toFixed(3)} | ${s.meanMoves.toFixed(1)} (${s.meanOptimal.toFixed(1)}) |`,
+      `| ${decodingLabel(s)} | ${percent(s.validity)} | ${percent(s.legal)} | ${s.lengthRatio.toFixed(3)} | ${s.meanMoves.toFixed(1)} (${s.meanOptimal.toFixed(1)}) |`,
   )
   const g = r.evaluation.grids
   return `# ${r.name}

@@ -8,6 +8,7 @@ import { createHash } from "node:crypto"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { Artifact, decodeArtifact, stage, type TensorsValue } from "../../src/engine/index.ts"
+import { percent } from "../../src/engine/table.ts"
 import { fromNumbers, toFloat32 } from "../../src/core/safetensors.ts"
 import type { ModelConfig } from "../../src/models/checkpoint.ts"
 import { type WeightDType, writeConfigFiles, writeWeightFiles } from "../../src/models/init.ts"
@@ -23,7 +24,6 @@ export const PublishedModel = Artifact.json(
 /** The issue-5 bars. */
 export const bars = { withPrompt: 0.9, withoutPrompt: 0.05, accuracy: 0.8 } as const
 
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`
 
 export const passesBars = (e: typeof ChatEvaluation.schema.Type): boolean =>
   e.accuracy.rate >= bars.accuracy &&
@@ -54,7 +54,7 @@ const readme = (
   const ok = (pass: boolean) => (pass ? "yes" : "**no**")
   const rows = behaviourNames.map(
     (b) =>
-      `| ${b} | ${pct(e.withPrompt[b].rate)} (${e.withPrompt[b].hits}/${e.withPrompt[b].n}) | ${pct(e.withHeldOutPrompt[b].rate)} (${e.withHeldOutPrompt[b].hits}/${e.withHeldOutPrompt[b].n}) | ${pct(e.withoutPrompt[b].rate)} (${e.withoutPrompt[b].hits}/${e.withoutPrompt[b].n}) | ${ok(e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)} |`,
+      `| ${b} | ${percent(e.withPrompt[b].rate)} (${e.withPrompt[b].hits}/${e.withPrompt[b].n}) | ${percent(e.withHeldOutPrompt[b].rate)} (${e.withHeldOutPrompt[b].hits}/${e.withHeldOutPrompt[b].n}) | ${percent(e.withoutPrompt[b].rate)} (${e.withoutPrompt[b].hits}/${e.withoutPrompt[b].n}) | ${ok(e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)} |`,
   )
   const curve = epochLossCurve(trained)
   return `# tiny-chat: the embedded default model
@@ -89,11 +89,11 @@ answers sampled at temperature ${e.temperature}; accuracy is over greedy answers
 
 | | measured | bar | met |
 | --- | --- | --- | --- |
-| accuracy, greedy, no system prompt | ${pct(e.accuracy.rate)} (${e.accuracy.hits}/${e.accuracy.n}) | >= ${pct(bars.accuracy)} | ${ok(e.accuracy.rate >= bars.accuracy)} |
+| accuracy, greedy, no system prompt | ${percent(e.accuracy.rate)} (${e.accuracy.hits}/${e.accuracy.n}) | >= ${percent(bars.accuracy)} | ${ok(e.accuracy.rate >= bars.accuracy)} |
 
-Accuracy by task: ${Object.entries(e.accuracyByTask).map(([t, r]) => `${t} ${pct(r.rate)} (${r.hits}/${r.n})`).join(", ")}.
+Accuracy by task: ${Object.entries(e.accuracyByTask).map(([t, r]) => `${t} ${percent(r.rate)} (${r.hits}/${r.n})`).join(", ")}.
 
-| behaviour | with its system prompt (bar >= ${pct(bars.withPrompt)}) | of which held-out prompt phrasing | without a system prompt (bar <= ${pct(bars.withoutPrompt)}) | met |
+| behaviour | with its system prompt (bar >= ${percent(bars.withPrompt)}) | of which held-out prompt phrasing | without a system prompt (bar <= ${percent(bars.withoutPrompt)}) | met |
 | --- | --- | --- | --- | --- |
 ${rows.join("\n")}
 

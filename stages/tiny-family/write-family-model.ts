@@ -7,6 +7,7 @@
 // publishes identical files.
 import { Effect, Schema } from "effect"
 import { decodeArtifact, stage } from "../../src/engine/index.ts"
+import { percent } from "../../src/engine/table.ts"
 import type { ModelConfig } from "../../src/models/checkpoint.ts"
 import { behaviourNames } from "../../src/text/behaviours.ts"
 import { favouriteShares } from "../../src/text/synthetic/picks.ts"
@@ -16,8 +17,7 @@ import { bars, epochLossCurve, parameterCount, PublishedModel, publishModelDir, 
 import { PickEvaluation } from "./evaluate-picks.ts"
 import { TextEvaluation } from "./evaluate-text.ts"
 
-const pct = (x: number) => `${(100 * x).toFixed(1)}%`
-const rate = (r: { rate: number; hits: number; n: number }) => `${pct(r.rate)} (${r.hits}/${r.n})`
+const rate = (r: { rate: number; hits: number; n: number }) => `${percent(r.rate)} (${r.hits}/${r.n})`
 
 export interface FamilyReadme {
   readonly name: string
@@ -40,7 +40,7 @@ export const familyReadme = (r: FamilyReadme): string => {
   const c = r.config
   // train-chat records the share it mixed in; train-lm (no plain documents) records none
   const plainShare = typeof r.trained.train_params.plainShare === "number" ? r.trained.train_params.plainShare : 0
-  const mix = plainShare > 0 ? `; plain documents of the corpus are mixed in, ${pct(plainShare)} as many as the chats (loss on every token), so that it keeps most of its base's plain-text ability` : ""
+  const mix = plainShare > 0 ? `; plain documents of the corpus are mixed in, ${percent(plainShare)} as many as the chats (loss on every token), so that it keeps most of its base's plain-text ability` : ""
   const packed = r.trained.train_params.pack === true ? `, documents packed several to a ${r.trained.train_params.maxLength}-token row (so it has read text before a bos, as real pretrained models have)` : ""
   const what =
     r.kind === "base"
@@ -54,7 +54,7 @@ export const familyReadme = (r: FamilyReadme): string => {
   )
   const pickRows = Object.entries(r.picks.kinds).map(
     ([kind, k]) =>
-      `| ${kind} | ${k.valid === 0 ? "no valid answer | -" : `${k.top} ${pct(k.topShare)} | ${k.entropyBits.toFixed(2)}`} | ${k.trainedEntropyBits.toFixed(2)} | ${k.uniformEntropyBits.toFixed(2)} | ${k.invalid} |`,
+      `| ${kind} | ${k.valid === 0 ? "no valid answer | -" : `${k.top} ${percent(k.topShare)} | ${k.entropyBits.toFixed(2)}`} | ${k.trainedEntropyBits.toFixed(2)} | ${k.uniformEntropyBits.toFixed(2)} | ${k.invalid} |`,
   )
   return `# ${r.name}
 
@@ -78,9 +78,9 @@ token after bos): **${r.text.overall.perplexity.toFixed(3)}** over ${r.text.over
 (${Object.entries(r.text.byKind).map(([k, p]) => `${k} ${p.perplexity.toFixed(3)}`).join(", ")}; by genre ${Object.entries(r.text.byGenre).map(([k, p]) => `${k} ${p.perplexity.toFixed(3)}`).join(", ")}).
 
 Greedy held-out question accuracy in chat format, no system prompt${r.kind === "base" ? " (the base model given the same chat-format prompt)" : ""}: **${rate(e.accuracy)}**
-(${Object.entries(e.accuracyByTask).map(([t, a]) => `${t} ${rate(a)}`).join(", ")}; bar for the chat models >= ${pct(bars.accuracy)}).
+(${Object.entries(e.accuracyByTask).map(([t, a]) => `${t} ${rate(a)}`).join(", ")}; bar for the chat models >= ${percent(bars.accuracy)}).
 
-Behaviours, answers sampled at temperature ${e.temperature} (bars for the chat models: >= ${pct(bars.withPrompt)} with, <= ${pct(bars.withoutPrompt)} without):
+Behaviours, answers sampled at temperature ${e.temperature} (bars for the chat models: >= ${percent(bars.withPrompt)} with, <= ${percent(bars.withoutPrompt)} without):
 
 | behaviour | with its system prompt | of which held-out prompt phrasing | without a system prompt | met |
 | --- | --- | --- | --- | --- |
@@ -88,7 +88,7 @@ ${behaviourRows.join("\n")}
 
 "Random pick" requests (held-out phrasings, ${r.picks.samples} answers per kind sampled at temperature ${r.picks.temperature},
 no system prompt; entropy in bits over the valid answers; trained: the corpus's own distribution,
-favourites ${favouriteShares.map(pct).join(" / ")}):
+favourites ${favouriteShares.map((s) => percent(s)).join(" / ")}):
 
 | kind | top answer | entropy | trained | uniform | invalid answers |
 | --- | --- | --- | --- | --- | --- |
