@@ -8,7 +8,7 @@ import { Cause, Effect, Exit } from "effect"
 import { readFileSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { CorruptArtifact, ExternalInputError, NodeFailed, PipelineError, describeError, errorMessage } from "./errors.ts"
-import { executeNode, type NodeStore } from "./execute.ts"
+import { executeNode, type NodeStore, type ProgressEvent } from "./execute.ts"
 import { hashFile, sha256 } from "./hash.ts"
 import { loadPipeline, plan } from "./plan.ts"
 import type { Device } from "./stage.ts"
@@ -60,6 +60,31 @@ class JobStore extends Payloads implements NodeStore {
 const jobDevice = (requested: Device): Device =>
   requested.kind === "cpu" ? requested : { kind: "cuda", deviceId: 0, gpu: Number((process.env.CUDA_VISIBLE_DEVICES ?? "0").split(",")[0]) || 0 }
 
+/** Keeps the job's progress.json at the stage's progress, rewritten whole at most once a second (the
+ *  coordinator reads it as it polls squeue); the latest state held back is written when the second is over. */
+const progressWriter = (files: ReturnType<typeof jobFiles>) => {
+  const state: { total?: number; unit?: string; value: number } = { value: 0 }
+  let lastWritten = 0
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const write = () => {
+    timer = undefined
+    lastWritten = Date.now()
+    try {
+      writeFileAtomic(files.progress, JSON.stringify(state))
+    } catch {
+      // progress is a display: the stage goes on without it
+    }
+  }
+  return (e: ProgressEvent) => {
+    if (e.total !== undefined) state.total = e.total
+    if (e.unit !== undefined) state.unit = e.unit
+    state.value = e.value
+    const wait = 1000 - (Date.now() - lastWritten)
+    if (wait <= 0) write()
+    else timer ??= setTimeout(write, wait)
+  }
+}
+
 const main = async (listFile: string): Promise<void> => {
   const line = Number(process.env.SLURM_ARRAY_TASK_ID ?? 0)
   const dir = readFileSync(listFile, "utf8").split("\n")[line]
@@ -81,7 +106,7 @@ const main = async (listFile: string): Promise<void> => {
     const node = p.nodes.find((n) => n.recipe === spec.request.recipe)
     if (node === undefined) throw new PipelineError({ file: spec.pipelineFile, message: `node ${spec.request.recipe.slice(0, 12)} is not in ${spec.pipelineFile} as seen from ${shortHost()}` })
     const request = { ...spec.request, device: jobDevice(spec.request.device), logPath: files.log }
-    const exit = await Effect.runPromiseExit(executeNode(store, node, request, () => {}))
+    const exit = await Effect.runPromiseExit(executeNode(store, node, request, progressWriter(files)))
     if (Exit.isSuccess(exit)) result = { type: "done", entry: store.published!, metrics: store.metrics }
     else {
       const err = Cause.findErrorOption(exit.cause)

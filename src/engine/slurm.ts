@@ -5,6 +5,8 @@
 //                                       inputs' artifact records and the external inputs' hashes
 //   <cache>/slurm/<key>/log            the job's output (Slurm's and the stage's log), across requeues
 //   <cache>/slurm/<key>/submitted.json the job id, so a restarted coordinator adopts the job
+//   <cache>/slurm/<key>/progress.json  the stage's progress (total, unit, value), rewritten by the job
+//                                       at most once a second and shown by the coordinator as it polls
 //   <cache>/slurm/<key>/result.json    written atomically by the job when it is done: the cache entry
 //                                       to record (its payload is already in objects/), or the failure
 //   <cache>/slurm/arrays/<id>/         a job array's list of job directories and per-task log links
@@ -23,12 +25,12 @@
 // on the cache adopts them (the claim of the dead run goes stale, then submitted.json names the job).
 import { Effect } from "effect"
 import { execFile } from "node:child_process"
-import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, symlinkSync } from "node:fs"
+import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs"
 import { createRequire } from "node:module"
 import { join } from "node:path"
 import { pathToFileURL } from "node:url"
 import { CorruptArtifact, NodeFailed, errorMessage, type ErrorDescription } from "./errors.ts"
-import type { NodeRequest, Published } from "./execute.ts"
+import type { NodeRequest, ProgressEvent, Published } from "./execute.ts"
 import type { Executor } from "./executor.ts"
 import type { PlanExternal, PlanNode } from "./plan.ts"
 import { writeFileAtomic, type IndexEntry, type Store, type StoredArtifact } from "./store.ts"
@@ -83,6 +85,7 @@ export const jobFiles = (dir: string) => ({
   log: join(dir, "log"),
   result: join(dir, "result.json"),
   submitted: join(dir, "submitted.json"),
+  progress: join(dir, "progress.json"),
   list: join(dir, "list"),
 })
 type JobFiles = ReturnType<typeof jobFiles>
@@ -161,6 +164,9 @@ interface Watch {
   readonly node: PlanNode
   readonly req: NodeRequest
   readonly files: JobFiles
+  readonly onProgress: (e: ProgressEvent) => void
+  /** progress.json's modification time when it was last shown */
+  progressSeen: number
   readonly settle: (e: Effect.Effect<Published, NodeFailed | CorruptArtifact>) => void
   job: string | undefined
   state: string
@@ -370,6 +376,19 @@ export const slurmExecutor = (
     fail(w, `${what}${retries > 0 ? ` (after ${retries} retries)` : ""}\n--- last lines of its log ---\n${tail(w.files.log)}`)
   }
 
+  /** The job's progress.json, when it changed since last shown (not a change that speeds up polling:
+   *  a training job rewrites it every second, and squeue must not be asked that often). */
+  const showProgress = (w: Watch) => {
+    try {
+      const mtime = statSync(w.files.progress).mtimeMs
+      if (mtime === w.progressSeen) return
+      w.progressSeen = mtime
+      w.onProgress(JSON.parse(readFileSync(w.files.progress, "utf8")) as ProgressEvent)
+    } catch {
+      // none yet (a stage that reports no progress), or replaced under us: the next poll reads it
+    }
+  }
+
   const poll = async () => {
     pollTimer = undefined
     polling = true
@@ -387,6 +406,7 @@ export const slurmExecutor = (
           finish(w)
           continue
         }
+        showProgress(w)
         if (states === undefined) continue
         const s = states.get(w.job)
         if (s === undefined || TERMINAL.has(s.state)) {
@@ -461,7 +481,7 @@ export const slurmExecutor = (
 
   return {
     label: "slurm job",
-    run: (node, dispatched) =>
+    run: (node, dispatched, onProgress) =>
       Effect.callback<Published, NodeFailed | CorruptArtifact>((resume) => {
         // The coordinator has no GPUs of its own to hand out: a GPU stage gets the one Slurm allocates.
         const gpu = (node.stage.spec.resources?.gpu ?? 0) > 0 && options.gpus !== false
@@ -472,6 +492,8 @@ export const slurmExecutor = (
           node,
           req,
           files,
+          onProgress,
+          progressSeen: 0,
           job: undefined,
           state: "",
           retried: 0,

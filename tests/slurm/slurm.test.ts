@@ -146,6 +146,8 @@ describe("pipe run --executor slurm", () => {
 
   it("a coordinator killed outright leaves its job running; the next run adopts it instead of submitting it again", async () => {
     const { sb, run: first, openGate, job, key } = await trainingAtGate()
+    // the job's progress reaches the coordinator's display (the stage waits at step 10 of 20)
+    await until("the job's progress to be shown", () => first.output().includes("progress train 10/20 steps"), 30_000)
     first.child.kill("SIGKILL")
     await first.done
     expect(squeueState(job)).toBe("RUNNING")
