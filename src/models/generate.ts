@@ -3,7 +3,7 @@
 //   makeGenerator(model, { graphDir, device?, intraOpThreads?, tokenizer?, stepsPerRun?, adapter? }) -> Generator
 //     model: a checkpoint or a variant.ts Variant (LoRAs, soft prompts, a text prefix);
 //     adapter: shorthand for a variant with this one frozen LoRA on the checkpoint
-//   generator.generate(requests, { batchSize?, cache? }) -> Generation[] (in request order)
+//   generator.generate(requests, { batchSize?, cache?, sharePrefill? }) -> Generation[] (in request order)
 //
 // The graphs are built around a StepModelGraph (the model part: one variant via variantModel,
 // or several combined: ensemble.ts) and run by the host loop stepGenerate over a StepModel
@@ -37,6 +37,11 @@
 // strings (text cut before the stop string; tokens up to the one that completed it), or at
 // maxNewTokens. Before minNewTokens the stop token ids are banned (logit -1e9).
 // Finished rows stay in the batch until the whole batch is done (no compaction).
+//
+// Shared prefill: rows of a batch that ask the same prompt (and condition), as n samples of one
+// prompt do, prefill it once but its last token; the cache is copied to each of them, and each
+// row's last prompt token goes through a decode step that samples its first token with its own
+// uniform. The tokens are those of a separate prefill up to float32 rounding (tested).
 import { Data, Effect } from "effect"
 import * as ort from "onnxruntime-node"
 import { Graph, type Value } from "../graph/index.ts"
@@ -94,6 +99,9 @@ export interface GenerateOptions {
   readonly batchSize?: number
   /** false: recompute the whole sequence every step instead of using the KV cache (for tests). */
   readonly cache?: boolean
+  /** false: every row runs its whole prompt through the prefill, also when other rows of its batch
+   *  ask the same prompt (default true: they share it; the comparison in bench/diffuse.bench.ts). */
+  readonly sharePrefill?: boolean
 }
 
 export interface Generator {
@@ -379,7 +387,7 @@ export const stepGenerate =
       const size = opts.batchSize ?? 16
       if (!Number.isInteger(size) || size < 1) return yield* Effect.fail(fail(`batchSize must be a positive integer, got ${size}`))
       const results: Generation[] = []
-      for (let i = 0; i < requests.length; i += size) for (const r of yield* generateBatch(model, tokenizer, requests.slice(i, i + size), opts.cache ?? true)) results.push(r)
+      for (let i = 0; i < requests.length; i += size) for (const r of yield* generateBatch(model, tokenizer, requests.slice(i, i + size), opts.cache ?? true, opts.sharePrefill ?? true)) results.push(r)
       return results
     })
 
@@ -403,7 +411,33 @@ const advance = (tokenizer: Pick<TextTokenizer, "decode"> | undefined, row: Row,
   if (!row.finish && row.tokens.length >= row.request.maxNewTokens) row.finish = "length"
 }
 
-const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"> | undefined, requests: ReadonlyArray<GenerationRequest>, cache: boolean) =>
+/** For a batch whose requests repeat a prompt: the first row of each distinct (prompt, condition)
+ *  and, for every row, the index of its own among them; undefined when every row is distinct. */
+const sharedRows = (requests: ReadonlyArray<GenerationRequest>): { readonly unique: ReadonlyArray<number>; readonly rowOf: ReadonlyArray<number> } | undefined => {
+  const index = new Map<string, number>()
+  const unique: number[] = []
+  const rowOf = requests.map((r, b) => {
+    const key = JSON.stringify([r.prompt, r.condition ?? null])
+    if (!index.has(key)) {
+      index.set(key, unique.length)
+      unique.push(b)
+    }
+    return index.get(key)!
+  })
+  return unique.length < requests.length ? { unique, rowOf } : undefined
+}
+
+/** A cache tensor [U, ...] spread to [rowOf.length, ...]: row b is row rowOf[b] of `t`. */
+const copyRows = (t: ort.Tensor, rowOf: ReadonlyArray<number>): ort.Tensor => {
+  const [, ...rest] = t.dims
+  const size = rest.reduce((a, d) => a * d, 1)
+  const from = t.data as Float32Array
+  const to = new Float32Array(rowOf.length * size)
+  rowOf.forEach((u, b) => to.set(from.subarray(u * size, (u + 1) * size), b * size))
+  return new ort.Tensor("float32", to, [rowOf.length, ...rest])
+}
+
+const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"> | undefined, requests: ReadonlyArray<GenerationRequest>, cache: boolean, sharePrefill: boolean) =>
   Effect.gen(function* () {
     const { session, loopSession, stepsPerRun } = model
     const pad = BigInt(model.padTokenId)
@@ -422,19 +456,20 @@ const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"
     // full left-padded sequences (prompt + generated); the cache path feeds only the newest column
     const seqs: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(pad), ...r.prompt.map(BigInt)])
     const maskRows: bigint[][] = requests.map((r) => [...new Array<bigint>(width - r.prompt.length).fill(0n), ...r.prompt.map(() => 1n)])
-    const knobs = {
-      temperature: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.temperature ?? 1), [B]),
-      top_k: new ort.Tensor("int64", BigInt64Array.from(requests, (r) => BigInt(r.topK ?? 0)), [B]),
-      top_p: new ort.Tensor("float32", Float32Array.from(requests, (r) => r.topP ?? 1), [B]),
+    const knobsOf = (rs: ReadonlyArray<GenerationRequest>) => ({
+      temperature: new ort.Tensor("float32", Float32Array.from(rs, (r) => r.temperature ?? 1), [rs.length]),
+      top_k: new ort.Tensor("int64", BigInt64Array.from(rs, (r) => BigInt(r.topK ?? 0)), [rs.length]),
+      top_p: new ort.Tensor("float32", Float32Array.from(rs, (r) => r.topP ?? 1), [rs.length]),
       ...(model.conditionSize === undefined
         ? {}
-        : { [variantNames.condition]: new ort.Tensor("float32", Float32Array.from(requests.flatMap((r) => r.condition ?? [])), [B, model.conditionSize]) }),
-    }
+        : { [variantNames.condition]: new ort.Tensor("float32", Float32Array.from(rs.flatMap((r) => r.condition ?? [])), [rs.length, model.conditionSize]) }),
+    })
+    const knobs = knobsOf(requests)
     const M = rows.reduce((m, r) => Math.max(m, r.stopIds.length), 1)
+    const emptyPast = (n: number) => Object.fromEntries(model.cache.map((slot) => [slot.past, new ort.Tensor("float32", new Float32Array(0), [n, slot.kvHeads, 0, slot.headDim])]))
     let past: Record<string, ort.Tensor> = {}
     const resetPast = () => {
-      past = {}
-      for (const slot of model.cache) past[slot.past] = new ort.Tensor("float32", new Float32Array(0), [B, slot.kvHeads, 0, slot.headDim])
+      past = emptyPast(B)
     }
     resetPast()
 
@@ -477,6 +512,28 @@ const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"
         maskRows[b].push(1n)
       })
 
+    // Rows asking the same prompt (and condition) share one prefill of it but its last token; each
+    // row's last prompt token then goes through a decode step with its own sampling.
+    const shared = cache && sharePrefill ? sharedRows(requests) : undefined
+    if (shared !== undefined && width > 1) {
+      const U = shared.unique.length
+      const ids = BigInt64Array.from(shared.unique.flatMap((b) => seqs[b].slice(0, width - 1)))
+      const out = yield* Effect.mapError(
+        runSession(session, {
+          [forwardNames.ids]: new ort.Tensor("int64", ids, [U, width - 1]),
+          [forwardNames.mask]: new ort.Tensor("int64", BigInt64Array.from(shared.unique.flatMap((b) => maskRows[b].slice(0, width - 1))), [U, width - 1]),
+          ...emptyPast(U),
+          ...knobsOf(shared.unique.map((b) => requests[b])),
+          // what this run samples is not used: the rows sample their first token in the next step
+          uniform: new ort.Tensor("float32", new Float32Array(U), [U]),
+          [names.banned]: new ort.Tensor("int64", BigInt64Array.from(shared.unique.flatMap((b) => [...bannedIds.subarray(b * M, (b + 1) * M)])), [U, M]),
+          [names.bannedBias]: new ort.Tensor("float32", new Float32Array(U * M), [U, M]),
+        }),
+        (e) => fail(e.message),
+      )
+      for (const slot of model.cache) past[slot.past] = copyRows(out[slot.present], shared.rowOf)
+    }
+
     let step = 0
     while (step < maxSteps && rows.some((r) => !r.finish)) {
       if (loopSession && cache && step > 0) {
@@ -502,7 +559,7 @@ const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"
         continue
       }
       const total = seqs[0].length
-      const T = cache && step > 0 ? 1 : total
+      const T = cache && (step > 0 || (shared !== undefined && width > 1)) ? 1 : total
       if (!cache) resetPast()
       const ids = BigInt64Array.from(seqs.flatMap((s) => s.slice(total - T)))
       const out = yield* Effect.mapError(

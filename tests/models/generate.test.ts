@@ -102,6 +102,20 @@ describe("generate", () => {
     expectClose(inLoop, perStep, 1e-4)
   })
 
+  it("rows repeating a prompt share its prefill and still sample as if alone (step and decode-loop paths)", async () => {
+    // three distinct prompts, each asked several times with its own seed (greedy once): a batch of 8 prefills 3 rows
+    const requests = [0, 1, 2, 0, 1, 0, 2, 1].map((p, i) => (i === 0 ? { prompt: prompts[p], maxNewTokens: 10, temperature: 0, stopTokenIds: [] } : sampled(prompts[p], 60 + i)))
+    const alone = await run(requests, { batchSize: 1 })
+    const looped = await Effect.runPromise(makeGenerator(ckpt, { graphDir: path.join(dir, "graph-loop-shared"), tokenizer: { decode }, stepsPerRun: 4 }))
+    for (const shared of [await run(requests, { batchSize: 8 }), await Effect.runPromise(looped.generate(requests, { batchSize: 8 }))]) {
+      expect(tokensOf(shared)).toEqual(tokensOf(alone))
+      // the prompt's last token goes through a decode step instead of the prefill: float32 rounding only
+      expectClose(shared, alone, 1e-4)
+    }
+    // the seeds still decide: the sampled rows of one prompt differ from each other
+    expect(new Set([1, 4, 7].map((i) => alone[i].tokens.join())).size).toBeGreaterThan(1)
+  })
+
   it("a LoRA adapter with B = 0 (PEFT's initialization) generates what the base model does", async () => {
     const modules = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     const targets = await Effect.runPromise(loraTargets(ckpt, modules))

@@ -215,8 +215,10 @@ describe("soft-prompted generation and scoring", () => {
     it(`${name}: KV cache = full recompute = decode loop; log-probs and scores equal the float64 reference`, async () => {
       const ckpt = await randomCheckpoint(tinyLlama())
       const v = promptedVariant(ckpt, parts)
-      const cond = v.conditionalSoftPrompt ? conditions : [undefined, undefined]
-      const requests = greedyAndSampled([seq, short], cond.map((c) => (c ? { condition: c } : {})))
+      // rows 2 and 3 repeat row 0's prompt: they share its prefill when their conditions match (row 2; row 3 too
+      // without a condition), and a row with another condition must not (row 3 of the conditional case)
+      const cond = v.conditionalSoftPrompt ? [...conditions, ...conditions] : [undefined, undefined, undefined, undefined]
+      const requests = greedyAndSampled([seq, short, seq, seq], cond.map((c) => (c ? { condition: c } : {})))
       const step = await Effect.runPromise(makeGenerator(v, { graphDir: tempDir("pipe-variant-gen-") }))
       const loop = await Effect.runPromise(makeGenerator(v, { graphDir: tempDir("pipe-variant-gen-"), stepsPerRun: 4 }))
       const cached = await Effect.runPromise(step.generate(requests))
