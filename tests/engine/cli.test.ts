@@ -57,6 +57,20 @@ describe("interrupted runs", () => {
     expect(readdirSync(join(sb.cacheDir, "work"))).toEqual([])
   })
 
+  it("a running node's metrics reach the cache and metrics.jsonl within seconds, not at its end", async () => {
+    const gate = join(sb.dir, "gate")
+    const run = startCli(sb, ["run", fixture("train.ts"), "--plain"], { PIPE_TEST_GATE: gate })
+    await until("train to checkpoint half way", () => checkpointStep() === 10)
+    // train waits at its gate after 10 of its 20 metrics: far fewer than a batch, written after 2 s
+    const jsonl = () => readdirSync(sb.runsDir).flatMap((r) => (existsSync(join(sb.runsDir, r, "metrics.jsonl")) ? readFileSync(join(sb.runsDir, r, "metrics.jsonl"), "utf8").trim().split("\n") : []))
+    await until("the waiting node's metrics to be recorded", () => jsonl().length === 10, 10_000)
+    expect(query<{ n: number }>("SELECT count(*) AS n FROM metrics WHERE name = 'w'")).toEqual([{ n: 10 }])
+    writeFileSync(gate, "")
+    expect((await run.done).code).toBe(0)
+    expect(query<{ n: number }>("SELECT count(*) AS n FROM metrics WHERE name = 'w'")).toEqual([{ n: 20 }])
+    expect(jsonl().map((l) => JSON.parse(l).step)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1))
+  })
+
   it("Ctrl-C stops cleanly: exit 130, the run is recorded as interrupted, the next run resumes", async () => {
     const gate = join(sb.dir, "gate")
     const first = startCli(sb, ["run", fixture("train.ts"), "--plain"], { PIPE_TEST_GATE: gate })
