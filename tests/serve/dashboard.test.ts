@@ -196,6 +196,24 @@ describe("pipe serve in a browser", () => {
     await page.close()
   })
 
+  it("picks two sweep points of a run on its page and compares them", async () => {
+    const id = await runOf("example", 0)
+    const page = await open(`/run/${id}`)
+    await page.waitForSelector("#compare-points [data-call]")
+    // one picker row per swept call, listing its instances
+    expect((await page.$$eval("#compare-points [data-call]", (rows) => rows.map((r) => r.getAttribute("data-call")))).sort()).toEqual(["generate", "modulo", "render", "sum"])
+    const sums = await page.$$eval('[data-call="sum"] select[data-side="a"] option', (os) => os.map((o) => (o as HTMLOptionElement).value))
+    expect(sums).toHaveLength(4)
+    const [a, b] = [sums.find((n) => n.includes("start=1,") && n.includes("scale=1"))!, sums.find((n) => n.includes("start=1,") && n.includes("scale=2"))!]
+    await page.select('[data-call="sum"] select[data-side="a"]', a)
+    await page.select('[data-call="sum"] select[data-side="b"]', b)
+    await Promise.all([page.waitForNavigation({ waitUntil: "networkidle0" }), page.click('[data-call="sum"] a.compare-points')])
+    await page.waitForSelector("[data-compare]")
+    const sections = await page.$$eval("[data-compare]", (ss) => ss.map((s) => ({ node: s.getAttribute("data-compare"), rows: [...s.querySelectorAll("tr.differs")].map((r) => r.textContent) })))
+    expect(sections).toEqual([{ node: `${a} vs ${b}`, rows: ["scale12"] }])
+    await page.close()
+  })
+
   it("had no console error on any page", () => {
     expect(errors).toEqual([])
     for (const f of fs.readdirSync(shots)) expect(fs.statSync(path.join(shots, f)).size, f).toBeGreaterThan(5_000)

@@ -38,7 +38,7 @@ const badge = (state) => h("span", { class: `badge state-${state}` }, state)
 const runLink = (id) => h("a", { href: `/run/${encodeURIComponent(id)}` }, id)
 const nodeHref = (run, name) => `/node/${encodeURIComponent(run)}?name=${encodeURIComponent(name)}`
 const fileUrl = (run, path, route = "files") => `/api/runs/${encodeURIComponent(run)}/${route}/${path.split("/").map(encodeURIComponent).join("/")}`
-const show = (...children) => main.replaceChildren(...children)
+const show = (...children) => main.replaceChildren(...children.filter((c) => c !== null))
 
 /** Re-runs `f` every POLL_MS while it returns true; the view that started it is gone once the page navigates. */
 const poll = (f) => {
@@ -265,6 +265,25 @@ const fileView = (run, f) => {
   return box
 }
 
+/** For each call swept into several instances: two pickers of its instances and a link comparing them. */
+const pointPickers = (run) => {
+  const calls = new Map()
+  for (const n of run.nodes) calls.set(n.label, [...(calls.get(n.label) ?? []), n.name])
+  const swept = [...calls].filter(([, names]) => names.length > 1)
+  if (swept.length === 0) return null
+  const rows = swept.map(([label, names]) => {
+    const pick = (i) => h("select", { "data-side": i === 0 ? "a" : "b" }, names.map((n, j) => h("option", { value: n, selected: j === i }, n.slice(label.length) || n)))
+    const [a, b] = [pick(0), pick(1)]
+    const link = h("a", { class: "compare-points" }, "compare")
+    const sync = () => link.setAttribute("href", `/compare?a=${encodeURIComponent(`${run.id}/${a.value}`)}&b=${encodeURIComponent(`${run.id}/${b.value}`)}`)
+    a.addEventListener("change", sync)
+    b.addEventListener("change", sync)
+    sync()
+    return h("div", { class: "filters", "data-call": label }, h("code", {}, label), a, "vs", b, link)
+  })
+  return h("section", { id: "compare-points" }, h("h2", {}, "Compare sweep points"), ...rows)
+}
+
 const runView = async (id) => {
   let run = await api(`/api/runs/${encodeURIComponent(id)}`)
   const dag = dagView(run)
@@ -282,7 +301,7 @@ const runView = async (id) => {
     )
   setHead(run)
   setFiles(run)
-  show(h("h1", {}, `Run ${run.id}`), head, h("h2", {}, "Graph"), legend(), h("div", { class: "dag" }, dag.svg), files)
+  show(h("h1", {}, `Run ${run.id}`), head, h("h2", {}, "Graph"), legend(), h("div", { class: "dag" }, dag.svg), pointPickers(run), files)
   if (run.status !== "running") return
   await poll(async () => {
     const was = run.status
