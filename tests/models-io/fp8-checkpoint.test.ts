@@ -15,6 +15,9 @@ import { float8E4M3Values, float8E5M2Values, fromNumbers, readFile, type Tensor,
 import { tensor } from "../../src/runtime/tensor.ts"
 import { expectClose, forwardSession, ids, randomCheckpoint, rowsOf, run, tempDir } from "../models/forward-helpers.ts"
 import { referenceLogits } from "../reference/reference.ts"
+import type { TensorsOutput } from "../../src/engine/index.ts"
+import { importCheckpoint } from "../../stages/tiny-family/import-checkpoint.ts"
+import { inputRef, stageContext, tensorsValue } from "../stage-harness.ts"
 
 type Scheme = { kind: "blocks"; block: [number, number] } | { kind: "row" } | { kind: "tensor" }
 
@@ -92,6 +95,27 @@ describe("FP8 checkpoints", () => {
       const out = await run(s, { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) })
       expectClose(rowsOf(out.logits, 0), referenceLogits(ckpt.dir, seq), TOL)
     }, 30_000)
+
+  it("import-checkpoint (the blend's tuned member, tune-domain's start) dequantizes FP8 weights: the same logits from float32", async () => {
+    const random = await randomCheckpoint(tinyLlama())
+    const expected = quantizeCheckpoint(random.dir, { kind: "blocks", block: [3, 5] })
+    const out = await Effect.runPromise(importCheckpoint.spec.run({ params: {}, inputs: { model: inputRef(random.dir) }, ctx: stageContext(tempDir("pipe-fp8-import-")) }) as Effect.Effect<TensorsOutput, unknown>)
+    const weights = await tensorsValue(out)
+    // every weight float32, the FP8 ones their dequantized values (exact in float32: FP8 code x float32 scale)
+    for (const [name, loc] of weights.header.tensors) {
+      expect(loc.dtype, name).toBe("F32")
+      if (expected.has(name)) expect(Array.from(toFloat64(weights.read(name))), name).toEqual(Array.from(expected.get(name)!, Math.fround))
+    }
+    expect([...weights.header.tensors.keys()].some((n) => n.endsWith("_scale_inv"))).toBe(false)
+    expect(JSON.parse(weights.metadata.config!).quantization_config).toBeUndefined()
+    // the imported weights as a checkpoint directory give the FP8 checkpoint's logits
+    const dir = tempDir("pipe-fp8-imported-")
+    fs.writeFileSync(path.join(dir, "config.json"), weights.metadata.config!)
+    fs.copyFileSync(weights.path, path.join(dir, "model.safetensors"))
+    const logits = async (d: string) => rowsOf((await run(await forwardSession(Effect.runSync(loadCheckpoint(d))), { [forwardNames.ids]: ids([seq]), [forwardNames.mask]: tensor("int64", [1, seq.length], seq.map(() => 1)) })).logits, 0)
+    // the same float32 values reach the graph (FP8 dequantized in-graph against on import): float32 rounding
+    expectClose(await logits(dir), await logits(random.dir), 1e-5)
+  }, 30_000)
 
   const failure = (dir: string): CheckpointError => {
     const exit = Effect.runSyncExit(Effect.flip(loadCheckpoint(dir)))
