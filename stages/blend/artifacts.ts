@@ -1,7 +1,7 @@
 // Artifacts of the blending experiments (seed 003): held-out token sequences, the members' stored
 // distributions along them, search trials, evaluations, samples.
 import { Effect, Schema } from "effect"
-import { fromNumbers, type Tensor, toFloat32, toFloat64 } from "../../src/core/safetensors.ts"
+import { float32ToFloat16, fromNumbers, type SafetensorsError, type Tensor, toFloat32, toFloat64, writeFileStreamed } from "../../src/core/safetensors.ts"
 import { Artifact, type ArtifactError, decodeArtifact, type TensorsOutput, type TensorsValue } from "../../src/engine/index.ts"
 import type { MemberRows } from "../../src/models/blend.ts"
 import { Count, packRagged, readTensors, unpackRagged } from "../baking/artifacts.ts"
@@ -53,14 +53,36 @@ export interface StoredMemberRows extends MemberRows {
   readonly tokensBack: Int32Array
 }
 
-export const memberLogProbsOutput = (r: StoredMemberRows, dtype: "F16" | "F32"): TensorsOutput => ({
-  tensors: new Map<string, Tensor>([
-    ...r.members.map((m): [string, Tensor] => [`${m}.logprobs`, fromNumbers(r.logProbs.get(m)!, dtype, [r.rows, r.vocab])]),
-    ["targets", fromNumbers(r.targets, "I32", [r.rows])],
-    ["tokens_back", fromNumbers(r.tokensBack, "I32", [r.rows])],
-  ]),
-  metadata: { members: r.members.join(","), rows: String(r.rows), vocab: String(r.vocab) },
-})
+/**
+ * Writes `r` as a MemberLogProbs file `file` (what score-members returns): streamed a slice of rows
+ * at a time, so the float16 or float32 copy of rows x vocab x members is never held beside the rows
+ * themselves (the same bytes as encoding the tensors in memory).
+ */
+export const writeMemberLogProbs = (file: string, r: StoredMemberRows, dtype: "F16" | "F32"): Effect.Effect<TensorsOutput, SafetensorsError> => {
+  const rowsPerChunk = Math.max(1, Math.floor(2 ** 22 / Math.max(1, r.vocab)))
+  function* slices(values: Float32Array) {
+    for (let row = 0; row < r.rows; row += rowsPerChunk) {
+      const slice = values.subarray(row * r.vocab, Math.min(r.rows, row + rowsPerChunk) * r.vocab)
+      yield dtype === "F32" ? new Uint8Array(slice.buffer, slice.byteOffset, slice.byteLength) : new Uint8Array(float32ToFloat16(slice).buffer)
+    }
+  }
+  const ints = (values: Int32Array) => () => [new Uint8Array(values.buffer, values.byteOffset, values.byteLength)]
+  return Effect.as(
+    writeFileStreamed(
+      file,
+      [
+        ...r.members.map((m) => ({ name: `${m}.logprobs`, dtype, shape: [r.rows, r.vocab], chunks: () => slices(r.logProbs.get(m)!) })),
+        { name: "targets", dtype: "I32" as const, shape: [r.rows], chunks: ints(r.targets) },
+        { name: "tokens_back", dtype: "I32" as const, shape: [r.rows], chunks: ints(r.tokensBack) },
+      ],
+      { members: r.members.join(","), rows: String(r.rows), vocab: String(r.vocab) },
+    ),
+    { path: file },
+  )
+}
+
+/** Bytes that score-members, blend-search and evaluate-blend each hold for `rows` rows of every member's log-probs. */
+export const memberRowsBytes = (rows: number, vocab: number, members: number): number => rows * vocab * members * Float32Array.BYTES_PER_ELEMENT
 
 const MemberRowsMetadata = Schema.Struct({ members: Schema.String, rows: Count, vocab: Count })
 

@@ -3,18 +3,21 @@
 // members' forwards side by side, a checkpoint shared by two members read once) and stored as
 // float16 or float32 tensors, so blend-search can try hundreds of rules without running a model.
 //
-// Storage: rows x vocab x (2 or 4) bytes per member. float16 keeps a log-prob x to within
+// Memory: rows x vocab x 4 bytes per member (float32 rows; blend-search and evaluate-blend read them
+// back as such), checked against the machine's memory before any forward pass; the output is
+// streamed to its file. Storage: rows x vocab x (2 or 4) bytes per member. float16 keeps a log-prob x to within
 // |x| * 2^-11 (relative rounding of its 10-bit mantissa): ~0.002 nats at log p = -4, which moves a
 // perplexity by ~0.2% at most; float32 when that matters.
 import { Effect, Schema } from "effect"
+import * as os from "node:os"
 import * as path from "node:path"
-import { stage } from "../../src/engine/index.ts"
+import { StageError, stage } from "../../src/engine/index.ts"
 import { buildMemberLogProbsGraph, type EnsembleMember, memberLogProbsName } from "../../src/models/ensemble.ts"
 import { placeWeights, writeGraph } from "../../src/models/graph-weights.ts"
 import { checkFinite } from "../../src/runtime/finite.ts"
 import { type Device, runSession, scopedSession } from "../../src/runtime/session.ts"
 import { tensor } from "../../src/runtime/tensor.ts"
-import { type HeldOutSplit, HeldOutTokens, MemberLogProbs, memberLogProbsOutput, readHeldOut, scoredCount, type StoredMemberRows } from "./artifacts.ts"
+import { type HeldOutSplit, HeldOutTokens, MemberLogProbs, memberRowsBytes, readHeldOut, scoredCount, type StoredMemberRows, writeMemberLogProbs } from "./artifacts.ts"
 import { blendMemberInputs, blendMembers, checkFits, openMembers } from "./members.ts"
 import { paddingId } from "../../src/models/checkpoint.ts"
 
@@ -63,6 +66,16 @@ export const scoreMemberRows = (members: ReadonlyArray<EnsembleMember>, vocab: n
     return { members: members.map((m) => m.name), rows, vocab, logProbs, targets, tokensBack } satisfies StoredMemberRows
   }).pipe(Effect.scoped)
 
+const GiB = (bytes: number) => (bytes / 2 ** 30).toFixed(1)
+
+/** Why scoring `rows` positions would not fit in `totalMemory` bytes (more than 80% of it), or undefined. */
+export const scoringMemoryProblem = (split: string, rows: number, vocab: number, members: number, dtype: "float16" | "float32", totalMemory: number): string | undefined => {
+  const bytes = memberRowsBytes(rows, vocab, members)
+  if (bytes <= 0.8 * totalMemory) return undefined
+  const stored = (bytes * (dtype === "float16" ? 2 : 4)) / 4
+  return `${split}: ${rows} scored positions x ${vocab} tokens x ${members} members need ${GiB(bytes)} GiB of memory (here, then in blend-search and evaluate-blend; ${GiB(stored)} GiB in the cache as ${dtype}), more than 80% of this machine's ${GiB(totalMemory)} GiB: score fewer positions with held-out.limit (texts) or held-out.maxTokens (tokens per text)`
+}
+
 export const scoreMembers = stage({
   name: "score-members",
   version: 2,
@@ -82,6 +95,9 @@ export const scoreMembers = stage({
     Effect.gen(function* () {
       const { members, vocab } = yield* openMembers(blendMembers(inputs), ctx.workDir)
       const split = (yield* readHeldOut(inputs.heldOut))[params.split]
+      // before any forward pass: a held-out set too large for a 128k vocabulary fails here, not out of memory
+      const problem = scoringMemoryProblem(params.split, scoredCount(split), vocab, members.length, params.dtype, os.totalmem())
+      if (problem !== undefined) return yield* Effect.fail(new StageError({ message: problem }))
       const started = performance.now()
       const rows = yield* scoreMemberRows(members, vocab, split, {
         graphDir: path.join(ctx.workDir, "graph"),
@@ -93,6 +109,6 @@ export const scoreMembers = stage({
       const seconds = (performance.now() - started) / 1000
       ctx.metric("score_tokens_per_s", rows.rows / seconds)
       ctx.log(`${params.split}: ${rows.rows} positions x ${members.length} members x ${vocab} tokens as ${params.dtype} in ${seconds.toFixed(1)} s`)
-      return memberLogProbsOutput(rows, params.dtype === "float16" ? "F16" : "F32")
+      return yield* Effect.mapError(writeMemberLogProbs(path.join(ctx.workDir, "member-logprobs.safetensors"), rows, params.dtype === "float16" ? "F16" : "F32"), (e) => new StageError({ message: e.message }))
     }),
 })

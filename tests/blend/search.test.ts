@@ -15,10 +15,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { blendRule, ruleLogProbs } from "../../src/models/blend.ts"
 import type { LogitTerm } from "../../src/models/ensemble.ts"
 import { perplexity } from "../../src/models/scoring.ts"
-import { memberLogProbsOutput, readMemberLogProbs, type StoredMemberRows } from "../../stages/blend/artifacts.ts"
+import { readMemberLogProbs, type StoredMemberRows, writeMemberLogProbs } from "../../stages/blend/artifacts.ts"
 import { blendSearch, rulePerplexity } from "../../stages/blend/blend-search.ts"
 import { openMembers } from "../../stages/blend/members.ts"
-import { scoreMemberRows } from "../../stages/blend/score-members.ts"
+import { scoreMemberRows, scoringMemoryProblem } from "../../stages/blend/score-members.ts"
+import { encode, fromNumbers, type Tensor } from "../../src/core/safetensors.ts"
 import { logSoftmax } from "../models/sampling-reference.ts"
 import { tempDir } from "../models/forward-helpers.ts"
 import { inputRef, stageContext, tensorsValue } from "../stage-harness.ts"
@@ -27,6 +28,8 @@ import { type BlendFixture, blendFixture, randomCheckpoint, referenceLogProbs, s
 const TOL = 1e-4
 let fx: BlendFixture
 let rows: StoredMemberRows
+/** `r` as score-members publishes it: streamed to a MemberLogProbs file. */
+const stored = (r: StoredMemberRows, dtype: "F16" | "F32") => Effect.runPromise(writeMemberLogProbs(path.join(tempDir("pipe-blend-rows-"), "rows.safetensors"), r, dtype))
 const seqs = sequences([9, 14, 5, 20], 1)
 // ref[member][seq][position] = float64 log-softmax
 let ref: Map<string, number[][][]>
@@ -112,7 +115,7 @@ describe("the blend and proxy rules on stored rows", () => {
   })
 
   it("float16 storage moves the blend's perplexity by under 0.5%", async () => {
-    const half = await Effect.runPromise(readMemberLogProbs(await tensorsValue(memberLogProbsOutput(rows, "F16"))))
+    const half = await Effect.runPromise(readMemberLogProbs(await tensorsValue(await stored(rows, "F16"))))
     expect(half.logProbs.get("big")![0]).not.toBe(rows.logProbs.get("big")![0])
     for (const params of [{ T_b: 0.5, T_t: 2, T_u: 1 }, { T_b: 1, T_t: 1, T_u: 1 }]) {
       const full = rulePerplexity(rows, "blend", params, 0)
@@ -121,10 +124,43 @@ describe("the blend and proxy rules on stored rows", () => {
   })
 })
 
+describe("score-members' output and memory check", () => {
+  it("streams the rows a slice at a time to the bytes of encoding them whole (so cache keys held)", async () => {
+    // a vocabulary of 2^20 + 3 makes slices of 3 rows: 9 rows are three slices per member
+    const vocab = 2 ** 20 + 3
+    const big: StoredMemberRows = {
+      members: ["a", "b"],
+      rows: 9,
+      vocab,
+      logProbs: new Map(["a", "b"].map((m, k) => [m, Float32Array.from({ length: 9 * vocab }, (_, i) => -((i * 7919 + k) % 1000) / 97)])),
+      targets: Int32Array.from({ length: 9 }, (_, i) => i * 3),
+      tokensBack: Int32Array.from({ length: 9 }, (_, i) => i),
+    }
+    for (const dtype of ["F16", "F32"] as const) {
+      const file = (await stored(big, dtype)) as { path: string }
+      const whole = Effect.runSync(
+        encode(
+          new Map([...big.members.map((m): [string, Tensor] => [`${m}.logprobs`, fromNumbers(big.logProbs.get(m)!, dtype, [9, vocab])]), ["targets", fromNumbers(big.targets, "I32", [9])], ["tokens_back", fromNumbers(big.tokensBack, "I32", [9])]]),
+          { members: "a,b", rows: "9", vocab: String(vocab) },
+        ),
+      )
+      expect(Buffer.compare(fs.readFileSync(file.path), Buffer.from(whole)), dtype).toBe(0)
+    }
+  })
+
+  it("refuses, before any forward pass, a split whose rows would not fit in memory, saying what to lower", () => {
+    // Llama 3's vocabulary, 32768 scored positions, three members, on a 24 GiB machine: 50 GB of float32 rows
+    expect(scoringMemoryProblem("validation", 32768, 128256, 3, "float16", 24 * 2 ** 30)).toBe(
+      "validation: 32768 scored positions x 128256 tokens x 3 members need 47.0 GiB of memory (here, then in blend-search and evaluate-blend; 23.5 GiB in the cache as float16), more than 80% of this machine's 24.0 GiB: score fewer positions with held-out.limit (texts) or held-out.maxTokens (tokens per text)",
+    )
+    expect(scoringMemoryProblem("validation", 2048, 128256, 3, "float16", 24 * 2 ** 30)).toBeUndefined()
+  })
+})
+
 describe("blend-search", () => {
   const params = { kind: "blend", topK: 0, trials: 14, startup: 5, seed: 3, temperatureLow: 0.5, temperatureHigh: 4, alphaLow: 0, alphaHigh: 2 } as const
   const run = async (workDir: string, stopAt?: number) => {
-    const validation = await tensorsValue(memberLogProbsOutput(rows, "F32"))
+    const validation = await tensorsValue(await stored(rows, "F32"))
     return Effect.runPromiseExit(blendSearch.spec.run({ params, inputs: { validation }, ctx: stageContext(workDir, stopAt === undefined ? {} : { stopAt }) }) as Effect.Effect<any, any>)
   }
 
@@ -153,7 +189,7 @@ describe("blend-search", () => {
   })
 
   it("refuses an empty search space", async () => {
-    const validation = await tensorsValue(memberLogProbsOutput(rows, "F32"))
+    const validation = await tensorsValue(await stored(rows, "F32"))
     const exit = await Effect.runPromiseExit(
       blendSearch.spec.run({ params: { ...params, temperatureLow: 2, temperatureHigh: 1 }, inputs: { validation }, ctx: stageContext(tempDir("pipe-blend-search-")) }) as Effect.Effect<any, any>,
     )
