@@ -127,25 +127,29 @@ export const slurmJobStates = async (ids: ReadonlyArray<string>): Promise<Map<st
 }
 
 /**
- * Cache keys whose Slurm job may still be computing in its work dir: a job directory with
- * submitted.json and no result.json whose job squeue does not report finished (or forgotten). A
- * coordinator killed outright leaves such jobs running until the next run adopts them, so `pipe gc`
- * must keep their work dirs. When squeue cannot be asked, every such key is kept and `unasked` says why.
+ * What `pipe gc` must keep of Slurm jobs that no coordinator watches (one killed outright leaves them
+ * running until the next run adopts them): `workKeys`, the cache keys whose job may still be computing
+ * in its work dir (submitted.json, no result.json, and squeue does not report the job finished or
+ * forgotten; all of them when squeue cannot be asked, `unasked` saying why); and `payloads`, the
+ * hashes of results that finished jobs published and no run has recorded yet.
  */
-export const runningSlurmJobs = async (cacheDir: string): Promise<{ readonly keys: ReadonlySet<string>; readonly unasked?: string }> => {
+export const unrecordedSlurmJobs = async (cacheDir: string): Promise<{ readonly workKeys: ReadonlySet<string>; readonly payloads: ReadonlySet<string>; readonly unasked?: string }> => {
   const root = join(cacheDir, "slurm")
-  if (!existsSync(root)) return { keys: new Set() }
   const submitted = new Map<string, string>() // job id -> key
-  for (const key of readdirSync(root)) {
+  const payloads = new Set<string>()
+  for (const key of existsSync(root) ? readdirSync(root) : []) {
+    if (key === "arrays") continue
     const files = jobFiles(join(root, key))
-    if (key === "arrays" || !existsSync(files.submitted) || existsSync(files.result)) continue
-    submitted.set((JSON.parse(readFileSync(files.submitted, "utf8")) as { job: string }).job, key)
+    if (existsSync(files.result)) {
+      const result = JSON.parse(readFileSync(files.result, "utf8")) as SlurmResult
+      if (result.type === "done") payloads.add(result.entry.hash)
+    } else if (existsSync(files.submitted)) submitted.set((JSON.parse(readFileSync(files.submitted, "utf8")) as { job: string }).job, key)
   }
   try {
     const states = await slurmJobStates([...submitted.keys()])
-    return { keys: new Set([...submitted].filter(([job]) => states.has(job) && !TERMINAL.has(states.get(job)!.state)).map(([, key]) => key)) }
+    return { workKeys: new Set([...submitted].filter(([job]) => states.has(job) && !TERMINAL.has(states.get(job)!.state)).map(([, key]) => key)), payloads }
   } catch (e) {
-    return { keys: new Set(submitted.values()), unasked: errorMessage(e) }
+    return { workKeys: new Set(submitted.values()), payloads, unasked: errorMessage(e) }
   }
 }
 

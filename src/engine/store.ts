@@ -760,11 +760,12 @@ export class Store extends Payloads {
   }
 
   /**
-   * Deletes payload files and artifact rows no cache entry refers to, and the work directories of nodes
-   * that were interrupted (none a live run has claimed, none in `keep`: keys whose job still runs without
-   * a coordinator). Refuses (CacheError) when the database looks like it lost its entries. Returns what was freed.
+   * Deletes payload files and artifact rows no cache entry refers to (but the payloads in `keep.payloads`),
+   * and the work directories of nodes that were interrupted (none a live run has claimed, none in
+   * `keep.workKeys`: Slurm jobs left running without a coordinator, see slurm.ts unrecordedSlurmJobs).
+   * Refuses (CacheError) when the database looks like it lost its entries. Returns what was freed.
    */
-  gc(keep: ReadonlySet<string> = new Set()): { files: number; workDirs: number; bytes: number } {
+  gc(keep: { readonly workKeys?: ReadonlySet<string>; readonly payloads?: ReadonlySet<string> } = {}): { files: number; workDirs: number; bytes: number } {
     const payloads = payloadFiles(this.objectsDir)
     const refusal = this.gcRefusal(payloads)
     if (refusal !== undefined) throw new CacheError({ path: this.dbPath, message: refusal })
@@ -774,7 +775,7 @@ export class Store extends Payloads {
     let bytes = 0
     const youngMs = 60_000 // a payload renamed into place whose commit is a moment away
     for (const { hash, path } of payloads) {
-      if (referenced.has(hash)) continue
+      if (referenced.has(hash) || keep.payloads?.has(hash)) continue
       const st = statSync(path)
       if (Date.now() - st.mtimeMs < youngMs) continue
       unlinkSync(path)
@@ -787,7 +788,7 @@ export class Store extends Payloads {
     const claimed = this.liveClaims()
     let workDirs = 0
     for (const key of readdirSync(this.workRoot)) {
-      if (claimed.has(key) || keep.has(key)) continue
+      if (claimed.has(key) || keep.workKeys?.has(key)) continue
       const dir = join(this.workRoot, key)
       bytes += du(dir)
       rmSync(dir, { recursive: true, force: true })

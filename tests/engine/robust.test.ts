@@ -4,7 +4,7 @@
 import Database from "better-sqlite3"
 import { Effect } from "effect"
 import { execFileSync } from "node:child_process"
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs"
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, utimesSync, writeFileSync } from "node:fs"
 import { hostname } from "node:os"
 import { join, resolve } from "node:path"
 import { beforeEach, describe, expect, it, type TestContext } from "vitest"
@@ -250,8 +250,10 @@ describe("small items", () => {
     store.close()
   })
 
-  it("gc keeps the work directory of a submitted Slurm job while it cannot tell that the job is over", async () => {
-    // a coordinator killed outright leaves job.json + submitted.json and the job computing in work/<key>
+  it("gc keeps what Slurm jobs left without a coordinator need: a running job's work dir, a finished job's unrecorded result", async () => {
+    // a coordinator killed outright leaves job.json + submitted.json and the job computing in work/<key>;
+    // a job that finished after it published its payload and wrote result.json, which no run has recorded yet
+    await runApi(sb, fixture("chain.ts")) // a cache in use: gc refuses to empty one that looks truncated
     const store = new Store(sb.cacheDir)
     const running = "c".repeat(64)
     const finished = "d".repeat(64)
@@ -261,7 +263,12 @@ describe("small items", () => {
       mkdirSync(join(sb.cacheDir, "slurm", key), { recursive: true })
       writeFileSync(join(sb.cacheDir, "slurm", key, "submitted.json"), JSON.stringify({ job: key === running ? "41" : "42" }))
     }
-    writeFileSync(join(sb.cacheDir, "slurm", finished, "result.json"), "{}") // its job is done: the work dir can go
+    const result = store.putBytes(new TextEncoder().encode("the finished job's output"))
+    const stray = store.putBytes(new TextEncoder().encode("a payload nothing names"))
+    const old = new Date(Date.now() - 3_600_000) // past gc's grace for payloads being committed
+    for (const { hash } of [result, stray]) utimesSync(store.objectPath(hash), old, old)
+    const entry = { key: finished, hash: result.hash, kind: "bytes", type: "Total", size: result.size, json: null }
+    writeFileSync(join(sb.cacheDir, "slurm", finished, "result.json"), JSON.stringify({ type: "done", entry, metrics: [] }))
     store.close()
     // no controller to ask (the real-cluster case is in tests/slurm): squeue fails as it does when
     // slurmctld is down, so the job may still be running
@@ -270,10 +277,15 @@ describe("small items", () => {
     writeFileSync(join(bin, "squeue"), "#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2\nexit 1\n", { mode: 0o755 })
     const gc = await cli(sb, ["gc"], { PATH: `${bin}:${process.env.PATH}` })
     expect(gc.code, gc.stderr).toBe(0)
-    expect(gc.stdout).toContain("and 1 work directories of interrupted nodes")
+    expect(gc.stdout).toContain("removed 1 unreferenced payload files and 1 work directories of interrupted nodes")
     expect(gc.stdout).toMatch(/kept the work directories of 1 submitted Slurm jobs whose state squeue cannot give \(squeue: slurm_load_jobs error: Unable to contact slurm controller \(connect failure\)\)$/m)
+    expect(gc.stdout).toContain("kept the results of 1 finished Slurm jobs that no run has recorded yet")
     expect(existsSync(join(sb.cacheDir, "work", running, "checkpoint.bin"))).toBe(true)
     expect(existsSync(join(sb.cacheDir, "work", finished))).toBe(false)
+    const after = new Store(sb.cacheDir)
+    expect(existsSync(after.objectPath(result.hash))).toBe(true)
+    expect(existsSync(after.objectPath(stray.hash))).toBe(false)
+    after.close()
   })
 
   it("a cache this user cannot write: ls, show and status work, run names the path", async (ctx) => {

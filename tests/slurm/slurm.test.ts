@@ -1,10 +1,11 @@
 // `pipe run --executor slurm` against a real single-machine Slurm cluster (scripts/slurm-up.sh brings
 // it up, or finds it up; these tests fail, never skip, when it cannot start): the same results and
 // cache keys as the local executors, a job cancelled mid-training resubmitted and resumed from its
-// checkpoint, a job requeued by Slurm waited for, a killed coordinator's job kept by gc and adopted by the next run,
-// a failing or crashing job failing its node with its log's tail, Ctrl-C cancelling the jobs.
+// checkpoint, a job requeued by Slurm waited for, a killed coordinator's job kept by gc and adopted
+// by the next run (or its result, when it finished meanwhile), a failing or crashing job failing its
+// node with its log's tail, Ctrl-C cancelling the jobs.
 import { execFileSync } from "node:child_process"
-import { existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs"
+import { existsSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs"
 import { join, resolve } from "node:path"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import type { NodeOutcome } from "../../src/engine/scheduler.ts"
@@ -169,6 +170,25 @@ describe("pipe run --executor slurm", () => {
     expect(done.code, done.stdout + done.stderr).toBe(0)
     expect(sb.traced().filter((l) => l.startsWith("train start"))).toEqual(["train start step=0"])
     expect(squeueState(job)).toBe("COMPLETED")
+  }, 600_000)
+
+  it("a job that finishes after its coordinator was killed: gc keeps its result, the next run records it without running it again", async () => {
+    const { sb, run: first, openGate, key } = await trainingAtGate()
+    first.child.kill("SIGKILL")
+    await first.done
+    openGate()
+    await until("the orphaned job to write its result", () => existsSync(join(sb.cacheDir, "slurm", key, "result.json")), 120_000)
+    // its payload is in objects/ but in no cache entry: gc must not take it (its grace for fresh payloads passed)
+    const { entry } = JSON.parse(readFileSync(join(sb.cacheDir, "slurm", key, "result.json"), "utf8")) as { entry: { hash: string } }
+    const payload = join(sb.cacheDir, "objects", entry.hash.slice(0, 2), entry.hash)
+    expect(existsSync(payload)).toBe(true)
+    utimesSync(payload, new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000))
+    const gc = await cli(sb, ["gc"])
+    expect(gc.stdout).toContain("kept the results of 1 finished Slurm jobs that no run has recorded yet")
+    expect(existsSync(payload)).toBe(true)
+    const second = await cli(sb, ["run", fixture("train.ts"), "--plain", "--executor", "slurm"])
+    expect(second.code, second.stdout + second.stderr).toBe(0)
+    expect(sb.traced().filter((l) => l.startsWith("train start"))).toEqual(["train start step=0"])
   }, 600_000)
 
   it("fails a node whose stage fails, or whose job crashes on every try, with the tail of the job's log", async () => {
