@@ -61,14 +61,12 @@ const jobDevice = (requested: Device): Device =>
   requested.kind === "cpu" ? requested : { kind: "cuda", deviceId: 0, gpu: Number((process.env.CUDA_VISIBLE_DEVICES ?? "0").split(",")[0]) || 0 }
 
 /** Keeps the job's progress.json at the stage's progress, rewritten whole at most once a second (the
- *  coordinator reads it as it polls squeue); the latest state held back is written when the second is over. */
+ *  coordinator reads it as it polls squeue): a change is written within that second. */
 const progressWriter = (files: ReturnType<typeof jobFiles>) => {
   const state: { total?: number; unit?: string; value: number } = { value: 0 }
-  let lastWritten = 0
   let timer: ReturnType<typeof setTimeout> | undefined
   const write = () => {
     timer = undefined
-    lastWritten = Date.now()
     try {
       writeFileAtomic(files.progress, JSON.stringify(state))
     } catch {
@@ -79,9 +77,7 @@ const progressWriter = (files: ReturnType<typeof jobFiles>) => {
     if (e.total !== undefined) state.total = e.total
     if (e.unit !== undefined) state.unit = e.unit
     state.value = e.value
-    const wait = 1000 - (Date.now() - lastWritten)
-    if (wait <= 0) write()
-    else timer ??= setTimeout(write, wait)
+    timer ??= setTimeout(write, 1000)
   }
 }
 

@@ -29,7 +29,7 @@ import { appendFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSyn
 import { createRequire } from "node:module"
 import { join } from "node:path"
 import { pathToFileURL } from "node:url"
-import { CorruptArtifact, NodeFailed, errorMessage, type ErrorDescription } from "./errors.ts"
+import { CacheError, CorruptArtifact, NodeFailed, errorMessage, type ErrorDescription } from "./errors.ts"
 import type { NodeRequest, ProgressEvent, Published } from "./execute.ts"
 import type { Executor } from "./executor.ts"
 import type { PlanExternal, PlanNode } from "./plan.ts"
@@ -90,6 +90,11 @@ export const jobFiles = (dir: string) => ({
 })
 type JobFiles = ReturnType<typeof jobFiles>
 
+/** What submitted.json holds: the job id, and the job array directory it was submitted from. */
+const submittedJob = (files: JobFiles): { readonly job: string; readonly arrayDir?: string } => JSON.parse(readFileSync(files.submitted, "utf8"))
+/** What result.json holds (written whole by the job: see slurm-job.ts). */
+const jobResult = (files: JobFiles): SlurmResult => JSON.parse(readFileSync(files.result, "utf8"))
+
 const jobEntry = join(import.meta.dirname, "slurm-job.ts")
 const tsxLoader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
 
@@ -140,10 +145,16 @@ export const unrecordedSlurmJobs = async (cacheDir: string): Promise<{ readonly 
   for (const key of existsSync(root) ? readdirSync(root) : []) {
     if (key === "arrays") continue
     const files = jobFiles(join(root, key))
-    if (existsSync(files.result)) {
-      const result = JSON.parse(readFileSync(files.result, "utf8")) as SlurmResult
-      if (result.type === "done") payloads.add(result.entry.hash)
-    } else if (existsSync(files.submitted)) submitted.set((JSON.parse(readFileSync(files.submitted, "utf8")) as { job: string }).job, key)
+    const file = existsSync(files.result) ? files.result : files.submitted
+    try {
+      if (file === files.result) {
+        const result = jobResult(files)
+        if (result.type === "done") payloads.add(result.entry.hash)
+      } else if (existsSync(files.submitted)) submitted.set(submittedJob(files).job, key)
+    } catch (e) {
+      // what a job left cannot be accounted for: gc must not guess what it may delete
+      throw new CacheError({ path: file, message: `${file} cannot be read (${errorMessage(e)}): gc deletes nothing until it can, or until ${files.dir} is removed` })
+    }
   }
   try {
     const states = await slurmJobStates([...submitted.keys()])
@@ -336,7 +347,7 @@ export const slurmExecutor = (
   const finish = (w: Watch) => {
     let result: SlurmResult
     try {
-      result = JSON.parse(readFileSync(w.files.result, "utf8")) as SlurmResult
+      result = jobResult(w.files)
     } catch (e) {
       return fail(w, `Slurm job ${w.job}: its result ${w.files.result} cannot be read: ${errorMessage(e)}`)
     }
@@ -461,7 +472,7 @@ export const slurmExecutor = (
   const adopt = async (w: Watch): Promise<boolean> => {
     const { files } = w
     if (existsSync(files.result)) {
-      const result = JSON.parse(readFileSync(files.result, "utf8")) as SlurmResult
+      const result = jobResult(files)
       if (result.type === "done") {
         w.job = "(finished before this run)"
         nodeLog(w, `adopting the result a Slurm job left in ${files.result}`)
@@ -471,7 +482,7 @@ export const slurmExecutor = (
       rmSync(files.result, { force: true }) // an old failure: this run tries again
     }
     if (!existsSync(files.submitted)) return false
-    const { job, arrayDir } = JSON.parse(readFileSync(files.submitted, "utf8")) as { job: string; arrayDir?: string }
+    const { job, arrayDir } = submittedJob(files)
     const s = (await slurmJobStates([job])).get(job)
     if (s === undefined || TERMINAL.has(s.state)) return false
     w.job = job

@@ -514,8 +514,9 @@ const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"
 
     // Rows asking the same prompt (and condition) share one prefill of it but its last token; each
     // row's last prompt token then goes through a decode step with its own sampling.
-    const shared = cache && sharePrefill ? sharedRows(requests) : undefined
-    if (shared !== undefined && width > 1) {
+    // (a one-token prompt has nothing before its last token to share)
+    const shared = cache && sharePrefill && width > 1 ? sharedRows(requests) : undefined
+    if (shared !== undefined) {
       const U = shared.unique.length
       const ids = BigInt64Array.from(shared.unique.flatMap((b) => seqs[b].slice(0, width - 1)))
       const out = yield* Effect.mapError(
@@ -559,7 +560,7 @@ const generateBatch = (model: StepModel, tokenizer: Pick<TextTokenizer, "decode"
         continue
       }
       const total = seqs[0].length
-      const T = cache && (step > 0 || (shared !== undefined && width > 1)) ? 1 : total
+      const T = cache && (step > 0 || shared !== undefined) ? 1 : total
       if (!cache) resetPast()
       const ids = BigInt64Array.from(seqs.flatMap((s) => s.slice(total - T)))
       const out = yield* Effect.mapError(

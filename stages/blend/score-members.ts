@@ -5,9 +5,9 @@
 //
 // Memory: rows x vocab x 4 bytes per member (float32 rows; blend-search and evaluate-blend read them
 // back as such), checked against the machine's memory before any forward pass; the output is
-// streamed to its file. Storage: rows x vocab x (2 or 4) bytes per member. float16 keeps a log-prob x to within
-// |x| * 2^-11 (relative rounding of its 10-bit mantissa): ~0.002 nats at log p = -4, which moves a
-// perplexity by ~0.2% at most; float32 when that matters.
+// streamed to its file. Storage: rows x vocab x (2 or 4) bytes per member. float16 keeps a log-prob
+// x to within |x| * 2^-11 (relative rounding of its 10-bit mantissa): ~0.002 nats at log p = -4,
+// which moves a perplexity by ~0.2% at most; float32 when that matters.
 import { Effect, Schema } from "effect"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -72,7 +72,7 @@ const GiB = (bytes: number) => (bytes / 2 ** 30).toFixed(1)
 export const scoringMemoryProblem = (split: string, rows: number, vocab: number, members: number, dtype: "float16" | "float32", totalMemory: number): string | undefined => {
   const bytes = memberRowsBytes(rows, vocab, members)
   if (bytes <= 0.8 * totalMemory) return undefined
-  const stored = (bytes * (dtype === "float16" ? 2 : 4)) / 4
+  const stored = rows * vocab * members * (dtype === "float16" ? 2 : 4)
   return `${split}: ${rows} scored positions x ${vocab} tokens x ${members} members need ${GiB(bytes)} GiB of memory (here, then in blend-search and evaluate-blend; ${GiB(stored)} GiB in the cache as ${dtype}), more than 80% of this machine's ${GiB(totalMemory)} GiB: score fewer positions with held-out.limit (texts) or held-out.maxTokens (tokens per text)`
 }
 

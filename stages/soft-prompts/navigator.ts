@@ -89,7 +89,6 @@ export const evaluateNavigator = stage({
     }).pipe(Effect.scoped),
 })
 
-
 export const navigatorReadme = (r: {
   readonly name: string
   readonly startedFrom: string

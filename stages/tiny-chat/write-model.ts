@@ -24,7 +24,6 @@ export const PublishedModel = Artifact.json(
 /** The issue-5 bars. */
 export const bars = { withPrompt: 0.9, withoutPrompt: 0.05, accuracy: 0.8 } as const
 
-
 export const passesBars = (e: typeof ChatEvaluation.schema.Type): boolean =>
   e.accuracy.rate >= bars.accuracy &&
   behaviourNames.every((b) => e.withPrompt[b].rate >= bars.withPrompt && e.withoutPrompt[b].rate <= bars.withoutPrompt)

@@ -18,7 +18,6 @@ export const FamilySummary = Artifact.json(
   }),
 )
 
-
 const names = ["baseS", "baseL", "chatS", "chatL"] as const
 const titles = { baseS: "tiny-base-s", baseL: "tiny-base-l", chatS: "tiny-chat-s", chatL: "tiny-chat-l" }
 const inputsOf = Object.fromEntries(

@@ -288,6 +288,22 @@ describe("small items", () => {
     after.close()
   })
 
+  it("gc refuses, deleting nothing, when a Slurm job's result.json cannot be read, and names the file", async () => {
+    await runApi(sb, fixture("chain.ts"))
+    const dir = join(sb.cacheDir, "slurm", "e".repeat(64))
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, "result.json"), '{"type":"done","entry":{"ha') // torn: written by hand, or the disk filled
+    const store = new Store(sb.cacheDir)
+    const stray = store.putBytes(new TextEncoder().encode("a payload nothing names"))
+    utimesSync(store.objectPath(stray.hash), new Date(Date.now() - 3_600_000), new Date(Date.now() - 3_600_000))
+    store.close()
+    const gc = await cli(sb, ["gc"])
+    expect(gc.code).not.toBe(0)
+    expect(gc.stderr).toContain(`${join(dir, "result.json")} cannot be read (`)
+    expect(gc.stderr).toContain(`gc deletes nothing until it can, or until ${dir} is removed`)
+    expect(existsSync(join(sb.cacheDir, "objects", stray.hash.slice(0, 2), stray.hash))).toBe(true)
+  })
+
   it("a cache this user cannot write: ls, show and status work, run names the path", async (ctx) => {
     try {
       execFileSync("runuser", ["-u", "nobody", "--", "true"], { stdio: "pipe" })
